@@ -1,0 +1,1644 @@
+/*
+ * lmc_client: the Lua face of mc_client. Argument checks, the per-operation
+ * meaning of the server's status codes, msgpack values, the userdata.
+ *
+ * Conventions (DESIGN.md): a wrong argument type raises, naming the
+ * argument; every runtime failure returns nil, ERR_*, detail. Arguments are
+ * checked and values encoded before a connection is taken, so a raised
+ * error never strands a connection; anything that can still raise later
+ * (out of memory) is cleaned up by mc_client_abort at the next call or at
+ * __gc.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "lmc_client.h"
+#include "lmc_codec.h"
+#include "lmc_compat.h"
+#include "lmc_value.h"
+#include "mc_client.h"
+
+#define CLIENT_MT "memcached.client"
+
+/* Error values: short, stable strings, exported as memcached.ERR_*. */
+#define E_CACHE_MISS "cache miss"
+#define E_CAS_CONFLICT "compare-and-swap conflict"
+#define E_NOT_STORED "item not stored"
+#define E_SERVER_ERROR "server error"
+#define E_NO_STATS "no statistics available"
+#define E_MALFORMED_KEY "malformed key"
+#define E_NO_SERVERS "no servers configured or available"
+#define E_TIMEOUT "timeout"
+#define E_CONN_CLOSED "connection closed"
+#define E_CONN_REFUSED "connection refused"
+#define E_TOO_LARGE "value too large"
+#define E_NON_NUMERIC "non-numeric value"
+#define E_AUTH "authentication error"
+#define E_PROTOCOL "protocol error"
+#define E_UNDECODABLE "undecodable value"
+#define E_UNENCODABLE "unencodable value"
+#define E_CLIENT_CLOSED "client closed"
+#define E_SERVER_DEAD "server marked dead"
+#define E_IO "i/o error"
+#define E_BUSY "too many connections"
+#define E_NOMEM "out of memory"
+#define E_BAD_SERVER "bad server address"
+
+static const struct {
+    const char *name, *value;
+} errors[] = {
+    {"ERR_CACHE_MISS", E_CACHE_MISS},
+    {"ERR_CAS_CONFLICT", E_CAS_CONFLICT},
+    {"ERR_NOT_STORED", E_NOT_STORED},
+    {"ERR_SERVER_ERROR", E_SERVER_ERROR},
+    {"ERR_NO_STATS", E_NO_STATS},
+    {"ERR_MALFORMED_KEY", E_MALFORMED_KEY},
+    {"ERR_NO_SERVERS", E_NO_SERVERS},
+    {"ERR_TIMEOUT", E_TIMEOUT},
+    {"ERR_CONNECTION_CLOSED", E_CONN_CLOSED},
+    {"ERR_CONNECTION_REFUSED", E_CONN_REFUSED},
+    {"ERR_VALUE_TOO_LARGE", E_TOO_LARGE},
+    {"ERR_NON_NUMERIC", E_NON_NUMERIC},
+    {"ERR_AUTH", E_AUTH},
+    {"ERR_PROTOCOL", E_PROTOCOL},
+    {"ERR_UNDECODABLE", E_UNDECODABLE},
+    {"ERR_UNENCODABLE", E_UNENCODABLE},
+    {"ERR_CLIENT_CLOSED", E_CLIENT_CLOSED},
+    {"ERR_SERVER_DEAD", E_SERVER_DEAD},
+    {"ERR_IO", E_IO},
+    {"ERR_BUSY", E_BUSY},
+    {"ERR_NO_MEMORY", E_NOMEM},
+    {"ERR_BAD_SERVER", E_BAD_SERVER},
+    {NULL, NULL}};
+
+/* delete_lock's marker: an item with these flags and exactly these bytes is
+ * a lock, reported as a miss. */
+#define LOCK_FLAGS 0x6d634c4bu /* "mcLK" */
+static const char lock_value[] = "\0memcached.lua delete_lock\0";
+#define LOCK_LEN (sizeof(lock_value) - 1)
+
+enum sel_mode { SEL_BUILTIN, SEL_FUNCTION, SEL_OBJECT };
+
+typedef struct lmc_client {
+    mc_client *c;        /* NULL once closed */
+    lmc_vctx *vctx;
+    mc_buf val;          /* encoded value scratch */
+    uint32_t mp_flag;    /* flags that mark msgpack values */
+    int cb_ref;          /* server-error callback, LUA_NOREF when none */
+    int sel_ref;         /* custom selector */
+    enum sel_mode sel_mode;
+    /* batch scratch */
+    struct bkey {
+        const char *key;
+        size_t len;
+    } *keys;
+    int *srv;
+    size_t capkeys;
+} lmc_client;
+
+/* ---- helpers ---- */
+
+static lmc_client *check_client(lua_State *L)
+{
+    return luaL_checkudata(L, 1, CLIENT_MT);
+}
+
+static int fail(lua_State *L, const char *err, const char *detail)
+{
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    if (detail) {
+        lua_pushstring(L, detail);
+        return 3;
+    }
+    return 2;
+}
+
+static const char *err_name(int err)
+{
+    switch (err) {
+    case MC_ERR_TIMEOUT: return E_TIMEOUT;
+    case MC_ERR_CLOSED: return E_CONN_CLOSED;
+    case MC_ERR_REFUSED: return E_CONN_REFUSED;
+    case MC_ERR_PROTOCOL: return E_PROTOCOL;
+    case MC_ERR_NOMEM: return E_NOMEM;
+    case MC_ERR_NO_SERVERS: return E_NO_SERVERS;
+    case MC_ERR_SERVER_DEAD: return E_SERVER_DEAD;
+    case MC_ERR_BUSY: return E_BUSY;
+    default: return E_IO;
+    }
+}
+
+/* How an operation reads the server's "not found" / "exists" answers. */
+enum op_kind {
+    K_GET,     /* get, gat, touch, delete, incr/decr: absent = miss */
+    K_SET,     /* set: exists/absent only with a cas */
+    K_ADD,     /* add: exists = not stored */
+    K_REPLACE, /* replace, append, prepend, cas: absent = not stored */
+    K_OTHER
+};
+
+static const char *status_err(enum op_kind k, uint16_t st)
+{
+    switch (st) {
+    case MC_STATUS_KEY_ENOENT:
+        return k == K_GET ? E_CACHE_MISS : k == K_OTHER ? E_SERVER_ERROR
+                                                        : E_NOT_STORED;
+    case MC_STATUS_KEY_EEXISTS:
+        return k == K_ADD ? E_NOT_STORED : E_CAS_CONFLICT;
+    case MC_STATUS_NOT_STORED: return E_NOT_STORED;
+    case MC_STATUS_E2BIG: return E_TOO_LARGE;
+    case MC_STATUS_DELTA_BADVAL: return E_NON_NUMERIC;
+    case MC_STATUS_AUTH_ERROR:
+    case MC_STATUS_AUTH_CONTINUE: return E_AUTH;
+    default: return E_SERVER_ERROR;
+    }
+}
+
+static int status_fail(lua_State *L, enum op_kind k, const mc_resp *r,
+                       const char *server)
+{
+    char detail[300];
+    snprintf(detail, sizeof(detail), "%s: %s%s%.*s", server,
+             mc_status_str(r->status), r->vallen ? ": " : "",
+             (int)(r->vallen > 120 ? 120 : r->vallen), r->value);
+    return fail(L, status_err(k, r->status), detail);
+}
+
+/* Calls the user's callback for each queued server event. Runs after the
+ * operation finished, so the callback may use the client; its errors are
+ * swallowed (they must not break the client). */
+static void report_events(lua_State *L, lmc_client *u)
+{
+    size_t n, i;
+    const mc_event *ev;
+    if (!u->c)
+        return;
+    ev = mc_client_events(u->c, &n);
+    if (!n)
+        return;
+    if (u->cb_ref == LUA_NOREF || u->cb_ref == LUA_REFNIL) {
+        mc_client_clear_events(u->c);
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        mc_event e = ev[i];
+        lua_rawgeti(L, LUA_REGISTRYINDEX, u->cb_ref);
+        lua_pushstring(L, e.server);
+        lua_pushstring(L, e.reason);
+        lua_pushstring(L, e.up ? "up" : "down");
+        if (lua_pcall(L, 3, 0, 0) != 0)
+            lua_pop(L, 1);
+        if (!u->c) /* the callback closed the client */
+            return;
+        ev = mc_client_events(u->c, &n);
+    }
+    mc_client_clear_events(u->c);
+}
+
+/* Wraps a method so that server events are reported after it returns. */
+static int finish(lua_State *L, lmc_client *u, int nret)
+{
+    if (u->c && u->c->nevents) {
+        /* keep the results below the callback's stack use */
+        report_events(L, u);
+    }
+    return nret;
+}
+
+#define CLOSED_CHECK(L, u)                                                   \
+    do {                                                                     \
+        if (!(u)->c)                                                         \
+            return fail((L), E_CLIENT_CLOSED, "the client was closed");     \
+    } while (0)
+
+/* ---- arguments ---- */
+
+typedef struct args {
+    const char *key;
+    size_t keylen;
+    int value;          /* stack index of the value, 0 when none */
+    uint32_t exptime;
+    uint64_t cas;
+    uint32_t flags;
+    int has_flags;
+    uint64_t delta;
+    uint64_t initial;
+    int has_initial;
+} args;
+
+static int key_ok(const char *k, size_t n)
+{
+    size_t i;
+    if (n == 0 || n > MC_KEY_MAX)
+        return 0;
+    for (i = 0; i < n; i++) {
+        unsigned char b = (unsigned char)k[i];
+        if (b <= ' ' || b == 0x7f)
+            return 0;
+    }
+    return 1;
+}
+
+static lua_Integer opt_int_field(lua_State *L, int t, const char *name,
+                                 lua_Integer def, int *present)
+{
+    lua_Integer v = def;
+    lua_getfield(L, t, name);
+    if (present)
+        *present = !lua_isnil(L, -1);
+    if (!lua_isnil(L, -1)) {
+        if (!lua_isinteger(L, -1))
+            luaL_error(L, "field '%s' must be an integer", name);
+        v = (lua_Integer)lmc_toint(L, -1);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+static uint32_t check_exptime(lua_State *L, lua_Integer v, const char *what)
+{
+    if (v < 0 || v > (lua_Integer)0xffffffffLL)
+        luaL_error(L, "bad %s: expiration must be 0..4294967295 seconds", what);
+    return (uint32_t)v;
+}
+
+static lua_Integer check_integer(lua_State *L, int i, const char *name)
+{
+    if (!lua_isinteger(L, i))
+        luaL_error(L, "bad argument #%d (%s): integer expected, got %s", i - 1,
+                   name, luaL_typename(L, i));
+    return (lua_Integer)lmc_toint(L, i);
+}
+
+static lua_Integer opt_integer(lua_State *L, int i, const char *name,
+                               lua_Integer def)
+{
+    if (lua_isnoneornil(L, i))
+        return def;
+    return check_integer(L, i, name);
+}
+
+/* Positional form: key at 2, then value (if has_value) at 3, then the
+ * integers named in `order`; or one table at 2 with named fields. */
+enum { A_EXP = 'e', A_CAS = 'c', A_FLAGS = 'f', A_DELTA = 'd', A_INIT = 'i' };
+
+static const char *field_name(char o)
+{
+    switch (o) {
+    case A_EXP: return "expiration";
+    case A_CAS: return "cas";
+    case A_FLAGS: return "flags";
+    case A_DELTA: return "delta";
+    default: return "initial";
+    }
+}
+
+/* The one-table form (mc:set{key=, value=, expiration=, cas=, flags=}) is
+ * turned into the positional one, so both share every check below. */
+static void table_to_positional(lua_State *L, int has_value, const char *order)
+{
+    const char *o;
+    lua_settop(L, 2);
+    lua_getfield(L, 2, "key");
+    if (has_value)
+        lua_getfield(L, 2, "value");
+    for (o = order; *o; o++) {
+        lua_getfield(L, 2, field_name(*o));
+        if (*o == A_EXP && lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            lua_getfield(L, 2, "exptime");
+        }
+    }
+    lua_remove(L, 2);
+}
+
+static void get_args(lua_State *L, args *a, int has_value, const char *order)
+{
+    int i = 3;
+    const char *o;
+    memset(a, 0, sizeof(*a));
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        lua_getfield(L, 2, "flags");
+        a->has_flags = !lua_isnil(L, -1);
+        lua_pop(L, 1);
+        table_to_positional(L, has_value, order);
+    }
+    if (lua_type(L, 2) != LUA_TSTRING)
+        luaL_error(L, "bad argument #1 (key): string expected, got %s",
+                   luaL_typename(L, 2));
+    a->key = lua_tolstring(L, 2, &a->keylen);
+    if (has_value) {
+        a->value = 3;
+        i = 4;
+    }
+    for (o = order; *o; o++, i++) {
+        lua_Integer v;
+        switch (*o) {
+        case A_EXP:
+            a->exptime = check_exptime(L, opt_integer(L, i, "expiration", 0),
+                                       "expiration");
+            break;
+        case A_CAS:
+            a->cas = (uint64_t)opt_integer(L, i, "cas", 0);
+            break;
+        case A_FLAGS:
+            if (!lua_isnoneornil(L, i)) {
+                v = check_integer(L, i, "flags");
+                if (v < 0 || v > (lua_Integer)0xffffffffLL)
+                    luaL_error(L, "bad flags: must be 0..4294967295");
+                a->flags = (uint32_t)v;
+                a->has_flags = 1;
+            } else {
+                a->has_flags = 0;
+            }
+            break;
+        case A_DELTA:
+            v = check_integer(L, i, "delta");
+            if (v < 0)
+                luaL_error(L, "bad delta: must not be negative");
+            a->delta = (uint64_t)v;
+            break;
+        case A_INIT:
+            if (!lua_isnoneornil(L, i)) {
+                v = check_integer(L, i, "initial");
+                if (v < 0)
+                    luaL_error(L, "bad initial value: must not be negative");
+                a->initial = (uint64_t)v;
+                a->has_initial = 1;
+            }
+            break;
+        }
+    }
+}
+
+/* ---- picking a server ---- */
+
+/* Returns the server index, or -1 after storing the error name and detail
+ * (detail points into the client's errmsg or a static string). */
+static int pick(lua_State *L, lmc_client *u, const char *key, size_t len,
+                const char **ename)
+{
+    int err = MC_OK, srv;
+    if (u->sel_mode == SEL_BUILTIN) {
+        srv = mc_client_pick(u->c, key, len, &err);
+        if (srv < 0)
+            *ename = err_name(err);
+        return srv;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, u->sel_ref);
+    if (u->sel_mode == SEL_OBJECT) {
+        lua_getfield(L, -1, "pick_server");
+        lua_insert(L, -2); /* method, self */
+        lua_pushlstring(L, key, len);
+        err = lua_pcall(L, 2, 2, 0);
+    } else {
+        lua_pushlstring(L, key, len);
+        err = lua_pcall(L, 1, 2, 0);
+    }
+    if (err != 0 || lua_type(L, -2) != LUA_TSTRING) {
+        const char *why = err ? lua_tostring(L, -1) : lua_tostring(L, -1);
+        snprintf(u->c->errmsg, sizeof(u->c->errmsg),
+                 "selector gave no server for key '%.*s': %s",
+                 (int)(len > 60 ? 60 : len), key, why ? why : "no address");
+        lua_pop(L, err ? 1 : 2);
+        *ename = E_NO_SERVERS;
+        return -1;
+    }
+    srv = mc_client_intern_server(u->c, lua_tostring(L, -2));
+    lua_pop(L, 2);
+    if (srv < 0) {
+        *ename = E_BAD_SERVER;
+        return -1;
+    }
+    if (!mc_client_usable(u->c, srv, &err)) {
+        *ename = err_name(err);
+        return -1;
+    }
+    return srv;
+}
+
+/* ---- single-key operations ---- */
+
+typedef struct op {
+    lmc_client *u;
+    int srv;
+    uint32_t opaque;
+    mc_buf *out;
+    mc_resp r;
+} op;
+
+/* Checks the key, picks and connects. Returns 0 with o->out ready, or the
+ * number of failure values pushed. */
+static int op_begin(lua_State *L, lmc_client *u, const args *a, op *o)
+{
+    const char *ename = NULL;
+    int err = MC_OK;
+    o->u = u;
+    if (!key_ok(a->key, a->keylen))
+        return fail(L, E_MALFORMED_KEY,
+                    "keys are 1 to 250 bytes without spaces or control "
+                    "characters");
+    o->srv = pick(L, u, a->key, a->keylen, &ename);
+    if (o->srv < 0)
+        return finish(L, u, fail(L, ename, u->c->errmsg));
+    o->out = mc_client_begin(u->c, o->srv, &o->opaque, &err);
+    if (!o->out)
+        return finish(L, u, fail(L, err_name(err), u->c->errmsg));
+    return 0;
+}
+
+/* Sends the encoded request (enc_rc is the encoder's result) and reads the
+ * reply. Returns 0 with o->r filled, or the number of values pushed. */
+static int op_exec(lua_State *L, op *o, int enc_rc)
+{
+    int rc;
+    if (enc_rc != 0) {
+        mc_client_abort(o->u->c);
+        return fail(L, E_NOMEM, "out of memory encoding the request");
+    }
+    rc = mc_client_exec(o->u->c, &o->r);
+    if (rc != MC_OK)
+        return finish(L, o->u, fail(L, err_name(rc), o->u->c->errmsg));
+    return 0;
+}
+
+static const char *server_name(op *o)
+{
+    return o->u->c->servers[o->srv]->name;
+}
+
+/* A non-OK status: releases the connection and pushes the mapped error. */
+static int op_status_fail(lua_State *L, op *o, enum op_kind k)
+{
+    int n = status_fail(L, k, &o->r, server_name(o));
+    mc_client_end(o->u->c);
+    return finish(L, o->u, n);
+}
+
+static int op_done(lua_State *L, op *o, int nret)
+{
+    mc_client_end(o->u->c);
+    return finish(L, o->u, nret);
+}
+
+static int is_lock(const mc_resp *r)
+{
+    return r->flags == LOCK_FLAGS && r->vallen == LOCK_LEN &&
+           memcmp(r->value, lock_value, LOCK_LEN) == 0;
+}
+
+/* Pushes an item's value: msgpack-decoded when it carries the msgpack flag,
+ * else the bytes. Returns 1, or pushes nothing and returns 0 with the
+ * reason in err. */
+static int push_value(lua_State *L, lmc_client *u, const mc_resp *r,
+                      char *err, size_t errlen)
+{
+    if (r->flags == u->mp_flag)
+        return lmc_value_decode(L, u->vctx, r->value, r->vallen, err,
+                                errlen) == 0;
+    lua_pushlstring(L, r->value, r->vallen);
+    return 1;
+}
+
+/* value, cas, flags of a GET-family reply */
+static int op_push_item(lua_State *L, op *o)
+{
+    char err[200];
+    if (is_lock(&o->r)) {
+        mc_client_end(o->u->c);
+        return finish(L, o->u, fail(L, E_CACHE_MISS, NULL));
+    }
+    if (!push_value(L, o->u, &o->r, err, sizeof(err))) {
+        mc_client_end(o->u->c);
+        return finish(L, o->u, fail(L, E_UNDECODABLE, err));
+    }
+    lmc_pushint(L, o->r.cas);
+    lmc_pushint(L, o->r.flags);
+    return op_done(L, o, 3);
+}
+
+static int m_get(lua_State *L)
+{
+    lmc_client *u = check_client(L);
+    args a;
+    op o;
+    int n;
+    get_args(L, &a, 0, "");
+    CLOSED_CHECK(L, u);
+    if ((n = op_begin(L, u, &a, &o)) != 0)
+        return n;
+    if ((n = op_exec(L, &o, mc_enc_get(o.out, MC_OP_GET, o.opaque, a.key,
+                                        a.keylen))) != 0)
+        return n;
+    if (o.r.status != MC_STATUS_OK)
+        return op_status_fail(L, &o, K_GET);
+    return op_push_item(L, &o);
+}
+
+static int m_get_and_touch(lua_State *L)
+{
+    lmc_client *u = check_client(L);
+    args a;
+    op o;
+    int n;
+    get_args(L, &a, 0, "e");
+    CLOSED_CHECK(L, u);
+    if ((n = op_begin(L, u, &a, &o)) != 0)
+        return n;
+    if ((n = op_exec(L, &o, mc_enc_touch(o.out, MC_OP_GAT, o.opaque, a.key,
+                                          a.keylen, a.exptime))) != 0)
+        return n;
+    if (o.r.status != MC_STATUS_OK)
+        return op_status_fail(L, &o, K_GET);
+    return op_push_item(L, &o);
+}
+
+static int m_touch(lua_State *L)
+{
+    lmc_client *u = check_client(L);
+    args a;
+    op o;
+    int n;
+    get_args(L, &a, 0, "e");
+    CLOSED_CHECK(L, u);
+    if ((n = op_begin(L, u, &a, &o)) != 0)
+        return n;
+    if ((n = op_exec(L, &o, mc_enc_touch(o.out, MC_OP_TOUCH, o.opaque, a.key,
+                                          a.keylen, a.exptime))) != 0)
+        return n;
+    if (o.r.status != MC_STATUS_OK)
+        return op_status_fail(L, &o, K_GET);
+    lua_pushboolean(L, 1);
+    return op_done(L, &o, 1);
+}
+
+/* Encodes the value for a store: raw bytes (raw, or flags given that are
+ * not the msgpack flag, as gomemcache's Item.Flags) or msgpack. Returns 0,
+ * or pushes a failure and returns the count. */
+static int encode_value(lua_State *L, lmc_client *u, args *a, int raw,
+                        const char **p, size_t *n, uint32_t *flags)
+{
+    char err[200];
+    if (raw || (a->has_flags && a->flags != u->mp_flag)) {
+        if (lua_type(L, a->value) != LUA_TSTRING)
+            luaL_error(L, "bad argument #2 (value): string expected for raw "
+                          "data, got %s", luaL_typename(L, a->value));
+        *p = lua_tolstring(L, a->value, n);
+        *flags = a->has_flags ? a->flags : 0;
+        return 0;
+    }
+    u->val.len = 0;
+    if (lmc_value_encode(L, u->vctx, a->value, &u->val, err, sizeof(err)) != 0)
+        return fail(L, E_UNENCODABLE, err);
+    *p = u->val.data;
+    *n = u->val.len;
+    *flags = u->mp_flag;
+    return 0;
+}
+
+static int do_store(lua_State *L, uint8_t opcode, enum op_kind k, int raw,
+                    const char *order)
+{
+    lmc_client *u = check_client(L);
+    args a;
+    op o;
+    int n;
+    const char *p = NULL;
+    size_t len = 0;
+    uint32_t flags = 0;
+
+    get_args(L, &a, 1, order);
+    if (lua_isnone(L, 3))
+        luaL_error(L, "bad argument #2 (value): value expected");
+    if (opcode == MC_OP_SET && k == K_REPLACE && a.cas == 0)
+        luaL_error(L, "bad argument #3 (cas): compare_and_swap needs the cas "
+                      "of a previous get");
+    CLOSED_CHECK(L, u);
+    if (!key_ok(a.key, a.keylen))
+        return fail(L, E_MALFORMED_KEY,
+                    "keys are 1 to 250 bytes without spaces or control "
+                    "characters");
+    if ((n = encode_value(L, u, &a, raw, &p, &len, &flags)) != 0)
+        return n;
+    if ((n = op_begin(L, u, &a, &o)) != 0)
+        return n;
+    n = op_exec(L, &o, mc_enc_store(o.out, opcode, o.opaque, a.cas, a.key,
+                                    a.keylen, flags, a.exptime, p, len));
+    mc_buf_clear(&u->val, 1 << 20);
+    if (n)
+        return n;
+    if (o.r.status != MC_STATUS_OK)
+        return op_status_fail(L, &o, k);
+    lmc_pushint(L, o.r.cas);
+    return op_done(L, &o, 1);
+}
+
+static int m_set(lua_State *L) { return do_store(L, MC_OP_SET, K_SET, 0, "ecf"); }
+static int m_add(lua_State *L) { return do_store(L, MC_OP_ADD, K_ADD, 0, "ecf"); }
+static int m_replace(lua_State *L) { return do_store(L, MC_OP_REPLACE, K_REPLACE, 0, "ecf"); }
+static int m_set_raw(lua_State *L) { return do_store(L, MC_OP_SET, K_SET, 1, "ecf"); }
+static int m_add_raw(lua_State *L) { return do_store(L, MC_OP_ADD, K_ADD, 1, "ecf"); }
+static int m_replace_raw(lua_State *L) { return do_store(L, MC_OP_REPLACE, K_REPLACE, 1, "ecf"); }
+static int m_cas(lua_State *L) { return do_store(L, MC_OP_SET, K_REPLACE, 0, "cef"); }
+
+static int do_concat(lua_State *L, uint8_t opcode)
+{
+    lmc_client *u = check_client(L);
+    args a;
+    op o;
+    int n;
+    const char *p;
+    size_t len;
+
+    get_args(L, &a, 1, "c");
+    if (lua_type(L, 3) != LUA_TSTRING)
+        luaL_error(L, "bad argument #2 (bytes): string expected, got %s",
+                   luaL_typename(L, 3));
+    p = lua_tolstring(L, 3, &len);
+    CLOSED_CHECK(L, u);
+    if ((n = op_begin(L, u, &a, &o)) != 0)
+        return n;
+    if ((n = op_exec(L, &o, mc_enc_concat(o.out, opcode, o.opaque, a.cas,
+                                           a.key, a.keylen, p, len))) != 0)
+        return n;
+    if (o.r.status != MC_STATUS_OK)
+        return op_status_fail(L, &o, K_REPLACE);
+    lmc_pushint(L, o.r.cas);
+    return op_done(L, &o, 1);
+}
+
+static int m_append(lua_State *L) { return do_concat(L, MC_OP_APPEND); }
+static int m_prepend(lua_State *L) { return do_concat(L, MC_OP_PREPEND); }
+
+static int m_delete(lua_State *L)
+{
+    lmc_client *u = check_client(L);
+    args a;
+    op o;
+    int n;
+    get_args(L, &a, 0, "c");
+    CLOSED_CHECK(L, u);
+    if ((n = op_begin(L, u, &a, &o)) != 0)
+        return n;
+    if ((n = op_exec(L, &o, mc_enc_delete(o.out, MC_OP_DELETE, o.opaque, a.cas,
+                                           a.key, a.keylen))) != 0)
+        return n;
+    if (o.r.status != MC_STATUS_OK)
+        return op_status_fail(L, &o, a.cas ? K_REPLACE : K_GET);
+    lua_pushboolean(L, 1);
+    return op_done(L, &o, 1);
+}
+
+/* memcached 1.4 dropped delete's hold time. The lock is an item that only
+ * this client recognises: REPLACE (so a missing key stays a miss, as
+ * gomemcache's DeleteLock reports) with a marker that expires after
+ * `seconds`. While it lives, get/get_multi report a miss and add fails. */
+static int m_delete_lock(lua_State *L)
+{
+    lmc_client *u = check_client(L);
+    args a;
+    op o;
+    int n;
+    lua_Integer secs;
+
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        lua_settop(L, 2);
+        lua_getfield(L, 2, "key");
+        lua_getfield(L, 2, "seconds");
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            lua_getfield(L, 2, "expiration");
+        }
+        lua_remove(L, 2);
+    }
+    get_args(L, &a, 0, "");
+    secs = check_integer(L, 3, "seconds");
+    if (secs < 0 || secs > (lua_Integer)0xffffffffLL)
+        luaL_error(L, "bad argument #2 (seconds): must be 0..4294967295");
+    CLOSED_CHECK(L, u);
+    if ((n = op_begin(L, u, &a, &o)) != 0)
+        return n;
+    if (secs == 0)
+        n = op_exec(L, &o, mc_enc_delete(o.out, MC_OP_DELETE, o.opaque, 0,
+                                         a.key, a.keylen));
+    else
+        n = op_exec(L, &o, mc_enc_store(o.out, MC_OP_REPLACE, o.opaque, 0,
+                                        a.key, a.keylen, LOCK_FLAGS,
+                                        (uint32_t)secs, lock_value, LOCK_LEN));
+    if (n)
+        return n;
+    if (o.r.status != MC_STATUS_OK)
+        return op_status_fail(L, &o, K_GET);
+    lua_pushboolean(L, 1);
+    return op_done(L, &o, 1);
+}
+
+static int do_arith(lua_State *L, uint8_t opcode, int counter_only)
+{
+    lmc_client *u = check_client(L);
+    args a;
+    op o;
+    int n;
+    uint32_t exp;
+
+    if (counter_only)
+        get_args(L, &a, 0, "");
+    else
+        get_args(L, &a, 0, "die");
+    exp = a.has_initial ? a.exptime : MC_ARITH_NO_CREATE;
+    CLOSED_CHECK(L, u);
+    if ((n = op_begin(L, u, &a, &o)) != 0)
+        return n;
+    if ((n = op_exec(L, &o, mc_enc_arith(o.out, opcode, o.opaque, a.key,
+                                          a.keylen, a.delta, a.initial,
+                                          exp))) != 0)
+        return n;
+    if (o.r.status != MC_STATUS_OK)
+        return op_status_fail(L, &o, K_GET);
+    if (o.r.vallen != 8) {
+        char d[160];
+        snprintf(d, sizeof(d), "%s: counter reply of %zu bytes, not 8",
+                 server_name(&o), o.r.vallen);
+        mc_client_abort(u->c);
+        return finish(L, u, fail(L, E_PROTOCOL, d));
+    }
+    lmc_pushint(L, mc_load64(o.r.value));
+    if (counter_only)
+        return op_done(L, &o, 1);
+    lmc_pushint(L, o.r.cas);
+    return op_done(L, &o, 2);
+}
+
+static int m_increment(lua_State *L) { return do_arith(L, MC_OP_INCREMENT, 0); }
+static int m_decrement(lua_State *L) { return do_arith(L, MC_OP_DECREMENT, 0); }
+static int m_touch_atomic(lua_State *L) { return do_arith(L, MC_OP_INCREMENT, 1); }
+
+/* ---- every server ---- */
+
+/* Runs one request on every server. For each, enc appends the request;
+ * each reply is handed to per_reply (which may read further replies with
+ * mc_client_next) with the server's name on top of the stack... Results
+ * and failures are collected by the callers below. */
+typedef int (*all_enc)(mc_buf *out, uint32_t opaque, void *ud);
+
+/* Sends one request to server i. Returns MC_OK with o->r filled (the
+ * connection still held), or an error (message in errmsg). */
+static int server_call(lmc_client *u, int i, op *o, all_enc enc, void *ud)
+{
+    int err = MC_OK;
+    o->u = u;
+    o->srv = i;
+    o->out = mc_client_begin(u->c, i, &o->opaque, &err);
+    if (!o->out)
+        return err;
+    if (enc(o->out, o->opaque, ud) != 0) {
+        mc_client_abort(u->c);
+        snprintf(u->c->errmsg, sizeof(u->c->errmsg), "out of memory");
+        return MC_ERR_NOMEM;
+    }
+    return mc_client_exec(u->c, &o->r);
+}
+
+static int enc_noop(mc_buf *out, uint32_t opaque, void *ud)
+{
+    (void)ud;
+    return mc_enc_simple(out, MC_OP_NOOP, opaque);
+}
+
+static int enc_version(mc_buf *out, uint32_t opaque, void *ud)
+{
+    (void)ud;
+    return mc_enc_simple(out, MC_OP_VERSION, opaque);
+}
+
+static int enc_flush(mc_buf *out, uint32_t opaque, void *ud)
+{
+    return mc_enc_flush(out, MC_OP_FLUSH, opaque, *(uint32_t *)ud);
+}
+
+/* Shared shape of ping/flush: true, or nil, err, {addr = detail}. */
+static int all_simple(lua_State *L, lmc_client *u, all_enc enc, void *ud)
+{
+    size_t i;
+    int failed = 0;
+    const char *first = NULL;
+    CLOSED_CHECK(L, u);
+    if (u->c->nservers == 0)
+        return fail(L, E_NO_SERVERS, "no servers configured");
+    lua_newtable(L);
+    for (i = 0; i < u->c->nservers; i++) {
+        op o;
+        int rc = server_call(u, (int)i, &o, enc, ud);
+        const char *name = u->c->servers[i]->name;
+        if (rc != MC_OK) {
+            if (!first)
+                first = err_name(rc);
+            lua_pushstring(L, u->c->errmsg);
+            lua_setfield(L, -2, name);
+            failed++;
+            continue;
+        }
+        if (o.r.status != MC_STATUS_OK) {
+            if (!first)
+                first = status_err(K_OTHER, o.r.status);
+            lua_pushfstring(L, "%s: %s", name, mc_status_str(o.r.status));
+            lua_setfield(L, -2, name);
+            failed++;
+        }
+        mc_client_end(u->c);
+    }
+    if (!failed) {
+        lua_pop(L, 1);
+        lua_pushboolean(L, 1);
+        return finish(L, u, 1);
+    }
+    lua_pushnil(L);
+    lua_insert(L, -2);
+    lua_pushstring(L, first);
+    lua_insert(L, -2); /* nil, err, failures */
+    return finish(L, u, 3);
+}
+
+static int m_ping(lua_State *L)
+{
+    lmc_client *u = check_client(L);
+    return all_simple(L, u, enc_noop, NULL);
+}
+
+static int m_flush(lua_State *L)
+{
+    lmc_client *u = check_client(L);
+    lua_Integer d;
+    uint32_t delay;
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        lua_getfield(L, 2, "expiration");
+        lua_replace(L, 2);
+    }
+    d = opt_integer(L, 2, "delay", 0);
+    delay = check_exptime(L, d, "delay");
+    return all_simple(L, u, enc_flush, &delay);
+}
+
+static int m_flush_all(lua_State *L)
+{
+    lmc_client *u = check_client(L);
+    uint32_t delay = 0;
+    return all_simple(L, u, enc_flush, &delay);
+}
+
+static int m_version(lua_State *L)
+{
+    lmc_client *u = check_client(L);
+    size_t i, ok = 0;
+    const char *first = NULL;
+    CLOSED_CHECK(L, u);
+    lua_newtable(L);
+    for (i = 0; i < u->c->nservers; i++) {
+        op o;
+        int rc = server_call(u, (int)i, &o, enc_version, NULL);
+        if (rc != MC_OK) {
+            if (!first)
+                first = err_name(rc);
+            continue;
+        }
+        if (o.r.status == MC_STATUS_OK) {
+            lua_pushlstring(L, o.r.value, o.r.vallen);
+            lua_setfield(L, -2, u->c->servers[i]->name);
+            ok++;
+        } else if (!first) {
+            first = status_err(K_OTHER, o.r.status);
+        }
+        mc_client_end(u->c);
+    }
+    if (!ok) {
+        lua_pop(L, 1);
+        return finish(L, u, fail(L, first ? first : E_NO_SERVERS,
+                                 u->c->nservers ? u->c->errmsg
+                                                : "no servers configured"));
+    }
+    if (first) {
+        lua_pushstring(L, first);
+        return finish(L, u, 2);
+    }
+    return finish(L, u, 1);
+}
+
+typedef struct stat_group {
+    const char *p;
+    size_t n;
+} stat_group;
+
+static int enc_stat(mc_buf *out, uint32_t opaque, void *ud)
+{
+    stat_group *g = ud;
+    return mc_enc_stat(out, opaque, g->p, g->n);
+}
+
+/* stats([group]) -> {addr = {name = value}}; a server that fails is left
+ * out and the first error is the second result; nil, ERR_NO_STATS when no
+ * server answered. */
+static int m_stats(lua_State *L)
+{
+    lmc_client *u = check_client(L);
+    stat_group g = {NULL, 0};
+    size_t i, ok = 0;
+    const char *first = NULL;
+    if (!lua_isnoneornil(L, 2))
+        g.p = luaL_checklstring(L, 2, &g.n);
+    CLOSED_CHECK(L, u);
+    lua_newtable(L);
+    for (i = 0; i < u->c->nservers; i++) {
+        op o;
+        int rc = server_call(u, (int)i, &o, enc_stat, &g);
+        if (rc != MC_OK) {
+            if (!first)
+                first = err_name(rc);
+            continue;
+        }
+        if (o.r.status != MC_STATUS_OK) {
+            if (!first)
+                first = status_err(K_OTHER, o.r.status);
+            mc_client_end(u->c);
+            continue;
+        }
+        lua_newtable(L);
+        while (o.r.keylen > 0) {
+            lua_pushlstring(L, o.r.key, o.r.keylen);
+            lua_pushlstring(L, o.r.value, o.r.vallen);
+            lua_rawset(L, -3);
+            rc = mc_client_next(u->c, &o.r);
+            if (rc != MC_OK)
+                break;
+        }
+        if (rc != MC_OK) {
+            lua_pop(L, 1);
+            if (!first)
+                first = err_name(rc);
+            continue;
+        }
+        lua_setfield(L, -2, u->c->servers[i]->name);
+        mc_client_end(u->c);
+        ok++;
+    }
+    if (!ok) {
+        lua_pop(L, 1);
+        return finish(L, u, fail(L, E_NO_STATS, u->c->errmsg));
+    }
+    if (first) {
+        lua_pushstring(L, first);
+        return finish(L, u, 2);
+    }
+    return finish(L, u, 1);
+}
+
+/* ---- get_multi ---- */
+
+typedef struct multi {
+    lua_State *L;
+    lmc_client *u;
+    int keys;    /* stack index of the keys table */
+    int result;  /* stack index of the results table */
+    int failed;  /* stack index of the failures table (or nil) */
+    const char *first;
+} multi;
+
+static int grow_keys(lmc_client *u, size_t n)
+{
+    struct bkey *k;
+    int *s;
+    if (u->capkeys >= n)
+        return 0;
+    k = realloc(u->keys, n * sizeof(*k));
+    if (!k)
+        return -1;
+    u->keys = k;
+    s = realloc(u->srv, n * sizeof(*s));
+    if (!s)
+        return -1;
+    u->srv = s;
+    u->capkeys = n;
+    return 0;
+}
+
+static void multi_failed(multi *m, size_t i, const char *err)
+{
+    lua_State *L = m->L;
+    if (!m->first)
+        m->first = err;
+    if (lua_isnil(L, m->failed)) {
+        lua_newtable(L);
+        lua_replace(L, m->failed);
+    }
+    lua_pushlstring(L, m->u->keys[i].key, m->u->keys[i].len);
+    lua_pushstring(L, err);
+    lua_rawset(L, m->failed);
+}
+
+static int multi_get_enc(void *ud, size_t i, mc_buf *out, uint32_t opaque)
+{
+    multi *m = ud;
+    return mc_enc_get(out, MC_OP_GETKQ, opaque, m->u->keys[i].key,
+                      m->u->keys[i].len);
+}
+
+static int multi_get_reply(void *ud, size_t i, const mc_resp *r)
+{
+    multi *m = ud;
+    lua_State *L = m->L;
+    char err[200];
+    const struct bkey *k = &m->u->keys[i];
+    if (r->keylen != k->len || memcmp(r->key, k->key, k->len) != 0)
+        return -1;
+    if (r->status != MC_STATUS_OK) {
+        multi_failed(m, i, status_err(K_GET, r->status));
+        return 0;
+    }
+    if (is_lock(r))
+        return 0;
+    lua_pushlstring(L, k->key, k->len);
+    if (!push_value(L, m->u, r, err, sizeof(err))) {
+        lua_pop(L, 1);
+        multi_failed(m, i, E_UNDECODABLE);
+        return 0;
+    }
+    lua_rawset(L, m->result);
+    return 0;
+}
+
+static void multi_fail(void *ud, size_t i, int err, const char *msg)
+{
+    (void)msg;
+    multi_failed(ud, i, err_name(err));
+}
+
+/* Checks the keys table and fills the key scratch. Returns the count, or
+ * pushes a failure and returns -(values pushed). Keys go to servers as the
+ * selector says; a key whose server cannot be picked is a failure of its
+ * own. */
+static long multi_keys(lua_State *L, lmc_client *u, int t, multi *m)
+{
+    size_t n = lua_rawlen(L, t), i;
+    if (grow_keys(u, n + 1) != 0)
+        return -fail(L, E_NOMEM, "out of memory");
+    for (i = 0; i < n; i++) {
+        lua_rawgeti(L, t, (lua_Integer)i + 1);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            luaL_error(L, "bad argument #1 (keys): key #%d is a %s, not a "
+                          "string", (int)i + 1, luaL_typename(L, -1));
+        u->keys[i].key = lua_tolstring(L, -1, &u->keys[i].len);
+        lua_pop(L, 1); /* the table keeps the string alive */
+        if (!key_ok(u->keys[i].key, u->keys[i].len)) {
+            char d[80];
+            snprintf(d, sizeof(d), "key #%d is malformed; nothing was sent",
+                     (int)i + 1);
+            return -fail(L, E_MALFORMED_KEY, d);
+        }
+    }
+    for (i = 0; i < n; i++) {
+        const char *ename = NULL;
+        u->srv[i] = pick(L, u, u->keys[i].key, u->keys[i].len, &ename);
+        if (u->srv[i] < 0)
+            multi_failed(m, i, ename);
+    }
+    return (long)n;
+}
+
+/* get_multi(keys) -> {key = value}; on partial failure also err and
+ * {key = err} for the keys that got no answer. */
+static int m_get_multi(lua_State *L)
+{
+    lmc_client *u = check_client(L);
+    multi m;
+    mc_batch b;
+    long n;
+
+    luaL_checktype(L, 2, LUA_TTABLE);
+    CLOSED_CHECK(L, u);
+    lua_settop(L, 2);
+    lua_newtable(L); /* 3: results */
+    lua_pushnil(L);  /* 4: failures, created on first use */
+    m.L = L;
+    m.u = u;
+    m.keys = 2;
+    m.result = 3;
+    m.failed = 4;
+    m.first = NULL;
+    n = multi_keys(L, u, 2, &m);
+    if (n < 0)
+        return (int)-n;
+    b.n = (size_t)n;
+    b.server = u->srv;
+    b.encode = multi_get_enc;
+    b.reply = multi_get_reply;
+    b.fail = multi_fail;
+    b.ud = &m;
+    if (n > 0 && mc_client_batch(u->c, &b) != MC_OK)
+        return finish(L, u, fail(L, E_NOMEM, "out of memory"));
+    if (!m.first) {
+        lua_settop(L, 3);
+        return finish(L, u, 1);
+    }
+    lua_settop(L, 4);
+    lua_pushstring(L, m.first);
+    lua_insert(L, 4); /* results, err, failures */
+    return finish(L, u, 3);
+}
+
+/* ---- servers ---- */
+
+/* Reads one server entry (a string, or {addr, weight = n} / {addr, n}) at
+ * index i into *s. Returns 1, or 0 when the value is not an entry. */
+static int read_entry(lua_State *L, int i, mc_server_spec *s)
+{
+    i = lua_absindex(L, i);
+    if (lua_type(L, i) == LUA_TSTRING) {
+        s->addr = lua_tostring(L, i);
+        s->weight = 1;
+        return 1;
+    }
+    if (lua_type(L, i) != LUA_TTABLE)
+        return 0;
+    lua_rawgeti(L, i, 1);
+    if (lua_type(L, -1) != LUA_TSTRING) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    s->addr = lua_tostring(L, -1);
+    lua_pop(L, 1); /* the table keeps it alive */
+    lua_getfield(L, i, "weight");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_rawgeti(L, i, 2);
+    }
+    if (lua_isnil(L, -1)) {
+        s->weight = 1;
+    } else {
+        lua_Integer w = lua_isinteger(L, -1) ? (lua_Integer)lmc_toint(L, -1) : 0;
+        if (w < 1 || w > 65535)
+            luaL_error(L, "server weight must be an integer 1..65535");
+        s->weight = (unsigned)w;
+    }
+    lua_pop(L, 1);
+    return 1;
+}
+
+static int is_weighted_entry(lua_State *L, int i)
+{
+    int r;
+    lua_getfield(L, i, "weight");
+    r = !lua_isnil(L, -1);
+    lua_pop(L, 1);
+    if (!r) {
+        lua_rawgeti(L, i, 2);
+        r = lua_type(L, -1) == LUA_TNUMBER;
+        lua_pop(L, 1);
+    }
+    return r;
+}
+
+/* Collects the entries in arguments from..top: strings, weighted entries,
+ * or arrays of those. The specs live in a userdata (left on the stack) so
+ * that a raised error frees them. */
+static mc_server_spec *collect_servers(lua_State *L, int from, size_t *n)
+{
+    int top = lua_gettop(L), i;
+    size_t cap = 0, k = 0;
+    mc_server_spec *s;
+
+    for (i = from; i <= top; i++)
+        cap += lua_type(L, i) == LUA_TTABLE && !is_weighted_entry(L, i)
+                   ? lua_rawlen(L, i) : 1;
+    s = lua_newuserdata(L, (cap + 1) * sizeof(*s));
+    for (i = from; i <= top; i++) {
+        if (lua_type(L, i) == LUA_TTABLE && !is_weighted_entry(L, i)) {
+            size_t j, len = lua_rawlen(L, i);
+            for (j = 1; j <= len; j++) {
+                lua_rawgeti(L, i, (lua_Integer)j);
+                if (!read_entry(L, -1, &s[k++]))
+                    luaL_error(L, "bad server #%d: \"host:port\", a unix "
+                                  "socket path or {addr, weight = n} "
+                                  "expected, got %s",
+                               (int)k, luaL_typename(L, -1));
+                lua_pop(L, 1);
+            }
+        } else if (!read_entry(L, i, &s[k++])) {
+            luaL_error(L, "bad server #%d: \"host:port\", a unix socket path "
+                          "or {addr, weight = n} expected, got %s",
+                       (int)k, luaL_typename(L, i));
+        }
+    }
+    *n = k;
+    return s;
+}
+
+static int m_set_servers(lua_State *L)
+{
+    lmc_client *u = check_client(L);
+    size_t n;
+    mc_server_spec *s = collect_servers(L, 2, &n);
+    CLOSED_CHECK(L, u);
+    if (mc_client_set_servers(u->c, s, n) != 0)
+        return fail(L, E_BAD_SERVER, u->c->errmsg);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int m_add_server(lua_State *L)
+{
+    lmc_client *u = check_client(L);
+    mc_server_spec s;
+    lua_Integer maxc = opt_integer(L, 3, "max_conns", 0);
+    if (!read_entry(L, 2, &s))
+        luaL_error(L, "bad argument #1 (addr): \"host:port\", a unix socket "
+                      "path or {addr, weight = n} expected, got %s",
+                   luaL_typename(L, 2));
+    if (maxc < 0)
+        luaL_error(L, "bad argument #2 (max_conns): must not be negative");
+    CLOSED_CHECK(L, u);
+    if (mc_client_add_server(u->c, &s) != 0)
+        return fail(L, E_BAD_SERVER, u->c->errmsg);
+    if (maxc > 0) {
+        int i = mc_client_intern_server(u->c, s.addr);
+        if (i >= 0)
+            u->c->servers[i]->max_conns = (unsigned)maxc;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int m_pick_server(lua_State *L)
+{
+    lmc_client *u = check_client(L);
+    size_t len;
+    const char *key = luaL_checklstring(L, 2, &len);
+    int srv;
+    CLOSED_CHECK(L, u);
+    if (!key_ok(key, len))
+        return fail(L, E_MALFORMED_KEY, NULL);
+    if (u->sel_mode == SEL_BUILTIN) {
+        srv = mc_client_pick_static(u->c, key, len);
+        if (srv < 0)
+            return fail(L, E_NO_SERVERS, "no servers configured");
+    } else {
+        const char *ename = NULL;
+        srv = pick(L, u, key, len, &ename);
+        if (srv < 0)
+            return fail(L, ename, u->c->errmsg);
+    }
+    lua_pushstring(L, u->c->servers[srv]->name);
+    return 1;
+}
+
+static int m_servers(lua_State *L)
+{
+    lmc_client *u = check_client(L);
+    size_t i;
+    CLOSED_CHECK(L, u);
+    lua_createtable(L, (int)u->c->nservers, 0);
+    for (i = 0; i < u->c->nservers; i++) {
+        mc_server *s = u->c->servers[i];
+        lua_createtable(L, 0, 4);
+        lua_pushstring(L, s->name);
+        lua_setfield(L, -2, "addr");
+        lua_pushboolean(L, !s->dead);
+        lua_setfield(L, -2, "alive");
+        lmc_pushint(L, s->failures);
+        lua_setfield(L, -2, "failures");
+        lmc_pushint(L, s->nopen);
+        lua_setfield(L, -2, "connections");
+        if (s->last_error[0]) {
+            lua_pushstring(L, s->last_error);
+            lua_setfield(L, -2, "last_error");
+        }
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    return 1;
+}
+
+static int m_set_callback(lua_State *L)
+{
+    lmc_client *u = check_client(L);
+    if (!lua_isnoneornil(L, 2))
+        luaL_checktype(L, 2, LUA_TFUNCTION);
+    CLOSED_CHECK(L, u);
+    luaL_unref(L, LUA_REGISTRYINDEX, u->cb_ref);
+    lua_settop(L, 2);
+    u->cb_ref = lua_isnil(L, 2) ? LUA_NOREF : luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* ---- life cycle ---- */
+
+/* One idempotent destroy for close, exit, __close and __gc. */
+static void destroy(lua_State *L, lmc_client *u)
+{
+    if (u->c) {
+        mc_client_free(u->c);
+        u->c = NULL;
+    }
+    if (u->vctx) {
+        lmc_vctx_free(u->vctx);
+        u->vctx = NULL;
+    }
+    mc_buf_free(&u->val);
+    free(u->keys);
+    free(u->srv);
+    u->keys = NULL;
+    u->srv = NULL;
+    u->capkeys = 0;
+    luaL_unref(L, LUA_REGISTRYINDEX, u->cb_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, u->sel_ref);
+    u->cb_ref = u->sel_ref = LUA_NOREF;
+}
+
+static int m_close(lua_State *L)
+{
+    destroy(L, check_client(L));
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int m_gc(lua_State *L)
+{
+    destroy(L, check_client(L));
+    return 0;
+}
+
+static int m_tostring(lua_State *L)
+{
+    lmc_client *u = check_client(L);
+    if (!u->c)
+        lua_pushfstring(L, "memcached.client (closed): %p", (void *)u);
+    else
+        lua_pushfstring(L, "memcached.client (%d servers): %p",
+                        (int)u->c->nservers, (void *)u);
+    return 1;
+}
+
+static double opt_number_field(lua_State *L, int t, const char *name,
+                               double def, double lo, double hi)
+{
+    double v = def;
+    lua_getfield(L, t, name);
+    if (!lua_isnil(L, -1)) {
+        if (lua_type(L, -1) != LUA_TNUMBER)
+            luaL_error(L, "option '%s' must be a number, got %s", name,
+                       luaL_typename(L, -1));
+        v = lua_tonumber(L, -1);
+        if (!(v >= lo && v <= hi))
+            luaL_error(L, "option '%s' must be between %f and %f", name, lo,
+                       hi);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+static const char *const known_opts[] = {
+    "servers", "timeout", "connect_timeout", "io_timeout", "max_conns",
+    "max_idle", "msgpack_flag", "selector", "failure_limit", "retry_timeout",
+    "eject", "max_value_size", NULL};
+
+/* Reads the options table at index t into o; the selector, if custom, is
+ * left for the caller. Unknown options raise, so a typo is not silent. */
+static void read_opts(lua_State *L, int t, mc_client_opts *o, uint32_t *mpf)
+{
+    double timeout;
+    lua_Integer v;
+    int present;
+    const char *sel;
+
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        int k, ok = 0;
+        if (lua_type(L, -2) == LUA_TSTRING)
+            for (k = 0; known_opts[k]; k++)
+                if (strcmp(known_opts[k], lua_tostring(L, -2)) == 0)
+                    ok = 1;
+        if (!ok && lua_type(L, -2) != LUA_TNUMBER)
+            luaL_error(L, "unknown option '%s'",
+                       lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2)
+                                                      : "?");
+        lua_pop(L, 1);
+    }
+    timeout = opt_number_field(L, t, "timeout", 0.1, 0.001, 3600);
+    o->pool.connect_timeout =
+        opt_number_field(L, t, "connect_timeout", timeout, 0.001, 3600);
+    o->io_timeout = opt_number_field(L, t, "io_timeout", timeout, 0.001, 3600);
+    v = opt_int_field(L, t, "max_conns", 0, NULL);
+    if (v < 0 || v > 1000000)
+        luaL_error(L, "option 'max_conns' must be 0 (no limit) or more");
+    o->pool.max_conns = (unsigned)v;
+    v = opt_int_field(L, t, "max_idle", 2, NULL);
+    if (v < 0 || v > 1000000)
+        luaL_error(L, "option 'max_idle' must not be negative");
+    o->pool.max_idle = (unsigned)v;
+    v = opt_int_field(L, t, "msgpack_flag", 1, NULL);
+    if (v < 0 || v > (lua_Integer)0xffffffffLL)
+        luaL_error(L, "option 'msgpack_flag' must be 0..4294967295");
+    *mpf = (uint32_t)v;
+    v = opt_int_field(L, t, "failure_limit", 2, NULL);
+    if (v < 1 || v > 1000000)
+        luaL_error(L, "option 'failure_limit' must be 1 or more");
+    o->pool.failure_limit = (unsigned)v;
+    o->pool.retry_timeout =
+        opt_number_field(L, t, "retry_timeout", 1.0, 0.0, 86400);
+    v = opt_int_field(L, t, "max_value_size", MC_DEFAULT_MAX_BODY, &present);
+    if (v < 1024 || v > (lua_Integer)0x7fffffff)
+        luaL_error(L, "option 'max_value_size' must be 1024..2147483647");
+    o->pool.max_body = (size_t)v + 512; /* room for key and extras */
+    lua_getfield(L, t, "eject");
+    if (!lua_isnil(L, -1))
+        o->eject = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, t, "selector");
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        sel = lua_tostring(L, -1);
+        if (strcmp(sel, "ketama") == 0)
+            o->selector = MC_SEL_KETAMA;
+        else if (strcmp(sel, "modulo") == 0)
+            o->selector = MC_SEL_MODULO;
+        else if (strcmp(sel, "gomemcached") == 0)
+            o->selector = MC_SEL_GOMEMCACHED;
+        else
+            luaL_error(L, "option 'selector': unknown selector '%s' (ketama, "
+                          "modulo, gomemcached, a function or an object with "
+                          "pick_server)", sel);
+    } else if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TFUNCTION &&
+               lua_type(L, -1) != LUA_TTABLE &&
+               lua_type(L, -1) != LUA_TUSERDATA) {
+        luaL_error(L, "option 'selector' must be a name, a function or an "
+                      "object with pick_server");
+    }
+    lua_pop(L, 1);
+}
+
+/* Sets a custom selector (function or object) from the value at index i. */
+static void set_custom_selector(lua_State *L, lmc_client *u, int i)
+{
+    i = lua_absindex(L, i);
+    if (lua_type(L, i) == LUA_TFUNCTION) {
+        u->sel_mode = SEL_FUNCTION;
+    } else {
+        lua_getfield(L, i, "pick_server");
+        if (lua_isnil(L, -1))
+            luaL_error(L, "selector object has no pick_server method");
+        lua_pop(L, 1);
+        u->sel_mode = SEL_OBJECT;
+    }
+    lua_pushvalue(L, i);
+    u->sel_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+/* Builds a client from an options table at index t (0: defaults) and
+ * servers in arguments from..to (when from > 0). */
+static int construct(lua_State *L, int t, int from, int sel)
+{
+    mc_client_opts o;
+    uint32_t mpf = 1;
+    lmc_client *u;
+    size_t n = 0;
+    mc_server_spec *specs = NULL;
+
+    mc_client_opts_default(&o);
+    if (t)
+        read_opts(L, t, &o, &mpf);
+    /* everything that can raise happens before the client exists */
+    if (t) {
+        int top;
+        lua_getfield(L, t, "servers");
+        top = lua_gettop(L);
+        if (!lua_isnil(L, top))
+            specs = collect_servers(L, top, &n);
+    } else if (from) {
+        specs = collect_servers(L, from, &n);
+    }
+    u = lua_newuserdata(L, sizeof(*u));
+    memset(u, 0, sizeof(*u));
+    u->cb_ref = u->sel_ref = LUA_NOREF;
+    u->mp_flag = mpf;
+    luaL_setmetatable(L, CLIENT_MT);
+    u->vctx = lmc_vctx_new();
+    u->c = mc_client_new(&o);
+    if (!u->vctx || !u->c) {
+        destroy(L, u);
+        return luaL_error(L, "out of memory");
+    }
+    if (sel) {
+        set_custom_selector(L, u, sel);
+    } else if (t) {
+        lua_getfield(L, t, "selector");
+        if (lua_type(L, -1) == LUA_TFUNCTION || lua_type(L, -1) == LUA_TTABLE ||
+            lua_type(L, -1) == LUA_TUSERDATA)
+            set_custom_selector(L, u, -1);
+        lua_pop(L, 1);
+    }
+    if (n && mc_client_set_servers(u->c, specs, n) != 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, E_BAD_SERVER);
+        lua_pushstring(L, u->c->errmsg);
+        destroy(L, u);
+        return 3;
+    }
+    return 1;
+}
+
+/* memcached.new(server, ...) or memcached.new{servers = ..., ...} */
+static int l_new(lua_State *L)
+{
+    if (lua_type(L, 1) == LUA_TTABLE && !is_weighted_entry(L, 1)) {
+        lua_rawgeti(L, 1, 1);
+        if (lua_isnil(L, -1)) { /* an options table */
+            lua_pop(L, 1);
+            return construct(L, 1, 0, 0);
+        }
+        lua_pop(L, 1);
+    }
+    return construct(L, 0, lua_gettop(L) ? 1 : 0, 0);
+}
+
+/* memcached.new_from_selector(sel [, opts]) */
+static int l_new_from_selector(lua_State *L)
+{
+    int t = lua_type(L, 1);
+    if (t != LUA_TFUNCTION && t != LUA_TTABLE && t != LUA_TUSERDATA)
+        luaL_argerror(L, 1, "function or object with pick_server expected");
+    if (!lua_isnoneornil(L, 2))
+        luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
+    return construct(L, lua_isnil(L, 2) ? 0 : 2, 0, 1);
+}
+
+static const luaL_Reg methods[] = {
+    {"get", m_get},
+    {"get_multi", m_get_multi},
+    {"set", m_set},
+    {"add", m_add},
+    {"replace", m_replace},
+    {"set_raw_data", m_set_raw},
+    {"add_raw_data", m_add_raw},
+    {"replace_raw_data", m_replace_raw},
+    {"append", m_append},
+    {"prepend", m_prepend},
+    {"compare_and_swap", m_cas},
+    {"delete", m_delete},
+    {"delete_lock", m_delete_lock},
+    {"increment", m_increment},
+    {"decrement", m_decrement},
+    {"touch_atomic_value", m_touch_atomic},
+    {"touch", m_touch},
+    {"get_and_touch", m_get_and_touch},
+    {"flush", m_flush},
+    {"flush_all", m_flush_all},
+    {"delete_all", m_flush_all},
+    {"ping", m_ping},
+    {"stats", m_stats},
+    {"version", m_version},
+    {"add_server", m_add_server},
+    {"set_servers", m_set_servers},
+    {"pick_server", m_pick_server},
+    {"servers", m_servers},
+    {"set_server_error_callback", m_set_callback},
+    {"exit", m_close},
+    {"close", m_close},
+    {NULL, NULL}};
+
+LMC_EXPORT int luaopen_memcached(lua_State *L)
+{
+    int i;
+    if (luaL_newmetatable(L, CLIENT_MT)) {
+        luaL_newlib(L, methods);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, m_gc);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, m_gc);
+        lua_setfield(L, -2, "__close");
+        lua_pushcfunction(L, m_tostring);
+        lua_setfield(L, -2, "__tostring");
+    }
+    lua_pop(L, 1);
+
+    lua_newtable(L);
+    lua_pushcfunction(L, l_new);
+    lua_setfield(L, -2, "new");
+    lua_pushcfunction(L, l_new_from_selector);
+    lua_setfield(L, -2, "new_from_selector");
+    for (i = 0; errors[i].name; i++) {
+        lua_pushstring(L, errors[i].value);
+        lua_setfield(L, -2, errors[i].name);
+    }
+    lua_pushnumber(L, 0.1);
+    lua_setfield(L, -2, "DEFAULT_TIMEOUT");
+    lua_pushliteral(L, "0.1.0");
+    lua_setfield(L, -2, "_VERSION");
+    lmc_value_open(L);
+    lmc_codec_open(L);
+    return 1;
+}

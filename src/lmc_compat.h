@@ -1,0 +1,62 @@
+/*
+ * One source for Lua 5.4 and LuaJIT/Lua 5.1: the few calls that differ.
+ * Everything here is static, so nothing leaks into the exported symbols.
+ */
+#ifndef LMC_COMPAT_H
+#define LMC_COMPAT_H
+
+#include <lua.h>
+#include <lauxlib.h>
+
+#if LUA_VERSION_NUM < 502
+#define lua_rawlen(L, i) lua_objlen((L), (i))
+#define luaL_setfuncs(L, l, n) lmc_compat_setfuncs((L), (l), (n))
+static inline void lmc_compat_setfuncs(lua_State *L, const luaL_Reg *l, int nup)
+{
+    luaL_checkstack(L, nup + 1, "too many upvalues");
+    for (; l->name; l++) {
+        int i;
+        for (i = 0; i < nup; i++)
+            lua_pushvalue(L, -nup);
+        lua_pushcclosure(L, l->func, nup);
+        lua_setfield(L, -(nup + 2), l->name);
+    }
+    lua_pop(L, nup);
+}
+#define lua_absindex(L, i)                                                   \
+    ((i) > 0 || (i) <= LUA_REGISTRYINDEX ? (i) : lua_gettop(L) + (i) + 1)
+#define luaL_newlibtable(L, l) lua_createtable((L), 0, sizeof(l) / sizeof((l)[0]) - 1)
+#define luaL_newlib(L, l) (luaL_newlibtable((L), (l)), luaL_setfuncs((L), (l), 0))
+#define luaL_setmetatable(L, name) (luaL_getmetatable((L), (name)), lua_setmetatable((L), -2))
+static inline void *lmc_compat_testudata(lua_State *L, int i, const char *name)
+{
+    void *p = lua_touserdata(L, i);
+    if (p && lua_getmetatable(L, i)) {
+        luaL_getmetatable(L, name);
+        if (!lua_rawequal(L, -1, -2))
+            p = NULL;
+        lua_pop(L, 2);
+        return p;
+    }
+    return NULL;
+}
+#define luaL_testudata(L, i, n) lmc_compat_testudata((L), (i), (n))
+/* 5.1 has no integer subtype: an integral double in int64 range counts. */
+static inline int lmc_compat_isinteger(lua_State *L, int i)
+{
+    if (lua_type(L, i) == LUA_TNUMBER) {
+        lua_Number n = lua_tonumber(L, i);
+        return n == (lua_Number)(long long)n && n >= -9223372036854775808.0 &&
+               n < 9223372036854775808.0;
+    }
+    return 0;
+}
+#define lua_isinteger(L, i) lmc_compat_isinteger((L), (i))
+#define lmc_pushint(L, v) lua_pushnumber((L), (lua_Number)(v))
+#define lmc_toint(L, i) ((long long)lua_tonumber((L), (i)))
+#else
+#define lmc_pushint(L, v) lua_pushinteger((L), (lua_Integer)(v))
+#define lmc_toint(L, i) ((long long)lua_tointeger((L), (i)))
+#endif
+
+#endif

@@ -1,0 +1,688 @@
+#include "mc_client.h"
+
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct mc_batch_slot {
+    int srv;          /* server index */
+    mc_conn *conn;
+    uint32_t base;    /* opaque of request 0; the NOOP carries base + n */
+    size_t next;      /* replies must come in increasing request order */
+    int state;        /* SLOT_* */
+};
+
+enum { SLOT_IDLE, SLOT_WRITING, SLOT_READING, SLOT_DONE };
+
+void mc_client_opts_default(mc_client_opts *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->pool.connect_timeout = 0.1;
+    o->pool.max_conns = 0;
+    o->pool.max_idle = 2;
+    o->pool.max_body = MC_DEFAULT_MAX_BODY;
+    o->pool.failure_limit = 2;
+    o->pool.retry_timeout = 1.0;
+    o->io_timeout = 0.1;
+    o->eject = 1;
+    o->selector = MC_SEL_KETAMA;
+}
+
+mc_client *mc_client_new(const mc_client_opts *o)
+{
+    mc_client *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    c->o = *o;
+    c->cur_srv = -1;
+    c->sel = mc_selector_new(o->selector, NULL, 0);
+    if (!c->sel) {
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+static void push_event(mc_client *c, mc_server *s, int up, const char *why)
+{
+    mc_event *e;
+    if (c->nevents == c->capevents) {
+        size_t cap = c->capevents ? c->capevents * 2 : 4;
+        mc_event *p = realloc(c->events, cap * sizeof(*p));
+        if (!p)
+            return; /* losing a notification beats failing the call */
+        c->events = p;
+        c->capevents = cap;
+    }
+    e = &c->events[c->nevents++];
+    snprintf(e->server, sizeof(e->server), "%s", s->name);
+    e->up = up;
+    snprintf(e->reason, sizeof(e->reason), "%s", why ? why : "");
+}
+
+static void server_failed(mc_client *c, mc_server *s, int err, const char *msg)
+{
+    char why[200];
+    snprintf(why, sizeof(why), "%s: %s", mc_err_str(err), msg);
+    if (mc_server_failed(s, &c->o.pool, why))
+        push_event(c, s, 0, why);
+}
+
+static void server_ok(mc_client *c, mc_server *s)
+{
+    if (s->failures == 0 && !s->dead)
+        return;
+    if (mc_server_succeeded(s))
+        push_event(c, s, 1, "responding again");
+}
+
+void mc_client_abort(mc_client *c)
+{
+    size_t i;
+    if (c->cur) {
+        mc_pool_put(c->servers[c->cur_srv], &c->o.pool, c->cur, 1);
+        c->cur = NULL;
+        c->cur_srv = -1;
+    }
+    for (i = 0; i < c->nslots; i++) {
+        mc_batch_slot *sl = &c->slots[i];
+        if (sl->conn) {
+            mc_pool_put(c->servers[sl->srv], &c->o.pool, sl->conn, 1);
+            sl->conn = NULL;
+        }
+    }
+}
+
+static void free_servers(mc_server **s, size_t n, mc_server **keep,
+                         size_t nkeep)
+{
+    size_t i, j;
+    for (i = 0; i < n; i++) {
+        for (j = 0; j < nkeep; j++)
+            if (keep[j] == s[i])
+                break;
+        if (j == nkeep)
+            mc_server_free(s[i]);
+    }
+}
+
+void mc_client_free(mc_client *c)
+{
+    if (!c)
+        return;
+    mc_client_abort(c);
+    free_servers(c->servers, c->nservers, NULL, 0);
+    free(c->servers);
+    free(c->entry_server);
+    free(c->entry_weight);
+    free(c->alive);
+    mc_selector_free(c->sel);
+    free(c->slots);
+    free(c->replied);
+    free(c->pfds);
+    free(c->events);
+    free(c);
+}
+
+/* Builds a new server table + selector for the given entries, reusing the
+ * servers of the current table that have the same address. All or
+ * nothing. */
+static int install(mc_client *c, const mc_server_spec *spec, size_t n,
+                   mc_server **extra, size_t nextra)
+{
+    mc_server **srv = NULL;
+    int *ent = NULL;
+    unsigned char *alive = NULL;
+    unsigned *wt = NULL;
+    mc_sel_entry *se = NULL;
+    mc_selector *sel = NULL;
+    size_t ns = 0, i, j;
+
+    srv = calloc(n + nextra + 1, sizeof(*srv));
+    ent = calloc(n + 1, sizeof(*ent));
+    alive = calloc(n + 1, 1);
+    se = calloc(n + 1, sizeof(*se));
+    wt = calloc(n + 1, sizeof(*wt));
+    if (!srv || !ent || !alive || !se || !wt) {
+        snprintf(c->errmsg, sizeof(c->errmsg), "out of memory");
+        goto fail;
+    }
+    for (i = 0; i < n; i++) {
+        mc_server *s = NULL;
+        for (j = 0; j < ns; j++)
+            if (strcmp(srv[j]->name, spec[i].addr) == 0)
+                s = srv[j];
+        if (!s) {
+            for (j = 0; j < c->nservers; j++)
+                if (strcmp(c->servers[j]->name, spec[i].addr) == 0)
+                    s = c->servers[j];
+            if (!s) {
+                mc_addr a;
+                char host[256];
+                unsigned port;
+                if (mc_addr_parse(spec[i].addr, &a, host, sizeof(host), &port,
+                                  c->errmsg, sizeof(c->errmsg)) != 0)
+                    goto fail;
+                s = mc_server_new(spec[i].addr, &a, host, port, 1);
+                if (!s) {
+                    snprintf(c->errmsg, sizeof(c->errmsg), "out of memory");
+                    goto fail;
+                }
+            }
+            srv[ns++] = s;
+        }
+        for (j = 0; j < ns; j++)
+            if (srv[j] == s)
+                ent[i] = (int)j;
+        se[i].host = s->host;
+        se[i].port = s->port;
+        se[i].weight = wt[i] = spec[i].weight ? spec[i].weight : 1;
+    }
+    for (i = 0; i < nextra; i++) {
+        for (j = 0; j < ns; j++)
+            if (srv[j] == extra[i])
+                break;
+        if (j == ns)
+            srv[ns++] = extra[i];
+    }
+    sel = mc_selector_new(c->o.selector, se, n);
+    if (!sel) {
+        snprintf(c->errmsg, sizeof(c->errmsg), "out of memory");
+        goto fail;
+    }
+    mc_client_abort(c);
+    free_servers(c->servers, c->nservers, srv, ns);
+    free(c->servers);
+    free(c->entry_server);
+    free(c->alive);
+    free(c->entry_weight);
+    mc_selector_free(c->sel);
+    c->entry_weight = wt;
+    c->servers = srv;
+    c->nservers = ns;
+    c->entry_server = ent;
+    c->nentries = n;
+    c->alive = alive;
+    c->sel = sel;
+    free(se);
+    return 0;
+fail:
+    if (srv) {
+        /* free only the servers created here */
+        for (i = 0; i < ns; i++) {
+            for (j = 0; j < c->nservers; j++)
+                if (c->servers[j] == srv[i])
+                    break;
+            if (j == c->nservers)
+                mc_server_free(srv[i]);
+        }
+    }
+    free(srv);
+    free(ent);
+    free(alive);
+    free(wt);
+    free(se);
+    return -1;
+}
+
+/* The current entries as specs (names point into the servers). */
+static mc_server_spec *current_specs(mc_client *c, size_t extra)
+{
+    mc_server_spec *sp = calloc(c->nentries + extra + 1, sizeof(*sp));
+    size_t i;
+    if (!sp)
+        return NULL;
+    for (i = 0; i < c->nentries; i++) {
+        mc_server *s = c->servers[c->entry_server[i]];
+        sp[i].addr = s->name;
+        sp[i].weight = c->entry_weight[i];
+    }
+    return sp;
+}
+
+/* Servers outside the selector (custom selectors) survive list changes. */
+static size_t outside_servers(mc_client *c, mc_server **out)
+{
+    size_t i, j, n = 0;
+    for (i = 0; i < c->nservers; i++) {
+        for (j = 0; j < c->nentries; j++)
+            if (c->entry_server[j] == (int)i)
+                break;
+        if (j == c->nentries)
+            out[n++] = c->servers[i];
+    }
+    return n;
+}
+
+int mc_client_set_servers(mc_client *c, const mc_server_spec *s, size_t n)
+{
+    mc_server **extra = calloc(c->nservers + 1, sizeof(*extra));
+    int rc;
+    if (!extra) {
+        snprintf(c->errmsg, sizeof(c->errmsg), "out of memory");
+        return -1;
+    }
+    rc = install(c, s, n, extra, outside_servers(c, extra));
+    free(extra);
+    return rc;
+}
+
+int mc_client_add_server(mc_client *c, const mc_server_spec *s)
+{
+    mc_server_spec *sp = current_specs(c, 1);
+    int rc;
+    if (!sp) {
+        snprintf(c->errmsg, sizeof(c->errmsg), "out of memory");
+        return -1;
+    }
+    sp[c->nentries] = *s;
+    rc = mc_client_set_servers(c, sp, c->nentries + 1);
+    free(sp);
+    return rc;
+}
+
+int mc_client_intern_server(mc_client *c, const char *addr)
+{
+    size_t i;
+    mc_server **srv;
+    mc_addr a;
+    char host[256];
+    unsigned port;
+    mc_server *s;
+
+    for (i = 0; i < c->nservers; i++)
+        if (strcmp(c->servers[i]->name, addr) == 0)
+            return (int)i;
+    if (mc_addr_parse(addr, &a, host, sizeof(host), &port, c->errmsg,
+                      sizeof(c->errmsg)) != 0)
+        return -1;
+    srv = realloc(c->servers, (c->nservers + 1) * sizeof(*srv));
+    if (!srv) {
+        snprintf(c->errmsg, sizeof(c->errmsg), "out of memory");
+        return -1;
+    }
+    c->servers = srv;
+    s = mc_server_new(addr, &a, host, port, 1);
+    if (!s) {
+        snprintf(c->errmsg, sizeof(c->errmsg), "out of memory");
+        return -1;
+    }
+    c->servers[c->nservers] = s;
+    return (int)c->nservers++;
+}
+
+int mc_client_pick_static(const mc_client *c, const char *key, size_t keylen)
+{
+    int e;
+    if (c->nentries == 0)
+        return -1;
+    e = mc_selector_pick(c->sel, key, keylen, NULL);
+    return e < 0 ? -1 : c->entry_server[e];
+}
+
+int mc_client_pick(mc_client *c, const char *key, size_t keylen, int *err)
+{
+    int e, si;
+    size_t i;
+    mc_server *s;
+
+    if (c->nentries == 0) {
+        *err = MC_ERR_NO_SERVERS;
+        snprintf(c->errmsg, sizeof(c->errmsg), "no servers configured");
+        return -1;
+    }
+    e = mc_selector_pick(c->sel, key, keylen, NULL);
+    si = c->entry_server[e];
+    s = c->servers[si];
+    if (!s->dead || mc_server_probe_due(s, &c->o.pool, mc_now()))
+        return si;
+    if (!c->o.eject) {
+        *err = MC_ERR_SERVER_DEAD;
+        snprintf(c->errmsg, sizeof(c->errmsg), "%s: marked dead after: %s",
+                 s->name, s->last_error);
+        return -1;
+    }
+    for (i = 0; i < c->nentries; i++)
+        c->alive[i] = !c->servers[c->entry_server[i]]->dead;
+    e = mc_selector_pick(c->sel, key, keylen, c->alive);
+    if (e < 0) {
+        *err = MC_ERR_NO_SERVERS;
+        snprintf(c->errmsg, sizeof(c->errmsg),
+                 "no servers available: all are marked dead");
+        return -1;
+    }
+    return c->entry_server[e];
+}
+
+/* ---- one request ---- */
+
+mc_buf *mc_client_begin(mc_client *c, int srv, uint32_t *opaque, int *err)
+{
+    mc_server *s;
+    char msg[200];
+
+    mc_client_abort(c);
+    if (srv < 0 || (size_t)srv >= c->nservers) {
+        *err = MC_ERR_NO_SERVERS;
+        snprintf(c->errmsg, sizeof(c->errmsg), "no such server");
+        return NULL;
+    }
+    s = c->servers[srv];
+    c->cur = mc_pool_get(s, &c->o.pool, err, msg, sizeof(msg));
+    if (!c->cur) {
+        snprintf(c->errmsg, sizeof(c->errmsg), "%s: %s", s->name, msg);
+        if (*err != MC_ERR_NOMEM && *err != MC_ERR_BUSY)
+            server_failed(c, s, *err, msg);
+        return NULL;
+    }
+    c->cur_srv = srv;
+    c->cur_opaque = c->cur->opaque++;
+    c->cur->out.len = 0;
+    c->cur->out_pos = 0;
+    *opaque = c->cur_opaque;
+    return &c->cur->out;
+}
+
+static int cur_failed(mc_client *c, int err, const char *msg)
+{
+    mc_server *s = c->servers[c->cur_srv];
+    snprintf(c->errmsg, sizeof(c->errmsg), "%s: %s", s->name, msg);
+    mc_pool_put(s, &c->o.pool, c->cur, 1);
+    c->cur = NULL;
+    server_failed(c, s, err, msg);
+    c->cur_srv = -1;
+    return err;
+}
+
+static int recv_matching(mc_client *c, mc_resp *r)
+{
+    char msg[200];
+    int rc = mc_conn_recv(c->cur, r, c->deadline, msg, sizeof(msg));
+    if (rc != MC_OK)
+        return cur_failed(c, rc, msg);
+    if (r->opaque != c->cur_opaque || r->opcode != c->cur_opcode) {
+        snprintf(msg, sizeof(msg),
+                 "reply (opcode 0x%02x, opaque %u) does not match the "
+                 "request (opcode 0x%02x, opaque %u)",
+                 r->opcode, r->opaque, c->cur_opcode, c->cur_opaque);
+        return cur_failed(c, MC_ERR_PROTOCOL, msg);
+    }
+    return MC_OK;
+}
+
+int mc_client_exec(mc_client *c, mc_resp *r)
+{
+    char msg[200];
+    int rc;
+
+    if (!c->cur)
+        return MC_ERR_IO;
+    c->cur_opcode = c->cur->out.len >= 2 ? (uint8_t)c->cur->out.data[1] : 0;
+    c->deadline = mc_now() + c->o.io_timeout;
+    rc = mc_conn_flush(c->cur, c->deadline, msg, sizeof(msg));
+    if (rc != MC_OK)
+        return cur_failed(c, rc, msg);
+    rc = recv_matching(c, r);
+    if (rc == MC_OK)
+        server_ok(c, c->servers[c->cur_srv]);
+    return rc;
+}
+
+int mc_client_next(mc_client *c, mc_resp *r)
+{
+    if (!c->cur)
+        return MC_ERR_IO;
+    return recv_matching(c, r);
+}
+
+void mc_client_end(mc_client *c)
+{
+    if (!c->cur)
+        return;
+    mc_pool_put(c->servers[c->cur_srv], &c->o.pool, c->cur, 0);
+    c->cur = NULL;
+    c->cur_srv = -1;
+}
+
+/* ---- batches ---- */
+
+static int grow(void **p, size_t *cap, size_t want, size_t size)
+{
+    void *q;
+    if (*cap >= want)
+        return 0;
+    q = realloc(*p, want * size);
+    if (!q)
+        return -1;
+    *p = q;
+    *cap = want;
+    return 0;
+}
+
+static void slot_failed(mc_client *c, const mc_batch *b, mc_batch_slot *sl,
+                        int err, const char *msg)
+{
+    mc_server *s = c->servers[sl->srv];
+    size_t i;
+    char full[256];
+
+    snprintf(full, sizeof(full), "%s: %s", s->name, msg);
+    snprintf(c->errmsg, sizeof(c->errmsg), "%s", full);
+    if (sl->conn) {
+        mc_pool_put(s, &c->o.pool, sl->conn, 1);
+        sl->conn = NULL;
+        server_failed(c, s, err, msg);
+    }
+    for (i = 0; i < b->n; i++)
+        if (b->server[i] == sl->srv && !c->replied[i])
+            b->fail(b->ud, i, err, full);
+    sl->state = SLOT_DONE;
+}
+
+/* Takes every whole response out of the slot's reader. */
+static void slot_drain(mc_client *c, const mc_batch *b, mc_batch_slot *sl)
+{
+    mc_resp r;
+    char msg[200];
+
+    for (;;) {
+        int rc = mc_reader_get(&sl->conn->in, &r);
+        uint32_t off;
+        if (rc == MC_READ_MORE)
+            return;
+        if (rc == MC_READ_ERROR) {
+            slot_failed(c, b, sl, MC_ERR_PROTOCOL, sl->conn->in.errstr);
+            return;
+        }
+        off = r.opaque - sl->base;
+        if (r.opcode == MC_OP_NOOP && off == b->n) {
+            mc_server *s = c->servers[sl->srv];
+            mc_pool_put(s, &c->o.pool, sl->conn, 0);
+            sl->conn = NULL;
+            sl->state = SLOT_DONE;
+            server_ok(c, s);
+            return;
+        }
+        if (off >= b->n || off < sl->next || b->server[off] != sl->srv) {
+            snprintf(msg, sizeof(msg),
+                     "reply with opaque %u answers no pending request",
+                     r.opaque);
+            slot_failed(c, b, sl, MC_ERR_PROTOCOL, msg);
+            return;
+        }
+        if (b->reply(b->ud, off, &r) != 0) {
+            snprintf(msg, sizeof(msg),
+                     "reply with opaque %u does not match its request",
+                     r.opaque);
+            slot_failed(c, b, sl, MC_ERR_PROTOCOL, msg);
+            return;
+        }
+        c->replied[off] = 1;
+        sl->next = off + 1;
+    }
+}
+
+int mc_client_batch(mc_client *c, const mc_batch *b)
+{
+    size_t i, nslots = 0, active;
+    char msg[200];
+
+    mc_client_abort(c);
+    c->nslots = 0;
+    if (grow((void **)&c->replied, &c->capreplied, b->n + 1, 1) != 0 ||
+        grow((void **)&c->slots, &c->capslots, c->nservers + 1,
+             sizeof(*c->slots)) != 0 ||
+        grow((void **)&c->pfds, &c->cappfds, c->nservers + 1,
+             sizeof(*c->pfds)) != 0)
+        return MC_ERR_NOMEM;
+    memset(c->replied, 0, b->n);
+
+    /* one slot per server that has requests, in first-use order */
+    for (i = 0; i < b->n; i++) {
+        int s = b->server[i];
+        size_t k;
+        if (s < 0)
+            continue;
+        for (k = 0; k < nslots; k++)
+            if (c->slots[k].srv == s)
+                break;
+        if (k == nslots) {
+            memset(&c->slots[k], 0, sizeof(c->slots[k]));
+            c->slots[k].srv = s;
+            c->slots[k].state = SLOT_IDLE;
+            nslots++;
+        }
+    }
+    c->nslots = nslots;
+    c->deadline = mc_now() + c->o.io_timeout;
+
+    /* encode everything, then start writing */
+    for (i = 0; i < nslots; i++) {
+        mc_batch_slot *sl = &c->slots[i];
+        mc_server *s = c->servers[sl->srv];
+        int err;
+        size_t k;
+        sl->conn = mc_pool_get(s, &c->o.pool, &err, msg, sizeof(msg));
+        if (!sl->conn) {
+            if (err != MC_ERR_NOMEM && err != MC_ERR_BUSY)
+                server_failed(c, s, err, msg);
+            slot_failed(c, b, sl, err, msg);
+            continue;
+        }
+        sl->base = sl->conn->opaque;
+        sl->conn->opaque += (uint32_t)b->n + 1;
+        sl->conn->out.len = 0;
+        sl->conn->out_pos = 0;
+        for (k = 0; k < b->n; k++) {
+            if (b->server[k] != sl->srv)
+                continue;
+            if (b->encode(b->ud, k, &sl->conn->out, sl->base + (uint32_t)k) != 0)
+                break;
+        }
+        if (k < b->n || mc_enc_simple(&sl->conn->out, MC_OP_NOOP,
+                                      sl->base + (uint32_t)b->n) != 0) {
+            mc_pool_put(s, &c->o.pool, sl->conn, 1);
+            sl->conn = NULL;
+            slot_failed(c, b, sl, MC_ERR_NOMEM, "out of memory");
+            continue;
+        }
+        sl->state = SLOT_WRITING;
+        /* Start sending now: the server works while we encode the next. */
+        {
+            int rc = mc_conn_write_some(sl->conn, msg, sizeof(msg));
+            if (rc < 0)
+                slot_failed(c, b, sl, -rc, msg);
+            else if (rc == 1)
+                sl->state = SLOT_READING;
+        }
+    }
+
+    for (;;) {
+        size_t np = 0;
+        int rc, ms;
+        double left;
+        active = 0;
+        for (i = 0; i < nslots; i++) {
+            mc_batch_slot *sl = &c->slots[i];
+            if (sl->state == SLOT_DONE)
+                continue;
+            active++;
+            c->pfds[np].fd = sl->conn->fd;
+            /* Read while writing too: a server blocked on a full output
+             * buffer would otherwise never drain our input. */
+            c->pfds[np].events =
+                (short)(POLLIN | (sl->state == SLOT_WRITING ? POLLOUT : 0));
+            c->pfds[np].revents = 0;
+            np++;
+        }
+        if (!active)
+            break;
+        left = c->deadline - mc_now();
+        if (left <= 0) {
+            for (i = 0; i < nslots; i++)
+                if (c->slots[i].state != SLOT_DONE)
+                    slot_failed(c, b, &c->slots[i], MC_ERR_TIMEOUT,
+                                "timed out");
+            break;
+        }
+        ms = (int)(left * 1000.0 + 0.999);
+        rc = poll(c->pfds, np, ms);
+        if (rc < 0)
+            continue; /* EINTR; the deadline bounds the loop */
+        np = 0;
+        for (i = 0; i < nslots; i++) {
+            mc_batch_slot *sl = &c->slots[i];
+            short ev;
+            if (sl->state == SLOT_DONE)
+                continue;
+            ev = c->pfds[np++].revents;
+            if (!ev)
+                continue;
+            if (sl->state == SLOT_WRITING && (ev & (POLLOUT | POLLERR | POLLHUP))) {
+                int w = mc_conn_write_some(sl->conn, msg, sizeof(msg));
+                if (w < 0) {
+                    slot_failed(c, b, sl, -w, msg);
+                    continue;
+                }
+                if (w == 1)
+                    sl->state = SLOT_READING;
+            }
+            if (ev & (POLLIN | POLLERR | POLLHUP)) {
+                int r = mc_conn_read_some(sl->conn, msg, sizeof(msg));
+                if (r < 0) {
+                    /* replies already buffered still count */
+                    slot_drain(c, b, sl);
+                    if (sl->state != SLOT_DONE)
+                        slot_failed(c, b, sl, -r, msg);
+                    continue;
+                }
+                slot_drain(c, b, sl);
+            }
+        }
+    }
+    c->nslots = 0;
+    return MC_OK;
+}
+
+const mc_event *mc_client_events(mc_client *c, size_t *n)
+{
+    *n = c->nevents;
+    return c->events;
+}
+
+void mc_client_clear_events(mc_client *c)
+{
+    c->nevents = 0;
+}
+
+int mc_client_usable(mc_client *c, int srv, int *err)
+{
+    mc_server *s = c->servers[srv];
+    if (!s->dead || mc_server_probe_due(s, &c->o.pool, mc_now()))
+        return 1;
+    *err = MC_ERR_SERVER_DEAD;
+    snprintf(c->errmsg, sizeof(c->errmsg), "%s: marked dead after: %s",
+             s->name, s->last_error);
+    return 0;
+}

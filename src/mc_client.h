@@ -1,0 +1,138 @@
+/*
+ * mc_client: servers, key placement and pools put together. One operation
+ * (or one pipelined batch across servers) at a time; no Lua.
+ *
+ * Transport failures are returned as mc_err codes with a message in
+ * c->errmsg ("host:port: detail"); server status codes stay in the
+ * responses, for the caller to interpret per operation.
+ *
+ * Server state changes (dead, alive again) are queued as events for the
+ * caller to report (the Lua binding calls the user's callback).
+ */
+#ifndef MC_CLIENT_H
+#define MC_CLIENT_H
+
+#include "mc_pool.h"
+#include "mc_select.h"
+
+struct pollfd;
+
+typedef struct mc_client_opts {
+    mc_pool_opts pool;
+    double io_timeout;
+    int eject;               /* move a dead server's keys (1) or fail fast (0) */
+    enum mc_sel_kind selector;
+} mc_client_opts;
+
+typedef struct mc_server_spec {
+    const char *addr;
+    unsigned weight;
+} mc_server_spec;
+
+typedef struct mc_event {
+    char server[128];
+    int up;               /* 1: back alive, 0: marked dead */
+    char reason[160];
+} mc_event;
+
+typedef struct mc_batch_slot mc_batch_slot;
+
+typedef struct mc_client {
+    mc_client_opts o;
+    mc_server **servers;   /* distinct servers */
+    size_t nservers;
+    int *entry_server;     /* selector entry -> index in servers */
+    unsigned *entry_weight;
+    size_t nentries;
+    mc_selector *sel;
+    unsigned char *alive;  /* per entry; scratch for picks around the dead */
+
+    /* the operation in flight */
+    int cur_srv;
+    mc_conn *cur;
+    uint32_t cur_opaque;
+    uint8_t cur_opcode;
+    double deadline;
+
+    /* batch scratch, reused across calls */
+    mc_batch_slot *slots;  /* nslots in use (checked out until the end) */
+    size_t nslots, capslots;
+    unsigned char *replied;
+    size_t capreplied;
+    struct pollfd *pfds;
+    size_t cappfds;
+
+    mc_event *events;
+    size_t nevents, capevents;
+    char errmsg[256];
+} mc_client;
+
+/* Fills defaults: timeouts 0.1 s, max_idle 2, no max_conns, failure_limit
+ * 2, retry_timeout 1 s, eject on, ketama. */
+void mc_client_opts_default(mc_client_opts *o);
+
+mc_client *mc_client_new(const mc_client_opts *o);
+void mc_client_free(mc_client *c);
+
+/* Replaces the server list atomically: on any bad address returns -1 with
+ * c->errmsg set and changes nothing. Servers kept from the old list keep
+ * their pools and health. */
+int mc_client_set_servers(mc_client *c, const mc_server_spec *s, size_t n);
+/* Appends one server (an entry in the selector). */
+int mc_client_add_server(mc_client *c, const mc_server_spec *s);
+/* Index of a server by address, adding it outside the selector (for custom
+ * selectors) when unknown. -1 with errmsg on a bad address. */
+int mc_client_intern_server(mc_client *c, const char *addr);
+
+/* Server for a key, honouring dead servers: returns the index, or -1 with
+ * *err (MC_ERR_NO_SERVERS, MC_ERR_SERVER_DEAD) and errmsg. */
+int mc_client_pick(mc_client *c, const char *key, size_t keylen, int *err);
+/* Where the key goes when every server is healthy (no side effects). */
+int mc_client_pick_static(const mc_client *c, const char *key, size_t keylen);
+
+/* For a server chosen outside the selector: 1 when it may be used now (alive,
+ * or dead with a probe due, which this call claims), else 0 with *err. */
+int mc_client_usable(mc_client *c, int srv, int *err);
+
+/* ---- one request, one server ----
+ * begin: takes a connection and returns the buffer to append exactly one
+ * request to, with the opaque it must carry (NULL with *err on failure).
+ * exec: sends it and reads the matching response (valid until the next
+ * call). next: reads a further response of the same request (STAT).
+ * end: gives the connection back. Any failure closes the connection and
+ * counts against the server; end is then a no-op. */
+mc_buf *mc_client_begin(mc_client *c, int srv, uint32_t *opaque, int *err);
+int mc_client_exec(mc_client *c, mc_resp *r);
+int mc_client_next(mc_client *c, mc_resp *r);
+void mc_client_end(mc_client *c);
+
+/* ---- a pipelined batch over several servers ----
+ * Request i goes to server[i] (-1: skip it). For every server involved, all
+ * its requests plus one NOOP are written; all servers are written before
+ * any is waited on, and read in one poll loop. */
+typedef struct mc_batch {
+    size_t n;
+    const int *server;
+    /* append request i with this opaque; 0, or -1 when out of memory */
+    int (*encode)(void *ud, size_t i, mc_buf *out, uint32_t opaque);
+    /* a response to request i; return -1 to reject it as not ours */
+    int (*reply)(void *ud, size_t i, const mc_resp *r);
+    /* request i got no answer because its server failed */
+    void (*fail)(void *ud, size_t i, int err, const char *msg);
+    void *ud;
+} mc_batch;
+
+/* Returns MC_OK once every server finished or failed (per-request failures
+ * go through fail), or MC_ERR_NOMEM. */
+int mc_client_batch(mc_client *c, const mc_batch *b);
+
+/* Closes whatever an interrupted operation left checked out. Called at the
+ * start of every operation; safe to call any time. */
+void mc_client_abort(mc_client *c);
+
+/* Takes the queued server events; the array stays valid until the next
+ * operation. */
+const mc_event *mc_client_events(mc_client *c, size_t *n);
+void mc_client_clear_events(mc_client *c);
+
+#endif

@@ -1,0 +1,345 @@
+#define _GNU_SOURCE /* MSG_NOSIGNAL, SOCK_NONBLOCK, SOCK_CLOEXEC */
+#include "mc_conn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+const char *mc_err_str(int err)
+{
+    switch (err) {
+    case MC_OK: return "ok";
+    case MC_ERR_TIMEOUT: return "timeout";
+    case MC_ERR_CLOSED: return "connection closed";
+    case MC_ERR_REFUSED: return "connection refused";
+    case MC_ERR_IO: return "i/o error";
+    case MC_ERR_PROTOCOL: return "protocol error";
+    case MC_ERR_NOMEM: return "out of memory";
+    case MC_ERR_NO_SERVERS: return "no servers configured or available";
+    case MC_ERR_SERVER_DEAD: return "server is marked dead";
+    case MC_ERR_BUSY: return "all connections are in use";
+    }
+    return "unknown error";
+}
+
+double mc_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void say(char *msg, size_t msglen, const char *fmt, const char *a,
+                int e)
+{
+    if (msg && msglen)
+        snprintf(msg, msglen, fmt, a, e ? strerror(e) : "");
+}
+
+int mc_addr_parse(const char *spec, mc_addr *a, char *host, size_t hostlen,
+                  unsigned *port, char *err, size_t errlen)
+{
+    char hbuf[256];
+    const char *h, *p = NULL, *colon;
+    size_t hl;
+    struct addrinfo hints, *res = NULL;
+    int rc;
+    unsigned long pn = 11211;
+
+    memset(a, 0, sizeof(*a));
+    if (!spec || !*spec) {
+        snprintf(err, errlen, "empty server address");
+        return -1;
+    }
+    if (spec[0] == '/' || spec[0] == '@') {
+        struct sockaddr_un *un = (struct sockaddr_un *)&a->sa;
+        size_t n = strlen(spec);
+        if (n >= sizeof(un->sun_path) || n >= hostlen) {
+            snprintf(err, errlen, "unix socket path too long: %s", spec);
+            return -1;
+        }
+        un->sun_family = AF_UNIX;
+        memcpy(un->sun_path, spec, n);
+        if (spec[0] == '@') {
+            un->sun_path[0] = '\0'; /* abstract namespace */
+            a->salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+        } else {
+            a->salen = sizeof(*un);
+        }
+        memcpy(host, spec, n + 1);
+        *port = 0;
+        return 0;
+    }
+    if (spec[0] == '[') {
+        const char *close = strchr(spec, ']');
+        if (!close) {
+            snprintf(err, errlen, "bad server address (no ']'): %s", spec);
+            return -1;
+        }
+        h = spec + 1;
+        hl = (size_t)(close - h);
+        if (close[1] == ':')
+            p = close + 2;
+        else if (close[1] != '\0') {
+            snprintf(err, errlen, "bad server address: %s", spec);
+            return -1;
+        }
+    } else {
+        colon = strrchr(spec, ':');
+        if (colon && strchr(spec, ':') != colon) {
+            /* bare IPv6 address without brackets and without a port */
+            colon = NULL;
+        }
+        h = spec;
+        hl = colon ? (size_t)(colon - spec) : strlen(spec);
+        p = colon ? colon + 1 : NULL;
+    }
+    if (hl == 0 || hl >= sizeof(hbuf) || hl >= hostlen) {
+        snprintf(err, errlen, "bad server address: %s", spec);
+        return -1;
+    }
+    memcpy(hbuf, h, hl);
+    hbuf[hl] = '\0';
+    if (p) {
+        char *end;
+        errno = 0;
+        pn = strtoul(p, &end, 10);
+        if (!*p || *end || errno || pn == 0 || pn > 65535) {
+            snprintf(err, errlen, "bad port in server address: %s", spec);
+            return -1;
+        }
+    }
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    {
+        char pbuf[8];
+        snprintf(pbuf, sizeof(pbuf), "%lu", pn);
+        rc = getaddrinfo(hbuf, pbuf, &hints, &res);
+    }
+    if (rc != 0 || !res) {
+        snprintf(err, errlen, "cannot resolve %s: %s", spec,
+                 rc ? gai_strerror(rc) : "no address");
+        if (res)
+            freeaddrinfo(res);
+        return -1;
+    }
+    memcpy(&a->sa, res->ai_addr, res->ai_addrlen);
+    a->salen = res->ai_addrlen;
+    freeaddrinfo(res);
+    memcpy(host, hbuf, hl + 1);
+    *port = (unsigned)pn;
+    return 0;
+}
+
+int mc_wait_fd(int fd, short events, double deadline, char *msg,
+               size_t msglen)
+{
+    for (;;) {
+        struct pollfd pfd;
+        double left = deadline - mc_now();
+        int ms, rc;
+        if (left <= 0) {
+            say(msg, msglen, "timed out%s%s", "", 0);
+            return MC_ERR_TIMEOUT;
+        }
+        ms = (int)(left * 1000.0 + 0.999);
+        pfd.fd = fd;
+        pfd.events = events;
+        pfd.revents = 0;
+        rc = poll(&pfd, 1, ms);
+        if (rc > 0)
+            return MC_OK;
+        if (rc < 0 && errno != EINTR) {
+            say(msg, msglen, "poll: %s%s", "", errno);
+            return MC_ERR_IO;
+        }
+    }
+}
+
+static int errno_to_err(int e)
+{
+    switch (e) {
+    case ECONNREFUSED: return MC_ERR_REFUSED;
+    case ECONNRESET:
+    case EPIPE:
+    case ECONNABORTED:
+    case ENOTCONN: return MC_ERR_CLOSED;
+    case ETIMEDOUT: return MC_ERR_TIMEOUT;
+    case ENOMEM:
+    case ENOBUFS: return MC_ERR_NOMEM;
+    default: return MC_ERR_IO;
+    }
+}
+
+mc_conn *mc_conn_open(const mc_addr *a, double deadline, size_t max_body,
+                      int *err, char *msg, size_t msglen)
+{
+    mc_conn *c;
+    int fd, rc, e = 0;
+    socklen_t elen = sizeof(e);
+
+    fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        *err = errno_to_err(errno);
+        say(msg, msglen, "socket: %s%s", "", errno);
+        return NULL;
+    }
+    if (a->sa.ss_family != AF_UNIX) {
+        int one = 1;
+        /* Requests are written whole; Nagle would only add latency. */
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    rc = connect(fd, (const struct sockaddr *)&a->sa, a->salen);
+    if (rc < 0 && errno != EINPROGRESS && errno != EAGAIN) {
+        e = errno;
+        goto fail;
+    }
+    if (rc < 0) {
+        int w = mc_wait_fd(fd, POLLOUT, deadline, msg, msglen);
+        if (w != MC_OK) {
+            close(fd);
+            *err = w;
+            if (w == MC_ERR_TIMEOUT)
+                say(msg, msglen, "connect timed out%s%s", "", 0);
+            return NULL;
+        }
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &elen) < 0)
+            e = errno;
+        if (e)
+            goto fail;
+    }
+    c = calloc(1, sizeof(*c));
+    if (!c) {
+        close(fd);
+        *err = MC_ERR_NOMEM;
+        say(msg, msglen, "out of memory%s%s", "", 0);
+        return NULL;
+    }
+    c->fd = fd;
+    c->opaque = 1;
+    mc_reader_init(&c->in, max_body);
+    *err = MC_OK;
+    return c;
+fail:
+    close(fd);
+    *err = errno_to_err(e);
+    say(msg, msglen, "connect: %s%s", "", e);
+    return NULL;
+}
+
+void mc_conn_close(mc_conn *c)
+{
+    if (!c)
+        return;
+    if (c->fd >= 0)
+        close(c->fd);
+    mc_buf_free(&c->out);
+    mc_reader_free(&c->in);
+    free(c);
+}
+
+int mc_conn_write_some(mc_conn *c, char *msg, size_t msglen)
+{
+    while (c->out_pos < c->out.len) {
+        ssize_t n = send(c->fd, c->out.data + c->out_pos,
+                         c->out.len - c->out_pos, MSG_NOSIGNAL);
+        if (n > 0) {
+            c->out_pos += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 0;
+        say(msg, msglen, "send: %s%s", "", errno);
+        return -errno_to_err(errno);
+    }
+    /* Keep a modest buffer for the next request; drop a huge one. */
+    c->out_pos = 0;
+    mc_buf_clear(&c->out, 1 << 20);
+    return 1;
+}
+
+int mc_conn_read_some(mc_conn *c, char *msg, size_t msglen)
+{
+    for (;;) {
+        size_t avail;
+        ssize_t n;
+        char *p = mc_reader_space(&c->in, 16384, &avail);
+        if (!p) {
+            say(msg, msglen, "out of memory%s%s", "", 0);
+            return -MC_ERR_NOMEM;
+        }
+        n = recv(c->fd, p, avail, 0);
+        if (n > 0) {
+            mc_reader_commit(&c->in, (size_t)n);
+            return (int)(n > 0x7fffffff ? 0x7fffffff : n);
+        }
+        if (n == 0) {
+            say(msg, msglen, "server closed the connection%s%s", "", 0);
+            return -MC_ERR_CLOSED;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return 0;
+        say(msg, msglen, "recv: %s%s", "", errno);
+        return -errno_to_err(errno);
+    }
+}
+
+int mc_conn_flush(mc_conn *c, double deadline, char *msg, size_t msglen)
+{
+    for (;;) {
+        int rc = mc_conn_write_some(c, msg, msglen);
+        if (rc == 1)
+            return MC_OK;
+        if (rc < 0)
+            return -rc;
+        rc = mc_wait_fd(c->fd, POLLOUT, deadline, msg, msglen);
+        if (rc != MC_OK)
+            return rc;
+    }
+}
+
+int mc_conn_recv(mc_conn *c, mc_resp *r, double deadline, char *msg,
+                 size_t msglen)
+{
+    for (;;) {
+        int rc = mc_reader_get(&c->in, r);
+        if (rc == MC_READ_ONE)
+            return MC_OK;
+        if (rc == MC_READ_ERROR) {
+            say(msg, msglen, "%s%s", c->in.errstr, 0);
+            return MC_ERR_PROTOCOL;
+        }
+        rc = mc_conn_read_some(c, msg, msglen);
+        if (rc < 0)
+            return -rc;
+        if (rc == 0) {
+            rc = mc_wait_fd(c->fd, POLLIN, deadline, msg, msglen);
+            if (rc != MC_OK)
+                return rc;
+        }
+    }
+}
+
+int mc_conn_stale(mc_conn *c)
+{
+    char b;
+    ssize_t n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return 0;
+    return 1; /* EOF, error, or unsolicited bytes */
+}

@@ -1,0 +1,94 @@
+/*
+ * mc_conn: one socket to one server (TCP over IPv4/IPv6, or a unix socket),
+ * non-blocking underneath. Waits happen in poll() against an absolute
+ * deadline, so that an event-loop driver can later yield where this waits.
+ *
+ * A connection owns its output buffer and its response reader. It does not
+ * interpret responses beyond what mc_reader_get returns.
+ */
+#ifndef MC_CONN_H
+#define MC_CONN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "mc_buf.h"
+#include "mc_proto.h"
+
+/* Failures of the transport, kept apart from the server's status codes. */
+enum mc_err {
+    MC_OK = 0,
+    MC_ERR_TIMEOUT,    /* deadline passed */
+    MC_ERR_CLOSED,     /* peer closed or reset the connection */
+    MC_ERR_REFUSED,    /* connect refused */
+    MC_ERR_IO,         /* any other socket error */
+    MC_ERR_PROTOCOL,   /* the byte stream is not a valid reply to us */
+    MC_ERR_NOMEM,      /* out of memory */
+    MC_ERR_NO_SERVERS, /* nothing to send to */
+    MC_ERR_SERVER_DEAD, /* the server is marked dead and ejection is off */
+    MC_ERR_BUSY        /* all max_conns connections are in use */
+};
+
+const char *mc_err_str(int err);
+
+/* A resolved server address. */
+typedef struct mc_addr {
+    struct sockaddr_storage sa;
+    socklen_t salen;
+} mc_addr;
+
+typedef struct mc_conn {
+    int fd;
+    mc_buf out;        /* bytes to send; out_pos of them already sent */
+    size_t out_pos;
+    mc_reader in;
+    uint32_t opaque;   /* next opaque to hand out */
+    double idle_since; /* when it went back to the pool */
+    struct mc_conn *next; /* idle-list link, owned by the pool */
+} mc_conn;
+
+/* Monotonic time in seconds. */
+double mc_now(void);
+
+/* Parses "host:port", "[v6addr]:port", "host" (port 11211) or a unix socket
+ * path (anything starting with '/' or '@' for the abstract namespace) and
+ * resolves it. On success fills *a, host (the bare host or path, NUL
+ * terminated, at most hostlen bytes) and *port (0 for unix sockets) and
+ * returns 0; on failure returns -1 with a message in err. */
+int mc_addr_parse(const char *spec, mc_addr *a, char *host, size_t hostlen,
+                  unsigned *port, char *err, size_t errlen);
+
+/* Allocates a connection and connects it before the deadline. Returns the
+ * connection, or NULL with *err set (and a message in msg). */
+mc_conn *mc_conn_open(const mc_addr *a, double deadline, size_t max_body,
+                      int *err, char *msg, size_t msglen);
+
+void mc_conn_close(mc_conn *c);
+
+/* Non-blocking halves for poll loops over several connections.
+ * mc_conn_write_some: sends what it can. Returns 1 when everything is sent,
+ * 0 when the socket would block, or -err.
+ * mc_conn_read_some: reads what is available into the reader. Returns the
+ * number of bytes read (> 0), 0 when the socket would block, or -err
+ * (MC_ERR_CLOSED at end of stream). */
+int mc_conn_write_some(mc_conn *c, char *msg, size_t msglen);
+int mc_conn_read_some(mc_conn *c, char *msg, size_t msglen);
+
+/* Blocking (poll-based) helpers with an absolute deadline. */
+int mc_conn_flush(mc_conn *c, double deadline, char *msg, size_t msglen);
+/* Reads until one whole response is available. Returns MC_OK with *r
+ * filled (valid until the next call on this connection), or an error. */
+int mc_conn_recv(mc_conn *c, mc_resp *r, double deadline, char *msg,
+                 size_t msglen);
+
+/* Waits until fd is ready for `events` (POLLIN/POLLOUT) or the deadline
+ * passes. Returns MC_OK or MC_ERR_TIMEOUT/MC_ERR_IO. */
+int mc_wait_fd(int fd, short events, double deadline, char *msg,
+               size_t msglen);
+
+/* True when an idle connection looks dead or dirty: the peer closed it,
+ * reset it, or sent bytes nobody asked for. Costs one syscall. */
+int mc_conn_stale(mc_conn *c);
+
+#endif

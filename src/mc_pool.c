@@ -1,0 +1,131 @@
+#include "mc_pool.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+mc_server *mc_server_new(const char *name, const mc_addr *a,
+                         const char *host, unsigned port, unsigned weight)
+{
+    mc_server *s = calloc(1, sizeof(*s));
+    size_t n = strlen(name);
+    if (!s)
+        return NULL;
+    s->name = malloc(n + 1);
+    if (!s->name) {
+        free(s);
+        return NULL;
+    }
+    memcpy(s->name, name, n + 1);
+    snprintf(s->host, sizeof(s->host), "%s", host);
+    s->port = port;
+    s->weight = weight ? weight : 1;
+    s->addr = *a;
+    return s;
+}
+
+void mc_pool_drain(mc_server *s)
+{
+    while (s->idle) {
+        mc_conn *c = s->idle;
+        s->idle = c->next;
+        mc_conn_close(c);
+        s->nidle--;
+        s->nopen--;
+    }
+}
+
+void mc_server_free(mc_server *s)
+{
+    if (!s)
+        return;
+    mc_pool_drain(s);
+    free(s->name);
+    free(s);
+}
+
+mc_conn *mc_pool_get(mc_server *s, const mc_pool_opts *o, int *err,
+                     char *msg, size_t msglen)
+{
+    mc_conn *c;
+    unsigned limit;
+
+    while ((c = s->idle) != NULL) {
+        s->idle = c->next;
+        s->nidle--;
+        c->next = NULL;
+        /* A connection idle for a while may have been closed by a server
+         * that restarted; checking costs a syscall, so only old ones. */
+        if (mc_now() - c->idle_since < 1.0 || !mc_conn_stale(c)) {
+            *err = MC_OK;
+            return c;
+        }
+        mc_conn_close(c);
+        s->nopen--;
+    }
+    limit = s->max_conns ? s->max_conns : o->max_conns;
+    if (limit && s->nopen >= limit) {
+        *err = MC_ERR_BUSY;
+        snprintf(msg, msglen, "all %u connections to %s are in use", limit,
+                 s->name);
+        return NULL;
+    }
+    c = mc_conn_open(&s->addr, mc_now() + o->connect_timeout, o->max_body,
+                     err, msg, msglen);
+    if (c)
+        s->nopen++;
+    return c;
+}
+
+void mc_pool_put(mc_server *s, const mc_pool_opts *o, mc_conn *c, int broken)
+{
+    if (!c)
+        return;
+    if (broken || s->nidle >= o->max_idle || mc_reader_pending(&c->in) ||
+        c->out_pos != c->out.len) {
+        mc_conn_close(c);
+        s->nopen--;
+        return;
+    }
+    c->out.len = 0;
+    c->out_pos = 0;
+    c->idle_since = mc_now();
+    c->next = s->idle;
+    s->idle = c;
+    s->nidle++;
+}
+
+int mc_server_failed(mc_server *s, const mc_pool_opts *o, const char *why)
+{
+    snprintf(s->last_error, sizeof(s->last_error), "%s", why ? why : "");
+    s->failures++;
+    mc_pool_drain(s);
+    if (s->dead) {
+        s->retry_at = mc_now() + o->retry_timeout;
+        return 0;
+    }
+    if (o->failure_limit && s->failures >= o->failure_limit) {
+        s->dead = 1;
+        s->retry_at = mc_now() + o->retry_timeout;
+        return 1;
+    }
+    return 0;
+}
+
+int mc_server_succeeded(mc_server *s)
+{
+    s->failures = 0;
+    if (s->dead) {
+        s->dead = 0;
+        return 1;
+    }
+    return 0;
+}
+
+int mc_server_probe_due(mc_server *s, const mc_pool_opts *o, double now)
+{
+    if (!s->dead || now < s->retry_at)
+        return 0;
+    s->retry_at = now + o->retry_timeout;
+    return 1;
+}

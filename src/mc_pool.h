@@ -1,0 +1,76 @@
+/*
+ * mc_pool: one server's connections and health.
+ *
+ * A server owns its idle connections (at most max_idle) and counts the ones
+ * handed out (at most max_conns in all, 0 = no limit). A connection that
+ * timed out, failed, or still holds unread bytes must be given back with
+ * mc_pool_put(..., broken = 1): it is closed, never pooled, so the next
+ * caller can never read someone else's reply.
+ *
+ * Health: after failure_limit consecutive failures the server is dead until
+ * retry_at; then one caller may probe it (mc_pool_probe_due), and its
+ * outcome brings the server back or keeps it dead for another interval.
+ */
+#ifndef MC_POOL_H
+#define MC_POOL_H
+
+#include "mc_conn.h"
+
+typedef struct mc_server {
+    char *name;      /* the address as the user wrote it */
+    char host[256];  /* bare host or unix path, for selectors */
+    unsigned port;   /* 0 for unix sockets */
+    unsigned weight;
+    unsigned max_conns; /* 0: the client's max_conns */
+    mc_addr addr;
+
+    mc_conn *idle;   /* LIFO list: the warmest connection first */
+    unsigned nidle;
+    unsigned nopen;  /* idle + handed out */
+
+    unsigned failures; /* consecutive */
+    int dead;
+    double retry_at;   /* when dead: the time of the next probe */
+    char last_error[160];
+} mc_server;
+
+typedef struct mc_pool_opts {
+    double connect_timeout;
+    unsigned max_conns;  /* 0: no limit */
+    unsigned max_idle;
+    size_t max_body;
+    unsigned failure_limit;
+    double retry_timeout;
+} mc_pool_opts;
+
+/* Allocates a server for an already parsed address. NULL on ENOMEM. */
+mc_server *mc_server_new(const char *name, const mc_addr *a,
+                         const char *host, unsigned port, unsigned weight);
+/* Closes every idle connection and frees the server. Connections handed
+ * out must have been given back first. */
+void mc_server_free(mc_server *s);
+
+/* Takes an idle connection or opens a new one. Returns it, or NULL with
+ * *err set and a message in msg; MC_ERR_BUSY when max_conns connections
+ * are all handed out (not a failure of the server). */
+mc_conn *mc_pool_get(mc_server *s, const mc_pool_opts *o, int *err,
+                     char *msg, size_t msglen);
+
+/* Gives a connection back: pooled when clean and there is room, else
+ * closed. */
+void mc_pool_put(mc_server *s, const mc_pool_opts *o, mc_conn *c, int broken);
+
+/* Closes all idle connections (e.g. after a failure, since they are likely
+ * dead too). */
+void mc_pool_drain(mc_server *s);
+
+/* Health bookkeeping. Each returns 1 when the server changed state (alive ->
+ * dead, or dead -> alive), else 0. */
+int mc_server_failed(mc_server *s, const mc_pool_opts *o, const char *why);
+int mc_server_succeeded(mc_server *s);
+
+/* For a dead server whose retry time has come: claims the probe (pushes
+ * retry_at forward so only one caller probes) and returns 1. */
+int mc_server_probe_due(mc_server *s, const mc_pool_opts *o, double now);
+
+#endif

@@ -1,0 +1,364 @@
+#include "mc_proto.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A reader's first allocation: one typical socket read, and room for many
+ * small responses, so steady state never reallocates. */
+#define MC_READER_INITIAL (16u * 1024)
+/* mc_reader_reset keeps storage up to this size; a buffer that grew past it
+ * for one large value is released instead of pinned for the connection's
+ * life. */
+#define MC_READER_KEEP (64u * 1024)
+
+/* ---- requests ----------------------------------------------------------- */
+
+/* All encoders end here: one reservation, the header written in place, the
+ * pieces copied once. Only memory (or a length too large for its header
+ * field) can fail, and then b is left as it was. */
+static int enc_frame(mc_buf *b, uint8_t opcode, uint32_t opaque, uint64_t cas,
+                     const void *extras, uint8_t extlen,
+                     const char *key, size_t keylen,
+                     const void *value, size_t vallen)
+{
+    unsigned char *h;
+    size_t body;
+
+    if (keylen > 0xffffu || vallen > 0xffffffffu - extlen - keylen)
+        return -1;
+    body = (size_t)extlen + keylen + vallen;
+    if (body > SIZE_MAX - MC_HEADER_LEN)
+        return -1;
+    if (b->cap - b->len < MC_HEADER_LEN + body &&
+        mc_buf_reserve(b, MC_HEADER_LEN + body) != 0)
+        return -1;
+
+    h = (unsigned char *)b->data + b->len;
+    h[0] = MC_MAGIC_REQUEST;
+    h[1] = opcode;
+    mc_store16(h + 2, (uint16_t)keylen);
+    h[4] = extlen;
+    h[5] = 0; /* datatype: raw bytes */
+    h[6] = 0; /* vbucket */
+    h[7] = 0;
+    mc_store32(h + 8, (uint32_t)body);
+    mc_store32(h + 12, opaque);
+    mc_store64(h + 16, cas);
+    h += MC_HEADER_LEN;
+    if (extlen) {
+        memcpy(h, extras, extlen);
+        h += extlen;
+    }
+    if (keylen) {
+        memcpy(h, key, keylen);
+        h += keylen;
+    }
+    if (vallen)
+        memcpy(h, value, vallen);
+    b->len += MC_HEADER_LEN + body;
+    return 0;
+}
+
+int mc_enc_request(mc_buf *b, uint8_t opcode, uint32_t opaque, uint64_t cas,
+                   const void *extras, uint8_t extlen,
+                   const char *key, size_t keylen,
+                   const void *value, size_t vallen)
+{
+    return enc_frame(b, opcode, opaque, cas, extras, extlen, key, keylen,
+                     value, vallen);
+}
+
+int mc_enc_get(mc_buf *b, uint8_t opcode, uint32_t opaque,
+               const char *key, size_t keylen)
+{
+    return enc_frame(b, opcode, opaque, 0, NULL, 0, key, keylen, NULL, 0);
+}
+
+int mc_enc_store(mc_buf *b, uint8_t opcode, uint32_t opaque, uint64_t cas,
+                 const char *key, size_t keylen, uint32_t flags,
+                 uint32_t exptime, const void *value, size_t vallen)
+{
+    unsigned char ext[8];
+
+    mc_store32(ext, flags);
+    mc_store32(ext + 4, exptime);
+    return enc_frame(b, opcode, opaque, cas, ext, sizeof ext, key, keylen,
+                     value, vallen);
+}
+
+int mc_enc_concat(mc_buf *b, uint8_t opcode, uint32_t opaque, uint64_t cas,
+                  const char *key, size_t keylen,
+                  const void *value, size_t vallen)
+{
+    return enc_frame(b, opcode, opaque, cas, NULL, 0, key, keylen,
+                     value, vallen);
+}
+
+int mc_enc_delete(mc_buf *b, uint8_t opcode, uint32_t opaque, uint64_t cas,
+                  const char *key, size_t keylen)
+{
+    return enc_frame(b, opcode, opaque, cas, NULL, 0, key, keylen, NULL, 0);
+}
+
+int mc_enc_arith(mc_buf *b, uint8_t opcode, uint32_t opaque,
+                 const char *key, size_t keylen, uint64_t delta,
+                 uint64_t initial, uint32_t exptime)
+{
+    unsigned char ext[20];
+
+    mc_store64(ext, delta);
+    mc_store64(ext + 8, initial);
+    mc_store32(ext + 16, exptime);
+    return enc_frame(b, opcode, opaque, 0, ext, sizeof ext, key, keylen,
+                     NULL, 0);
+}
+
+int mc_enc_touch(mc_buf *b, uint8_t opcode, uint32_t opaque,
+                 const char *key, size_t keylen, uint32_t exptime)
+{
+    unsigned char ext[4];
+
+    mc_store32(ext, exptime);
+    return enc_frame(b, opcode, opaque, 0, ext, sizeof ext, key, keylen,
+                     NULL, 0);
+}
+
+int mc_enc_flush(mc_buf *b, uint8_t opcode, uint32_t opaque, uint32_t delay)
+{
+    unsigned char ext[4];
+
+    /* memcached reads "no extras" as "flush now"; sending a zero delay would
+     * mean the same but costs bytes, and the spec shows it without. */
+    if (delay == 0)
+        return enc_frame(b, opcode, opaque, 0, NULL, 0, NULL, 0, NULL, 0);
+    mc_store32(ext, delay);
+    return enc_frame(b, opcode, opaque, 0, ext, sizeof ext, NULL, 0, NULL, 0);
+}
+
+int mc_enc_simple(mc_buf *b, uint8_t opcode, uint32_t opaque)
+{
+    return enc_frame(b, opcode, opaque, 0, NULL, 0, NULL, 0, NULL, 0);
+}
+
+int mc_enc_stat(mc_buf *b, uint32_t opaque, const char *group, size_t len)
+{
+    return enc_frame(b, MC_OP_STAT, opaque, 0, NULL, 0, group,
+                     group ? len : 0, NULL, 0);
+}
+
+/* ---- responses ---------------------------------------------------------- */
+
+void mc_reader_init(mc_reader *r, size_t max_body)
+{
+    r->buf = NULL;
+    r->cap = r->pos = r->len = 0;
+    r->max_body = max_body ? max_body : MC_DEFAULT_MAX_BODY;
+    /* Keeps header + body within size_t on 32-bit systems, so later sums
+     * need no overflow checks. */
+    if (r->max_body > SIZE_MAX - MC_HEADER_LEN)
+        r->max_body = SIZE_MAX - MC_HEADER_LEN;
+    r->failed = 0;
+    r->errstr[0] = '\0';
+}
+
+void mc_reader_free(mc_reader *r)
+{
+    free(r->buf);
+    r->buf = NULL;
+    r->cap = r->pos = r->len = 0;
+}
+
+void mc_reader_reset(mc_reader *r)
+{
+    r->pos = r->len = 0;
+    r->failed = 0;
+    r->errstr[0] = '\0';
+    if (r->cap > MC_READER_KEEP) {
+        free(r->buf);
+        r->buf = NULL;
+        r->cap = 0;
+    }
+}
+
+/* Length of the whole frame whose header starts at p, or 0 when the header
+ * is one get will refuse (so nobody grows a buffer for it). */
+static size_t frame_len(const mc_reader *r, const unsigned char *p)
+{
+    uint32_t body = mc_load32(p + 8);
+
+    if (p[0] != MC_MAGIC_RESPONSE || body > r->max_body)
+        return 0;
+    return MC_HEADER_LEN + (size_t)body;
+}
+
+/* Makes at least `min` bytes writable at buf + len and, once the current
+ * frame's header is in, room for the rest of that frame, so that a large
+ * value arrives in as few reads as possible and is never copied piecewise
+ * through a small buffer. Moves the unread tail to the front first: that
+ * tail is usually a fraction of one frame, far cheaper than growing. */
+static int reader_reserve(mc_reader *r, size_t min)
+{
+    size_t unread = r->len - r->pos;
+    size_t want = min, need, cap;
+    char *p;
+
+    if (!r->failed && unread >= MC_HEADER_LEN) {
+        size_t frame = frame_len(r, (const unsigned char *)r->buf + r->pos);
+        if (frame > unread && frame - unread > want)
+            want = frame - unread;
+    }
+    if (r->cap - r->len >= want)
+        return 0;
+    if (want > SIZE_MAX - unread)
+        return -1;
+    need = unread + want;
+
+    if (r->pos) {
+        if (unread)
+            memmove(r->buf, r->buf + r->pos, unread);
+        r->pos = 0;
+        r->len = unread;
+        if (r->cap >= need)
+            return 0;
+    }
+
+    cap = r->cap ? r->cap : MC_READER_INITIAL;
+    while (cap < need)
+        cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+    p = realloc(r->buf, cap);
+    if (!p)
+        return -1;
+    r->buf = p;
+    r->cap = cap;
+    return 0;
+}
+
+int mc_reader_feed(mc_reader *r, const char *p, size_t n)
+{
+    /* A failed stream is dead: keeping its bytes would only grow memory. */
+    if (r->failed || n == 0)
+        return 0;
+    if (r->cap - r->len < n && reader_reserve(r, n) != 0)
+        return -1;
+    memcpy(r->buf + r->len, p, n);
+    r->len += n;
+    return 0;
+}
+
+char *mc_reader_space(mc_reader *r, size_t min, size_t *avail)
+{
+    if (min == 0)
+        min = 1;
+    if (reader_reserve(r, min) != 0) {
+        *avail = 0;
+        return NULL;
+    }
+    *avail = r->cap - r->len;
+    return r->buf + r->len;
+}
+
+void mc_reader_commit(mc_reader *r, size_t n)
+{
+    if (n > r->cap - r->len)
+        n = r->cap - r->len;
+    r->len += n;
+}
+
+static int reader_fail(mc_reader *r)
+{
+    r->failed = 1;
+    return MC_READ_ERROR;
+}
+
+int mc_reader_get(mc_reader *r, mc_resp *resp)
+{
+    const unsigned char *h;
+    size_t unread, total;
+    uint32_t body;
+    uint16_t keylen;
+    uint8_t extlen;
+
+    if (r->failed)
+        return MC_READ_ERROR;
+    unread = r->len - r->pos;
+    if (unread == 0)
+        return MC_READ_MORE;
+
+    /* Judge each part as soon as it is in: a stream out of step shows at its
+     * first byte, and a hostile length must be refused on the header, not
+     * after we have tried to buffer the body. */
+    h = (const unsigned char *)r->buf + r->pos;
+    if (h[0] != MC_MAGIC_RESPONSE) {
+        snprintf(r->errstr, sizeof r->errstr,
+                 "bad magic byte 0x%02x (expected 0x%02x)", h[0],
+                 MC_MAGIC_RESPONSE);
+        return reader_fail(r);
+    }
+    if (unread < MC_HEADER_LEN)
+        return MC_READ_MORE;
+    keylen = mc_load16(h + 2);
+    extlen = h[4];
+    body = mc_load32(h + 8);
+    if (body > r->max_body) {
+        snprintf(r->errstr, sizeof r->errstr,
+                 "declared body of %lu bytes exceeds the limit of %llu",
+                 (unsigned long)body, (unsigned long long)r->max_body);
+        return reader_fail(r);
+    }
+    if ((uint32_t)extlen + keylen > body) {
+        snprintf(r->errstr, sizeof r->errstr,
+                 "extras (%u) + key (%u) exceed the body of %lu bytes",
+                 (unsigned)extlen, (unsigned)keylen, (unsigned long)body);
+        return reader_fail(r);
+    }
+    total = MC_HEADER_LEN + (size_t)body;
+    if (unread < total)
+        return MC_READ_MORE;
+
+    resp->opcode = h[1];
+    resp->keylen = keylen;
+    resp->extlen = extlen;
+    resp->datatype = h[5];
+    resp->status = mc_load16(h + 6);
+    resp->bodylen = body;
+    resp->opaque = mc_load32(h + 12);
+    resp->cas = mc_load64(h + 16);
+    resp->extras = (const char *)h + MC_HEADER_LEN;
+    resp->key = resp->extras + extlen;
+    resp->value = resp->key + keylen;
+    resp->vallen = body - extlen - keylen;
+    resp->flags = extlen >= 4 ? mc_load32(resp->extras) : 0;
+
+    /* When everything is consumed, rewind for free instead of compacting
+     * later; the bytes stay in place, so resp remains valid until the next
+     * call as promised. */
+    r->pos += total;
+    if (r->pos == r->len)
+        r->pos = r->len = 0;
+    return MC_READ_ONE;
+}
+
+const char *mc_status_str(uint16_t status)
+{
+    switch (status) {
+    case MC_STATUS_OK: return "ok";
+    case MC_STATUS_KEY_ENOENT: return "key not found";
+    case MC_STATUS_KEY_EEXISTS: return "key exists";
+    case MC_STATUS_E2BIG: return "value too large";
+    case MC_STATUS_EINVAL: return "invalid arguments";
+    case MC_STATUS_NOT_STORED: return "item not stored";
+    case MC_STATUS_DELTA_BADVAL: return "non-numeric value";
+    case MC_STATUS_NOT_MY_VBUCKET: return "vbucket belongs to another server";
+    case MC_STATUS_AUTH_ERROR: return "authentication error";
+    case MC_STATUS_AUTH_CONTINUE: return "authentication continue";
+    case MC_STATUS_UNKNOWN_COMMAND: return "unknown command";
+    case MC_STATUS_ENOMEM: return "out of memory";
+    case MC_STATUS_NOT_SUPPORTED: return "not supported";
+    case MC_STATUS_EINTERNAL: return "internal error";
+    case MC_STATUS_EBUSY: return "busy";
+    case MC_STATUS_ETMPFAIL: return "temporary failure";
+    default: return "unknown status";
+    }
+}

@@ -1,0 +1,234 @@
+/*
+ * mc_proto: memcached's binary protocol as a codec with no I/O.
+ *
+ * Requests are appended to an mc_buf. Responses come out of an mc_reader
+ * that is fed bytes in chunks of any size; mc_reader_get answers "need more",
+ * "one response" or "protocol error", never mixing them up. Nothing here
+ * touches a socket, errno or Lua, and a reader in steady state does not
+ * allocate per response (its buffer is reused).
+ *
+ * Reference: memcached's BinaryProtocolRevamped and protocol_binary.h.
+ */
+#ifndef MC_PROTO_H
+#define MC_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mc_buf.h"
+
+#define MC_MAGIC_REQUEST 0x80
+#define MC_MAGIC_RESPONSE 0x81
+#define MC_HEADER_LEN 24
+#define MC_KEY_MAX 250
+/* Default cap on a response body; a larger declared length is a protocol
+ * error, not an allocation. */
+#define MC_DEFAULT_MAX_BODY (64u * 1024 * 1024)
+/* Expiration value of INCREMENT/DECREMENT meaning "do not create". */
+#define MC_ARITH_NO_CREATE 0xffffffffu
+
+enum mc_opcode {
+    MC_OP_GET = 0x00,
+    MC_OP_SET = 0x01,
+    MC_OP_ADD = 0x02,
+    MC_OP_REPLACE = 0x03,
+    MC_OP_DELETE = 0x04,
+    MC_OP_INCREMENT = 0x05,
+    MC_OP_DECREMENT = 0x06,
+    MC_OP_QUIT = 0x07,
+    MC_OP_FLUSH = 0x08,
+    MC_OP_GETQ = 0x09,
+    MC_OP_NOOP = 0x0a,
+    MC_OP_VERSION = 0x0b,
+    MC_OP_GETK = 0x0c,
+    MC_OP_GETKQ = 0x0d,
+    MC_OP_APPEND = 0x0e,
+    MC_OP_PREPEND = 0x0f,
+    MC_OP_STAT = 0x10,
+    MC_OP_SETQ = 0x11,
+    MC_OP_ADDQ = 0x12,
+    MC_OP_REPLACEQ = 0x13,
+    MC_OP_DELETEQ = 0x14,
+    MC_OP_INCREMENTQ = 0x15,
+    MC_OP_DECREMENTQ = 0x16,
+    MC_OP_QUITQ = 0x17,
+    MC_OP_FLUSHQ = 0x18,
+    MC_OP_APPENDQ = 0x19,
+    MC_OP_PREPENDQ = 0x1a,
+    MC_OP_TOUCH = 0x1c,
+    MC_OP_GAT = 0x1d,
+    MC_OP_GATQ = 0x1e,
+    MC_OP_GATK = 0x23,
+    MC_OP_GATKQ = 0x24
+};
+
+enum mc_status {
+    MC_STATUS_OK = 0x00,
+    MC_STATUS_KEY_ENOENT = 0x01,
+    MC_STATUS_KEY_EEXISTS = 0x02,
+    MC_STATUS_E2BIG = 0x03,
+    MC_STATUS_EINVAL = 0x04,
+    MC_STATUS_NOT_STORED = 0x05,
+    MC_STATUS_DELTA_BADVAL = 0x06,
+    MC_STATUS_NOT_MY_VBUCKET = 0x07,
+    MC_STATUS_AUTH_ERROR = 0x20,
+    MC_STATUS_AUTH_CONTINUE = 0x21,
+    MC_STATUS_UNKNOWN_COMMAND = 0x81,
+    MC_STATUS_ENOMEM = 0x82,
+    MC_STATUS_NOT_SUPPORTED = 0x83,
+    MC_STATUS_EINTERNAL = 0x84,
+    MC_STATUS_EBUSY = 0x85,
+    MC_STATUS_ETMPFAIL = 0x86
+};
+
+/* ---- requests ------------------------------------------------------------
+ * Each encoder appends one whole request to b and returns 0, or -1 when
+ * memory ran out or the key (> 65535 bytes) or body (> 4 GiB) cannot be
+ * framed (b is then left as it was). Key lengths are not checked
+ * here beyond fitting the header field; the caller validates keys. */
+
+/* The general form; the helpers below fill in the extras. */
+int mc_enc_request(mc_buf *b, uint8_t opcode, uint32_t opaque, uint64_t cas,
+                   const void *extras, uint8_t extlen,
+                   const char *key, size_t keylen,
+                   const void *value, size_t vallen);
+
+/* GET, GETQ, GETK, GETKQ */
+int mc_enc_get(mc_buf *b, uint8_t opcode, uint32_t opaque,
+               const char *key, size_t keylen);
+
+/* SET, ADD, REPLACE and their quiet forms: extras are flags + expiration. */
+int mc_enc_store(mc_buf *b, uint8_t opcode, uint32_t opaque, uint64_t cas,
+                 const char *key, size_t keylen, uint32_t flags,
+                 uint32_t exptime, const void *value, size_t vallen);
+
+/* APPEND, PREPEND and their quiet forms: no extras. */
+int mc_enc_concat(mc_buf *b, uint8_t opcode, uint32_t opaque, uint64_t cas,
+                  const char *key, size_t keylen,
+                  const void *value, size_t vallen);
+
+/* DELETE, DELETEQ */
+int mc_enc_delete(mc_buf *b, uint8_t opcode, uint32_t opaque, uint64_t cas,
+                  const char *key, size_t keylen);
+
+/* INCREMENT, DECREMENT and quiet forms. exptime MC_ARITH_NO_CREATE means a
+ * missing key is not created. */
+int mc_enc_arith(mc_buf *b, uint8_t opcode, uint32_t opaque,
+                 const char *key, size_t keylen, uint64_t delta,
+                 uint64_t initial, uint32_t exptime);
+
+/* TOUCH, GAT, GATQ, GATK, GATKQ: extras are the new expiration. */
+int mc_enc_touch(mc_buf *b, uint8_t opcode, uint32_t opaque,
+                 const char *key, size_t keylen, uint32_t exptime);
+
+/* FLUSH, FLUSHQ; delay 0 sends no extras (flush now). */
+int mc_enc_flush(mc_buf *b, uint8_t opcode, uint32_t opaque, uint32_t delay);
+
+/* NOOP, VERSION, QUIT, QUITQ: header only. */
+int mc_enc_simple(mc_buf *b, uint8_t opcode, uint32_t opaque);
+
+/* STAT with an optional group (NULL/0 for the general statistics). */
+int mc_enc_stat(mc_buf *b, uint32_t opaque, const char *group, size_t len);
+
+/* ---- responses ---------------------------------------------------------- */
+
+/* One response. Pointers point into the reader's buffer and stay valid until
+ * the next call on that reader (feed, space, get, reset). */
+typedef struct mc_resp {
+    uint8_t opcode;
+    uint8_t datatype;
+    uint16_t status;
+    uint32_t opaque;
+    uint64_t cas;
+    uint8_t extlen;
+    uint16_t keylen;
+    uint32_t bodylen;
+    const char *extras; /* extlen bytes */
+    const char *key;    /* keylen bytes */
+    const char *value;  /* vallen bytes = bodylen - extlen - keylen */
+    size_t vallen;
+    uint32_t flags;     /* first 4 bytes of extras when extlen >= 4, else 0 */
+} mc_resp;
+
+enum mc_read_result {
+    MC_READ_ERROR = -1, /* protocol error: see reader->errstr; the stream is unusable */
+    MC_READ_MORE = 0,   /* need more bytes */
+    MC_READ_ONE = 1     /* *resp holds one response */
+};
+
+typedef struct mc_reader {
+    char *buf;
+    size_t cap;
+    size_t pos;      /* first unconsumed byte */
+    size_t len;      /* bytes held (consumed + unconsumed) */
+    size_t max_body; /* larger declared bodies are protocol errors */
+    int failed;      /* sticky: once an error is seen, get keeps failing */
+    char errstr[128];
+} mc_reader;
+
+/* max_body 0 means MC_DEFAULT_MAX_BODY. */
+void mc_reader_init(mc_reader *r, size_t max_body);
+void mc_reader_free(mc_reader *r);
+/* Forgets all bytes and any error; keeps (bounded) storage. */
+void mc_reader_reset(mc_reader *r);
+
+/* Copies n bytes in. Returns 0, or -1 when memory ran out. */
+int mc_reader_feed(mc_reader *r, const char *p, size_t n);
+
+/* Zero-copy feeding: returns a pointer to at least `min` writable bytes
+ * (NULL when memory ran out) and stores the writable size in *avail; after
+ * writing n bytes there, call mc_reader_commit(r, n). */
+char *mc_reader_space(mc_reader *r, size_t min, size_t *avail);
+void mc_reader_commit(mc_reader *r, size_t n);
+
+/* Takes the next whole response out of the buffer. Checks the magic, that
+ * extlen + keylen <= bodylen, and bodylen <= max_body. */
+int mc_reader_get(mc_reader *r, mc_resp *resp);
+
+/* Bytes received but not yet taken out by mc_reader_get. */
+static inline size_t mc_reader_pending(const mc_reader *r)
+{
+    return r->len - r->pos;
+}
+
+/* Short stable name of a status ("key not found", ...), for messages. */
+const char *mc_status_str(uint16_t status);
+
+/* Big-endian helpers shared by the codec and its users. */
+static inline uint16_t mc_load16(const void *p)
+{
+    const unsigned char *b = p;
+    return (uint16_t)((b[0] << 8) | b[1]);
+}
+static inline uint32_t mc_load32(const void *p)
+{
+    const unsigned char *b = p;
+    return ((uint32_t)b[0] << 24) | ((uint32_t)b[1] << 16) |
+           ((uint32_t)b[2] << 8) | b[3];
+}
+static inline uint64_t mc_load64(const void *p)
+{
+    const unsigned char *b = p;
+    return ((uint64_t)mc_load32(b) << 32) | mc_load32(b + 4);
+}
+static inline void mc_store16(void *p, uint16_t v)
+{
+    unsigned char *b = p;
+    b[0] = (unsigned char)(v >> 8);
+    b[1] = (unsigned char)v;
+}
+static inline void mc_store32(void *p, uint32_t v)
+{
+    unsigned char *b = p;
+    b[0] = (unsigned char)(v >> 24);
+    b[1] = (unsigned char)(v >> 16);
+    b[2] = (unsigned char)(v >> 8);
+    b[3] = (unsigned char)v;
+}
+static inline void mc_store64(void *p, uint64_t v)
+{
+    mc_store32(p, (uint32_t)(v >> 32));
+    mc_store32((unsigned char *)p + 4, (uint32_t)v);
+}
+
+#endif
