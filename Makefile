@@ -29,7 +29,7 @@ HDR   = $(wildcard src/*.h)
 OBJ   = $(SRC:src/%.c=build/%.o)
 LUA_MODULES = $(wildcard lua/memcached/*.lua)
 
-.PHONY: all deps demo test asan check-c install clean
+.PHONY: all deps demo test asan spec-bins install clean
 
 all: memcached.so
 
@@ -40,6 +40,21 @@ build/%.o: src/%.c $(HDR)
 memcached.so: $(OBJ)
 	$(CC) $(LIBFLAG) $(CFLAGS) -o $@ $(OBJ) $(MSGPACK_LIBS)
 
+# C programs the specs run: the selector's own tests, and a reference that
+# asks Debian's libmemcached where it puts keys.
+SPEC_BINS = spec/helpers/ketama_ref.bin spec/helpers/select_dump.bin spec/c/test_select.bin
+
+spec-bins: $(SPEC_BINS)
+
+spec/helpers/ketama_ref.bin: spec/helpers/ketama_ref.c
+	$(CC) $(CFLAGS) $(WARN) -o $@ $< -lmemcached
+
+spec/helpers/select_dump.bin: spec/helpers/select_dump.c src/mc_select.c src/mc_select.h
+	$(CC) $(CFLAGS) $(WARN) -Isrc -o $@ $< src/mc_select.c
+
+spec/c/test_select.bin: spec/c/test_select.c src/mc_select.c src/mc_select.h
+	$(CC) $(CFLAGS) $(WARN) -Isrc -o $@ $< src/mc_select.c
+
 deps:
 	@sh scripts/deps.sh
 
@@ -48,13 +63,14 @@ demo: deps
 	@sh scripts/demo.sh
 
 test: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory all spec-bins
 	$(BUSTED) --lua=$(LUA) -o TAP spec
 
 # The same specs with the module built under ASan+UBSan. Leak checking is
 # on; Lua itself is clean under LeakSanitizer.
 asan: deps
 	@$(MAKE) --no-print-directory clean
+	@$(MAKE) --no-print-directory spec-bins
 	@$(MAKE) --no-print-directory all CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" LIBFLAG="-shared -fsanitize=address,undefined"
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
 	LSAN_OPTIONS=suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0 \

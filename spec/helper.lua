@@ -1,0 +1,138 @@
+-- Shared by the specs: loads the freshly built module and starts/stops real
+-- memcached servers on free loopback ports (stopped by PID).
+local root = debug.getinfo(1, "S").source:match("^@(.*)spec/helper%.lua$") or "./"
+if root == "" then root = "./" end
+package.cpath = root .. "?.so;" .. package.cpath
+package.path = root .. "lua/?.lua;" .. root .. "lua/?/init.lua;" .. root .. "spec/?.lua;" .. package.path
+
+local socket = require "socket"
+
+local H = { root = root }
+
+-- A port nobody listens on right now (the kernel picks it).
+function H.free_port()
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
+end
+
+local function sh(cmd)
+  local p = assert(io.popen(cmd))
+  local out = p:read("*a")
+  p:close()
+  return out
+end
+H.sh = sh
+
+local is_root = sh("id -u"):match("^0") ~= nil
+
+function H.sleep(s) socket.sleep(s) end
+function H.now() return socket.gettime() end
+
+local function wait_port(port, timeout)
+  local deadline = socket.gettime() + (timeout or 5)
+  repeat
+    local c = socket.tcp()
+    c:settimeout(0.2)
+    local ok = c:connect("127.0.0.1", port)
+    c:close()
+    if ok then return true end
+    socket.sleep(0.01)
+  until socket.gettime() > deadline
+  return false
+end
+
+local servers = {}
+
+-- Starts memcached; returns {port=, addr=, pid=, stop=, kill=, ...}.
+-- opts.args: extra command line arguments (e.g. "-I 2m"); opts.port: fixed
+-- port (for restarts on the same port); opts.unix: a socket path instead.
+function H.start_memcached(opts)
+  opts = opts or {}
+  for _ = 1, 5 do
+    local port = opts.port or H.free_port()
+    local listen = opts.unix and ("-s " .. opts.unix .. " -a 0700")
+      or ("-l 127.0.0.1 -p " .. port)
+    local cmd = string.format("memcached %s -U 0 -t 1 -c 256 %s %s >/dev/null 2>&1 & echo $!",
+      is_root and "-u root" or "", listen, opts.args or "")
+    local pid = tonumber(sh(cmd))
+    local up
+    if opts.unix then
+      for _ = 1, 200 do
+        if os.execute("test -S " .. opts.unix) then up = true break end
+        socket.sleep(0.01)
+      end
+    else
+      up = wait_port(port, 5)
+    end
+    if up then
+      local srv = { port = (not opts.unix) and port or nil, pid = pid, args = opts.args,
+                    addr = opts.unix or ("127.0.0.1:" .. port), unix = opts.unix }
+      function srv.stop()
+        if srv.pid then
+          os.execute("kill -CONT " .. srv.pid .. " 2>/dev/null; kill " .. srv.pid .. " 2>/dev/null")
+          -- wait until it is gone so the port is free again
+          for _ = 1, 200 do
+            if not os.execute("kill -0 " .. srv.pid .. " 2>/dev/null") then break end
+            socket.sleep(0.01)
+          end
+          srv.pid = nil
+        end
+      end
+      function srv.kill9()
+        if srv.pid then
+          os.execute("kill -9 " .. srv.pid .. " 2>/dev/null")
+          for _ = 1, 200 do
+            if not os.execute("kill -0 " .. srv.pid .. " 2>/dev/null") then break end
+            socket.sleep(0.01)
+          end
+          srv.pid = nil
+        end
+      end
+      function srv.sigstop() os.execute("kill -STOP " .. srv.pid) end
+      function srv.sigcont() os.execute("kill -CONT " .. srv.pid) end
+      function srv.restart()
+        srv.stop()
+        local n = H.start_memcached { port = srv.port, unix = srv.unix, args = srv.args }
+        srv.pid = n.pid
+      end
+      servers[#servers + 1] = srv
+      return srv
+    end
+    os.execute("kill " .. pid .. " 2>/dev/null")
+    if opts.port or opts.unix then break end
+  end
+  error("could not start memcached")
+end
+
+function H.stop_all()
+  for _, s in ipairs(servers) do s.stop() end
+  servers = {}
+end
+
+-- Runs a fault server (spec/fault_server.lua) in the background. mode is
+-- one of the modes it documents. Returns {addr=, port=, pid=, stop=}.
+function H.start_fault(mode, arg)
+  local port = H.free_port()
+  local cmd = string.format("lua5.4 %sspec/fault_server.lua %d %s %s >/dev/null 2>&1 & echo $!",
+    root, port, mode, arg or "")
+  local pid = tonumber(sh(cmd))
+  assert(wait_port(port, 5), "fault server did not start")
+  local f = { port = port, pid = pid, addr = "127.0.0.1:" .. port }
+  function f.stop()
+    if f.pid then os.execute("kill " .. f.pid .. " 2>/dev/null"); f.pid = nil end
+  end
+  servers[#servers + 1] = f
+  return f
+end
+
+-- Elapsed seconds of fn().
+function H.timed(fn)
+  local t = socket.gettime()
+  local r = table.pack(fn())
+  return socket.gettime() - t, table.unpack(r, 1, r.n)
+end
+
+H.memcached = require "memcached"
+return H
