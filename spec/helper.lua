@@ -45,6 +45,23 @@ end
 
 local servers = {}
 
+-- True while the process runs (a zombie nobody reaped counts as gone).
+local function alive(pid)
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return false end
+  local st = f:read("*l") or ""
+  f:close()
+  return st:match("^%d+ %b() (%a)") ~= "Z"
+end
+H.alive = alive
+
+local function wait_gone(pid)
+  for _ = 1, 500 do
+    if not alive(pid) then return end
+    socket.sleep(0.002)
+  end
+end
+
 -- Starts memcached; returns {port=, addr=, pid=, stop=, kill=, ...}.
 -- opts.args: extra command line arguments (e.g. "-I 2m"); opts.port: fixed
 -- port (for restarts on the same port); opts.unix: a socket path instead.
@@ -71,22 +88,17 @@ function H.start_memcached(opts)
                     addr = opts.unix or ("127.0.0.1:" .. port), unix = opts.unix }
       function srv.stop()
         if srv.pid then
-          os.execute("kill -CONT " .. srv.pid .. " 2>/dev/null; kill " .. srv.pid .. " 2>/dev/null")
-          -- wait until it is gone so the port is free again
-          for _ = 1, 200 do
-            if not os.execute("kill -0 " .. srv.pid .. " 2>/dev/null") then break end
-            socket.sleep(0.01)
-          end
+          -- SIGTERM makes memcached linger for a second; nothing here needs
+          -- a graceful exit
+          os.execute("kill -9 " .. srv.pid .. " 2>/dev/null")
+          wait_gone(srv.pid) -- so that the port is free again
           srv.pid = nil
         end
       end
       function srv.kill9()
         if srv.pid then
           os.execute("kill -9 " .. srv.pid .. " 2>/dev/null")
-          for _ = 1, 200 do
-            if not os.execute("kill -0 " .. srv.pid .. " 2>/dev/null") then break end
-            socket.sleep(0.01)
-          end
+          wait_gone(srv.pid)
           srv.pid = nil
         end
       end
