@@ -97,6 +97,7 @@ typedef struct lmc_client {
     struct bkey {
         const char *key;
         size_t len;
+        size_t voff, vlen; /* set_multi: the encoded value in val */
     } *keys;
     int *srv;
     size_t capkeys;
@@ -1007,6 +1008,7 @@ typedef struct multi {
     int result;  /* stack index of the results table */
     int failed;  /* stack index of the failures table (or nil) */
     const char *first;
+    uint32_t exptime; /* set_multi */
 } multi;
 
 static int grow_keys(lmc_client *u, size_t n)
@@ -1149,6 +1151,191 @@ static int m_get_multi(lua_State *L)
     lua_pushstring(L, m.first);
     lua_insert(L, 4); /* results, err, failures */
     return finish(L, u, 3);
+}
+
+/* ---- set_multi / delete_multi ----
+ * Quiet opcodes closed by one NOOP per server: only failures answer. The
+ * results table starts with true for every key sent, and failures
+ * overwrite their key's entry. */
+
+static void result_set(multi *m, size_t i, const char *err)
+{
+    lua_State *L = m->L;
+    if (!m->first)
+        m->first = err;
+    lua_pushlstring(L, m->u->keys[i].key, m->u->keys[i].len);
+    lua_pushstring(L, err);
+    lua_rawset(L, m->result);
+}
+
+static int setq_enc(void *ud, size_t i, mc_buf *out, uint32_t opaque)
+{
+    multi *m = ud;
+    const struct bkey *k = &m->u->keys[i];
+    return mc_enc_store(out, MC_OP_SETQ, opaque, 0, k->key, k->len,
+                        m->u->mp_flag, m->exptime, m->u->val.data + k->voff,
+                        k->vlen);
+}
+
+static int deleteq_enc(void *ud, size_t i, mc_buf *out, uint32_t opaque)
+{
+    multi *m = ud;
+    const struct bkey *k = &m->u->keys[i];
+    return mc_enc_delete(out, MC_OP_DELETEQ, opaque, 0, k->key, k->len);
+}
+
+static int quiet_reply_set(void *ud, size_t i, const mc_resp *r)
+{
+    if (r->status != MC_STATUS_OK)
+        result_set(ud, i, status_err(K_SET, r->status));
+    return 0;
+}
+
+static int quiet_reply_delete(void *ud, size_t i, const mc_resp *r)
+{
+    if (r->status != MC_STATUS_OK)
+        result_set(ud, i, status_err(K_GET, r->status));
+    return 0;
+}
+
+static void quiet_fail(void *ud, size_t i, int err, const char *msg)
+{
+    (void)msg;
+    result_set(ud, i, err_name(err));
+}
+
+/* Picks servers for keys[0..n) and marks the sendable ones true. */
+static void quiet_prepare(lua_State *L, lmc_client *u, multi *m, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        const char *ename = NULL;
+        if (u->srv[i] == -2) /* already failed (bad key or value) */
+            continue;
+        u->srv[i] = pick(L, u, u->keys[i].key, u->keys[i].len, &ename);
+        if (u->srv[i] < 0) {
+            result_set(m, i, ename);
+            continue;
+        }
+        lua_pushlstring(L, u->keys[i].key, u->keys[i].len);
+        lua_pushboolean(L, 1);
+        lua_rawset(L, m->result);
+    }
+    for (i = 0; i < n; i++)
+        if (u->srv[i] < 0)
+            u->srv[i] = -1;
+}
+
+static int quiet_finish(lua_State *L, lmc_client *u, multi *m, size_t n,
+                        int (*enc)(void *, size_t, mc_buf *, uint32_t),
+                        int (*reply)(void *, size_t, const mc_resp *))
+{
+    mc_batch b;
+    b.n = n;
+    b.server = u->srv;
+    b.encode = enc;
+    b.reply = reply;
+    b.fail = quiet_fail;
+    b.ud = m;
+    if (n > 0 && mc_client_batch(u->c, &b) != MC_OK)
+        return finish(L, u, fail(L, E_NOMEM, "out of memory"));
+    mc_buf_clear(&u->val, 1 << 20);
+    lua_settop(L, m->result);
+    if (!m->first)
+        return finish(L, u, 1);
+    lua_pushstring(L, m->first);
+    return finish(L, u, 2);
+}
+
+/* set_multi(items [, exptime]) -> {key = true | err}[, first err].
+ * items maps keys to values (msgpack-encoded like set). A bad key or an
+ * unencodable value fails that key alone. */
+static int m_set_multi(lua_State *L)
+{
+    lmc_client *u = check_client(L);
+    multi m;
+    size_t n = 0, i;
+    char err[200];
+
+    luaL_checktype(L, 2, LUA_TTABLE);
+    memset(&m, 0, sizeof(m));
+    m.exptime = check_exptime(L, opt_integer(L, 3, "expiration", 0),
+                              "expiration");
+    CLOSED_CHECK(L, u);
+    lua_settop(L, 2);
+    lua_newtable(L); /* 3: results */
+    m.L = L;
+    m.u = u;
+    m.result = 3;
+    lua_pushnil(L);
+    while (lua_next(L, 2)) {
+        if (lua_type(L, -2) != LUA_TSTRING)
+            luaL_error(L, "bad argument #1 (items): keys must be strings, "
+                          "got %s", luaL_typename(L, -2));
+        lua_pop(L, 1);
+        n++;
+    }
+    if (grow_keys(u, n + 1) != 0)
+        return fail(L, E_NOMEM, "out of memory");
+    u->val.len = 0;
+    i = 0;
+    lua_pushnil(L);
+    while (lua_next(L, 2)) {
+        struct bkey *k = &u->keys[i];
+        size_t before = u->val.len;
+        k->key = lua_tolstring(L, -2, &k->len); /* kept alive by items */
+        u->srv[i] = 0;
+        if (!key_ok(k->key, k->len)) {
+            u->srv[i] = -2;
+            result_set(&m, i, E_MALFORMED_KEY);
+        } else if (lmc_value_encode(L, u->vctx, -1, &u->val, err,
+                                    sizeof(err)) != 0) {
+            u->srv[i] = -2;
+            result_set(&m, i, E_UNENCODABLE);
+        }
+        k->voff = before;
+        k->vlen = u->val.len - before;
+        lua_pop(L, 1);
+        i++;
+    }
+    quiet_prepare(L, u, &m, n);
+    return quiet_finish(L, u, &m, n, setq_enc, quiet_reply_set);
+}
+
+/* delete_multi(keys) -> {key = true | err}[, first err] */
+static int m_delete_multi(lua_State *L)
+{
+    lmc_client *u = check_client(L);
+    multi m;
+    size_t n, i;
+
+    luaL_checktype(L, 2, LUA_TTABLE);
+    CLOSED_CHECK(L, u);
+    memset(&m, 0, sizeof(m));
+    lua_settop(L, 2);
+    lua_newtable(L); /* 3: results */
+    m.L = L;
+    m.u = u;
+    m.result = 3;
+    n = lua_rawlen(L, 2);
+    if (grow_keys(u, n + 1) != 0)
+        return fail(L, E_NOMEM, "out of memory");
+    for (i = 0; i < n; i++) {
+        struct bkey *k = &u->keys[i];
+        lua_rawgeti(L, 2, (lua_Integer)i + 1);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            luaL_error(L, "bad argument #1 (keys): key #%d is a %s, not a "
+                          "string", (int)i + 1, luaL_typename(L, -1));
+        k->key = lua_tolstring(L, -1, &k->len);
+        lua_pop(L, 1);
+        u->srv[i] = 0;
+        if (!key_ok(k->key, k->len)) {
+            u->srv[i] = -2;
+            result_set(&m, i, E_MALFORMED_KEY);
+        }
+    }
+    quiet_prepare(L, u, &m, n);
+    return quiet_finish(L, u, &m, n, deleteq_enc, quiet_reply_delete);
 }
 
 /* ---- servers ---- */
@@ -1579,6 +1766,8 @@ static int l_new_from_selector(lua_State *L)
 static const luaL_Reg methods[] = {
     {"get", m_get},
     {"get_multi", m_get_multi},
+    {"set_multi", m_set_multi},
+    {"delete_multi", m_delete_multi},
     {"set", m_set},
     {"add", m_add},
     {"replace", m_replace},
