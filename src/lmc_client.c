@@ -90,6 +90,7 @@ typedef struct lmc_client {
     lmc_vctx *vctx;
     mc_buf val;          /* encoded value scratch */
     uint32_t mp_flag;    /* flags that mark msgpack values */
+    size_t max_value;    /* larger values are refused before sending */
     int cb_ref;          /* server-error callback, LUA_NOREF when none */
     int sel_ref;         /* custom selector */
     enum sel_mode sel_mode;
@@ -132,6 +133,7 @@ static const char *err_name(int err)
     case MC_ERR_NO_SERVERS: return E_NO_SERVERS;
     case MC_ERR_SERVER_DEAD: return E_SERVER_DEAD;
     case MC_ERR_BUSY: return E_BUSY;
+    case MC_ERR_TOO_LARGE: return E_TOO_LARGE;
     default: return E_IO;
     }
 }
@@ -174,33 +176,25 @@ static int status_fail(lua_State *L, enum op_kind k, const mc_resp *r,
 
 /* Calls the user's callback for each queued server event. Runs after the
  * operation finished, so the callback may use the client; its errors are
- * swallowed (they must not break the client). */
+ * swallowed (they must not break the client). Each event leaves the queue
+ * before its callback runs, so a callback that uses the client (and so
+ * reports events itself) never sees an event twice. */
 static void report_events(lua_State *L, lmc_client *u)
 {
-    size_t n, i;
-    const mc_event *ev;
-    if (!u->c)
-        return;
-    ev = mc_client_events(u->c, &n);
-    if (!n)
-        return;
-    if (u->cb_ref == LUA_NOREF || u->cb_ref == LUA_REFNIL) {
-        mc_client_clear_events(u->c);
-        return;
-    }
-    for (i = 0; i < n; i++) {
-        mc_event e = ev[i];
+    while (u->c && u->c->nevents) {
+        mc_event e = u->c->events[0];
+        u->c->nevents--;
+        memmove(u->c->events, u->c->events + 1,
+                u->c->nevents * sizeof(mc_event));
+        if (u->cb_ref == LUA_NOREF || u->cb_ref == LUA_REFNIL)
+            continue;
         lua_rawgeti(L, LUA_REGISTRYINDEX, u->cb_ref);
         lua_pushstring(L, e.server);
         lua_pushstring(L, e.reason);
         lua_pushstring(L, e.up ? "up" : "down");
         if (lua_pcall(L, 3, 0, 0) != 0)
             lua_pop(L, 1);
-        if (!u->c) /* the callback closed the client */
-            return;
-        ev = mc_client_events(u->c, &n);
     }
-    mc_client_clear_events(u->c);
 }
 
 /* Wraps a method so that server events are reported after it returns. */
@@ -489,10 +483,17 @@ static int op_done(lua_State *L, op *o, int nret)
     return finish(L, o->u, nret);
 }
 
+/* The marker, also when append/prepend added bytes around it. Only items
+ * carrying the marker's flags are searched. */
 static int is_lock(const mc_resp *r)
 {
-    return r->flags == LOCK_FLAGS && r->vallen == LOCK_LEN &&
-           memcmp(r->value, lock_value, LOCK_LEN) == 0;
+    size_t i;
+    if (r->flags != LOCK_FLAGS || r->vallen < LOCK_LEN)
+        return 0;
+    for (i = 0; i + LOCK_LEN <= r->vallen; i++)
+        if (r->value[i] == '\0' && memcmp(r->value + i, lock_value, LOCK_LEN) == 0)
+            return 1;
+    return 0;
 }
 
 /* Pushes an item's value: msgpack-decoded when it carries the msgpack flag,
@@ -628,6 +629,13 @@ static int do_store(lua_State *L, uint8_t opcode, enum op_kind k, int raw,
                     "characters");
     if ((n = encode_value(L, u, &a, raw, &p, &len, &flags)) != 0)
         return n;
+    if (len > u->max_value) {
+        char d[120];
+        snprintf(d, sizeof(d), "%zu bytes exceed max_value_size (%zu)", len,
+                 u->max_value);
+        mc_buf_clear(&u->val, 1 << 20);
+        return fail(L, E_TOO_LARGE, d);
+    }
     if ((n = op_begin(L, u, &a, &o)) != 0)
         return n;
     n = op_exec(L, &o, mc_enc_store(o.out, opcode, o.opaque, a.cas, a.key,
@@ -741,6 +749,27 @@ static int m_delete_lock(lua_State *L)
     return op_done(L, &o, 1);
 }
 
+/* After a counter op found a non-numeric item: 1 when that item is a
+ * delete_lock marker (so the key must read as a miss). Error path only. */
+static int locked_on(lmc_client *u, int srv, const args *a)
+{
+    uint32_t opaque;
+    int err, locked = 0;
+    mc_resp r;
+    mc_buf *out = mc_client_begin(u->c, srv, &opaque, &err);
+    if (!out)
+        return 0;
+    if (mc_enc_get(out, MC_OP_GET, opaque, a->key, a->keylen) != 0) {
+        mc_client_abort(u->c);
+        return 0;
+    }
+    if (mc_client_exec(u->c, &r) != MC_OK)
+        return 0;
+    locked = r.status == MC_STATUS_OK && is_lock(&r);
+    mc_client_end(u->c);
+    return locked;
+}
+
 static int do_arith(lua_State *L, uint8_t opcode, int counter_only)
 {
     lmc_client *u = check_client(L);
@@ -761,6 +790,12 @@ static int do_arith(lua_State *L, uint8_t opcode, int counter_only)
                                           a.keylen, a.delta, a.initial,
                                           exp))) != 0)
         return n;
+    if (o.r.status == MC_STATUS_DELTA_BADVAL) {
+        mc_client_end(u->c);
+        if (locked_on(u, o.srv, &a))
+            return finish(L, u, fail(L, E_CACHE_MISS, "the key is locked by delete_lock"));
+        return finish(L, u, fail(L, E_NON_NUMERIC, "the item is not a decimal number"));
+    }
     if (o.r.status != MC_STATUS_OK)
         return op_status_fail(L, &o, K_GET);
     if (o.r.vallen != 8) {
@@ -1464,8 +1499,10 @@ static int m_pick_server(lua_State *L)
 {
     lmc_client *u = check_client(L);
     size_t len;
-    const char *key = luaL_checklstring(L, 2, &len);
+    const char *key;
     int srv;
+    luaL_checktype(L, 2, LUA_TSTRING);
+    key = lua_tolstring(L, 2, &len);
     CLOSED_CHECK(L, u);
     if (!key_ok(key, len))
         return fail(L, E_MALFORMED_KEY, NULL);
@@ -1711,6 +1748,7 @@ static int construct(lua_State *L, int t, int from, int sel)
     memset(u, 0, sizeof(*u));
     u->cb_ref = u->sel_ref = LUA_NOREF;
     u->mp_flag = mpf;
+    u->max_value = o.pool.max_body - 512;
     luaL_setmetatable(L, CLIENT_MT);
     u->vctx = lmc_vctx_new();
     u->c = mc_client_new(&o);

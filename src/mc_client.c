@@ -64,6 +64,8 @@ static void push_event(mc_client *c, mc_server *s, int up, const char *why)
 static void server_failed(mc_client *c, mc_server *s, int err, const char *msg)
 {
     char why[200];
+    if (err == MC_ERR_TOO_LARGE || err == MC_ERR_NOMEM || err == MC_ERR_BUSY)
+        return; /* the server did nothing wrong */
     snprintf(why, sizeof(why), "%s: %s", mc_err_str(err), msg);
     if (mc_server_failed(s, &c->o.pool, why))
         push_event(c, s, 0, why);
@@ -372,8 +374,7 @@ mc_buf *mc_client_begin(mc_client *c, int srv, uint32_t *opaque, int *err)
     c->cur = mc_pool_get(s, &c->o.pool, err, msg, sizeof(msg));
     if (!c->cur) {
         snprintf(c->errmsg, sizeof(c->errmsg), "%s: %s", s->name, msg);
-        if (*err != MC_ERR_NOMEM && *err != MC_ERR_BUSY)
-            server_failed(c, s, *err, msg);
+        server_failed(c, s, *err, msg);
         return NULL;
     }
     c->cur_srv = srv;
@@ -492,7 +493,8 @@ static void slot_drain(mc_client *c, const mc_batch *b, mc_batch_slot *sl)
         if (rc == MC_READ_MORE)
             return;
         if (rc == MC_READ_ERROR) {
-            slot_failed(c, b, sl, MC_ERR_PROTOCOL, sl->conn->in.errstr);
+            slot_failed(c, b, sl, mc_conn_read_error(sl->conn),
+                        sl->conn->in.errstr);
             return;
         }
         off = r.opaque - sl->base;
@@ -565,8 +567,7 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
         size_t k;
         sl->conn = mc_pool_get(s, &c->o.pool, &err, msg, sizeof(msg));
         if (!sl->conn) {
-            if (err != MC_ERR_NOMEM && err != MC_ERR_BUSY)
-                server_failed(c, s, err, msg);
+            server_failed(c, s, err, msg);
             slot_failed(c, b, sl, err, msg);
             continue;
         }

@@ -27,6 +27,7 @@ const char *mc_err_str(int err)
     case MC_ERR_NO_SERVERS: return "no servers configured or available";
     case MC_ERR_SERVER_DEAD: return "server is marked dead";
     case MC_ERR_BUSY: return "all connections are in use";
+    case MC_ERR_TOO_LARGE: return "value too large";
     }
     return "unknown error";
 }
@@ -322,7 +323,7 @@ int mc_conn_recv(mc_conn *c, mc_resp *r, double deadline, char *msg,
             return MC_OK;
         if (rc == MC_READ_ERROR) {
             say(msg, msglen, "%s%s", c->in.errstr, 0);
-            return MC_ERR_PROTOCOL;
+            return mc_conn_read_error(c);
         }
         rc = mc_conn_read_some(c, msg, msglen);
         if (rc < 0)
@@ -333,6 +334,12 @@ int mc_conn_recv(mc_conn *c, mc_resp *r, double deadline, char *msg,
                 return rc;
         }
     }
+}
+
+int mc_conn_read_error(const mc_conn *c)
+{
+    return c->in.oversize && c->in.oversize <= MC_PLAUSIBLE_BODY
+               ? MC_ERR_TOO_LARGE : MC_ERR_PROTOCOL;
 }
 
 int mc_conn_stale(mc_conn *c)

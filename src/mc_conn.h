@@ -27,7 +27,9 @@ enum mc_err {
     MC_ERR_NOMEM,      /* out of memory */
     MC_ERR_NO_SERVERS, /* nothing to send to */
     MC_ERR_SERVER_DEAD, /* the server is marked dead and ejection is off */
-    MC_ERR_BUSY        /* all max_conns connections are in use */
+    MC_ERR_BUSY,       /* all max_conns connections are in use */
+    MC_ERR_TOO_LARGE   /* a reply larger than max_body (the connection is
+                          closed; the server is healthy) */
 };
 
 const char *mc_err_str(int err);
@@ -86,6 +88,10 @@ int mc_conn_recv(mc_conn *c, mc_resp *r, double deadline, char *msg,
  * passes. Returns MC_OK or MC_ERR_TIMEOUT/MC_ERR_IO. */
 int mc_wait_fd(int fd, short events, double deadline, char *msg,
                size_t msglen);
+
+/* The error for a reader that failed: MC_ERR_TOO_LARGE for a plausible item
+ * over the configured cap, else MC_ERR_PROTOCOL. */
+int mc_conn_read_error(const mc_conn *c);
 
 /* True when an idle connection looks dead or dirty: the peer closed it,
  * reset it, or sent bytes nobody asked for. Costs one syscall. */

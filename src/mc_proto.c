@@ -160,6 +160,7 @@ void mc_reader_init(mc_reader *r, size_t max_body)
     if (r->max_body > SIZE_MAX - MC_HEADER_LEN)
         r->max_body = SIZE_MAX - MC_HEADER_LEN;
     r->failed = 0;
+    r->oversize = 0;
     r->errstr[0] = '\0';
 }
 
@@ -174,6 +175,7 @@ void mc_reader_reset(mc_reader *r)
 {
     r->pos = r->len = 0;
     r->failed = 0;
+    r->oversize = 0;
     r->errstr[0] = '\0';
     if (r->cap > MC_READER_KEEP) {
         free(r->buf);
@@ -302,6 +304,7 @@ int mc_reader_get(mc_reader *r, mc_resp *resp)
     extlen = h[4];
     body = mc_load32(h + 8);
     if (body > r->max_body) {
+        r->oversize = body;
         snprintf(r->errstr, sizeof r->errstr,
                  "declared body of %lu bytes exceeds the limit of %llu",
                  (unsigned long)body, (unsigned long long)r->max_body);

@@ -24,6 +24,9 @@
 /* Default cap on a response body; a larger declared length is a protocol
  * error, not an allocation. */
 #define MC_DEFAULT_MAX_BODY (64u * 1024 * 1024)
+/* memcached refuses items over 1 GiB (-I); a longer declared body is not an
+ * item at all but a stream out of step. */
+#define MC_PLAUSIBLE_BODY ((1u << 30) + (1u << 20))
 /* Expiration value of INCREMENT/DECREMENT meaning "do not create". */
 #define MC_ARITH_NO_CREATE 0xffffffffu
 
@@ -163,6 +166,8 @@ typedef struct mc_reader {
     size_t len;      /* bytes held (consumed + unconsumed) */
     size_t max_body; /* larger declared bodies are protocol errors */
     int failed;      /* sticky: once an error is seen, get keeps failing */
+    uint32_t oversize; /* when the error was a body over max_body: its
+                          declared length (else 0) */
     char errstr[128];
 } mc_reader;
 

@@ -1,0 +1,136 @@
+-- A misbehaving memcached (binary protocol) for the fault specs: only for
+-- faults a real server cannot produce.
+--
+--   lua5.4 spec/fault_server.lua PORT MODE [ARG]
+--
+-- MODE:
+--   silent        accept and read, never answer
+--   close         close every connection right after accept
+--   garbage       answer any request with non-protocol bytes
+--   truncated     send the first 12 bytes of a valid response, then nothing
+--   wrong_opaque  a valid response whose opaque is the request's + 1000
+--   huge          a response header declaring a 0xFFFFFFF0-byte body
+--   late_once ARG the first request on the whole server is answered (as
+--                 echo) after ARG seconds; every other one promptly
+--   echo          GET/GETK/GETQ/GETKQ are hits whose value is the key (flags
+--                 0); anything else gets status 0 and an empty body
+local socket = require "socket"
+
+local port, mode, arg = tonumber(arg[1]), arg[2], arg[3]
+assert(port and mode, "usage: fault_server.lua PORT MODE [ARG]")
+
+local server = assert(socket.bind("127.0.0.1", port))
+server:settimeout(0)
+
+local HDR = ">BBHBBHI4I4I8" -- magic opcode keylen extlen datatype status/vb bodylen opaque cas
+local GET, GETQ, GETK, GETKQ = 0x00, 0x09, 0x0c, 0x0d
+
+local function response(req, status, extras, key, value)
+  return string.pack(HDR, 0x81, req.opcode, #key, #extras, 0, status,
+    #extras + #key + #value, req.opaque, 1) .. extras .. key .. value
+end
+
+-- The reply a well-behaved server would give, as echo defines it.
+local function echo(req)
+  local op = req.opcode
+  if op == GET or op == GETQ then
+    return response(req, 0, string.pack(">I4", 0), "", req.key)
+  elseif op == GETK or op == GETKQ then
+    return response(req, 0, string.pack(">I4", 0), req.key, req.key)
+  end
+  return response(req, 0, "", "", "")
+end
+
+local answer = {
+  silent = function() return nil end,
+  garbage = function() return "HTTP/1.0 400 Bad Request\r\n\r\n" end,
+  truncated = function(req) return echo(req):sub(1, 12) end,
+  wrong_opaque = function(req)
+    local r = echo(req)
+    return r:sub(1, 12) .. string.pack(">I4", (req.opaque + 1000) % 2^32) .. r:sub(17)
+  end,
+  huge = function(req)
+    return string.pack(HDR, 0x81, req.opcode, 0, 0, 0, 0, 0xFFFFFFF0, req.opaque, 0)
+  end,
+  echo = echo,
+  late_once = echo,
+}
+assert(answer[mode] or mode == "close", "unknown mode " .. tostring(mode))
+
+local conns = {}     -- socket -> pending input bytes
+local delayed = {}   -- {sock=, data=, at=} replies to send later
+local first_seen = false
+
+local function drop(c)
+  conns[c] = nil
+  c:close()
+end
+
+local function send(c, data)
+  if conns[c] then
+    c:settimeout(1)
+    local ok = c:send(data)
+    c:settimeout(0)
+    if not ok then drop(c) end
+  end
+end
+
+-- Parses every complete request in the connection's buffer.
+local function serve(c)
+  local buf = conns[c]
+  while #buf >= 24 do
+    local magic, opcode, keylen, extlen, _, _, bodylen, opaque = string.unpack(HDR, buf)
+    if magic ~= 0x80 then drop(c) return end
+    if #buf < 24 + bodylen then break end
+    local req = { opcode = opcode, opaque = opaque,
+                  key = buf:sub(25 + extlen, 24 + extlen + keylen) }
+    buf = buf:sub(25 + bodylen)
+    local out = answer[mode](req)
+    if mode == "late_once" and not first_seen then
+      first_seen = true
+      delayed[#delayed + 1] = { sock = c, data = out, at = socket.gettime() + tonumber(arg) }
+    elseif out then
+      send(c, out)
+      if not conns[c] then return end
+    end
+  end
+  conns[c] = buf
+end
+
+while true do
+  local list = { server }
+  for c in pairs(conns) do list[#list + 1] = c end
+  local wait = 1
+  for _, d in ipairs(delayed) do wait = math.max(0, math.min(wait, d.at - socket.gettime())) end
+  local readable = socket.select(list, nil, wait)
+  for _, s in ipairs(readable) do
+    if s == server then
+      local c = server:accept()
+      if c then
+        if mode == "close" then
+          c:close()
+        else
+          c:settimeout(0)
+          c:setoption("tcp-nodelay", true)
+          conns[c] = ""
+        end
+      end
+    elseif conns[s] then
+      local data, err, partial = s:receive(65536)
+      data = data or partial
+      if data and #data > 0 then conns[s] = conns[s] .. data end
+      if err == "closed" then
+        drop(s)
+      elseif #conns[s] > 0 then
+        serve(s)
+      end
+    end
+  end
+  local now = socket.gettime()
+  for i = #delayed, 1, -1 do
+    if delayed[i].at <= now then
+      send(delayed[i].sock, delayed[i].data)
+      table.remove(delayed, i)
+    end
+  end
+end
