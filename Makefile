@@ -26,19 +26,31 @@ ALL_CFLAGS  = $(CFLAGS) $(WARN) -fPIC -fvisibility=hidden -I$(LUA_INCDIR) $(MSGP
 
 SRC   = $(wildcard src/*.c)
 HDR   = $(wildcard src/*.h)
-OBJ   = $(SRC:src/%.c=build/%.o)
+# Where objects and the module go; `make asan` uses its own pair so the
+# normal build is never mixed with a sanitizer build.
+OBJDIR ?= build
+MODULE ?= memcached.so
+OBJ   = $(SRC:src/%.c=$(OBJDIR)/%.o)
 LUA_MODULES = $(wildcard lua/memcached/*.lua)
+ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 .PHONY: all deps demo test asan spec-bins install clean
 
-all: memcached.so
+all: $(MODULE)
 
-build/%.o: src/%.c $(HDR)
-	@mkdir -p build
+# Objects remember the flags they were built with: other CFLAGS (luarocks',
+# a sanitizer's) or another Lua's headers rebuild them.
+$(OBJDIR)/.flags: FORCE
+	@mkdir -p $(OBJDIR)
+	@echo '$(ALL_CFLAGS) $(LIBFLAG) $(MSGPACK_LIBS)' | cmp -s - $@ || echo '$(ALL_CFLAGS) $(LIBFLAG) $(MSGPACK_LIBS)' > $@
+
+$(OBJDIR)/%.o: src/%.c $(HDR) $(OBJDIR)/.flags
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
-memcached.so: $(OBJ)
+$(MODULE): $(OBJ)
 	$(CC) $(LIBFLAG) $(CFLAGS) -o $@ $(OBJ) $(MSGPACK_LIBS)
+
+FORCE:
 
 # C programs the specs run: the selector's own tests, and a reference that
 # asks Debian's libmemcached where it puts keys.
@@ -66,17 +78,16 @@ test: deps
 	@$(MAKE) --no-print-directory all spec-bins
 	$(BUSTED) --lua=$(LUA) -o TAP spec
 
-# The same specs with the module built under ASan+UBSan. Leak checking is
-# on; Lua itself is clean under LeakSanitizer.
+# The same specs with the module built under ASan+UBSan into build/asan.
+# LeakSanitizer is on: a leak makes the run exit non-zero. Lua itself is
+# clean under it, so nothing is suppressed.
 asan: deps
-	@$(MAKE) --no-print-directory clean
 	@$(MAKE) --no-print-directory spec-bins
-	@$(MAKE) --no-print-directory all CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" LIBFLAG="-shared -fsanitize=address,undefined"
-	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
-	LSAN_OPTIONS=suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0 \
-	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
-	$(LUA) /usr/bin/busted -o TAP spec
-	@$(MAKE) --no-print-directory clean
+	@$(MAKE) --no-print-directory OBJDIR=build/asan MODULE=build/asan/memcached.so \
+		CFLAGS="$(ASAN_FLAGS)" LIBFLAG="-shared -fsanitize=address,undefined"
+	MEMCACHED_SO_DIR=$(CURDIR)/build/asan ASAN_OPTIONS=detect_leaks=1 \
+	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
+	$(LUA) $$(command -v $(BUSTED)) -o TAP spec
 
 install: memcached.so
 	mkdir -p $(INST_LIBDIR)
@@ -84,4 +95,4 @@ install: memcached.so
 	if [ -n "$(LUA_MODULES)" ]; then mkdir -p $(INST_LUADIR)/memcached && cp $(LUA_MODULES) $(INST_LUADIR)/memcached/; fi
 
 clean:
-	rm -rf build memcached.so
+	rm -rf build memcached.so $(SPEC_BINS)

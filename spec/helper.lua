@@ -2,7 +2,9 @@
 -- memcached servers on free loopback ports (stopped by PID).
 local root = debug.getinfo(1, "S").source:match("^@(.*)spec/helper%.lua$") or "./"
 if root == "" then root = "./" end
-package.cpath = root .. "?.so;" .. package.cpath
+-- MEMCACHED_SO_DIR picks another build of the module (make asan).
+package.cpath = (os.getenv("MEMCACHED_SO_DIR") and (os.getenv("MEMCACHED_SO_DIR") .. "/?.so;") or "")
+  .. root .. "?.so;" .. package.cpath
 package.path = root .. "lua/?.lua;" .. root .. "lua/?/init.lua;" .. root .. "spec/?.lua;" .. package.path
 
 local socket = require "socket"
@@ -102,7 +104,17 @@ function H.start_memcached(opts)
           srv.pid = nil
         end
       end
-      function srv.sigstop() os.execute("kill -STOP " .. srv.pid) end
+      -- kill(2) returns before the target has stopped: wait for state T
+      function srv.sigstop()
+        os.execute("kill -STOP " .. srv.pid)
+        for _ = 1, 500 do
+          local f = io.open("/proc/" .. srv.pid .. "/stat")
+          local st = f and f:read("*l") or ""
+          if f then f:close() end
+          if st:match("^%d+ %b() (%a)") == "T" then break end
+          socket.sleep(0.002)
+        end
+      end
       function srv.sigcont() os.execute("kill -CONT " .. srv.pid) end
       function srv.restart()
         srv.stop()

@@ -466,14 +466,17 @@ static void slot_failed(mc_client *c, const mc_batch *b, mc_batch_slot *sl,
 {
     mc_server *s = c->servers[sl->srv];
     size_t i;
-    char full[256];
+    char full[256], why[200];
 
-    snprintf(full, sizeof(full), "%s: %s", s->name, msg);
+    /* msg may live in the connection (its reader's errstr): copy it before
+     * the connection is closed */
+    snprintf(why, sizeof(why), "%s", msg);
+    snprintf(full, sizeof(full), "%s: %s", s->name, why);
     snprintf(c->errmsg, sizeof(c->errmsg), "%s", full);
     if (sl->conn) {
         mc_pool_put(s, &c->o.pool, sl->conn, 1);
         sl->conn = NULL;
-        server_failed(c, s, err, msg);
+        server_failed(c, s, err, why);
     }
     for (i = 0; i < b->n; i++)
         if (b->server[i] == sl->srv && !c->replied[i])

@@ -1,0 +1,382 @@
+-- The benchmark's driver, started by bench/run.sh with three running
+-- memcached addresses. Runs every system x workload RUNS times, each run a
+-- fresh client process pinned to the same CPU as the servers, with the
+-- order of the systems rotated from run to run so that drift hits all
+-- alike. Prints medians (min-max) and ratios to the hand-written C client,
+-- a Markdown table, allocation counts, RSS over 1M gets and syscalls per
+-- operation; writes bench/results.tsv.
+local S1, S2, S3 = arg[1], arg[2], arg[3]
+assert(S1 and S2 and S3, "usage: run.lua ADDR1 ADDR2 ADDR3 (use bench/run.sh)")
+local CPU = os.getenv("BENCH_CPU") or "1"
+local RUNS = tonumber(os.getenv("BENCH_RUNS")) or 5
+local PIN = "taskset -c " .. CPU .. " "
+local LUA = os.getenv("LUA") or "lua5.4"
+
+local function sh(cmd)
+  local p = assert(io.popen(cmd))
+  local out = p:read("a")
+  local ok, _, code = p:close()
+  return out, ok, code
+end
+
+local function trim(s) return (s or ""):gsub("^%s+", ""):gsub("%s+$", "") end
+
+---------------------------------------------------------------- machine
+local function cpu_model()
+  for line in io.lines("/proc/cpuinfo") do
+    local m = line:match("^model name%s*:%s*(.+)$")
+    if m then return m end
+  end
+  return "?"
+end
+
+print("## Machine")
+print("")
+print("- nproc: " .. trim(sh("nproc")))
+print("- CPU: " .. cpu_model())
+print("- kernel: " .. trim(sh("uname -sr")))
+print("- memcached: " .. trim(sh("memcached -V")))
+print("- libmemcached: " .. trim(sh("pkg-config --modversion libmemcached 2>/dev/null")))
+print("- Lua: " .. trim(sh(LUA .. " -v")))
+print("- client and servers pinned with `" .. trim(PIN) .. "`; " .. RUNS ..
+      " runs per cell, systems interleaved")
+print("")
+
+---------------------------------------------------------------- workloads
+local SERIAL, MULTI, CODEC = 20000, 2000, 10000
+
+-- Each workload: label, servers, op count, and how each system runs it.
+-- A system's command gets WORKLOAD NOPS ADDRS appended.
+local systems = {
+  { id = "limit", label = "limit (C)", cmd = "bench/limit.bin" },
+  { id = "ours", label = "this library (Lua)", cmd = LUA .. " bench/lua_client.lua" },
+  { id = "libmemcached", label = "libmemcached (C)", cmd = "bench/libmc.bin" },
+  { id = "text", label = "LuaSocket text (Lua)", cmd = LUA .. " bench/text_client.lua" },
+}
+local codecs = {
+  { id = "ours", label = "this library", cmd = LUA .. " bench/msgpack_bench.lua ours" },
+  { id = "cjson", label = "lua-cjson", cmd = LUA .. " bench/msgpack_bench.lua cjson" },
+  { id = "messagepack", label = "lua-messagepack", cmd = LUA .. " bench/msgpack_bench.lua messagepack" },
+}
+
+local workloads = {
+  { id = "get", label = "get, 100 B value", op = "get", n = SERIAL, addrs = S1 },
+  { id = "set", label = "set, 100 B value", op = "set", n = SERIAL, addrs = S1 },
+  { id = "get_multi", label = "get_multi, 100 keys, 1 server", op = "get_multi", n = MULTI, addrs = S1 },
+  { id = "get_multi_3", label = "get_multi, 100 keys, 3 servers", op = "get_multi", n = MULTI,
+    addrs = S1 .. " " .. S2 .. " " .. S3 },
+  { id = "set_multi", label = "set_multi, 100 keys", op = "set_multi", n = MULTI, addrs = S1,
+    -- libmemcached does 100 round trips here; fewer ops keep the run short
+    n_for = { libmemcached = 200 } },
+  { id = "delete_multi", label = "delete_multi, 100 keys", op = "delete_multi", n = MULTI, addrs = S1,
+    n_for = { libmemcached = 200 } },
+}
+local codec_workload = { id = "msgpack", label = "encode+decode, ~1 KB nested table", n = CODEC }
+
+local samples = {} -- samples[workload][system] = { ns, ... } or "n/a"
+
+local function measure(wid, sid, cmd)
+  local out, ok = sh(PIN .. cmd .. " 2>&1")
+  local v = trim(out)
+  samples[wid] = samples[wid] or {}
+  if v == "n/a" then
+    samples[wid][sid] = "n/a"
+    return
+  end
+  local ns = tonumber(v)
+  if not ok or not ns then
+    io.stderr:write("FAILED: ", cmd, "\n", out, "\n")
+    samples[wid][sid] = samples[wid][sid] or "failed"
+    return
+  end
+  local t = samples[wid][sid]
+  if type(t) ~= "table" then t = {}; samples[wid][sid] = t end
+  t[#t + 1] = ns
+end
+
+local function rotated(list, k)
+  local r = {}
+  for i = 1, #list do r[i] = list[(i - 1 + k) % #list + 1] end
+  return r
+end
+
+io.stderr:write("measuring: ", RUNS, " runs of ", #workloads * #systems + #codecs, " cells\n")
+for run = 1, RUNS do
+  local t0 = os.time()
+  for _, w in ipairs(workloads) do
+    for _, s in ipairs(rotated(systems, run - 1)) do
+      local n = (w.n_for and w.n_for[s.id]) or w.n
+      measure(w.id, s.id, string.format("%s %s %d %s", s.cmd, w.op, n, w.addrs))
+    end
+  end
+  for _, c in ipairs(rotated(codecs, run - 1)) do
+    measure("msgpack", c.id, string.format("%s %d", c.cmd, codec_workload.n))
+  end
+  io.stderr:write(string.format("  run %d/%d done (%ds)\n", run, RUNS, os.time() - t0))
+end
+
+---------------------------------------------------------------- statistics
+local function stats(t)
+  if type(t) ~= "table" or #t == 0 then return nil end
+  local s = {}
+  for i, v in ipairs(t) do s[i] = v end
+  table.sort(s)
+  local n = #s
+  local med = (n % 2 == 1) and s[(n + 1) // 2] or (s[n // 2] + s[n // 2 + 1]) / 2
+  return { median = med, min = s[1], max = s[n] }
+end
+
+local result = {} -- result[wid][sid] = stats + ratio
+local function compute(wid, list, base)
+  result[wid] = {}
+  local b = stats(samples[wid] and samples[wid][base])
+  for _, s in ipairs(list) do
+    local st = stats(samples[wid] and samples[wid][s.id])
+    if st and b then st.ratio = st.median / b.median end
+    result[wid][s.id] = st or { na = (samples[wid] and samples[wid][s.id]) or "n/a" }
+  end
+end
+for _, w in ipairs(workloads) do compute(w.id, systems, "limit") end
+compute("msgpack", codecs, "cjson")
+
+local function us(ns) return string.format("%.1f", ns / 1000) end
+
+local function cell(st)
+  if not st or st.na then return tostring(st and st.na or "n/a") end
+  return string.format("%s µs (%s–%s) **%.2fx**", us(st.median), us(st.min), us(st.max), st.ratio or 0)
+end
+
+---------------------------------------------------------------- results.tsv
+do
+  local f = assert(io.open("bench/results.tsv", "w"))
+  f:write("workload\tsystem\tmedian_ns\tmin_ns\tmax_ns\tratio\n")
+  local function rows(wid, list)
+    for _, s in ipairs(list) do
+      local st = result[wid][s.id]
+      if st.na then
+        f:write(string.format("%s\t%s\tn/a\tn/a\tn/a\tn/a\n", wid, s.id))
+      else
+        f:write(string.format("%s\t%s\t%.0f\t%.0f\t%.0f\t%.3f\n", wid, s.id,
+          st.median, st.min, st.max, st.ratio or 0))
+      end
+    end
+  end
+  for _, w in ipairs(workloads) do rows(w.id, systems) end
+  rows("msgpack", codecs)
+  f:close()
+end
+
+---------------------------------------------------------------- tables
+print("## Time per operation")
+print("")
+print(string.format("Median of %d runs (min–max), and the ratio to the hand-written C client", RUNS))
+print("(bench/limit.c: blocking socket, one write per request or batch). Serial ops: " ..
+      SERIAL .. " per run; multi ops: " .. MULTI .. " (libmemcached's set/delete_multi: 200).")
+print("")
+local head, rule = { "workload" }, { "---" }
+for _, s in ipairs(systems) do head[#head + 1] = s.label; rule[#rule + 1] = "---" end
+print("| " .. table.concat(head, " | ") .. " |")
+print("| " .. table.concat(rule, " | ") .. " |")
+for _, w in ipairs(workloads) do
+  local row = { w.label }
+  for _, s in ipairs(systems) do row[#row + 1] = cell(result[w.id][s.id]) end
+  print("| " .. table.concat(row, " | ") .. " |")
+end
+print("")
+print("libmemcached's set_multi and delete_multi are 100 memcached_set / memcached_delete calls,")
+print("one round trip each (its BUFFER_REQUESTS mode does not wait for the server).")
+print("")
+print("msgpack: " .. codec_workload.n .. " ops per run; ratio to lua-cjson (JSON, for scale).")
+print("")
+head, rule = { "workload" }, { "---" }
+for _, c in ipairs(codecs) do head[#head + 1] = c.label; rule[#rule + 1] = "---" end
+print("| " .. table.concat(head, " | ") .. " |")
+print("| " .. table.concat(rule, " | ") .. " |")
+do
+  local row = { codec_workload.label }
+  for _, c in ipairs(codecs) do row[#row + 1] = cell(result.msgpack[c.id]) end
+  print("| " .. table.concat(row, " | ") .. " |")
+end
+do
+  local sizes = trim(sh(LUA .. " bench/msgpack_bench.lua sizes")):gsub("\t", " "):gsub("\n", " B, ")
+  print("")
+  print("Encoded size: " .. sizes .. " B.")
+end
+print("")
+
+---------------------------------------------------------------- targets
+print("## Targets")
+print("")
+local function r(wid, sid)
+  local st = result[wid] and result[wid][sid]
+  return st and not st.na and st.ratio or nil
+end
+local function med(wid, sid)
+  local st = result[wid] and result[wid][sid]
+  return st and not st.na and st.median or nil
+end
+local function verdict(ok) return ok and "MET" or "MISSED" end
+local function target_ratio(wid, limit, what)
+  local x = r(wid, "ours")
+  if not x then print("- " .. what .. ": n/a"); return end
+  print(string.format("- %s <= %.2fx of the limit: %.2fx, %s%s", what, limit, x, verdict(x <= limit),
+    x <= limit and "" or string.format(" by %.0f%%", (x / limit - 1) * 100)))
+end
+target_ratio("get", 1.05, "serial get")
+target_ratio("set", 1.05, "serial set")
+target_ratio("get_multi", 1.10, "get_multi, 1 server")
+do
+  local o, l = med("get_multi", "ours"), med("get_multi", "libmemcached")
+  if o and l then
+    print(string.format("- get_multi faster than libmemcached's mget: %s vs %s µs, %s",
+      us(o), us(l), verdict(o < l)))
+  end
+  local o3, l1, l3 = med("get_multi_3", "ours"), med("get_multi", "limit"), med("get_multi_3", "limit")
+  if o and o3 and l1 and l3 then
+    -- "close to one server's, not the sum": sending to all servers before
+    -- reading any keeps the three round trips overlapped
+    print(string.format("- get_multi over 3 servers close to 1 server's (<= 1.5x): ours %.2fx " ..
+      "(limit's own: %.2fx), %s", o3 / o, l3 / l1, verdict(o3 / o <= 1.5)))
+  end
+  local m = r("msgpack", "ours")
+  if m then
+    print(string.format("- msgpack encode+decode faster than lua-cjson's: %.2fx of cjson, %s",
+      m, verdict(m < 1)))
+  end
+end
+print("")
+
+---------------------------------------------------------------- allocations
+print("## Allocations per operation (steady state)")
+print("")
+print("bench/malloc_count.so counts malloc/calloc/realloc calls per calling object;")
+print("per op = (count at N2 ops - count at N1 ops) / (N2 - N1), same warm-up in both.")
+print("Lua's allocator is realloc inside the interpreter (lua5.4): a get returns a new")
+print("100-byte Lua string, which Lua allocates; the library's own C code is memcached.so")
+print("and libmsgpackc.")
+print("")
+local function alloc_run(op, n, addrs)
+  local file = os.tmpname()
+  local cmd = string.format("MALLOC_COUNT_FILE=%s LD_PRELOAD=%s/bench/malloc_count.so %s%s bench/lua_client.lua %s %d %s >/dev/null",
+    file, trim(sh("pwd")), PIN, LUA, op, n, addrs)
+  local _, ok = sh(cmd)
+  local counts = {}
+  local f = io.open(file)
+  if f then
+    for line in f:lines() do
+      local name, c = line:match("^(%S+) (%d+)$")
+      if name then counts[name] = tonumber(c) end
+    end
+    f:close()
+  end
+  os.remove(file)
+  return ok and counts or nil
+end
+print("| workload | N1 -> N2 | all | Lua interpreter | memcached.so | libmsgpackc | other |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
+for _, a in ipairs {
+  { op = "get", n1 = 10000, n2 = 100000 },
+  { op = "set", n1 = 10000, n2 = 100000 },
+  -- a get_multi costs ~20x a get: 1k -> 10k keeps the run short
+  { op = "get_multi", n1 = 1000, n2 = 10000 },
+} do
+  local c1, c2 = alloc_run(a.op, a.n1, S1), alloc_run(a.op, a.n2, S1)
+  if not (c1 and c2) then
+    print("| " .. a.op .. " | failed | | | | | |")
+  else
+    local d = a.n2 - a.n1
+    local function per(name) return ((c2[name] or 0) - (c1[name] or 0)) / d end
+    local lua_i, ours, mp = per("lua5.4"), per("memcached.so"), 0
+    for name in pairs(c2) do
+      if name:match("^libmsgpack") then mp = mp + per(name) end
+    end
+    local all = per("total")
+    print(string.format("| %s | %dk -> %dk | %.3f | %.3f | %.3f | %.3f | %.3f |", a.op, a.n1 // 1000,
+      a.n2 // 1000, all, lua_i, ours, mp, all - lua_i - ours - mp))
+  end
+end
+print("")
+
+---------------------------------------------------------------- RSS
+print("## Memory over 1M gets")
+print("")
+do
+  local out, ok = sh(PIN .. LUA .. " bench/lua_client.lua rss 1000000 " .. S1)
+  if not ok then
+    print("failed: " .. out)
+  else
+    print("| gets | VmRSS | Lua heap (collectgarbage) |")
+    print("| --- | --- | --- |")
+    local rss = {}
+    for n, r2, h in out:gmatch("(%d+)\t(%d+)\t(%d+)") do
+      rss[#rss + 1] = tonumber(r2)
+      print(string.format("| %dk | %.0f KiB | %.0f KiB |", tonumber(n) // 1000, r2 / 1024, h / 1024))
+    end
+    if #rss >= 3 then
+      local grow = rss[#rss] - rss[1]
+      print("")
+      print(string.format("RSS change from 100k to 1M gets: %+d KiB (%s)", grow // 1024,
+        math.abs(grow) <= 256 * 1024 and "flat" or "GROWING"))
+    end
+  end
+end
+print("")
+
+---------------------------------------------------------------- syscalls
+-- strace -c counts per syscall; a short and a long run are subtracted so
+-- that start-up and warm-up cancel.
+local function strace_counts(cmd)
+  local file = os.tmpname()
+  local _, ok = sh(PIN .. "strace -f -c -o " .. file .. " " .. cmd .. " >/dev/null 2>&1")
+  local calls, errors = {}, {}
+  local f = io.open(file)
+  if f then
+    for line in f:lines() do
+      local t = {}
+      for w in line:gmatch("%S+") do t[#t + 1] = w end
+      if #t >= 5 and tonumber(t[1]) and t[#t] ~= "total" then
+        calls[t[#t]] = tonumber(t[4])
+        if #t == 6 then errors[t[#t]] = tonumber(t[5]) end
+      end
+    end
+    f:close()
+  end
+  os.remove(file)
+  return ok and calls, errors
+end
+
+if trim(sh("command -v strace")) ~= "" then
+  print("## Syscalls per operation (strace -c -f)")
+  print("")
+  print("| workload | system | syscalls/op | breakdown (errors) |")
+  print("| --- | --- | --- | --- |")
+  for _, w in ipairs {
+    { op = "get", n1 = 2000, n2 = 4000, addrs = S1, label = "get" },
+    { op = "set", n1 = 2000, n2 = 4000, addrs = S1, label = "set" },
+    { op = "get_multi", n1 = 200, n2 = 400, addrs = S1, label = "get_multi, 1 server" },
+    { op = "get_multi", n1 = 200, n2 = 400, addrs = S1 .. " " .. S2 .. " " .. S3, label = "get_multi, 3 servers" },
+  } do
+    for _, s in ipairs(systems) do
+      local a, ae = strace_counts(string.format("%s %s %d %s", s.cmd, w.op, w.n1, w.addrs))
+      local b, be = strace_counts(string.format("%s %s %d %s", s.cmd, w.op, w.n2, w.addrs))
+      if a and b then
+        local d, total, parts, names = w.n2 - w.n1, 0, {}, {}
+        for name in pairs(b) do names[#names + 1] = name end
+        table.sort(names)
+        for _, name in ipairs(names) do
+          local per = (b[name] - (a[name] or 0)) / d
+          if per >= 0.05 then
+            total = total + per
+            local e = ((be[name] or 0) - (ae[name] or 0)) / d
+            parts[#parts + 1] = string.format("%s %.2f%s", name, per,
+              e >= 0.05 and string.format(" (%.2f fail)", e) or "")
+          end
+        end
+        print(string.format("| %s | %s | %.2f | %s |", w.label, s.label, total, table.concat(parts, ", ")))
+      end
+    end
+  end
+  print("")
+end
+
+print("Results written to bench/results.tsv")
