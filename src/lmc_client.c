@@ -989,6 +989,8 @@ static int m_stats(lua_State *L)
     if (!lua_isnoneornil(L, 2))
         g.p = luaL_checklstring(L, 2, &g.n);
     CLOSED_CHECK(L, u);
+    if (u->c->nservers == 0)
+        return fail(L, E_NO_SERVERS, "no servers configured");
     lua_newtable(L);
     for (i = 0; i < u->c->nservers; i++) {
         op o;
