@@ -25,8 +25,10 @@ static inline void lmc_compat_setfuncs(lua_State *L, const luaL_Reg *l, int nup)
 }
 #define lua_absindex(L, i)                                                   \
     ((i) > 0 || (i) <= LUA_REGISTRYINDEX ? (i) : lua_gettop(L) + (i) + 1)
+#ifndef luaL_newlibtable /* LuaJIT 2.1 has these two */
 #define luaL_newlibtable(L, l) lua_createtable((L), 0, sizeof(l) / sizeof((l)[0]) - 1)
 #define luaL_newlib(L, l) (luaL_newlibtable((L), (l)), luaL_setfuncs((L), (l), 0))
+#endif
 #define luaL_setmetatable(L, name) (luaL_getmetatable((L), (name)), lua_setmetatable((L), -2))
 static inline void *lmc_compat_testudata(lua_State *L, int i, const char *name)
 {

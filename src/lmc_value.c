@@ -335,7 +335,9 @@ int lmc_value_encode(lua_State *L, lmc_vctx *c, int idx, mc_buf *out,
         return -1;
     }
     registry = lua_topointer(L, LUA_REGISTRYINDEX);
-    if (registry != c->registry)
+    /* Also retried while unknown: the metatables may be registered after
+     * this context's first use. */
+    if (registry != c->registry || c->array_mt == NULL)
         refresh_metatables(L, c, registry);
 
     c->reason[0] = '\0';
