@@ -19,7 +19,10 @@ local function sh(cmd)
   return out, ok, code
 end
 
-local function trim(s) return (s or ""):gsub("^%s+", ""):gsub("%s+$", "") end
+local function trim(s)
+  local r = (s or ""):gsub("^%s+", ""):gsub("%s+$", "")
+  return r
+end
 
 ---------------------------------------------------------------- machine
 local function cpu_model()
@@ -38,6 +41,12 @@ print("- kernel: " .. trim(sh("uname -sr")))
 print("- memcached: " .. trim(sh("memcached -V")))
 print("- libmemcached: " .. trim(sh("pkg-config --modversion libmemcached 2>/dev/null")))
 print("- Lua: " .. trim(sh(LUA .. " -v")))
+do
+  local f = io.open("/proc/loadavg")
+  print("- load average before the run: " .. (f and trim(f:read("l")) or "?") ..
+        " (other work on the machine shows up as noise)")
+  if f then f:close() end
+end
 print("- client and servers pinned with `" .. trim(PIN) .. "`; " .. RUNS ..
       " runs per cell, systems interleaved")
 print("")
@@ -323,59 +332,83 @@ end
 print("")
 
 ---------------------------------------------------------------- syscalls
--- strace -c counts per syscall; a short and a long run are subtracted so
--- that start-up and warm-up cancel.
-local function strace_counts(cmd)
+-- Where the time goes, per operation: the client's own CPU time, its
+-- syscalls by kind, how many failed with EAGAIN, and context switches.
+-- Counted with perf's tracepoints, which do not slow the client down (strace
+-- does, and then every reply is already there when the client reads, which
+-- hides the recv -> EAGAIN -> poll -> recv pattern). A short and a long run
+-- are subtracted so that start-up and warm-up cancel.
+local EVENTS = "-e task-clock,context-switches,raw_syscalls:sys_enter," ..
+  "syscalls:sys_enter_poll,syscalls:sys_enter_recvfrom,syscalls:sys_enter_read," ..
+  "syscalls:sys_enter_sendto,syscalls:sys_enter_write " ..
+  "-e raw_syscalls:sys_exit --filter 'ret == -11'"
+
+local function perf_counts(cmd)
   local file = os.tmpname()
-  local _, ok = sh(PIN .. "strace -f -c -o " .. file .. " " .. cmd .. " >/dev/null 2>&1")
-  local calls, errors = {}, {}
+  local _, ok = sh(PIN .. "perf stat -x, " .. EVENTS .. " -o " .. file .. " " .. cmd .. " >/dev/null 2>&1")
+  local c = {}
   local f = io.open(file)
   if f then
     for line in f:lines() do
-      local t = {}
-      for w in line:gmatch("%S+") do t[#t + 1] = w end
-      if #t >= 5 and tonumber(t[1]) and t[#t] ~= "total" then
-        calls[t[#t]] = tonumber(t[4])
-        if #t == 6 then errors[t[#t]] = tonumber(t[5]) end
-      end
+      local v, ev = line:match("^([%d%.]+),[^,]*,([^,]+),")
+      if v then c[ev] = tonumber(v) end
     end
     f:close()
   end
   os.remove(file)
-  return ok and calls, errors
+  return ok and c["raw_syscalls:sys_enter"] and c or nil
 end
 
-if trim(sh("command -v strace")) ~= "" then
-  print("## Syscalls per operation (strace -c -f)")
+local has_perf = trim(sh("command -v perf")) ~= "" and
+  perf_counts("true") ~= nil
+if has_perf then
+  print("## Where the time goes (perf stat, per operation)")
   print("")
-  print("| workload | system | syscalls/op | breakdown (errors) |")
-  print("| --- | --- | --- | --- |")
+  print("Client side only (the server is not counted). cpu = the client's own CPU time")
+  print("(task-clock, user + kernel); recv counts recvfrom and read, send counts sendto")
+  print("and write; EAGAIN = syscalls that failed with EAGAIN; cs = context switches.")
+  print("")
+  print("| workload | system | cpu µs | syscalls | poll | recv | send | EAGAIN | cs |")
+  print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
   for _, w in ipairs {
-    { op = "get", n1 = 2000, n2 = 4000, addrs = S1, label = "get" },
-    { op = "set", n1 = 2000, n2 = 4000, addrs = S1, label = "set" },
-    { op = "get_multi", n1 = 200, n2 = 400, addrs = S1, label = "get_multi, 1 server" },
-    { op = "get_multi", n1 = 200, n2 = 400, addrs = S1 .. " " .. S2 .. " " .. S3, label = "get_multi, 3 servers" },
+    { op = "get", n1 = 2000, n2 = 12000, addrs = S1, label = "get" },
+    { op = "set", n1 = 2000, n2 = 12000, addrs = S1, label = "set" },
+    { op = "get_multi", n1 = 200, n2 = 1200, addrs = S1, label = "get_multi, 1 server" },
+    { op = "get_multi", n1 = 200, n2 = 1200, addrs = S1 .. " " .. S2 .. " " .. S3,
+      label = "get_multi, 3 servers" },
+    { op = "set_multi", n1 = 200, n2 = 1200, addrs = S1, label = "set_multi" },
   } do
     for _, s in ipairs(systems) do
-      local a, ae = strace_counts(string.format("%s %s %d %s", s.cmd, w.op, w.n1, w.addrs))
-      local b, be = strace_counts(string.format("%s %s %d %s", s.cmd, w.op, w.n2, w.addrs))
+      local n1, n2 = w.n1, w.n2
+      if s.id == "libmemcached" and w.op == "set_multi" then n1, n2 = 20, 120 end
+      local a = perf_counts(string.format("%s %s %d %s", s.cmd, w.op, n1, w.addrs))
+      local b = perf_counts(string.format("%s %s %d %s", s.cmd, w.op, n2, w.addrs))
       if a and b then
-        local d, total, parts, names = w.n2 - w.n1, 0, {}, {}
-        for name in pairs(b) do names[#names + 1] = name end
-        table.sort(names)
-        for _, name in ipairs(names) do
-          local per = (b[name] - (a[name] or 0)) / d
-          if per >= 0.05 then
-            total = total + per
-            local e = ((be[name] or 0) - (ae[name] or 0)) / d
-            parts[#parts + 1] = string.format("%s %.2f%s", name, per,
-              e >= 0.05 and string.format(" (%.2f fail)", e) or "")
-          end
-        end
-        print(string.format("| %s | %s | %.2f | %s |", w.label, s.label, total, table.concat(parts, ", ")))
+        local function per(ev) return ((b[ev] or 0) - (a[ev] or 0)) / (n2 - n1) end
+        print(string.format("| %s | %s | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |",
+          w.label, s.label, per("task-clock") * 1000, per("raw_syscalls:sys_enter"),
+          per("syscalls:sys_enter_poll"),
+          per("syscalls:sys_enter_recvfrom") + per("syscalls:sys_enter_read"),
+          per("syscalls:sys_enter_sendto") + per("syscalls:sys_enter_write"),
+          per("raw_syscalls:sys_exit"), per("context-switches")))
       end
     end
   end
+  print("")
+  local fl = {}
+  for i = 1, 3 do
+    fl[i] = tonumber(trim(sh(PIN .. LUA .. " bench/lua_client.lua lua_floor 20000 " .. S1)))
+  end
+  local st = stats(fl)
+  if st then
+    print(string.format("Lua's own floor for a get_multi result (no network: 100 fresh 100-byte " ..
+      "strings into a new table, pure Lua): %s µs per op (%s–%s); compare with get_multi's gap " ..
+      "between this library and the limit.", us(st.median), us(st.min), us(st.max)))
+    print("")
+  end
+else
+  print("(perf with tracepoints unavailable: install linux-perf and run as root for the")
+  print("per-operation syscall table)")
   print("")
 end
 

@@ -57,10 +57,23 @@ local function alive(pid)
 end
 H.alive = alive
 
-local function wait_gone(pid)
+-- Waits until the process is gone and, for a TCP server, until its port
+-- refuses connections: the main thread of a killed memcached turns zombie
+-- before its other threads have closed the listening socket.
+local function wait_gone(pid, port)
   for _ = 1, 500 do
-    if not alive(pid) then return end
+    if not alive(pid) then break end
     socket.sleep(0.002)
+  end
+  if port then
+    for _ = 1, 500 do
+      local c = socket.tcp()
+      c:settimeout(0.2)
+      local ok = c:connect("127.0.0.1", port)
+      c:close()
+      if not ok then return end
+      socket.sleep(0.002)
+    end
   end
 end
 
@@ -93,14 +106,14 @@ function H.start_memcached(opts)
           -- SIGTERM makes memcached linger for a second; nothing here needs
           -- a graceful exit
           os.execute("kill -9 " .. srv.pid .. " 2>/dev/null")
-          wait_gone(srv.pid) -- so that the port is free again
+          wait_gone(srv.pid, srv.port) -- so that the port is free again
           srv.pid = nil
         end
       end
       function srv.kill9()
         if srv.pid then
           os.execute("kill -9 " .. srv.pid .. " 2>/dev/null")
-          wait_gone(srv.pid)
+          wait_gone(srv.pid, srv.port)
           srv.pid = nil
         end
       end

@@ -226,10 +226,13 @@ describe("memcached value codec", function()
       assert.equal("\x91\x01", encode(t))
     end)
 
-    it("nests 64 tables deep", function()
-      local back = roundtrip(nest(64))
-      for _ = 1, 63 do back = back[1] end
+    it("nests 32 tables deep", function()
+      local back = roundtrip(nest(32))
+      for _ = 1, 31 do back = back[1] end
       assert.same({ 1 }, back)
+      local m = { v = 1 }
+      for _ = 2, 32 do m = { m = m } end
+      assert.same(m, roundtrip(m))
     end)
   end)
 
@@ -266,10 +269,15 @@ describe("memcached value codec", function()
       refused({ self }, "table cycle")
     end)
 
-    it("refuses nesting past 64 tables", function()
-      assert.is_string(encode(nest(64)))
-      refused(nest(65), "nested deeper than 64")
-      refused({ x = nest(64) }, "nested deeper than 64")
+    it("refuses nesting past 32 tables", function()
+      assert.is_string(encode(nest(32)))
+      assert.equal("tables nested deeper than 32 levels at value" .. string.rep("[1]", 32),
+                   refused(nest(33), "nested deeper than 32"))
+      refused({ x = nest(32) }, "nested deeper than 32")
+      -- an empty table is a level too
+      local e = {}
+      for _ = 1, 32 do e = { e } end
+      refused(e, "nested deeper than 32")
     end)
 
     it("leaves nothing half-written", function()
@@ -291,21 +299,51 @@ describe("memcached value codec", function()
       undecodable("\xdb\xff\xff\xff\xff", "truncated msgpack value")
       undecodable("\x01\x02", "trailing bytes after msgpack value")
       undecodable("\x91\x01\x01", "trailing bytes after msgpack value")
+      undecodable("\x92\x01\xc1", "malformed msgpack value")
+      undecodable("\x81\xa1k\x92\x01", "truncated msgpack value")
+      undecodable("\x81\xd4\x02\x00\x01", "msgpack ext type 2 is not supported")
     end)
 
     it("refuses huge declared counts without allocating them", function()
       undecodable("\xdd\xff\xff\xff\xff", "truncated msgpack value")
       undecodable("\xdf\xff\xff\xff\xff", "truncated msgpack value")
+      -- msgpack-c alone would malloc 512 MB for these 5 bytes
+      undecodable("\xdd\x01\x00\x00\x00", "truncated msgpack value")
+      undecodable("\x92\x01\xde\xff\xff", "truncated msgpack value")
+      -- one byte short of what the counts need, at each level
+      undecodable("\x92\x92\x01", "truncated msgpack value")
+      undecodable("\x82\x01\x02\x03", "truncated msgpack value")
+      -- exactly enough is fine
+      local want, bytes = {}, {}
+      for i = 1, 4096 do
+        want[i] = i % 100
+        bytes[i] = string.char(i % 100)
+      end
+      assert.same(want, decode("\xdd\x00\x00\x10\x00" .. table.concat(bytes)))
       -- each level claims the same remaining bytes
       undecodable(string.rep("\xdd\x00\x00\x10\x00", 60) .. string.rep("\x01", 4096),
                   "truncated msgpack value")
     end)
 
+    it("reads 32 levels and refuses 33, as msgpack-c's unpacker does", function()
+      local deep = "msgpack value nested deeper than 32 levels"
+      assert.same(nest(32), decode(string.rep("\x91", 31) .. "\x91\x01"))
+      undecodable(string.rep("\x91", 33) .. "\x01", deep)
+      -- an empty container counts as a level, as in the encoder
+      local e = decode(string.rep("\x91", 31) .. "\x90")
+      for _ = 1, 31 do e = e[1] end
+      assert.equal(memcached.array_mt, getmetatable(e))
+      undecodable(string.rep("\x91", 32) .. "\x90", deep)
+      undecodable(string.rep("\x81\x01", 32) .. "\x80", deep)
+      assert.is_table(decode(string.rep("\x81\x01", 31) .. "\x80"))
+    end)
+
     it("refuses depth bombs", function()
-      assert.same(nest(64), decode(string.rep("\x91", 63) .. "\x91\x01"))
-      undecodable(string.rep("\x91", 65) .. "\x01", "msgpack value nested deeper than 64 levels")
-      undecodable(string.rep("\x91", 10000), "msgpack value nested deeper than 64 levels")
-      undecodable(string.rep("\x81\x01", 10000), "msgpack value nested deeper than 64 levels")
+      local deep = "msgpack value nested deeper than 32 levels"
+      undecodable(string.rep("\x91", 10000), deep)
+      undecodable(string.rep("\x81\x01", 10000), deep)
+      -- deep in a map key, behind a long string
+      undecodable("\x92\xda\x01\x00" .. string.rep("s", 256) .. "\x81" .. string.rep("\x91", 40) .. "\x01\x01", deep)
     end)
 
     it("refuses ext types, naming the type", function()

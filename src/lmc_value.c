@@ -1,13 +1,12 @@
 /*
- * Lua values <-> msgpack.
+ * Lua values <-> msgpack, both ways through msgpack-c.
  *
- * Encoding goes through msgpack-c's packer, writing straight into the
- * caller's mc_buf. Decoding is done here rather than by msgpack_unpack():
- * msgpack-c 4.0's C unpacker keeps a fixed stack of 32 containers
- * (MSGPACK_EMBED_STACK_SIZE in unpack_template.h) and answers
- * MSGPACK_UNPACK_NOMEM_ERROR past it, so values we encode at depths 33..64
- * could not be read back. Decoding directly into Lua also skips building an
- * intermediate object tree, and needs no zone.
+ * Encoding runs msgpack-c's packer straight into the caller's mc_buf.
+ * Decoding runs msgpack_unpack() into a zone the lmc_vctx keeps and clears
+ * between calls, so a value whose object tree fits the zone's first chunk
+ * costs no malloc, then turns the object tree into Lua values. It is the
+ * obsolete-marked call, yet the only one in msgpack-c 4.0 that takes the
+ * caller's zone: msgpack_unpack_next() frees and mallocs a zone per call.
  */
 #include "lmc_value.h"
 
@@ -19,6 +18,7 @@
 #include <string.h>
 
 #include <msgpack.h>
+#include <msgpack/unpack_define.h> /* MSGPACK_EMBED_STACK_SIZE */
 
 #include "lmc_compat.h"
 
@@ -43,17 +43,27 @@ struct lmc_vctx {
     char path[LMC_PATH_MAX];
     size_t pathstart;
     int pathcut;
+    /* Decoding: msgpack-c's objects for the value being decoded, and the
+     * type of a refused ext. */
+    msgpack_zone zone;
+    int ext;
 };
 
 lmc_vctx *lmc_vctx_new(void)
 {
-    return calloc(1, sizeof(lmc_vctx));
+    lmc_vctx *c = calloc(1, sizeof(lmc_vctx));
+    if (c && !msgpack_zone_init(&c->zone, MSGPACK_ZONE_CHUNK_SIZE)) {
+        free(c);
+        return NULL;
+    }
+    return c;
 }
 
 void lmc_vctx_free(lmc_vctx *c)
 {
     if (c) {
         mc_buf_free(&c->out);
+        msgpack_zone_destroy(&c->zone);
         free(c);
     }
 }
@@ -361,31 +371,25 @@ int lmc_value_encode(lua_State *L, lmc_vctx *c, int idx, mc_buf *out,
 
 /* ---------------------------------------------------------------- decode */
 
+/* msgpack-c's unpacker holds at most MSGPACK_EMBED_STACK_SIZE open
+ * containers; LMC_MAX_DEPTH must fit in it, or values we encode could not
+ * be read back. */
+#if MSGPACK_EMBED_STACK_SIZE < LMC_MAX_DEPTH
+#error "msgpack-c's unpacker cannot nest LMC_MAX_DEPTH containers"
+#endif
+
 enum {
-    DEC_TRUNC = 1,
+    DEC_OK,
+    DEC_TRUNC,
     DEC_BAD,
     DEC_TRAIL,
     DEC_DEEP,
     DEC_EXT,
     DEC_KEY,
     DEC_BIG,
-    DEC_STACK
+    DEC_STACK,
+    DEC_NOMEM
 };
-
-/* What the last decoded value was, for the checks its container makes. */
-enum { LAST_OTHER, LAST_NIL, LAST_FLOAT };
-
-typedef struct dec {
-    const unsigned char *p, *end;
-    /* Elements that enclosing containers still expect; each needs at least a
-     * byte, so a container whose count plus these exceeds what is left is
-     * truncated. This also bounds the table slots preallocated from
-     * untrusted counts by the input size. */
-    size_t pending;
-    int err;
-    int ext;
-    int last;
-} dec;
 
 static uint16_t load_be16(const unsigned char *p)
 {
@@ -397,70 +401,133 @@ static uint32_t load_be32(const unsigned char *p)
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-static uint64_t load_be64(const unsigned char *p)
-{
-    return (uint64_t)load_be32(p) << 32 | load_be32(p + 4);
-}
+/* The guard's verdicts: SCAN_STOP means "let msgpack-c say what is wrong". */
+enum { SCAN_DONE, SCAN_STOP, SCAN_DEEP, SCAN_HUGE };
 
-static int dec_err(dec *d, int e)
+/*
+ * Untrusted bytes reach msgpack_unpack() only after this walk over their
+ * headers, because of two things msgpack-c 4.0 does:
+ * - on a container header it takes count * sizeof(msgpack_object) from the
+ *   zone at once, before reading any element: 5 bytes declaring 16M
+ *   elements cost a 512 MB malloc, 4G elements a 96 GB one;
+ * - past its 32-container stack it returns MSGPACK_UNPACK_NOMEM_ERROR, the
+ *   same code as a failed malloc.
+ * Every element takes at least one byte, so a container declaring more
+ * elements than the bytes left (less one for each element its enclosing
+ * containers still expect) cannot be complete: it is refused as truncated
+ * before anything is allocated, which bounds the zone by 24 bytes per input
+ * byte. The walk reads no values. Where the bytes are malformed or end
+ * inside a scalar it stops and leaves the verdict to msgpack-c, which stops
+ * at the same byte, after the same, already checked, headers.
+ */
+static int scan(const unsigned char *p, size_t n)
 {
-    d->err = e;
-    return -1;
-}
+    const unsigned char *end = p + n;
+    size_t open[LMC_MAX_DEPTH]; /* elements not yet started, per container */
+    size_t pending = 0;         /* their sum */
+    int top = 0;
 
-static int dec_value(lua_State *L, dec *d, int depth);
+    for (;;) {
+        size_t left, skip = 0, lenbytes = 0, count = 0;
+        int kind = 0; /* 1 array, 2 map */
+        unsigned b;
 
-/* Reads an n-byte big-endian length; the header byte is already consumed. */
-static int dec_len(dec *d, int n, size_t *len)
-{
-    if ((size_t)(d->end - d->p) < (size_t)n)
-        return dec_err(d, DEC_TRUNC);
-    *len = n == 1 ? d->p[0] : n == 2 ? load_be16(d->p) : load_be32(d->p);
-    d->p += n;
-    return 0;
-}
-
-static int dec_bytes(lua_State *L, dec *d, size_t n)
-{
-    if ((size_t)(d->end - d->p) < n)
-        return dec_err(d, DEC_TRUNC);
-    lua_pushlstring(L, (const char *)d->p, n);
-    d->p += n;
-    return 0;
-}
-
-/* Checks a container of n elements can fit, before any table exists. */
-static int dec_open(lua_State *L, dec *d, size_t n, int depth)
-{
-    size_t left = (size_t)(d->end - d->p);
-    if (d->pending > left || n > left - d->pending)
-        return dec_err(d, DEC_TRUNC);
-    if (depth >= LMC_MAX_DEPTH)
-        return dec_err(d, DEC_DEEP);
-    if (n > INT_MAX)
-        return dec_err(d, DEC_BIG);
-    if (!lua_checkstack(L, 4))
-        return dec_err(d, DEC_STACK);
-    return 0;
-}
-
-static int dec_array(lua_State *L, dec *d, size_t n, int depth)
-{
-    int i, holes = 0;
-    if (dec_open(L, d, n, depth))
-        return -1;
-    lua_createtable(L, (int)n, 0);
-    d->pending += n;
-    for (i = 1; i <= (int)n; i++) {
-        d->pending--;
-        if (dec_value(L, d, depth + 1))
-            return -1;
-        if (d->last == LAST_NIL) {
-            holes = 1;
-            lua_pop(L, 1);
+        if (p >= end)
+            return SCAN_STOP;
+        b = *p++;
+        left = (size_t)(end - p);
+        if (b <= 0x7f || b >= 0xe0) {
+            /* fixint */
+        } else if (b <= 0x8f) {
+            kind = 2;
+            count = b & 0x0f;
+        } else if (b <= 0x9f) {
+            kind = 1;
+            count = b & 0x0f;
+        } else if (b <= 0xbf) {
+            skip = b & 0x1f;
         } else {
-            lua_rawseti(L, -2, i);
+            switch (b) {
+            case 0xc0: case 0xc2: case 0xc3: break;
+            case 0xc4: case 0xd9: lenbytes = 1; break; /* bin 8, str 8 */
+            case 0xc5: case 0xda: lenbytes = 2; break;
+            case 0xc6: case 0xdb: lenbytes = 4; break;
+            case 0xc7: lenbytes = 1; skip = 1; break; /* ext: + type byte */
+            case 0xc8: lenbytes = 2; skip = 1; break;
+            case 0xc9: lenbytes = 4; skip = 1; break;
+            case 0xcc: case 0xd0: skip = 1; break;
+            case 0xcd: case 0xd1: skip = 2; break;
+            case 0xca: case 0xce: case 0xd2: skip = 4; break;
+            case 0xcb: case 0xcf: case 0xd3: skip = 8; break;
+            case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8: /* fixext */
+                skip = 1 + ((size_t)1 << (b - 0xd4));
+                break;
+            case 0xdc: kind = 1; lenbytes = 2; break;
+            case 0xdd: kind = 1; lenbytes = 4; break;
+            case 0xde: kind = 2; lenbytes = 2; break;
+            case 0xdf: kind = 2; lenbytes = 4; break;
+            default: return SCAN_STOP; /* 0xc1, never used */
+            }
         }
+        if (lenbytes) {
+            size_t len;
+            if (left < lenbytes)
+                return SCAN_STOP;
+            len = lenbytes == 1 ? p[0] : lenbytes == 2 ? load_be16(p) : load_be32(p);
+            p += lenbytes;
+            left -= lenbytes;
+            if (kind)
+                count = len;
+            else
+                skip += len;
+        }
+        if (kind) {
+            if (top == LMC_MAX_DEPTH)
+                return SCAN_DEEP;
+            if (kind == 2) {
+                if (count > left) /* also keeps 2 * count from wrapping */
+                    return SCAN_HUGE;
+                count *= 2;
+            }
+            if (pending > left || count > left - pending)
+                return SCAN_HUGE;
+            if (count > 0) {
+                open[top++] = count;
+                pending += count;
+            }
+        } else {
+            if (skip > left)
+                return SCAN_STOP;
+            p += skip;
+        }
+        /* On to the next element, past the containers it completed. */
+        while (top > 0 && open[top - 1] == 0)
+            top--;
+        if (top == 0)
+            return SCAN_DONE;
+        open[top - 1]--;
+        pending--;
+    }
+}
+
+static int push_object(lua_State *L, lmc_vctx *c, const msgpack_object *o);
+
+static int push_array(lua_State *L, lmc_vctx *c, const msgpack_object_array *a)
+{
+    int i, n, holes = 0, r;
+
+    if (a->size > INT_MAX)
+        return DEC_BIG;
+    n = (int)a->size;
+    lua_createtable(L, n, 0);
+    for (i = 0; i < n; i++) {
+        if (a->ptr[i].type == MSGPACK_OBJECT_NIL) {
+            holes = 1;
+            continue;
+        }
+        if ((r = push_object(L, c, &a->ptr[i])) != DEC_OK)
+            return r;
+        lua_rawseti(L, -2, i + 1);
     }
     /* Without the mark these would come back as a map (empty, or keys that
      * are not 1..n) when encoded again. */
@@ -468,209 +535,120 @@ static int dec_array(lua_State *L, dec *d, size_t n, int depth)
         luaL_getmetatable(L, LMC_ARRAY_MT);
         lua_setmetatable(L, -2);
     }
-    d->last = LAST_OTHER;
-    return 0;
+    return DEC_OK;
 }
 
-static int dec_map(lua_State *L, dec *d, size_t n, int depth)
+static int push_map(lua_State *L, lmc_vctx *c, const msgpack_object_map *m)
 {
-    size_t i;
-    if (n > SIZE_MAX / 2 || dec_open(L, d, 2 * n, depth))
-        return -1;
-    lua_createtable(L, 0, (int)n);
-    d->pending += 2 * n;
-    for (i = 0; i < n; i++) {
-        d->pending--;
-        if (dec_value(L, d, depth + 1))
-            return -1;
-        if (d->last == LAST_NIL ||
-            (d->last == LAST_FLOAT && isnan((double)lua_tonumber(L, -1))))
-            return dec_err(d, DEC_KEY);
-        d->pending--;
-        if (dec_value(L, d, depth + 1))
-            return -1;
+    uint32_t i;
+    int r;
+
+    if (m->size > INT_MAX)
+        return DEC_BIG;
+    lua_createtable(L, 0, (int)m->size);
+    for (i = 0; i < m->size; i++) {
+        const msgpack_object *k = &m->ptr[i].key;
+        /* lua_rawset() would raise on these. */
+        if (k->type == MSGPACK_OBJECT_NIL ||
+            ((k->type == MSGPACK_OBJECT_FLOAT64 || k->type == MSGPACK_OBJECT_FLOAT32) &&
+             isnan(k->via.f64)))
+            return DEC_KEY;
+        if ((r = push_object(L, c, k)) != DEC_OK ||
+            (r = push_object(L, c, &m->ptr[i].val)) != DEC_OK)
+            return r;
         lua_rawset(L, -3);
     }
-    d->last = LAST_OTHER;
-    return 0;
+    return DEC_OK;
 }
 
-static int dec_ext(dec *d, size_t n)
+static int push_object(lua_State *L, lmc_vctx *c, const msgpack_object *o)
 {
-    if (d->p >= d->end)
-        return dec_err(d, DEC_TRUNC);
-    (void)n;
-    d->ext = (signed char)d->p[0];
-    return dec_err(d, DEC_EXT);
-}
-
-static int dec_value(lua_State *L, dec *d, int depth)
-{
-    unsigned b;
-    size_t n;
-    size_t left;
-
-    if (d->p >= d->end)
-        return dec_err(d, DEC_TRUNC);
-    b = *d->p++;
-    d->last = LAST_OTHER;
-    if (b <= 0x7f) {
-        lmc_pushint(L, b);
-        return 0;
-    }
-    if (b >= 0xe0) {
-        lmc_pushint(L, (int)b - 256);
-        return 0;
-    }
-    if (b >= 0xa0 && b <= 0xbf)
-        return dec_bytes(L, d, b & 0x1f);
-    if (b <= 0x8f)
-        return dec_map(L, d, b & 0x0f, depth);
-    if (b <= 0x9f)
-        return dec_array(L, d, b & 0x0f, depth);
-
-    left = (size_t)(d->end - d->p);
-    switch (b) {
-    case 0xc0:
+    switch (o->type) {
+    case MSGPACK_OBJECT_NIL:
         lua_pushnil(L);
-        d->last = LAST_NIL;
-        return 0;
-    case 0xc2:
-        lua_pushboolean(L, 0);
-        return 0;
-    case 0xc3:
-        lua_pushboolean(L, 1);
-        return 0;
-    case 0xc4: case 0xd9: /* bin 8, str 8 */
-        return dec_len(d, 1, &n) ? -1 : dec_bytes(L, d, n);
-    case 0xc5: case 0xda:
-        return dec_len(d, 2, &n) ? -1 : dec_bytes(L, d, n);
-    case 0xc6: case 0xdb:
-        return dec_len(d, 4, &n) ? -1 : dec_bytes(L, d, n);
-    case 0xc7:
-        return dec_len(d, 1, &n) ? -1 : dec_ext(d, n);
-    case 0xc8:
-        return dec_len(d, 2, &n) ? -1 : dec_ext(d, n);
-    case 0xc9:
-        return dec_len(d, 4, &n) ? -1 : dec_ext(d, n);
-    case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8: /* fixext */
-        return dec_ext(d, 0);
-    case 0xca: {
-        uint32_t u;
-        float f;
-        if (left < 4)
-            return dec_err(d, DEC_TRUNC);
-        u = load_be32(d->p);
-        memcpy(&f, &u, 4);
-        d->p += 4;
-        lua_pushnumber(L, (lua_Number)f);
-        d->last = LAST_FLOAT;
-        return 0;
-    }
-    case 0xcb: {
-        uint64_t u;
-        double f;
-        if (left < 8)
-            return dec_err(d, DEC_TRUNC);
-        u = load_be64(d->p);
-        memcpy(&f, &u, 8);
-        d->p += 8;
-        lua_pushnumber(L, (lua_Number)f);
-        d->last = LAST_FLOAT;
-        return 0;
-    }
-    case 0xcc:
-        if (left < 1)
-            return dec_err(d, DEC_TRUNC);
-        lmc_pushint(L, d->p[0]);
-        d->p += 1;
-        return 0;
-    case 0xcd:
-        if (left < 2)
-            return dec_err(d, DEC_TRUNC);
-        lmc_pushint(L, load_be16(d->p));
-        d->p += 2;
-        return 0;
-    case 0xce:
-        if (left < 4)
-            return dec_err(d, DEC_TRUNC);
-        lmc_pushint(L, load_be32(d->p));
-        d->p += 4;
-        return 0;
-    case 0xcf: {
-        uint64_t u;
-        if (left < 8)
-            return dec_err(d, DEC_TRUNC);
-        u = load_be64(d->p);
-        d->p += 8;
-        if (u > (uint64_t)INT64_MAX) {
-            /* No integer holds it; a float keeps its magnitude. */
-            lua_pushnumber(L, (lua_Number)u);
-            d->last = LAST_FLOAT;
-        } else {
-            lmc_pushint(L, (int64_t)u);
-        }
-        return 0;
-    }
-    case 0xd0:
-        if (left < 1)
-            return dec_err(d, DEC_TRUNC);
-        lmc_pushint(L, (int8_t)d->p[0]);
-        d->p += 1;
-        return 0;
-    case 0xd1:
-        if (left < 2)
-            return dec_err(d, DEC_TRUNC);
-        lmc_pushint(L, (int16_t)load_be16(d->p));
-        d->p += 2;
-        return 0;
-    case 0xd2:
-        if (left < 4)
-            return dec_err(d, DEC_TRUNC);
-        lmc_pushint(L, (int32_t)load_be32(d->p));
-        d->p += 4;
-        return 0;
-    case 0xd3:
-        if (left < 8)
-            return dec_err(d, DEC_TRUNC);
-        lmc_pushint(L, (int64_t)load_be64(d->p));
-        d->p += 8;
-        return 0;
-    case 0xdc:
-        return dec_len(d, 2, &n) ? -1 : dec_array(L, d, n, depth);
-    case 0xdd:
-        return dec_len(d, 4, &n) ? -1 : dec_array(L, d, n, depth);
-    case 0xde:
-        return dec_len(d, 2, &n) ? -1 : dec_map(L, d, n, depth);
-    case 0xdf:
-        return dec_len(d, 4, &n) ? -1 : dec_map(L, d, n, depth);
-    default: /* 0xc1 is never used */
-        return dec_err(d, DEC_BAD);
+        return DEC_OK;
+    case MSGPACK_OBJECT_BOOLEAN:
+        lua_pushboolean(L, o->via.boolean);
+        return DEC_OK;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        if (o->via.u64 > (uint64_t)INT64_MAX)
+            lua_pushnumber(L, (lua_Number)o->via.u64); /* keeps the magnitude */
+        else
+            lmc_pushint(L, (int64_t)o->via.u64);
+        return DEC_OK;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+        lmc_pushint(L, o->via.i64);
+        return DEC_OK;
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64:
+        lua_pushnumber(L, (lua_Number)o->via.f64);
+        return DEC_OK;
+    case MSGPACK_OBJECT_STR:
+        lua_pushlstring(L, o->via.str.ptr, o->via.str.size);
+        return DEC_OK;
+    case MSGPACK_OBJECT_BIN:
+        lua_pushlstring(L, o->via.bin.ptr, o->via.bin.size);
+        return DEC_OK;
+    case MSGPACK_OBJECT_ARRAY:
+        return push_array(L, c, &o->via.array);
+    case MSGPACK_OBJECT_MAP:
+        return push_map(L, c, &o->via.map);
+    default:
+        c->ext = o->type == MSGPACK_OBJECT_EXT ? o->via.ext.type : -1;
+        return DEC_EXT;
     }
 }
 
 int lmc_value_decode(lua_State *L, lmc_vctx *c, const char *p, size_t n,
                      char *err, size_t errlen)
 {
-    dec d;
+    msgpack_object obj;
+    size_t off = 0;
     int top = lua_gettop(L);
+    int e;
 
-    (void)c; /* decoding keeps no state between calls */
-    d.p = (const unsigned char *)p;
-    d.end = d.p + n;
-    d.pending = 0;
-    d.err = 0;
-    d.ext = 0;
-    d.last = LAST_OTHER;
-    if (!lua_checkstack(L, 4)) {
-        d.err = DEC_STACK;
-    } else if (dec_value(L, &d, 0) == 0) {
-        if (d.p == d.end)
-            return 0;
-        d.err = DEC_TRAIL;
+    switch (scan((const unsigned char *)p, n)) {
+    case SCAN_DEEP:
+        e = DEC_DEEP;
+        break;
+    case SCAN_HUGE:
+        e = DEC_TRUNC;
+        break;
+    default:
+        /* Each level holds a table and a key while its value is pushed. */
+        if (!lua_checkstack(L, 2 * LMC_MAX_DEPTH + 4)) {
+            e = DEC_STACK;
+            break;
+        }
+        /* Cleared before as well as after: a Lua error while pushing
+         * unwinds past the clear below. */
+        msgpack_zone_clear(&c->zone);
+        switch (msgpack_unpack(p, n, &off, &c->zone, &obj)) {
+        case MSGPACK_UNPACK_SUCCESS:
+            e = push_object(L, c, &obj);
+            break;
+        case MSGPACK_UNPACK_EXTRA_BYTES:
+            e = DEC_TRAIL;
+            break;
+        case MSGPACK_UNPACK_CONTINUE:
+            e = DEC_TRUNC;
+            break;
+        case MSGPACK_UNPACK_NOMEM_ERROR: /* the scan took care of depth */
+            e = DEC_NOMEM;
+            break;
+        default:
+            e = DEC_BAD;
+            break;
+        }
+        /* Keeps only the first chunk: a big value's memory goes back now. */
+        msgpack_zone_clear(&c->zone);
+        break;
     }
+    if (e == DEC_OK)
+        return 0;
+
     lua_settop(L, top);
-    switch (d.err) {
+    switch (e) {
     case DEC_TRUNC:
         snprintf(err, errlen, "truncated msgpack value");
         break;
@@ -681,7 +659,7 @@ int lmc_value_decode(lua_State *L, lmc_vctx *c, const char *p, size_t n,
         snprintf(err, errlen, "msgpack value nested deeper than %d levels", LMC_MAX_DEPTH);
         break;
     case DEC_EXT:
-        snprintf(err, errlen, "msgpack ext type %d is not supported", d.ext);
+        snprintf(err, errlen, "msgpack ext type %d is not supported", c->ext);
         break;
     case DEC_KEY:
         snprintf(err, errlen, "msgpack map key cannot be nil/NaN");
@@ -691,6 +669,9 @@ int lmc_value_decode(lua_State *L, lmc_vctx *c, const char *p, size_t n,
         break;
     case DEC_STACK:
         snprintf(err, errlen, "Lua stack overflow while decoding msgpack value");
+        break;
+    case DEC_NOMEM:
+        snprintf(err, errlen, "out of memory while decoding msgpack value");
         break;
     default:
         snprintf(err, errlen, "malformed msgpack value");

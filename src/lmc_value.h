@@ -15,8 +15,10 @@
 
 #include "mc_buf.h"
 
-/* Maximum nesting of tables, in both directions. */
-#define LMC_MAX_DEPTH 64
+/* Maximum nesting of tables, in both directions: msgpack-c 4.0's unpacker
+ * holds at most 32 open containers, and the encoder refuses what could not
+ * be read back. */
+#define LMC_MAX_DEPTH 32
 
 /* Registry names of the exported metatables (lua-cjson's model): a table
  * carrying array_mt encodes as a msgpack array (even when empty), one
@@ -24,8 +26,11 @@
 #define LMC_ARRAY_MT "memcached.array_mt"
 #define LMC_MAP_MT "memcached.map_mt"
 
-typedef struct lmc_vctx lmc_vctx; /* reusable scratch state (e.g. a zone) */
+/* Reusable scratch state: the encoder's bookkeeping and the decoder's
+ * msgpack zone. One per Lua state (or per client); not thread-safe. */
+typedef struct lmc_vctx lmc_vctx;
 
+/* Returns NULL when out of memory. */
 lmc_vctx *lmc_vctx_new(void);
 void lmc_vctx_free(lmc_vctx *c);
 
@@ -39,7 +44,10 @@ int lmc_value_encode(lua_State *L, lmc_vctx *c, int idx, mc_buf *out,
 
 /* Decodes exactly one msgpack object spanning all n bytes and pushes it.
  * Returns 0 (one value pushed), or -1 with a message in err (nothing pushed)
- * for malformed, truncated or trailing bytes, or nesting too deep. */
+ * for malformed, truncated or trailing bytes, nesting deeper than
+ * LMC_MAX_DEPTH, ext types, nil/NaN map keys. p need only live during the
+ * call; no allocation is sized by a count the bytes declare before the bytes
+ * are known to hold that many elements. */
 int lmc_value_decode(lua_State *L, lmc_vctx *c, const char *p, size_t n,
                      char *err, size_t errlen);
 
