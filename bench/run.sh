@@ -24,7 +24,7 @@ build bench/libmc.bin bench/libmc.c -lmemcached
 build bench/malloc_count.so bench/malloc_count.c -fPIC -shared -ldl
 [ -e memcached.so ] || { echo "memcached.so missing: run make first" >&2; exit 1; }
 
-PIDS=""
+PIDS="" # the servers and the driver, killed by PID on exit
 cleanup() {
     for p in $PIDS; do kill -9 "$p" 2>/dev/null || true; done
     for p in $PIDS; do wait "$p" 2>/dev/null || true; done
@@ -64,4 +64,9 @@ for i in 1 2 3; do
     ADDRS="$ADDRS 127.0.0.1:$port"
 done
 
-BENCH_CPU=$CPU $LUA bench/run.lua $ADDRS
+# In the background with wait, so that a TERM reaches the trap at once
+# instead of after the driver finishes.
+BENCH_CPU=$CPU $LUA bench/run.lua $ADDRS &
+DRIVER=$!
+PIDS="$PIDS $DRIVER"
+wait "$DRIVER"
