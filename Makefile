@@ -34,7 +34,7 @@ OBJ   = $(SRC:src/%.c=$(OBJDIR)/%.o)
 LUA_MODULES = $(wildcard lua/memcached/*.lua)
 ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
-.PHONY: all deps demo test asan spec-bins install clean
+.PHONY: all deps demo test asan spec-bins bench install clean
 
 all: $(MODULE)
 
@@ -89,10 +89,21 @@ asan: deps
 	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
 	$(LUA) $$(command -v $(BUSTED)) -o TAP spec
 
-install: memcached.so
+# The benchmark: this library next to a minimal C client (the limit),
+# libmemcached and a plain LuaSocket client, plus msgpack against lua-cjson
+# and lua-messagepack; clients and servers pinned to one CPU. See
+# bench/README.md; results in bench/results.tsv.
+BENCH_PKGS = lua-cjson lua-messagepack util-linux linux-perf libmemcached-dev
+
+bench:
+	@EXTRA_PKGS="$(BENCH_PKGS)" sh scripts/deps.sh
+	@$(MAKE) --no-print-directory all
+	LUA=$(LUA) CC="$(CC)" bash bench/run.sh
+
+install: $(MODULE)
 	mkdir -p $(INST_LIBDIR)
 	cp memcached.so $(INST_LIBDIR)/
 	if [ -n "$(LUA_MODULES)" ]; then mkdir -p $(INST_LUADIR)/memcached && cp $(LUA_MODULES) $(INST_LUADIR)/memcached/; fi
 
 clean:
-	rm -rf build memcached.so $(SPEC_BINS)
+	rm -rf build memcached.so $(SPEC_BINS) bench/*.bin bench/*.so
