@@ -4,7 +4,8 @@
  * Encoding runs msgpack-c's packer straight into the caller's mc_buf.
  * Decoding runs msgpack_unpack() into a zone the lmc_vctx keeps and clears
  * between calls, so a value whose object tree fits the zone's first chunk
- * costs no malloc, then turns the object tree into Lua values. It is the
+ * (8 KB, some 340 elements at 24 bytes each) costs no malloc, then turns
+ * the object tree into Lua values. It is the
  * obsolete-marked call, yet the only one in msgpack-c 4.0 that takes the
  * caller's zone: msgpack_unpack_next() frees and mallocs a zone per call.
  */
@@ -607,7 +608,7 @@ int lmc_value_decode(lua_State *L, lmc_vctx *c, const char *p, size_t n,
     int top = lua_gettop(L);
     int e;
 
-    switch (scan((const unsigned char *)p, n)) {
+    switch (n == 0 ? SCAN_STOP : scan((const unsigned char *)p, n)) { /* p may be NULL */
     case SCAN_DEEP:
         e = DEC_DEEP;
         break;

@@ -35,6 +35,7 @@ mc_client *mc_client_new(const mc_client_opts *o)
     if (!c)
         return NULL;
     c->o = *o;
+    c->o.pool.io_timeout = o->io_timeout;
     c->cur_srv = -1;
     c->sel = mc_selector_new(o->selector, NULL, 0);
     if (!c->sel) {
@@ -602,11 +603,19 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
         }
     }
 
+    /* Phase 1, while any request is still unsent: one poll loop over all
+     * sockets, reading as well (a server blocked on a full output buffer
+     * would otherwise never drain our input). */
     for (;;) {
-        size_t np = 0;
+        size_t np = 0, writing = 0;
         int rc, ms;
         double left;
         active = 0;
+        for (i = 0; i < nslots; i++)
+            if (c->slots[i].state == SLOT_WRITING)
+                writing++;
+        if (!writing)
+            break;
         for (i = 0; i < nslots; i++) {
             mc_batch_slot *sl = &c->slots[i];
             if (sl->state == SLOT_DONE)
@@ -662,6 +671,34 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
                     continue;
                 }
                 slot_drain(c, b, sl);
+            }
+        }
+    }
+
+    /* Phase 2, everything sent: every server has its whole batch and works
+     * on it, so reading them one after the other costs no parallelism, and
+     * a blocking read is one syscall where poll + read is two. Once the
+     * deadline has passed, the others still get what already arrived. */
+    for (i = 0; i < nslots; i++) {
+        mc_batch_slot *sl = &c->slots[i];
+        while (sl->state == SLOT_READING) {
+            int r;
+            slot_drain(c, b, sl);
+            if (sl->state != SLOT_READING)
+                break;
+            if (mc_now() > c->deadline) {
+                r = mc_conn_read_some(sl->conn, msg, sizeof(msg));
+                if (r == 0) {
+                    r = -MC_ERR_TIMEOUT;
+                    snprintf(msg, sizeof(msg), "timed out");
+                }
+            } else {
+                r = mc_conn_read_wait(sl->conn, msg, sizeof(msg));
+            }
+            if (r < 0) {
+                slot_drain(c, b, sl);
+                if (sl->state != SLOT_DONE)
+                    slot_failed(c, b, sl, -r, msg);
             }
         }
     }

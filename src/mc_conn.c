@@ -32,6 +32,13 @@ const char *mc_err_str(int err)
     return "unknown error";
 }
 
+double mc_now_coarse(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 double mc_now(void)
 {
     struct timespec ts;
@@ -183,8 +190,18 @@ static int errno_to_err(int e)
     }
 }
 
-mc_conn *mc_conn_open(const mc_addr *a, double deadline, size_t max_body,
-                      int *err, char *msg, size_t msglen)
+static void set_timeout(int fd, int opt, double seconds)
+{
+    struct timeval tv;
+    tv.tv_sec = (time_t)seconds;
+    tv.tv_usec = (suseconds_t)((seconds - (double)tv.tv_sec) * 1e6);
+    if (tv.tv_sec == 0 && tv.tv_usec == 0)
+        tv.tv_usec = 1000;
+    setsockopt(fd, SOL_SOCKET, opt, &tv, sizeof(tv));
+}
+
+mc_conn *mc_conn_open(const mc_addr *a, double deadline, double io_timeout,
+                      size_t max_body, int *err, char *msg, size_t msglen)
 {
     mc_conn *c;
     int fd, rc, e = 0;
@@ -220,6 +237,11 @@ mc_conn *mc_conn_open(const mc_addr *a, double deadline, size_t max_body,
         if (e)
             goto fail;
     }
+    /* Connected: from now on the kernel waits, bounded by the timeouts;
+     * the non-blocking primitives pass MSG_DONTWAIT. */
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    set_timeout(fd, SO_RCVTIMEO, io_timeout);
+    set_timeout(fd, SO_SNDTIMEO, io_timeout);
     c = calloc(1, sizeof(*c));
     if (!c) {
         close(fd);
@@ -254,7 +276,7 @@ int mc_conn_write_some(mc_conn *c, char *msg, size_t msglen)
 {
     while (c->out_pos < c->out.len) {
         ssize_t n = send(c->fd, c->out.data + c->out_pos,
-                         c->out.len - c->out_pos, MSG_NOSIGNAL);
+                         c->out.len - c->out_pos, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n > 0) {
             c->out_pos += (size_t)n;
             continue;
@@ -282,7 +304,7 @@ int mc_conn_read_some(mc_conn *c, char *msg, size_t msglen)
             say(msg, msglen, "out of memory%s%s", "", 0);
             return -MC_ERR_NOMEM;
         }
-        n = recv(c->fd, p, avail, 0);
+        n = recv(c->fd, p, avail, MSG_DONTWAIT);
         if (n > 0) {
             mc_reader_commit(&c->in, (size_t)n);
             return (int)(n > 0x7fffffff ? 0x7fffffff : n);
@@ -300,23 +322,70 @@ int mc_conn_read_some(mc_conn *c, char *msg, size_t msglen)
     }
 }
 
-int mc_conn_flush(mc_conn *c, double deadline, char *msg, size_t msglen)
+int mc_conn_read_wait(mc_conn *c, char *msg, size_t msglen)
 {
     for (;;) {
-        int rc = mc_conn_write_some(c, msg, msglen);
-        if (rc == 1)
-            return MC_OK;
-        if (rc < 0)
-            return -rc;
-        rc = mc_wait_fd(c->fd, POLLOUT, deadline, msg, msglen);
-        if (rc != MC_OK)
-            return rc;
+        size_t avail;
+        ssize_t n;
+        char *p = mc_reader_space(&c->in, 16384, &avail);
+        if (!p) {
+            say(msg, msglen, "out of memory%s%s", "", 0);
+            return -MC_ERR_NOMEM;
+        }
+        n = recv(c->fd, p, avail, 0);
+        if (n > 0) {
+            mc_reader_commit(&c->in, (size_t)n);
+            return (int)(n > 0x7fffffff ? 0x7fffffff : n);
+        }
+        if (n == 0) {
+            say(msg, msglen, "server closed the connection%s%s", "", 0);
+            return -MC_ERR_CLOSED;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            say(msg, msglen, "timed out%s%s", "", 0);
+            return -MC_ERR_TIMEOUT;
+        }
+        say(msg, msglen, "recv: %s%s", "", errno);
+        return -errno_to_err(errno);
     }
+}
+
+int mc_conn_flush(mc_conn *c, double deadline, char *msg, size_t msglen)
+{
+    int partial = 0;
+    while (c->out_pos < c->out.len) {
+        ssize_t n;
+        if (partial && mc_now() > deadline) {
+            say(msg, msglen, "timed out%s%s", "", 0);
+            return MC_ERR_TIMEOUT;
+        }
+        n = send(c->fd, c->out.data + c->out_pos, c->out.len - c->out_pos,
+                 MSG_NOSIGNAL);
+        if (n > 0) {
+            c->out_pos += (size_t)n;
+            partial = 1;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            say(msg, msglen, "timed out%s%s", "", 0);
+            return MC_ERR_TIMEOUT;
+        }
+        say(msg, msglen, "send: %s%s", "", errno);
+        return errno_to_err(errno);
+    }
+    c->out_pos = 0;
+    mc_buf_clear(&c->out, 1 << 20);
+    return MC_OK;
 }
 
 int mc_conn_recv(mc_conn *c, mc_resp *r, double deadline, char *msg,
                  size_t msglen)
 {
+    int partial = 0;
     for (;;) {
         int rc = mc_reader_get(&c->in, r);
         if (rc == MC_READ_ONE)
@@ -325,14 +394,15 @@ int mc_conn_recv(mc_conn *c, mc_resp *r, double deadline, char *msg,
             say(msg, msglen, "%s%s", c->in.errstr, 0);
             return mc_conn_read_error(c);
         }
-        rc = mc_conn_read_some(c, msg, msglen);
+        /* a reply trickling in must still end by the deadline */
+        if (partial && mc_now() > deadline) {
+            say(msg, msglen, "timed out%s%s", "", 0);
+            return MC_ERR_TIMEOUT;
+        }
+        rc = mc_conn_read_wait(c, msg, msglen);
         if (rc < 0)
             return -rc;
-        if (rc == 0) {
-            rc = mc_wait_fd(c->fd, POLLIN, deadline, msg, msglen);
-            if (rc != MC_OK)
-                return rc;
-        }
+        partial = 1;
     }
 }
 

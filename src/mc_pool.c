@@ -56,7 +56,7 @@ mc_conn *mc_pool_get(mc_server *s, const mc_pool_opts *o, int *err,
         c->next = NULL;
         /* A connection idle for a while may have been closed by a server
          * that restarted; checking costs a syscall, so only old ones. */
-        if (mc_now() - c->idle_since < 1.0 || !mc_conn_stale(c)) {
+        if (mc_now_coarse() - c->idle_since < 1.0 || !mc_conn_stale(c)) {
             *err = MC_OK;
             return c;
         }
@@ -70,8 +70,8 @@ mc_conn *mc_pool_get(mc_server *s, const mc_pool_opts *o, int *err,
                  s->name);
         return NULL;
     }
-    c = mc_conn_open(&s->addr, mc_now() + o->connect_timeout, o->max_body,
-                     err, msg, msglen);
+    c = mc_conn_open(&s->addr, mc_now() + o->connect_timeout, o->io_timeout,
+                     o->max_body, err, msg, msglen);
     if (c)
         s->nopen++;
     return c;
@@ -89,7 +89,7 @@ void mc_pool_put(mc_server *s, const mc_pool_opts *o, mc_conn *c, int broken)
     }
     c->out.len = 0;
     c->out_pos = 0;
-    c->idle_since = mc_now();
+    c->idle_since = mc_now_coarse();
     c->next = s->idle;
     s->idle = c;
     s->nidle++;

@@ -36,6 +36,7 @@ typedef struct mc_server {
 
 typedef struct mc_pool_opts {
     double connect_timeout;
+    double io_timeout;
     unsigned max_conns;  /* 0: no limit */
     unsigned max_idle;
     size_t max_body;

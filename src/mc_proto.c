@@ -18,17 +18,20 @@
 /* All encoders end here: one reservation, the header written in place, the
  * pieces copied once. Only memory (or a length too large for its header
  * field) can fail, and then b is left as it was. */
-static int enc_frame(mc_buf *b, uint8_t opcode, uint32_t opaque, uint64_t cas,
-                     const void *extras, uint8_t extlen,
-                     const char *key, size_t keylen,
-                     const void *value, size_t vallen)
+/* One frame; the value is prefix + value (the prefix lets a caller add a
+ * few bytes, such as a msgpack header, without first copying the value). */
+static int enc_frame2(mc_buf *b, uint8_t opcode, uint32_t opaque,
+                      uint64_t cas, const void *extras, uint8_t extlen,
+                      const char *key, size_t keylen, const void *prefix,
+                      size_t plen, const void *value, size_t vallen)
 {
     unsigned char *h;
     size_t body;
 
-    if (keylen > 0xffffu || vallen > 0xffffffffu - extlen - keylen)
+    if (keylen > 0xffffu || plen > 0xffffu ||
+        vallen > 0xffffffffu - extlen - keylen - plen)
         return -1;
-    body = (size_t)extlen + keylen + vallen;
+    body = (size_t)extlen + keylen + plen + vallen;
     if (body > SIZE_MAX - MC_HEADER_LEN)
         return -1;
     if (b->cap - b->len < MC_HEADER_LEN + body &&
@@ -55,10 +58,23 @@ static int enc_frame(mc_buf *b, uint8_t opcode, uint32_t opaque, uint64_t cas,
         memcpy(h, key, keylen);
         h += keylen;
     }
+    if (plen) {
+        memcpy(h, prefix, plen);
+        h += plen;
+    }
     if (vallen)
         memcpy(h, value, vallen);
     b->len += MC_HEADER_LEN + body;
     return 0;
+}
+
+static int enc_frame(mc_buf *b, uint8_t opcode, uint32_t opaque, uint64_t cas,
+                     const void *extras, uint8_t extlen,
+                     const char *key, size_t keylen,
+                     const void *value, size_t vallen)
+{
+    return enc_frame2(b, opcode, opaque, cas, extras, extlen, key, keylen,
+                      NULL, 0, value, vallen);
 }
 
 int mc_enc_request(mc_buf *b, uint8_t opcode, uint32_t opaque, uint64_t cas,
@@ -86,6 +102,19 @@ int mc_enc_store(mc_buf *b, uint8_t opcode, uint32_t opaque, uint64_t cas,
     mc_store32(ext + 4, exptime);
     return enc_frame(b, opcode, opaque, cas, ext, sizeof ext, key, keylen,
                      value, vallen);
+}
+
+int mc_enc_store2(mc_buf *b, uint8_t opcode, uint32_t opaque, uint64_t cas,
+                  const char *key, size_t keylen, uint32_t flags,
+                  uint32_t exptime, const void *prefix, size_t plen,
+                  const void *value, size_t vallen)
+{
+    unsigned char ext[8];
+
+    mc_store32(ext, flags);
+    mc_store32(ext + 4, exptime);
+    return enc_frame2(b, opcode, opaque, cas, ext, sizeof ext, key, keylen,
+                      prefix, plen, value, vallen);
 }
 
 int mc_enc_concat(mc_buf *b, uint8_t opcode, uint32_t opaque, uint64_t cas,

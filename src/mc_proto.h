@@ -105,6 +105,12 @@ int mc_enc_store(mc_buf *b, uint8_t opcode, uint32_t opaque, uint64_t cas,
                  const char *key, size_t keylen, uint32_t flags,
                  uint32_t exptime, const void *value, size_t vallen);
 
+/* The same with the value given as prefix + value (plen < 64 KiB). */
+int mc_enc_store2(mc_buf *b, uint8_t opcode, uint32_t opaque, uint64_t cas,
+                  const char *key, size_t keylen, uint32_t flags,
+                  uint32_t exptime, const void *prefix, size_t plen,
+                  const void *value, size_t vallen);
+
 /* APPEND, PREPEND and their quiet forms: no extras. */
 int mc_enc_concat(mc_buf *b, uint8_t opcode, uint32_t opaque, uint64_t cas,
                   const char *key, size_t keylen,
