@@ -822,6 +822,18 @@ describe("client", function()
       return got
     end
 
+    it("stores strings with exactly the bytes msgpack-c writes (str8/16/32 boundaries)", function()
+      local raw = raw_client(srv.addr)
+      for _, n in ipairs { 0, 1, 31, 32, 255, 256, 65535, 65536, 200000 } do
+        local k = key("s")
+        local s = ("\255a\0"):rep(n // 3 + 1):sub(1, n)
+        assert.are.equal("integer", math.type(mc:set(k, s)))
+        assert.are.equal(memcached.encode(s), (raw:get(k)))
+        assert.are.equal(s, (mc:get(k)))
+      end
+      raw:close()
+    end)
+
     it("nil and booleans", function()
       assert.is_nil(roundtrip(nil))
       assert.are.equal(true, roundtrip(true))
