@@ -98,7 +98,10 @@ typedef struct lmc_client {
     struct bkey {
         const char *key;
         size_t len;
-        size_t voff, vlen; /* set_multi: the encoded value in val */
+        size_t voff, vlen; /* set_multi: the value, at vptr (a Lua string
+                              framed with hdr) or at val.data + voff */
+        const char *vptr;
+        unsigned char hdr[5], hlen;
     } *keys;
     int *srv;
     size_t capkeys;
@@ -1123,6 +1126,8 @@ static int grow_keys(lmc_client *u, size_t n)
     int *s;
     if (u->capkeys >= n)
         return 0;
+    if (n < 2 * u->capkeys)
+        n = 2 * u->capkeys;
     k = realloc(u->keys, n * sizeof(*k));
     if (!k)
         return -1;
@@ -1279,9 +1284,10 @@ static int setq_enc(void *ud, size_t i, mc_buf *out, uint32_t opaque)
 {
     multi *m = ud;
     const struct bkey *k = &m->u->keys[i];
-    return mc_enc_store(out, MC_OP_SETQ, opaque, 0, k->key, k->len,
-                        m->u->mp_flag, m->exptime, m->u->val.data + k->voff,
-                        k->vlen);
+    return mc_enc_store2(out, MC_OP_SETQ, opaque, 0, k->key, k->len,
+                         m->u->mp_flag, m->exptime, k->hdr, k->hlen,
+                         k->vptr ? k->vptr : m->u->val.data + k->voff,
+                         k->vlen);
 }
 
 static int deleteq_enc(void *ud, size_t i, mc_buf *out, uint32_t opaque)
@@ -1311,26 +1317,21 @@ static void quiet_fail(void *ud, size_t i, int err, const char *msg)
     result_set(ud, i, err_name(err));
 }
 
-/* Picks servers for keys[0..n) and marks the sendable ones true. */
-static void quiet_prepare(lua_State *L, lmc_client *u, multi *m, size_t n)
+/* Sends key i (its key string at stack index kidx) to its server and
+ * marks it true in the results, or records why it cannot be sent. */
+static void quiet_place(lua_State *L, lmc_client *u, multi *m, size_t i,
+                        int kidx)
 {
-    size_t i;
-    for (i = 0; i < n; i++) {
-        const char *ename = NULL;
-        if (u->srv[i] == -2) /* already failed (bad key or value) */
-            continue;
-        u->srv[i] = pick(L, u, u->keys[i].key, u->keys[i].len, &ename);
-        if (u->srv[i] < 0) {
-            result_set(m, i, ename);
-            continue;
-        }
-        lua_pushlstring(L, u->keys[i].key, u->keys[i].len);
-        lua_pushboolean(L, 1);
-        lua_rawset(L, m->result);
+    const char *ename = NULL;
+    u->srv[i] = pick(L, u, u->keys[i].key, u->keys[i].len, &ename);
+    if (u->srv[i] < 0) {
+        u->srv[i] = -1;
+        result_set(m, i, ename);
+        return;
     }
-    for (i = 0; i < n; i++)
-        if (u->srv[i] < 0)
-            u->srv[i] = -1;
+    lua_pushvalue(L, kidx); /* the caller's string: no re-interning */
+    lua_pushboolean(L, 1);
+    lua_rawset(L, m->result);
 }
 
 static int quiet_finish(lua_State *L, lmc_client *u, multi *m, size_t n,
@@ -1355,13 +1356,13 @@ static int quiet_finish(lua_State *L, lmc_client *u, multi *m, size_t n,
 }
 
 /* set_multi(items [, exptime]) -> {key = true | err}[, first err].
- * items maps keys to values (msgpack-encoded like set). A bad key or an
- * unencodable value fails that key alone. */
+ * items maps keys to values (msgpack-encoded like set). A bad key, an
+ * unencodable or too large value fails that key alone. */
 static int m_set_multi(lua_State *L)
 {
     lmc_client *u = check_client(L);
     multi m;
-    size_t n = 0, i;
+    size_t i = 0;
     char err[200];
 
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -1370,43 +1371,48 @@ static int m_set_multi(lua_State *L)
                               "expiration");
     CLOSED_CHECK(L, u);
     lua_settop(L, 2);
-    lua_newtable(L); /* 3: results */
+    lua_createtable(L, 0, 0); /* 3: results */
     m.L = L;
     m.u = u;
     m.result = 3;
+    u->val.len = 0;
     lua_pushnil(L);
     while (lua_next(L, 2)) {
+        struct bkey *k;
+        const char *bad = NULL;
         if (lua_type(L, -2) != LUA_TSTRING)
             luaL_error(L, "bad argument #1 (items): keys must be strings, "
                           "got %s", luaL_typename(L, -2));
-        lua_pop(L, 1);
-        n++;
-    }
-    if (grow_keys(u, n + 1) != 0)
-        return fail(L, E_NOMEM, "out of memory");
-    u->val.len = 0;
-    i = 0;
-    lua_pushnil(L);
-    while (lua_next(L, 2)) {
-        struct bkey *k = &u->keys[i];
-        size_t before = u->val.len;
+        if (grow_keys(u, i + 1) != 0)
+            return fail(L, E_NOMEM, "out of memory");
+        k = &u->keys[i];
         k->key = lua_tolstring(L, -2, &k->len); /* kept alive by items */
-        u->srv[i] = 0;
+        k->vptr = NULL;
+        k->hlen = 0;
+        u->srv[i] = -1;
         if (!key_ok(k->key, k->len)) {
-            u->srv[i] = -2;
-            result_set(&m, i, E_MALFORMED_KEY);
-        } else if (lmc_value_encode(L, u->vctx, -1, &u->val, err,
-                                    sizeof(err)) != 0) {
-            u->srv[i] = -2;
-            result_set(&m, i, E_UNENCODABLE);
+            bad = E_MALFORMED_KEY;
+        } else if (lua_type(L, -1) == LUA_TSTRING) {
+            k->vptr = lua_tolstring(L, -1, &k->vlen);
+            k->hlen = (unsigned char)str_header(k->hdr, k->vlen);
+        } else {
+            k->voff = u->val.len;
+            if (lmc_value_encode(L, u->vctx, -1, &u->val, err,
+                                 sizeof(err)) != 0)
+                bad = E_UNENCODABLE;
+            else
+                k->vlen = u->val.len - k->voff;
         }
-        k->voff = before;
-        k->vlen = u->val.len - before;
+        if (!bad && k->vlen + k->hlen > u->max_value)
+            bad = E_TOO_LARGE;
+        if (bad)
+            result_set(&m, i, bad);
+        else
+            quiet_place(L, u, &m, i, lua_gettop(L) - 1);
         lua_pop(L, 1);
         i++;
     }
-    quiet_prepare(L, u, &m, n);
-    return quiet_finish(L, u, &m, n, setq_enc, quiet_reply_set);
+    return quiet_finish(L, u, &m, i, setq_enc, quiet_reply_set);
 }
 
 /* delete_multi(keys) -> {key = true | err}[, first err] */
@@ -1420,11 +1426,11 @@ static int m_delete_multi(lua_State *L)
     CLOSED_CHECK(L, u);
     memset(&m, 0, sizeof(m));
     lua_settop(L, 2);
-    lua_newtable(L); /* 3: results */
+    n = lua_rawlen(L, 2);
+    lua_createtable(L, 0, (int)n); /* 3: results */
     m.L = L;
     m.u = u;
     m.result = 3;
-    n = lua_rawlen(L, 2);
     if (grow_keys(u, n + 1) != 0)
         return fail(L, E_NOMEM, "out of memory");
     for (i = 0; i < n; i++) {
@@ -1433,15 +1439,14 @@ static int m_delete_multi(lua_State *L)
         if (lua_type(L, -1) != LUA_TSTRING)
             luaL_error(L, "bad argument #1 (keys): key #%d is a %s, not a "
                           "string", (int)i + 1, luaL_typename(L, -1));
-        k->key = lua_tolstring(L, -1, &k->len);
-        lua_pop(L, 1);
-        u->srv[i] = 0;
-        if (!key_ok(k->key, k->len)) {
-            u->srv[i] = -2;
+        k->key = lua_tolstring(L, -1, &k->len); /* kept alive by keys */
+        u->srv[i] = -1;
+        if (!key_ok(k->key, k->len))
             result_set(&m, i, E_MALFORMED_KEY);
-        }
+        else
+            quiet_place(L, u, &m, i, lua_gettop(L));
+        lua_pop(L, 1);
     }
-    quiet_prepare(L, u, &m, n);
     return quiet_finish(L, u, &m, n, deleteq_enc, quiet_reply_delete);
 }
 
