@@ -561,60 +561,35 @@ static int op_push_item(lua_State *L, op *o)
     return op_done(L, o, 3);
 }
 
-static int m_get(lua_State *L)
+/* get, get_and_touch (GAT) and touch: one key, a miss is ERR_CACHE_MISS;
+ * the first two return the item, touch returns true. */
+static int key_op(lua_State *L, uint8_t opcode, const char *order)
 {
     lmc_client *u = check_client(L);
     args a;
     op o;
-    int n;
-    get_args(L, &a, 0, "");
+    int n, rc;
+    get_args(L, &a, 0, order);
     CLOSED_CHECK(L, u);
     if ((n = op_begin(L, u, &a, &o)) != 0)
         return n;
-    if ((n = op_exec(L, &o, mc_enc_get(o.out, MC_OP_GET, o.opaque, a.key,
-                                        a.keylen))) != 0)
+    rc = opcode == MC_OP_GET
+             ? mc_enc_get(o.out, opcode, o.opaque, a.key, a.keylen)
+             : mc_enc_touch(o.out, opcode, o.opaque, a.key, a.keylen,
+                            a.exptime);
+    if ((n = op_exec(L, &o, rc)) != 0)
         return n;
     if (o.r.status != MC_STATUS_OK)
         return op_status_fail(L, &o, K_GET);
-    return op_push_item(L, &o);
-}
-
-static int m_get_and_touch(lua_State *L)
-{
-    lmc_client *u = check_client(L);
-    args a;
-    op o;
-    int n;
-    get_args(L, &a, 0, "e");
-    CLOSED_CHECK(L, u);
-    if ((n = op_begin(L, u, &a, &o)) != 0)
-        return n;
-    if ((n = op_exec(L, &o, mc_enc_touch(o.out, MC_OP_GAT, o.opaque, a.key,
-                                          a.keylen, a.exptime))) != 0)
-        return n;
-    if (o.r.status != MC_STATUS_OK)
-        return op_status_fail(L, &o, K_GET);
-    return op_push_item(L, &o);
-}
-
-static int m_touch(lua_State *L)
-{
-    lmc_client *u = check_client(L);
-    args a;
-    op o;
-    int n;
-    get_args(L, &a, 0, "e");
-    CLOSED_CHECK(L, u);
-    if ((n = op_begin(L, u, &a, &o)) != 0)
-        return n;
-    if ((n = op_exec(L, &o, mc_enc_touch(o.out, MC_OP_TOUCH, o.opaque, a.key,
-                                          a.keylen, a.exptime))) != 0)
-        return n;
-    if (o.r.status != MC_STATUS_OK)
-        return op_status_fail(L, &o, K_GET);
+    if (opcode != MC_OP_TOUCH)
+        return op_push_item(L, &o);
     lua_pushboolean(L, 1);
     return op_done(L, &o, 1);
 }
+
+static int m_get(lua_State *L) { return key_op(L, MC_OP_GET, ""); }
+static int m_get_and_touch(lua_State *L) { return key_op(L, MC_OP_GAT, "e"); }
+static int m_touch(lua_State *L) { return key_op(L, MC_OP_TOUCH, "e"); }
 
 /* The msgpack header of a string of n bytes (what msgpack-c writes for a
  * Lua string): 1, 2, 3 or 5 bytes into h. */

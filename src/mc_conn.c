@@ -46,11 +46,15 @@ double mc_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static void say(char *msg, size_t msglen, const char *fmt, const char *a,
-                int e)
+/* "what" or "what: strerror(e)" into msg. */
+static void say(char *msg, size_t msglen, const char *what, int e)
 {
-    if (msg && msglen)
-        snprintf(msg, msglen, fmt, a, e ? strerror(e) : "");
+    if (!msg || !msglen)
+        return;
+    if (e)
+        snprintf(msg, msglen, "%s: %s", what, strerror(e));
+    else
+        snprintf(msg, msglen, "%s", what);
 }
 
 int mc_addr_parse(const char *spec, mc_addr *a, char *host, size_t hostlen,
@@ -158,7 +162,7 @@ int mc_wait_fd(int fd, short events, double deadline, char *msg,
         double left = deadline - mc_now();
         int ms, rc;
         if (left <= 0) {
-            say(msg, msglen, "timed out%s%s", "", 0);
+            say(msg, msglen, "timed out", 0);
             return MC_ERR_TIMEOUT;
         }
         ms = (int)(left * 1000.0 + 0.999);
@@ -169,7 +173,7 @@ int mc_wait_fd(int fd, short events, double deadline, char *msg,
         if (rc > 0)
             return MC_OK;
         if (rc < 0 && errno != EINTR) {
-            say(msg, msglen, "poll: %s%s", "", errno);
+            say(msg, msglen, "poll", errno);
             return MC_ERR_IO;
         }
     }
@@ -210,7 +214,7 @@ mc_conn *mc_conn_open(const mc_addr *a, double deadline, double io_timeout,
     fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         *err = errno_to_err(errno);
-        say(msg, msglen, "socket: %s%s", "", errno);
+        say(msg, msglen, "socket", errno);
         return NULL;
     }
     if (a->sa.ss_family != AF_UNIX) {
@@ -229,7 +233,7 @@ mc_conn *mc_conn_open(const mc_addr *a, double deadline, double io_timeout,
             close(fd);
             *err = w;
             if (w == MC_ERR_TIMEOUT)
-                say(msg, msglen, "connect timed out%s%s", "", 0);
+                say(msg, msglen, "connect timed out", 0);
             return NULL;
         }
         if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &elen) < 0)
@@ -246,7 +250,7 @@ mc_conn *mc_conn_open(const mc_addr *a, double deadline, double io_timeout,
     if (!c) {
         close(fd);
         *err = MC_ERR_NOMEM;
-        say(msg, msglen, "out of memory%s%s", "", 0);
+        say(msg, msglen, "out of memory", 0);
         return NULL;
     }
     c->fd = fd;
@@ -257,7 +261,7 @@ mc_conn *mc_conn_open(const mc_addr *a, double deadline, double io_timeout,
 fail:
     close(fd);
     *err = errno_to_err(e);
-    say(msg, msglen, "connect: %s%s", "", e);
+    say(msg, msglen, "connect", e);
     return NULL;
 }
 
@@ -285,7 +289,7 @@ int mc_conn_write_some(mc_conn *c, char *msg, size_t msglen)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return 0;
-        say(msg, msglen, "send: %s%s", "", errno);
+        say(msg, msglen, "send", errno);
         return -errno_to_err(errno);
     }
     /* Keep a modest buffer for the next request; drop a huge one. */
@@ -294,62 +298,49 @@ int mc_conn_write_some(mc_conn *c, char *msg, size_t msglen)
     return 1;
 }
 
-int mc_conn_read_some(mc_conn *c, char *msg, size_t msglen)
-{
-    for (;;) {
-        size_t avail;
-        ssize_t n;
-        char *p = mc_reader_space(&c->in, 16384, &avail);
-        if (!p) {
-            say(msg, msglen, "out of memory%s%s", "", 0);
-            return -MC_ERR_NOMEM;
-        }
-        n = recv(c->fd, p, avail, MSG_DONTWAIT);
-        if (n > 0) {
-            mc_reader_commit(&c->in, (size_t)n);
-            return (int)(n > 0x7fffffff ? 0x7fffffff : n);
-        }
-        if (n == 0) {
-            say(msg, msglen, "server closed the connection%s%s", "", 0);
-            return -MC_ERR_CLOSED;
-        }
-        if (errno == EINTR)
-            continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
-            return 0;
-        say(msg, msglen, "recv: %s%s", "", errno);
-        return -errno_to_err(errno);
-    }
-}
 
-int mc_conn_read_wait(mc_conn *c, char *msg, size_t msglen)
+/* One recv into the reader. wait: block (bounded by SO_RCVTIMEO, EAGAIN
+ * then means a timeout); else MSG_DONTWAIT, EAGAIN meaning "nothing yet". */
+static int read_once(mc_conn *c, int wait, char *msg, size_t msglen)
 {
     for (;;) {
         size_t avail;
         ssize_t n;
         char *p = mc_reader_space(&c->in, 16384, &avail);
         if (!p) {
-            say(msg, msglen, "out of memory%s%s", "", 0);
+            say(msg, msglen, "out of memory", 0);
             return -MC_ERR_NOMEM;
         }
-        n = recv(c->fd, p, avail, 0);
+        n = recv(c->fd, p, avail, wait ? 0 : MSG_DONTWAIT);
         if (n > 0) {
             mc_reader_commit(&c->in, (size_t)n);
             return (int)(n > 0x7fffffff ? 0x7fffffff : n);
         }
         if (n == 0) {
-            say(msg, msglen, "server closed the connection%s%s", "", 0);
+            say(msg, msglen, "server closed the connection", 0);
             return -MC_ERR_CLOSED;
         }
         if (errno == EINTR)
             continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            say(msg, msglen, "timed out%s%s", "", 0);
+            if (!wait)
+                return 0;
+            say(msg, msglen, "timed out", 0);
             return -MC_ERR_TIMEOUT;
         }
-        say(msg, msglen, "recv: %s%s", "", errno);
+        say(msg, msglen, "recv", errno);
         return -errno_to_err(errno);
     }
+}
+
+int mc_conn_read_some(mc_conn *c, char *msg, size_t msglen)
+{
+    return read_once(c, 0, msg, msglen);
+}
+
+int mc_conn_read_wait(mc_conn *c, char *msg, size_t msglen)
+{
+    return read_once(c, 1, msg, msglen);
 }
 
 int mc_conn_flush(mc_conn *c, double deadline, char *msg, size_t msglen)
@@ -358,7 +349,7 @@ int mc_conn_flush(mc_conn *c, double deadline, char *msg, size_t msglen)
     while (c->out_pos < c->out.len) {
         ssize_t n;
         if (partial && mc_now() > deadline) {
-            say(msg, msglen, "timed out%s%s", "", 0);
+            say(msg, msglen, "timed out", 0);
             return MC_ERR_TIMEOUT;
         }
         n = send(c->fd, c->out.data + c->out_pos, c->out.len - c->out_pos,
@@ -371,10 +362,10 @@ int mc_conn_flush(mc_conn *c, double deadline, char *msg, size_t msglen)
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            say(msg, msglen, "timed out%s%s", "", 0);
+            say(msg, msglen, "timed out", 0);
             return MC_ERR_TIMEOUT;
         }
-        say(msg, msglen, "send: %s%s", "", errno);
+        say(msg, msglen, "send", errno);
         return errno_to_err(errno);
     }
     c->out_pos = 0;
@@ -391,12 +382,12 @@ int mc_conn_recv(mc_conn *c, mc_resp *r, double deadline, char *msg,
         if (rc == MC_READ_ONE)
             return MC_OK;
         if (rc == MC_READ_ERROR) {
-            say(msg, msglen, "%s%s", c->in.errstr, 0);
+            say(msg, msglen, c->in.errstr, 0);
             return mc_conn_read_error(c);
         }
         /* a reply trickling in must still end by the deadline */
         if (partial && mc_now() > deadline) {
-            say(msg, msglen, "timed out%s%s", "", 0);
+            say(msg, msglen, "timed out", 0);
             return MC_ERR_TIMEOUT;
         }
         rc = mc_conn_read_wait(c, msg, msglen);
