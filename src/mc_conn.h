@@ -49,12 +49,12 @@ typedef struct mc_addr {
 
 typedef struct mc_conn {
     int fd;
+    uint32_t opaque;   /* next opaque to hand out */
     mc_buf out;        /* bytes to send; out_pos of them already sent */
     size_t out_pos;
-    mc_reader in;
-    uint32_t opaque;   /* next opaque to hand out */
     double idle_since; /* when it went back to the pool */
     struct mc_conn *next; /* idle-list link, owned by the pool */
+    mc_reader in;      /* last: its error text would split the hot fields */
 } mc_conn;
 
 /* Monotonic time in seconds. */
