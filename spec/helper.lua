@@ -32,14 +32,19 @@ local is_root = sh("id -u"):match("^0") ~= nil
 function H.sleep(s) socket.sleep(s) end
 function H.now() return socket.gettime() end
 
+-- True when something accepts connections on the loopback port.
+local function port_open(port)
+  local c = socket.tcp()
+  c:settimeout(0.2)
+  local ok = c:connect("127.0.0.1", port)
+  c:close()
+  return ok ~= nil
+end
+
 local function wait_port(port, timeout)
   local deadline = socket.gettime() + (timeout or 5)
   repeat
-    local c = socket.tcp()
-    c:settimeout(0.2)
-    local ok = c:connect("127.0.0.1", port)
-    c:close()
-    if ok then return true end
+    if port_open(port) then return true end
     socket.sleep(0.01)
   until socket.gettime() > deadline
   return false
@@ -67,11 +72,7 @@ local function wait_gone(pid, port)
   end
   if port then
     for _ = 1, 500 do
-      local c = socket.tcp()
-      c:settimeout(0.2)
-      local ok = c:connect("127.0.0.1", port)
-      c:close()
-      if not ok then return end
+      if not port_open(port) then return end
       socket.sleep(0.002)
     end
   end
