@@ -255,12 +255,10 @@ static int key_ok(const char *k, size_t n)
 }
 
 static lua_Integer opt_int_field(lua_State *L, int t, const char *name,
-                                 lua_Integer def, int *present)
+                                 lua_Integer def)
 {
     lua_Integer v = def;
     lua_getfield(L, t, name);
-    if (present)
-        *present = !lua_isnil(L, -1);
     if (!lua_isnil(L, -1)) {
         if (!lua_isinteger(L, -1))
             luaL_error(L, "field '%s' must be an integer", name);
@@ -273,7 +271,7 @@ static lua_Integer opt_int_field(lua_State *L, int t, const char *name,
 static uint32_t check_exptime(lua_State *L, lua_Integer v, const char *what)
 {
     if (v < 0 || v > (lua_Integer)0xffffffffLL)
-        luaL_error(L, "bad %s: expiration must be 0..4294967295 seconds", what);
+        luaL_error(L, "bad %s: must be 0..4294967295 seconds", what);
     return (uint32_t)v;
 }
 
@@ -332,12 +330,8 @@ static void get_args(lua_State *L, args *a, int has_value, const char *order)
     int i = 3;
     const char *o;
     memset(a, 0, sizeof(*a));
-    if (lua_type(L, 2) == LUA_TTABLE) {
-        lua_getfield(L, 2, "flags");
-        a->has_flags = !lua_isnil(L, -1);
-        lua_pop(L, 1);
+    if (lua_type(L, 2) == LUA_TTABLE)
         table_to_positional(L, has_value, order);
-    }
     if (lua_type(L, 2) != LUA_TSTRING)
         luaL_error(L, "bad argument #1 (key): string expected, got %s",
                    luaL_typename(L, 2));
@@ -1688,7 +1682,6 @@ static void read_opts(lua_State *L, int t, mc_client_opts *o, uint32_t *mpf)
 {
     double timeout;
     lua_Integer v;
-    int present;
     const char *sel;
 
     lua_pushnil(L);
@@ -1708,25 +1701,25 @@ static void read_opts(lua_State *L, int t, mc_client_opts *o, uint32_t *mpf)
     o->pool.connect_timeout =
         opt_number_field(L, t, "connect_timeout", timeout, 0.001, 3600);
     o->io_timeout = opt_number_field(L, t, "io_timeout", timeout, 0.001, 3600);
-    v = opt_int_field(L, t, "max_conns", 0, NULL);
+    v = opt_int_field(L, t, "max_conns", 0);
     if (v < 0 || v > 1000000)
         luaL_error(L, "option 'max_conns' must be 0 (no limit) or more");
     o->pool.max_conns = (unsigned)v;
-    v = opt_int_field(L, t, "max_idle", 2, NULL);
+    v = opt_int_field(L, t, "max_idle", 2);
     if (v < 0 || v > 1000000)
         luaL_error(L, "option 'max_idle' must not be negative");
     o->pool.max_idle = (unsigned)v;
-    v = opt_int_field(L, t, "msgpack_flag", 1, NULL);
+    v = opt_int_field(L, t, "msgpack_flag", 1);
     if (v < 0 || v > (lua_Integer)0xffffffffLL)
         luaL_error(L, "option 'msgpack_flag' must be 0..4294967295");
     *mpf = (uint32_t)v;
-    v = opt_int_field(L, t, "failure_limit", 2, NULL);
+    v = opt_int_field(L, t, "failure_limit", 2);
     if (v < 1 || v > 1000000)
         luaL_error(L, "option 'failure_limit' must be 1 or more");
     o->pool.failure_limit = (unsigned)v;
     o->pool.retry_timeout =
         opt_number_field(L, t, "retry_timeout", 1.0, 0.0, 86400);
-    v = opt_int_field(L, t, "max_value_size", MC_DEFAULT_MAX_BODY, &present);
+    v = opt_int_field(L, t, "max_value_size", MC_DEFAULT_MAX_BODY);
     if (v < 1024 || v > (lua_Integer)0x7fffffff)
         luaL_error(L, "option 'max_value_size' must be 1024..2147483647");
     o->pool.max_body = (size_t)v + 512; /* room for key and extras */
