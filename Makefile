@@ -34,7 +34,7 @@ OBJ   = $(SRC:src/%.c=$(OBJDIR)/%.o)
 LUA_MODULES = $(wildcard lua/memcached/*.lua)
 ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
-.PHONY: all deps demo test asan spec-bins bench install clean
+.PHONY: all deps demo test asan luajit test-luajit spec-bins bench install clean
 
 all: $(MODULE)
 
@@ -99,6 +99,21 @@ bench:
 	@EXTRA_PKGS="$(BENCH_PKGS)" sh scripts/deps.sh
 	@$(MAKE) --no-print-directory all
 	LUA=$(LUA) CC="$(CC)" bash bench/run.sh
+
+# The same C source for LuaJIT (OpenResty's ABI): build/luajit/memcached.so,
+# and the portable spec run against it. Debian's luajit CLI and its headers;
+# they cannot be installed next to OpenResty's libluajit2 packages.
+LUAJIT_PKGS = luajit libluajit-5.1-dev
+LUAJIT_INCDIR ?= /usr/include/luajit-2.1
+
+luajit:
+	@$(MAKE) --no-print-directory OBJDIR=build/luajit MODULE=build/luajit/memcached.so \
+		LUA_INCDIR=$(LUAJIT_INCDIR)
+
+test-luajit:
+	@EXTRA_PKGS="$(LUAJIT_PKGS)" sh scripts/deps.sh
+	@$(MAKE) --no-print-directory luajit
+	MEMCACHED_SO_DIR=$(CURDIR)/build/luajit $(BUSTED) --lua=luajit -o TAP spec/portable_spec.lua
 
 install: $(MODULE)
 	mkdir -p $(INST_LIBDIR)

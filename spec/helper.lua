@@ -168,8 +168,10 @@ end
 -- Elapsed seconds of fn().
 function H.timed(fn)
   local t = socket.gettime()
-  local r = table.pack(fn())
-  return socket.gettime() - t, table.unpack(r, 1, r.n)
+  local r = { n = 0 }
+  local function keep(...) r = { n = select("#", ...), ... } end
+  keep(fn())
+  return socket.gettime() - t, (table.unpack or unpack)(r, 1, r.n)
 end
 
 H.memcached = require "memcached"
