@@ -12,6 +12,9 @@
 --   huge          a response header declaring a 0xFFFFFFF0-byte body
 --   late_once ARG the first request on the whole server is answered (as
 --                 echo) after ARG seconds; every other one promptly
+--   slow ARG      every request answered (as echo) after ARG seconds
+--   enomem        every request answered with status 0x82 (out of memory),
+--                 no key, as memcached's error replies are
 --   echo          GET/GETK/GETQ/GETKQ are hits whose value is the key (flags
 --                 0); anything else gets status 0 and an empty body
 local socket = require "socket"
@@ -52,8 +55,10 @@ local answer = {
   huge = function(req)
     return string.pack(HDR, 0x81, req.opcode, 0, 0, 0, 0, 0xFFFFFFF0, req.opaque, 0)
   end,
+  enomem = function(req) return response(req, 0x82, "", "", "Out of memory") end,
   echo = echo,
   late_once = echo,
+  slow = echo,
 }
 assert(answer[mode] or mode == "close", "unknown mode " .. tostring(mode))
 
@@ -86,7 +91,7 @@ local function serve(c)
                   key = buf:sub(25 + extlen, 24 + extlen + keylen) }
     buf = buf:sub(25 + bodylen)
     local out = answer[mode](req)
-    if mode == "late_once" and not first_seen then
+    if mode == "slow" or (mode == "late_once" and not first_seen) then
       first_seen = true
       delayed[#delayed + 1] = { sock = c, data = out, at = socket.gettime() + tonumber(arg) }
     elseif out then
@@ -126,11 +131,10 @@ while true do
       end
     end
   end
-  local now = socket.gettime()
-  for i = #delayed, 1, -1 do
-    if delayed[i].at <= now then
-      send(delayed[i].sock, delayed[i].data)
-      table.remove(delayed, i)
-    end
+  -- in arrival order: replies on one connection must not overtake
+  local now, keep = socket.gettime(), {}
+  for _, d in ipairs(delayed) do
+    if d.at <= now then send(d.sock, d.data) else keep[#keep + 1] = d end
   end
+  delayed = keep
 end

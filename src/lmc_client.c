@@ -49,6 +49,7 @@
 #define E_BUSY "too many connections"
 #define E_NOMEM "out of memory"
 #define E_BAD_SERVER "bad server address"
+#define E_IN_USE "client in use"
 
 static const struct {
     const char *name, *value;
@@ -75,6 +76,7 @@ static const struct {
     {"ERR_BUSY", E_BUSY},
     {"ERR_NO_MEMORY", E_NOMEM},
     {"ERR_BAD_SERVER", E_BAD_SERVER},
+    {"ERR_IN_USE", E_IN_USE},
     {NULL, NULL}};
 
 /* delete_lock's marker: an item with these flags and exactly these bytes is
@@ -94,6 +96,9 @@ typedef struct lmc_client {
     int cb_ref;          /* server-error callback, LUA_NOREF when none */
     int sel_ref;         /* custom selector */
     enum sel_mode sel_mode;
+    int busy;            /* a call holds connections/scratch (see guarded) */
+    unsigned lock_token; /* bumped by each call that sets busy */
+    int close_pending;   /* close() asked for during a call */
     /* batch scratch */
     struct bkey {
         const char *key;
@@ -210,21 +215,23 @@ static void report_events(lua_State *L, lmc_client *u)
     }
 }
 
-/* Wraps a method so that server events are reported after it returns. */
-static int finish(lua_State *L, lmc_client *u, int nret)
-{
-    if (u->c && u->c->nevents) {
-        /* keep the results below the callback's stack use */
-        report_events(L, u);
-    }
-    return nret;
-}
 
+/* Every method passes here once its arguments are checked: a closed client
+ * fails, and from here on the call owns the client's connections and
+ * scratch buffers (busy), until guarded() returns. Nothing after this
+ * point may raise a Lua error without unlock() first. */
 #define CLOSED_CHECK(L, u)                                                   \
     do {                                                                     \
         if (!(u)->c)                                                         \
             return fail((L), E_CLIENT_CLOSED, "the client was closed");     \
+        (u)->busy = 1;                                                       \
+        (u)->lock_token++;                                                   \
     } while (0)
+
+static void unlock(lmc_client *u)
+{
+    u->busy = 0;
+}
 
 /* ---- arguments ---- */
 
@@ -385,7 +392,7 @@ static void get_args(lua_State *L, args *a, int has_value, const char *order)
 /* Returns the server index, or -1 after storing the error name and detail
  * (detail points into the client's errmsg or a static string). */
 static int pick(lua_State *L, lmc_client *u, const char *key, size_t len,
-                const char **ename)
+                const char **ename, int claim)
 {
     int err = MC_OK, srv;
     if (u->sel_mode == SEL_BUILTIN) {
@@ -419,7 +426,7 @@ static int pick(lua_State *L, lmc_client *u, const char *key, size_t len,
         *ename = E_BAD_SERVER;
         return -1;
     }
-    if (!mc_client_usable(u->c, srv, &err)) {
+    if (claim && !mc_client_usable(u->c, srv, &err)) {
         *ename = err_name(err);
         return -1;
     }
@@ -447,12 +454,12 @@ static int op_begin(lua_State *L, lmc_client *u, const args *a, op *o)
         return fail(L, E_MALFORMED_KEY,
                     "keys are 1 to 250 bytes without spaces or control "
                     "characters");
-    o->srv = pick(L, u, a->key, a->keylen, &ename);
+    o->srv = pick(L, u, a->key, a->keylen, &ename, 1);
     if (o->srv < 0)
-        return finish(L, u, fail(L, ename, u->c->errmsg));
+        return fail(L, ename, u->c->errmsg);
     o->out = mc_client_begin(u->c, o->srv, &o->opaque, &err);
     if (!o->out)
-        return finish(L, u, fail(L, err_name(err), u->c->errmsg));
+        return fail(L, err_name(err), u->c->errmsg);
     return 0;
 }
 
@@ -467,7 +474,7 @@ static int op_exec(lua_State *L, op *o, int enc_rc)
     }
     rc = mc_client_exec(o->u->c, &o->r);
     if (rc != MC_OK)
-        return finish(L, o->u, fail(L, err_name(rc), o->u->c->errmsg));
+        return fail(L, err_name(rc), o->u->c->errmsg);
     return 0;
 }
 
@@ -481,13 +488,13 @@ static int op_status_fail(lua_State *L, op *o, enum op_kind k)
 {
     int n = status_fail(L, k, &o->r, server_name(o));
     mc_client_end(o->u->c);
-    return finish(L, o->u, n);
+    return n;
 }
 
-static int op_done(lua_State *L, op *o, int nret)
+static int op_done(op *o, int nret)
 {
     mc_client_end(o->u->c);
-    return finish(L, o->u, nret);
+    return nret;
 }
 
 /* The marker, also when append/prepend added bytes around it. Only items
@@ -544,15 +551,15 @@ static int op_push_item(lua_State *L, op *o)
     char err[200];
     if (is_lock(&o->r)) {
         mc_client_end(o->u->c);
-        return finish(L, o->u, fail(L, E_CACHE_MISS, NULL));
+        return fail(L, E_CACHE_MISS, NULL);
     }
     if (!push_value(L, o->u, &o->r, err, sizeof(err))) {
         mc_client_end(o->u->c);
-        return finish(L, o->u, fail(L, E_UNDECODABLE, err));
+        return fail(L, E_UNDECODABLE, err);
     }
     lmc_pushint(L, o->r.cas);
     lmc_pushint(L, o->r.flags);
-    return op_done(L, o, 3);
+    return op_done(o, 3);
 }
 
 /* get, get_and_touch (GAT) and touch: one key, a miss is ERR_CACHE_MISS;
@@ -578,7 +585,7 @@ static int key_op(lua_State *L, uint8_t opcode, const char *order)
     if (opcode != MC_OP_TOUCH)
         return op_push_item(L, &o);
     lua_pushboolean(L, 1);
-    return op_done(L, &o, 1);
+    return op_done(&o, 1);
 }
 
 static int m_get(lua_State *L) { return key_op(L, MC_OP_GET, ""); }
@@ -620,10 +627,7 @@ static int encode_value(lua_State *L, lmc_client *u, args *a, int raw,
     char err[200];
     *hlen = 0;
     if (raw || (a->has_flags && a->flags != u->mp_flag)) {
-        if (lua_type(L, a->value) != LUA_TSTRING)
-            luaL_error(L, "bad argument #2 (value): string expected for raw "
-                          "data, got %s", luaL_typename(L, a->value));
-        *p = lua_tolstring(L, a->value, n);
+        *p = lua_tolstring(L, a->value, n); /* a string: checked earlier */
         *flags = a->has_flags ? a->flags : 0;
         return 0;
     }
@@ -661,6 +665,10 @@ static int do_store(lua_State *L, uint8_t opcode, enum op_kind k, int raw,
     if (opcode == MC_OP_SET && k == K_REPLACE && a.cas == 0)
         luaL_error(L, "bad argument #3 (cas): compare_and_swap needs the cas "
                       "of a previous get");
+    if ((raw || (a.has_flags && a.flags != u->mp_flag)) &&
+        lua_type(L, a.value) != LUA_TSTRING)
+        luaL_error(L, "bad argument #2 (value): string expected for raw "
+                      "data, got %s", luaL_typename(L, a.value));
     CLOSED_CHECK(L, u);
     if (!key_ok(a.key, a.keylen))
         return fail(L, E_MALFORMED_KEY,
@@ -687,7 +695,7 @@ static int do_store(lua_State *L, uint8_t opcode, enum op_kind k, int raw,
     if (o.r.status != MC_STATUS_OK)
         return op_status_fail(L, &o, k);
     lmc_pushint(L, o.r.cas);
-    return op_done(L, &o, 1);
+    return op_done(&o, 1);
 }
 
 static int m_set(lua_State *L) { return do_store(L, MC_OP_SET, K_SET, 0, "ecf"); }
@@ -721,7 +729,7 @@ static int do_concat(lua_State *L, uint8_t opcode)
     if (o.r.status != MC_STATUS_OK)
         return op_status_fail(L, &o, K_REPLACE);
     lmc_pushint(L, o.r.cas);
-    return op_done(L, &o, 1);
+    return op_done(&o, 1);
 }
 
 static int m_append(lua_State *L) { return do_concat(L, MC_OP_APPEND); }
@@ -743,7 +751,7 @@ static int m_delete(lua_State *L)
     if (o.r.status != MC_STATUS_OK)
         return op_status_fail(L, &o, a.cas ? K_REPLACE : K_GET);
     lua_pushboolean(L, 1);
-    return op_done(L, &o, 1);
+    return op_done(&o, 1);
 }
 
 /* memcached 1.4 dropped delete's hold time. The lock is an item that only
@@ -787,7 +795,7 @@ static int m_delete_lock(lua_State *L)
     if (o.r.status != MC_STATUS_OK)
         return op_status_fail(L, &o, K_GET);
     lua_pushboolean(L, 1);
-    return op_done(L, &o, 1);
+    return op_done(&o, 1);
 }
 
 /* After a counter op found a non-numeric item: 1 when that item is a
@@ -834,8 +842,8 @@ static int do_arith(lua_State *L, uint8_t opcode, int counter_only)
     if (o.r.status == MC_STATUS_DELTA_BADVAL) {
         mc_client_end(u->c);
         if (locked_on(u, o.srv, &a))
-            return finish(L, u, fail(L, E_CACHE_MISS, "the key is locked by delete_lock"));
-        return finish(L, u, fail(L, E_NON_NUMERIC, "the item is not a decimal number"));
+            return fail(L, E_CACHE_MISS, "the key is locked by delete_lock");
+        return fail(L, E_NON_NUMERIC, "the item is not a decimal number");
     }
     if (o.r.status != MC_STATUS_OK)
         return op_status_fail(L, &o, K_GET);
@@ -844,30 +852,206 @@ static int do_arith(lua_State *L, uint8_t opcode, int counter_only)
         snprintf(d, sizeof(d), "%s: counter reply of %zu bytes, not 8",
                  server_name(&o), o.r.vallen);
         mc_client_abort(u->c);
-        return finish(L, u, fail(L, E_PROTOCOL, d));
+        return fail(L, E_PROTOCOL, d);
     }
     lmc_pushint(L, mc_load64(o.r.value));
     if (counter_only)
-        return op_done(L, &o, 1);
+        return op_done(&o, 1);
     lmc_pushint(L, o.r.cas);
-    return op_done(L, &o, 2);
+    return op_done(&o, 2);
 }
 
 static int m_increment(lua_State *L) { return do_arith(L, MC_OP_INCREMENT, 0); }
 static int m_decrement(lua_State *L) { return do_arith(L, MC_OP_DECREMENT, 0); }
 static int m_touch_atomic(lua_State *L) { return do_arith(L, MC_OP_INCREMENT, 1); }
 
-/* ---- every server ---- */
+/* Grows the per-call scratch arrays (keys, servers) to n entries. */
+static int grow_keys(lmc_client *u, size_t n)
+{
+    struct bkey *k;
+    int *s;
+    if (u->capkeys >= n)
+        return 0;
+    if (n < 2 * u->capkeys)
+        n = 2 * u->capkeys;
+    k = realloc(u->keys, n * sizeof(*k));
+    if (!k)
+        return -1;
+    u->keys = k;
+    s = realloc(u->srv, n * sizeof(*s));
+    if (!s)
+        return -1;
+    u->srv = s;
+    u->capkeys = n;
+    return 0;
+}
 
-/* Runs one request on every server. For each, enc appends the request;
- * each reply is handed to per_reply (which may read further replies with
- * mc_client_next) with the server's name on top of the stack... Results
- * and failures are collected by the callers below. */
-typedef int (*all_enc)(mc_buf *out, uint32_t opaque, void *ud);
+/* ---- every server ----
+ * ping, flush and version send one request to every server in one batch:
+ * all servers are written before any is read, so a slow server costs one
+ * timeout, not one per server. stats stays one server at a time: its reply
+ * is a stream of packets under one opaque. */
 
-/* Sends one request to server i. Returns MC_OK with o->r filled (the
- * connection still held), or an error (message in errmsg). */
-static int server_call(lmc_client *u, int i, op *o, all_enc enc, void *ud)
+typedef struct each {
+    lua_State *L;
+    lmc_client *u;
+    uint8_t opcode;
+    uint32_t delay;    /* flush */
+    int values;        /* stack index of {addr = version}, or 0 */
+    int failures;      /* stack index of {addr = detail} */
+    const char *first; /* first error constant */
+} each;
+
+static int each_enc(void *ud, size_t i, mc_buf *out, uint32_t opaque)
+{
+    each *e = ud;
+    (void)i;
+    if (e->opcode == MC_OP_FLUSH)
+        return mc_enc_flush(out, MC_OP_FLUSH, opaque, e->delay);
+    return mc_enc_simple(out, e->opcode, opaque);
+}
+
+static void each_failed(each *e, size_t i, const char *err,
+                        const char *detail)
+{
+    if (!e->first)
+        e->first = err;
+    lua_pushstring(e->L, detail);
+    lua_setfield(e->L, e->failures, e->u->c->servers[i]->name);
+}
+
+static int each_reply(void *ud, size_t i, const mc_resp *r)
+{
+    each *e = ud;
+    const char *name = e->u->c->servers[i]->name;
+    if (r->opcode != e->opcode)
+        return -1;
+    if (r->status != MC_STATUS_OK) {
+        char d[200];
+        snprintf(d, sizeof(d), "%s: %s", name, mc_status_str(r->status));
+        each_failed(e, i, status_err(K_OTHER, r->status), d);
+    } else if (e->values) {
+        lua_pushlstring(e->L, r->value, r->vallen);
+        lua_setfield(e->L, e->values, name);
+    }
+    return 0;
+}
+
+static void each_fail(void *ud, size_t i, int err, const char *msg)
+{
+    each_failed(ud, i, err_name(err), msg);
+}
+
+/* Runs the batch; leaves the failures table at the top of the stack and
+ * returns how many servers failed, or -1 when out of memory. */
+static int each_server(lua_State *L, lmc_client *u, each *e)
+{
+    size_t i, n = u->c->nservers;
+    mc_batch b;
+    lua_newtable(L);
+    e->L = L;
+    e->u = u;
+    e->failures = lua_gettop(L);
+    e->first = NULL;
+    if (grow_keys(u, n + 1) != 0)
+        return -1;
+    for (i = 0; i < n; i++)
+        u->srv[i] = (int)i;
+    b.n = n;
+    b.server = u->srv;
+    b.encode = each_enc;
+    b.reply = each_reply;
+    b.fail = each_fail;
+    b.ud = e;
+    if (mc_client_batch(u->c, &b) != MC_OK)
+        return -1;
+    return e->first != NULL;
+}
+
+/* ping/flush: true, or nil, err, {addr = detail}. */
+static int all_simple(lua_State *L, lmc_client *u, uint8_t opcode,
+                      uint32_t delay)
+{
+    each e;
+    int rc;
+    CLOSED_CHECK(L, u);
+    if (u->c->nservers == 0)
+        return fail(L, E_NO_SERVERS, "no servers configured");
+    memset(&e, 0, sizeof(e));
+    e.opcode = opcode;
+    e.delay = delay;
+    rc = each_server(L, u, &e);
+    if (rc < 0)
+        return fail(L, E_NOMEM, "out of memory");
+    if (rc == 0) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_pushnil(L);
+    lua_insert(L, -2);
+    lua_pushstring(L, e.first);
+    lua_insert(L, -2); /* nil, err, failures */
+    return 3;
+}
+
+static int m_ping(lua_State *L)
+{
+    return all_simple(L, check_client(L), MC_OP_NOOP, 0);
+}
+
+static int m_flush(lua_State *L)
+{
+    lmc_client *u = check_client(L);
+    lua_Integer d;
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        lua_getfield(L, 2, "expiration");
+        lua_replace(L, 2);
+    }
+    d = opt_integer(L, 2, "delay", 0);
+    return all_simple(L, u, MC_OP_FLUSH, check_exptime(L, d, "delay"));
+}
+
+static int m_flush_all(lua_State *L)
+{
+    return all_simple(L, check_client(L), MC_OP_FLUSH, 0);
+}
+
+/* version() -> {addr = version}[, first err]; nil, err, detail when no
+ * server answered. */
+static int m_version(lua_State *L)
+{
+    lmc_client *u = check_client(L);
+    each e;
+    int rc;
+    CLOSED_CHECK(L, u);
+    if (u->c->nservers == 0)
+        return fail(L, E_NO_SERVERS, "no servers configured");
+    memset(&e, 0, sizeof(e));
+    e.opcode = MC_OP_VERSION;
+    lua_newtable(L);
+    e.values = lua_gettop(L);
+    rc = each_server(L, u, &e);
+    if (rc < 0)
+        return fail(L, E_NOMEM, "out of memory");
+    lua_pop(L, 1); /* failures */
+    if (rc == 0)
+        return 1;
+    lua_pushnil(L);
+    if (lua_next(L, e.values) == 0) { /* nobody answered */
+        lua_pushnil(L);
+        lua_pushstring(L, e.first);
+        lua_pushstring(L, u->c->errmsg);
+        return 3;
+    }
+    lua_pop(L, 2);
+    lua_pushstring(L, e.first);
+    return 2;
+}
+
+/* One request to one server, for stats. Returns MC_OK with o->r filled
+ * (the connection still held), or an error (message in errmsg). */
+static int server_call(lmc_client *u, int i, op *o, const char *group,
+                       size_t glen)
 {
     int err = MC_OK;
     o->u = u;
@@ -875,147 +1059,12 @@ static int server_call(lmc_client *u, int i, op *o, all_enc enc, void *ud)
     o->out = mc_client_begin(u->c, i, &o->opaque, &err);
     if (!o->out)
         return err;
-    if (enc(o->out, o->opaque, ud) != 0) {
+    if (mc_enc_stat(o->out, o->opaque, group, glen) != 0) {
         mc_client_abort(u->c);
         snprintf(u->c->errmsg, sizeof(u->c->errmsg), "out of memory");
         return MC_ERR_NOMEM;
     }
     return mc_client_exec(u->c, &o->r);
-}
-
-static int enc_noop(mc_buf *out, uint32_t opaque, void *ud)
-{
-    (void)ud;
-    return mc_enc_simple(out, MC_OP_NOOP, opaque);
-}
-
-static int enc_version(mc_buf *out, uint32_t opaque, void *ud)
-{
-    (void)ud;
-    return mc_enc_simple(out, MC_OP_VERSION, opaque);
-}
-
-static int enc_flush(mc_buf *out, uint32_t opaque, void *ud)
-{
-    return mc_enc_flush(out, MC_OP_FLUSH, opaque, *(uint32_t *)ud);
-}
-
-/* Shared shape of ping/flush: true, or nil, err, {addr = detail}. */
-static int all_simple(lua_State *L, lmc_client *u, all_enc enc, void *ud)
-{
-    size_t i;
-    int failed = 0;
-    const char *first = NULL;
-    CLOSED_CHECK(L, u);
-    if (u->c->nservers == 0)
-        return fail(L, E_NO_SERVERS, "no servers configured");
-    lua_newtable(L);
-    for (i = 0; i < u->c->nservers; i++) {
-        op o;
-        int rc = server_call(u, (int)i, &o, enc, ud);
-        const char *name = u->c->servers[i]->name;
-        if (rc != MC_OK) {
-            if (!first)
-                first = err_name(rc);
-            lua_pushstring(L, u->c->errmsg);
-            lua_setfield(L, -2, name);
-            failed++;
-            continue;
-        }
-        if (o.r.status != MC_STATUS_OK) {
-            if (!first)
-                first = status_err(K_OTHER, o.r.status);
-            lua_pushfstring(L, "%s: %s", name, mc_status_str(o.r.status));
-            lua_setfield(L, -2, name);
-            failed++;
-        }
-        mc_client_end(u->c);
-    }
-    if (!failed) {
-        lua_pop(L, 1);
-        lua_pushboolean(L, 1);
-        return finish(L, u, 1);
-    }
-    lua_pushnil(L);
-    lua_insert(L, -2);
-    lua_pushstring(L, first);
-    lua_insert(L, -2); /* nil, err, failures */
-    return finish(L, u, 3);
-}
-
-static int m_ping(lua_State *L)
-{
-    lmc_client *u = check_client(L);
-    return all_simple(L, u, enc_noop, NULL);
-}
-
-static int m_flush(lua_State *L)
-{
-    lmc_client *u = check_client(L);
-    lua_Integer d;
-    uint32_t delay;
-    if (lua_type(L, 2) == LUA_TTABLE) {
-        lua_getfield(L, 2, "expiration");
-        lua_replace(L, 2);
-    }
-    d = opt_integer(L, 2, "delay", 0);
-    delay = check_exptime(L, d, "delay");
-    return all_simple(L, u, enc_flush, &delay);
-}
-
-static int m_flush_all(lua_State *L)
-{
-    lmc_client *u = check_client(L);
-    uint32_t delay = 0;
-    return all_simple(L, u, enc_flush, &delay);
-}
-
-static int m_version(lua_State *L)
-{
-    lmc_client *u = check_client(L);
-    size_t i, ok = 0;
-    const char *first = NULL;
-    CLOSED_CHECK(L, u);
-    lua_newtable(L);
-    for (i = 0; i < u->c->nservers; i++) {
-        op o;
-        int rc = server_call(u, (int)i, &o, enc_version, NULL);
-        if (rc != MC_OK) {
-            if (!first)
-                first = err_name(rc);
-            continue;
-        }
-        if (o.r.status == MC_STATUS_OK) {
-            lua_pushlstring(L, o.r.value, o.r.vallen);
-            lua_setfield(L, -2, u->c->servers[i]->name);
-            ok++;
-        } else if (!first) {
-            first = status_err(K_OTHER, o.r.status);
-        }
-        mc_client_end(u->c);
-    }
-    if (!ok) {
-        lua_pop(L, 1);
-        return finish(L, u, fail(L, first ? first : E_NO_SERVERS,
-                                 u->c->nservers ? u->c->errmsg
-                                                : "no servers configured"));
-    }
-    if (first) {
-        lua_pushstring(L, first);
-        return finish(L, u, 2);
-    }
-    return finish(L, u, 1);
-}
-
-typedef struct stat_group {
-    const char *p;
-    size_t n;
-} stat_group;
-
-static int enc_stat(mc_buf *out, uint32_t opaque, void *ud)
-{
-    stat_group *g = ud;
-    return mc_enc_stat(out, opaque, g->p, g->n);
 }
 
 /* stats([group]) -> {addr = {name = value}}; a server that fails is left
@@ -1024,18 +1073,19 @@ static int enc_stat(mc_buf *out, uint32_t opaque, void *ud)
 static int m_stats(lua_State *L)
 {
     lmc_client *u = check_client(L);
-    stat_group g = {NULL, 0};
-    size_t i, ok = 0;
+    const char *group = NULL;
+    size_t glen = 0, i, ok = 0;
     const char *first = NULL;
     if (!lua_isnoneornil(L, 2))
-        g.p = luaL_checklstring(L, 2, &g.n);
+        group = luaL_checklstring(L, 2, &glen);
     CLOSED_CHECK(L, u);
     if (u->c->nservers == 0)
         return fail(L, E_NO_SERVERS, "no servers configured");
+    u->c->errmsg[0] = '\0';
     lua_newtable(L);
     for (i = 0; i < u->c->nservers; i++) {
         op o;
-        int rc = server_call(u, (int)i, &o, enc_stat, &g);
+        int rc = server_call(u, (int)i, &o, group, glen);
         if (rc != MC_OK) {
             if (!first)
                 first = err_name(rc);
@@ -1044,6 +1094,8 @@ static int m_stats(lua_State *L)
         if (o.r.status != MC_STATUS_OK) {
             if (!first)
                 first = status_err(K_OTHER, o.r.status);
+            snprintf(u->c->errmsg, sizeof(u->c->errmsg), "%s: %s",
+                     u->c->servers[i]->name, mc_status_str(o.r.status));
             mc_client_end(u->c);
             continue;
         }
@@ -1068,13 +1120,13 @@ static int m_stats(lua_State *L)
     }
     if (!ok) {
         lua_pop(L, 1);
-        return finish(L, u, fail(L, E_NO_STATS, u->c->errmsg));
+        return fail(L, E_NO_STATS, u->c->errmsg);
     }
     if (first) {
         lua_pushstring(L, first);
-        return finish(L, u, 2);
+        return 2;
     }
-    return finish(L, u, 1);
+    return 1;
 }
 
 /* ---- get_multi ---- */
@@ -1089,25 +1141,6 @@ typedef struct multi {
     uint32_t exptime; /* set_multi */
 } multi;
 
-static int grow_keys(lmc_client *u, size_t n)
-{
-    struct bkey *k;
-    int *s;
-    if (u->capkeys >= n)
-        return 0;
-    if (n < 2 * u->capkeys)
-        n = 2 * u->capkeys;
-    k = realloc(u->keys, n * sizeof(*k));
-    if (!k)
-        return -1;
-    u->keys = k;
-    s = realloc(u->srv, n * sizeof(*s));
-    if (!s)
-        return -1;
-    u->srv = s;
-    u->capkeys = n;
-    return 0;
-}
 
 static void multi_failed(multi *m, size_t i, const char *err)
 {
@@ -1136,12 +1169,17 @@ static int multi_get_reply(void *ud, size_t i, const mc_resp *r)
     lua_State *L = m->L;
     char err[200];
     const struct bkey *k = &m->u->keys[i];
-    if (r->keylen != k->len || memcmp(r->key, k->key, k->len) != 0)
-        return -1;
+    int key_differs = r->keylen != k->len || memcmp(r->key, k->key, k->len);
     if (r->status != MC_STATUS_OK) {
+        /* error replies (out of memory, ...) carry no key: the opaque,
+         * already checked, says which request they answer */
+        if (r->keylen && key_differs)
+            return -1;
         multi_failed(m, i, status_err(K_GET, r->status));
         return 0;
     }
+    if (key_differs)
+        return -1;
     if (is_lock(r))
         return 0;
     lua_rawgeti(L, m->keys, (lua_Integer)i + 1); /* the caller's string */
@@ -1171,9 +1209,11 @@ static long multi_keys(lua_State *L, lmc_client *u, int t, multi *m)
         return -fail(L, E_NOMEM, "out of memory");
     for (i = 0; i < n; i++) {
         lua_rawgeti(L, t, (lua_Integer)i + 1);
-        if (lua_type(L, -1) != LUA_TSTRING)
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            unlock(u);
             luaL_error(L, "bad argument #1 (keys): key #%d is a %s, not a "
                           "string", (int)i + 1, luaL_typename(L, -1));
+        }
         u->keys[i].key = lua_tolstring(L, -1, &u->keys[i].len);
         lua_pop(L, 1); /* the table keeps the string alive */
         if (!key_ok(u->keys[i].key, u->keys[i].len)) {
@@ -1185,7 +1225,7 @@ static long multi_keys(lua_State *L, lmc_client *u, int t, multi *m)
     }
     for (i = 0; i < n; i++) {
         const char *ename = NULL;
-        u->srv[i] = pick(L, u, u->keys[i].key, u->keys[i].len, &ename);
+        u->srv[i] = pick(L, u, u->keys[i].key, u->keys[i].len, &ename, 1);
         if (u->srv[i] < 0)
             multi_failed(m, i, ename);
     }
@@ -1223,15 +1263,15 @@ static int m_get_multi(lua_State *L)
     b.fail = multi_fail;
     b.ud = &m;
     if (n > 0 && mc_client_batch(u->c, &b) != MC_OK)
-        return finish(L, u, fail(L, E_NOMEM, "out of memory"));
+        return fail(L, E_NOMEM, "out of memory");
     if (!m.first) {
         lua_settop(L, 3);
-        return finish(L, u, 1);
+        return 1;
     }
     lua_settop(L, 4);
     lua_pushstring(L, m.first);
     lua_insert(L, 4); /* results, err, failures */
-    return finish(L, u, 3);
+    return 3;
 }
 
 /* ---- set_multi / delete_multi ----
@@ -1292,7 +1332,7 @@ static void quiet_place(lua_State *L, lmc_client *u, multi *m, size_t i,
                         int kidx)
 {
     const char *ename = NULL;
-    u->srv[i] = pick(L, u, u->keys[i].key, u->keys[i].len, &ename);
+    u->srv[i] = pick(L, u, u->keys[i].key, u->keys[i].len, &ename, 1);
     if (u->srv[i] < 0) {
         u->srv[i] = -1;
         result_set(m, i, ename);
@@ -1315,13 +1355,13 @@ static int quiet_finish(lua_State *L, lmc_client *u, multi *m, size_t n,
     b.fail = quiet_fail;
     b.ud = m;
     if (n > 0 && mc_client_batch(u->c, &b) != MC_OK)
-        return finish(L, u, fail(L, E_NOMEM, "out of memory"));
+        return fail(L, E_NOMEM, "out of memory");
     mc_buf_clear(&u->val, 1 << 20);
     lua_settop(L, m->result);
     if (!m->first)
-        return finish(L, u, 1);
+        return 1;
     lua_pushstring(L, m->first);
-    return finish(L, u, 2);
+    return 2;
 }
 
 /* set_multi(items [, exptime]) -> {key = true | err}[, first err].
@@ -1349,9 +1389,11 @@ static int m_set_multi(lua_State *L)
     while (lua_next(L, 2)) {
         struct bkey *k;
         const char *bad = NULL;
-        if (lua_type(L, -2) != LUA_TSTRING)
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            unlock(u);
             luaL_error(L, "bad argument #1 (items): keys must be strings, "
                           "got %s", luaL_typename(L, -2));
+        }
         if (grow_keys(u, i + 1) != 0)
             return fail(L, E_NOMEM, "out of memory");
         k = &u->keys[i];
@@ -1405,16 +1447,24 @@ static int m_delete_multi(lua_State *L)
     for (i = 0; i < n; i++) {
         struct bkey *k = &u->keys[i];
         lua_rawgeti(L, 2, (lua_Integer)i + 1);
-        if (lua_type(L, -1) != LUA_TSTRING)
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            unlock(u);
             luaL_error(L, "bad argument #1 (keys): key #%d is a %s, not a "
                           "string", (int)i + 1, luaL_typename(L, -1));
+        }
         k->key = lua_tolstring(L, -1, &k->len); /* kept alive by keys */
         u->srv[i] = -1;
-        if (!key_ok(k->key, k->len))
+        lua_pushvalue(L, -1);
+        lua_rawget(L, m.result);
+        if (!lua_isnil(L, -1)) {
+            /* a repeated key is deleted once: a second DELETEQ would
+             * turn its success into a miss */
+        } else if (!key_ok(k->key, k->len)) {
             result_set(&m, i, E_MALFORMED_KEY);
-        else
-            quiet_place(L, u, &m, i, lua_gettop(L));
-        lua_pop(L, 1);
+        } else {
+            quiet_place(L, u, &m, i, lua_gettop(L) - 1);
+        }
+        lua_pop(L, 2);
     }
     return quiet_finish(L, u, &m, n, deleteq_enc, quiet_reply_delete);
 }
@@ -1527,8 +1577,8 @@ static int m_add_server(lua_State *L)
         luaL_error(L, "bad argument #1 (addr): \"host:port\", a unix socket "
                       "path or {addr, weight = n} expected, got %s",
                    luaL_typename(L, 2));
-    if (maxc < 0)
-        luaL_error(L, "bad argument #2 (max_conns): must not be negative");
+    if (maxc < 0 || maxc > 1000000)
+        luaL_error(L, "bad argument #2 (max_conns): must be 0..1000000");
     CLOSED_CHECK(L, u);
     if (mc_client_add_server(u->c, &s) != 0)
         return fail(L, E_BAD_SERVER, u->c->errmsg);
@@ -1558,7 +1608,8 @@ static int m_pick_server(lua_State *L)
             return fail(L, E_NO_SERVERS, "no servers configured");
     } else {
         const char *ename = NULL;
-        srv = pick(L, u, key, len, &ename);
+        /* where the key goes; a dead server's probe stays unclaimed */
+        srv = pick(L, u, key, len, &ename, 0);
         if (srv < 0)
             return fail(L, ename, u->c->errmsg);
     }
@@ -1629,11 +1680,50 @@ static void destroy(lua_State *L, lmc_client *u)
     u->cb_ref = u->sel_ref = LUA_NOREF;
 }
 
+/* close/exit. Called from inside one of the client's own calls (a
+ * selector, a finalizer), it waits for that call to end. */
 static int m_close(lua_State *L)
 {
-    destroy(L, check_client(L));
+    lmc_client *u = check_client(L);
+    if (u->busy)
+        u->close_pending = 1;
+    else
+        destroy(L, u);
     lua_pushboolean(L, 1);
     return 1;
+}
+
+/* Every method runs through here. Lua code can run in the middle of a
+ * method: a custom selector, or a __gc finalizer started by any allocation
+ * the method makes. If that code calls the client again while the outer
+ * call holds a connection, a batch or the scratch buffers, the inner call
+ * would free or overwrite them under the outer one; so it fails with
+ * ERR_IN_USE instead. busy is set by CLOSED_CHECK, once the arguments are
+ * checked (an argument error must not leave it set), and cleared here by
+ * the call that set it. Server events are reported after that, so the
+ * error callback may use the client. */
+static int guarded(lua_State *L)
+{
+    lmc_client *u = check_client(L);
+    lua_CFunction body = lua_tocfunction(L, lua_upvalueindex(2));
+    unsigned token;
+    int n;
+
+    if (u->busy)
+        return fail(L, E_IN_USE,
+                    "the client was called from inside one of its own calls "
+                    "(a selector or a __gc finalizer)");
+    token = u->lock_token;
+    n = body(L);
+    if (u->lock_token != token)
+        u->busy = 0;
+    if (u->close_pending) {
+        u->close_pending = 0;
+        destroy(L, u);
+    }
+    if (u->c && u->c->nevents)
+        report_events(L, u); /* above the results; they stay in place */
+    return n;
 }
 
 static int m_gc(lua_State *L)
@@ -1878,17 +1968,25 @@ static const luaL_Reg methods[] = {
     {"pick_server", m_pick_server},
     {"servers", m_servers},
     {"set_server_error_callback", m_set_callback},
-    {"exit", m_close},
-    {"close", m_close},
     {NULL, NULL}};
 
 LMC_EXPORT int luaopen_memcached(lua_State *L)
 {
     int i;
     if (luaL_newmetatable(L, CLIENT_MT)) {
+        const luaL_Reg *r;
         luaL_newlibtable(L, methods);
-        lua_pushvalue(L, -2);
-        luaL_setfuncs(L, methods, 1); /* the metatable, for check_client */
+        for (r = methods; r->name; r++) {
+            /* upvalues: the metatable (check_client), the method itself */
+            lua_pushvalue(L, -2);
+            lua_pushcfunction(L, r->func);
+            lua_pushcclosure(L, guarded, 2);
+            lua_setfield(L, -2, r->name);
+        }
+        lua_pushcfunction(L, m_close);
+        lua_setfield(L, -2, "close");
+        lua_pushcfunction(L, m_close);
+        lua_setfield(L, -2, "exit");
         lua_setfield(L, -2, "__index");
         lua_pushcfunction(L, m_gc);
         lua_setfield(L, -2, "__gc");

@@ -15,6 +15,7 @@
 
 typedef struct lmc_reader {
     mc_reader r;
+    int lent; /* get() is copying a reply out of the buffer */
 } lmc_reader;
 
 /* ---- argument helpers ----------------------------------------------------
@@ -303,9 +304,34 @@ static int lmc_scratch_gc(lua_State *L)
 
 /* ---- reader ------------------------------------------------------------- */
 
+static void set_int(lua_State *L, const char *k, uint64_t v)
+{
+    lua_pushstring(L, k);
+    lmc_pushint(L, v);
+    lua_rawset(L, -3);
+}
+
+static void set_str(lua_State *L, const char *k, const char *p, size_t n)
+{
+    lua_pushstring(L, k);
+    lua_pushlstring(L, p, n);
+    lua_rawset(L, -3);
+}
+
+/* The reader, refused while get() copies a reply out of its buffer: an
+ * allocation there can run a __gc finalizer, and a finalizer that fed or
+ * reset this reader would free the bytes being copied. */
+static lmc_reader *check_lreader(lua_State *L)
+{
+    lmc_reader *u = luaL_checkudata(L, 1, LMC_READER_MT);
+    if (u->lent)
+        luaL_error(L, "reader in use (called from a finalizer during get)");
+    return u;
+}
+
 static mc_reader *check_reader(lua_State *L)
 {
-    return &((lmc_reader *)luaL_checkudata(L, 1, LMC_READER_MT))->r;
+    return &check_lreader(L)->r;
 }
 
 static int lmc_codec_reader(lua_State *L)
@@ -319,6 +345,7 @@ static int lmc_codec_reader(lua_State *L)
         max_body = (uint64_t)v > SIZE_MAX ? SIZE_MAX : (size_t)v;
     }
     u = lua_newuserdata(L, sizeof *u);
+    u->lent = 0;
     mc_reader_init(&u->r, max_body);
     luaL_setmetatable(L, LMC_READER_MT);
     return 1;
@@ -337,7 +364,8 @@ static int lmc_reader_feed(lua_State *L)
 
 static int lmc_reader_get(lua_State *L)
 {
-    mc_reader *r = check_reader(L);
+    lmc_reader *u = check_lreader(L);
+    mc_reader *r = &u->r;
     mc_resp resp;
     int rc;
 
@@ -353,28 +381,23 @@ static int lmc_reader_get(lua_State *L)
         lua_pushstring(L, r->errstr);
         return 2;
     }
+    /* Raw sets: a __newindex of the caller's table must not run while
+     * resp points into the buffer. */
+    u->lent = 1;
     if (lua_istable(L, 2))
         lua_pushvalue(L, 2);
     else
         lua_createtable(L, 0, 9);
-    lmc_pushint(L, resp.opcode);
-    lua_setfield(L, -2, "opcode");
-    lmc_pushint(L, resp.status);
-    lua_setfield(L, -2, "status");
-    lmc_pushint(L, resp.opaque);
-    lua_setfield(L, -2, "opaque");
-    lmc_pushint(L, resp.cas);
-    lua_setfield(L, -2, "cas");
-    lmc_pushint(L, resp.flags);
-    lua_setfield(L, -2, "flags");
-    lmc_pushint(L, resp.datatype);
-    lua_setfield(L, -2, "datatype");
-    lua_pushlstring(L, resp.extras, resp.extlen);
-    lua_setfield(L, -2, "extras");
-    lua_pushlstring(L, resp.key, resp.keylen);
-    lua_setfield(L, -2, "key");
-    lua_pushlstring(L, resp.value, resp.vallen);
-    lua_setfield(L, -2, "value");
+    set_int(L, "opcode", resp.opcode);
+    set_int(L, "status", resp.status);
+    set_int(L, "opaque", resp.opaque);
+    set_int(L, "cas", resp.cas);
+    set_int(L, "flags", resp.flags);
+    set_int(L, "datatype", resp.datatype);
+    set_str(L, "extras", resp.extras, resp.extlen);
+    set_str(L, "key", resp.key, resp.keylen);
+    set_str(L, "value", resp.value, resp.vallen);
+    u->lent = 0;
     return 1;
 }
 
@@ -392,7 +415,7 @@ static int lmc_reader_reset(lua_State *L)
 
 static int lmc_reader_gc(lua_State *L)
 {
-    mc_reader_free(check_reader(L));
+    mc_reader_free(&((lmc_reader *)luaL_checkudata(L, 1, LMC_READER_MT))->r);
     return 0;
 }
 

@@ -693,7 +693,8 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
                     snprintf(msg, sizeof(msg), "timed out");
                 }
             } else {
-                r = mc_conn_read_wait(sl->conn, msg, sizeof(msg));
+                r = mc_conn_read_budget(sl->conn, c->deadline, msg,
+                                        sizeof(msg));
             }
             if (r < 0) {
                 slot_drain(c, b, sl);

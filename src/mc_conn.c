@@ -223,7 +223,9 @@ mc_conn *mc_conn_open(const mc_addr *a, double deadline, double io_timeout,
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     }
     rc = connect(fd, (const struct sockaddr *)&a->sa, a->salen);
-    if (rc < 0 && errno != EINPROGRESS && errno != EAGAIN) {
+    /* EAGAIN is not "in progress": on a unix socket it means the server's
+     * listen queue is full and nothing is connecting. */
+    if (rc < 0 && errno != EINPROGRESS) {
         e = errno;
         goto fail;
     }
@@ -255,6 +257,7 @@ mc_conn *mc_conn_open(const mc_addr *a, double deadline, double io_timeout,
     }
     c->fd = fd;
     c->opaque = 1;
+    c->io_timeout = io_timeout;
     mc_reader_init(&c->in, max_body);
     *err = MC_OK;
     return c;
@@ -343,40 +346,78 @@ int mc_conn_read_wait(mc_conn *c, char *msg, size_t msglen)
     return read_once(c, 1, msg, msglen);
 }
 
+/* Before a blocking transfer: the kernel bounds each wait by the full I/O
+ * timeout, so once part of the budget is spent (a partial transfer, an
+ * earlier server in a batch) wait in poll() for what is left instead.
+ * Returns 1 to go ahead with a blocking call, 0 after a poll said ready
+ * (use a non-waiting call), or -err. */
+static int budget(mc_conn *c, short events, double deadline, char *msg,
+                  size_t msglen)
+{
+    double left = deadline - mc_now();
+    int rc;
+    if (left <= 0) {
+        say(msg, msglen, "timed out", 0);
+        return -MC_ERR_TIMEOUT;
+    }
+    if (left >= c->io_timeout)
+        return 1;
+    rc = mc_wait_fd(c->fd, events, deadline, msg, msglen);
+    return rc == MC_OK ? 0 : -rc;
+}
+
 int mc_conn_flush(mc_conn *c, double deadline, char *msg, size_t msglen)
 {
     int partial = 0;
     while (c->out_pos < c->out.len) {
         ssize_t n;
-        if (partial && mc_now() > deadline) {
-            say(msg, msglen, "timed out", 0);
-            return MC_ERR_TIMEOUT;
+        int flags = MSG_NOSIGNAL;
+        if (partial) {
+            int b = budget(c, POLLOUT, deadline, msg, msglen);
+            if (b < 0)
+                return -b;
+            if (b == 0)
+                flags |= MSG_DONTWAIT;
         }
         n = send(c->fd, c->out.data + c->out_pos, c->out.len - c->out_pos,
-                 MSG_NOSIGNAL);
+                 flags);
         if (n > 0) {
             c->out_pos += (size_t)n;
-            partial = 1;
+            partial++;
             continue;
         }
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (flags & MSG_DONTWAIT)
+                continue; /* poll said ready; the deadline bounds this */
             say(msg, msglen, "timed out", 0);
             return MC_ERR_TIMEOUT;
         }
         say(msg, msglen, "send", errno);
         return errno_to_err(errno);
     }
+    c->late = partial > 1; /* the send took more than one call */
     c->out_pos = 0;
     mc_buf_clear(&c->out, 1 << 20);
     return MC_OK;
 }
 
+int mc_conn_read_budget(mc_conn *c, double deadline, char *msg,
+                        size_t msglen)
+{
+    int b = budget(c, POLLIN, deadline, msg, msglen);
+    if (b < 0)
+        return b;
+    return b ? mc_conn_read_wait(c, msg, msglen)
+             : mc_conn_read_some(c, msg, msglen);
+}
+
 int mc_conn_recv(mc_conn *c, mc_resp *r, double deadline, char *msg,
                  size_t msglen)
 {
-    int partial = 0;
+    /* after a large send, part of the budget is gone already */
+    int partial = c->late;
     for (;;) {
         int rc = mc_reader_get(&c->in, r);
         if (rc == MC_READ_ONE)
@@ -386,11 +427,8 @@ int mc_conn_recv(mc_conn *c, mc_resp *r, double deadline, char *msg,
             return mc_conn_read_error(c);
         }
         /* a reply trickling in must still end by the deadline */
-        if (partial && mc_now() > deadline) {
-            say(msg, msglen, "timed out", 0);
-            return MC_ERR_TIMEOUT;
-        }
-        rc = mc_conn_read_wait(c, msg, msglen);
+        rc = partial ? mc_conn_read_budget(c, deadline, msg, msglen)
+                     : mc_conn_read_wait(c, msg, msglen);
         if (rc < 0)
             return -rc;
         partial = 1;

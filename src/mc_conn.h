@@ -53,6 +53,8 @@ typedef struct mc_conn {
     mc_buf out;        /* bytes to send; out_pos of them already sent */
     size_t out_pos;
     double idle_since; /* when it went back to the pool */
+    double io_timeout; /* the kernel's bound on each blocking transfer */
+    int late;          /* the last flush needed several sends */
     struct mc_conn *next; /* idle-list link, owned by the pool */
     mc_reader in;      /* last: its error text would split the hot fields */
 } mc_conn;
@@ -97,6 +99,11 @@ int mc_conn_recv(mc_conn *c, mc_resp *r, double deadline, char *msg,
 /* One blocking read into the reader: > 0 bytes, or -err (MC_ERR_TIMEOUT
  * when nothing came within the I/O timeout). */
 int mc_conn_read_wait(mc_conn *c, char *msg, size_t msglen);
+/* One read that ends by the deadline: a blocking read while a whole I/O
+ * timeout is left, else poll() for what is left, then a non-waiting read.
+ * > 0 bytes, 0 (nothing yet; call again), or -err. */
+int mc_conn_read_budget(mc_conn *c, double deadline, char *msg,
+                        size_t msglen);
 
 /* Waits until fd is ready for `events` (POLLIN/POLLOUT) or the deadline
  * passes. Returns MC_OK or MC_ERR_TIMEOUT/MC_ERR_IO. */

@@ -1,0 +1,167 @@
+-- Lua code running inside a call (a custom selector, a __gc finalizer) must
+-- never free or overwrite what the outer call is using; and the defects a
+-- review found stay fixed.
+local H = require "spec.helper"
+local memcached = H.memcached
+
+describe("re-entrant calls", function()
+  local srv
+  setup(function() srv = H.start_memcached() end)
+  teardown(function() srv.kill9() end)
+
+  it("a selector that closes the client: the call finishes, then the client is closed", function()
+    local mc
+    mc = memcached.new_from_selector(function() mc:close(); return srv.addr end)
+    local v, err = mc:get("k")
+    assert.is_nil(v)
+    assert.are.equal(memcached.ERR_CACHE_MISS, err)
+    assert.are.equal(memcached.ERR_CLIENT_CLOSED, select(2, mc:get("k")))
+  end)
+
+  it("a selector that calls the client gets ERR_IN_USE; the outer call is unharmed", function()
+    local mc, inner
+    mc = memcached.new_from_selector(function(key)
+      inner = { mc:get_multi { "x" .. key, "y" .. key } }
+      return srv.addr
+    end)
+    local res = assert(memcached.new(srv.addr))
+    assert(res:set_multi { a = "A", b = "B" })
+    local got = mc:get_multi { "a", "b" }
+    assert.are.equal("A", got.a)
+    assert.are.equal("B", got.b)
+    assert.is_nil(inner[1])
+    assert.are.equal(memcached.ERR_IN_USE, inner[2])
+    assert.are.equal("A", (mc:get("a"))) -- and the client works afterwards
+  end)
+
+  it("finalizers that use the client during get_multi do not break it", function()
+    local mc = assert(memcached.new(srv.addr))
+    local items, keys = {}, {}
+    for i = 1, 200 do keys[i] = "gk" .. i; items[keys[i]] = ("v"):rep(100) .. i end
+    assert(mc:set_multi(items))
+    local inner = {}
+    collectgarbage("incremental", 1, 100) -- a GC step at nearly every allocation
+    for round = 1, 2 do
+      for _ = 1, 100 do
+        setmetatable({}, { __gc = function() inner[#inner + 1] = select(2, mc:get("gk1")) end })
+      end
+      local got = mc:get_multi(keys)
+      for i = 1, 200 do assert.are.equal(("v"):rep(100) .. i, got["gk" .. i]) end
+    end
+    collectgarbage("incremental", 200, 100)
+    collectgarbage()
+    -- a finalizer that ran inside a call was refused; one that ran between
+    -- calls was served (its get returned a cas)
+    local refused = 0
+    for _, e in ipairs(inner) do
+      assert.truthy(e == memcached.ERR_IN_USE or math.type(e) == "integer", tostring(e))
+      if e == memcached.ERR_IN_USE then refused = refused + 1 end
+    end
+    assert.is_true(refused > 0) -- the scenario really happened
+    assert.are.equal(("v"):rep(100) .. "1", (mc:get("gk1")))
+  end)
+
+  it("an argument error does not leave the client locked", function()
+    local mc = assert(memcached.new(srv.addr))
+    assert.has_error(function() mc:get_multi { "a", 42 } end)
+    assert.has_error(function() mc:set_multi { [1] = "v" } end)
+    assert.has_error(function() mc:delete_multi { "a", {} } end)
+    assert.truthy(mc:set("after", 1))
+  end)
+
+  it("the codec reader fills a caller's table without running its __newindex", function()
+    local codec = memcached.codec
+    local r = codec.reader()
+    local called = false
+    local t = setmetatable({}, { __newindex = function() called = true; r:reset() end })
+    r:feed(string.pack(">BBHBBHI4I4I8", 0x81, 0, 0, 4, 0, 0, 4 + 5, 7, 1) .. "\0\0\0\0hello")
+    local got = r:get(t)
+    assert.are.equal(t, got)
+    assert.are.equal("hello", rawget(t, "value"))
+    assert.is_false(called)
+  end)
+end)
+
+describe("review fixes", function()
+  it("an error reply without a key in get_multi fails its keys, not the server", function()
+    local f = H.start_fault("enomem")
+    local events = 0
+    local mc = memcached.new { servers = { f.addr }, failure_limit = 1 }
+    mc:set_server_error_callback(function() events = events + 1 end)
+    local got, err, failed = mc:get_multi { "k1", "k2" }
+    assert.are.same({}, got)
+    assert.are.equal(memcached.ERR_SERVER_ERROR, err)
+    assert.are.equal(memcached.ERR_SERVER_ERROR, failed.k1)
+    assert.are.equal(memcached.ERR_SERVER_ERROR, failed.k2)
+    assert.is_true(mc:servers()[1].alive)
+    assert.are.equal(0, events)
+    f.stop()
+  end)
+
+  it("get_multi over a slow and a silent server ends by one timeout", function()
+    local slow = H.start_fault("slow", "0.2")
+    local silent = H.start_fault("silent")
+    local map = { a = slow.addr, b = silent.addr }
+    local mc = memcached.new_from_selector(function(k) return map[k] end,
+      { io_timeout = 0.3, failure_limit = 100 })
+    local dt, got, err, failed = H.timed(function() return mc:get_multi { "a", "b" } end)
+    assert.are.equal("a", got.a)
+    assert.are.equal(memcached.ERR_TIMEOUT, err)
+    assert.are.equal(memcached.ERR_TIMEOUT, failed.b)
+    assert.is_true(dt < 0.3 + 0.1, dt)
+    slow.stop(); silent.stop()
+  end)
+
+  it("ping and flush wait for all servers at once: two silent servers cost one timeout", function()
+    local a, b = H.start_fault("silent"), H.start_fault("silent")
+    local mc = memcached.new { servers = { a.addr, b.addr }, timeout = 0.2, failure_limit = 100 }
+    local dt, ok, err, failed = H.timed(function() return mc:ping() end)
+    assert.is_nil(ok)
+    assert.are.equal(memcached.ERR_TIMEOUT, err)
+    assert.truthy(failed[a.addr] and failed[b.addr])
+    assert.is_true(dt < 0.2 + 0.1, dt)
+    dt = H.timed(function() return mc:flush_all() end)
+    assert.is_true(dt < 0.2 + 0.1, dt)
+    a.stop(); b.stop()
+  end)
+
+  it("pick_server does not use up a dead server's probe", function()
+    local port = H.free_port()
+    local addr = "127.0.0.1:" .. port
+    local mc = memcached.new_from_selector(function() return addr end,
+      { failure_limit = 1, retry_timeout = 0.2 })
+    assert.are.equal(memcached.ERR_CONNECTION_REFUSED, select(2, mc:get("k")))
+    H.sleep(0.3)
+    assert.are.equal(addr, mc:pick_server("k"))
+    -- the probe is still due: this get tries the server again
+    assert.are.equal(memcached.ERR_CONNECTION_REFUSED, select(2, mc:get("k")))
+  end)
+
+  it("add_server refuses a max_conns it would truncate", function()
+    local mc = memcached.new()
+    assert.has_error(function() mc:add_server("127.0.0.1:11211", 2 ^ 32) end)
+    assert.has_error(function() mc:add_server("127.0.0.1:11211", -1) end)
+    assert.is_true(mc:add_server("127.0.0.1:11211", 8))
+  end)
+
+  it("delete_multi deletes a repeated key once and reports success", function()
+    local srv = H.start_memcached()
+    local mc = memcached.new(srv.addr)
+    assert(mc:set("dup", 1))
+    local res, err = mc:delete_multi { "dup", "dup" }
+    assert.is_nil(err)
+    assert.is_true(res.dup)
+    srv.kill9()
+  end)
+
+  it("stats names the server's own answer when a group is unknown", function()
+    local srv = H.start_memcached()
+    local mc = memcached.new(srv.addr)
+    assert.is_nil(mc:set_servers("nonexistent.invalid:11211"))
+    local v, err, detail = mc:stats("nosuchgroup")
+    assert.is_nil(v)
+    assert.are.equal(memcached.ERR_NO_STATS, err)
+    assert.truthy(detail:find(srv.addr, 1, true), detail)
+    srv.kill9()
+  end)
+end)
