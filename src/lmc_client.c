@@ -114,6 +114,12 @@ typedef struct lmc_client {
 
 /* ---- helpers ---- */
 
+/* The client of a method that guarded() already checked. */
+static lmc_client *self(lua_State *L)
+{
+    return lua_touserdata(L, 1);
+}
+
 /* Methods carry the client metatable as upvalue 1: comparing against it
  * skips luaL_checkudata's registry lookup by name on every call (a string
  * hash and compare, ~150 instructions of a ~2,700-instruction get). */
@@ -566,7 +572,7 @@ static int op_push_item(lua_State *L, op *o)
  * the first two return the item, touch returns true. */
 static int key_op(lua_State *L, uint8_t opcode, const char *order)
 {
-    lmc_client *u = check_client(L);
+    lmc_client *u = self(L);
     args a;
     op o;
     int n, rc;
@@ -650,7 +656,7 @@ static int encode_value(lua_State *L, lmc_client *u, args *a, int raw,
 static int do_store(lua_State *L, uint8_t opcode, enum op_kind k, int raw,
                     const char *order)
 {
-    lmc_client *u = check_client(L);
+    lmc_client *u = self(L);
     args a;
     op o;
     int n;
@@ -708,7 +714,7 @@ static int m_cas(lua_State *L) { return do_store(L, MC_OP_SET, K_REPLACE, 0, "ce
 
 static int do_concat(lua_State *L, uint8_t opcode)
 {
-    lmc_client *u = check_client(L);
+    lmc_client *u = self(L);
     args a;
     op o;
     int n;
@@ -737,7 +743,7 @@ static int m_prepend(lua_State *L) { return do_concat(L, MC_OP_PREPEND); }
 
 static int m_delete(lua_State *L)
 {
-    lmc_client *u = check_client(L);
+    lmc_client *u = self(L);
     args a;
     op o;
     int n;
@@ -760,7 +766,7 @@ static int m_delete(lua_State *L)
  * `seconds`. While it lives, get/get_multi report a miss and add fails. */
 static int m_delete_lock(lua_State *L)
 {
-    lmc_client *u = check_client(L);
+    lmc_client *u = self(L);
     args a;
     op o;
     int n;
@@ -821,7 +827,7 @@ static int locked_on(lmc_client *u, int srv, const args *a)
 
 static int do_arith(lua_State *L, uint8_t opcode, int counter_only)
 {
-    lmc_client *u = check_client(L);
+    lmc_client *u = self(L);
     args a;
     op o;
     int n;
@@ -996,12 +1002,12 @@ static int all_simple(lua_State *L, lmc_client *u, uint8_t opcode,
 
 static int m_ping(lua_State *L)
 {
-    return all_simple(L, check_client(L), MC_OP_NOOP, 0);
+    return all_simple(L, self(L), MC_OP_NOOP, 0);
 }
 
 static int m_flush(lua_State *L)
 {
-    lmc_client *u = check_client(L);
+    lmc_client *u = self(L);
     lua_Integer d;
     if (lua_type(L, 2) == LUA_TTABLE) {
         lua_getfield(L, 2, "expiration");
@@ -1013,14 +1019,14 @@ static int m_flush(lua_State *L)
 
 static int m_flush_all(lua_State *L)
 {
-    return all_simple(L, check_client(L), MC_OP_FLUSH, 0);
+    return all_simple(L, self(L), MC_OP_FLUSH, 0);
 }
 
 /* version() -> {addr = version}[, first err]; nil, err, detail when no
  * server answered. */
 static int m_version(lua_State *L)
 {
-    lmc_client *u = check_client(L);
+    lmc_client *u = self(L);
     each e;
     int rc;
     CLOSED_CHECK(L, u);
@@ -1072,7 +1078,7 @@ static int server_call(lmc_client *u, int i, op *o, const char *group,
  * server answered. */
 static int m_stats(lua_State *L)
 {
-    lmc_client *u = check_client(L);
+    lmc_client *u = self(L);
     const char *group = NULL;
     size_t glen = 0, i, ok = 0;
     const char *first = NULL;
@@ -1236,7 +1242,7 @@ static long multi_keys(lua_State *L, lmc_client *u, int t, multi *m)
  * {key = err} for the keys that got no answer. */
 static int m_get_multi(lua_State *L)
 {
-    lmc_client *u = check_client(L);
+    lmc_client *u = self(L);
     multi m;
     mc_batch b;
     long n;
@@ -1369,7 +1375,7 @@ static int quiet_finish(lua_State *L, lmc_client *u, multi *m, size_t n,
  * unencodable or too large value fails that key alone. */
 static int m_set_multi(lua_State *L)
 {
-    lmc_client *u = check_client(L);
+    lmc_client *u = self(L);
     multi m;
     size_t i = 0;
     char err[200];
@@ -1429,7 +1435,7 @@ static int m_set_multi(lua_State *L)
 /* delete_multi(keys) -> {key = true | err}[, first err] */
 static int m_delete_multi(lua_State *L)
 {
-    lmc_client *u = check_client(L);
+    lmc_client *u = self(L);
     multi m;
     size_t n, i;
 
@@ -1558,7 +1564,7 @@ static mc_server_spec *collect_servers(lua_State *L, int from, size_t *n)
 
 static int m_set_servers(lua_State *L)
 {
-    lmc_client *u = check_client(L);
+    lmc_client *u = self(L);
     size_t n;
     mc_server_spec *s = collect_servers(L, 2, &n);
     CLOSED_CHECK(L, u);
@@ -1570,7 +1576,7 @@ static int m_set_servers(lua_State *L)
 
 static int m_add_server(lua_State *L)
 {
-    lmc_client *u = check_client(L);
+    lmc_client *u = self(L);
     mc_server_spec s;
     lua_Integer maxc = opt_integer(L, 3, "max_conns", 0);
     if (!read_entry(L, 2, &s))
@@ -1593,7 +1599,7 @@ static int m_add_server(lua_State *L)
 
 static int m_pick_server(lua_State *L)
 {
-    lmc_client *u = check_client(L);
+    lmc_client *u = self(L);
     size_t len;
     const char *key;
     int srv;
@@ -1619,7 +1625,7 @@ static int m_pick_server(lua_State *L)
 
 static int m_servers(lua_State *L)
 {
-    lmc_client *u = check_client(L);
+    lmc_client *u = self(L);
     size_t i;
     CLOSED_CHECK(L, u);
     lua_createtable(L, (int)u->c->nservers, 0);
@@ -1645,7 +1651,7 @@ static int m_servers(lua_State *L)
 
 static int m_set_callback(lua_State *L)
 {
-    lmc_client *u = check_client(L);
+    lmc_client *u = self(L);
     if (!lua_isnoneornil(L, 2))
         luaL_checktype(L, 2, LUA_TFUNCTION);
     CLOSED_CHECK(L, u);
