@@ -150,7 +150,10 @@ describe("failover", function()
     assert.are.equal(memcached.ERR_TIMEOUT, err)
     assert.is_true(dt < 0.1 + 0.3, dt)
     assert.is_nil((mc:get(k)))
+    local t0 = H.now()
     assert(mc:set(k, "ejected")) -- ejected to another server now
+    print(string.format("\n  SIGSTOP: two timeouts (%.0f ms each), then the first ejected call took %.1f ms",
+      dt * 1000, (H.now() - t0) * 1000))
     s[1].sigcont()
     H.sleep(0.4)
     assert.are.equal("before", (mc:get(k))) -- the probe finds the old item again
