@@ -34,7 +34,7 @@ OBJ   = $(SRC:src/%.c=$(OBJDIR)/%.o)
 LUA_MODULES = $(wildcard lua/memcached/*.lua)
 ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
-.PHONY: all deps demo test asan luajit test-luajit spec-bins bench install clean
+.PHONY: all deps demo test asan luajit test-luajit test-openresty spec-bins bench install clean
 
 all: $(MODULE)
 
@@ -114,6 +114,13 @@ test-luajit:
 	@EXTRA_PKGS="$(LUAJIT_PKGS)" sh scripts/deps.sh
 	@$(MAKE) --no-print-directory luajit
 	MEMCACHED_SO_DIR=$(CURDIR)/build/luajit $(BUSTED) --lua=luajit -o TAP spec/portable_spec.lua
+
+# The OpenResty driver (lua/memcached/resty.lua) inside a real nginx with
+# ngx_http_lua: installs missing packages (nginx's Lua module brings
+# OpenResty's libluajit2, which replaces Debian's luajit packages), builds
+# build/luajit/memcached.so and runs spec/nginx/tests.lua; TAP output.
+test-openresty:
+	bash scripts/test-openresty.sh
 
 install: $(MODULE)
 	mkdir -p $(INST_LIBDIR)

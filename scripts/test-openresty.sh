@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# Tests lua/memcached/resty.lua inside a real nginx (Debian's nginx with
+# libnginx-mod-http-lua, OpenResty's LuaJIT):
+#
+#   - builds the C module for LuaJIT into build/luajit;
+#   - starts two throwaway memcached servers (and one on a unix socket) and spec/fault_server.lua
+#     instances (silent, wrong opaque, truncated, huge, closing, late) on free
+#     loopback ports, plus one port nobody listens on;
+#   - runs nginx (one process, in the foreground) from spec/nginx/nginx.conf.in
+#     in a temp dir; GET /t runs spec/nginx/tests.lua, which answers with TAP;
+#   - checks that the worker does not block: /ping must answer within 100 ms
+#     while /slow waits 1 s for the silent server;
+#   - counts "[error]", "[crit]", "[alert]", "[emerg]" lines in nginx's
+#     error.log as failures.
+#
+# Prints one TAP stream; exits non-zero on any failure. Everything it starts
+# is killed by PID on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+LUA=${LUA:-lua5.4}
+
+# ---- packages --------------------------------------------------------------
+# libluajit2-5.1-dev: OpenResty's LuaJIT headers (it replaces Debian's
+# luajit/libluajit-5.1-dev, which the Lua module's packages conflict with).
+PKGS="gcc make pkg-config libmsgpack-dev nginx libnginx-mod-http-lua libluajit2-5.1-dev
+      memcached lua5.4 lua-socket curl"
+missing=""
+for p in $PKGS; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+        missing="$missing $p"
+    fi
+done
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "# installing:$missing"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null
+        # shellcheck disable=SC2086
+        apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    else
+        echo "missing Debian packages; run:"
+        echo "  sudo apt-get install -y$missing"
+        exit 1
+    fi
+fi
+
+NGX_MODULES=/usr/lib/nginx/modules
+for m in ndk_http_module.so ngx_http_lua_module.so; do
+    [ -f "$NGX_MODULES/$m" ] || { echo "missing $NGX_MODULES/$m" >&2; exit 1; }
+done
+
+# ---- build -----------------------------------------------------------------
+make --no-print-directory OBJDIR=build/luajit MODULE=build/luajit/memcached.so \
+    LUA_INCDIR=/usr/include/luajit-2.1 >/dev/null
+
+# ---- processes -------------------------------------------------------------
+TMP=$(mktemp -d /tmp/test-openresty.XXXXXX)
+pids=()
+cleanup() {
+    local p
+    for p in "${pids[@]}"; do
+        kill "$p" 2>/dev/null || true
+    done
+    for p in "${pids[@]}"; do
+        wait "$p" 2>/dev/null || true
+    done
+    pids=()
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_port() {
+    "$LUA" -e 'local s = assert(require("socket").bind("127.0.0.1", 0))
+               local _, p = s:getsockname() s:close() print(p)'
+}
+
+# 0 once something accepts connections on 127.0.0.1:$1 (tries for ~5 s).
+wait_port() {
+    "$LUA" -e "local socket = require 'socket'
+               for _ = 1, 250 do
+                 local c = socket.tcp() c:settimeout(0.2)
+                 local ok = c:connect('127.0.0.1', $1) c:close()
+                 if ok then os.exit(0) end
+                 socket.sleep(0.02)
+               end
+               os.exit(1)"
+}
+
+start() { # port command...
+    local port=$1
+    shift
+    "$@" >>"$TMP/servers.log" 2>&1 &
+    pids+=($!)
+    wait_port "$port" || { echo "not started: $*" >&2; cat "$TMP/servers.log" >&2; exit 1; }
+}
+
+MC_BIN=memcached
+MC_USER=()
+[ "$(id -u)" = 0 ] && MC_USER=(-u root)
+MC1=$(free_port)
+start "$MC1" memcached "${MC_USER[@]}" -l 127.0.0.1 -p "$MC1" -U 0 -t 1 -c 256
+MC2=$(free_port)
+start "$MC2" memcached "${MC_USER[@]}" -l 127.0.0.1 -p "$MC2" -U 0 -t 1 -c 256
+SOCK=$TMP/memcached.sock
+"$MC_BIN" "${MC_USER[@]}" -s "$SOCK" -U 0 -t 1 >>"$TMP/servers.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
+[ -S "$SOCK" ] || { echo "memcached on $SOCK did not start" >&2; exit 1; }
+declare -A FAULT
+for mode in silent wrong_opaque truncated huge close; do
+    FAULT[$mode]=$(free_port)
+    start "${FAULT[$mode]}" "$LUA" spec/fault_server.lua "${FAULT[$mode]}" "$mode"
+done
+FAULT[late]=$(free_port) # answers its first request after 0.5 s
+start "${FAULT[late]}" "$LUA" spec/fault_server.lua "${FAULT[late]}" late_once 0.5
+REFUSED=$(free_port) # nobody listens there
+
+PORT=$(free_port)
+sed -e "s|@TMP@|$TMP|g" -e "s|@ROOT@|$ROOT|g" -e "s|@PORT@|$PORT|g" \
+    -e "s|@MC1@|$MC1|g" -e "s|@MC2@|$MC2|g" -e "s|@REFUSED@|$REFUSED|g" \
+    -e "s|@SILENT@|${FAULT[silent]}|g" -e "s|@WRONG_OPAQUE@|${FAULT[wrong_opaque]}|g" \
+    -e "s|@TRUNCATED@|${FAULT[truncated]}|g" -e "s|@HUGE@|${FAULT[huge]}|g" \
+    -e "s|@CLOSE@|${FAULT[close]}|g" -e "s|@LATE@|${FAULT[late]}|g" -e "s|@SOCK@|$SOCK|g" spec/nginx/nginx.conf.in >"$TMP/nginx.conf"
+start "$PORT" nginx -p "$TMP" -c "$TMP/nginx.conf" -e "$TMP/error.log"
+URL=http://127.0.0.1:$PORT
+
+# ---- tests -----------------------------------------------------------------
+n=0
+fails=0
+check() { # condition-status name [diagnostic]
+    n=$((n + 1))
+    if [ "$1" = 0 ]; then
+        echo "ok $n - $2"
+    else
+        echo "not ok $n - $2"
+        fails=$((fails + 1))
+        [ -n "${3:-}" ] && printf '%s\n' "$3" | sed 's/^/#   /'
+    fi
+    return 0
+}
+
+echo "# nginx $(nginx -v 2>&1 | sed 's/.*nginx\///'), memcached on $MC1 and $MC2"
+body=$(curl -sS --max-time 60 "$URL/t" 2>&1) || true
+plan=$(printf '%s\n' "$body" | sed -n 's/^1\.\.\([0-9][0-9]*\)$/\1/p')
+# renumber the driver's tests into this script's stream
+while IFS= read -r line; do
+    case "$line" in
+        "ok "*|"not ok "*)
+            n=$((n + 1))
+            case "$line" in "not ok "*) fails=$((fails + 1)) ;; esac
+            printf '%s\n' "$line" | sed -E "s/^(not )?ok [0-9]+/\1ok $n/"
+            ;;
+        1..*) ;;
+        *) printf '%s\n' "$line" ;;
+    esac
+done <<<"$body"
+r=1
+[ -n "$plan" ] && [ "$plan" -gt 0 ] && [ "$plan" = "$n" ] && r=0
+check $r "spec/nginx/tests.lua ran to its plan" "plan '${plan:-none}', $n results; body: $(printf '%s' "$body" | tail -3)"
+
+# /slow holds its request for 1 s on the silent server; /ping, sent while
+# it waits, must still be answered at once by the same (only) process.
+curl -sS --max-time 10 -o "$TMP/slow.out" "$URL/slow" &
+slow=$!
+pids+=("$slow")
+sleep 0.3
+ping_ok=1
+ping_times=""
+for _ in 1 2 3; do
+    t=$(curl -sS --max-time 5 -o "$TMP/ping.out" -w '%{time_total}' "$URL/ping" || echo 9)
+    ping_times="$ping_times $t"
+    awk -v t="$t" 'BEGIN { exit !(t < 0.1) }' && grep -qx pong "$TMP/ping.out" || ping_ok=0
+done
+slow_done=0
+kill -0 "$slow" 2>/dev/null && slow_done=1 # /slow must still be waiting
+wait "$slow" || true
+check $((1 - ping_ok)) "/ping answers within 100 ms while /slow waits (times:$ping_times s)"
+check $((1 - slow_done)) "/slow was still waiting when /ping answered"
+read -r slow_err slow_t <"$TMP/slow.out" || true
+r=0
+awk -v e="${slow_err:-}" -v t="${slow_t:-0}" 'BEGIN { exit !(e == "timeout" && t >= 0.95 && t < 1.5) }' || r=1
+check $r "/slow: timeout after 1 s (got: ${slow_err:-none} ${slow_t:-})"
+
+# nginx itself logs a reset cosocket at [error] (lua_socket_log_errors only
+# quiets ngx_lua's own messages); tests.lua provokes exactly that with the
+# "close" fault server, so those lines alone are expected.
+errors=$(grep -E '\[(error|crit|alert|emerg)\]' "$TMP/error.log" |
+         grep -v 'recv() failed (104: Connection reset by peer)' || true)
+r=0
+[ -z "$errors" ] || r=1
+check $r "no unexpected [error]/[crit]/[alert]/[emerg] in nginx's error.log" "$errors"
+
+echo "1..$n"
+if [ "$fails" -gt 0 ]; then
+    echo "# $fails of $n failed; nginx error.log:"
+    sed 's/^/#   /' "$TMP/error.log" | tail -40
+    exit 1
+fi

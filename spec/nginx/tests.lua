@@ -1,0 +1,319 @@
+-- Served by nginx (content_by_lua_file) for scripts/test-openresty.sh:
+-- exercises every method of memcached.resty against real memcached servers
+-- and spec/fault_server.lua, and answers with TAP lines.
+local resty_memcached = require "memcached.resty"
+local memcached = require "memcached"
+
+local var = ngx.var
+local MC1, MC2, REFUSED, SILENT = var.mc1, var.mc2, var.refused, var.silent
+
+local n = 0
+local function ok(cond, name, diag)
+  n = n + 1
+  ngx.say((cond and "ok " or "not ok ") .. n .. " - " .. name)
+  if not cond and diag then ngx.say("#   " .. tostring(diag):gsub("\n", "\n#   ")) end
+  return cond
+end
+
+local function show(...)
+  local t = { n = select("#", ...), ... }
+  for i = 1, t.n do t[i] = tostring(t[i]) end
+  return table.concat(t, ", ", 1, t.n)
+end
+
+-- ok() when the first returned values equal want's (nil holes allowed)
+local function is(name, want, ...)
+  local same = true
+  for i = 1, table.maxn(want) do
+    if select(i, ...) ~= want[i] then same = false end
+  end
+  return ok(same, name, "got: " .. show(...))
+end
+
+local function deep_eq(a, b)
+  if type(a) ~= "table" or type(b) ~= "table" then return a == b end
+  for k, v in pairs(a) do if not deep_eq(v, b[k]) then return false end end
+  for k in pairs(b) do if a[k] == nil then return false end end
+  return true
+end
+
+local function elapsed(fn)
+  ngx.update_time()
+  local t = ngx.now()
+  local r = { fn() }
+  ngx.update_time()
+  return ngx.now() - t, r
+end
+
+local E = resty_memcached
+
+-- memcached's total_connections counter, read over a cosocket with the codec
+-- (the stat connection itself counts once)
+local function total_connections(addr)
+  local codec = memcached.codec
+  local host, port = addr:match("^(.*):(%d+)$")
+  local sock = ngx.socket.tcp()
+  sock:settimeout(1000)
+  if not sock:connect(host, tonumber(port)) then return nil end
+  sock:send(codec.stat(7))
+  local r, total = codec.reader(), nil
+  while true do
+    local res = r:get()
+    if res == nil then break end
+    if res then
+      if res.key == "" then break end
+      if res.key == "total_connections" then total = tonumber(res.value) end
+    else
+      local data = sock:receiveany(4096)
+      if not data then break end
+      r:feed(data)
+    end
+  end
+  sock:close()
+  return total
+end
+
+local function run()
+  local mc = assert(resty_memcached.new { servers = { MC1 }, timeout = 0.5 })
+  is("flush_all", { true }, mc:flush_all())
+
+  -- reading
+  is("get of a missing key is a miss", { nil, E.ERR_CACHE_MISS }, mc:get("missing"))
+  local nested = { name = "Ada", langs = { "lua", "c" }, deep = { a = { b = { c = 1.5 } } },
+                   flag = true, n = 42, bin = "a\0b\255" }
+  local cas = mc:set("user:42", nested, 300)
+  ok(type(cas) == "number" and cas > 0, "set returns a cas", show(cas))
+  local v, gcas, flags = mc:get("user:42")
+  ok(deep_eq(v, nested), "nested table round trip")
+  is("get returns cas and the msgpack flag", { cas, 1 }, gcas, flags)
+  mc:set("nil", nil)
+  local nv, ncas = mc:get("nil")
+  ok(nv == nil and type(ncas) == "number", "a stored nil reads back as nil, cas", show(nv, ncas))
+  local big = string.rep("0123456789", 50000)
+  mc:set("big", big)
+  is("a 500 kB value round trip", { big }, mc:get("big"))
+  is("a value over the server's limit", { nil, E.ERR_VALUE_TOO_LARGE },
+     mc:set("huge", string.rep("x", 2 * 1024 * 1024)))
+  is("the client still works after it", { big }, mc:get("big"))
+  is("table form of set/get", { "tv" }, mc:get { key = (mc:set { key = "tk", value = "tv", expiration = 60 } and "tk") })
+
+  -- storing
+  is("add of an existing key", { nil, E.ERR_NOT_STORED }, mc:add("user:42", 1))
+  ok(type(mc:add("new", "x")) == "number", "add of a new key")
+  is("replace of a missing key", { nil, E.ERR_NOT_STORED }, mc:replace("nope", 1))
+  ok(type(mc:replace("new", "y")) == "number", "replace of an existing key")
+  local c1 = select(2, mc:get("user:42"))
+  local c2 = mc:set("user:42", "changed")
+  is("compare_and_swap with a stale cas", { nil, E.ERR_CAS_CONFLICT },
+     mc:compare_and_swap("user:42", "mine", c1))
+  local c3 = mc:compare_and_swap("user:42", "mine", c2)
+  ok(type(c3) == "number" and c3 ~= c2, "compare_and_swap with the current cas", show(c3))
+  mc:delete("user:42")
+  is("compare_and_swap of a vanished key", { nil, E.ERR_NOT_STORED },
+     mc:compare_and_swap("user:42", "mine", c3))
+  is("set with a cas of a missing key", { nil, E.ERR_NOT_STORED }, mc:set("user:42", 1, 0, c3))
+  ok(not pcall(mc.compare_and_swap, mc, "k", 1), "compare_and_swap without cas raises")
+  is("unencodable value", { nil, E.ERR_UNENCODABLE }, mc:set("f", function() end))
+
+  -- raw data
+  ok(type(mc:set_raw_data("raw", "by\0tes", 0, nil, 42)) == "number", "set_raw_data")
+  is("get of raw data: bytes and flags", { "by\0tes", nil, 42 }, (function()
+    local a, b, c = mc:get("raw") return a, nil, c end)())
+  is("add_raw_data of an existing key", { nil, E.ERR_NOT_STORED }, mc:add_raw_data("raw", "x"))
+  is("replace_raw_data of a missing key", { nil, E.ERR_NOT_STORED }, mc:replace_raw_data("nokey", "x"))
+  ok(type(mc:add_raw_data("raw2", "mid")) == "number", "add_raw_data of a new key")
+  ok(type(mc:replace_raw_data("raw2", "mid")) == "number", "replace_raw_data")
+  ok(type(mc:set("other", "x", 0, nil, 7)) == "number", "set with other flags stores bytes")
+  is("... read back raw", { "x" }, mc:get("other"))
+  ok(type(mc:append("raw2", ">")) == "number" and type(mc:prepend("raw2", "<")) == "number",
+     "append and prepend")
+  is("... give the bytes", { "<mid>" }, mc:get("raw2"))
+  is("append to a missing key", { nil, E.ERR_NOT_STORED }, mc:append("nokey", "x"))
+  is("prepend with a stale cas", { nil, E.ERR_CAS_CONFLICT }, mc:prepend("raw2", "x", 1))
+
+  -- deleting
+  local dcas = mc:set("del", 1)
+  is("delete with a wrong cas", { nil, E.ERR_CAS_CONFLICT }, mc:delete("del", dcas + 1000))
+  is("delete", { true }, mc:delete("del"))
+  is("delete of a missing key", { nil, E.ERR_CACHE_MISS }, mc:delete("del"))
+
+  -- counters
+  is("increment of a missing key", { nil, E.ERR_CACHE_MISS }, mc:increment("ctr", 1))
+  is("increment with initial creates it", { 10 }, mc:increment("ctr", 1, 10))
+  is("increment", { 15 }, mc:increment("ctr", 5))
+  is("counters read as strings", { "15" }, mc:get("ctr"))
+  is("decrement stops at 0", { 0 }, mc:decrement("ctr", 20))
+  mc:set("notnum", { 1, 2 })
+  is("increment of a msgpack item", { nil, E.ERR_NON_NUMERIC }, mc:increment("notnum", 1))
+  ok(not pcall(mc.increment, mc, "ctr"), "increment without delta raises")
+
+  -- expiration
+  is("touch", { true }, mc:touch("raw", 100))
+  is("touch of a missing key", { nil, E.ERR_CACHE_MISS }, mc:touch("nokey", 100))
+  is("get_and_touch", { "by\0tes" }, mc:get_and_touch("raw", 100))
+  is("get_and_touch of a missing key", { nil, E.ERR_CACHE_MISS }, mc:get_and_touch("nokey", 1))
+
+  -- keys
+  is("a key with a space", { nil, E.ERR_MALFORMED_KEY }, mc:get("a b"))
+  is("a key of 251 bytes", { nil, E.ERR_MALFORMED_KEY }, mc:set(string.rep("k", 251), 1))
+  is("an empty key", { nil, E.ERR_MALFORMED_KEY }, mc:delete(""))
+  is("a key with DEL", { nil, E.ERR_MALFORMED_KEY }, mc:touch("a\127", 1))
+  ok(type(mc:set(string.rep("k", 250), 1)) == "number", "a key of 250 bytes")
+  ok(not pcall(mc.get, mc, 42), "a key that is not a string raises")
+
+  -- delete_lock markers (written by the C client) read as misses
+  mc:set_raw_data("locked", "\0memcached.lua delete_lock\0", 60, nil, 0x6d634c4b)
+  is("a delete_lock marker is a miss for get", { nil, E.ERR_CACHE_MISS }, mc:get("locked"))
+  is("... and for increment", { nil, E.ERR_CACHE_MISS }, mc:increment("locked", 1))
+  local lm = mc:get_multi { "locked", "raw" }
+  ok(lm and lm.locked == nil and lm.raw == "by\0tes", "... and absent from get_multi")
+
+  -- undecodable items
+  mc:set_raw_data("badmp", "\193", 0, nil, 1)
+  is("an item with the msgpack flag that is not msgpack", { nil, E.ERR_UNDECODABLE }, mc:get("badmp"))
+  local uv, uerr, ufail = mc:get_multi { "badmp", "raw" }
+  ok(uv and uv.raw and uerr == E.ERR_UNDECODABLE and ufail and ufail.badmp == E.ERR_UNDECODABLE,
+     "get_multi reports it per key", show(uv, uerr, ufail))
+
+  -- options and table forms
+  local mc5 = assert(resty_memcached.new { servers = { MC1 }, msgpack_flag = 5 })
+  mc5:set("flag5", { 1 })
+  local f5v, _, f5 = mc5:get("flag5")
+  ok(type(f5v) == "table" and f5v[1] == 1 and f5 == 5, "msgpack_flag option", show(f5v, f5))
+  ok(not pcall(resty_memcached.new, { servers = { MC1 }, bogus = 1 }), "an unknown option raises")
+  ok(type(assert(resty_memcached.new(MC1, MC2))) == "table", "new(server, ...)")
+  is("table form of increment", { 7 }, mc:increment { key = "tctr", delta = 1, initial = 7 })
+  is("table form of delete", { true }, mc:delete { key = "tctr" })
+  is("table form of touch", { nil, E.ERR_CACHE_MISS }, mc:touch { key = "tctr", expiration = 5 })
+  is("pick_server", { MC1 }, mc:pick_server("any"))
+
+  -- servers
+  local ver = mc:version()
+  ok(type(ver) == "table" and type(ver[MC1]) == "string" and ver[MC1]:match("^%d+%.%d+"),
+     "version", show(ver and ver[MC1]))
+  is("ping", { true }, mc:ping())
+  is("flush with a delay", { true }, mc:flush(0))
+  is("delete_all", { true }, mc:delete_all())
+  is("... removes items", { nil, E.ERR_CACHE_MISS }, mc:get("raw"))
+
+  -- get_multi over two servers
+  local mc2 = assert(resty_memcached.new { servers = { MC1, MC2 }, timeout = 0.5 })
+  local placer = memcached.new { servers = { MC1, MC2 } }
+  local one = { [MC1] = resty_memcached.new { servers = { MC1 } },
+                [MC2] = resty_memcached.new { servers = { MC2 } } }
+  local keys, want, used, placed = {}, {}, {}, true
+  for i = 1, 40 do
+    local k = "multi:" .. i
+    keys[#keys + 1] = k
+    want[k] = { i = i, s = ("v"):rep(i) }
+    mc2:set(k, want[k])
+    local addr = mc2:pick_server(k)
+    used[addr] = true
+    if addr ~= placer:pick_server(k) or not deep_eq(one[addr]:get(k), want[k]) then placed = false end
+  end
+  ok(used[MC1] and used[MC2], "keys spread over both servers")
+  ok(placed, "each key is on the server the C client picks")
+  keys[#keys + 1] = "multi:missing"
+  local got, err = mc2:get_multi(keys)
+  ok(deep_eq(got, want) and err == nil, "get_multi over two servers, misses absent", show(got, err))
+  local empty = mc2:get_multi {}
+  ok(type(empty) == "table" and next(empty) == nil, "get_multi{} is {}")
+  is("get_multi with a malformed key", { nil, E.ERR_MALFORMED_KEY }, mc2:get_multi { "ok", "not ok" })
+  is("flush_all on two servers", { true }, mc2:flush_all())
+  local vs = mc2:version()
+  ok(vs and vs[MC1] and vs[MC2], "version of two servers")
+
+  local mcu = assert(resty_memcached.new { servers = { var.unix } })
+  mcu:set("unix", { "over", "a", "unix", "socket" })
+  ok(deep_eq(mcu:get("unix"), { "over", "a", "unix", "socket" }), "a server on a unix socket")
+
+  -- concurrent light threads sharing one client
+  local threads = {}
+  for i = 1, 20 do
+    threads[i] = ngx.thread.spawn(function()
+      local k = "thread:" .. i
+      if not mc2:set(k, { i }) then return false end
+      local got1 = mc2:get(k)
+      local m = mc2:get_multi { k, "thread:none" }
+      return got1 and got1[1] == i and m[k] and m[k][1] == i
+    end)
+  end
+  local all = true
+  for i = 1, 20 do
+    local okw, res = ngx.thread.wait(threads[i])
+    all = all and okw and res
+  end
+  ok(all, "20 light threads share one client")
+
+  -- failures
+  local down = assert(resty_memcached.new { servers = { REFUSED }, timeout = 0.5 })
+  is("connection refused", { nil, E.ERR_CONNECTION_REFUSED }, down:get("k"))
+  local half = assert(resty_memcached.new { servers = { MC1, REFUSED }, timeout = 0.5 })
+  local hkeys, expect, dead = {}, 0, 0
+  for i = 1, 20 do
+    local k = "half:" .. i
+    hkeys[i] = k
+    if half:pick_server(k) == MC1 then
+      expect = expect + 1
+      half:set(k, i)
+    else
+      dead = dead + 1
+    end
+  end
+  local hv, herr, hfail = half:get_multi(hkeys)
+  local nv, nf = 0, 0
+  for _ in pairs(hv or {}) do nv = nv + 1 end
+  for _, e in pairs(hfail or {}) do if e == E.ERR_CONNECTION_REFUSED then nf = nf + 1 end end
+  ok(herr == E.ERR_CONNECTION_REFUSED and nv == expect and nf == dead and dead > 0,
+     "get_multi with one server refusing: values, err, failures", show(nv, expect, nf, dead, herr))
+  local fok, ferr, fdet = half:flush_all()
+  ok(fok == nil and ferr == E.ERR_CONNECTION_REFUSED and type(fdet) == "table" and fdet[REFUSED],
+     "flush_all with one server refusing", show(fok, ferr, fdet))
+  local hver, hverr = half:version()
+  ok(hver and hver[MC1] and hverr == E.ERR_CONNECTION_REFUSED, "version with one server refusing",
+     show(hver, hverr))
+
+  local silent = assert(resty_memcached.new { servers = { SILENT }, timeout = 0.2 })
+  local t, r = elapsed(function() return silent:get("k") end)
+  ok(r[1] == nil and r[2] == E.ERR_TIMEOUT and t >= 0.19 and t < 0.5,
+     "timeout against a server that never answers", show(t, r[1], r[2], r[3]))
+  local two = assert(resty_memcached.new { servers = { SILENT, MC2 }, timeout = 0.2 })
+  local skeys = {}
+  for i = 1, 20 do skeys[i] = "silent:" .. i end
+  t, r = elapsed(function() return two:get_multi(skeys) end)
+  ok(r[2] == E.ERR_TIMEOUT and t < 0.5, "get_multi with a silent server: one timeout",
+     show(t, r[2]))
+
+  for _, c in ipairs {
+    { var.wrong_opaque, E.ERR_PROTOCOL, "a reply with another opaque" },
+    { var.truncated, E.ERR_TIMEOUT, "a truncated reply" },
+    { var.huge, E.ERR_PROTOCOL, "a reply declaring a huge body" },
+    { var.closing, E.ERR_CONNECTION_CLOSED, "a server that closes" },
+  } do
+    local bad = assert(resty_memcached.new { servers = { c[1] }, timeout = 0.2 })
+    is(c[3], { nil, c[2] }, bad:get("k"))
+  end
+
+  -- a reply that comes after the timeout must not reach the next caller:
+  -- the timed-out connection was closed, not pooled
+  local late = assert(resty_memcached.new { servers = { var.late }, timeout = 0.2 })
+  is("a late reply times out", { nil, E.ERR_TIMEOUT }, late:get("first"))
+  ngx.sleep(0.5)
+  is("the next call gets its own reply", { "second" }, late:get("second"))
+
+  -- pooled connections: 20 gets open no new connection
+  local before = total_connections(MC1)
+  for _ = 1, 20 do mc:get("raw") end
+  local after = total_connections(MC1)
+  ok(before and after and after - before <= 2, "connections are reused from the pool",
+     show(before, after))
+
+  -- closing
+  is("close", { true }, mc:close())
+  is("close again", { true }, mc:close())
+  is("a closed client", { nil, E.ERR_CLIENT_CLOSED }, mc:get("k"))
+end
+
+local okr, err = pcall(run)
+if not okr then ok(false, "tests ran to the end", err) end
+ngx.say("1.." .. n)
