@@ -21,29 +21,11 @@ ROOT=$PWD
 LUA=${LUA:-lua5.4}
 
 # ---- packages --------------------------------------------------------------
-# libluajit2-5.1-dev: OpenResty's LuaJIT headers (it replaces Debian's
-# luajit/libluajit-5.1-dev, which the Lua module's packages conflict with).
-PKGS="gcc make pkg-config libmsgpack-dev nginx libnginx-mod-http-lua libluajit2-5.1-dev
-      memcached lua5.4 lua-socket curl"
-missing=""
-for p in $PKGS; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
-        missing="$missing $p"
-    fi
-done
-if [ -n "$missing" ]; then
-    if [ "$(id -u)" = 0 ]; then
-        echo "# installing:$missing"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq >/dev/null
-        # shellcheck disable=SC2086
-        apt-get install -y -qq --no-install-recommends $missing >/dev/null
-    else
-        echo "missing Debian packages; run:"
-        echo "  sudo apt-get install -y$missing"
-        exit 1
-    fi
-fi
+# The project's own packages plus nginx's Lua module and OpenResty's LuaJIT
+# headers (libluajit2-5.1-dev replaces Debian's luajit/libluajit-5.1-dev,
+# which conflict with the module's packages). scripts/deps.sh installs what
+# is missing (apt-get as root) or prints the apt-get line.
+EXTRA_PKGS="nginx libnginx-mod-http-lua libluajit2-5.1-dev curl" sh scripts/deps.sh || exit 1
 
 NGX_MODULES=/usr/lib/nginx/modules
 for m in ndk_http_module.so ngx_http_lua_module.so; do

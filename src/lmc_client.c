@@ -892,6 +892,26 @@ static int grow_keys(lmc_client *u, size_t n)
     return 0;
 }
 
+/* Runs one pipelined batch of n requests over the servers in u->srv.
+ * MC_OK, or MC_ERR_NOMEM. */
+static int run_batch(lmc_client *u, size_t n,
+                     int (*encode)(void *, size_t, mc_buf *, uint32_t),
+                     int (*reply)(void *, size_t, const mc_resp *),
+                     void (*failed)(void *, size_t, int, const char *),
+                     void *ud)
+{
+    mc_batch b;
+    if (n == 0)
+        return MC_OK;
+    b.n = n;
+    b.server = u->srv;
+    b.encode = encode;
+    b.reply = reply;
+    b.fail = failed;
+    b.ud = ud;
+    return mc_client_batch(u->c, &b);
+}
+
 /* ---- every server ----
  * ping, flush and version send one request to every server in one batch:
  * all servers are written before any is read, so a slow server costs one
@@ -953,7 +973,6 @@ static void each_fail(void *ud, size_t i, int err, const char *msg)
 static int each_server(lua_State *L, lmc_client *u, each *e)
 {
     size_t i, n = u->c->nservers;
-    mc_batch b;
     lua_newtable(L);
     e->L = L;
     e->u = u;
@@ -963,13 +982,7 @@ static int each_server(lua_State *L, lmc_client *u, each *e)
         return -1;
     for (i = 0; i < n; i++)
         u->srv[i] = (int)i;
-    b.n = n;
-    b.server = u->srv;
-    b.encode = each_enc;
-    b.reply = each_reply;
-    b.fail = each_fail;
-    b.ud = e;
-    if (mc_client_batch(u->c, &b) != MC_OK)
+    if (run_batch(u, n, each_enc, each_reply, each_fail, e) != MC_OK)
         return -1;
     return e->first != NULL;
 }
@@ -1244,7 +1257,6 @@ static int m_get_multi(lua_State *L)
 {
     lmc_client *u = self(L);
     multi m;
-    mc_batch b;
     long n;
 
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -1262,13 +1274,8 @@ static int m_get_multi(lua_State *L)
     n = multi_keys(L, u, 2, &m);
     if (n < 0)
         return (int)-n;
-    b.n = (size_t)n;
-    b.server = u->srv;
-    b.encode = multi_get_enc;
-    b.reply = multi_get_reply;
-    b.fail = multi_fail;
-    b.ud = &m;
-    if (n > 0 && mc_client_batch(u->c, &b) != MC_OK)
+    if (run_batch(u, (size_t)n, multi_get_enc, multi_get_reply, multi_fail,
+                  &m) != MC_OK)
         return fail(L, E_NOMEM, "out of memory");
     if (!m.first) {
         lua_settop(L, 3);
@@ -1353,14 +1360,7 @@ static int quiet_finish(lua_State *L, lmc_client *u, multi *m, size_t n,
                         int (*enc)(void *, size_t, mc_buf *, uint32_t),
                         int (*reply)(void *, size_t, const mc_resp *))
 {
-    mc_batch b;
-    b.n = n;
-    b.server = u->srv;
-    b.encode = enc;
-    b.reply = reply;
-    b.fail = quiet_fail;
-    b.ud = m;
-    if (n > 0 && mc_client_batch(u->c, &b) != MC_OK)
+    if (run_batch(u, n, enc, reply, quiet_fail, m) != MC_OK)
         return fail(L, E_NOMEM, "out of memory");
     mc_buf_clear(&u->val, 1 << 20);
     lua_settop(L, m->result);
