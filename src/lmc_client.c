@@ -254,16 +254,16 @@ typedef struct args {
     int has_initial;
 } args;
 
+/* gomemcache's rule: 1..250 bytes, none of them a space, a control
+ * character or DEL (bytes >= 0x80 are fine). */
 static int key_ok(const char *k, size_t n)
 {
-    size_t i;
+    const unsigned char *p = (const unsigned char *)k, *end = p + n;
     if (n == 0 || n > MC_KEY_MAX)
         return 0;
-    for (i = 0; i < n; i++) {
-        unsigned char b = (unsigned char)k[i];
-        if (b <= ' ' || b == 0x7f)
+    for (; p < end; p++)
+        if ((unsigned char)(*p - 0x21) >= 0x5e && *p < 0x80)
             return 0;
-    }
     return 1;
 }
 

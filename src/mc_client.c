@@ -330,6 +330,8 @@ int mc_client_pick(mc_client *c, const char *key, size_t keylen, int *err)
     size_t i;
     mc_server *s;
 
+    if (c->nentries == 1 && !c->servers[c->entry_server[0]]->dead)
+        return c->entry_server[0]; /* nothing to choose: no hashing */
     if (c->nentries == 0) {
         *err = MC_ERR_NO_SERVERS;
         snprintf(c->errmsg, sizeof(c->errmsg), "no servers configured");
