@@ -59,10 +59,8 @@ typedef struct mc_conn {
     mc_reader in;      /* last: its error text would split the hot fields */
 } mc_conn;
 
-/* Monotonic time in seconds. */
+/* Monotonic time in seconds, to a few milliseconds. */
 double mc_now(void);
-/* The same, to a few milliseconds, and cheaper: for idle bookkeeping. */
-double mc_now_coarse(void);
 
 /* Parses "host:port", "[v6addr]:port", "host" (port 11211) or a unix socket
  * path (anything starting with '/' or '@' for the abstract namespace) and

@@ -56,7 +56,7 @@ mc_conn *mc_pool_get(mc_server *s, const mc_pool_opts *o, int *err,
         c->next = NULL;
         /* A connection idle for a while may have been closed by a server
          * that restarted; checking costs a syscall, so only old ones. */
-        if (mc_now_coarse() - c->idle_since < 1.0 || !mc_conn_stale(c)) {
+        if (mc_now() - c->idle_since < 1.0 || !mc_conn_stale(c)) {
             *err = MC_OK;
             return c;
         }
@@ -89,7 +89,7 @@ void mc_pool_put(mc_server *s, const mc_pool_opts *o, mc_conn *c, int broken)
     }
     c->out.len = 0;
     c->out_pos = 0;
-    c->idle_since = mc_now_coarse();
+    c->idle_since = mc_now();
     c->next = s->idle;
     s->idle = c;
     s->nidle++;
