@@ -1178,7 +1178,7 @@ static void multi_failed(multi *m, size_t i, const char *err)
 static int multi_get_enc(void *ud, size_t i, mc_buf *out, uint32_t opaque)
 {
     multi *m = ud;
-    return mc_enc_get(out, MC_OP_GETKQ, opaque, m->u->keys[i].key,
+    return mc_enc_get(out, MC_OP_GETQ, opaque, m->u->keys[i].key,
                       m->u->keys[i].len);
 }
 
@@ -1188,17 +1188,15 @@ static int multi_get_reply(void *ud, size_t i, const mc_resp *r)
     lua_State *L = m->L;
     char err[200];
     const struct bkey *k = &m->u->keys[i];
-    int key_differs = r->keylen != k->len || memcmp(r->key, k->key, k->len);
+    /* GETQ replies carry no key: the opaque, already checked against the
+     * pending requests in order, says which request a reply answers. A
+     * server that echoes a key anyway must echo the right one. */
+    if (r->keylen && (r->keylen != k->len || memcmp(r->key, k->key, k->len)))
+        return -1;
     if (r->status != MC_STATUS_OK) {
-        /* error replies (out of memory, ...) carry no key: the opaque,
-         * already checked, says which request they answer */
-        if (r->keylen && key_differs)
-            return -1;
         multi_failed(m, i, status_err(K_GET, r->status));
         return 0;
     }
-    if (key_differs)
-        return -1;
     if (is_lock(r))
         return 0;
     lua_rawgeti(L, m->keys, (lua_Integer)i + 1); /* the caller's string */
