@@ -367,7 +367,8 @@ mc_buf *mc_client_begin(mc_client *c, int srv, uint32_t *opaque, int *err)
     mc_server *s;
     char msg[200];
 
-    mc_client_abort(c);
+    if (c->cur || c->nslots)
+        mc_client_abort(c);
     if (srv < 0 || (size_t)srv >= c->nservers) {
         *err = MC_ERR_NO_SERVERS;
         snprintf(c->errmsg, sizeof(c->errmsg), "no such server");
