@@ -34,7 +34,7 @@ OBJ   = $(SRC:src/%.c=$(OBJDIR)/%.o)
 LUA_MODULES = $(wildcard lua/memcached/*.lua)
 ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
-.PHONY: all deps demo test asan luajit test-luajit test-openresty spec-bins bench install clean
+.PHONY: all deps demo test asan fuzz luajit test-luajit test-openresty spec-bins bench install clean
 
 all: $(MODULE)
 
@@ -99,6 +99,12 @@ bench:
 	@EXTRA_PKGS="$(BENCH_PKGS)" sh scripts/deps.sh
 	@$(MAKE) --no-print-directory all
 	LUA=$(LUA) CC="$(CC)" bash bench/run.sh
+
+# libFuzzer on the reply reader and the msgpack decoder (spec/fuzz/), with
+# ASan+UBSan, FUZZ_SECONDS each (default 60); TAP output.
+fuzz:
+	@EXTRA_PKGS="clang" sh scripts/deps.sh
+	@sh scripts/fuzz.sh
 
 # The same C source for LuaJIT (OpenResty's ABI): build/luajit/memcached.so,
 # and the portable spec run against it. Debian's luajit CLI and its headers;
