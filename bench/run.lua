@@ -61,6 +61,8 @@ local systems = {
   { id = "ours", label = "this library (Lua)", cmd = LUA .. " bench/lua_client.lua" },
   { id = "libmemcached", label = "libmemcached (C)", cmd = "bench/libmc.bin" },
   { id = "text", label = "LuaSocket text (Lua)", cmd = LUA .. " bench/text_client.lua" },
+  -- get/set only: what any Lua client pays over the C limit (lua_floor.c)
+  { id = "floor", label = "Lua floor (bare C module)", cmd = LUA .. " bench/floor_client.lua" },
 }
 local codecs = {
   { id = "ours", label = "this library", cmd = LUA .. " bench/msgpack_bench.lua ours" },
@@ -233,6 +235,13 @@ local function target_ratio(wid, limit, what)
 end
 target_ratio("get", 1.05, "serial get")
 target_ratio("set", 1.05, "serial set")
+for _, wid in ipairs { "get", "set" } do
+  local f, o = r(wid, "floor"), r(wid, "ours")
+  if f and o then
+    print(string.format("  (%s: the Lua floor itself is %.2fx of the limit; this library is %.2fx of the floor)",
+      wid, f, o / f))
+  end
+end
 target_ratio("get_multi", 1.10, "get_multi, 1 server")
 do
   local o, l = med("get_multi", "ours"), med("get_multi", "libmemcached")

@@ -22,6 +22,7 @@ build() { # build OUT SRC FLAGS...: only when the source is newer
 build bench/limit.bin bench/limit.c
 build bench/libmc.bin bench/libmc.c -lmemcached
 build bench/malloc_count.so bench/malloc_count.c -fPIC -shared -ldl
+build bench/lua_floor.so bench/lua_floor.c -fPIC -shared -I"${LUA_INCDIR:-/usr/include/lua5.4}"
 [ -e memcached.so ] || { echo "memcached.so missing: run make first" >&2; exit 1; }
 
 PIDS="" # the servers and the driver, killed by PID on exit

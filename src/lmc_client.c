@@ -677,10 +677,7 @@ static int do_store(lua_State *L, uint8_t opcode, enum op_kind k, int raw,
         luaL_error(L, "bad argument #2 (value): string expected for raw "
                       "data, got %s", luaL_typename(L, a.value));
     CLOSED_CHECK(L, u);
-    if (!key_ok(a.key, a.keylen))
-        return fail(L, E_MALFORMED_KEY,
-                    "keys are 1 to 250 bytes without spaces or control "
-                    "characters");
+    /* the key is checked by op_begin, before anything is sent */
     if ((n = encode_value(L, u, &a, raw, &p, &len, &flags, hdr, &hlen)) != 0)
         return n;
     if (len + hlen > u->max_value) {
