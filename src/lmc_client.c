@@ -341,12 +341,15 @@ static void table_to_positional(lua_State *L, int has_value, const char *order)
 
 static void get_args(lua_State *L, args *a, int has_value, const char *order)
 {
-    int i = 3;
+    int i = 3, top, t;
     const char *o;
     memset(a, 0, sizeof(*a));
-    if (lua_type(L, 2) == LUA_TTABLE)
+    t = lua_type(L, 2);
+    if (t == LUA_TTABLE) {
         table_to_positional(L, has_value, order);
-    if (lua_type(L, 2) != LUA_TSTRING)
+        t = lua_type(L, 2);
+    }
+    if (t != LUA_TSTRING)
         luaL_error(L, "bad argument #1 (key): string expected, got %s",
                    luaL_typename(L, 2));
     a->key = lua_tolstring(L, 2, &a->keylen);
@@ -354,8 +357,11 @@ static void get_args(lua_State *L, args *a, int has_value, const char *order)
         a->value = 3;
         i = 4;
     }
+    top = lua_gettop(L);
     for (o = order; *o; o++, i++) {
         lua_Integer v;
+        if (i > top && *o != A_DELTA)
+            continue; /* absent: the zero defaults stand */
         switch (*o) {
         case A_EXP:
             a->exptime = check_exptime(L, opt_integer(L, i, "expiration", 0),

@@ -84,14 +84,14 @@ void mc_client_abort(mc_client *c)
 {
     size_t i;
     if (c->cur) {
-        mc_pool_put(c->servers[c->cur_srv], &c->o.pool, c->cur, 1);
+        mc_pool_put(c->servers[c->cur_srv], &c->o.pool, c->cur, 1, 0);
         c->cur = NULL;
         c->cur_srv = -1;
     }
     for (i = 0; i < c->nslots; i++) {
         mc_batch_slot *sl = &c->slots[i];
         if (sl->conn) {
-            mc_pool_put(c->servers[sl->srv], &c->o.pool, sl->conn, 1);
+            mc_pool_put(c->servers[sl->srv], &c->o.pool, sl->conn, 1, 0);
             sl->conn = NULL;
         }
     }
@@ -375,12 +375,15 @@ mc_buf *mc_client_begin(mc_client *c, int srv, uint32_t *opaque, int *err)
         return NULL;
     }
     s = c->servers[srv];
-    c->cur = mc_pool_get(s, &c->o.pool, err, msg, sizeof(msg));
+    c->op_start = mc_now();
+    c->cur = mc_pool_get(s, &c->o.pool, c->op_start, err, msg, sizeof(msg));
     if (!c->cur) {
         snprintf(c->errmsg, sizeof(c->errmsg), "%s: %s", s->name, msg);
         server_failed(c, s, *err, msg);
         return NULL;
     }
+    if (c->cur->idle_since == 0) /* just connected: I/O time starts now */
+        c->op_start = mc_now();
     c->cur_srv = srv;
     c->cur_opaque = c->cur->opaque++;
     c->cur->out.len = 0;
@@ -393,7 +396,7 @@ static int cur_failed(mc_client *c, int err, const char *msg)
 {
     mc_server *s = c->servers[c->cur_srv];
     snprintf(c->errmsg, sizeof(c->errmsg), "%s: %s", s->name, msg);
-    mc_pool_put(s, &c->o.pool, c->cur, 1);
+    mc_pool_put(s, &c->o.pool, c->cur, 1, 0);
     c->cur = NULL;
     server_failed(c, s, err, msg);
     c->cur_srv = -1;
@@ -424,7 +427,7 @@ int mc_client_exec(mc_client *c, mc_resp *r)
     if (!c->cur)
         return MC_ERR_IO;
     c->cur_opcode = c->cur->out.len >= 2 ? (uint8_t)c->cur->out.data[1] : 0;
-    c->deadline = mc_now() + c->o.io_timeout;
+    c->deadline = c->op_start + c->o.io_timeout;
     rc = mc_conn_flush(c->cur, c->deadline, msg, sizeof(msg));
     if (rc != MC_OK)
         return cur_failed(c, rc, msg);
@@ -445,7 +448,7 @@ void mc_client_end(mc_client *c)
 {
     if (!c->cur)
         return;
-    mc_pool_put(c->servers[c->cur_srv], &c->o.pool, c->cur, 0);
+    mc_pool_put(c->servers[c->cur_srv], &c->o.pool, c->cur, 0, c->op_start);
     c->cur = NULL;
     c->cur_srv = -1;
 }
@@ -478,7 +481,7 @@ static void slot_failed(mc_client *c, const mc_batch *b, mc_batch_slot *sl,
     snprintf(full, sizeof(full), "%s: %s", s->name, why);
     snprintf(c->errmsg, sizeof(c->errmsg), "%s", full);
     if (sl->conn) {
-        mc_pool_put(s, &c->o.pool, sl->conn, 1);
+        mc_pool_put(s, &c->o.pool, sl->conn, 1, 0);
         sl->conn = NULL;
         server_failed(c, s, err, why);
     }
@@ -507,7 +510,7 @@ static void slot_drain(mc_client *c, const mc_batch *b, mc_batch_slot *sl)
         off = r.opaque - sl->base;
         if (r.opcode == MC_OP_NOOP && off == b->n) {
             mc_server *s = c->servers[sl->srv];
-            mc_pool_put(s, &c->o.pool, sl->conn, 0);
+            mc_pool_put(s, &c->o.pool, sl->conn, 0, c->op_start);
             sl->conn = NULL;
             sl->state = SLOT_DONE;
             server_ok(c, s);
@@ -564,7 +567,8 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
         }
     }
     c->nslots = nslots;
-    c->deadline = mc_now() + c->o.io_timeout;
+    c->op_start = mc_now();
+    c->deadline = c->op_start + c->o.io_timeout;
 
     /* encode everything, then start writing */
     for (i = 0; i < nslots; i++) {
@@ -572,7 +576,8 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
         mc_server *s = c->servers[sl->srv];
         int err;
         size_t k;
-        sl->conn = mc_pool_get(s, &c->o.pool, &err, msg, sizeof(msg));
+        sl->conn = mc_pool_get(s, &c->o.pool, c->op_start, &err, msg,
+                               sizeof(msg));
         if (!sl->conn) {
             server_failed(c, s, err, msg);
             slot_failed(c, b, sl, err, msg);
@@ -590,7 +595,7 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
         }
         if (k < b->n || mc_enc_simple(&sl->conn->out, MC_OP_NOOP,
                                       sl->base + (uint32_t)b->n) != 0) {
-            mc_pool_put(s, &c->o.pool, sl->conn, 1);
+            mc_pool_put(s, &c->o.pool, sl->conn, 1, 0);
             sl->conn = NULL;
             slot_failed(c, b, sl, MC_ERR_NOMEM, "out of memory");
             continue;

@@ -53,6 +53,7 @@ typedef struct mc_client {
     uint32_t cur_opaque;
     uint8_t cur_opcode;
     double deadline;
+    double op_start;       /* the clock read once per operation */
 
     /* batch scratch, reused across calls */
     mc_batch_slot *slots;  /* nslots in use (checked out until the end) */

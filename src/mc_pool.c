@@ -44,8 +44,8 @@ void mc_server_free(mc_server *s)
     free(s);
 }
 
-mc_conn *mc_pool_get(mc_server *s, const mc_pool_opts *o, int *err,
-                     char *msg, size_t msglen)
+mc_conn *mc_pool_get(mc_server *s, const mc_pool_opts *o, double now,
+                     int *err, char *msg, size_t msglen)
 {
     mc_conn *c;
     unsigned limit;
@@ -56,7 +56,7 @@ mc_conn *mc_pool_get(mc_server *s, const mc_pool_opts *o, int *err,
         c->next = NULL;
         /* A connection idle for a while may have been closed by a server
          * that restarted; checking costs a syscall, so only old ones. */
-        if (mc_now() - c->idle_since < 1.0 || !mc_conn_stale(c)) {
+        if (now - c->idle_since < 1.0 || !mc_conn_stale(c)) {
             *err = MC_OK;
             return c;
         }
@@ -70,14 +70,15 @@ mc_conn *mc_pool_get(mc_server *s, const mc_pool_opts *o, int *err,
                  s->name);
         return NULL;
     }
-    c = mc_conn_open(&s->addr, mc_now() + o->connect_timeout, o->io_timeout,
+    c = mc_conn_open(&s->addr, now + o->connect_timeout, o->io_timeout,
                      o->max_body, err, msg, msglen);
     if (c)
         s->nopen++;
     return c;
 }
 
-void mc_pool_put(mc_server *s, const mc_pool_opts *o, mc_conn *c, int broken)
+void mc_pool_put(mc_server *s, const mc_pool_opts *o, mc_conn *c, int broken,
+                 double now)
 {
     if (!c)
         return;
@@ -89,7 +90,7 @@ void mc_pool_put(mc_server *s, const mc_pool_opts *o, mc_conn *c, int broken)
     }
     c->out.len = 0;
     c->out_pos = 0;
-    c->idle_since = mc_now();
+    c->idle_since = now;
     c->next = s->idle;
     s->idle = c;
     s->nidle++;

@@ -51,15 +51,17 @@ mc_server *mc_server_new(const char *name, const mc_addr *a,
  * out must have been given back first. */
 void mc_server_free(mc_server *s);
 
-/* Takes an idle connection or opens a new one. Returns it, or NULL with
+/* Takes an idle connection or opens a new one (now: mc_now(), passed in
+ * so that one operation reads the clock once). Returns it, or NULL with
  * *err set and a message in msg; MC_ERR_BUSY when max_conns connections
  * are all handed out (not a failure of the server). */
-mc_conn *mc_pool_get(mc_server *s, const mc_pool_opts *o, int *err,
-                     char *msg, size_t msglen);
+mc_conn *mc_pool_get(mc_server *s, const mc_pool_opts *o, double now,
+                     int *err, char *msg, size_t msglen);
 
 /* Gives a connection back: pooled when clean and there is room, else
  * closed. */
-void mc_pool_put(mc_server *s, const mc_pool_opts *o, mc_conn *c, int broken);
+void mc_pool_put(mc_server *s, const mc_pool_opts *o, mc_conn *c, int broken,
+                 double now);
 
 /* Closes all idle connections (e.g. after a failure, since they are likely
  * dead too). */
