@@ -414,14 +414,17 @@ int mc_conn_recv(mc_conn *c, mc_resp *r, double deadline, char *msg,
                  size_t msglen)
 {
     /* after a large send, part of the budget is gone already */
-    int partial = c->late;
+    int partial = c->late, rc;
     for (;;) {
-        int rc = mc_reader_get(&c->in, r);
-        if (rc == MC_READ_ONE)
-            return MC_OK;
-        if (rc == MC_READ_ERROR) {
-            say(msg, msglen, c->in.errstr, 0);
-            return mc_conn_read_error(c);
+        /* nothing buffered (the usual case right after a send): read first */
+        if (mc_reader_pending(&c->in) || c->in.failed || partial) {
+            rc = mc_reader_get(&c->in, r);
+            if (rc == MC_READ_ONE)
+                return MC_OK;
+            if (rc == MC_READ_ERROR) {
+                say(msg, msglen, c->in.errstr, 0);
+                return mc_conn_read_error(c);
+            }
         }
         /* a reply trickling in must still end by the deadline */
         rc = partial ? mc_conn_read_budget(c, deadline, msg, msglen)
