@@ -21,7 +21,7 @@
 #include <unistd.h>
 
 enum {
-    OP_GET = 0x00, OP_SET = 0x01, OP_GETQ = 0x09, OP_NOOP = 0x0a, OP_GETKQ = 0x0d,
+    OP_GET = 0x00, OP_SET = 0x01, OP_NOOP = 0x0a, OP_GETKQ = 0x0d,
     OP_SETQ = 0x11, OP_DELETEQ = 0x14
 };
 
@@ -171,15 +171,11 @@ static size_t delq_len[MAXSRV];
 static void build_batches(void)
 {
     int s, i;
-    /* GETKQ, as the benchmark's brief defines the limit; LIMIT_GETQ=1 uses
-     * GETQ (no key echoed back), the opcode this library sends, for a
-     * like-for-like comparison by hand. */
-    int getop = getenv("LIMIT_GETQ") ? OP_GETQ : OP_GETKQ;
     for (s = 0; s < nsrv; s++) {
         unsigned char *g = getq[s], *w = setq[s], *d = delq[s];
         /* key i lives on server i % nsrv */
         for (i = s; i < NKEYS; i += nsrv) {
-            g = put_req(g, getop, keys[i], klens[i], NULL, 0);
+            g = put_req(g, OP_GETKQ, keys[i], klens[i], NULL, 0);
             w = put_req(w, OP_SETQ, keys[i], klens[i], value, VLEN);
             d = put_req(d, OP_DELETEQ, keys[i], klens[i], NULL, 0);
         }

@@ -242,6 +242,9 @@ local function drain(r, out)
     assert.is_nil(err)
     if resp == false then return out end
     assert.is_table(resp)
+    -- every fixture is a well-formed reply for its opcode
+    assert.is_true(resp.shape_ok, "shape of opcode " .. tostring(resp.opcode))
+    resp.shape_ok = nil
     out[#out + 1] = resp
   end
 end
@@ -305,7 +308,7 @@ describe("response reader", function()
     local t = r:get()
     assert.same({ opcode = op.GETKQ, status = 0, opaque = 42, cas = 99,
                   flags = 1, extras = "\0\0\0\1", key = "kk", value = "abc",
-                  datatype = 0 }, t)
+                  datatype = 0, shape_ok = true }, t)
   end)
 
   it("answers false, never an error, while a response is incomplete", function()
@@ -451,5 +454,33 @@ describe("protocol errors", function()
       assert.is_nil(resp)
       assert.is_string(err)
     end
+  end)
+end)
+
+describe("reply shapes", function()
+  local function reply(opcode, status, extras, key, value)
+    local r = codec.reader()
+    r:feed(string.pack(">BBHBBHI4I4I8", 0x81, opcode, #key, #extras, 0, status,
+      #extras + #key + #value, 9, 0) .. extras .. key .. value)
+    return r:get()
+  end
+  local op = codec.op
+
+  it("accepts what memcached sends", function()
+    assert.is_true(reply(op.GET, 0, "\0\0\0\1", "", "v").shape_ok)
+    assert.is_true(reply(op.GETKQ, 0, "\0\0\0\1", "k", "v").shape_ok)
+    assert.is_true(reply(op.INCREMENT, 0, "", "", "\0\0\0\0\0\0\0\5").shape_ok)
+    assert.is_true(reply(op.SET, 0, "", "", "").shape_ok)
+    assert.is_true(reply(op.TOUCH, 0, "\0\0\0\0", "", "").shape_ok)
+    assert.is_true(reply(op.GET, 1, "", "", "Not found").shape_ok)
+  end)
+
+  it("refuses replies framed wrongly for their opcode", function()
+    assert.is_false(reply(op.GET, 0, "", "", "\0\0\0\1v").shape_ok)       -- flags missing
+    assert.is_false(reply(op.GET, 0, "\0\0\0\1", "k", "v").shape_ok)     -- a key on GET
+    assert.is_false(reply(op.GETKQ, 0, "\0\0\0\1", "", "v").shape_ok)    -- no key on GETKQ
+    assert.is_false(reply(op.INCREMENT, 0, "", "", "\0\5").shape_ok)       -- short counter
+    assert.is_false(reply(op.SET, 0, "", "", "x").shape_ok)                -- a body on SET
+    assert.is_false(reply(op.GET, 1, "\0\0\0\0", "", "Not found").shape_ok) -- extras on an error
   end)
 end)

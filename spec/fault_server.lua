@@ -15,12 +15,18 @@
 --   slow ARG      every request answered (as echo) after ARG seconds
 --   enomem        every request answered with status 0x82 (out of memory),
 --                 no key, as memcached's error replies are
+--   mutate ARG    answers as echo, but about one reply in four is damaged
+--                 at random (seed ARG): a header byte flipped, cut short, sent
+--                 twice, another request's opaque, a wrong opcode, garbage
+--                 in front, or no reply at all
 --   echo          GET/GETK/GETQ/GETKQ are hits whose value is the key (flags
 --                 0); anything else gets status 0 and an empty body
 local socket = require "socket"
 
 local port, mode, arg = tonumber(arg[1]), arg[2], arg[3]
 assert(port and mode, "usage: fault_server.lua PORT MODE [ARG]")
+
+if mode == "mutate" then math.randomseed(tonumber(arg) or 1) end
 
 local server = assert(socket.bind("127.0.0.1", port))
 server:settimeout(0)
@@ -56,6 +62,28 @@ local answer = {
     return string.pack(HDR, 0x81, req.opcode, 0, 0, 0, 0, 0xFFFFFFF0, req.opaque, 0)
   end,
   enomem = function(req) return response(req, 0x82, "", "", "Out of memory") end,
+  mutate = function(req)
+    local r = echo(req)
+    local dice = math.random(28)
+    if dice == 1 then -- flip one header byte (the protocol has no checksum:
+      -- a flipped value byte is undetectable by any client)
+      local i = math.random(24)
+      return r:sub(1, i - 1) .. string.char((r:byte(i) + math.random(255)) % 256) .. r:sub(i + 1)
+    elseif dice == 2 then -- cut short
+      return r:sub(1, math.random(#r) - 1)
+    elseif dice == 3 then -- sent twice
+      return r .. r
+    elseif dice == 4 then -- another request's opaque
+      return r:sub(1, 12) .. string.pack(">I4", (req.opaque + math.random(1, 3)) % 2^32) .. r:sub(17)
+    elseif dice == 5 then -- a wrong opcode
+      return r:sub(1, 1) .. string.char((r:byte(2) + 1) % 256) .. r:sub(3)
+    elseif dice == 6 then -- garbage first
+      return "\x81\x00\x00" .. r
+    elseif dice == 7 then -- nothing
+      return nil
+    end
+    return r
+  end,
   echo = echo,
   late_once = echo,
   slow = echo,

@@ -249,3 +249,55 @@ describe("faults", function()
     end)
   end)
 end)
+
+describe("a server that damages replies at random", function()
+  -- Property: whatever comes back, a value is only ever the requested
+  -- key's own (the fault server echoes keys as values), every failure is a
+  -- documented error, and the client keeps serving.
+  local documented = {}
+  for k, v in pairs(memcached) do
+    if type(k) == "string" and k:match("^ERR_") then documented[v] = true end
+  end
+
+  for _, seed in ipairs { 1, 2, 3 } do
+    it("never returns another key's value (seed " .. seed .. ")", function()
+      local f = H.start_fault("mutate", tostring(seed))
+      local mc = memcached.new { servers = { f.addr }, timeout = 0.05, failure_limit = 1000000,
+                                 msgpack_flag = 4242 } -- echo values are raw bytes
+      local ok, failed, errs = 0, 0, {}
+      for i = 1, 400 do
+        if i % 4 == 0 then
+          local keys = {}
+          for j = 1, 5 do keys[j] = "m" .. i .. "-" .. j end
+          local got, err, fails = mc:get_multi(keys)
+          for k, v in pairs(got) do
+            assert.are.equal(k, v)
+            ok = ok + 1
+          end
+          if err then
+            assert.is_true(documented[err], tostring(err))
+            for _, e in pairs(fails) do assert.is_true(documented[e], tostring(e)) end
+            failed = failed + 1
+            errs[err] = true
+          end
+        else
+          local key = "k" .. i
+          local v, err = mc:get(key)
+          if v ~= nil then
+            assert.are.equal(key, v)
+            ok = ok + 1
+          else
+            assert.is_true(documented[err], tostring(err))
+            failed = failed + 1
+            errs[err] = true
+          end
+        end
+      end
+      assert.is_true(ok > 100, "ok=" .. ok)
+      assert.is_true(failed > 10, "failed=" .. failed)
+      assert.is_true(errs[memcached.ERR_PROTOCOL] or errs[memcached.ERR_TIMEOUT])
+      mc:close()
+      f.stop()
+    end)
+  end
+end)

@@ -902,6 +902,7 @@ static int run_batch(lmc_client *u, size_t n,
                      int (*encode)(void *, size_t, mc_buf *, uint32_t),
                      int (*reply)(void *, size_t, const mc_resp *),
                      void (*failed)(void *, size_t, int, const char *),
+                     void (*revoke)(void *, size_t, int, const char *),
                      void *ud)
 {
     mc_batch b;
@@ -912,6 +913,7 @@ static int run_batch(lmc_client *u, size_t n,
     b.encode = encode;
     b.reply = reply;
     b.fail = failed;
+    b.revoke = revoke;
     b.ud = ud;
     return mc_client_batch(u->c, &b);
 }
@@ -986,7 +988,7 @@ static int each_server(lua_State *L, lmc_client *u, each *e)
         return -1;
     for (i = 0; i < n; i++)
         u->srv[i] = (int)i;
-    if (run_batch(u, n, each_enc, each_reply, each_fail, e) != MC_OK)
+    if (run_batch(u, n, each_enc, each_reply, each_fail, each_fail, e) != MC_OK)
         return -1;
     return e->first != NULL;
 }
@@ -1182,7 +1184,7 @@ static void multi_failed(multi *m, size_t i, const char *err)
 static int multi_get_enc(void *ud, size_t i, mc_buf *out, uint32_t opaque)
 {
     multi *m = ud;
-    return mc_enc_get(out, MC_OP_GETQ, opaque, m->u->keys[i].key,
+    return mc_enc_get(out, MC_OP_GETKQ, opaque, m->u->keys[i].key,
                       m->u->keys[i].len);
 }
 
@@ -1192,15 +1194,19 @@ static int multi_get_reply(void *ud, size_t i, const mc_resp *r)
     lua_State *L = m->L;
     char err[200];
     const struct bkey *k = &m->u->keys[i];
-    /* GETQ replies carry no key: the opaque, already checked against the
-     * pending requests in order, says which request a reply answers. A
-     * server that echoes a key anyway must echo the right one. */
-    if (r->keylen && (r->keylen != k->len || memcmp(r->key, k->key, k->len)))
-        return -1;
+    int key_differs = r->keylen != k->len || memcmp(r->key, k->key, k->len);
+    /* GETKQ: a hit names its key, so a reply under another pending
+     * request's opaque (a confused server or proxy) cannot hand one key's
+     * value to another; the opaque alone would let it. */
     if (r->status != MC_STATUS_OK) {
+        /* error replies (out of memory, ...) carry no key */
+        if (r->keylen && key_differs)
+            return -1;
         multi_failed(m, i, status_err(K_GET, r->status));
         return 0;
     }
+    if (key_differs)
+        return -1;
     if (is_lock(r))
         return 0;
     lua_rawgeti(L, m->keys, (lua_Integer)i + 1); /* the caller's string */
@@ -1217,6 +1223,17 @@ static void multi_fail(void *ud, size_t i, int err, const char *msg)
 {
     (void)msg;
     multi_failed(ud, i, err_name(err));
+}
+
+/* A hit from a server whose stream then broke: drop it, report the key. */
+static void multi_revoke(void *ud, size_t i, int err, const char *msg)
+{
+    multi *m = ud;
+    (void)msg;
+    lua_rawgeti(m->L, m->keys, (lua_Integer)i + 1);
+    lua_pushnil(m->L);
+    lua_rawset(m->L, m->result);
+    multi_failed(m, i, err_name(err));
 }
 
 /* Checks the keys table and fills the key scratch. Returns the count, or
@@ -1277,7 +1294,7 @@ static int m_get_multi(lua_State *L)
     if (n < 0)
         return (int)-n;
     if (run_batch(u, (size_t)n, multi_get_enc, multi_get_reply, multi_fail,
-                  &m) != MC_OK)
+                  multi_revoke, &m) != MC_OK)
         return fail(L, E_NOMEM, "out of memory");
     if (!m.first) {
         lua_settop(L, 3);
@@ -1362,7 +1379,7 @@ static int quiet_finish(lua_State *L, lmc_client *u, multi *m, size_t n,
                         int (*enc)(void *, size_t, mc_buf *, uint32_t),
                         int (*reply)(void *, size_t, const mc_resp *))
 {
-    if (run_batch(u, n, enc, reply, quiet_fail, m) != MC_OK)
+    if (run_batch(u, n, enc, reply, quiet_fail, quiet_fail, m) != MC_OK)
         return fail(L, E_NOMEM, "out of memory");
     mc_buf_clear(&u->val, 1 << 20);
     lua_settop(L, m->result);

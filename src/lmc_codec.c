@@ -397,6 +397,9 @@ static int lmc_reader_get(lua_State *L)
     set_str(L, "extras", resp.extras, resp.extlen);
     set_str(L, "key", resp.key, resp.keylen);
     set_str(L, "value", resp.value, resp.vallen);
+    lua_pushliteral(L, "shape_ok");
+    lua_pushboolean(L, mc_resp_shape_ok(&resp));
+    lua_rawset(L, -3);
     u->lent = 0;
     return 1;
 }

@@ -13,8 +13,10 @@
  *   r:get([t]) -> t | false | nil, err
  *                               one response as a table {opcode, status,
  *                               opaque, cas, key, value, extras, flags,
- *                               datatype} (key/value/extras are strings,
- *                               "" when absent), filled into t when given
+ *                               datatype, shape_ok} (key/value/extras are
+ *                               strings, "" when absent; shape_ok is false
+ *                               when the reply is framed wrongly for its
+ *                               opcode), filled into t when given
  *                               (to reuse one table); false when more bytes
  *                               are needed; nil, err on a protocol error,
  *                               which is sticky until r:reset()

@@ -416,6 +416,14 @@ static int recv_matching(mc_client *c, mc_resp *r)
                  r->opcode, r->opaque, c->cur_opcode, c->cur_opaque);
         return cur_failed(c, MC_ERR_PROTOCOL, msg);
     }
+    /* One request, one reply (STAT streams several): anything after it,
+     * or a reply of the wrong shape, means the server framed something
+     * wrongly, and this reply may be cut short or shifted. */
+    if (r->opcode != MC_OP_STAT && mc_reader_pending(&c->cur->in))
+        return cur_failed(c, MC_ERR_PROTOCOL, "bytes after the reply");
+    if (!mc_resp_shape_ok(r))
+        return cur_failed(c, MC_ERR_PROTOCOL,
+                          "reply framed wrongly for its opcode");
     return MC_OK;
 }
 
@@ -485,9 +493,18 @@ static void slot_failed(mc_client *c, const mc_batch *b, mc_batch_slot *sl,
         sl->conn = NULL;
         server_failed(c, s, err, why);
     }
-    for (i = 0; i < b->n; i++)
-        if (b->server[i] == sl->srv && !c->replied[i])
+    /* A server's replies count only once its whole stream, through the
+     * closing NOOP, has parsed: a stream that breaks off may have framed an
+     * earlier reply wrongly (a truncated reply absorbs the next one's
+     * bytes), so what it already delivered is taken back. */
+    for (i = 0; i < b->n; i++) {
+        if (b->server[i] != sl->srv)
+            continue;
+        if (!c->replied[i])
             b->fail(b->ud, i, err, full);
+        else if (b->revoke)
+            b->revoke(b->ud, i, err, full);
+    }
     sl->state = SLOT_DONE;
 }
 
@@ -510,10 +527,20 @@ static void slot_drain(mc_client *c, const mc_batch *b, mc_batch_slot *sl)
         off = r.opaque - sl->base;
         if (r.opcode == MC_OP_NOOP && off == b->n) {
             mc_server *s = c->servers[sl->srv];
+            if (mc_reader_pending(&sl->conn->in)) {
+                slot_failed(c, b, sl, MC_ERR_PROTOCOL,
+                            "bytes after the batch's last reply");
+                return;
+            }
             mc_pool_put(s, &c->o.pool, sl->conn, 0, c->op_start);
             sl->conn = NULL;
             sl->state = SLOT_DONE;
             server_ok(c, s);
+            return;
+        }
+        if (!mc_resp_shape_ok(&r)) {
+            slot_failed(c, b, sl, MC_ERR_PROTOCOL,
+                        "reply framed wrongly for its opcode");
             return;
         }
         if (off >= b->n || off < sl->next || b->server[off] != sl->srv) {

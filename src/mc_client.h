@@ -120,6 +120,9 @@ typedef struct mc_batch {
     int (*reply)(void *ud, size_t i, const mc_resp *r);
     /* request i got no answer because its server failed */
     void (*fail)(void *ud, size_t i, int err, const char *msg);
+    /* request i was answered, but its server's stream then broke off: the
+     * answer cannot be trusted (NULL: keep it) */
+    void (*revoke)(void *ud, size_t i, int err, const char *msg);
     void *ud;
 } mc_batch;
 

@@ -394,3 +394,35 @@ const char *mc_status_str(uint16_t status)
     default: return "unknown status";
     }
 }
+
+int mc_resp_shape_ok(const mc_resp *r)
+{
+    if (r->status != MC_STATUS_OK)
+        return r->extlen == 0 && r->keylen == 0;
+    switch (r->opcode) {
+    case MC_OP_GET:
+    case MC_OP_GETQ:
+    case MC_OP_GAT:
+    case MC_OP_GATQ:
+        return r->extlen == 4 && r->keylen == 0;
+    case MC_OP_GETK:
+    case MC_OP_GETKQ:
+    case MC_OP_GATK:
+    case MC_OP_GATKQ:
+        return r->extlen == 4 && r->keylen > 0;
+    case MC_OP_INCREMENT:
+    case MC_OP_DECREMENT:
+    case MC_OP_INCREMENTQ:
+    case MC_OP_DECREMENTQ:
+        return r->extlen == 0 && r->keylen == 0 && r->vallen == 8;
+    case MC_OP_STAT:
+        return r->extlen == 0;
+    case MC_OP_VERSION:
+        return r->extlen == 0 && r->keylen == 0;
+    case MC_OP_TOUCH: /* memcached 1.6 sends the item's flags back */
+        return (r->extlen == 0 || r->extlen == 4) && r->keylen == 0 &&
+               r->vallen == 0;
+    default: /* stores, deletes, touch, flush, noop, quit: nothing back */
+        return r->extlen == 0 && r->keylen == 0 && r->vallen == 0;
+    }
+}

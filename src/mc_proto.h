@@ -202,6 +202,13 @@ static inline size_t mc_reader_pending(const mc_reader *r)
     return r->len - r->pos;
 }
 
+/* True when the reply has the shape its opcode and status call for (a
+ * successful GET carries 4 bytes of flags and no key, a counter 8 bytes of
+ * value, an error reply no extras and no key, ...). A reply of the wrong
+ * shape means the stream is framed wrongly, and its value is not to be
+ * trusted. */
+int mc_resp_shape_ok(const mc_resp *r);
+
 /* Short stable name of a status ("key not found", ...), for messages. */
 const char *mc_status_str(uint16_t status);
 

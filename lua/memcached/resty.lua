@@ -194,8 +194,11 @@ local function read_reply(sock, r, addr, dl)
     r:feed(body)
     res, perr = r:get()
   end
-  if res then return res end
+  if res and res.shape_ok then return res end
   sock:close()
+  if res then -- the stream is framed wrongly: nothing in it can be trusted
+    return nil, E_PROTOCOL, addr .. ": reply framed wrongly for its opcode"
+  end
   return nil, E_PROTOCOL, addr .. ": " .. tostring(perr or "short reply")
 end
 
@@ -446,12 +449,25 @@ function _M.get_multi(self, keys)
       key_failed(k, status_err(K_GET, res.status))
     elseif not is_lock(res) then
       local ok, v = item_value(self, res)
-      if ok then values[k] = v else key_failed(k, _M.ERR_UNDECODABLE) end
+      if ok then
+        values[k] = v
+        b.got = b.got or {}
+        b.got[#b.got + 1] = k
+      else
+        key_failed(k, _M.ERR_UNDECODABLE)
+      end
     end
     return true
   end, function(b, err)
     for _, k in pairs(b.waiting) do key_failed(k, err) end
     b.waiting = {}
+    -- a server's hits count only if its stream parsed through the NOOP:
+    -- a stream that broke off may have framed an earlier reply wrongly
+    for _, k in ipairs(b.got or {}) do
+      values[k] = nil
+      key_failed(k, err)
+    end
+    b.got = nil
   end)
   if first then return values, first, failed end
   return values
