@@ -19,6 +19,9 @@
 --                 at random (seed ARG): a header byte flipped, cut short, sent
 --                 twice, another request's opaque, a wrong opcode, garbage
 --                 in front, or no reply at all
+--   swallow       as echo, but in a batch (replies up to a NOOP) the first
+--                 reply's body length also covers the second reply: a
+--                 well-framed stream whose first value hides the second
 --   echo          GET/GETK/GETQ/GETKQ are hits whose value is the key (flags
 --                 0); anything else gets status 0 and an empty body
 local socket = require "socket"
@@ -87,12 +90,14 @@ local answer = {
   echo = echo,
   late_once = echo,
   slow = echo,
+  swallow = echo,
 }
 assert(answer[mode] or mode == "close", "unknown mode " .. tostring(mode))
 
 local conns = {}     -- socket -> pending input bytes
 local delayed = {}   -- {sock=, data=, at=} replies to send later
 local first_seen = false
+local held = {}      -- swallow: socket -> replies of the batch so far
 
 local function drop(c)
   conns[c] = nil
@@ -119,6 +124,21 @@ local function serve(c)
                   key = buf:sub(25 + extlen, 24 + extlen + keylen) }
     buf = buf:sub(25 + bodylen)
     local out = answer[mode](req)
+    if mode == "swallow" then
+      held[c] = held[c] or {}
+      local h = held[c]
+      h[#h + 1] = out
+      if req.opcode == 0x0a then -- NOOP: the batch is complete
+        held[c] = nil
+        if #h >= 3 then
+          local body = string.unpack(">I4", h[1], 9) + #h[2]
+          h[1] = h[1]:sub(1, 8) .. string.pack(">I4", body) .. h[1]:sub(13)
+        end
+        send(c, table.concat(h))
+        if not conns[c] then return end
+      end
+      out = nil
+    end
     if mode == "slow" or (mode == "late_once" and not first_seen) then
       first_seen = true
       delayed[#delayed + 1] = { sock = c, data = out, at = socket.gettime() + tonumber(arg) }

@@ -225,8 +225,7 @@ static void report_events(lua_State *L, lmc_client *u)
 
 /* Every method passes here once its arguments are checked: a closed client
  * fails, and from here on the call owns the client's connections and
- * scratch buffers (busy), until guarded() returns. Nothing after this
- * point may raise a Lua error without unlock() first. */
+ * scratch buffers (busy), until guarded() returns, by a return or a raise. */
 #define CLOSED_CHECK(L, u)                                                   \
     do {                                                                     \
         if (!(u)->c)                                                         \
@@ -402,6 +401,16 @@ static void get_args(lua_State *L, args *a, int has_value, const char *order)
 
 /* ---- picking a server ---- */
 
+/* sel:pick_server(key), looked up and called under the caller's pcall */
+static int call_pick_server(lua_State *L)
+{
+    lua_settop(L, 2);
+    lua_getfield(L, 1, "pick_server");
+    lua_insert(L, 1); /* method, self, key */
+    lua_call(L, 2, 2);
+    return 2;
+}
+
 /* Returns the server index, or -1 after storing the error name and detail
  * (detail points into the client's errmsg or a static string). */
 static int pick(lua_State *L, lmc_client *u, const char *key, size_t len,
@@ -414,16 +423,11 @@ static int pick(lua_State *L, lmc_client *u, const char *key, size_t len,
             *ename = err_name(err);
         return srv;
     }
+    if (u->sel_mode == SEL_OBJECT)
+        lua_pushcfunction(L, call_pick_server); /* the lookup may raise too */
     lua_rawgeti(L, LUA_REGISTRYINDEX, u->sel_ref);
-    if (u->sel_mode == SEL_OBJECT) {
-        lua_getfield(L, -1, "pick_server");
-        lua_insert(L, -2); /* method, self */
-        lua_pushlstring(L, key, len);
-        err = lua_pcall(L, 2, 2, 0);
-    } else {
-        lua_pushlstring(L, key, len);
-        err = lua_pcall(L, 1, 2, 0);
-    }
+    lua_pushlstring(L, key, len);
+    err = lua_pcall(L, u->sel_mode == SEL_OBJECT ? 2 : 1, 2, 0);
     if (err != 0 || lua_type(L, -2) != LUA_TSTRING) {
         const char *why = err ? lua_tostring(L, -1) : lua_tostring(L, -1);
         snprintf(u->c->errmsg, sizeof(u->c->errmsg),
@@ -898,7 +902,7 @@ static int grow_keys(lmc_client *u, size_t n)
 
 /* Runs one pipelined batch of n requests over the servers in u->srv.
  * MC_OK, or MC_ERR_NOMEM. */
-static int run_batch(lmc_client *u, size_t n,
+static int run_batch(lmc_client *u, size_t n, int every_reply,
                      int (*encode)(void *, size_t, mc_buf *, uint32_t),
                      int (*reply)(void *, size_t, const mc_resp *),
                      void (*failed)(void *, size_t, int, const char *),
@@ -914,6 +918,7 @@ static int run_batch(lmc_client *u, size_t n,
     b.reply = reply;
     b.fail = failed;
     b.revoke = revoke;
+    b.every_reply = every_reply;
     b.ud = ud;
     return mc_client_batch(u->c, &b);
 }
@@ -974,6 +979,17 @@ static void each_fail(void *ud, size_t i, int err, const char *msg)
     each_failed(ud, i, err_name(err), msg);
 }
 
+/* A server whose stream broke after it answered: drop its answer too. */
+static void each_revoke(void *ud, size_t i, int err, const char *msg)
+{
+    each *e = ud;
+    if (e->values) {
+        lua_pushnil(e->L);
+        lua_setfield(e->L, e->values, e->u->c->servers[i]->name);
+    }
+    each_failed(e, i, err_name(err), msg);
+}
+
 /* Runs the batch; leaves the failures table at the top of the stack and
  * returns how many servers failed, or -1 when out of memory. */
 static int each_server(lua_State *L, lmc_client *u, each *e)
@@ -988,7 +1004,8 @@ static int each_server(lua_State *L, lmc_client *u, each *e)
         return -1;
     for (i = 0; i < n; i++)
         u->srv[i] = (int)i;
-    if (run_batch(u, n, each_enc, each_reply, each_fail, each_fail, e) != MC_OK)
+    if (run_batch(u, n, 1, each_enc, each_reply, each_fail, each_revoke, e) !=
+        MC_OK)
         return -1;
     return e->first != NULL;
 }
@@ -1184,7 +1201,7 @@ static void multi_failed(multi *m, size_t i, const char *err)
 static int multi_get_enc(void *ud, size_t i, mc_buf *out, uint32_t opaque)
 {
     multi *m = ud;
-    return mc_enc_get(out, MC_OP_GETKQ, opaque, m->u->keys[i].key,
+    return mc_enc_get(out, MC_OP_GETK, opaque, m->u->keys[i].key,
                       m->u->keys[i].len);
 }
 
@@ -1195,14 +1212,16 @@ static int multi_get_reply(void *ud, size_t i, const mc_resp *r)
     char err[200];
     const struct bkey *k = &m->u->keys[i];
     int key_differs = r->keylen != k->len || memcmp(r->key, k->key, k->len);
-    /* GETKQ: a hit names its key, so a reply under another pending
-     * request's opaque (a confused server or proxy) cannot hand one key's
-     * value to another; the opaque alone would let it. */
+    /* GETK, not GETKQ: every key gets a reply, hits and misses naming
+     * their key, in order. A reply under another pending request's opaque,
+     * or a value that swallowed the replies after it, then breaks the
+     * batch instead of handing one key's value to another. */
     if (r->status != MC_STATUS_OK) {
         /* error replies (out of memory, ...) carry no key */
         if (r->keylen && key_differs)
             return -1;
-        multi_failed(m, i, status_err(K_GET, r->status));
+        if (r->status != MC_STATUS_KEY_ENOENT)
+            multi_failed(m, i, status_err(K_GET, r->status));
         return 0;
     }
     if (key_differs)
@@ -1293,7 +1312,7 @@ static int m_get_multi(lua_State *L)
     n = multi_keys(L, u, 2, &m);
     if (n < 0)
         return (int)-n;
-    if (run_batch(u, (size_t)n, multi_get_enc, multi_get_reply, multi_fail,
+    if (run_batch(u, (size_t)n, 1, multi_get_enc, multi_get_reply, multi_fail,
                   multi_revoke, &m) != MC_OK)
         return fail(L, E_NOMEM, "out of memory");
     if (!m.first) {
@@ -1379,7 +1398,7 @@ static int quiet_finish(lua_State *L, lmc_client *u, multi *m, size_t n,
                         int (*enc)(void *, size_t, mc_buf *, uint32_t),
                         int (*reply)(void *, size_t, const mc_resp *))
 {
-    if (run_batch(u, n, enc, reply, quiet_fail, quiet_fail, m) != MC_OK)
+    if (run_batch(u, n, 0, enc, reply, quiet_fail, quiet_fail, m) != MC_OK)
         return fail(L, E_NOMEM, "out of memory");
     mc_buf_clear(&u->val, 1 << 20);
     lua_settop(L, m->result);
@@ -1724,31 +1743,35 @@ static int m_close(lua_State *L)
  * call holds a connection, a batch or the scratch buffers, the inner call
  * would free or overwrite them under the outer one; so it fails with
  * ERR_IN_USE instead. busy is set by CLOSED_CHECK, once the arguments are
- * checked (an argument error must not leave it set), and cleared here by
- * the call that set it. Server events are reported after that, so the
- * error callback may use the client. */
+ * checked, and cleared here by the call that set it, also when the method
+ * raised (it runs under lua_pcall and the error is raised again after):
+ * an error can never leave the client locked. Server events are reported
+ * after that, so the error callback may use the client. */
 static int guarded(lua_State *L)
 {
     lmc_client *u = check_client(L);
-    lua_CFunction body = lua_tocfunction(L, lua_upvalueindex(2));
     unsigned token;
-    int n;
+    int status;
 
     if (u->busy)
         return fail(L, E_IN_USE,
                     "the client was called from inside one of its own calls "
                     "(a selector or a __gc finalizer)");
     token = u->lock_token;
-    n = body(L);
+    lua_pushvalue(L, lua_upvalueindex(2)); /* the method */
+    lua_insert(L, 1);
+    status = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
     if (u->lock_token != token)
         u->busy = 0;
-    if (u->close_pending) {
+    if (u->close_pending && !u->busy) {
         u->close_pending = 0;
         destroy(L, u);
     }
     if (u->c && u->c->nevents)
         report_events(L, u); /* above the results; they stay in place */
-    return n;
+    if (status != 0)
+        return lua_error(L); /* the method's own error, unchanged */
+    return lua_gettop(L);
 }
 
 static int m_gc(lua_State *L)
@@ -2016,7 +2039,9 @@ LMC_EXPORT int luaopen_memcached(lua_State *L)
         lua_setfield(L, -2, "__index");
         lua_pushcfunction(L, m_gc);
         lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, m_gc);
+        /* a to-be-closed client closes like close(): deferred while one of
+         * its calls runs (a <close> variable in a selector or finalizer) */
+        lua_pushcfunction(L, m_close);
         lua_setfield(L, -2, "__close");
         lua_pushcfunction(L, m_tostring);
         lua_setfield(L, -2, "__tostring");

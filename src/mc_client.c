@@ -525,8 +525,16 @@ static void slot_drain(mc_client *c, const mc_batch *b, mc_batch_slot *sl)
             return;
         }
         off = r.opaque - sl->base;
+        if (b->every_reply) /* the next request of this server's, in order */
+            while (sl->next < b->n && b->server[sl->next] != sl->srv)
+                sl->next++;
         if (r.opcode == MC_OP_NOOP && off == b->n) {
             mc_server *s = c->servers[sl->srv];
+            if (b->every_reply && sl->next < b->n) {
+                slot_failed(c, b, sl, MC_ERR_PROTOCOL,
+                            "the batch ended with requests unanswered");
+                return;
+            }
             if (mc_reader_pending(&sl->conn->in)) {
                 slot_failed(c, b, sl, MC_ERR_PROTOCOL,
                             "bytes after the batch's last reply");
@@ -543,7 +551,8 @@ static void slot_drain(mc_client *c, const mc_batch *b, mc_batch_slot *sl)
                         "reply framed wrongly for its opcode");
             return;
         }
-        if (off >= b->n || off < sl->next || b->server[off] != sl->srv) {
+        if (off >= b->n || off < sl->next || b->server[off] != sl->srv ||
+            (b->every_reply && off != sl->next)) {
             snprintf(msg, sizeof(msg),
                      "reply with opaque %u answers no pending request",
                      r.opaque);
@@ -565,6 +574,7 @@ static void slot_drain(mc_client *c, const mc_batch *b, mc_batch_slot *sl)
 int mc_client_batch(mc_client *c, const mc_batch *b)
 {
     size_t i, nslots = 0, active;
+    int connected = 0;
     char msg[200];
 
     mc_client_abort(c);
@@ -603,8 +613,12 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
         mc_server *s = c->servers[sl->srv];
         int err;
         size_t k;
-        sl->conn = mc_pool_get(s, &c->o.pool, c->op_start, &err, msg,
-                               sizeof(msg));
+        /* each server gets its own connect time: one that hangs must not
+         * use up the others' and get them marked as failing */
+        double now = i ? mc_now() : c->op_start;
+        sl->conn = mc_pool_get(s, &c->o.pool, now, &err, msg, sizeof(msg));
+        if (sl->conn && sl->conn->idle_since == 0)
+            connected = 1;
         if (!sl->conn) {
             server_failed(c, s, err, msg);
             slot_failed(c, b, sl, err, msg);
@@ -637,6 +651,10 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
                 sl->state = SLOT_READING;
         }
     }
+
+    /* The I/O budget starts once the connections stand. */
+    if (connected)
+        c->deadline = mc_now() + c->o.io_timeout;
 
     /* Phase 1, while any request is still unsent: one poll loop over all
      * sockets, reading as well (a server blocked on a full output buffer

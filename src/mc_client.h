@@ -123,6 +123,10 @@ typedef struct mc_batch {
     /* request i was answered, but its server's stream then broke off: the
      * answer cannot be trusted (NULL: keep it) */
     void (*revoke)(void *ud, size_t i, int err, const char *msg);
+    /* 1: every request gets a reply (non-quiet opcodes), so replies must
+     * come one per request, in order; a skipped one breaks the batch.
+     * 0: quiet opcodes, only some requests answer. */
+    int every_reply;
     void *ud;
 } mc_batch;
 

@@ -357,7 +357,9 @@ static int budget(mc_conn *c, short events, double deadline, char *msg,
         say(msg, msglen, "timed out", 0);
         return -MC_ERR_TIMEOUT;
     }
-    if (left >= c->io_timeout)
+    /* the clock is coarse: within a few ms of a whole budget, let the
+     * kernel wait (one syscall, not poll + recv) */
+    if (left >= c->io_timeout - 0.005)
         return 1;
     rc = mc_wait_fd(c->fd, events, deadline, msg, msglen);
     return rc == MC_OK ? 0 : -rc;
@@ -394,7 +396,6 @@ int mc_conn_flush(mc_conn *c, double deadline, char *msg, size_t msglen)
         say(msg, msglen, "send", errno);
         return errno_to_err(errno);
     }
-    c->late = partial > 1; /* the send took more than one call */
     c->out_pos = 0;
     mc_buf_clear(&c->out, 1 << 20);
     return MC_OK;
@@ -413,8 +414,7 @@ int mc_conn_read_budget(mc_conn *c, double deadline, char *msg,
 int mc_conn_recv(mc_conn *c, mc_resp *r, double deadline, char *msg,
                  size_t msglen)
 {
-    /* after a large send, part of the budget is gone already */
-    int partial = c->late, rc;
+    int partial = 0, rc;
     for (;;) {
         /* nothing buffered (the usual case right after a send): read first */
         if (mc_reader_pending(&c->in) || c->in.failed || partial) {
@@ -426,9 +426,9 @@ int mc_conn_recv(mc_conn *c, mc_resp *r, double deadline, char *msg,
                 return mc_conn_read_error(c);
             }
         }
-        /* a reply trickling in must still end by the deadline */
-        rc = partial ? mc_conn_read_budget(c, deadline, msg, msglen)
-                     : mc_conn_read_wait(c, msg, msglen);
+        /* what is left of the budget, whatever used it (a long send, a
+         * reply trickling in) */
+        rc = mc_conn_read_budget(c, deadline, msg, msglen);
         if (rc < 0)
             return -rc;
         partial = 1;

@@ -54,7 +54,6 @@ typedef struct mc_conn {
     size_t out_pos;
     double idle_since; /* when it went back to the pool */
     double io_timeout; /* the kernel's bound on each blocking transfer */
-    int late;          /* the last flush needed several sends */
     struct mc_conn *next; /* idle-list link, owned by the pool */
     mc_reader in;      /* last: its error text would split the hot fields */
 } mc_conn;

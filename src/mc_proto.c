@@ -397,8 +397,17 @@ const char *mc_status_str(uint16_t status)
 
 int mc_resp_shape_ok(const mc_resp *r)
 {
-    if (r->status != MC_STATUS_OK)
-        return r->extlen == 0 && r->keylen == 0;
+    if (r->status != MC_STATUS_OK) {
+        switch (r->opcode) {
+        case MC_OP_GETK: /* a miss names its key */
+        case MC_OP_GETKQ:
+        case MC_OP_GATK:
+        case MC_OP_GATKQ:
+            return r->extlen == 0;
+        default:
+            return r->extlen == 0 && r->keylen == 0;
+        }
+    }
     switch (r->opcode) {
     case MC_OP_GET:
     case MC_OP_GETQ:

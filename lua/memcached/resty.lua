@@ -418,14 +418,17 @@ function _M.get_multi(self, keys)
     local addr, err = self.placer:pick_server(k)
     if not addr then key_failed(k, err) else
       local b = by_addr[addr]
-      if not b then -- waiting: opaque -> key, until its reply or the NOOP
-        b = { addr = addr, parts = {}, waiting = {} }
+      if not b then -- waiting: opaque -> key, until its reply; order: opaques
+        b = { addr = addr, parts = {}, waiting = {}, order = {}, pos = 1 }
         by_addr[addr] = b
         batches[#batches + 1] = b
       end
       local opaque = (base + i - 1) % 4294967296
-      b.parts[#b.parts + 1] = c_get(OP.GETKQ, opaque, k)
+      -- GETK, not GETKQ: every key gets its reply, in order, naming its key,
+      -- so a value that swallowed the replies after it breaks the batch
+      b.parts[#b.parts + 1] = c_get(OP.GETK, opaque, k)
       b.waiting[opaque] = k
+      b.order[#b.order + 1] = opaque
     end
   end
   local noops = next_opaques(self, #batches)
@@ -436,16 +439,22 @@ function _M.get_multi(self, keys)
   end
   run_batches(self, batches, function(b, res)
     if res.opaque == b.last and res.opcode == OP.NOOP then
-      b.waiting = {} -- the rest are misses
+      if b.pos <= #b.order then
+        return nil, E_PROTOCOL, b.addr .. ": the batch ended with requests unanswered"
+      end
       return true
     end
     local k = b.waiting[res.opaque]
     -- error replies may carry no key: their opaque says which request
-    if not k or res.opcode ~= OP.GETKQ or (res.key ~= k and (res.key ~= "" or res.status == ST.OK)) then
-      return nil, E_PROTOCOL, b.addr .. ": a reply that answers no request of this batch"
+    if not k or res.opaque ~= b.order[b.pos] or res.opcode ~= OP.GETK
+        or (res.key ~= k and (res.key ~= "" or res.status == ST.OK)) then
+      return nil, E_PROTOCOL, b.addr .. ": a reply that answers no request of this batch, in order"
     end
     b.waiting[res.opaque] = nil
-    if res.status ~= ST.OK then
+    b.pos = b.pos + 1
+    if res.status == ST.KEY_ENOENT then
+      -- a miss
+    elseif res.status ~= ST.OK then
       key_failed(k, status_err(K_GET, res.status))
     elseif not is_lock(res) then
       local ok, v = item_value(self, res)
