@@ -280,3 +280,34 @@ describe("bad input", function()
     end)
   end)
 end)
+
+describe("the key rule", function()
+  -- pick_server applies the same check as every method, without a server
+  local mc = memcached.new("127.0.0.1:1")
+  local function accepted(k) return select(2, mc:pick_server(k)) ~= memcached.ERR_MALFORMED_KEY end
+
+  it("refuses every control byte, space and DEL at every position, and nothing else", function()
+    for len = 1, 20 do
+      for pos = 1, len do
+        for b = 0, 255 do
+          local k = ("a"):rep(pos - 1) .. string.char(b) .. ("a"):rep(len - pos)
+          assert.are.equal(not (b <= 0x20 or b == 0x7f), accepted(k))
+        end
+      end
+    end
+  end)
+
+  it("agrees with the byte-by-byte rule on random keys mixing high bytes", function()
+    math.randomseed(7)
+    local pool = { 0x00, 0x01, 0x1f, 0x20, 0x21, 0x41, 0x7e, 0x7f, 0x80, 0x81, 0xa0, 0xfe, 0xff }
+    for _ = 1, 20000 do
+      local len, bytes, ok = math.random(1, 40), {}, true
+      for i = 1, len do
+        local b = (math.random(3) == 1) and pool[math.random(#pool)] or math.random(0, 255)
+        if b <= 0x20 or b == 0x7f then ok = false end
+        bytes[i] = string.char(b)
+      end
+      assert.are.equal(ok, accepted(table.concat(bytes)))
+    end
+  end)
+end)

@@ -259,8 +259,18 @@ typedef struct args {
 static int key_ok(const char *k, size_t n)
 {
     const unsigned char *p = (const unsigned char *)k, *end = p + n;
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
     if (n == 0 || n > MC_KEY_MAX)
         return 0;
+    /* eight bytes at a time: a byte below 0x21 (that is not >= 0x80), or
+     * a 0x7f, sets its high bit in the test word */
+    for (; end - p >= 8; p += 8) {
+        uint64_t w, del;
+        memcpy(&w, p, 8);
+        del = w ^ (0x7f * ones);
+        if (((w - 0x21 * ones) & ~w & highs) | ((del - ones) & ~del & highs))
+            return 0;
+    }
     for (; p < end; p++)
         if ((unsigned char)(*p - 0x21) >= 0x5e && *p < 0x80)
             return 0;
@@ -1279,6 +1289,14 @@ static long multi_keys(lua_State *L, lmc_client *u, int t, multi *m)
                      (int)i + 1);
             return -fail(L, E_MALFORMED_KEY, d);
         }
+    }
+    if (u->sel_mode == SEL_BUILTIN && u->c->nentries == 1 &&
+        !u->c->servers[u->c->entry_server[0]]->dead) {
+        /* one live server: every key goes there, no per-key pick */
+        int only = u->c->entry_server[0];
+        for (i = 0; i < n; i++)
+            u->srv[i] = only;
+        return (long)n;
     }
     for (i = 0; i < n; i++) {
         const char *ename = NULL;

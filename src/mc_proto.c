@@ -86,10 +86,26 @@ int mc_enc_request(mc_buf *b, uint8_t opcode, uint32_t opaque, uint64_t cas,
                      value, vallen);
 }
 
+/* The hot one in get_multi: header and key only, written directly. */
 int mc_enc_get(mc_buf *b, uint8_t opcode, uint32_t opaque,
                const char *key, size_t keylen)
 {
-    return enc_frame(b, opcode, opaque, 0, NULL, 0, key, keylen, NULL, 0);
+    unsigned char *h;
+    if (keylen > 0xffffu)
+        return -1;
+    if (b->cap - b->len < MC_HEADER_LEN + keylen &&
+        mc_buf_reserve(b, MC_HEADER_LEN + keylen) != 0)
+        return -1;
+    h = (unsigned char *)b->data + b->len;
+    memset(h, 0, MC_HEADER_LEN); /* datatype, vbucket, cas: 0 */
+    h[0] = MC_MAGIC_REQUEST;
+    h[1] = opcode;
+    mc_store16(h + 2, (uint16_t)keylen);
+    mc_store32(h + 8, (uint32_t)keylen);
+    mc_store32(h + 12, opaque);
+    memcpy(h + MC_HEADER_LEN, key, keylen);
+    b->len += MC_HEADER_LEN + keylen;
+    return 0;
 }
 
 int mc_enc_store(mc_buf *b, uint8_t opcode, uint32_t opaque, uint64_t cas,
