@@ -13,7 +13,7 @@ struct mc_batch_slot {
     int state;        /* SLOT_* */
 };
 
-enum { SLOT_IDLE, SLOT_WRITING, SLOT_READING, SLOT_DONE };
+enum { SLOT_IDLE, SLOT_CONNECTING, SLOT_WRITING, SLOT_READING, SLOT_DONE };
 
 void mc_client_opts_default(mc_client_opts *o)
 {
@@ -571,10 +571,19 @@ static void slot_drain(mc_client *c, const mc_batch *b, mc_batch_slot *sl)
     }
 }
 
+/* One connect of a batch ended; once none is left, the batch's I/O budget
+ * runs from now. */
+static void connected_one(mc_client *c, int *connecting)
+{
+    if (*connecting > 0 && --*connecting == 0)
+        c->deadline = mc_now() + c->o.io_timeout;
+}
+
 int mc_client_batch(mc_client *c, const mc_batch *b)
 {
     size_t i, nslots = 0, active;
-    int connected = 0;
+    int connecting = 0;
+    double connect_deadline, now;
     char msg[200];
 
     mc_client_abort(c);
@@ -613,12 +622,10 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
         mc_server *s = c->servers[sl->srv];
         int err;
         size_t k;
-        /* each server gets its own connect time: one that hangs must not
-         * use up the others' and get them marked as failing */
-        double now = i ? mc_now() : c->op_start;
-        sl->conn = mc_pool_get(s, &c->o.pool, now, &err, msg, sizeof(msg));
-        if (sl->conn && sl->conn->idle_since == 0)
-            connected = 1;
+        /* new connections are only started here: all servers connect at
+         * once, each within its own connect_timeout, in the poll loop */
+        sl->conn = mc_pool_get_started(s, &c->o.pool, c->op_start, &err, msg,
+                                       sizeof(msg));
         if (!sl->conn) {
             server_failed(c, s, err, msg);
             slot_failed(c, b, sl, err, msg);
@@ -641,6 +648,11 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
             slot_failed(c, b, sl, MC_ERR_NOMEM, "out of memory");
             continue;
         }
+        if (sl->conn->connecting) {
+            sl->state = SLOT_CONNECTING;
+            connecting++;
+            continue;
+        }
         sl->state = SLOT_WRITING;
         /* Start sending now: the server works while we encode the next. */
         {
@@ -653,8 +665,9 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
     }
 
     /* The I/O budget starts once the connections stand. */
-    if (connected)
-        c->deadline = mc_now() + c->o.io_timeout;
+    connect_deadline = c->op_start + c->o.pool.connect_timeout;
+    if (connecting)
+        c->deadline = connect_deadline + c->o.io_timeout;
 
     /* Phase 1, while any request is still unsent: one poll loop over all
      * sockets, reading as well (a server blocked on a full output buffer
@@ -665,7 +678,8 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
         double left;
         active = 0;
         for (i = 0; i < nslots; i++)
-            if (c->slots[i].state == SLOT_WRITING)
+            if (c->slots[i].state == SLOT_WRITING ||
+                c->slots[i].state == SLOT_CONNECTING)
                 writing++;
         if (!writing)
             break;
@@ -678,19 +692,35 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
             /* Read while writing too: a server blocked on a full output
              * buffer would otherwise never drain our input. */
             c->pfds[np].events =
-                (short)(POLLIN | (sl->state == SLOT_WRITING ? POLLOUT : 0));
+                sl->state == SLOT_CONNECTING ? POLLOUT
+                : (short)(POLLIN | (sl->state == SLOT_WRITING ? POLLOUT : 0));
             c->pfds[np].revents = 0;
             np++;
         }
         if (!active)
             break;
-        left = c->deadline - mc_now();
+        now = mc_now();
+        left = c->deadline - now;
         if (left <= 0) {
             for (i = 0; i < nslots; i++)
                 if (c->slots[i].state != SLOT_DONE)
                     slot_failed(c, b, &c->slots[i], MC_ERR_TIMEOUT,
                                 "timed out");
             break;
+        }
+        if (connecting) {
+            if (now >= connect_deadline) {
+                /* a connect that took its whole time fails alone */
+                for (i = 0; i < nslots; i++)
+                    if (c->slots[i].state == SLOT_CONNECTING) {
+                        slot_failed(c, b, &c->slots[i], MC_ERR_TIMEOUT,
+                                    "connect timed out");
+                        connected_one(c, &connecting);
+                    }
+                continue; /* the poll set changed */
+            }
+            if (connect_deadline - now < left)
+                left = connect_deadline - now;
         }
         ms = (int)(left * 1000.0 + 0.999);
         rc = poll(c->pfds, np, ms);
@@ -705,6 +735,17 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
             ev = c->pfds[np++].revents;
             if (!ev)
                 continue;
+            if (sl->state == SLOT_CONNECTING) {
+                int err;
+                int ok = mc_conn_finish(sl->conn, &err, msg, sizeof(msg)) == 0;
+                connected_one(c, &connecting);
+                if (!ok) {
+                    slot_failed(c, b, sl, err, msg);
+                    continue;
+                }
+                sl->state = SLOT_WRITING;
+                ev = POLLOUT; /* and start writing right away */
+            }
             if (sl->state == SLOT_WRITING && (ev & (POLLOUT | POLLERR | POLLHUP))) {
                 int w = mc_conn_write_some(sl->conn, msg, sizeof(msg));
                 if (w < 0) {

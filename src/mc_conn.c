@@ -201,12 +201,11 @@ static void set_timeout(int fd, int opt, double seconds)
     setsockopt(fd, SOL_SOCKET, opt, &tv, sizeof(tv));
 }
 
-mc_conn *mc_conn_open(const mc_addr *a, double deadline, double io_timeout,
-                      size_t max_body, int *err, char *msg, size_t msglen)
+mc_conn *mc_conn_start(const mc_addr *a, double io_timeout, size_t max_body,
+                       int *err, char *msg, size_t msglen)
 {
     mc_conn *c;
-    int fd, rc, e = 0;
-    socklen_t elen = sizeof(e);
+    int fd, rc;
 
     fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -223,28 +222,12 @@ mc_conn *mc_conn_open(const mc_addr *a, double deadline, double io_timeout,
     /* EAGAIN is not "in progress": on a unix socket it means the server's
      * listen queue is full and nothing is connecting. */
     if (rc < 0 && errno != EINPROGRESS) {
-        e = errno;
-        goto fail;
+        int e = errno;
+        close(fd);
+        *err = errno_to_err(e);
+        say(msg, msglen, "connect", e);
+        return NULL;
     }
-    if (rc < 0) {
-        int w = mc_wait_fd(fd, POLLOUT, deadline, msg, msglen);
-        if (w != MC_OK) {
-            close(fd);
-            *err = w;
-            if (w == MC_ERR_TIMEOUT)
-                say(msg, msglen, "connect timed out", 0);
-            return NULL;
-        }
-        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &elen) < 0)
-            e = errno;
-        if (e)
-            goto fail;
-    }
-    /* Connected: from now on the kernel waits, bounded by the timeouts;
-     * the non-blocking primitives pass MSG_DONTWAIT. */
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-    set_timeout(fd, SO_RCVTIMEO, io_timeout);
-    set_timeout(fd, SO_SNDTIMEO, io_timeout);
     c = calloc(1, sizeof(*c));
     if (!c) {
         close(fd);
@@ -255,14 +238,51 @@ mc_conn *mc_conn_open(const mc_addr *a, double deadline, double io_timeout,
     c->fd = fd;
     c->opaque = 1;
     c->io_timeout = io_timeout;
+    c->connecting = rc < 0;
     mc_reader_init(&c->in, max_body);
+    if (!c->connecting)
+        mc_conn_finish(c, err, msg, msglen);
     *err = MC_OK;
     return c;
-fail:
-    close(fd);
-    *err = errno_to_err(e);
-    say(msg, msglen, "connect", e);
-    return NULL;
+}
+
+int mc_conn_finish(mc_conn *c, int *err, char *msg, size_t msglen)
+{
+    int e = 0;
+    socklen_t elen = sizeof(e);
+    if (c->connecting) {
+        if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &e, &elen) < 0)
+            e = errno;
+        if (e) {
+            *err = errno_to_err(e);
+            say(msg, msglen, "connect", e);
+            return -1;
+        }
+        c->connecting = 0;
+    }
+    /* Connected: from now on the kernel waits, bounded by the timeouts;
+     * the non-blocking primitives pass MSG_DONTWAIT. */
+    fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) & ~O_NONBLOCK);
+    set_timeout(c->fd, SO_RCVTIMEO, c->io_timeout);
+    set_timeout(c->fd, SO_SNDTIMEO, c->io_timeout);
+    *err = MC_OK;
+    return 0;
+}
+
+mc_conn *mc_conn_open(const mc_addr *a, double deadline, double io_timeout,
+                      size_t max_body, int *err, char *msg, size_t msglen)
+{
+    mc_conn *c = mc_conn_start(a, io_timeout, max_body, err, msg, msglen);
+    if (!c || !c->connecting)
+        return c;
+    *err = mc_wait_fd(c->fd, POLLOUT, deadline, msg, msglen);
+    if (*err == MC_ERR_TIMEOUT)
+        say(msg, msglen, "connect timed out", 0);
+    if (*err != MC_OK || mc_conn_finish(c, err, msg, msglen) != 0) {
+        mc_conn_close(c);
+        return NULL;
+    }
+    return c;
 }
 
 void mc_conn_close(mc_conn *c)

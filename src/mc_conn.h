@@ -54,6 +54,7 @@ typedef struct mc_conn {
     size_t out_pos;
     double idle_since; /* when it went back to the pool */
     double io_timeout; /* the kernel's bound on each blocking transfer */
+    int connecting;    /* a non-blocking connect is in progress */
     struct mc_conn *next; /* idle-list link, owned by the pool */
     mc_reader in;      /* last: its error text would split the hot fields */
 } mc_conn;
@@ -68,6 +69,15 @@ double mc_now(void);
  * returns 0; on failure returns -1 with a message in err. */
 int mc_addr_parse(const char *spec, mc_addr *a, char *host, size_t hostlen,
                   unsigned *port, char *err, size_t errlen);
+
+/* Starts connecting without waiting: the connection is returned with
+ * connecting set while the connect is in progress (wait for POLLOUT, then
+ * call mc_conn_finish). NULL with *err when it failed at once. */
+mc_conn *mc_conn_start(const mc_addr *a, double io_timeout, size_t max_body,
+                       int *err, char *msg, size_t msglen);
+/* Completes a started connect (checks its outcome, then sets the blocking
+ * mode and the I/O timeouts). 0, or -1 with *err and msg. */
+int mc_conn_finish(mc_conn *c, int *err, char *msg, size_t msglen);
 
 /* Allocates a connection and connects it before the deadline; io_timeout
  * bounds each later blocking send or receive. Returns the connection, or

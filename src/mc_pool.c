@@ -44,8 +44,23 @@ void mc_server_free(mc_server *s)
     free(s);
 }
 
+static mc_conn *pool_take(mc_server *s, const mc_pool_opts *o, double now,
+                          int wait, int *err, char *msg, size_t msglen);
+
 mc_conn *mc_pool_get(mc_server *s, const mc_pool_opts *o, double now,
                      int *err, char *msg, size_t msglen)
+{
+    return pool_take(s, o, now, 1, err, msg, msglen);
+}
+
+mc_conn *mc_pool_get_started(mc_server *s, const mc_pool_opts *o, double now,
+                             int *err, char *msg, size_t msglen)
+{
+    return pool_take(s, o, now, 0, err, msg, msglen);
+}
+
+static mc_conn *pool_take(mc_server *s, const mc_pool_opts *o, double now,
+                          int wait, int *err, char *msg, size_t msglen)
 {
     mc_conn *c;
     unsigned limit;
@@ -70,8 +85,10 @@ mc_conn *mc_pool_get(mc_server *s, const mc_pool_opts *o, double now,
                  s->name);
         return NULL;
     }
-    c = mc_conn_open(&s->addr, now + o->connect_timeout, o->io_timeout,
-                     o->max_body, err, msg, msglen);
+    c = wait ? mc_conn_open(&s->addr, now + o->connect_timeout, o->io_timeout,
+                            o->max_body, err, msg, msglen)
+             : mc_conn_start(&s->addr, o->io_timeout, o->max_body, err, msg,
+                             msglen);
     if (c)
         s->nopen++;
     return c;

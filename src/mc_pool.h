@@ -58,6 +58,12 @@ void mc_server_free(mc_server *s);
 mc_conn *mc_pool_get(mc_server *s, const mc_pool_opts *o, double now,
                      int *err, char *msg, size_t msglen);
 
+/* The same, but a new connection is only started (c->connecting may be
+ * set: wait for POLLOUT, then mc_conn_finish), so that a batch connects to
+ * all its servers at once. */
+mc_conn *mc_pool_get_started(mc_server *s, const mc_pool_opts *o, double now,
+                             int *err, char *msg, size_t msglen);
+
 /* Gives a connection back: pooled when clean and there is room, else
  * closed. */
 void mc_pool_put(mc_server *s, const mc_pool_opts *o, mc_conn *c, int broken,
