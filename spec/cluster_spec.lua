@@ -202,6 +202,55 @@ describe("failover", function()
   end)
 end)
 
+describe("hanging connects", function()
+  local socket = require "socket"
+  -- A listener whose accept queue is full: connects to it hang (SYNs are
+  -- dropped) until the connect timeout.
+  local function hanging()
+    local port = H.free_port()
+    local l = assert(socket.bind("127.0.0.1", port, 0))
+    local fill = {}
+    for i = 1, 8 do
+      local c = socket.tcp()
+      c:settimeout(0)
+      c:connect("127.0.0.1", port)
+      fill[i] = c
+    end
+    return { addr = "127.0.0.1:" .. port, close = function()
+      for _, c in ipairs(fill) do c:close() end
+      l:close()
+    end }
+  end
+
+  it("cost one connect timeout for all servers of a batch, and never the live server's health", function()
+    local hs = { hanging(), hanging(), hanging() }
+    local live = H.start_memcached()
+    local mc = memcached.new { servers = { hs[1].addr, hs[2].addr, hs[3].addr, live.addr },
+                               timeout = 0.2, failure_limit = 2 }
+    local keys = {}
+    for i = 1, 40 do keys[i] = "hc" .. i end
+    local dt, got, err, failed = H.timed(function() return mc:get_multi(keys) end)
+    assert.is_true(dt < 0.2 + 0.15, dt) -- one connect timeout, not three
+    assert.are.equal(memcached.ERR_TIMEOUT, err)
+    local on_live = 0
+    for _, k in ipairs(keys) do
+      if mc:pick_server(k) == live.addr then
+        on_live = on_live + 1
+        assert.is_nil(failed[k]) -- a miss on the live server, not a failure
+      else
+        assert.are.equal(memcached.ERR_TIMEOUT, failed[k])
+      end
+    end
+    assert.is_true(on_live > 0)
+    for _, info in ipairs(mc:servers()) do
+      -- each hanging server failed once; the live one not at all
+      assert.are.equal(info.addr == live.addr and 0 or 1, info.failures, info.addr)
+    end
+    for _, h in ipairs(hs) do h.close() end
+    live.stop()
+  end)
+end)
+
 describe("soak", function()
   local s = {}
   setup(function() for i = 1, 3 do s[i] = H.start_memcached() end end)
