@@ -174,5 +174,10 @@ function H.timed(fn)
   return socket.gettime() - t, (table.unpack or unpack)(r, 1, r.n)
 end
 
+-- Whatever a spec file started and did not stop (a failed assertion skips
+-- its stop calls) is killed when this module goes away: at the end of the
+-- file (busted reloads modules per file) or when busted closes Lua.
+H.sentinel = setmetatable({}, { __gc = function() H.stop_all() end })
+
 H.memcached = require "memcached"
 return H
