@@ -99,13 +99,29 @@ done
 FAULT[late]=$(free_port) # answers its first request after 0.5 s
 start "${FAULT[late]}" "$LUA" spec/fault_server.lua "${FAULT[late]}" late_once 0.5
 REFUSED=$(free_port) # nobody listens there
+# three listeners whose accept queues are full: connects to them hang
+HANG1=$(free_port); HANG2=$(free_port); HANG3=$(free_port)
+"$LUA" -e "local socket = require 'socket'
+           local keep = {}
+           for _, p in ipairs { $HANG1, $HANG2, $HANG3 } do
+             keep[#keep + 1] = assert(socket.bind('127.0.0.1', p, 0))
+             for _ = 1, 8 do
+               local c = socket.tcp() c:settimeout(0) c:connect('127.0.0.1', p)
+               keep[#keep + 1] = c
+             end
+           end
+           socket.sleep(3600)" >>"$TMP/servers.log" 2>&1 &
+pids+=($!)
+sleep 0.3
 
 PORT=$(free_port)
 sed -e "s|@TMP@|$TMP|g" -e "s|@ROOT@|$ROOT|g" -e "s|@PORT@|$PORT|g" \
     -e "s|@MC1@|$MC1|g" -e "s|@MC2@|$MC2|g" -e "s|@REFUSED@|$REFUSED|g" \
     -e "s|@SILENT@|${FAULT[silent]}|g" -e "s|@WRONG_OPAQUE@|${FAULT[wrong_opaque]}|g" \
     -e "s|@TRUNCATED@|${FAULT[truncated]}|g" -e "s|@HUGE@|${FAULT[huge]}|g" \
-    -e "s|@CLOSE@|${FAULT[close]}|g" -e "s|@LATE@|${FAULT[late]}|g" -e "s|@SOCK@|$SOCK|g" spec/nginx/nginx.conf.in >"$TMP/nginx.conf"
+    -e "s|@CLOSE@|${FAULT[close]}|g" -e "s|@LATE@|${FAULT[late]}|g" -e "s|@SOCK@|$SOCK|g" \
+    -e "s|@HANG1@|$HANG1|g" -e "s|@HANG2@|$HANG2|g" -e "s|@HANG3@|$HANG3|g" \
+    spec/nginx/nginx.conf.in >"$TMP/nginx.conf"
 start "$PORT" nginx -p "$TMP" -c "$TMP/nginx.conf" -e "$TMP/error.log"
 URL=http://127.0.0.1:$PORT
 

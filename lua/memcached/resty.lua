@@ -20,6 +20,7 @@ local c_arith, c_touch, c_flush, c_simple = codec.arith, codec.touch, codec.flus
 local status_str, new_reader = codec.status_str, codec.reader
 local mp_encode, mp_decode = memcached.encode, memcached.decode
 local ngx_socket_tcp, ngx_now, ngx_update_time = ngx.socket.tcp, ngx.now, ngx.update_time
+local ngx_thread_spawn, ngx_thread_wait = ngx.thread.spawn, ngx.thread.wait
 local byte, find, sub, concat = string.byte, string.find, string.sub, table.concat
 local type, error, tostring, pairs, ipairs, next = type, error, tostring, pairs, ipairs, next
 local setmetatable, select, floor, max, tonumber = setmetatable, select, math.floor, math.max, tonumber
@@ -368,10 +369,24 @@ function _M.decrement(self, key, delta, initial, exptime) return arith(self, OP.
 local function run_batches(self, batches, on_reply, on_fail)
   ngx_update_time()
   local dl = ngx_now() + self.io_timeout
-  for _, b in ipairs(batches) do
+  if #batches == 1 then
+    local b = batches[1]
     local err, detail
     b.sock, err, detail = send_to(self, b.addr, b.data, dl)
     if not b.sock then on_fail(b, err, detail) end
+  else
+    -- connect to and write every server at once, one light thread each, so
+    -- that servers that hang cost one connect timeout, not one each
+    local threads = {}
+    for i, b in ipairs(batches) do
+      threads[i] = ngx_thread_spawn(send_to, self, b.addr, b.data, dl)
+    end
+    for i, b in ipairs(batches) do
+      local ok, sock, err, detail = ngx_thread_wait(threads[i])
+      if not ok then sock, err, detail = nil, _M.ERR_IO, b.addr .. ": " .. tostring(sock) end
+      b.sock = sock
+      if not sock then on_fail(b, err, detail) end
+    end
   end
   local r = take_reader(self)
   for _, b in ipairs(batches) do

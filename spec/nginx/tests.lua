@@ -283,6 +283,14 @@ local function run()
   t, r = elapsed(function() return two:get_multi(skeys) end)
   ok(r[2] == E.ERR_TIMEOUT and t < 0.5, "get_multi with a silent server: one timeout",
      show(t, r[2]))
+  -- connects that hang run side by side: three cost one connect timeout
+  local hang = assert(resty_memcached.new { servers = { var.hang1, var.hang2, var.hang3, MC1 },
+                                            timeout = 0.2 })
+  local hkeys = {}
+  for i = 1, 40 do hkeys[i] = "hang:" .. i end
+  t, r = elapsed(function() return hang:get_multi(hkeys) end)
+  ok(r[2] == E.ERR_TIMEOUT and t < 0.35, "get_multi with three hanging connects: one connect timeout",
+     show(t, r[2]))
 
   for _, c in ipairs {
     { var.wrong_opaque, E.ERR_PROTOCOL, "a reply with another opaque" },
