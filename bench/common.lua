@@ -62,4 +62,17 @@ function C.na()
   os.exit(0)
 end
 
+
+-- Runs the named workload from ops (each returns op[, setup]) and prints
+-- its time per operation.
+function C.run(ops, workload, nops, warm)
+  local make = ops[workload]
+  if not make then
+    io.stderr:write("unknown workload ", workload, "\n")
+    os.exit(2)
+  end
+  local op, setup = make()
+  C.report(C.measure(nops, warm, op, setup))
+end
+
 return C

@@ -87,11 +87,5 @@ if workload == "rss" then
   os.exit(0)
 end
 
-local make = ops[workload]
-if not make then
-  io.stderr:write("unknown workload ", workload, "\n")
-  os.exit(2)
-end
-local op, setup = make()
-C.report(C.measure(nops, warm, op, setup))
+C.run(ops, workload, nops, warm)
 mc:close()

@@ -25,6 +25,24 @@ local function trim(s)
 end
 
 ---------------------------------------------------------------- machine
+-- Reads a file of lines that pattern splits into (a, b) and removes it:
+-- {[a] = tonumber(b)}, or {[b] = tonumber(a)} when swap is set.
+local function read_pairs(file, pattern, swap)
+  local t = {}
+  local f = io.open(file)
+  if f then
+    for line in f:lines() do
+      local a, b = line:match(pattern)
+      if a then
+        if swap then t[b] = tonumber(a) else t[a] = tonumber(b) end
+      end
+    end
+    f:close()
+  end
+  os.remove(file)
+  return t
+end
+
 local function cpu_model()
   for line in io.lines("/proc/cpuinfo") do
     local m = line:match("^model name%s*:%s*(.+)$")
@@ -278,16 +296,7 @@ local function alloc_run(op, n, addrs)
   local cmd = string.format("MALLOC_COUNT_FILE=%s LD_PRELOAD=%s/bench/malloc_count.so %s%s bench/lua_client.lua %s %d %s >/dev/null",
     file, trim(sh("pwd")), PIN, LUA, op, n, addrs)
   local _, ok = sh(cmd)
-  local counts = {}
-  local f = io.open(file)
-  if f then
-    for line in f:lines() do
-      local name, c = line:match("^(%S+) (%d+)$")
-      if name then counts[name] = tonumber(c) end
-    end
-    f:close()
-  end
-  os.remove(file)
+  local counts = read_pairs(file, "^(%S+) (%d+)$")
   return ok and counts or nil
 end
 print("| workload | N1 -> N2 | all | Lua interpreter | memcached.so | libmsgpackc | other |")
@@ -355,16 +364,7 @@ local EVENTS = "-e task-clock,context-switches,raw_syscalls:sys_enter," ..
 local function perf_counts(cmd)
   local file = os.tmpname()
   local _, ok = sh(PIN .. "perf stat -x, " .. EVENTS .. " -o " .. file .. " " .. cmd .. " >/dev/null 2>&1")
-  local c = {}
-  local f = io.open(file)
-  if f then
-    for line in f:lines() do
-      local v, ev = line:match("^([%d%.]+),[^,]*,([^,]+),")
-      if v then c[ev] = tonumber(v) end
-    end
-    f:close()
-  end
-  os.remove(file)
+  local c = read_pairs(file, "^([%d%.]+),[^,]*,([^,]+),", true)
   return ok and c["raw_syscalls:sys_enter"] and c or nil
 end
 

@@ -112,10 +112,4 @@ function ops.delete_multi()
   return function() pipeline(del_req, "DELETED") end, set_multi
 end
 
-local make = ops[workload]
-if not make then
-  io.stderr:write("unknown workload ", workload, "\n")
-  os.exit(2)
-end
-local op, setup = make()
-C.report(C.measure(nops, warm, op, setup))
+C.run(ops, workload, nops, warm)

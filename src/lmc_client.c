@@ -234,10 +234,7 @@ static void report_events(lua_State *L, lmc_client *u)
         (u)->lock_token++;                                                   \
     } while (0)
 
-static void unlock(lmc_client *u)
-{
-    u->busy = 0;
-}
+
 
 /* ---- arguments ---- */
 
@@ -1277,7 +1274,6 @@ static long multi_keys(lua_State *L, lmc_client *u, int t, multi *m)
     for (i = 0; i < n; i++) {
         lua_rawgeti(L, t, (lua_Integer)i + 1);
         if (lua_type(L, -1) != LUA_TSTRING) {
-            unlock(u);
             luaL_error(L, "bad argument #1 (keys): key #%d is a %s, not a "
                           "string", (int)i + 1, luaL_typename(L, -1));
         }
@@ -1290,10 +1286,9 @@ static long multi_keys(lua_State *L, lmc_client *u, int t, multi *m)
             return -fail(L, E_MALFORMED_KEY, d);
         }
     }
-    if (u->sel_mode == SEL_BUILTIN && u->c->nentries == 1 &&
-        !u->c->servers[u->c->entry_server[0]]->dead) {
+    if (u->sel_mode == SEL_BUILTIN && mc_client_single(u->c) >= 0) {
         /* one live server: every key goes there, no per-key pick */
-        int only = u->c->entry_server[0];
+        int only = mc_client_single(u->c);
         for (i = 0; i < n; i++)
             u->srv[i] = only;
         return (long)n;
@@ -1452,7 +1447,6 @@ static int m_set_multi(lua_State *L)
         struct bkey *k;
         const char *bad = NULL;
         if (lua_type(L, -2) != LUA_TSTRING) {
-            unlock(u);
             luaL_error(L, "bad argument #1 (items): keys must be strings, "
                           "got %s", luaL_typename(L, -2));
         }
@@ -1510,7 +1504,6 @@ static int m_delete_multi(lua_State *L)
         struct bkey *k = &u->keys[i];
         lua_rawgeti(L, 2, (lua_Integer)i + 1);
         if (lua_type(L, -1) != LUA_TSTRING) {
-            unlock(u);
             luaL_error(L, "bad argument #1 (keys): key #%d is a %s, not a "
                           "string", (int)i + 1, luaL_typename(L, -1));
         }

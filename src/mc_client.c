@@ -315,6 +315,12 @@ int mc_client_intern_server(mc_client *c, const char *addr)
     return (int)c->nservers++;
 }
 
+int mc_client_single(const mc_client *c)
+{
+    return c->nentries == 1 && !c->servers[c->entry_server[0]]->dead
+               ? c->entry_server[0] : -1;
+}
+
 int mc_client_pick_static(const mc_client *c, const char *key, size_t keylen)
 {
     int e;
@@ -330,7 +336,7 @@ int mc_client_pick(mc_client *c, const char *key, size_t keylen, int *err)
     size_t i;
     mc_server *s;
 
-    if (c->nentries == 1 && !c->servers[c->entry_server[0]]->dead)
+    if (mc_client_single(c) >= 0)
         return c->entry_server[0]; /* nothing to choose: no hashing */
     if (c->nentries == 0) {
         *err = MC_ERR_NO_SERVERS;

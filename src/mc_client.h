@@ -88,6 +88,8 @@ int mc_client_intern_server(mc_client *c, const char *addr);
 /* Server for a key, honouring dead servers: returns the index, or -1 with
  * *err (MC_ERR_NO_SERVERS, MC_ERR_SERVER_DEAD) and errmsg. */
 int mc_client_pick(mc_client *c, const char *key, size_t keylen, int *err);
+/* The one server every key goes to (a single live entry), or -1. */
+int mc_client_single(const mc_client *c);
 /* Where the key goes when every server is healthy (no side effects). */
 int mc_client_pick_static(const mc_client *c, const char *key, size_t keylen);
 
