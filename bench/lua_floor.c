@@ -73,6 +73,51 @@ static int l_request(lua_State *L)
     return 0;
 }
 
+/* multi(fd, bytes, keys): writes a prebuilt GETKQ x n + NOOP batch, reads
+ * replies up to the NOOP and returns {key = value}, the key being the
+ * caller's own string keys[opaque + 1]. The least any Lua get_multi does:
+ * a new string per value and a table, nothing checked. */
+static int l_multi(lua_State *L)
+{
+    int fd = (int)lua_tointeger(L, 1);
+    size_t n, have = 0, pos = 0;
+    const char *req = lua_tolstring(L, 2, &n);
+    lua_createtable(L, 0, (int)lua_rawlen(L, 3));
+    if (write(fd, req, n) != (ssize_t)n)
+        return luaL_error(L, "write failed");
+    for (;;) {
+        while (have - pos >= 24) {
+            const unsigned char *h = rbuf + pos;
+            size_t body = ((size_t)h[8] << 24) | ((size_t)h[9] << 16) |
+                          ((size_t)h[10] << 8) | h[11];
+            size_t ext = h[4], key = ((size_t)h[2] << 8) | h[3];
+            lua_Integer opaque = ((lua_Integer)h[12] << 24) |
+                                 ((lua_Integer)h[13] << 16) |
+                                 ((lua_Integer)h[14] << 8) | h[15];
+            if (have - pos < 24 + body)
+                break;
+            pos += 24 + body;
+            if (h[1] == 0x0a)
+                return 1;
+            lua_rawgeti(L, 3, opaque + 1);
+            lua_pushlstring(L, (const char *)h + 24 + ext + key,
+                            body - ext - key);
+            lua_rawset(L, 4);
+        }
+        if (pos == have)
+            have = pos = 0;
+        else if (pos > 0) {
+            memmove(rbuf, rbuf + pos, have - pos);
+            have -= pos;
+            pos = 0;
+        }
+        ssize_t r = read(fd, rbuf + have, sizeof(rbuf) - have);
+        if (r <= 0)
+            return luaL_error(L, "read failed");
+        have += (size_t)r;
+    }
+}
+
 int luaopen_lua_floor(lua_State *L)
 {
     lua_newtable(L);
@@ -80,5 +125,7 @@ int luaopen_lua_floor(lua_State *L)
     lua_setfield(L, -2, "connect");
     lua_pushcfunction(L, l_request);
     lua_setfield(L, -2, "request");
+    lua_pushcfunction(L, l_multi);
+    lua_setfield(L, -2, "multi");
     return 1;
 }

@@ -23,14 +23,12 @@ int mc_buf_reserve(mc_buf *b, size_t extra)
     return 0;
 }
 
-void mc_buf_clear(mc_buf *b, size_t keep)
+void mc_buf_release(mc_buf *b)
 {
+    free(b->data);
+    b->data = NULL;
+    b->cap = 0;
     b->len = 0;
-    if (b->cap > keep) {
-        free(b->data);
-        b->data = NULL;
-        b->cap = 0;
-    }
 }
 
 void mc_buf_free(mc_buf *b)

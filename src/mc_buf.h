@@ -31,7 +31,13 @@ static inline int mc_buf_append(mc_buf *b, const void *p, size_t n)
 
 /* Drops the contents; keeps the storage unless it grew past `keep` bytes,
  * so that one huge value does not pin memory for the life of a connection. */
-void mc_buf_clear(mc_buf *b, size_t keep);
+void mc_buf_release(mc_buf *b);
+static inline void mc_buf_clear(mc_buf *b, size_t keep)
+{
+    b->len = 0;
+    if (b->cap > keep)
+        mc_buf_release(b);
+}
 
 void mc_buf_free(mc_buf *b);
 

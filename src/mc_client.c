@@ -391,6 +391,7 @@ mc_buf *mc_client_begin(mc_client *c, int srv, uint32_t *opaque, int *err)
     if (c->cur->idle_since == 0) /* just connected: I/O time starts now */
         c->op_start = mc_now();
     c->cur_srv = srv;
+    c->nbegun++;
     c->cur_opaque = c->cur->opaque++;
     c->cur->out.len = 0;
     c->cur->out_pos = 0;

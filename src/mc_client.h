@@ -54,6 +54,7 @@ typedef struct mc_client {
     uint8_t cur_opcode;
     double deadline;
     double op_start;       /* the clock read once per operation */
+    unsigned long nbegun;  /* one-request operations begun, ever */
 
     /* batch scratch, reused across calls */
     mc_batch_slot *slots;  /* nslots in use (checked out until the end) */

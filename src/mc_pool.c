@@ -47,8 +47,8 @@ void mc_server_free(mc_server *s)
 static mc_conn *pool_take(mc_server *s, const mc_pool_opts *o, double now,
                           int wait, int *err, char *msg, size_t msglen);
 
-mc_conn *mc_pool_get(mc_server *s, const mc_pool_opts *o, double now,
-                     int *err, char *msg, size_t msglen)
+mc_conn *mc_pool_get_slow(mc_server *s, const mc_pool_opts *o, double now,
+                          int *err, char *msg, size_t msglen)
 {
     return pool_take(s, o, now, 1, err, msg, msglen);
 }

@@ -55,8 +55,23 @@ void mc_server_free(mc_server *s);
  * so that one operation reads the clock once). Returns it, or NULL with
  * *err set and a message in msg; MC_ERR_BUSY when max_conns connections
  * are all handed out (not a failure of the server). */
-mc_conn *mc_pool_get(mc_server *s, const mc_pool_opts *o, double now,
-                     int *err, char *msg, size_t msglen);
+mc_conn *mc_pool_get_slow(mc_server *s, const mc_pool_opts *o, double now,
+                          int *err, char *msg, size_t msglen);
+static inline mc_conn *mc_pool_get(mc_server *s, const mc_pool_opts *o,
+                                   double now, int *err, char *msg,
+                                   size_t msglen)
+{
+    mc_conn *c = s->idle;
+    /* the usual case: a warm idle connection, too recent to check */
+    if (c && now - c->idle_since < 1.0) {
+        s->idle = c->next;
+        s->nidle--;
+        c->next = NULL;
+        *err = MC_OK;
+        return c;
+    }
+    return mc_pool_get_slow(s, o, now, err, msg, msglen);
+}
 
 /* The same, but a new connection is only started (c->connecting may be
  * set: wait for POLLOUT, then mc_conn_finish), so that a batch connects to

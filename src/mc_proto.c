@@ -294,7 +294,7 @@ int mc_reader_feed(mc_reader *r, const char *p, size_t n)
     return 0;
 }
 
-char *mc_reader_space(mc_reader *r, size_t min, size_t *avail)
+char *mc_reader_space_slow(mc_reader *r, size_t min, size_t *avail)
 {
     if (min == 0)
         min = 1;
@@ -304,13 +304,6 @@ char *mc_reader_space(mc_reader *r, size_t min, size_t *avail)
     }
     *avail = r->cap - r->len;
     return r->buf + r->len;
-}
-
-void mc_reader_commit(mc_reader *r, size_t n)
-{
-    if (n > r->cap - r->len)
-        n = r->cap - r->len;
-    r->len += n;
 }
 
 static int reader_fail(mc_reader *r)

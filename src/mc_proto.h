@@ -189,8 +189,22 @@ int mc_reader_feed(mc_reader *r, const char *p, size_t n);
 /* Zero-copy feeding: returns a pointer to at least `min` writable bytes
  * (NULL when memory ran out) and stores the writable size in *avail; after
  * writing n bytes there, call mc_reader_commit(r, n). */
-char *mc_reader_space(mc_reader *r, size_t min, size_t *avail);
-void mc_reader_commit(mc_reader *r, size_t n);
+char *mc_reader_space_slow(mc_reader *r, size_t min, size_t *avail);
+static inline char *mc_reader_space(mc_reader *r, size_t min, size_t *avail)
+{
+    /* empty (the usual case before a reply): no frame to make room for */
+    if (r->len == 0 && r->cap >= min && min) {
+        *avail = r->cap;
+        return r->buf;
+    }
+    return mc_reader_space_slow(r, min, avail);
+}
+static inline void mc_reader_commit(mc_reader *r, size_t n)
+{
+    if (n > r->cap - r->len)
+        n = r->cap - r->len;
+    r->len += n;
+}
 
 /* Takes the next whole response out of the buffer. Checks the magic, that
  * extlen + keylen <= bodylen, and bodylen <= max_body. */
