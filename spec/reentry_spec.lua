@@ -60,6 +60,56 @@ describe("re-entrant calls", function()
     assert.are.equal(("v"):rep(100) .. "1", (mc:get("gk1")))
   end)
 
+  it("finalizers that call the client while get and set hand back their results are served or refused, never confused", function()
+    local mc = assert(memcached.new(srv.addr))
+    for i = 1, 50 do assert(mc:set("fk" .. i, ("w"):rep(100) .. i)) end
+    local inner, bad = 0, {}
+    collectgarbage("incremental", 1, 100) -- a GC step at nearly every allocation
+    for round = 1, 150 do
+      local j = round % 50 + 1
+      setmetatable({}, { __gc = function()
+        local v, err = mc:get("fk" .. j)
+        if v == nil and err ~= memcached.ERR_IN_USE then bad[#bad + 1] = tostring(err) end
+        if v ~= nil and v ~= ("w"):rep(100) .. j then bad[#bad + 1] = "wrong value for fk" .. j end
+        local ok, serr = mc:set("fk" .. j, ("w"):rep(100) .. j)
+        if not ok and serr ~= memcached.ERR_IN_USE then bad[#bad + 1] = tostring(serr) end
+        inner = inner + 1
+      end })
+      local i = (round * 7) % 50 + 1
+      local v, err = mc:get("fk" .. i)
+      assert.are.equal(("w"):rep(100) .. i, v, err)
+      assert.is_truthy(mc:set("fk" .. i, ("w"):rep(100) .. i))
+    end
+    collectgarbage("incremental", 200, 100)
+    collectgarbage()
+    assert.are.same({}, bad)
+    assert.is_true(inner > 50)
+    assert.are.equal(("w"):rep(100) .. "1", (mc:get("fk1")))
+  end)
+
+  it("a finalizer that closes the client while get hands back its value: the value is whole, then the client is closed", function()
+    local outcomes = {}
+    collectgarbage("incremental", 1, 100)
+    for _ = 1, 15 do
+      local mc = assert(memcached.new(srv.addr))
+      assert(mc:set("ck", ("c"):rep(200)))
+      for _ = 1, 20 do setmetatable({}, { __gc = function() mc:close() end }) end
+      for _ = 1, 20 do
+        local v, err = mc:get("ck")
+        if v ~= nil then
+          assert.are.equal(("c"):rep(200), v)
+          outcomes.value = (outcomes.value or 0) + 1
+        else
+          assert.are.equal(memcached.ERR_CLIENT_CLOSED, err)
+          outcomes.closed = (outcomes.closed or 0) + 1
+        end
+      end
+    end
+    collectgarbage("incremental", 200, 100)
+    collectgarbage()
+    assert.is_true((outcomes.value or 0) > 0 and (outcomes.closed or 0) > 0)
+  end)
+
   it("a finalizer that runs inside a call (forced by the selector) gets ERR_IN_USE", function()
     local mc, inner
     mc = memcached.new_from_selector(function()
