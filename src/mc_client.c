@@ -410,12 +410,10 @@ static int cur_failed(mc_client *c, int err, const char *msg)
     return err;
 }
 
-static int recv_matching(mc_client *c, mc_resp *r)
+/* Checks that a reply answers the request in flight. */
+static int reply_matches(mc_client *c, mc_resp *r)
 {
     char msg[200];
-    int rc = mc_conn_recv(c->cur, r, c->deadline, msg, sizeof(msg));
-    if (rc != MC_OK)
-        return cur_failed(c, rc, msg);
     if (r->opaque != c->cur_opaque || r->opcode != c->cur_opcode) {
         snprintf(msg, sizeof(msg),
                  "reply (opcode 0x%02x, opaque %u) does not match the "
@@ -443,10 +441,10 @@ int mc_client_exec(mc_client *c, mc_resp *r)
         return MC_ERR_IO;
     c->cur_opcode = c->cur->out.len >= 2 ? (uint8_t)c->cur->out.data[1] : 0;
     c->deadline = c->op_start + c->o.io_timeout;
-    rc = mc_conn_flush(c->cur, c->deadline, msg, sizeof(msg));
+    rc = mc_conn_roundtrip(c->cur, r, c->deadline, msg, sizeof(msg));
     if (rc != MC_OK)
         return cur_failed(c, rc, msg);
-    rc = recv_matching(c, r);
+    rc = reply_matches(c, r);
     if (rc == MC_OK)
         server_ok(c, c->servers[c->cur_srv]);
     return rc;
@@ -454,9 +452,14 @@ int mc_client_exec(mc_client *c, mc_resp *r)
 
 int mc_client_next(mc_client *c, mc_resp *r)
 {
+    char msg[200];
+    int rc;
     if (!c->cur)
         return MC_ERR_IO;
-    return recv_matching(c, r);
+    rc = mc_conn_recv(c->cur, r, c->deadline, msg, sizeof(msg));
+    if (rc != MC_OK)
+        return cur_failed(c, rc, msg);
+    return reply_matches(c, r);
 }
 
 void mc_client_end(mc_client *c)

@@ -385,6 +385,17 @@ static int budget(mc_conn *c, short events, double deadline, char *msg,
     return rc == MC_OK ? 0 : -rc;
 }
 
+/* A blocking send that failed with errno e (not EINTR). */
+static int send_failed(int e, char *msg, size_t msglen)
+{
+    if (e == EAGAIN || e == EWOULDBLOCK) { /* SO_SNDTIMEO ran out */
+        say(msg, msglen, "timed out", 0);
+        return MC_ERR_TIMEOUT;
+    }
+    say(msg, msglen, "send", e);
+    return errno_to_err(e);
+}
+
 int mc_conn_flush(mc_conn *c, double deadline, char *msg, size_t msglen)
 {
     int partial = 0;
@@ -407,14 +418,10 @@ int mc_conn_flush(mc_conn *c, double deadline, char *msg, size_t msglen)
         }
         if (n < 0 && errno == EINTR)
             continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (flags & MSG_DONTWAIT)
-                continue; /* poll said ready; the deadline bounds this */
-            say(msg, msglen, "timed out", 0);
-            return MC_ERR_TIMEOUT;
-        }
-        say(msg, msglen, "send", errno);
-        return errno_to_err(errno);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) &&
+            (flags & MSG_DONTWAIT))
+            continue; /* poll said ready; the deadline bounds this */
+        return send_failed(errno, msg, msglen);
     }
     c->out_pos = 0;
     mc_buf_clear(&c->out, 1 << 20);
@@ -431,10 +438,12 @@ int mc_conn_read_budget(mc_conn *c, double deadline, char *msg,
              : mc_conn_read_some(c, msg, msglen);
 }
 
-int mc_conn_recv(mc_conn *c, mc_resp *r, double deadline, char *msg,
-                 size_t msglen)
+/* mc_conn_recv, told whether bytes arrived since the last reply (partial):
+ * then the reader is asked before reading more. */
+static int recv_loop(mc_conn *c, mc_resp *r, double deadline, char *msg,
+                     size_t msglen, int partial)
 {
-    int partial = 0, rc;
+    int rc;
     for (;;) {
         /* nothing buffered (the usual case right after a send): read first */
         if (mc_reader_pending(&c->in) || c->in.failed || partial) {
@@ -453,6 +462,41 @@ int mc_conn_recv(mc_conn *c, mc_resp *r, double deadline, char *msg,
             return -rc;
         partial = 1;
     }
+}
+
+int mc_conn_recv(mc_conn *c, mc_resp *r, double deadline, char *msg,
+                 size_t msglen)
+{
+    return recv_loop(c, r, deadline, msg, msglen, 0);
+}
+
+int mc_conn_roundtrip(mc_conn *c, mc_resp *r, double deadline, char *msg,
+                      size_t msglen)
+{
+    int rc;
+    /* The usual case: nothing sent or buffered yet, one send takes the
+     * whole request, so no time has passed since the operation began and
+     * the whole budget is left: wait for the reply in the kernel at once,
+     * without reading the clock. */
+    if (c->out_pos == 0 && c->out.len && c->in.len == 0 && !c->in.failed) {
+        ssize_t n = send(c->fd, c->out.data, c->out.len, MSG_NOSIGNAL);
+        if (n == (ssize_t)c->out.len) {
+            c->out_pos = 0;
+            mc_buf_clear(&c->out, 1 << 20);
+            rc = read_once(c, 1, msg, msglen);
+            if (rc < 0)
+                return -rc;
+            return recv_loop(c, r, deadline, msg, msglen, 1);
+        }
+        if (n > 0)
+            c->out_pos = (size_t)n;
+        else if (n < 0 && errno != EINTR)
+            return send_failed(errno, msg, msglen);
+    }
+    rc = mc_conn_flush(c, deadline, msg, msglen);
+    if (rc != MC_OK)
+        return rc;
+    return recv_loop(c, r, deadline, msg, msglen, 0);
 }
 
 int mc_conn_read_error(const mc_conn *c)

@@ -103,6 +103,10 @@ int mc_conn_flush(mc_conn *c, double deadline, char *msg, size_t msglen);
  * filled (valid until the next call on this connection), or an error. */
 int mc_conn_recv(mc_conn *c, mc_resp *r, double deadline, char *msg,
                  size_t msglen);
+/* mc_conn_flush then mc_conn_recv, with the usual case (one send, a reply
+ * that needs no clock read before the wait) in one step. */
+int mc_conn_roundtrip(mc_conn *c, mc_resp *r, double deadline, char *msg,
+                      size_t msglen);
 /* One blocking read into the reader: > 0 bytes, or -err (MC_ERR_TIMEOUT
  * when nothing came within the I/O timeout). */
 int mc_conn_read_wait(mc_conn *c, char *msg, size_t msglen);
