@@ -1229,6 +1229,28 @@ static void multi_failed(multi *m, size_t i, const char *err)
     lua_rawset(L, m->failed);
 }
 
+/* memcmp(a, b, n) == 0 for short keys, without a library call */
+static int same_bytes(const char *a, const char *b, size_t n)
+{
+    uint64_t x, y;
+    size_t i;
+    if (n < 8) {
+        for (i = 0; i < n; i++)
+            if (a[i] != b[i])
+                return 0;
+        return 1;
+    }
+    for (i = 0; i + 8 < n; i += 8) {
+        memcpy(&x, a + i, 8);
+        memcpy(&y, b + i, 8);
+        if (x != y)
+            return 0;
+    }
+    memcpy(&x, a + n - 8, 8); /* the last word, overlapping */
+    memcpy(&y, b + n - 8, 8);
+    return x == y;
+}
+
 static int multi_get_enc(void *ud, size_t i, mc_buf *out, uint32_t opaque)
 {
     multi *m = ud;
@@ -1242,7 +1264,7 @@ static int multi_get_reply(void *ud, size_t i, const mc_resp *r)
     lua_State *L = m->L;
     char err[200];
     const struct bkey *k = &m->u->keys[i];
-    int key_differs = r->keylen != k->len || memcmp(r->key, k->key, k->len);
+    int key_differs = r->keylen != k->len || !same_bytes(r->key, k->key, k->len);
     /* GETK, not GETKQ: every key gets a reply, hits and misses naming
      * their key, in order. A reply under another pending request's opaque,
      * or a value that swallowed the replies after it, then breaks the
@@ -1295,14 +1317,16 @@ static long multi_keys(lua_State *L, lmc_client *u, int t, multi *m)
     size_t n = lua_rawlen(L, t), i;
     if (grow_keys(u, n + 1) != 0)
         return -fail(L, E_NOMEM, "out of memory");
+    luaL_checkstack(L, 40, "get_multi keys");
     for (i = 0; i < n; i++) {
-        lua_rawgeti(L, t, (lua_Integer)i + 1);
-        if (lua_type(L, -1) != LUA_TSTRING) {
+        /* the table keeps the strings alive: popped 32 at a time */
+        if (i % 32 == 0 && i)
+            lua_pop(L, 32);
+        if (lmc_rawgeti(L, t, (lua_Integer)i + 1) != LUA_TSTRING) {
             luaL_error(L, "bad argument #1 (keys): key #%d is a %s, not a "
                           "string", (int)i + 1, luaL_typename(L, -1));
         }
         u->keys[i].key = lua_tolstring(L, -1, &u->keys[i].len);
-        lua_pop(L, 1); /* the table keeps the string alive */
         if (!key_ok(u->keys[i].key, u->keys[i].len)) {
             char d[80];
             snprintf(d, sizeof(d), "key #%d is malformed; nothing was sent",
@@ -1310,6 +1334,7 @@ static long multi_keys(lua_State *L, lmc_client *u, int t, multi *m)
             return -fail(L, E_MALFORMED_KEY, d);
         }
     }
+    lua_pop(L, n ? (int)((n - 1) % 32 + 1) : 0);
     if (u->sel_mode == SEL_BUILTIN && mc_client_single(u->c) >= 0) {
         /* one live server: every key goes there, no per-key pick */
         int only = mc_client_single(u->c);

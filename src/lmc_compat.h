@@ -8,6 +8,17 @@
 #include <lua.h>
 #include <lauxlib.h>
 
+/* lua_rawgeti returning the type pushed, as in 5.3+ */
+#if LUA_VERSION_NUM >= 503
+#define lmc_rawgeti(L, t, i) lua_rawgeti((L), (t), (i))
+#else
+static inline int lmc_rawgeti(lua_State *L, int t, lua_Integer i)
+{
+    lua_rawgeti(L, t, (int)i);
+    return lua_type(L, -1);
+}
+#endif
+
 #if LUA_VERSION_NUM < 502
 #define lua_rawlen(L, i) lua_objlen((L), (i))
 #define luaL_setfuncs(L, l, n) lmc_compat_setfuncs((L), (l), (n))

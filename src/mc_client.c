@@ -315,12 +315,6 @@ int mc_client_intern_server(mc_client *c, const char *addr)
     return (int)c->nservers++;
 }
 
-int mc_client_single(const mc_client *c)
-{
-    return c->nentries == 1 && !c->servers[c->entry_server[0]]->dead
-               ? c->entry_server[0] : -1;
-}
-
 int mc_client_pick_static(const mc_client *c, const char *key, size_t keylen)
 {
     int e;

@@ -90,7 +90,11 @@ int mc_client_intern_server(mc_client *c, const char *addr);
  * *err (MC_ERR_NO_SERVERS, MC_ERR_SERVER_DEAD) and errmsg. */
 int mc_client_pick(mc_client *c, const char *key, size_t keylen, int *err);
 /* The one server every key goes to (a single live entry), or -1. */
-int mc_client_single(const mc_client *c);
+static inline int mc_client_single(const mc_client *c)
+{
+    return c->nentries == 1 && !c->servers[c->entry_server[0]]->dead
+               ? c->entry_server[0] : -1;
+}
 /* Where the key goes when every server is healthy (no side effects). */
 int mc_client_pick_static(const mc_client *c, const char *key, size_t keylen);
 
