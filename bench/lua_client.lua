@@ -1,8 +1,8 @@
 -- This library from Lua 5.4, one workload per run.
 --   lua5.4 bench/lua_client.lua WORKLOAD NOPS HOST:PORT...
--- WORKLOAD: get | set | get_multi | set_multi | delete_multi | rss | lua_floor
+-- WORKLOAD: get | set | get_multi | set_multi | delete_multi | rss
 -- rss does NOPS gets and prints the resident set and Lua's heap at 10%, 50%
--- and 100% of them instead of a time; lua_floor is explained below.
+-- and 100% of them instead of a time.
 package.path = (arg[0]:match("^(.*/)") or "./") .. "?.lua;" .. package.path
 local C = require "common"
 local memcached = require "memcached"
@@ -61,18 +61,6 @@ end
 function ops.delete_multi()
   if not mc.delete_multi then C.na() end
   return function() mc:delete_multi(keys) end, fill
-end
-
--- No network: what Lua alone pays to hand back a get_multi result, 100
--- fresh 100-byte strings stored under their keys in a new table. The part
--- of get_multi's gap to the C limit that no binding can remove.
-if workload == "lua_floor" then
-  local big, sub = string.rep("v", 300), string.sub
-  C.report(C.measure(nops, warm, function()
-    local t = {}
-    for i = 1, #keys do t[keys[i]] = sub(big, i, i + 99) end
-  end))
-  os.exit(0)
 end
 
 if workload == "rss" then
