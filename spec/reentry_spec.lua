@@ -111,6 +111,31 @@ describe("re-entrant calls", function()
     assert.is_true(values > 0) -- some gets ran before their client closed
   end)
 
+  it("a close asked for by a finalizer while get decodes a table happens when get returns", function()
+    local t = {}
+    for i = 1, 3000 do t[i] = { i, tostring(i) } end
+    local values = 0
+    collectgarbage("incremental", 1, 100) -- a GC step at nearly every allocation
+    for _ = 1, 30 do
+      local mc = assert(memcached.new(srv.addr))
+      assert(mc:set("tk", t))
+      for _ = 1, 20 do setmetatable({}, { __gc = function() mc:close() end }) end
+      local v, err = mc:get("tk")
+      if v ~= nil then
+        assert.are.equal(3000, #v)
+        assert.are.equal("3000", v[3000][2])
+        values = values + 1
+      else
+        assert.are.equal(memcached.ERR_CLIENT_CLOSED, err)
+      end
+      collectgarbage() -- every finalizer has run: the client must be closed
+      assert.are.equal(memcached.ERR_CLIENT_CLOSED, select(2, mc:get("tk")))
+    end
+    collectgarbage("incremental", 200, 100)
+    collectgarbage()
+    assert.is_true(values > 0)
+  end)
+
   it("a finalizer that runs inside a call (forced by the selector) gets ERR_IN_USE", function()
     local mc, inner
     mc = memcached.new_from_selector(function()

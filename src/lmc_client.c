@@ -1850,9 +1850,15 @@ static int guarded(lua_State *L)
  * decoder, takes the guarded path or runs under lua_pcall. */
 #if LUA_VERSION_NUM >= 504
 
-/* Ends the fast call: the client is free again, events are reported. */
+/* Ends the fast call (busy already cleared): a close asked for while the
+ * call held the client (by a finalizer during a decode) happens now, then
+ * events are reported. */
 static int fast_done(lua_State *L, lmc_client *u, int nret)
 {
+    if (u->close_pending && !u->busy) {
+        u->close_pending = 0;
+        destroy(L, u);
+    }
     if (u->c && u->c->nevents)
         report_events(L, u); /* leaves the stack as it found it */
     return nret;
@@ -1955,11 +1961,12 @@ static int fast_decoded(lua_State *L, lmc_client *u, const mc_resp *r)
     lua_pushcfunction(L, decode_value);
     lua_pushlightuserdata(L, &j);
     st = lua_pcall(L, 1, 1, 0);
-    if (u->c)
-        mc_client_end(u->c);
+    mc_client_end(u->c); /* still there: a close waits for busy */
     u->busy = 0;
-    if (st != 0)
-        return lua_error(L);
+    if (st != 0) {
+        fast_done(L, u, 0);
+        return lua_error(L); /* the decoder's error, unchanged */
+    }
     if (!j.ok) {
         lua_pop(L, 1);
         return fast_done(L, u, fail(L, E_UNDECODABLE, j.err));
