@@ -136,6 +136,59 @@ describe("re-entrant calls", function()
     assert.is_true(values > 0)
   end)
 
+  -- Run in a child Lua (a small heap, so the collector can run hard and
+  -- fast); under make asan it inherits the sanitizer and the build.
+  it("finalizers that rewrite the caller's tables during get_multi, delete_multi and set_multi free nothing the call uses", function()
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write([=[
+      local dir, addr = ...
+      package.cpath = (os.getenv("MEMCACHED_SO_DIR") or dir) .. "/?.so;" .. dir .. "/?.so;" .. package.cpath
+      local memcached = require "memcached"
+      local mc = assert(memcached.new(addr))
+      local N = 300
+      local function key(i) return ("K"):rep(60) .. i end
+      local function val(i) return ("v"):rep(2000) .. i end
+      collectgarbage("incremental", 1, 1000)
+      for _ = 1, 40 do
+        local items = {}
+        for i = 1, N do items[key(i)] = val(i) end
+        for _ = 1, 5 do setmetatable({}, { __gc = function()
+          for k in pairs(items) do items[k] = ("w"):rep(50) end end }) end
+        local r = mc:set_multi(items)
+        for i = 1, N do assert(r[key(i)] == true, "set_multi " .. i) end
+        local ks = {}
+        for i = 1, N do ks[i] = key(i) end
+        for _ = 1, 5 do setmetatable({}, { __gc = function()
+          for i = 1, N do ks[i] = ("z"):rep(50) .. i end end }) end
+        local n = 0
+        for k, v in pairs(mc:get_multi(ks)) do
+          local i = tonumber(k:match("^K+(%d+)$"))
+          assert(i and (v == val(i) or v == ("w"):rep(50)), "get_multi " .. k)
+          n = n + 1
+        end
+        assert(n == N or n == 0, "get_multi count " .. n)
+        local dk = {}
+        for i = 1, N do dk[i] = key(i) end
+        for _ = 1, 5 do setmetatable({}, { __gc = function()
+          for i = 1, N do dk[i] = ("y"):rep(50) .. i end end }) end
+        for k, v in pairs(mc:delete_multi(dk)) do
+          assert(k:match("^K") and v == true or k:match("^y+%d+$") and v == memcached.ERR_CACHE_MISS,
+            "delete_multi " .. k)
+        end
+      end
+      print("ok")
+    ]=])
+    f:close()
+    local root = debug.getinfo(1, "S").source:match("^@(.*)spec/[^/]*$") or "./"
+    local p = io.popen(string.format("lua5.4 %s %s %s 2>&1", script, root == "" and "." or root, srv.addr))
+    local out = p:read("a")
+    local ok = p:close()
+    os.remove(script)
+    assert.is_true(ok, out)
+    assert.are.equal("ok\n", out)
+  end)
+
   it("a finalizer that runs inside a call (forced by the selector) gets ERR_IN_USE", function()
     local mc, inner
     mc = memcached.new_from_selector(function()

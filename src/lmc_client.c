@@ -1207,13 +1207,45 @@ static int m_stats(lua_State *L)
 typedef struct multi {
     lua_State *L;
     lmc_client *u;
-    int keys;    /* stack index of the keys table */
+    int kbase;   /* stack index of key 0's string (anchored keys) */
+    int ktab;    /* or of a private table holding them, 1-based */
     int result;  /* stack index of the results table */
     int failed;  /* stack index of the failures table (or nil) */
     const char *first;
     uint32_t exptime; /* set_multi */
 } multi;
 
+
+/* The strings a batch points into (u->keys) must live until it ends, even
+ * if a finalizer run by an allocation during the call rewrites the
+ * caller's table. anchor_begin makes room for n of them on the stack, or,
+ * when the stack cannot grow that far, a private table; anchor_add then
+ * anchors the string on top of the stack (left in place, or moved into
+ * the table), in key order; anchor_push pushes key i's string again. */
+static void anchor_begin(lua_State *L, multi *m, size_t n)
+{
+    m->kbase = m->ktab = 0;
+    if (n < 100000 && lua_checkstack(L, (int)n + 40)) {
+        m->kbase = lua_gettop(L) + 1;
+    } else {
+        lua_createtable(L, n < 100000000 ? (int)n : 0, 0);
+        m->ktab = lua_gettop(L);
+    }
+}
+
+static void anchor_add(lua_State *L, multi *m, size_t i)
+{
+    if (m->ktab)
+        lua_rawseti(L, m->ktab, (lua_Integer)i + 1);
+}
+
+static void anchor_push(lua_State *L, multi *m, size_t i)
+{
+    if (m->ktab)
+        lua_rawgeti(L, m->ktab, (lua_Integer)i + 1);
+    else
+        lua_pushvalue(L, m->kbase + (int)i);
+}
 
 static void multi_failed(multi *m, size_t i, const char *err)
 {
@@ -1281,7 +1313,7 @@ static int multi_get_reply(void *ud, size_t i, const mc_resp *r)
         return -1;
     if (is_lock(r))
         return 0;
-    lua_rawgeti(L, m->keys, (lua_Integer)i + 1); /* the caller's string */
+    anchor_push(L, m, i); /* the caller's string */
     if (!push_value(L, m->u, r, err, sizeof(err))) {
         lua_pop(L, 1);
         multi_failed(m, i, E_UNDECODABLE);
@@ -1302,7 +1334,7 @@ static void multi_revoke(void *ud, size_t i, int err, const char *msg)
 {
     multi *m = ud;
     (void)msg;
-    lua_rawgeti(m->L, m->keys, (lua_Integer)i + 1);
+    anchor_push(m->L, m, i);
     lua_pushnil(m->L);
     lua_rawset(m->L, m->result);
     multi_failed(m, i, err_name(err));
@@ -1317,11 +1349,8 @@ static long multi_keys(lua_State *L, lmc_client *u, int t, multi *m)
     size_t n = lua_rawlen(L, t), i;
     if (grow_keys(u, n + 1) != 0)
         return -fail(L, E_NOMEM, "out of memory");
-    luaL_checkstack(L, 40, "get_multi keys");
+    anchor_begin(L, m, n);
     for (i = 0; i < n; i++) {
-        /* the table keeps the strings alive: popped 32 at a time */
-        if (i % 32 == 0 && i)
-            lua_pop(L, 32);
         if (lmc_rawgeti(L, t, (lua_Integer)i + 1) != LUA_TSTRING) {
             luaL_error(L, "bad argument #1 (keys): key #%d is a %s, not a "
                           "string", (int)i + 1, luaL_typename(L, -1));
@@ -1333,8 +1362,8 @@ static long multi_keys(lua_State *L, lmc_client *u, int t, multi *m)
                      (int)i + 1);
             return -fail(L, E_MALFORMED_KEY, d);
         }
+        anchor_add(L, m, i);
     }
-    lua_pop(L, n ? (int)((n - 1) % 32 + 1) : 0);
     if (u->sel_mode == SEL_BUILTIN && mc_client_single(u->c) >= 0) {
         /* one live server: every key goes there, no per-key pick */
         int only = mc_client_single(u->c);
@@ -1367,7 +1396,6 @@ static int m_get_multi(lua_State *L)
     lua_pushnil(L);  /* 4: failures, created on first use */
     m.L = L;
     m.u = u;
-    m.keys = 2;
     m.result = 3;
     m.failed = 4;
     m.first = NULL;
@@ -1487,6 +1515,9 @@ static int m_set_multi(lua_State *L)
     CLOSED_CHECK(L, u);
     lua_settop(L, 2);
     lua_createtable(L, 0, 0); /* 3: results */
+    /* 4: the string values sent in place (vptr), kept alive whatever a
+     * finalizer does to items; keys sent are kept by the results */
+    lua_createtable(L, 0, 0);
     m.L = L;
     m.u = u;
     m.result = 3;
@@ -1511,6 +1542,8 @@ static int m_set_multi(lua_State *L)
         } else if (lua_type(L, -1) == LUA_TSTRING) {
             k->vptr = lua_tolstring(L, -1, &k->vlen);
             k->hlen = (unsigned char)str_header(k->hdr, k->vlen);
+            lua_pushvalue(L, -1);
+            lua_rawseti(L, 4, (lua_Integer)i + 1);
         } else {
             k->voff = u->val.len;
             if (lmc_value_encode(L, u->vctx, -1, &u->val, err,
@@ -1549,14 +1582,14 @@ static int m_delete_multi(lua_State *L)
     m.result = 3;
     if (grow_keys(u, n + 1) != 0)
         return fail(L, E_NOMEM, "out of memory");
+    anchor_begin(L, &m, n);
     for (i = 0; i < n; i++) {
         struct bkey *k = &u->keys[i];
-        lua_rawgeti(L, 2, (lua_Integer)i + 1);
-        if (lua_type(L, -1) != LUA_TSTRING) {
+        if (lmc_rawgeti(L, 2, (lua_Integer)i + 1) != LUA_TSTRING) {
             luaL_error(L, "bad argument #1 (keys): key #%d is a %s, not a "
                           "string", (int)i + 1, luaL_typename(L, -1));
         }
-        k->key = lua_tolstring(L, -1, &k->len); /* kept alive by keys */
+        k->key = lua_tolstring(L, -1, &k->len); /* anchored below */
         u->srv[i] = -1;
         lua_pushvalue(L, -1);
         lua_rawget(L, m.result);
@@ -1568,7 +1601,8 @@ static int m_delete_multi(lua_State *L)
         } else {
             quiet_place(L, u, &m, i, lua_gettop(L) - 1);
         }
-        lua_pop(L, 2);
+        lua_pop(L, 1); /* the key stays on top */
+        anchor_add(L, &m, i);
     }
     return quiet_finish(L, u, &m, n, deleteq_enc, quiet_reply_delete);
 }
@@ -2096,7 +2130,10 @@ static int f_set(lua_State *L)
 
 static int m_gc(lua_State *L)
 {
-    destroy(L, check_client(L));
+    lmc_client *u = check_client(L);
+    destroy(L, u);
+    u->cookie = 0; /* freed memory must not pass for a client (a
+                      resurrected one is still found by its metatable) */
     return 0;
 }
 

@@ -398,7 +398,7 @@ static int send_failed(int e, char *msg, size_t msglen)
 
 int mc_conn_flush(mc_conn *c, double deadline, char *msg, size_t msglen)
 {
-    int partial = 0;
+    int partial = c->out_pos != 0; /* part sent already: mind the budget */
     while (c->out_pos < c->out.len) {
         ssize_t n;
         int flags = MSG_NOSIGNAL;
@@ -474,12 +474,15 @@ int mc_conn_roundtrip(mc_conn *c, mc_resp *r, double deadline, char *msg,
                       size_t msglen)
 {
     int rc;
-    /* The usual case: nothing sent or buffered yet, one send takes the
-     * whole request, so no time has passed since the operation began and
-     * the whole budget is left: wait for the reply in the kernel at once,
-     * without reading the clock. */
+    /* The usual case: nothing sent or buffered yet, and one send that does
+     * not wait takes the whole request: no time has passed since the
+     * operation began and the whole budget is left, so wait for the reply
+     * in the kernel at once, without reading the clock. A request the
+     * socket cannot take at once goes through mc_conn_flush and its
+     * budget. */
     if (c->out_pos == 0 && c->out.len && c->in.len == 0 && !c->in.failed) {
-        ssize_t n = send(c->fd, c->out.data, c->out.len, MSG_NOSIGNAL);
+        ssize_t n = send(c->fd, c->out.data, c->out.len,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n == (ssize_t)c->out.len) {
             c->out_pos = 0;
             mc_buf_clear(&c->out, 1 << 20);
@@ -490,7 +493,8 @@ int mc_conn_roundtrip(mc_conn *c, mc_resp *r, double deadline, char *msg,
         }
         if (n > 0)
             c->out_pos = (size_t)n;
-        else if (n < 0 && errno != EINTR)
+        else if (n < 0 && errno != EINTR && errno != EAGAIN &&
+                 errno != EWOULDBLOCK)
             return send_failed(errno, msg, msglen);
     }
     rc = mc_conn_flush(c, deadline, msg, msglen);
