@@ -150,6 +150,21 @@ describe("re-entrant calls", function()
       local function key(i) return ("K"):rep(60) .. i end
       local function val(i) return ("v"):rep(2000) .. i end
       collectgarbage("incremental", 1, 1000)
+      do -- a rewrite lands inside one of these calls (a review's reproducer)
+        local items = {}
+        for i = 1, N do items[key(i)] = val(i) end
+        assert(mc:set_multi(items))
+        local ks = {}
+        for i = 1, N do ks[i] = key(i) end
+        for _ = 1, 5 do setmetatable({}, { __gc = function()
+          for i = 1, N do ks[i] = ("z"):rep(50) .. i end end }) end
+        for _ = 1, 200 do
+          for k, v in pairs(mc:get_multi(ks)) do
+            local i = tonumber(k:match("^K+(%d+)$"))
+            assert(i and v == val(i), "get_multi " .. k)
+          end
+        end
+      end
       for _ = 1, 40 do
         local items = {}
         for i = 1, N do items[key(i)] = val(i) end
