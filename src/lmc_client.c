@@ -558,39 +558,46 @@ static int is_lock(const mc_resp *r)
     return 0;
 }
 
+/* Is the reply's value one string as this client stores it: raw bytes, or
+ * a msgpack str/bin whose header spans exactly the rest. Sets *hdr. */
+static int plain_value(const lmc_client *u, const mc_resp *r, size_t *hdr)
+{
+    const unsigned char *p = (const unsigned char *)r->value;
+    size_t n = r->vallen, len;
+    *hdr = 0;
+    if (r->flags != u->mp_flag)
+        return 1;
+    if (n >= 1 && (p[0] & 0xe0) == 0xa0) {
+        *hdr = 1;
+        len = p[0] & 0x1f;
+    } else if (n >= 2 && (p[0] == 0xd9 || p[0] == 0xc4)) {
+        *hdr = 2;
+        len = p[1];
+    } else if (n >= 3 && (p[0] == 0xda || p[0] == 0xc5)) {
+        *hdr = 3;
+        len = mc_load16(p + 1);
+    } else if (n >= 5 && (p[0] == 0xdb || p[0] == 0xc6)) {
+        *hdr = 5;
+        len = mc_load32(p + 1);
+    } else {
+        return 0;
+    }
+    return n - *hdr == len;
+}
+
 /* Pushes an item's value: msgpack-decoded when it carries the msgpack flag,
  * else the bytes. Returns 1, or pushes nothing and returns 0 with the
  * reason in err. */
 static int push_value(lua_State *L, lmc_client *u, const mc_resp *r,
                       char *err, size_t errlen)
 {
-    if (r->flags == u->mp_flag) {
-        /* Most cached values are one string: push it straight from the
-         * reply; anything else goes through the msgpack decoder. */
-        const unsigned char *p = (const unsigned char *)r->value;
-        size_t n = r->vallen, hdr = 0, len = 0;
-        if (n >= 1 && (p[0] & 0xe0) == 0xa0) {
-            hdr = 1;
-            len = p[0] & 0x1f;
-        } else if (n >= 2 && (p[0] == 0xd9 || p[0] == 0xc4)) {
-            hdr = 2;
-            len = p[1];
-        } else if (n >= 3 && (p[0] == 0xda || p[0] == 0xc5)) {
-            hdr = 3;
-            len = mc_load16(p + 1);
-        } else if (n >= 5 && (p[0] == 0xdb || p[0] == 0xc6)) {
-            hdr = 5;
-            len = mc_load32(p + 1);
-        }
-        if (hdr && n - hdr == len) {
-            lua_pushlstring(L, r->value + hdr, len);
-            return 1;
-        }
-        return lmc_value_decode(L, u->vctx, r->value, r->vallen, err,
-                                errlen) == 0;
+    size_t hdr;
+    /* most cached values are one string: pushed straight from the reply */
+    if (plain_value(u, r, &hdr)) {
+        lua_pushlstring(L, r->value + hdr, r->vallen - hdr);
+        return 1;
     }
-    lua_pushlstring(L, r->value, r->vallen);
-    return 1;
+    return lmc_value_decode(L, u->vctx, r->value, r->vallen, err, errlen) == 0;
 }
 
 /* value, cas, flags of a GET-family reply */
@@ -2008,33 +2015,6 @@ static int fast_decoded(lua_State *L, lmc_client *u, const mc_resp *r)
     lmc_pushint(L, r->cas);
     lmc_pushint(L, r->flags);
     return fast_done(L, u, 3);
-}
-
-/* Is the reply's value one string as this client stores it: raw bytes, or
- * a msgpack str/bin whose header spans exactly the rest. Sets *hdr. */
-static int plain_value(const lmc_client *u, const mc_resp *r, size_t *hdr)
-{
-    const unsigned char *p = (const unsigned char *)r->value;
-    size_t n = r->vallen, len;
-    *hdr = 0;
-    if (r->flags != u->mp_flag)
-        return 1;
-    if (n >= 1 && (p[0] & 0xe0) == 0xa0) {
-        *hdr = 1;
-        len = p[0] & 0x1f;
-    } else if (n >= 2 && (p[0] == 0xd9 || p[0] == 0xc4)) {
-        *hdr = 2;
-        len = p[1];
-    } else if (n >= 3 && (p[0] == 0xda || p[0] == 0xc5)) {
-        *hdr = 3;
-        len = mc_load16(p + 1);
-    } else if (n >= 5 && (p[0] == 0xdb || p[0] == 0xc6)) {
-        *hdr = 5;
-        len = mc_load32(p + 1);
-    } else {
-        return 0;
-    }
-    return n - *hdr == len;
 }
 
 static int f_get(lua_State *L)
