@@ -22,6 +22,9 @@
 --   swallow       as echo, but in a batch (replies up to a NOOP) the first
 --                 reply's body length also covers the second reply: a
 --                 well-framed stream whose first value hides the second
+--   stat_flood ARG  a STAT request is answered with ARG entries (distinct
+--                 names) and no terminating empty entry, then silence;
+--                 anything else as echo
 --   echo          GET/GETK/GETQ/GETKQ are hits whose value is the key (flags
 --                 0); anything else gets status 0 and an empty body
 local socket = require "socket"
@@ -86,6 +89,14 @@ local answer = {
       return nil
     end
     return r
+  end,
+  stat_flood = function(req)
+    if req.opcode ~= 0x10 then return echo(req) end
+    local parts = {}
+    for i = 1, tonumber(arg) do
+      parts[i] = response(req, 0, "", string.format("flood_%07d", i), "1")
+    end
+    return table.concat(parts)
   end,
   echo = echo,
   late_once = echo,

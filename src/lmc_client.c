@@ -468,7 +468,19 @@ static int pick(lua_State *L, lmc_client *u, const char *key, size_t len,
         *ename = E_NO_SERVERS;
         return -1;
     }
-    srv = mc_client_intern_server(u->c, lua_tostring(L, -2));
+    {
+        size_t alen;
+        const char *addr = lua_tolstring(L, -2, &alen);
+        if (strlen(addr) != alen) {
+            snprintf(u->c->errmsg, sizeof(u->c->errmsg),
+                     "selector gave an address holding a NUL byte for key "
+                     "'%.*s'", (int)(len > 60 ? 60 : len), key);
+            lua_pop(L, 2);
+            *ename = E_BAD_SERVER;
+            return -1;
+        }
+        srv = mc_client_intern_server(u->c, addr);
+    }
     lua_pop(L, 2);
     if (srv < 0) {
         *ename = E_BAD_SERVER;
@@ -1147,6 +1159,11 @@ static int server_call(lmc_client *u, int i, op *o, const char *group,
     return mc_client_exec(u->c, &o->r);
 }
 
+/* The most entries one server's stats reply may hold: memcached sends a
+ * few hundred ("stats items" on a full server ~1,400; "stats conns" 4 per
+ * open connection). */
+#define MAX_STAT_ENTRIES 100000
+
 /* stats([group]) -> {addr = {name = value}}; a server that fails is left
  * out and the first error is the second result; nil, ERR_NO_STATS when no
  * server answered. */
@@ -1158,6 +1175,9 @@ static int m_stats(lua_State *L)
     const char *first = NULL;
     if (!lua_isnoneornil(L, 2))
         group = luaL_checklstring(L, 2, &glen);
+    /* the group travels as the request's key: 16 bits of length */
+    if (glen > 65535)
+        luaL_error(L, "bad argument #1 (group): longer than 65535 bytes");
     CLOSED_CHECK(L, u);
     if (u->c->nservers == 0)
         return fail(L, E_NO_SERVERS, "no servers configured");
@@ -1165,6 +1185,7 @@ static int m_stats(lua_State *L)
     lua_newtable(L);
     for (i = 0; i < u->c->nservers; i++) {
         op o;
+        long nent;
         int rc = server_call(u, (int)i, &o, group, glen);
         if (rc != MC_OK) {
             if (!first)
@@ -1180,7 +1201,18 @@ static int m_stats(lua_State *L)
             continue;
         }
         lua_newtable(L);
+        nent = 0;
         while (o.r.keylen > 0) {
+            if (++nent > MAX_STAT_ENTRIES) {
+                /* a server that streams entries forever must not grow the
+                 * table forever: the rest is not read, the connection goes */
+                mc_client_abort(u->c);
+                snprintf(u->c->errmsg, sizeof(u->c->errmsg),
+                         "%s: more than %d stat entries in one reply",
+                         u->c->servers[i]->name, MAX_STAT_ENTRIES);
+                rc = MC_ERR_PROTOCOL;
+                break;
+            }
             lua_pushlstring(L, o.r.key, o.r.keylen);
             lua_pushlstring(L, o.r.value, o.r.vallen);
             lua_rawset(L, -3);
@@ -1616,46 +1648,21 @@ static int m_delete_multi(lua_State *L)
 
 /* ---- servers ---- */
 
-/* Reads one server entry (a string, or {addr, weight = n} / {addr, n}) at
- * index i into *s. Returns 1, or 0 when the value is not an entry. */
-static int read_entry(lua_State *L, int i, mc_server_spec *s)
-{
-    i = lua_absindex(L, i);
-    if (lua_type(L, i) == LUA_TSTRING) {
-        s->addr = lua_tostring(L, i);
-        s->weight = 1;
-        return 1;
-    }
-    if (lua_type(L, i) != LUA_TTABLE)
-        return 0;
-    lua_rawgeti(L, i, 1);
-    if (lua_type(L, -1) != LUA_TSTRING) {
-        lua_pop(L, 1);
-        return 0;
-    }
-    s->addr = lua_tostring(L, -1);
-    lua_pop(L, 1); /* the table keeps it alive */
-    lua_getfield(L, i, "weight");
-    if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
-        lua_rawgeti(L, i, 2);
-    }
-    if (lua_isnil(L, -1)) {
-        s->weight = 1;
-    } else {
-        lua_Integer w = lua_isinteger(L, -1) ? (lua_Integer)lmc_toint(L, -1) : 0;
-        if (w < 1 || w > 65535)
-            luaL_error(L, "server weight must be an integer 1..65535");
-        s->weight = (unsigned)w;
-    }
-    lua_pop(L, 1);
-    return 1;
-}
+/* A server list is read once, with raw access only: no __index runs, and
+ * what Lua code may still run meanwhile (a finalizer started by an
+ * allocation) can change the caller's tables without effect on what was
+ * read. Entries are first copied into a private table (address, weight,
+ * address, weight, ...), which also keeps the address strings alive; the
+ * specs are built from that table alone. */
 
+/* Is the table at index i one weighted entry ({addr, weight = n} or
+ * {addr, n}) rather than a list of entries? */
 static int is_weighted_entry(lua_State *L, int i)
 {
     int r;
-    lua_getfield(L, i, "weight");
+    i = lua_absindex(L, i);
+    lua_pushliteral(L, "weight");
+    lua_rawget(L, i);
     r = !lua_isnil(L, -1);
     lua_pop(L, 1);
     if (!r) {
@@ -1666,47 +1673,100 @@ static int is_weighted_entry(lua_State *L, int i)
     return r;
 }
 
-/* Collects the entries in arguments from..top: strings, weighted entries,
- * or arrays of those. The specs live in a userdata (left on the stack) so
- * that a raised error frees them. */
-static mc_server_spec *collect_servers(lua_State *L, int from, size_t *n)
+/* Copies the entry at index i (a string, or {addr, weight = n} /
+ * {addr, n}) into the private table priv as entry number k (0-based).
+ * Raises naming the entry when it is not one. */
+static void copy_entry(lua_State *L, int i, int priv, size_t k)
 {
-    int top = lua_gettop(L), i;
-    size_t cap = 0, k = 0;
-    mc_server_spec *s;
-
-    for (i = from; i <= top; i++)
-        cap += lua_type(L, i) == LUA_TTABLE && !is_weighted_entry(L, i)
-                   ? lua_rawlen(L, i) : 1;
-    s = lua_newuserdata(L, (cap + 1) * sizeof(*s));
-    for (i = from; i <= top; i++) {
-        if (lua_type(L, i) == LUA_TTABLE && !is_weighted_entry(L, i)) {
-            size_t j, len = lua_rawlen(L, i);
-            for (j = 1; j <= len; j++) {
-                lua_rawgeti(L, i, (lua_Integer)j);
-                if (!read_entry(L, -1, &s[k++]))
-                    luaL_error(L, "bad server #%d: \"host:port\", a unix "
-                                  "socket path or {addr, weight = n} "
-                                  "expected, got %s",
-                               (int)k, luaL_typename(L, -1));
-                lua_pop(L, 1);
-            }
-        } else if (!read_entry(L, i, &s[k++])) {
+    lua_Integer w = 1;
+    i = lua_absindex(L, i);
+    if (lua_type(L, i) == LUA_TSTRING) {
+        lua_pushvalue(L, i);
+    } else {
+        if (lua_type(L, i) == LUA_TTABLE)
+            lua_rawgeti(L, i, 1);
+        else
+            lua_pushnil(L);
+        if (lua_type(L, -1) != LUA_TSTRING)
             luaL_error(L, "bad server #%d: \"host:port\", a unix socket path "
                           "or {addr, weight = n} expected, got %s",
-                       (int)k, luaL_typename(L, i));
+                       (int)k + 1, luaL_typename(L, i));
+        lua_pushliteral(L, "weight");
+        lua_rawget(L, i);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            lua_rawgeti(L, i, 2);
         }
+        if (!lua_isnil(L, -1)) {
+            w = lua_isinteger(L, -1) ? (lua_Integer)lmc_toint(L, -1) : 0;
+            if (w < 1 || w > 65535)
+                luaL_error(L, "server weight must be an integer 1..65535");
+        }
+        lua_pop(L, 1);
+    }
+    lua_rawseti(L, priv, (lua_Integer)(2 * k + 1)); /* the address */
+    lua_pushinteger(L, w);
+    lua_rawseti(L, priv, (lua_Integer)(2 * k + 2));
+}
+
+/* Collects the entries in arguments from..top: strings, weighted entries,
+ * or arrays of those. Leaves the private table and the specs (a userdata,
+ * so that a raised error frees them) on the stack. *nul is the 1-based
+ * number of the first address holding a NUL byte (C would cut it there),
+ * else 0. */
+static mc_server_spec *collect_servers(lua_State *L, int from, size_t *n,
+                                       size_t *nul)
+{
+    int top = lua_gettop(L), i, priv;
+    size_t k = 0, j, alen;
+    mc_server_spec *s;
+
+    lua_newtable(L);
+    priv = lua_gettop(L);
+    for (i = from; i <= top; i++) {
+        if (lua_type(L, i) == LUA_TTABLE && !is_weighted_entry(L, i)) {
+            /* the length is read again on every step: a list that changes
+             * meanwhile is read as it is then, never past its end */
+            for (j = 1; j <= lua_rawlen(L, i); j++) {
+                lua_rawgeti(L, i, (lua_Integer)j);
+                copy_entry(L, -1, priv, k++);
+                lua_pop(L, 1);
+            }
+        } else {
+            copy_entry(L, i, priv, k++);
+        }
+    }
+    s = lua_newuserdata(L, (k + 1) * sizeof(*s));
+    *nul = 0;
+    for (j = 0; j < k; j++) {
+        lua_rawgeti(L, priv, (lua_Integer)(2 * j + 1));
+        s[j].addr = lua_tolstring(L, -1, &alen); /* priv keeps it */
+        if (strlen(s[j].addr) != alen && !*nul)
+            *nul = j + 1;
+        lua_rawgeti(L, priv, (lua_Integer)(2 * j + 2));
+        s[j].weight = (unsigned)lua_tointeger(L, -1);
+        lua_pop(L, 2);
     }
     *n = k;
     return s;
+}
+
+static int nul_fail(lua_State *L, size_t i)
+{
+    char d[80];
+    snprintf(d, sizeof(d), "server #%d: the address holds a NUL byte", (int)i);
+    return fail(L, E_BAD_SERVER, d);
 }
 
 static int m_set_servers(lua_State *L)
 {
     lmc_client *u = self(L);
     size_t n;
-    mc_server_spec *s = collect_servers(L, 2, &n);
+    size_t nul;
+    mc_server_spec *s = collect_servers(L, 2, &n, &nul);
     CLOSED_CHECK(L, u);
+    if (nul)
+        return nul_fail(L, nul);
     if (mc_client_set_servers(u->c, s, n) != 0)
         return fail(L, E_BAD_SERVER, u->c->errmsg);
     lua_pushboolean(L, 1);
@@ -1717,11 +1777,21 @@ static int m_add_server(lua_State *L)
 {
     lmc_client *u = self(L);
     mc_server_spec s;
+    size_t alen;
     lua_Integer maxc = opt_integer(L, 3, "max_conns", 0);
-    if (!read_entry(L, 2, &s))
+    if (lua_type(L, 2) != LUA_TSTRING && lua_type(L, 2) != LUA_TTABLE)
         luaL_error(L, "bad argument #1 (addr): \"host:port\", a unix socket "
                       "path or {addr, weight = n} expected, got %s",
                    luaL_typename(L, 2));
+    lua_settop(L, 3);
+    lua_newtable(L); /* 4: keeps the address */
+    copy_entry(L, 2, 4, 0);
+    lua_rawgeti(L, 4, 1);
+    s.addr = lua_tolstring(L, -1, &alen);
+    if (strlen(s.addr) != alen)
+        return nul_fail(L, 1);
+    lua_rawgeti(L, 4, 2);
+    s.weight = (unsigned)lua_tointeger(L, -1);
     if (maxc < 0 || maxc > 1000000)
         luaL_error(L, "bad argument #2 (max_conns): must be 0..1000000");
     CLOSED_CHECK(L, u);
@@ -2151,9 +2221,12 @@ static const char *const known_opts[] = {
     "max_idle", "msgpack_flag", "selector", "failure_limit", "retry_timeout",
     "eject", "max_value_size", NULL};
 
-/* Reads the options table at index t into o; the selector, if custom, is
- * left for the caller. Unknown options raise, so a typo is not silent. */
-static void read_opts(lua_State *L, int t, mc_client_opts *o, uint32_t *mpf)
+/* Reads the options table at index t into o; the selector option, read
+ * once by the caller, is at selidx and, if custom, left for the caller.
+ * Each option is read once (an __index is honoured but asked only once).
+ * Unknown options raise, so a typo is not silent. */
+static void read_opts(lua_State *L, int t, mc_client_opts *o, uint32_t *mpf,
+                      int selidx)
 {
     double timeout;
     lua_Integer v;
@@ -2202,7 +2275,7 @@ static void read_opts(lua_State *L, int t, mc_client_opts *o, uint32_t *mpf)
     if (!lua_isnil(L, -1))
         o->eject = lua_toboolean(L, -1);
     lua_pop(L, 1);
-    lua_getfield(L, t, "selector");
+    lua_pushvalue(L, selidx); /* read once, by the caller */
     if (lua_type(L, -1) == LUA_TSTRING) {
         sel = lua_tostring(L, -1);
         if (strcmp(sel, "ketama") == 0)
@@ -2250,20 +2323,27 @@ static int construct(lua_State *L, int t, int from, int sel)
     lmc_client *u;
     size_t n = 0;
     mc_server_spec *specs = NULL;
+    int selidx = 0;
+    size_t nul = 0;
 
     mc_client_opts_default(&o);
-    if (t)
-        read_opts(L, t, &o, &mpf);
+    if (t) {
+        lua_getfield(L, t, "selector");
+        selidx = lua_gettop(L);
+        read_opts(L, t, &o, &mpf, selidx);
+    }
     /* everything that can raise happens before the client exists */
     if (t) {
         int top;
         lua_getfield(L, t, "servers");
         top = lua_gettop(L);
         if (!lua_isnil(L, top))
-            specs = collect_servers(L, top, &n);
+            specs = collect_servers(L, top, &n, &nul);
     } else if (from) {
-        specs = collect_servers(L, from, &n);
+        specs = collect_servers(L, from, &n, &nul);
     }
+    if (nul)
+        return nul_fail(L, nul);
     u = lua_newuserdata(L, sizeof(*u));
     memset(u, 0, sizeof(*u));
     u->cookie = (uintptr_t)u ^ client_secret;
@@ -2280,11 +2360,9 @@ static int construct(lua_State *L, int t, int from, int sel)
     if (sel) {
         set_custom_selector(L, u, sel);
     } else if (t) {
-        lua_getfield(L, t, "selector");
-        if (lua_type(L, -1) == LUA_TFUNCTION || lua_type(L, -1) == LUA_TTABLE ||
-            lua_type(L, -1) == LUA_TUSERDATA)
-            set_custom_selector(L, u, -1);
-        lua_pop(L, 1);
+        int st = lua_type(L, selidx);
+        if (st == LUA_TFUNCTION || st == LUA_TTABLE || st == LUA_TUSERDATA)
+            set_custom_selector(L, u, selidx);
     }
     if (n && mc_client_set_servers(u->c, specs, n) != 0) {
         lua_pushnil(L);
