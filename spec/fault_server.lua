@@ -22,6 +22,17 @@
 --   swallow       as echo, but in a batch (replies up to a NOOP) the first
 --                 reply's body length also covers the second reply: a
 --                 well-framed stream whose first value hides the second
+--   stray ARG     sends one GET-family hit nobody asked for as soon as it
+--                 accepts a connection (value "stray", opaque 1, cas 1; ARG
+--                 "get": opcode GET, no key, as a get was answered before;
+--                 "getk": opcode GETK naming the key "k"), then answers
+--                 every request as echo 0.05 s late, so the stray reply is
+--                 read on its own
+--   other_key     answers GET/GETK/GAT/GATK under the request's opcode and
+--                 opaque with the item of another key ("other", value
+--                 "other's value"; the K forms name that key)
+--   opaque        as echo, but a hit's value is the request's opaque (in
+--                 decimal), so a spec can see what opaques a client sends
 --   echo          GET/GETK/GETQ/GETKQ are hits whose value is the key (flags
 --                 0); anything else gets status 0 and an empty body
 local socket = require "socket"
@@ -36,6 +47,7 @@ server:settimeout(0)
 
 local HDR = ">BBHBBHI4I4I8" -- magic opcode keylen extlen datatype status/vb bodylen opaque cas
 local GET, GETQ, GETK, GETKQ = 0x00, 0x09, 0x0c, 0x0d
+local GAT, GATK = 0x1d, 0x23
 
 local function response(req, status, extras, key, value)
   return string.pack(HDR, 0x81, req.opcode, #key, #extras, 0, status,
@@ -87,7 +99,26 @@ local answer = {
     end
     return r
   end,
+  other_key = function(req)
+    local op, flags = req.opcode, string.pack(">I4", 0)
+    if op == GET or op == GAT then
+      return response(req, 0, flags, "", "other's value")
+    elseif op == GETK or op == GATK then
+      return response(req, 0, flags, "other", "other's value")
+    end
+    return echo(req)
+  end,
+  opaque = function(req)
+    local op = req.opcode
+    if op == GET or op == GETQ then
+      return response(req, 0, string.pack(">I4", 0), "", tostring(req.opaque))
+    elseif op == GETK or op == GETKQ then
+      return response(req, 0, string.pack(">I4", 0), req.key, tostring(req.opaque))
+    end
+    return echo(req)
+  end,
   echo = echo,
+  stray = echo,
   late_once = echo,
   slow = echo,
   swallow = echo,
@@ -142,6 +173,8 @@ local function serve(c)
     if mode == "slow" or (mode == "late_once" and not first_seen) then
       first_seen = true
       delayed[#delayed + 1] = { sock = c, data = out, at = socket.gettime() + tonumber(arg) }
+    elseif mode == "stray" then
+      delayed[#delayed + 1] = { sock = c, data = out, at = socket.gettime() + 0.05 }
     elseif out then
       send(c, out)
       if not conns[c] then return end
@@ -166,6 +199,11 @@ while true do
           c:settimeout(0)
           c:setoption("tcp-nodelay", true)
           conns[c] = ""
+          if mode == "stray" then
+            local get = arg ~= "getk"
+            send(c, response({ opcode = get and GET or GETK, opaque = 1 }, 0,
+              string.pack(">I4", 0), get and "" or "k", "stray"))
+          end
         end
       end
     elseif conns[s] then

@@ -377,9 +377,15 @@ static int lmc_reader_get(lua_State *L)
         return 1;
     }
     if (rc == MC_READ_ERROR) {
+        /* nil, message, kind: "server_error" when the server sent a text
+         * error line (the message is that line), else "protocol" */
         lua_pushnil(L);
         lua_pushstring(L, r->errstr);
-        return 2;
+        if (r->server_text)
+            lua_pushliteral(L, "server_error");
+        else
+            lua_pushliteral(L, "protocol");
+        return 3;
     }
     /* Raw sets: a __newindex of the caller's table must not run while
      * resp points into the buffer. */
