@@ -23,9 +23,11 @@
 --                 reply's body length also covers the second reply: a
 --                 well-framed stream whose first value hides the second
 --   stray ARG     sends one GET-family hit nobody asked for as soon as it
---                 accepts a connection (value "stray", opaque 1, cas 1; ARG
---                 "get": opcode GET, no key, as a get was answered before;
---                 "getk": opcode GETK naming the key "k"), then answers
+--                 accepts a connection (value "stray", cas 1; ARG "get":
+--                 opcode GET, no key, opaque 1, what the C client's first
+--                 get on a connection carried; "get0": the same with opaque
+--                 0, the OpenResty driver's first; "getk": opcode GETK
+--                 naming the key "k", opaque 1), then answers
 --                 every request as echo 0.05 s late, so the stray reply is
 --                 read on its own
 --   other_key     answers GET/GETK/GAT/GATK under the request's opcode and
@@ -201,7 +203,7 @@ while true do
           conns[c] = ""
           if mode == "stray" then
             local get = arg ~= "getk"
-            send(c, response({ opcode = get and GET or GETK, opaque = 1 }, 0,
+            send(c, response({ opcode = get and GET or GETK, opaque = arg == "get0" and 0 or 1 }, 0,
               string.pack(">I4", 0), get and "" or "k", "stray"))
           end
         end

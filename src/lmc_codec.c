@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "lmc_compat.h"
+#include "mc_conn.h" /* mc_random32 */
 #include "mc_proto.h"
 
 #define LMC_READER_MT "memcached.reader"
@@ -296,6 +297,14 @@ static int lmc_codec_status_str(lua_State *L)
     return 1;
 }
 
+/* A random 32-bit number from the generator that seeds new connections'
+ * opaques: for drivers that keep their own opaque counters. */
+static int lmc_codec_random32(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)mc_random32());
+    return 1;
+}
+
 static int lmc_scratch_gc(lua_State *L)
 {
     mc_buf_free(lua_touserdata(L, 1));
@@ -449,6 +458,7 @@ static const luaL_Reg codec_funcs[] = {
     {"simple", lmc_codec_simple},
     {"stat", lmc_codec_stat},
     {"status_str", lmc_codec_status_str},
+    {"random32", lmc_codec_random32},
     {NULL, NULL}
 };
 
