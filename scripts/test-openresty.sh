@@ -92,12 +92,19 @@ pids+=($!)
 for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
 [ -S "$SOCK" ] || { echo "memcached on $SOCK did not start" >&2; exit 1; }
 declare -A FAULT
-for mode in silent wrong_opaque truncated huge close; do
+for mode in silent wrong_opaque truncated huge close other_key opaque; do
     FAULT[$mode]=$(free_port)
     start "${FAULT[$mode]}" "$LUA" spec/fault_server.lua "${FAULT[$mode]}" "$mode"
 done
 FAULT[late]=$(free_port) # answers its first request after 0.5 s
 start "${FAULT[late]}" "$LUA" spec/fault_server.lua "${FAULT[late]}" late_once 0.5
+FAULT[stray]=$(free_port) # a GET-shaped hit with opaque 0 before any request
+start "${FAULT[stray]}" "$LUA" spec/fault_server.lua "${FAULT[stray]}" stray get0
+# memcached at its connection limit: -c 16 leaves room for 3 connections,
+# which a LuaSocket process takes and holds (below); every other connection
+# gets "ERROR Too many open connections" and is closed
+LIMIT=$(free_port)
+start "$LIMIT" memcached "${MC_USER[@]}" -l 127.0.0.1 -p "$LIMIT" -U 0 -t 1 -c 16
 REFUSED=$(free_port) # nobody listens there
 # three listeners whose accept queues are full: connects to them hang
 HANG1=$(free_port); HANG2=$(free_port); HANG3=$(free_port)
@@ -108,6 +115,17 @@ HANG1=$(free_port); HANG2=$(free_port); HANG3=$(free_port)
              for _ = 1, 8 do
                local c = socket.tcp() c:settimeout(0) c:connect('127.0.0.1', p)
                keep[#keep + 1] = c
+             end
+           end
+           for _ = 1, 64 do
+             local c = socket.tcp() c:settimeout(1)
+             assert(c:connect('127.0.0.1', $LIMIT))
+             c:send('version\\r\\n')
+             if c:receive('*l') ~= 'ERROR Too many open connections' then
+               keep[#keep + 1] = c
+             else
+               c:close()
+               break
              end
            end
            socket.sleep(3600)" >>"$TMP/servers.log" 2>&1 &
@@ -121,6 +139,8 @@ sed -e "s|@TMP@|$TMP|g" -e "s|@ROOT@|$ROOT|g" -e "s|@PORT@|$PORT|g" \
     -e "s|@TRUNCATED@|${FAULT[truncated]}|g" -e "s|@HUGE@|${FAULT[huge]}|g" \
     -e "s|@CLOSE@|${FAULT[close]}|g" -e "s|@LATE@|${FAULT[late]}|g" -e "s|@SOCK@|$SOCK|g" \
     -e "s|@HANG1@|$HANG1|g" -e "s|@HANG2@|$HANG2|g" -e "s|@HANG3@|$HANG3|g" \
+    -e "s|@STRAY@|${FAULT[stray]}|g" -e "s|@OTHER_KEY@|${FAULT[other_key]}|g" \
+    -e "s|@OPAQUE@|${FAULT[opaque]}|g" -e "s|@LIMIT@|$LIMIT|g" \
     spec/nginx/nginx.conf.in >"$TMP/nginx.conf"
 start "$PORT" nginx -p "$TMP" -c "$TMP/nginx.conf" -e "$TMP/error.log"
 URL=http://127.0.0.1:$PORT

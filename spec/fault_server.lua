@@ -25,6 +25,19 @@
 --   stat_flood ARG  a STAT request is answered with ARG entries (distinct
 --                 names) and no terminating empty entry, then silence;
 --                 anything else as echo
+--   stray ARG     sends one GET-family hit nobody asked for as soon as it
+--                 accepts a connection (value "stray", cas 1; ARG "get":
+--                 opcode GET, no key, opaque 1, what the C client's first
+--                 get on a connection carried; "get0": the same with opaque
+--                 0, the OpenResty driver's first; "getk": opcode GETK
+--                 naming the key "k", opaque 1), then answers
+--                 every request as echo 0.05 s late, so the stray reply is
+--                 read on its own
+--   other_key     answers GET/GETK/GAT/GATK under the request's opcode and
+--                 opaque with the item of another key ("other", value
+--                 "other's value"; the K forms name that key)
+--   opaque        as echo, but a hit's value is the request's opaque (in
+--                 decimal), so a spec can see what opaques a client sends
 --   echo          GET/GETK/GETQ/GETKQ are hits whose value is the key (flags
 --                 0); anything else gets status 0 and an empty body
 local socket = require "socket"
@@ -39,6 +52,7 @@ server:settimeout(0)
 
 local HDR = ">BBHBBHI4I4I8" -- magic opcode keylen extlen datatype status/vb bodylen opaque cas
 local GET, GETQ, GETK, GETKQ = 0x00, 0x09, 0x0c, 0x0d
+local GAT, GATK = 0x1d, 0x23
 
 local function response(req, status, extras, key, value)
   return string.pack(HDR, 0x81, req.opcode, #key, #extras, 0, status,
@@ -98,7 +112,26 @@ local answer = {
     end
     return table.concat(parts)
   end,
+  other_key = function(req)
+    local op, flags = req.opcode, string.pack(">I4", 0)
+    if op == GET or op == GAT then
+      return response(req, 0, flags, "", "other's value")
+    elseif op == GETK or op == GATK then
+      return response(req, 0, flags, "other", "other's value")
+    end
+    return echo(req)
+  end,
+  opaque = function(req)
+    local op = req.opcode
+    if op == GET or op == GETQ then
+      return response(req, 0, string.pack(">I4", 0), "", tostring(req.opaque))
+    elseif op == GETK or op == GETKQ then
+      return response(req, 0, string.pack(">I4", 0), req.key, tostring(req.opaque))
+    end
+    return echo(req)
+  end,
   echo = echo,
+  stray = echo,
   late_once = echo,
   slow = echo,
   swallow = echo,
@@ -153,6 +186,8 @@ local function serve(c)
     if mode == "slow" or (mode == "late_once" and not first_seen) then
       first_seen = true
       delayed[#delayed + 1] = { sock = c, data = out, at = socket.gettime() + tonumber(arg) }
+    elseif mode == "stray" then
+      delayed[#delayed + 1] = { sock = c, data = out, at = socket.gettime() + 0.05 }
     elseif out then
       send(c, out)
       if not conns[c] then return end
@@ -177,6 +212,11 @@ while true do
           c:settimeout(0)
           c:setoption("tcp-nodelay", true)
           conns[c] = ""
+          if mode == "stray" then
+            local get = arg ~= "getk"
+            send(c, response({ opcode = get and GET or GETK, opaque = arg == "get0" and 0 or 1 }, 0,
+              string.pack(">I4", 0), get and "" or "k", "stray"))
+          end
         end
       end
     elseif conns[s] then

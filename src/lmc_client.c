@@ -174,6 +174,7 @@ static const char *err_name(int err)
     case MC_ERR_SERVER_DEAD: return E_SERVER_DEAD;
     case MC_ERR_BUSY: return E_BUSY;
     case MC_ERR_TOO_LARGE: return E_TOO_LARGE;
+    case MC_ERR_SERVER_ERROR: return E_SERVER_ERROR;
     default: return E_IO;
     }
 }
@@ -500,6 +501,8 @@ typedef struct op {
     int srv;
     uint32_t opaque;
     mc_buf *out;
+    const char *key; /* the key the reply must name (GETK, GATK), or NULL */
+    size_t keylen;
     mc_resp r;
 } op;
 
@@ -510,6 +513,8 @@ static int op_begin(lua_State *L, lmc_client *u, const args *a, op *o)
     const char *ename = NULL;
     int err = MC_OK;
     o->u = u;
+    o->key = NULL;
+    o->keylen = 0;
     if (!key_ok(a->key, a->keylen))
         return fail(L, E_MALFORMED_KEY,
                     "keys are 1 to 250 bytes without spaces or control "
@@ -532,7 +537,7 @@ static int op_exec(lua_State *L, op *o, int enc_rc)
         mc_client_abort(o->u->c);
         return fail(L, E_NOMEM, "out of memory encoding the request");
     }
-    rc = mc_client_exec(o->u->c, &o->r);
+    rc = mc_client_exec_key(o->u->c, &o->r, o->key, o->keylen);
     if (rc != MC_OK)
         return fail(L, err_name(rc), o->u->c->errmsg);
     return 0;
@@ -629,8 +634,11 @@ static int op_push_item(lua_State *L, op *o)
     return op_done(o, 3);
 }
 
-/* get, get_and_touch (GAT) and touch: one key, a miss is ERR_CACHE_MISS;
- * the first two return the item, touch returns true. */
+/* get (GETK), get_and_touch (GATK) and touch: one key, a miss is
+ * ERR_CACHE_MISS; the first two return the item, touch returns true. The
+ * item's reply must name the key, as get_multi's do: GET's and GAT's name
+ * none, and their opaque alone would let a stray reply, or another key's,
+ * pass for this key's item. */
 static int key_op(lua_State *L, uint8_t opcode, const char *order)
 {
     lmc_client *u = self(L);
@@ -641,7 +649,11 @@ static int key_op(lua_State *L, uint8_t opcode, const char *order)
     CLOSED_CHECK(L, u);
     if ((n = op_begin(L, u, &a, &o)) != 0)
         return n;
-    rc = opcode == MC_OP_GET
+    if (opcode != MC_OP_TOUCH) {
+        o.key = a.key;
+        o.keylen = a.keylen;
+    }
+    rc = opcode == MC_OP_GETK
              ? mc_enc_get(o.out, opcode, o.opaque, a.key, a.keylen)
              : mc_enc_touch(o.out, opcode, o.opaque, a.key, a.keylen,
                             a.exptime);
@@ -655,8 +667,8 @@ static int key_op(lua_State *L, uint8_t opcode, const char *order)
     return op_done(&o, 1);
 }
 
-static int m_get(lua_State *L) { return key_op(L, MC_OP_GET, ""); }
-static int m_get_and_touch(lua_State *L) { return key_op(L, MC_OP_GAT, "e"); }
+static int m_get(lua_State *L) { return key_op(L, MC_OP_GETK, ""); }
+static int m_get_and_touch(lua_State *L) { return key_op(L, MC_OP_GATK, "e"); }
 static int m_touch(lua_State *L) { return key_op(L, MC_OP_TOUCH, "e"); }
 
 /* The msgpack header of a string of n bytes (what msgpack-c writes for a
@@ -872,11 +884,11 @@ static int locked_on(lmc_client *u, int srv, const args *a)
     mc_buf *out = mc_client_begin(u->c, srv, &opaque, &err);
     if (!out)
         return 0;
-    if (mc_enc_get(out, MC_OP_GET, opaque, a->key, a->keylen) != 0) {
+    if (mc_enc_get(out, MC_OP_GETK, opaque, a->key, a->keylen) != 0) {
         mc_client_abort(u->c);
         return 0;
     }
-    if (mc_client_exec(u->c, &r) != MC_OK)
+    if (mc_client_exec_key(u->c, &r, a->key, a->keylen) != MC_OK)
         return 0;
     locked = r.status == MC_STATUS_OK && is_lock(&r);
     mc_client_end(u->c);
@@ -1993,9 +2005,11 @@ static void fast_end(lmc_client *u, unsigned long seq)
         mc_client_end(u->c);
 }
 
-/* Sends the request encoded by the caller and reads its reply; on failure
- * returns the values pushed (busy cleared), else 0 with r filled. */
-static int fast_exec(lua_State *L, lmc_client *u, int enc_rc, mc_resp *r)
+/* Sends the request encoded by the caller and reads its reply, which must
+ * name key when key is not NULL; on failure returns the values pushed (busy
+ * cleared), else 0 with r filled. */
+static int fast_exec(lua_State *L, lmc_client *u, int enc_rc, const char *key,
+                     size_t klen, mc_resp *r)
 {
     int rc;
     if (enc_rc != 0) {
@@ -2004,7 +2018,7 @@ static int fast_exec(lua_State *L, lmc_client *u, int enc_rc, mc_resp *r)
                  "out of memory encoding the request");
         return fast_fail(L, u, E_NOMEM);
     }
-    rc = mc_client_exec(u->c, r);
+    rc = mc_client_exec_key(u->c, r, key, klen);
     if (rc != MC_OK)
         return fast_fail(L, u, err_name(rc));
     return 0;
@@ -2106,8 +2120,9 @@ static int f_get(lua_State *L)
         return guarded(L); /* it reports the bad key */
     if (!(out = fast_begin(L, u, key, klen, &opaque, &n)))
         return n;
-    if ((n = fast_exec(L, u, mc_enc_get(out, MC_OP_GET, opaque, key, klen),
-                       &r)) != 0)
+    /* GETK: the reply names the key, checked as get_multi's are */
+    if ((n = fast_exec(L, u, mc_enc_get(out, MC_OP_GETK, opaque, key, klen),
+                       key, klen, &r)) != 0)
         return n;
     if (r.status != MC_STATUS_OK)
         return fast_status_fail(L, u, &r, K_GET);
@@ -2163,7 +2178,7 @@ static int f_set(lua_State *L)
                        mc_enc_store2(out, MC_OP_SET, opaque, 0, key, klen,
                                      u->mp_flag, (uint32_t)exptime, hdr,
                                      hlen, val, vlen),
-                       &r)) != 0)
+                       NULL, 0, &r)) != 0)
         return n;
     if (r.status != MC_STATUS_OK)
         return fast_status_fail(L, u, &r, K_SET);

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "lmc_compat.h"
+#include "mc_conn.h" /* mc_random32 */
 #include "mc_proto.h"
 
 #define LMC_READER_MT "memcached.reader"
@@ -296,6 +297,14 @@ static int lmc_codec_status_str(lua_State *L)
     return 1;
 }
 
+/* A random 32-bit number from the generator that seeds new connections'
+ * opaques: for drivers that keep their own opaque counters. */
+static int lmc_codec_random32(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)mc_random32());
+    return 1;
+}
+
 static int lmc_scratch_gc(lua_State *L)
 {
     mc_buf_free(lua_touserdata(L, 1));
@@ -377,9 +386,15 @@ static int lmc_reader_get(lua_State *L)
         return 1;
     }
     if (rc == MC_READ_ERROR) {
+        /* nil, message, kind: "server_error" when the server sent a text
+         * error line (the message is that line), else "protocol" */
         lua_pushnil(L);
         lua_pushstring(L, r->errstr);
-        return 2;
+        if (r->server_text)
+            lua_pushliteral(L, "server_error");
+        else
+            lua_pushliteral(L, "protocol");
+        return 3;
     }
     /* Raw sets: a __newindex of the caller's table must not run while
      * resp points into the buffer. */
@@ -443,6 +458,7 @@ static const luaL_Reg codec_funcs[] = {
     {"simple", lmc_codec_simple},
     {"stat", lmc_codec_stat},
     {"status_str", lmc_codec_status_str},
+    {"random32", lmc_codec_random32},
     {NULL, NULL}
 };
 

@@ -10,7 +10,7 @@
  *   reader([max_body]) -> r     incremental response reader; max_body
  *                               (bytes, default 64 MiB) caps a declared body
  *   r:feed(bytes)               appends bytes (ignored once r has failed)
- *   r:get([t]) -> t | false | nil, err
+ *   r:get([t]) -> t | false | nil, err, kind
  *                               one response as a table {opcode, status,
  *                               opaque, cas, key, value, extras, flags,
  *                               datatype, shape_ok} (key/value/extras are
@@ -18,8 +18,12 @@
  *                               when the reply is framed wrongly for its
  *                               opcode), filled into t when given
  *                               (to reuse one table); false when more bytes
- *                               are needed; nil, err on a protocol error,
- *                               which is sticky until r:reset()
+ *                               are needed; nil, err, kind on an error,
+ *                               which is sticky until r:reset(): kind
+ *                               "server_error" when the server sent a text
+ *                               error line where a reply should start (err
+ *                               is the line: memcached at its connection
+ *                               limit), else "protocol"
  *   r:pending() -> n            bytes fed but not yet taken out by get
  *   r:reset()                   forgets bytes and error
  *
@@ -36,6 +40,8 @@
  *   simple(op, opaque)                         NOOP VERSION QUIT QUITQ
  *   stat(opaque [, group])
  *   status_str(status) -> short name
+ *   random32() -> n                            from the generator that
+ *                                              seeds connections' opaques
  *   op.NAME, status.NAME                       numeric codes
  *   ARITH_NO_CREATE, HEADER_LEN, DEFAULT_MAX_BODY
  *

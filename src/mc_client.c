@@ -404,8 +404,10 @@ static int cur_failed(mc_client *c, int err, const char *msg)
     return err;
 }
 
-/* Checks that a reply answers the request in flight. */
-static int reply_matches(mc_client *c, mc_resp *r)
+/* Checks that a reply answers the request in flight; key (NULL: the
+ * request's reply names no key) is the key the reply must name. */
+static int reply_matches(mc_client *c, mc_resp *r, const char *key,
+                         size_t keylen)
 {
     char msg[200];
     if (r->opaque != c->cur_opaque || r->opcode != c->cur_opcode) {
@@ -423,10 +425,17 @@ static int reply_matches(mc_client *c, mc_resp *r)
     if (!mc_resp_shape_ok(r))
         return cur_failed(c, MC_ERR_PROTOCOL,
                           "reply framed wrongly for its opcode");
+    /* A hit must name the requested key (its opaque alone could be a
+     * server's or a proxy's mix-up); error replies may name none. */
+    if (key && (r->keylen || r->status == MC_STATUS_OK) &&
+        (r->keylen != keylen || memcmp(r->key, key, keylen) != 0))
+        return cur_failed(c, MC_ERR_PROTOCOL,
+                          "reply names another key than the request's");
     return MC_OK;
 }
 
-int mc_client_exec(mc_client *c, mc_resp *r)
+static inline int exec_one(mc_client *c, mc_resp *r, const char *key,
+                           size_t keylen)
 {
     char msg[200];
     int rc;
@@ -438,10 +447,21 @@ int mc_client_exec(mc_client *c, mc_resp *r)
     rc = mc_conn_roundtrip(c->cur, r, c->deadline, msg, sizeof(msg));
     if (rc != MC_OK)
         return cur_failed(c, rc, msg);
-    rc = reply_matches(c, r);
+    rc = reply_matches(c, r, key, keylen);
     if (rc == MC_OK)
         server_ok(c, c->servers[c->cur_srv]);
     return rc;
+}
+
+int mc_client_exec(mc_client *c, mc_resp *r)
+{
+    return exec_one(c, r, NULL, 0);
+}
+
+int mc_client_exec_key(mc_client *c, mc_resp *r, const char *key,
+                       size_t keylen)
+{
+    return exec_one(c, r, key, keylen);
 }
 
 int mc_client_next(mc_client *c, mc_resp *r)
@@ -453,7 +473,7 @@ int mc_client_next(mc_client *c, mc_resp *r)
     rc = mc_conn_recv(c->cur, r, c->deadline, msg, sizeof(msg));
     if (rc != MC_OK)
         return cur_failed(c, rc, msg);
-    return reply_matches(c, r);
+    return reply_matches(c, r, NULL, 0);
 }
 
 void mc_client_end(mc_client *c)

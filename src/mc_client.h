@@ -111,6 +111,12 @@ int mc_client_usable(mc_client *c, int srv, int *err);
  * counts against the server; end is then a no-op. */
 mc_buf *mc_client_begin(mc_client *c, int srv, uint32_t *opaque, int *err);
 int mc_client_exec(mc_client *c, mc_resp *r);
+/* exec for a request whose reply names its key (GETK, GATK): a reply that
+ * names another key, or a hit that names none, fails like a reply under
+ * the wrong opaque (MC_ERR_PROTOCOL, the connection closed, the server
+ * counted as failing). key (the request's) must stay valid for the call. */
+int mc_client_exec_key(mc_client *c, mc_resp *r, const char *key,
+                       size_t keylen);
 int mc_client_next(mc_client *c, mc_resp *r);
 void mc_client_end(mc_client *c);
 

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -28,8 +29,53 @@ const char *mc_err_str(int err)
     case MC_ERR_SERVER_DEAD: return "server is marked dead";
     case MC_ERR_BUSY: return "all connections are in use";
     case MC_ERR_TOO_LARGE: return "value too large";
+    case MC_ERR_SERVER_ERROR: return "server error";
     }
     return "unknown error";
+}
+
+/* splitmix64 over a shared counter: one atomic add per number, so threads
+ * never draw the same one. rng_pid is the process that seeded it: a forked
+ * child reseeds instead of repeating its parent's numbers. */
+static uint64_t rng_state;
+static pid_t rng_pid;
+
+static uint64_t rng_seed(void)
+{
+    uint64_t s = 0;
+    struct timespec ts;
+    int fd;
+
+    if (getrandom(&s, sizeof s, GRND_NONBLOCK) == (ssize_t)sizeof s)
+        return s;
+    fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t n = read(fd, &s, sizeof s);
+        close(fd);
+        if (n == (ssize_t)sizeof s)
+            return s;
+    }
+    /* no entropy at all (early boot, a sandbox): still differs from
+     * process to process and from run to run */
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) ^
+           ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&s;
+}
+
+uint32_t mc_random32(void)
+{
+    pid_t pid = getpid();
+    uint64_t z;
+
+    if (__atomic_load_n(&rng_pid, __ATOMIC_ACQUIRE) != pid) {
+        /* two threads seeding at once both store a seed: either will do */
+        __atomic_store_n(&rng_state, rng_seed(), __ATOMIC_RELAXED);
+        __atomic_store_n(&rng_pid, pid, __ATOMIC_RELEASE);
+    }
+    z = __atomic_add_fetch(&rng_state, 0x9e3779b97f4a7c15ull, __ATOMIC_RELAXED);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return (uint32_t)((z ^ (z >> 31)) >> 32);
 }
 
 /* The coarse clock (a few ms of resolution) is plenty for timeouts of
@@ -236,7 +282,11 @@ mc_conn *mc_conn_start(const mc_addr *a, double io_timeout, size_t max_body,
         return NULL;
     }
     c->fd = fd;
-    c->opaque = 1;
+    /* Opaques are not restarted at a guessable value: a reply that was not
+     * meant for this connection's requests (sent before any request, or
+     * left over from someone else's) then cannot pass for the answer to
+     * the first one. */
+    c->opaque = mc_random32();
     c->io_timeout = io_timeout;
     c->connecting = rc < 0;
     mc_reader_init(&c->in, max_body);
@@ -505,6 +555,8 @@ int mc_conn_roundtrip(mc_conn *c, mc_resp *r, double deadline, char *msg,
 
 int mc_conn_read_error(const mc_conn *c)
 {
+    if (c->in.server_text)
+        return MC_ERR_SERVER_ERROR;
     return c->in.oversize && c->in.oversize <= MC_PLAUSIBLE_BODY
                ? MC_ERR_TOO_LARGE : MC_ERR_PROTOCOL;
 }

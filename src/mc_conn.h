@@ -35,8 +35,12 @@ enum mc_err {
     MC_ERR_NO_SERVERS, /* nothing to send to */
     MC_ERR_SERVER_DEAD, /* the server is marked dead and ejection is off */
     MC_ERR_BUSY,       /* all max_conns connections are in use */
-    MC_ERR_TOO_LARGE   /* a reply larger than max_body (the connection is
+    MC_ERR_TOO_LARGE,  /* a reply larger than max_body (the connection is
                           closed; the server is healthy) */
+    MC_ERR_SERVER_ERROR /* the server answered a text error line (ERROR,
+                           SERVER_ERROR, CLIENT_ERROR: e.g. memcached at its
+                           connection limit) instead of a binary reply; the
+                           line is the message */
 };
 
 const char *mc_err_str(int err);
@@ -58,6 +62,13 @@ typedef struct mc_conn {
     struct mc_conn *next; /* idle-list link, owned by the pool */
     mc_reader in;      /* last: its error text would split the hot fields */
 } mc_conn;
+
+/* A random 32-bit number from a per-process generator, seeded once from
+ * getrandom (or /dev/urandom, else the clock and pid) and again after a
+ * fork; thread-safe, no syscall per call but a getpid. Not for secrets: it
+ * makes a new connection's first opaque unguessable to a reply that was
+ * not meant for it. */
+uint32_t mc_random32(void);
 
 /* Monotonic time in seconds, to a few milliseconds. */
 double mc_now(void);
@@ -122,7 +133,8 @@ int mc_wait_fd(int fd, short events, double deadline, char *msg,
                size_t msglen);
 
 /* The error for a reader that failed: MC_ERR_TOO_LARGE for a plausible item
- * over the configured cap, else MC_ERR_PROTOCOL. */
+ * over the configured cap, MC_ERR_SERVER_ERROR for a text error line from
+ * the server (the reader's errstr holds the line), else MC_ERR_PROTOCOL. */
 int mc_conn_read_error(const mc_conn *c);
 
 /* True when an idle connection looks dead or dirty: the peer closed it,

@@ -206,6 +206,7 @@ void mc_reader_init(mc_reader *r, size_t max_body)
         r->max_body = SIZE_MAX - MC_HEADER_LEN;
     r->failed = 0;
     r->oversize = 0;
+    r->server_text = 0;
     r->errstr[0] = '\0';
 }
 
@@ -221,6 +222,7 @@ void mc_reader_reset(mc_reader *r)
     r->pos = r->len = 0;
     r->failed = 0;
     r->oversize = 0;
+    r->server_text = 0;
     r->errstr[0] = '\0';
     if (r->cap > MC_READER_KEEP) {
         free(r->buf);
@@ -312,6 +314,41 @@ static int reader_fail(mc_reader *r)
     return MC_READ_ERROR;
 }
 
+/* Is p[0..n) (n >= 1, p[0] not the response magic) a text error line of
+ * the server's? 1 when it is one, whole (its length without CRLF in *len);
+ * 0 when it could still become one; -1 when it cannot. */
+static int text_error_line(const unsigned char *p, size_t n, size_t *len)
+{
+    static const char *const words[] = {"ERROR", "SERVER_ERROR",
+                                        "CLIENT_ERROR"};
+    size_t i, w, wl;
+
+    for (w = 0; w < sizeof words / sizeof words[0]; w++) {
+        wl = strlen(words[w]);
+        if (memcmp(p, words[w], n < wl ? n : wl) == 0)
+            break;
+    }
+    if (w == sizeof words / sizeof words[0])
+        return -1;
+    if (n <= wl)
+        return 0;
+    if (p[wl] != ' ' && p[wl] != '\r') /* "ERRORS..." is no such line */
+        return -1;
+    for (i = wl; i < n && i <= MC_TEXT_LINE_MAX; i++) {
+        if (p[i] == '\r') {
+            if (i + 1 == n)
+                return 0;
+            if (p[i + 1] != '\n')
+                return -1;
+            *len = i;
+            return 1;
+        }
+        if (p[i] < 0x20 || p[i] > 0x7e)
+            return -1;
+    }
+    return i == n && i <= MC_TEXT_LINE_MAX ? 0 : -1; /* else too long */
+}
+
 int mc_reader_get(mc_reader *r, mc_resp *resp)
 {
     const unsigned char *h;
@@ -331,6 +368,16 @@ int mc_reader_get(mc_reader *r, mc_resp *resp)
      * after we have tried to buffer the body. */
     h = (const unsigned char *)r->buf + r->pos;
     if (h[0] != MC_MAGIC_RESPONSE) {
+        size_t line;
+        int t = text_error_line(h, unread, &line);
+        if (t == 0)
+            return MC_READ_MORE;
+        if (t == 1) {
+            r->server_text = 1;
+            snprintf(r->errstr, sizeof r->errstr, "%.*s", (int)line,
+                     (const char *)h);
+            return reader_fail(r);
+        }
         snprintf(r->errstr, sizeof r->errstr,
                  "bad magic byte 0x%02x (expected 0x%02x)", h[0],
                  MC_MAGIC_RESPONSE);

@@ -174,6 +174,8 @@ typedef struct mc_reader {
     int failed;      /* sticky: once an error is seen, get keeps failing */
     uint32_t oversize; /* when the error was a body over max_body: its
                           declared length (else 0) */
+    int server_text;   /* when the error was a text error line from the
+                          server (errstr holds the line), else 0 */
     char errstr[128];
 } mc_reader;
 
@@ -207,7 +209,16 @@ static inline void mc_reader_commit(mc_reader *r, size_t n)
 }
 
 /* Takes the next whole response out of the buffer. Checks the magic, that
- * extlen + keylen <= bodylen, and bodylen <= max_body. */
+ * extlen + keylen <= bodylen, and bodylen <= max_body.
+ * memcached answers some failures with a text line even on a binary
+ * connection (at its connection limit: "ERROR Too many open connections\r\n",
+ * then it closes). Where a response should begin, a line starting with
+ * ERROR, SERVER_ERROR or CLIENT_ERROR, printable and at most
+ * MC_TEXT_LINE_MAX bytes up to its CRLF, is MC_READ_ERROR with server_text
+ * set and the line (without CRLF, cut to fit) in errstr; what could still
+ * become such a line is MC_READ_MORE. Any other byte there is a protocol
+ * error. */
+#define MC_TEXT_LINE_MAX 256
 int mc_reader_get(mc_reader *r, mc_resp *resp);
 
 /* Bytes received but not yet taken out by mc_reader_get. */

@@ -9,7 +9,10 @@
 --
 -- A connection goes back to nginx's keepalive pool only after a whole reply
 -- was read; any error or timeout closes it, so no caller ever reads a reply
--- meant for another. Every reply's opaque and opcode are checked.
+-- meant for another. Every reply's opaque and opcode are checked, and an
+-- item's reply must name its key (GETK, GATK). A client's opaques start at
+-- a random value (pooled connections are shared by clients), so a reply
+-- nobody asked for cannot guess them.
 local memcached = require "memcached"
 
 local codec = memcached.codec
@@ -17,7 +20,7 @@ local OP, ST = codec.op, codec.status
 local HEADER_LEN, NO_CREATE = codec.HEADER_LEN, codec.ARITH_NO_CREATE
 local c_get, c_store, c_concat, c_delete = codec.get, codec.store, codec.concat, codec.delete
 local c_arith, c_touch, c_flush, c_simple = codec.arith, codec.touch, codec.flush, codec.simple
-local status_str, new_reader = codec.status_str, codec.reader
+local status_str, new_reader, random32 = codec.status_str, codec.reader, codec.random32
 local mp_encode, mp_decode = memcached.encode, memcached.decode
 local ngx_socket_tcp, ngx_now, ngx_update_time = ngx.socket.tcp, ngx.now, ngx.update_time
 local ngx_thread_spawn, ngx_thread_wait = ngx.thread.spawn, ngx.thread.wait
@@ -129,7 +132,7 @@ function _M.new(opts, ...)
     pool_size = opts.pool_size,
     keepalive_ms = floor((opts.keepalive_timeout or 60) * 1000 + 0.5),
     mp_flag = opts.msgpack_flag or 1,
-    seq = 0,      -- next opaque
+    seq = random32(), -- next opaque
     readers = {}, -- idle codec readers
   }, mt)
 end
@@ -182,25 +185,48 @@ end
 -- detail with the socket closed.
 local function read_reply(sock, r, addr, dl)
   set_left(sock, nil, dl)
-  local hdr, err = sock:receive(HEADER_LEN)
-  if not hdr then return sock_fail(sock, addr, "receive", err) end
+  local hdr, err, partial = sock:receive(HEADER_LEN)
+  if not hdr then
+    -- a text error line shorter than a header, then the server closed
+    if partial and partial ~= "" and byte(partial, 1) ~= 0x81 then
+      r:feed(partial)
+      local res, perr, kind = r:get()
+      if res == nil and kind == "server_error" then
+        sock:close()
+        return nil, E_SERVER, addr .. ": " .. perr
+      end
+    end
+    return sock_fail(sock, addr, "receive", err)
+  end
   r:feed(hdr)
-  local res, perr = r:get()
-  if res == false then
+  local res, perr, kind = r:get()
+  if res == false and byte(hdr, 1) ~= 0x81 then
+    -- the start of a text error line (memcached at its connection limit
+    -- says "ERROR Too many open connections" and closes): read it byte by
+    -- byte to its end, which the reader bounds
+    repeat
+      local b
+      b, err = sock:receive(1)
+      if not b then return sock_fail(sock, addr, "receive", err) end
+      r:feed(b)
+      res, perr, kind = r:get()
+    until res ~= false
+  elseif res == false then
     local b1, b2, b3, b4 = byte(hdr, 9, 12)
     set_left(sock, nil, dl)
     local body
     body, err = sock:receive(((b1 * 256 + b2) * 256 + b3) * 256 + b4)
     if not body then return sock_fail(sock, addr, "receive", err) end
     r:feed(body)
-    res, perr = r:get()
+    res, perr, kind = r:get()
   end
   if res and res.shape_ok then return res end
   sock:close()
   if res then -- the stream is framed wrongly: nothing in it can be trusted
     return nil, E_PROTOCOL, addr .. ": reply framed wrongly for its opcode"
   end
-  return nil, E_PROTOCOL, addr .. ": " .. tostring(perr or "short reply")
+  return nil, kind == "server_error" and E_SERVER or E_PROTOCOL,
+    addr .. ": " .. tostring(perr or "short reply")
 end
 
 -- One request to the server of key, framed by enc(op, opaque, ...).
@@ -227,6 +253,12 @@ local function call(self, key, kind, enc, op, ...)
     return nil, E_PROTOCOL, ("%s: reply opcode %d opaque %d to request opcode %d opaque %d")
       :format(addr, res.opcode, res.opaque, op, opaque)
   end
+  -- an item's reply names its key (error replies may name none)
+  if (op == OP.GETK or op == OP.GATK) and res.key ~= key
+      and (res.key ~= "" or res.status == ST.OK) then
+    sock:close()
+    return nil, E_PROTOCOL, addr .. ": reply names another key than the request's"
+  end
   sock:setkeepalive(self.keepalive_ms, self.pool_size)
   if res.status ~= ST.OK then
     local msg = res.value ~= "" and ": " .. sub(res.value, 1, 120) or ""
@@ -249,7 +281,7 @@ local function key_op(self, op, key, exptime)
   check_key(key)
   opt_uint(2, "expiration", exptime, U32)
   local res, addr, detail
-  if op == OP.GET then res, addr, detail = call(self, key, K_GET, c_get, op, key)
+  if op == OP.GETK then res, addr, detail = call(self, key, K_GET, c_get, op, key)
   else res, addr, detail = call(self, key, K_GET, c_touch, op, key, exptime) end
   if not res then return nil, addr, detail end
   if op == OP.TOUCH then return true end
@@ -259,8 +291,8 @@ local function key_op(self, op, key, exptime)
   return v, res.cas, res.flags
 end
 
-function _M.get(self, key) return key_op(self, OP.GET, key) end
-function _M.get_and_touch(self, key, exptime) return key_op(self, OP.GAT, key, exptime) end
+function _M.get(self, key) return key_op(self, OP.GETK, key) end
+function _M.get_and_touch(self, key, exptime) return key_op(self, OP.GATK, key, exptime) end
 function _M.touch(self, key, exptime) return key_op(self, OP.TOUCH, key, exptime) end
 
 -- set/add/replace/compare_and_swap (msgpack) and *_raw_data (bytes).
@@ -345,7 +377,7 @@ local function arith(self, op, key, delta, initial, exptime)
     local err = addr
     if err == _M.ERR_NON_NUMERIC then
       -- a delete_lock marker is not a number either, but reads as a miss
-      local g = call(self, key, K_GET, c_get, OP.GET, key)
+      local g = call(self, key, K_GET, c_get, OP.GETK, key)
       if g and is_lock(g) then return nil, E_MISS, "the key is locked by delete_lock" end
       detail = "the item is not a decimal number"
     end

@@ -302,6 +302,35 @@ local function run()
     is(c[3], { nil, c[2] }, bad:get("k"))
   end
 
+  -- a single get is as strict as get_multi: a reply nobody asked for, or
+  -- another key's item, is refused (GETK/GATK with the key checked, a
+  -- client's opaques starting at a random value)
+  local stray = assert(resty_memcached.new { servers = { var.stray }, timeout = 0.2 })
+  is("a reply sent before any request is refused, not a hit", { nil, E.ERR_PROTOCOL },
+     stray:get("k"))
+  local other = assert(resty_memcached.new { servers = { var.other_key }, timeout = 0.2 })
+  is("another key's item is refused by get", { nil, E.ERR_PROTOCOL }, other:get("k"))
+  is("another key's item is refused by get_and_touch", { nil, E.ERR_PROTOCOL },
+     other:get_and_touch("k", 60))
+  local seen, distinct = {}, true
+  for _ = 1, 5 do
+    local c = assert(resty_memcached.new { servers = { var.opaque }, timeout = 0.2 })
+    local v = c:get("k")
+    local o = tonumber(v)
+    if not o or o == 0 or seen[o] then distinct = false end
+    if o then seen[o] = true end
+  end
+  ok(distinct, "clients start at unpredictable opaques", show(next(seen)))
+
+  -- memcached at its connection limit says so in a text line: its words
+  -- come back as ERR_SERVER_ERROR
+  local full = assert(resty_memcached.new { servers = { var.limit }, timeout = 0.5 })
+  is("memcached at its connection limit: get is ERR_SERVER_ERROR with its line",
+     { nil, E.ERR_SERVER_ERROR, var.limit .. ": ERROR Too many open connections" }, full:get("k"))
+  local fr, ferr, ffail = full:get_multi { "a", "b" }
+  ok(deep_eq(fr, {}) and ferr == E.ERR_SERVER_ERROR and ffail and ffail.a == E.ERR_SERVER_ERROR,
+     "memcached at its connection limit: get_multi is ERR_SERVER_ERROR", show(fr, ferr))
+
   -- a reply that comes after the timeout must not reach the next caller:
   -- the timed-out connection was closed, not pooled
   local late = assert(resty_memcached.new { servers = { var.late }, timeout = 0.2 })
