@@ -805,6 +805,14 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
     return MC_OK;
 }
 
+size_t mc_client_idle_bytes(const mc_client *c)
+{
+    size_t i, n = 0;
+    for (i = 0; i < c->nservers; i++)
+        n += mc_server_idle_bytes(c->servers[i]);
+    return n;
+}
+
 const mc_event *mc_client_events(mc_client *c, size_t *n)
 {
     *n = c->nevents;

@@ -145,6 +145,10 @@ int mc_client_batch(mc_client *c, const mc_batch *b);
  * start of every operation; safe to call any time. */
 void mc_client_abort(mc_client *c);
 
+/* Bytes of buffer storage held by idle (pooled) connections, for tests
+ * that check a large reply is not pinned. */
+size_t mc_client_idle_bytes(const mc_client *c);
+
 /* Takes the queued server events; the array stays valid until the next
  * operation. */
 const mc_event *mc_client_events(mc_client *c, size_t *n);

@@ -23,6 +23,10 @@
 #include "mc_buf.h"
 #include "mc_proto.h"
 
+/* An idle connection keeps an output buffer up to this size (and its
+ * reader up to MC_READER_KEEP); larger ones are freed when it is pooled. */
+#define MC_CONN_KEEP (64u * 1024)
+
 /* Failures of the transport, kept apart from the server's status codes. */
 enum mc_err {
     MC_OK = 0,
