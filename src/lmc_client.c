@@ -174,6 +174,7 @@ static const char *err_name(int err)
     case MC_ERR_SERVER_DEAD: return E_SERVER_DEAD;
     case MC_ERR_BUSY: return E_BUSY;
     case MC_ERR_TOO_LARGE: return E_TOO_LARGE;
+    case MC_ERR_AUTH: return E_AUTH;
     default: return E_IO;
     }
 }

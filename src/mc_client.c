@@ -62,9 +62,22 @@ static void push_event(mc_client *c, mc_server *s, int up, const char *why)
     snprintf(e->reason, sizeof(e->reason), "%s", why ? why : "");
 }
 
+static void server_ok(mc_client *c, mc_server *s);
+
+/* An authentication status: the server is up and answers, but refuses this
+ * connection and closes it after the reply. */
+static int is_auth_status(uint16_t st)
+{
+    return st == MC_STATUS_AUTH_ERROR || st == MC_STATUS_AUTH_CONTINUE;
+}
+
 static void server_failed(mc_client *c, mc_server *s, int err, const char *msg)
 {
     char why[200];
+    if (err == MC_ERR_AUTH) {
+        server_ok(c, s); /* it answered */
+        return;
+    }
     if (err == MC_ERR_TOO_LARGE || err == MC_ERR_NOMEM || err == MC_ERR_BUSY)
         return; /* the server did nothing wrong */
     snprintf(why, sizeof(why), "%s: %s", mc_err_str(err), msg);
@@ -385,6 +398,7 @@ mc_buf *mc_client_begin(mc_client *c, int srv, uint32_t *opaque, int *err)
     if (c->cur->idle_since == 0) /* just connected: I/O time starts now */
         c->op_start = mc_now();
     c->cur_srv = srv;
+    c->cur_close = 0;
     c->nbegun++;
     c->cur_opaque = c->cur->opaque++;
     c->cur->out.len = 0;
@@ -439,8 +453,13 @@ int mc_client_exec(mc_client *c, mc_resp *r)
     if (rc != MC_OK)
         return cur_failed(c, rc, msg);
     rc = reply_matches(c, r);
-    if (rc == MC_OK)
+    if (rc == MC_OK) {
+        /* memcached -S closes the connection after this reply: pooled, it
+         * would fail the next call with "connection closed" */
+        if (is_auth_status(r->status))
+            c->cur_close = 1;
         server_ok(c, c->servers[c->cur_srv]);
+    }
     return rc;
 }
 
@@ -453,14 +472,18 @@ int mc_client_next(mc_client *c, mc_resp *r)
     rc = mc_conn_recv(c->cur, r, c->deadline, msg, sizeof(msg));
     if (rc != MC_OK)
         return cur_failed(c, rc, msg);
-    return reply_matches(c, r);
+    rc = reply_matches(c, r);
+    if (rc == MC_OK && is_auth_status(r->status))
+        c->cur_close = 1;
+    return rc;
 }
 
 void mc_client_end(mc_client *c)
 {
     if (!c->cur)
         return;
-    mc_pool_put(c->servers[c->cur_srv], &c->o.pool, c->cur, 0, c->op_start);
+    mc_pool_put(c->servers[c->cur_srv], &c->o.pool, c->cur, c->cur_close,
+                c->op_start);
     c->cur = NULL;
     c->cur_srv = -1;
 }
@@ -526,6 +549,14 @@ static void slot_drain(mc_client *c, const mc_batch *b, mc_batch_slot *sl)
         if (rc == MC_READ_ERROR) {
             slot_failed(c, b, sl, mc_conn_read_error(sl->conn),
                         sl->conn->in.errstr);
+            return;
+        }
+        if (is_auth_status(r.status)) {
+            /* the server refuses this connection (and closes it): none of
+             * its requests will be served, whichever one it answered */
+            snprintf(msg, sizeof(msg), "%s: %.*s", mc_status_str(r.status),
+                     (int)(r.vallen > 100 ? 100 : r.vallen), r.value);
+            slot_failed(c, b, sl, MC_ERR_AUTH, msg);
             return;
         }
         off = r.opaque - sl->base;

@@ -52,6 +52,8 @@ typedef struct mc_client {
     mc_conn *cur;
     uint32_t cur_opaque;
     uint8_t cur_opcode;
+    int cur_close;         /* the connection must not be pooled after it
+                              (the server refused us: authentication) */
     double deadline;
     double op_start;       /* the clock read once per operation */
     unsigned long nbegun;  /* one-request operations begun, ever */
@@ -108,7 +110,10 @@ int mc_client_usable(mc_client *c, int srv, int *err);
  * exec: sends it and reads the matching response (valid until the next
  * call). next: reads a further response of the same request (STAT).
  * end: gives the connection back. Any failure closes the connection and
- * counts against the server; end is then a no-op. */
+ * counts against the server; end is then a no-op. A reply with an
+ * authentication status (0x20/0x21) is returned as a reply, for the caller
+ * to map; the server closes such a connection, so end closes it too, and
+ * it is no failure of the server. */
 mc_buf *mc_client_begin(mc_client *c, int srv, uint32_t *opaque, int *err);
 int mc_client_exec(mc_client *c, mc_resp *r);
 int mc_client_next(mc_client *c, mc_resp *r);
@@ -138,7 +143,9 @@ typedef struct mc_batch {
 } mc_batch;
 
 /* Returns MC_OK once every server finished or failed (per-request failures
- * go through fail), or MC_ERR_NOMEM. */
+ * go through fail), or MC_ERR_NOMEM. A server that answers with an
+ * authentication status fails all its requests with MC_ERR_AUTH (its
+ * connection is closed; the server is not counted as failing). */
 int mc_client_batch(mc_client *c, const mc_batch *b);
 
 /* Closes whatever an interrupted operation left checked out. Called at the

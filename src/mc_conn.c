@@ -28,6 +28,7 @@ const char *mc_err_str(int err)
     case MC_ERR_SERVER_DEAD: return "server is marked dead";
     case MC_ERR_BUSY: return "all connections are in use";
     case MC_ERR_TOO_LARGE: return "value too large";
+    case MC_ERR_AUTH: return "authentication required";
     }
     return "unknown error";
 }

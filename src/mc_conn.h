@@ -39,8 +39,11 @@ enum mc_err {
     MC_ERR_NO_SERVERS, /* nothing to send to */
     MC_ERR_SERVER_DEAD, /* the server is marked dead and ejection is off */
     MC_ERR_BUSY,       /* all max_conns connections are in use */
-    MC_ERR_TOO_LARGE   /* a reply larger than max_body (the connection is
+    MC_ERR_TOO_LARGE,  /* a reply larger than max_body (the connection is
                           closed; the server is healthy) */
+    MC_ERR_AUTH        /* the server demands authentication (it answered
+                          with an auth status and closes the connection;
+                          the server is healthy) */
 };
 
 const char *mc_err_str(int err);
