@@ -22,6 +22,9 @@
 --   swallow       as echo, but in a batch (replies up to a NOOP) the first
 --                 reply's body length also covers the second reply: a
 --                 well-framed stream whose first value hides the second
+--   once          answers (as echo) what arrives in a connection's first
+--                 read; data arriving later closes the connection
+--                 unanswered: a server that took a request and went away
 --   echo          GET/GETK/GETQ/GETKQ are hits whose value is the key (flags
 --                 0); anything else gets status 0 and an empty body
 local socket = require "socket"
@@ -91,6 +94,7 @@ local answer = {
   late_once = echo,
   slow = echo,
   swallow = echo,
+  once = echo,
 }
 assert(answer[mode] or mode == "close", "unknown mode " .. tostring(mode))
 
@@ -98,6 +102,7 @@ local conns = {}     -- socket -> pending input bytes
 local delayed = {}   -- {sock=, data=, at=} replies to send later
 local first_seen = false
 local held = {}      -- swallow: socket -> replies of the batch so far
+local served = {}    -- once: sockets whose first read was answered
 
 local function drop(c)
   conns[c] = nil
@@ -172,9 +177,11 @@ while true do
       local data, err, partial = s:receive(65536)
       data = data or partial
       if data and #data > 0 then conns[s] = conns[s] .. data end
-      if err == "closed" then
+      if err == "closed" or (mode == "once" and served[s]) then
+        served[s] = nil
         drop(s)
       elseif #conns[s] > 0 then
+        if mode == "once" then served[s] = true end
         serve(s)
       end
     end

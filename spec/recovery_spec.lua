@@ -183,3 +183,138 @@ describe("a server that demands authentication (memcached -S), without credentia
     mc:close()
   end)
 end)
+
+describe("a server killed (-9) and restarted at once on the same port", function()
+  local srv, other
+  before_each(function()
+    srv = H.start_memcached()
+    other = H.start_memcached()
+  end)
+  after_each(function()
+    srv.stop()
+    other.stop()
+  end)
+
+  -- failure_limit = 1: one counted failure would mark the server dead
+  local function client(servers)
+    local mc = assert(memcached.new { servers = servers, failure_limit = 1, retry_timeout = 30,
+                                      timeout = 0.5 })
+    local events = {}
+    mc:set_server_error_callback(function(addr, reason, state)
+      events[#events + 1] = addr .. " " .. state .. ": " .. reason
+    end)
+    return mc, events
+  end
+
+  local function healthy(mc, events)
+    for _, info in ipairs(mc:servers()) do
+      assert.is_true(info.alive, info.addr .. " marked dead: " .. tostring(info.last_error))
+      assert.are.equal(0, info.failures, info.last_error)
+    end
+    assert.are.same({}, events)
+  end
+
+  -- Each case runs on a pooled connection younger than a second (no
+  -- staleness check on the way out of the pool) whose server was restarted:
+  -- the data is gone, the connection is closed, the call must not notice.
+  local cases = {
+    { "get", function(mc) return mc:get("k") end, nil, memcached.ERR_CACHE_MISS },
+    { "get_and_touch", function(mc) return mc:get_and_touch("k", 100) end, nil, memcached.ERR_CACHE_MISS },
+    { "touch", function(mc) return mc:touch("k", 100) end, nil, memcached.ERR_CACHE_MISS },
+    { "set", function(mc) return math.type(mc:set("k", "v2")) end, "integer" },
+    { "set_raw_data", function(mc) return math.type(mc:set_raw_data("k", "v2")) end, "integer" },
+    -- not safe to send twice: a staleness check before reuse instead
+    { "add", function(mc) return math.type(mc:add("k", "v2")) end, "integer" },
+    { "increment", function(mc) return mc:increment("n", 1) end, nil, memcached.ERR_CACHE_MISS },
+    { "delete", function(mc) return mc:delete("k") end, nil, memcached.ERR_CACHE_MISS },
+    { "append", function(mc) return mc:append("k", "x") end, nil, memcached.ERR_NOT_STORED },
+    { "compare_and_swap", function(mc) return mc:compare_and_swap("k", "v2", 12345) end, nil,
+      memcached.ERR_NOT_STORED },
+    { "stats", function(mc) return type((mc:stats() or {})[srv.addr]) end, "table" },
+  }
+  for _, case in ipairs(cases) do
+    local name, call, want, want_err = case[1], case[2], case[3], case[4]
+    it(name .. " succeeds, without a failure or a callback (failure_limit = 1)", function()
+      local mc, events = client { srv.addr }
+      assert(mc:set("k", "v1"))
+      assert(mc:set_raw_data("n", "1"))
+      assert.are.equal(1, mc:servers()[1].connections)
+      srv.restart()
+      local v, err, detail = call(mc)
+      assert.are.equal(want, v, detail)
+      assert.are.equal(want_err, err, detail)
+      healthy(mc, events)
+      -- and the client goes on normally
+      assert(mc:set("k", "v3"))
+      assert.are.equal("v3", (mc:get("k")))
+      mc:close()
+    end)
+  end
+
+  local batch_steps = {
+    { "get_multi", function(mc, keys)
+      local got, err, failed = mc:get_multi(keys)
+      assert.are.same({}, got)
+      assert.is_nil(err, failed and next(failed))
+    end },
+    { "set_multi", function(mc, keys, items)
+      local res, first = mc:set_multi(items)
+      assert.is_nil(first)
+      for _, k in ipairs(keys) do assert.is_true(res[k]) end
+      local got, n = mc:get_multi(keys), 0
+      for k, v in pairs(got) do assert.are.equal(items[k], v); n = n + 1 end
+      assert.are.equal(#keys, n)
+    end },
+    { "delete_multi", function(mc, keys)
+      local res, first = mc:delete_multi(keys)
+      assert.are.equal(memcached.ERR_CACHE_MISS, first) -- the restart lost them
+      for _, k in ipairs(keys) do assert.are.equal(memcached.ERR_CACHE_MISS, res[k]) end
+    end },
+    { "ping", function(mc) assert.is_true(mc:ping()) end },
+  }
+  for _, step in ipairs(batch_steps) do
+    it(step[1] .. " over two restarted servers succeeds, without a failure or a callback", function()
+      local mc, events = client { srv.addr, other.addr }
+      local keys, items = {}, {}
+      for i = 1, 20 do keys[i] = "m" .. i; items[keys[i]] = i end
+      local _, first = mc:set_multi(items)
+      assert.is_nil(first)
+      assert.is_true(mc:ping()) -- both connections warm and pooled
+      srv.restart()
+      other.restart()
+      step[2](mc, keys, items)
+      healthy(mc, events)
+      mc:close()
+    end)
+  end
+
+  it("still counts a failure when the fresh connection fails too", function()
+    local mc, events = client { srv.addr }
+    assert(mc:set("k", "v1"))
+    srv.kill9()
+    local v, err = mc:get("k")
+    assert.is_nil(v)
+    assert.are.equal(memcached.ERR_CONNECTION_REFUSED, err)
+    assert.is_false(mc:servers()[1].alive)
+    assert.are.equal(1, #events)
+    mc:close()
+  end)
+
+  it("resends a get, never an add, when a pooled connection closes unanswered", function()
+    -- the fault server answers a connection's first read, then closes it
+    -- when more arrives: as if the server took the request and went away
+    local f = H.start_fault("once")
+    local mc, events = client { f.addr }
+    assert.are.equal("a", (mc:get("a")))
+    local v, err = mc:get("b") -- reused, closed unanswered, sent again
+    assert.are.equal("b", v, err)
+    healthy(mc, events)
+    assert.are.equal("c", (mc:get("c")))
+    local ok, aerr = mc:add("d", "v") -- reused, closed unanswered: may have been applied
+    assert.is_nil(ok)
+    assert.are.equal(memcached.ERR_CONNECTION_CLOSED, aerr)
+    assert.is_false(mc:servers()[1].alive) -- that one counts
+    mc:close()
+    f.stop()
+  end)
+end)

@@ -57,7 +57,10 @@ typedef struct mc_addr {
 typedef struct mc_conn {
     int fd;
     uint32_t opaque;   /* next opaque to hand out */
-    mc_buf out;        /* bytes to send; out_pos of them already sent */
+    mc_buf out;        /* the request(s) in flight; out_pos of them sent.
+                          Kept after sending (out_pos == out.len), so that
+                          a request can be resent on another connection;
+                          cleared when the connection is pooled. */
     size_t out_pos;
     double idle_since; /* when it went back to the pool */
     double io_timeout; /* the kernel's bound on each blocking transfer */
