@@ -526,9 +526,8 @@ static int reply_matches(mc_client *c, mc_resp *r)
 static int cur_renew(mc_client *c, char *msg, size_t msglen)
 {
     int err;
-    mc_conn *old = c->cur;
-    c->cur = NULL; /* closed by renew, also when it fails */
-    c->cur = renew(c, c->servers[c->cur_srv], old, 1, &err, msg, msglen);
+    /* the old connection is closed by renew, also when it fails */
+    c->cur = renew(c, c->servers[c->cur_srv], c->cur, 1, &err, msg, msglen);
     if (!c->cur)
         return err;
     c->op_start = mc_now();

@@ -113,7 +113,13 @@ int mc_client_usable(mc_client *c, int srv, int *err);
  * counts against the server; end is then a no-op. A reply with an
  * authentication status (0x20/0x21) is returned as a reply, for the caller
  * to map; the server closes such a connection, so end closes it too, and
- * it is no failure of the server. */
+ * it is no failure of the server.
+ * A request that fails on a pooled connection before any reply byte
+ * (closed, reset, EPIPE) is resent once on a fresh connection when it is
+ * safe to send twice (see mc_client.c, "sending a request again"); other
+ * requests check a pooled connection before they are sent on it. Only a
+ * failure that remains counts against the server. Batches do the same per
+ * server. */
 mc_buf *mc_client_begin(mc_client *c, int srv, uint32_t *opaque, int *err);
 int mc_client_exec(mc_client *c, mc_resp *r);
 int mc_client_next(mc_client *c, mc_resp *r);
