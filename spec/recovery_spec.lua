@@ -231,6 +231,9 @@ describe("a server killed (-9) and restarted at once on the same port", function
     { "compare_and_swap", function(mc) return mc:compare_and_swap("k", "v2", 12345) end, nil,
       memcached.ERR_NOT_STORED },
     { "stats", function(mc) return type((mc:stats() or {})[srv.addr]) end, "table" },
+    -- more than the socket takes at once: the send itself meets the reset
+    { "set of 900 KB", function(mc) return math.type(mc:set_raw_data("k", string.rep("v", 900000))) end,
+      "integer" },
   }
   for _, case in ipairs(cases) do
     local name, call, want, want_err = case[1], case[2], case[3], case[4]
@@ -271,6 +274,18 @@ describe("a server killed (-9) and restarted at once on the same port", function
       for _, k in ipairs(keys) do assert.are.equal(memcached.ERR_CACHE_MISS, res[k]) end
     end },
     { "ping", function(mc) assert.is_true(mc:ping()) end },
+    -- 16 MB: still being written when the reset comes, and written again
+    -- on the fresh connections from the poll loop
+    { "set_multi of 16 MB", function(mc)
+      local big = {}
+      for i = 1, 40 do big["big" .. i] = string.rep(string.char(64 + i % 26), 400000) end
+      local res, first = mc:set_multi(big)
+      assert.is_nil(first)
+      for k in pairs(big) do assert.is_true(res[k]) end
+      local got = mc:get_multi { "big1", "big40" }
+      assert.are.equal(big.big1, got.big1)
+      assert.are.equal(big.big40, got.big40)
+    end },
   }
   for _, step in ipairs(batch_steps) do
     it(step[1] .. " over two restarted servers succeeds, without a failure or a callback", function()
