@@ -38,6 +38,9 @@
 --                 "other's value"; the K forms name that key)
 --   opaque        as echo, but a hit's value is the request's opaque (in
 --                 decimal), so a spec can see what opaques a client sends
+--   once          answers (as echo) what arrives in a connection's first
+--                 read; data arriving later closes the connection
+--                 unanswered: a server that took a request and went away
 --   echo          GET/GETK/GETQ/GETKQ are hits whose value is the key (flags
 --                 0); anything else gets status 0 and an empty body
 local socket = require "socket"
@@ -135,6 +138,7 @@ local answer = {
   late_once = echo,
   slow = echo,
   swallow = echo,
+  once = echo,
 }
 assert(answer[mode] or mode == "close", "unknown mode " .. tostring(mode))
 
@@ -142,6 +146,7 @@ local conns = {}     -- socket -> pending input bytes
 local delayed = {}   -- {sock=, data=, at=} replies to send later
 local first_seen = false
 local held = {}      -- swallow: socket -> replies of the batch so far
+local served = {}    -- once: sockets whose first read was answered
 
 local function drop(c)
   conns[c] = nil
@@ -223,9 +228,11 @@ while true do
       local data, err, partial = s:receive(65536)
       data = data or partial
       if data and #data > 0 then conns[s] = conns[s] .. data end
-      if err == "closed" then
+      if err == "closed" or (mode == "once" and served[s]) then
+        served[s] = nil
         drop(s)
       elseif #conns[s] > 0 then
+        if mode == "once" then served[s] = true end
         serve(s)
       end
     end

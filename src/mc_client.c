@@ -11,6 +11,7 @@ struct mc_batch_slot {
     uint32_t base;    /* opaque of request 0; the NOOP carries base + n */
     size_t next;      /* replies must come in increasing request order */
     int state;        /* SLOT_* */
+    int got;          /* a reply arrived on this connection */
 };
 
 enum { SLOT_IDLE, SLOT_CONNECTING, SLOT_WRITING, SLOT_READING, SLOT_DONE };
@@ -62,9 +63,22 @@ static void push_event(mc_client *c, mc_server *s, int up, const char *why)
     snprintf(e->reason, sizeof(e->reason), "%s", why ? why : "");
 }
 
+static void server_ok(mc_client *c, mc_server *s);
+
+/* An authentication status: the server is up and answers, but refuses this
+ * connection and closes it after the reply. */
+static int is_auth_status(uint16_t st)
+{
+    return st == MC_STATUS_AUTH_ERROR || st == MC_STATUS_AUTH_CONTINUE;
+}
+
 static void server_failed(mc_client *c, mc_server *s, int err, const char *msg)
 {
     char why[200];
+    if (err == MC_ERR_AUTH) {
+        server_ok(c, s); /* it answered */
+        return;
+    }
     if (err == MC_ERR_TOO_LARGE || err == MC_ERR_NOMEM || err == MC_ERR_BUSY)
         return; /* the server did nothing wrong */
     snprintf(why, sizeof(why), "%s: %s", mc_err_str(err), msg);
@@ -78,6 +92,86 @@ static void server_ok(mc_client *c, mc_server *s)
         return;
     if (mc_server_succeeded(s))
         push_event(c, s, 1, "responding again");
+}
+
+/* ---- sending a request again ----
+ * A pooled connection may have been closed by the server while it was idle
+ * (a server restarted at once on the same port, an idle timeout). Checking
+ * every reused connection would cost a syscall per request; instead a
+ * request that fails on a reused connection before any byte of its reply
+ * arrived (closed, reset, EPIPE) is sent once more on a fresh connection,
+ * when sending it twice is harmless: reads (GET/GETK/GAT/TOUCH and their
+ * quiet forms), a plain SET/SETQ (no cas: storing the same value again),
+ * NOOP, VERSION, STAT, FLUSH. A request that may have been applied before
+ * the connection broke must not run twice (ADD answers "not stored" the
+ * second time, incr counts twice, append appends twice, a cas or a delete
+ * reports a conflict or a miss): for those a reused connection is checked
+ * (one recv(MSG_PEEK)) before sending, and a failure after that counts. */
+
+/* One request frame (at least a header) that is safe to send twice. */
+static int frame_resend_safe(const char *p)
+{
+    switch ((uint8_t)p[1]) {
+    case MC_OP_GET: case MC_OP_GETQ: case MC_OP_GETK: case MC_OP_GETKQ:
+    case MC_OP_GAT: case MC_OP_GATQ: case MC_OP_GATK: case MC_OP_GATKQ:
+    case MC_OP_TOUCH: case MC_OP_NOOP: case MC_OP_VERSION: case MC_OP_STAT:
+    case MC_OP_FLUSH: case MC_OP_FLUSHQ:
+        return 1;
+    case MC_OP_SET: case MC_OP_SETQ:
+        return mc_load64(p + 16) == 0;
+    default:
+        return 0;
+    }
+}
+
+/* Every request in the buffer is safe to send twice. */
+static int resend_safe(const char *p, size_t n)
+{
+    while (n >= MC_HEADER_LEN) {
+        size_t len = MC_HEADER_LEN + (size_t)mc_load32(p + 8);
+        if (len > n || !frame_resend_safe(p))
+            return 0;
+        p += len;
+        n -= len;
+    }
+    return n == 0;
+}
+
+/* The first request in the buffer is safe to send twice (the cheap test
+ * for whether a reused connection needs checking first; batches here are
+ * one kind of request plus a NOOP, and resend_safe decides any resend). */
+static int first_resend_safe(const mc_buf *out)
+{
+    return out->len >= MC_HEADER_LEN && frame_resend_safe(out->data);
+}
+
+/* Moves the request(s) of a connection that broke, or was found closed,
+ * to a new connection to the same server; `old` is closed, and so are the
+ * server's idle connections (likely closed by the same restart). wait:
+ * connect before returning, else only start connecting. Returns the new
+ * connection, or NULL with *err and msg (nothing left open). */
+static mc_conn *renew(mc_client *c, mc_server *s, mc_conn *old, int wait,
+                      int *err, char *msg, size_t msglen)
+{
+    mc_buf req = old->out;
+    uint32_t opaque = old->opaque;
+    mc_conn *n;
+
+    memset(&old->out, 0, sizeof(old->out));
+    old->out_pos = 0;
+    mc_pool_put(s, &c->o.pool, old, 1, 0);
+    mc_pool_drain(s);
+    n = wait ? mc_pool_get_slow(s, &c->o.pool, mc_now(), err, msg, msglen)
+             : mc_pool_get_started(s, &c->o.pool, mc_now(), err, msg, msglen);
+    if (!n) {
+        mc_buf_free(&req);
+        return NULL;
+    }
+    mc_buf_free(&n->out);
+    n->out = req;
+    n->out_pos = 0;
+    n->opaque = opaque;
+    return n;
 }
 
 void mc_client_abort(mc_client *c)
@@ -385,6 +479,7 @@ mc_buf *mc_client_begin(mc_client *c, int srv, uint32_t *opaque, int *err)
     if (c->cur->idle_since == 0) /* just connected: I/O time starts now */
         c->op_start = mc_now();
     c->cur_srv = srv;
+    c->cur_close = 0;
     c->nbegun++;
     c->cur_opaque = c->cur->opaque++;
     c->cur->out.len = 0;
@@ -434,22 +529,57 @@ static int reply_matches(mc_client *c, mc_resp *r, const char *key,
     return MC_OK;
 }
 
+/* The request in flight moves to a fresh connection (connected here); its
+ * I/O budget starts again once connected, as for a new connection. */
+static int cur_renew(mc_client *c, char *msg, size_t msglen)
+{
+    int err;
+    /* the old connection is closed by renew, also when it fails */
+    c->cur = renew(c, c->servers[c->cur_srv], c->cur, 1, &err, msg, msglen);
+    if (!c->cur)
+        return err;
+    c->op_start = mc_now();
+    c->deadline = c->op_start + c->o.io_timeout;
+    return MC_OK;
+}
+
 static inline int exec_one(mc_client *c, mc_resp *r, const char *key,
                            size_t keylen)
 {
     char msg[200];
-    int rc;
+    int rc, reused;
 
     if (!c->cur)
         return MC_ERR_IO;
     c->cur_opcode = c->cur->out.len >= 2 ? (uint8_t)c->cur->out.data[1] : 0;
     c->deadline = c->op_start + c->o.io_timeout;
+    reused = c->cur->idle_since != 0;
+    if (reused && !first_resend_safe(&c->cur->out) && mc_conn_stale(c->cur)) {
+        /* not to be sent twice: a closed pooled connection is replaced
+         * before sending */
+        if ((rc = cur_renew(c, msg, sizeof(msg))) != MC_OK)
+            return cur_failed(c, rc, msg);
+        reused = 0;
+    }
     rc = mc_conn_roundtrip(c->cur, r, c->deadline, msg, sizeof(msg));
+    if (rc == MC_ERR_CLOSED && reused && c->cur->in.len == 0 &&
+        resend_safe(c->cur->out.data, c->cur->out.len)) {
+        /* closed before any byte of the reply: once more, on a fresh
+         * connection; only its failure counts */
+        rc = cur_renew(c, msg, sizeof(msg));
+        if (rc == MC_OK)
+            rc = mc_conn_roundtrip(c->cur, r, c->deadline, msg, sizeof(msg));
+    }
     if (rc != MC_OK)
         return cur_failed(c, rc, msg);
     rc = reply_matches(c, r, key, keylen);
-    if (rc == MC_OK)
+    if (rc == MC_OK) {
+        /* memcached -S closes the connection after this reply: pooled, it
+         * would fail the next call with "connection closed" */
+        if (is_auth_status(r->status))
+            c->cur_close = 1;
         server_ok(c, c->servers[c->cur_srv]);
+    }
     return rc;
 }
 
@@ -473,14 +603,18 @@ int mc_client_next(mc_client *c, mc_resp *r)
     rc = mc_conn_recv(c->cur, r, c->deadline, msg, sizeof(msg));
     if (rc != MC_OK)
         return cur_failed(c, rc, msg);
-    return reply_matches(c, r, NULL, 0);
+    rc = reply_matches(c, r, NULL, 0);
+    if (rc == MC_OK && is_auth_status(r->status))
+        c->cur_close = 1;
+    return rc;
 }
 
 void mc_client_end(mc_client *c)
 {
     if (!c->cur)
         return;
-    mc_pool_put(c->servers[c->cur_srv], &c->o.pool, c->cur, 0, c->op_start);
+    mc_pool_put(c->servers[c->cur_srv], &c->o.pool, c->cur, c->cur_close,
+                c->op_start);
     c->cur = NULL;
     c->cur_srv = -1;
 }
@@ -548,6 +682,15 @@ static void slot_drain(mc_client *c, const mc_batch *b, mc_batch_slot *sl)
                         sl->conn->in.errstr);
             return;
         }
+        sl->got = 1;
+        if (is_auth_status(r.status)) {
+            /* the server refuses this connection (and closes it): none of
+             * its requests will be served, whichever one it answered */
+            snprintf(msg, sizeof(msg), "%s: %.*s", mc_status_str(r.status),
+                     (int)(r.vallen > 100 ? 100 : r.vallen), r.value);
+            slot_failed(c, b, sl, MC_ERR_AUTH, msg);
+            return;
+        }
         off = r.opaque - sl->base;
         if (b->every_reply) /* the next request of this server's, in order */
             while (sl->next < b->n && b->server[sl->next] != sl->srv)
@@ -593,6 +736,42 @@ static void slot_drain(mc_client *c, const mc_batch *b, mc_batch_slot *sl)
         c->replied[off] = 1;
         sl->next = off + 1;
     }
+}
+
+/* A slot's connection failed (err, msg). A reused connection that broke
+ * before any reply, with requests safe to send twice, is replaced by a new
+ * one (connected here, within connect_timeout) that gets the requests
+ * again; only a failure of that one counts. Else the slot fails. */
+static void slot_broke(mc_client *c, const mc_batch *b, mc_batch_slot *sl,
+                       int err, const char *msg)
+{
+    mc_server *s = c->servers[sl->srv];
+    char m[200];
+    double now;
+    int w;
+
+    if (err != MC_ERR_CLOSED || sl->got || !sl->conn ||
+        sl->conn->idle_since == 0 || sl->conn->in.len ||
+        !resend_safe(sl->conn->out.data, sl->conn->out.len)) {
+        slot_failed(c, b, sl, err, msg);
+        return;
+    }
+    sl->conn = renew(c, s, sl->conn, 1, &err, m, sizeof(m));
+    if (!sl->conn) {
+        server_failed(c, s, err, m);
+        slot_failed(c, b, sl, err, m);
+        return;
+    }
+    /* the new connection gets a whole I/O budget */
+    now = mc_now();
+    if (c->deadline < now + c->o.io_timeout)
+        c->deadline = now + c->o.io_timeout;
+    sl->state = SLOT_WRITING;
+    w = mc_conn_write_some(sl->conn, m, sizeof(m));
+    if (w < 0)
+        slot_failed(c, b, sl, -w, m);
+    else if (w == 1)
+        sl->state = SLOT_READING;
 }
 
 /* One connect of a batch ended; once none is left, the batch's I/O budget
@@ -672,6 +851,17 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
             slot_failed(c, b, sl, MC_ERR_NOMEM, "out of memory");
             continue;
         }
+        if (sl->conn->idle_since != 0 && !first_resend_safe(&sl->conn->out) &&
+            mc_conn_stale(sl->conn)) {
+            /* not to be sent twice: a closed pooled connection is
+             * replaced before sending */
+            sl->conn = renew(c, s, sl->conn, 0, &err, msg, sizeof(msg));
+            if (!sl->conn) {
+                server_failed(c, s, err, msg);
+                slot_failed(c, b, sl, err, msg);
+                continue;
+            }
+        }
         if (sl->conn->connecting) {
             sl->state = SLOT_CONNECTING;
             connecting++;
@@ -682,7 +872,7 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
         {
             int rc = mc_conn_write_some(sl->conn, msg, sizeof(msg));
             if (rc < 0)
-                slot_failed(c, b, sl, -rc, msg);
+                slot_broke(c, b, sl, -rc, msg);
             else if (rc == 1)
                 sl->state = SLOT_READING;
         }
@@ -693,6 +883,7 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
     if (connecting)
         c->deadline = connect_deadline + c->o.io_timeout;
 
+again:
     /* Phase 1, while any request is still unsent: one poll loop over all
      * sockets, reading as well (a server blocked on a full output buffer
      * would otherwise never drain our input). */
@@ -773,7 +964,7 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
             if (sl->state == SLOT_WRITING && (ev & (POLLOUT | POLLERR | POLLHUP))) {
                 int w = mc_conn_write_some(sl->conn, msg, sizeof(msg));
                 if (w < 0) {
-                    slot_failed(c, b, sl, -w, msg);
+                    slot_broke(c, b, sl, -w, msg);
                     continue;
                 }
                 if (w == 1)
@@ -785,7 +976,7 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
                     /* replies already buffered still count */
                     slot_drain(c, b, sl);
                     if (sl->state != SLOT_DONE)
-                        slot_failed(c, b, sl, -r, msg);
+                        slot_broke(c, b, sl, -r, msg);
                     continue;
                 }
                 slot_drain(c, b, sl);
@@ -817,12 +1008,25 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
             if (r < 0) {
                 slot_drain(c, b, sl);
                 if (sl->state != SLOT_DONE)
-                    slot_failed(c, b, sl, -r, msg);
+                    slot_broke(c, b, sl, -r, msg);
             }
         }
     }
+    /* a slot that moved to a fresh connection while being read may still
+     * have requests to write: back to the poll loop */
+    for (i = 0; i < nslots; i++)
+        if (c->slots[i].state == SLOT_WRITING)
+            goto again;
     c->nslots = 0;
     return MC_OK;
+}
+
+size_t mc_client_idle_bytes(const mc_client *c)
+{
+    size_t i, n = 0;
+    for (i = 0; i < c->nservers; i++)
+        n += mc_server_idle_bytes(c->servers[i]);
+    return n;
 }
 
 const mc_event *mc_client_events(mc_client *c, size_t *n)

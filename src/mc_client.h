@@ -52,6 +52,8 @@ typedef struct mc_client {
     mc_conn *cur;
     uint32_t cur_opaque;
     uint8_t cur_opcode;
+    int cur_close;         /* the connection must not be pooled after it
+                              (the server refused us: authentication) */
     double deadline;
     double op_start;       /* the clock read once per operation */
     unsigned long nbegun;  /* one-request operations begun, ever */
@@ -108,7 +110,16 @@ int mc_client_usable(mc_client *c, int srv, int *err);
  * exec: sends it and reads the matching response (valid until the next
  * call). next: reads a further response of the same request (STAT).
  * end: gives the connection back. Any failure closes the connection and
- * counts against the server; end is then a no-op. */
+ * counts against the server; end is then a no-op. A reply with an
+ * authentication status (0x20/0x21) is returned as a reply, for the caller
+ * to map; the server closes such a connection, so end closes it too, and
+ * it is no failure of the server.
+ * A request that fails on a pooled connection before any reply byte
+ * (closed, reset, EPIPE) is resent once on a fresh connection when it is
+ * safe to send twice (see mc_client.c, "sending a request again"); other
+ * requests check a pooled connection before they are sent on it. Only a
+ * failure that remains counts against the server. Batches do the same per
+ * server. */
 mc_buf *mc_client_begin(mc_client *c, int srv, uint32_t *opaque, int *err);
 int mc_client_exec(mc_client *c, mc_resp *r);
 /* exec for a request whose reply names its key (GETK, GATK): a reply that
@@ -144,12 +155,18 @@ typedef struct mc_batch {
 } mc_batch;
 
 /* Returns MC_OK once every server finished or failed (per-request failures
- * go through fail), or MC_ERR_NOMEM. */
+ * go through fail), or MC_ERR_NOMEM. A server that answers with an
+ * authentication status fails all its requests with MC_ERR_AUTH (its
+ * connection is closed; the server is not counted as failing). */
 int mc_client_batch(mc_client *c, const mc_batch *b);
 
 /* Closes whatever an interrupted operation left checked out. Called at the
  * start of every operation; safe to call any time. */
 void mc_client_abort(mc_client *c);
+
+/* Bytes of buffer storage held by idle (pooled) connections, for tests
+ * that check a large reply is not pinned. */
+size_t mc_client_idle_bytes(const mc_client *c);
 
 /* Takes the queued server events; the array stays valid until the next
  * operation. */

@@ -30,6 +30,7 @@ const char *mc_err_str(int err)
     case MC_ERR_BUSY: return "all connections are in use";
     case MC_ERR_TOO_LARGE: return "value too large";
     case MC_ERR_SERVER_ERROR: return "server error";
+    case MC_ERR_AUTH: return "authentication required";
     }
     return "unknown error";
 }
@@ -362,9 +363,8 @@ int mc_conn_write_some(mc_conn *c, char *msg, size_t msglen)
         say(msg, msglen, "send", errno);
         return -errno_to_err(errno);
     }
-    /* Keep a modest buffer for the next request; drop a huge one. */
-    c->out_pos = 0;
-    mc_buf_clear(&c->out, 1 << 20);
+    /* all sent (out_pos == out.len); the bytes stay until the connection
+     * goes back to the pool, which drops a large buffer */
     return 1;
 }
 
@@ -473,9 +473,7 @@ int mc_conn_flush(mc_conn *c, double deadline, char *msg, size_t msglen)
             continue; /* poll said ready; the deadline bounds this */
         return send_failed(errno, msg, msglen);
     }
-    c->out_pos = 0;
-    mc_buf_clear(&c->out, 1 << 20);
-    return MC_OK;
+    return MC_OK; /* out_pos == out.len: all sent, the bytes kept */
 }
 
 int mc_conn_read_budget(mc_conn *c, double deadline, char *msg,
@@ -534,8 +532,7 @@ int mc_conn_roundtrip(mc_conn *c, mc_resp *r, double deadline, char *msg,
         ssize_t n = send(c->fd, c->out.data, c->out.len,
                          MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n == (ssize_t)c->out.len) {
-            c->out_pos = 0;
-            mc_buf_clear(&c->out, 1 << 20);
+            c->out_pos = c->out.len;
             rc = read_once(c, 1, msg, msglen);
             if (rc < 0)
                 return -rc;

@@ -23,6 +23,10 @@
 #include "mc_buf.h"
 #include "mc_proto.h"
 
+/* An idle connection keeps an output buffer up to this size (and its
+ * reader up to MC_READER_KEEP); larger ones are freed when it is pooled. */
+#define MC_CONN_KEEP (64u * 1024)
+
 /* Failures of the transport, kept apart from the server's status codes. */
 enum mc_err {
     MC_OK = 0,
@@ -37,10 +41,13 @@ enum mc_err {
     MC_ERR_BUSY,       /* all max_conns connections are in use */
     MC_ERR_TOO_LARGE,  /* a reply larger than max_body (the connection is
                           closed; the server is healthy) */
-    MC_ERR_SERVER_ERROR /* the server answered a text error line (ERROR,
+    MC_ERR_SERVER_ERROR, /* the server answered a text error line (ERROR,
                            SERVER_ERROR, CLIENT_ERROR: e.g. memcached at its
                            connection limit) instead of a binary reply; the
                            line is the message */
+    MC_ERR_AUTH        /* the server demands authentication (it answered
+                          with an auth status and closes the connection;
+                          the server is healthy) */
 };
 
 const char *mc_err_str(int err);
@@ -54,7 +61,10 @@ typedef struct mc_addr {
 typedef struct mc_conn {
     int fd;
     uint32_t opaque;   /* next opaque to hand out */
-    mc_buf out;        /* bytes to send; out_pos of them already sent */
+    mc_buf out;        /* the request(s) in flight; out_pos of them sent.
+                          Kept after sending (out_pos == out.len), so that
+                          a request can be resent on another connection;
+                          cleared when the connection is pooled. */
     size_t out_pos;
     double idle_since; /* when it went back to the pool */
     double io_timeout; /* the kernel's bound on each blocking transfer */

@@ -107,10 +107,26 @@ void mc_pool_put(mc_server *s, const mc_pool_opts *o, mc_conn *c, int broken,
     }
     c->out.len = 0;
     c->out_pos = 0;
+    /* An idle connection holds small buffers only: one large value must
+     * not pin its memory until the connection is closed. The checks are
+     * two compares on the usual path; the reader has nothing unread here. */
+    if (c->out.cap > MC_CONN_KEEP)
+        mc_buf_release(&c->out);
+    if (c->in.cap > MC_READER_KEEP)
+        mc_reader_reset(&c->in);
     c->idle_since = now;
     c->next = s->idle;
     s->idle = c;
     s->nidle++;
+}
+
+size_t mc_server_idle_bytes(const mc_server *s)
+{
+    size_t n = 0;
+    const mc_conn *c;
+    for (c = s->idle; c; c = c->next)
+        n += c->out.cap + c->in.cap;
+    return n;
 }
 
 int mc_server_failed(mc_server *s, const mc_pool_opts *o, const char *why)

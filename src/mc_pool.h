@@ -80,9 +80,13 @@ mc_conn *mc_pool_get_started(mc_server *s, const mc_pool_opts *o, double now,
                              int *err, char *msg, size_t msglen);
 
 /* Gives a connection back: pooled when clean and there is room, else
- * closed. */
+ * closed. A pooled connection keeps at most MC_CONN_KEEP bytes of output
+ * buffer and MC_READER_KEEP of reader buffer; larger ones are freed. */
 void mc_pool_put(mc_server *s, const mc_pool_opts *o, mc_conn *c, int broken,
                  double now);
+
+/* Bytes of buffer storage the idle connections hold (for tests). */
+size_t mc_server_idle_bytes(const mc_server *s);
 
 /* Closes all idle connections (e.g. after a failure, since they are likely
  * dead too). */

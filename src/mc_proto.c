@@ -8,10 +8,6 @@
 /* A reader's first allocation: one typical socket read, and room for many
  * small responses, so steady state never reallocates. */
 #define MC_READER_INITIAL (16u * 1024)
-/* mc_reader_reset keeps storage up to this size; a buffer that grew past it
- * for one large value is released instead of pinned for the connection's
- * life. */
-#define MC_READER_KEEP (64u * 1024)
 
 /* ---- requests ----------------------------------------------------------- */
 

@@ -179,6 +179,11 @@ typedef struct mc_reader {
     char errstr[128];
 } mc_reader;
 
+/* mc_reader_reset keeps storage up to this size; a buffer that grew past it
+ * for one large value is released instead of pinned for the connection's
+ * life. */
+#define MC_READER_KEEP (64u * 1024)
+
 /* max_body 0 means MC_DEFAULT_MAX_BODY. */
 void mc_reader_init(mc_reader *r, size_t max_body);
 void mc_reader_free(mc_reader *r);
