@@ -24,61 +24,13 @@
 #include "lmc_compat.h"
 #include "lmc_value.h"
 #include "mc_client.h"
+#include "mc_error.h"
 
 #define CLIENT_MT "memcached.client"
 
-/* Error values: short, stable strings, exported as memcached.ERR_*. */
-#define E_CACHE_MISS "cache miss"
-#define E_CAS_CONFLICT "compare-and-swap conflict"
-#define E_NOT_STORED "item not stored"
-#define E_SERVER_ERROR "server error"
-#define E_NO_STATS "no statistics available"
-#define E_MALFORMED_KEY "malformed key"
-#define E_NO_SERVERS "no servers configured or available"
-#define E_TIMEOUT "timeout"
-#define E_CONN_CLOSED "connection closed"
-#define E_CONN_REFUSED "connection refused"
-#define E_TOO_LARGE "value too large"
-#define E_NON_NUMERIC "non-numeric value"
-#define E_AUTH "authentication error"
-#define E_PROTOCOL "protocol error"
-#define E_UNDECODABLE "undecodable value"
-#define E_UNENCODABLE "unencodable value"
-#define E_CLIENT_CLOSED "client closed"
-#define E_SERVER_DEAD "server marked dead"
-#define E_IO "i/o error"
-#define E_BUSY "too many connections"
-#define E_NOMEM "out of memory"
-#define E_BAD_SERVER "bad server address"
-#define E_IN_USE "client in use"
-
-static const struct {
-    const char *name, *value;
-} errors[] = {
-    {"ERR_CACHE_MISS", E_CACHE_MISS},
-    {"ERR_CAS_CONFLICT", E_CAS_CONFLICT},
-    {"ERR_NOT_STORED", E_NOT_STORED},
-    {"ERR_SERVER_ERROR", E_SERVER_ERROR},
-    {"ERR_NO_STATS", E_NO_STATS},
-    {"ERR_MALFORMED_KEY", E_MALFORMED_KEY},
-    {"ERR_NO_SERVERS", E_NO_SERVERS},
-    {"ERR_TIMEOUT", E_TIMEOUT},
-    {"ERR_CONNECTION_CLOSED", E_CONN_CLOSED},
-    {"ERR_CONNECTION_REFUSED", E_CONN_REFUSED},
-    {"ERR_VALUE_TOO_LARGE", E_TOO_LARGE},
-    {"ERR_NON_NUMERIC", E_NON_NUMERIC},
-    {"ERR_AUTH", E_AUTH},
-    {"ERR_PROTOCOL", E_PROTOCOL},
-    {"ERR_UNDECODABLE", E_UNDECODABLE},
-    {"ERR_UNENCODABLE", E_UNENCODABLE},
-    {"ERR_CLIENT_CLOSED", E_CLIENT_CLOSED},
-    {"ERR_SERVER_DEAD", E_SERVER_DEAD},
-    {"ERR_IO", E_IO},
-    {"ERR_BUSY", E_BUSY},
-    {"ERR_NO_MEMORY", E_NOMEM},
-    {"ERR_BAD_SERVER", E_BAD_SERVER},
-    {"ERR_IN_USE", E_IN_USE},
-    {NULL, NULL}};
+/* Error values: short, stable strings from the one table (mc_error.h),
+ * exported as memcached.ERR_*. */
+#define ERR(name) mc_err_str(MC_ERR_##name)
 
 /* delete_lock's marker: an item with these flags and exactly these bytes is
  * a lock, reported as a miss. */
@@ -164,20 +116,7 @@ static int fail(lua_State *L, const char *err, const char *detail)
 
 static const char *err_name(int err)
 {
-    switch (err) {
-    case MC_ERR_TIMEOUT: return E_TIMEOUT;
-    case MC_ERR_CLOSED: return E_CONN_CLOSED;
-    case MC_ERR_REFUSED: return E_CONN_REFUSED;
-    case MC_ERR_PROTOCOL: return E_PROTOCOL;
-    case MC_ERR_NOMEM: return E_NOMEM;
-    case MC_ERR_NO_SERVERS: return E_NO_SERVERS;
-    case MC_ERR_SERVER_DEAD: return E_SERVER_DEAD;
-    case MC_ERR_BUSY: return E_BUSY;
-    case MC_ERR_TOO_LARGE: return E_TOO_LARGE;
-    case MC_ERR_SERVER_ERROR: return E_SERVER_ERROR;
-    case MC_ERR_AUTH: return E_AUTH;
-    default: return E_IO;
-    }
+    return mc_err_str(err);
 }
 
 /* How an operation reads the server's "not found" / "exists" answers. */
@@ -193,16 +132,16 @@ static const char *status_err(enum op_kind k, uint16_t st)
 {
     switch (st) {
     case MC_STATUS_KEY_ENOENT:
-        return k == K_GET ? E_CACHE_MISS : k == K_OTHER ? E_SERVER_ERROR
-                                                        : E_NOT_STORED;
+        return k == K_GET ? ERR(CACHE_MISS) : k == K_OTHER ? ERR(SERVER_ERROR)
+                                                        : ERR(NOT_STORED);
     case MC_STATUS_KEY_EEXISTS:
-        return k == K_ADD ? E_NOT_STORED : E_CAS_CONFLICT;
-    case MC_STATUS_NOT_STORED: return E_NOT_STORED;
-    case MC_STATUS_E2BIG: return E_TOO_LARGE;
-    case MC_STATUS_DELTA_BADVAL: return E_NON_NUMERIC;
+        return k == K_ADD ? ERR(NOT_STORED) : ERR(CAS_CONFLICT);
+    case MC_STATUS_NOT_STORED: return ERR(NOT_STORED);
+    case MC_STATUS_E2BIG: return ERR(TOO_LARGE);
+    case MC_STATUS_DELTA_BADVAL: return ERR(NON_NUMERIC);
     case MC_STATUS_AUTH_ERROR:
-    case MC_STATUS_AUTH_CONTINUE: return E_AUTH;
-    default: return E_SERVER_ERROR;
+    case MC_STATUS_AUTH_CONTINUE: return ERR(AUTH);
+    default: return ERR(SERVER_ERROR);
     }
 }
 
@@ -246,7 +185,7 @@ static void report_events(lua_State *L, lmc_client *u)
 #define CLOSED_CHECK(L, u)                                                   \
     do {                                                                     \
         if (!(u)->c)                                                         \
-            return fail((L), E_CLIENT_CLOSED, "the client was closed");     \
+            return fail((L), ERR(CLIENT_CLOSED), "the client was closed");     \
         (u)->busy = 1;                                                       \
         (u)->lock_token++;                                                   \
     } while (0)
@@ -467,7 +406,7 @@ static int pick(lua_State *L, lmc_client *u, const char *key, size_t len,
                  "selector gave no server for key '%.*s': %s",
                  (int)(len > 60 ? 60 : len), key, why ? why : "no address");
         lua_pop(L, err ? 1 : 2);
-        *ename = E_NO_SERVERS;
+        *ename = ERR(NO_SERVERS);
         return -1;
     }
     {
@@ -478,14 +417,14 @@ static int pick(lua_State *L, lmc_client *u, const char *key, size_t len,
                      "selector gave an address holding a NUL byte for key "
                      "'%.*s'", (int)(len > 60 ? 60 : len), key);
             lua_pop(L, 2);
-            *ename = E_BAD_SERVER;
+            *ename = ERR(BAD_SERVER);
             return -1;
         }
         srv = mc_client_intern_server(u->c, addr);
     }
     lua_pop(L, 2);
     if (srv < 0) {
-        *ename = E_BAD_SERVER;
+        *ename = ERR(BAD_SERVER);
         return -1;
     }
     if (claim && !mc_client_usable(u->c, srv, &err)) {
@@ -517,7 +456,7 @@ static int op_begin(lua_State *L, lmc_client *u, const args *a, op *o)
     o->key = NULL;
     o->keylen = 0;
     if (!key_ok(a->key, a->keylen))
-        return fail(L, E_MALFORMED_KEY,
+        return fail(L, ERR(MALFORMED_KEY),
                     "keys are 1 to 250 bytes without spaces or control "
                     "characters");
     o->srv = pick(L, u, a->key, a->keylen, &ename, 1);
@@ -536,7 +475,7 @@ static int op_exec(lua_State *L, op *o, int enc_rc)
     int rc;
     if (enc_rc != 0) {
         mc_client_abort(o->u->c);
-        return fail(L, E_NOMEM, "out of memory encoding the request");
+        return fail(L, ERR(NOMEM), "out of memory encoding the request");
     }
     rc = mc_client_exec_key(o->u->c, &o->r, o->key, o->keylen);
     if (rc != MC_OK)
@@ -624,11 +563,11 @@ static int op_push_item(lua_State *L, op *o)
     char err[200];
     if (is_lock(&o->r)) {
         mc_client_end(o->u->c);
-        return fail(L, E_CACHE_MISS, NULL);
+        return fail(L, ERR(CACHE_MISS), NULL);
     }
     if (!push_value(L, o->u, &o->r, err, sizeof(err))) {
         mc_client_end(o->u->c);
-        return fail(L, E_UNDECODABLE, err);
+        return fail(L, ERR(UNDECODABLE), err);
     }
     lmc_pushint(L, o->r.cas);
     lmc_pushint(L, o->r.flags);
@@ -721,7 +660,7 @@ static int encode_value(lua_State *L, lmc_client *u, args *a, int raw,
     }
     u->val.len = 0;
     if (lmc_value_encode(L, u->vctx, a->value, &u->val, err, sizeof(err)) != 0)
-        return fail(L, E_UNENCODABLE, err);
+        return fail(L, ERR(UNENCODABLE), err);
     *p = u->val.data;
     *n = u->val.len;
     return 0;
@@ -758,7 +697,7 @@ static int do_store(lua_State *L, uint8_t opcode, enum op_kind k, int raw,
         snprintf(d, sizeof(d), "%zu bytes exceed max_value_size (%zu)", len,
                  u->max_value);
         mc_buf_clear(&u->val, 1 << 20);
-        return fail(L, E_TOO_LARGE, d);
+        return fail(L, ERR(TOO_LARGE), d);
     }
     if ((n = op_begin(L, u, &a, &o)) != 0)
         return n;
@@ -919,8 +858,8 @@ static int do_arith(lua_State *L, uint8_t opcode, int counter_only)
     if (o.r.status == MC_STATUS_DELTA_BADVAL) {
         mc_client_end(u->c);
         if (locked_on(u, o.srv, &a))
-            return fail(L, E_CACHE_MISS, "the key is locked by delete_lock");
-        return fail(L, E_NON_NUMERIC, "the item is not a decimal number");
+            return fail(L, ERR(CACHE_MISS), "the key is locked by delete_lock");
+        return fail(L, ERR(NON_NUMERIC), "the item is not a decimal number");
     }
     if (o.r.status != MC_STATUS_OK)
         return op_status_fail(L, &o, K_GET);
@@ -929,7 +868,7 @@ static int do_arith(lua_State *L, uint8_t opcode, int counter_only)
         snprintf(d, sizeof(d), "%s: counter reply of %zu bytes, not 8",
                  server_name(&o), o.r.vallen);
         mc_client_abort(u->c);
-        return fail(L, E_PROTOCOL, d);
+        return fail(L, ERR(PROTOCOL), d);
     }
     lmc_pushint(L, mc_load64(o.r.value));
     if (counter_only)
@@ -1081,13 +1020,13 @@ static int all_simple(lua_State *L, lmc_client *u, uint8_t opcode,
     int rc;
     CLOSED_CHECK(L, u);
     if (u->c->nservers == 0)
-        return fail(L, E_NO_SERVERS, "no servers configured");
+        return fail(L, ERR(NO_SERVERS), "no servers configured");
     memset(&e, 0, sizeof(e));
     e.opcode = opcode;
     e.delay = delay;
     rc = each_server(L, u, &e);
     if (rc < 0)
-        return fail(L, E_NOMEM, "out of memory");
+        return fail(L, ERR(NOMEM), "out of memory");
     if (rc == 0) {
         lua_pushboolean(L, 1);
         return 1;
@@ -1130,14 +1069,14 @@ static int m_version(lua_State *L)
     int rc;
     CLOSED_CHECK(L, u);
     if (u->c->nservers == 0)
-        return fail(L, E_NO_SERVERS, "no servers configured");
+        return fail(L, ERR(NO_SERVERS), "no servers configured");
     memset(&e, 0, sizeof(e));
     e.opcode = MC_OP_VERSION;
     lua_newtable(L);
     e.values = lua_gettop(L);
     rc = each_server(L, u, &e);
     if (rc < 0)
-        return fail(L, E_NOMEM, "out of memory");
+        return fail(L, ERR(NOMEM), "out of memory");
     lua_pop(L, 1); /* failures */
     if (rc == 0)
         return 1;
@@ -1193,7 +1132,7 @@ static int m_stats(lua_State *L)
         luaL_error(L, "bad argument #1 (group): longer than 65535 bytes");
     CLOSED_CHECK(L, u);
     if (u->c->nservers == 0)
-        return fail(L, E_NO_SERVERS, "no servers configured");
+        return fail(L, ERR(NO_SERVERS), "no servers configured");
     u->c->errmsg[0] = '\0';
     lua_newtable(L);
     for (i = 0; i < u->c->nservers; i++) {
@@ -1245,7 +1184,7 @@ static int m_stats(lua_State *L)
     }
     if (!ok) {
         lua_pop(L, 1);
-        return fail(L, E_NO_STATS, u->c->errmsg);
+        return fail(L, ERR(NO_STATS), u->c->errmsg);
     }
     if (first) {
         lua_pushstring(L, first);
@@ -1368,7 +1307,7 @@ static int multi_get_reply(void *ud, size_t i, const mc_resp *r)
     anchor_push(L, m, i); /* the caller's string */
     if (!push_value(L, m->u, r, err, sizeof(err))) {
         lua_pop(L, 1);
-        multi_failed(m, i, E_UNDECODABLE);
+        multi_failed(m, i, ERR(UNDECODABLE));
         return 0;
     }
     lua_rawset(L, m->result);
@@ -1400,7 +1339,7 @@ static long multi_keys(lua_State *L, lmc_client *u, int t, multi *m)
 {
     size_t n = lua_rawlen(L, t), i;
     if (grow_keys(u, n + 1) != 0)
-        return -fail(L, E_NOMEM, "out of memory");
+        return -fail(L, ERR(NOMEM), "out of memory");
     anchor_begin(L, m, n);
     for (i = 0; i < n; i++) {
         if (lmc_rawgeti(L, t, (lua_Integer)i + 1) != LUA_TSTRING) {
@@ -1412,7 +1351,7 @@ static long multi_keys(lua_State *L, lmc_client *u, int t, multi *m)
             char d[80];
             snprintf(d, sizeof(d), "key #%d is malformed; nothing was sent",
                      (int)i + 1);
-            return -fail(L, E_MALFORMED_KEY, d);
+            return -fail(L, ERR(MALFORMED_KEY), d);
         }
         anchor_add(L, m, i);
     }
@@ -1456,7 +1395,7 @@ static int m_get_multi(lua_State *L)
         return (int)-n;
     if (run_batch(u, (size_t)n, 1, multi_get_enc, multi_get_reply, multi_fail,
                   multi_revoke, &m) != MC_OK)
-        return fail(L, E_NOMEM, "out of memory");
+        return fail(L, ERR(NOMEM), "out of memory");
     if (!m.first) {
         lua_settop(L, 3);
         return 1;
@@ -1541,7 +1480,7 @@ static int quiet_finish(lua_State *L, lmc_client *u, multi *m, size_t n,
                         int (*reply)(void *, size_t, const mc_resp *))
 {
     if (run_batch(u, n, 0, enc, reply, quiet_fail, quiet_fail, m) != MC_OK)
-        return fail(L, E_NOMEM, "out of memory");
+        return fail(L, ERR(NOMEM), "out of memory");
     mc_buf_clear(&u->val, 1 << 20);
     lua_settop(L, m->result);
     if (!m->first)
@@ -1583,14 +1522,14 @@ static int m_set_multi(lua_State *L)
                           "got %s", luaL_typename(L, -2));
         }
         if (grow_keys(u, i + 1) != 0)
-            return fail(L, E_NOMEM, "out of memory");
+            return fail(L, ERR(NOMEM), "out of memory");
         k = &u->keys[i];
         k->key = lua_tolstring(L, -2, &k->len); /* kept alive by items */
         k->vptr = NULL;
         k->hlen = 0;
         u->srv[i] = -1;
         if (!key_ok(k->key, k->len)) {
-            bad = E_MALFORMED_KEY;
+            bad = ERR(MALFORMED_KEY);
         } else if (lua_type(L, -1) == LUA_TSTRING) {
             k->vptr = lua_tolstring(L, -1, &k->vlen);
             k->hlen = (unsigned char)str_header(k->hdr, k->vlen);
@@ -1600,12 +1539,12 @@ static int m_set_multi(lua_State *L)
             k->voff = u->val.len;
             if (lmc_value_encode(L, u->vctx, -1, &u->val, err,
                                  sizeof(err)) != 0)
-                bad = E_UNENCODABLE;
+                bad = ERR(UNENCODABLE);
             else
                 k->vlen = u->val.len - k->voff;
         }
         if (!bad && k->vlen + k->hlen > u->max_value)
-            bad = E_TOO_LARGE;
+            bad = ERR(TOO_LARGE);
         if (bad)
             result_set(&m, i, bad);
         else
@@ -1633,7 +1572,7 @@ static int m_delete_multi(lua_State *L)
     m.u = u;
     m.result = 3;
     if (grow_keys(u, n + 1) != 0)
-        return fail(L, E_NOMEM, "out of memory");
+        return fail(L, ERR(NOMEM), "out of memory");
     anchor_begin(L, &m, n);
     for (i = 0; i < n; i++) {
         struct bkey *k = &u->keys[i];
@@ -1649,7 +1588,7 @@ static int m_delete_multi(lua_State *L)
             /* a repeated key is deleted once: a second DELETEQ would
              * turn its success into a miss */
         } else if (!key_ok(k->key, k->len)) {
-            result_set(&m, i, E_MALFORMED_KEY);
+            result_set(&m, i, ERR(MALFORMED_KEY));
         } else {
             quiet_place(L, u, &m, i, lua_gettop(L) - 1);
         }
@@ -1768,7 +1707,7 @@ static int nul_fail(lua_State *L, size_t i)
 {
     char d[80];
     snprintf(d, sizeof(d), "server #%d: the address holds a NUL byte", (int)i);
-    return fail(L, E_BAD_SERVER, d);
+    return fail(L, ERR(BAD_SERVER), d);
 }
 
 static int m_set_servers(lua_State *L)
@@ -1781,7 +1720,7 @@ static int m_set_servers(lua_State *L)
     if (nul)
         return nul_fail(L, nul);
     if (mc_client_set_servers(u->c, s, n) != 0)
-        return fail(L, E_BAD_SERVER, u->c->errmsg);
+        return fail(L, ERR(BAD_SERVER), u->c->errmsg);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -1809,7 +1748,7 @@ static int m_add_server(lua_State *L)
         luaL_error(L, "bad argument #2 (max_conns): must be 0..1000000");
     CLOSED_CHECK(L, u);
     if (mc_client_add_server(u->c, &s) != 0)
-        return fail(L, E_BAD_SERVER, u->c->errmsg);
+        return fail(L, ERR(BAD_SERVER), u->c->errmsg);
     if (maxc > 0) {
         int i = mc_client_intern_server(u->c, s.addr);
         if (i >= 0)
@@ -1829,11 +1768,11 @@ static int m_pick_server(lua_State *L)
     key = lua_tolstring(L, 2, &len);
     CLOSED_CHECK(L, u);
     if (!key_ok(key, len))
-        return fail(L, E_MALFORMED_KEY, NULL);
+        return fail(L, ERR(MALFORMED_KEY), NULL);
     if (u->sel_mode == SEL_BUILTIN) {
         srv = mc_client_pick_static(u->c, key, len);
         if (srv < 0)
-            return fail(L, E_NO_SERVERS, "no servers configured");
+            return fail(L, ERR(NO_SERVERS), "no servers configured");
     } else {
         const char *ename = NULL;
         /* where the key goes; a dead server's probe stays unclaimed */
@@ -1938,7 +1877,7 @@ static int guarded(lua_State *L)
     int status;
 
     if (u->busy)
-        return fail(L, E_IN_USE,
+        return fail(L, ERR(IN_USE),
                     "the client was called from inside one of its own calls "
                     "(a selector or a __gc finalizer)");
     token = u->lock_token;
@@ -2017,7 +1956,7 @@ static int fast_exec(lua_State *L, lmc_client *u, int enc_rc, const char *key,
         mc_client_abort(u->c);
         snprintf(u->c->errmsg, sizeof(u->c->errmsg),
                  "out of memory encoding the request");
-        return fast_fail(L, u, E_NOMEM);
+        return fast_fail(L, u, ERR(NOMEM));
     }
     rc = mc_client_exec_key(u->c, r, key, klen);
     if (rc != MC_OK)
@@ -2095,7 +2034,7 @@ static int fast_decoded(lua_State *L, lmc_client *u, const mc_resp *r)
     }
     if (!j.ok) {
         lua_pop(L, 1);
-        return fast_done(L, u, fail(L, E_UNDECODABLE, j.err));
+        return fast_done(L, u, fail(L, ERR(UNDECODABLE), j.err));
     }
     lmc_pushint(L, r->cas);
     lmc_pushint(L, r->flags);
@@ -2130,7 +2069,7 @@ static int f_get(lua_State *L)
     if (is_lock(&r)) {
         mc_client_end(u->c);
         u->busy = 0;
-        return fast_done(L, u, fail(L, E_CACHE_MISS, NULL));
+        return fast_done(L, u, fail(L, ERR(CACHE_MISS), NULL));
     }
     if (!plain_value(u, &r, &hdr))
         return fast_decoded(L, u, &r);
@@ -2382,7 +2321,7 @@ static int construct(lua_State *L, int t, int from, int sel)
     }
     if (n && mc_client_set_servers(u->c, specs, n) != 0) {
         lua_pushnil(L);
-        lua_pushstring(L, E_BAD_SERVER);
+        lua_pushstring(L, ERR(BAD_SERVER));
         lua_pushstring(L, u->c->errmsg);
         destroy(L, u);
         return 3;
@@ -2497,9 +2436,10 @@ LMC_EXPORT int luaopen_memcached(lua_State *L)
     lua_setfield(L, -2, "new_from_selector");
     lua_pushcfunction(L, l_test_idle_buffer_bytes);
     lua_setfield(L, -2, "_test_idle_buffer_bytes");
-    for (i = 0; errors[i].name; i++) {
-        lua_pushstring(L, errors[i].value);
-        lua_setfield(L, -2, errors[i].name);
+    for (i = 1; i < MC_ERR_COUNT; i++) {
+        lua_pushfstring(L, "ERR_%s", mc_err_const((int)i));
+        lua_pushstring(L, mc_err_str((int)i));
+        lua_rawset(L, -3);
     }
     lua_pushnumber(L, 0.1);
     lua_setfield(L, -2, "DEFAULT_TIMEOUT");

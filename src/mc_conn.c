@@ -15,26 +15,6 @@
 #include <time.h>
 #include <unistd.h>
 
-const char *mc_err_str(int err)
-{
-    switch (err) {
-    case MC_OK: return "ok";
-    case MC_ERR_TIMEOUT: return "timeout";
-    case MC_ERR_CLOSED: return "connection closed";
-    case MC_ERR_REFUSED: return "connection refused";
-    case MC_ERR_IO: return "i/o error";
-    case MC_ERR_PROTOCOL: return "protocol error";
-    case MC_ERR_NOMEM: return "out of memory";
-    case MC_ERR_NO_SERVERS: return "no servers configured or available";
-    case MC_ERR_SERVER_DEAD: return "server is marked dead";
-    case MC_ERR_BUSY: return "all connections are in use";
-    case MC_ERR_TOO_LARGE: return "value too large";
-    case MC_ERR_SERVER_ERROR: return "server error";
-    case MC_ERR_AUTH: return "authentication required";
-    }
-    return "unknown error";
-}
-
 /* splitmix64 over a shared counter: one atomic add per number, so threads
  * never draw the same one. rng_pid is the process that seeded it: a forked
  * child reseeds instead of repeating its parent's numbers. */

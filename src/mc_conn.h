@@ -21,36 +21,14 @@
 #include <sys/socket.h>
 
 #include "mc_buf.h"
+#include "mc_error.h"
 #include "mc_proto.h"
 
 /* An idle connection keeps an output buffer up to this size (and its
  * reader up to MC_READER_KEEP); larger ones are freed when it is pooled. */
 #define MC_CONN_KEEP (64u * 1024)
 
-/* Failures of the transport, kept apart from the server's status codes. */
-enum mc_err {
-    MC_OK = 0,
-    MC_ERR_TIMEOUT,    /* deadline passed */
-    MC_ERR_CLOSED,     /* peer closed or reset the connection */
-    MC_ERR_REFUSED,    /* connect refused */
-    MC_ERR_IO,         /* any other socket error */
-    MC_ERR_PROTOCOL,   /* the byte stream is not a valid reply to us */
-    MC_ERR_NOMEM,      /* out of memory */
-    MC_ERR_NO_SERVERS, /* nothing to send to */
-    MC_ERR_SERVER_DEAD, /* the server is marked dead and ejection is off */
-    MC_ERR_BUSY,       /* all max_conns connections are in use */
-    MC_ERR_TOO_LARGE,  /* a reply larger than max_body (the connection is
-                          closed; the server is healthy) */
-    MC_ERR_SERVER_ERROR, /* the server answered a text error line (ERROR,
-                           SERVER_ERROR, CLIENT_ERROR: e.g. memcached at its
-                           connection limit) instead of a binary reply; the
-                           line is the message */
-    MC_ERR_AUTH        /* the server demands authentication (it answered
-                          with an auth status and closes the connection;
-                          the server is healthy) */
-};
 
-const char *mc_err_str(int err);
 
 /* A resolved server address. */
 typedef struct mc_addr {
