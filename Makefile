@@ -54,7 +54,8 @@ FORCE:
 
 # C programs the specs run: the selector's own tests, and a reference that
 # asks Debian's libmemcached where it puts keys.
-SPEC_BINS = spec/helpers/ketama_ref.bin spec/helpers/select_dump.bin spec/c/test_select.bin
+SPEC_BINS = spec/helpers/ketama_ref.bin spec/helpers/select_dump.bin spec/c/test_select.bin \
+            spec/c/test_rules.bin
 
 spec-bins: $(SPEC_BINS)
 
@@ -66,6 +67,10 @@ spec/helpers/select_dump.bin: spec/helpers/select_dump.c src/mc_select.c src/mc_
 
 spec/c/test_select.bin: spec/c/test_select.c src/mc_select.c src/mc_select.h
 	$(CC) $(CFLAGS) $(WARN) -Isrc -o $@ $< src/mc_select.c
+
+RULES_SRC = src/mc_item.c src/mc_error.c
+spec/c/test_rules.bin: spec/c/test_rules.c $(RULES_SRC) src/mc_item.h src/mc_error.h src/mc_key.h
+	$(CC) $(CFLAGS) $(WARN) -Isrc -o $@ $< $(RULES_SRC)
 
 deps:
 	@sh scripts/deps.sh

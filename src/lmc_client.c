@@ -25,6 +25,8 @@
 #include "lmc_value.h"
 #include "mc_client.h"
 #include "mc_error.h"
+#include "mc_item.h"
+#include "mc_key.h"
 
 #define CLIENT_MT "memcached.client"
 
@@ -32,11 +34,6 @@
  * exported as memcached.ERR_*. */
 #define ERR(name) mc_err_str(MC_ERR_##name)
 
-/* delete_lock's marker: an item with these flags and exactly these bytes is
- * a lock, reported as a miss. */
-#define LOCK_FLAGS 0x6d634c4bu /* "mcLK" */
-static const char lock_value[] = "\0memcached.lua delete_lock\0";
-#define LOCK_LEN (sizeof(lock_value) - 1)
 
 enum sel_mode { SEL_BUILTIN, SEL_FUNCTION, SEL_OBJECT };
 
@@ -114,45 +111,20 @@ static int fail(lua_State *L, const char *err, const char *detail)
     return 2;
 }
 
-static const char *err_name(int err)
+/* The error a non-OK status means for this kind of operation. */
+static const char *status_name(enum mc_op_kind k, uint16_t st)
 {
-    return mc_err_str(err);
+    return mc_err_str(mc_status_err(k, st));
 }
 
-/* How an operation reads the server's "not found" / "exists" answers. */
-enum op_kind {
-    K_GET,     /* get, gat, touch, delete, incr/decr: absent = miss */
-    K_SET,     /* set: exists/absent only with a cas */
-    K_ADD,     /* add: exists = not stored */
-    K_REPLACE, /* replace, append, prepend, cas: absent = not stored */
-    K_OTHER
-};
-
-static const char *status_err(enum op_kind k, uint16_t st)
-{
-    switch (st) {
-    case MC_STATUS_KEY_ENOENT:
-        return k == K_GET ? ERR(CACHE_MISS) : k == K_OTHER ? ERR(SERVER_ERROR)
-                                                        : ERR(NOT_STORED);
-    case MC_STATUS_KEY_EEXISTS:
-        return k == K_ADD ? ERR(NOT_STORED) : ERR(CAS_CONFLICT);
-    case MC_STATUS_NOT_STORED: return ERR(NOT_STORED);
-    case MC_STATUS_E2BIG: return ERR(TOO_LARGE);
-    case MC_STATUS_DELTA_BADVAL: return ERR(NON_NUMERIC);
-    case MC_STATUS_AUTH_ERROR:
-    case MC_STATUS_AUTH_CONTINUE: return ERR(AUTH);
-    default: return ERR(SERVER_ERROR);
-    }
-}
-
-static int status_fail(lua_State *L, enum op_kind k, const mc_resp *r,
+static int status_fail(lua_State *L, enum mc_op_kind k, const mc_resp *r,
                        const char *server)
 {
     char detail[300];
     snprintf(detail, sizeof(detail), "%s: %s%s%.*s", server,
              mc_status_str(r->status), r->vallen ? ": " : "",
              (int)(r->vallen > 120 ? 120 : r->vallen), r->value);
-    return fail(L, status_err(k, r->status), detail);
+    return fail(L, status_name(k, r->status), detail);
 }
 
 /* Calls the user's callback for each queued server event. Runs after the
@@ -209,35 +181,6 @@ typedef struct args {
 
 /* gomemcache's rule: 1..250 bytes, none of them a space, a control
  * character or DEL (bytes >= 0x80 are fine). */
-static int key_word_bad(const unsigned char *p)
-{
-    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
-    uint64_t w, del;
-    memcpy(&w, p, 8);
-    del = w ^ (0x7f * ones);
-    /* a byte below 0x21 (that is not >= 0x80), or a 0x7f, sets its high
-     * bit here */
-    return (((w - 0x21 * ones) & ~w & highs) | ((del - ones) & ~del & highs))
-           != 0;
-}
-
-static int key_ok(const char *k, size_t n)
-{
-    const unsigned char *p = (const unsigned char *)k, *end = p + n;
-    if (n == 0 || n > MC_KEY_MAX)
-        return 0;
-    if (n >= 8) {
-        /* eight bytes at a time; the last word overlaps the one before */
-        for (; end - p > 8; p += 8)
-            if (key_word_bad(p))
-                return 0;
-        return !key_word_bad(end - 8);
-    }
-    for (; p < end; p++)
-        if ((unsigned char)(*p - 0x21) >= 0x5e && *p < 0x80)
-            return 0;
-    return 1;
-}
 
 static lua_Integer opt_int_field(lua_State *L, int t, const char *name,
                                  lua_Integer def)
@@ -392,7 +335,7 @@ static int pick(lua_State *L, lmc_client *u, const char *key, size_t len,
     if (u->sel_mode == SEL_BUILTIN) {
         srv = mc_client_pick(u->c, key, len, &err);
         if (srv < 0)
-            *ename = err_name(err);
+            *ename = mc_err_str(err);
         return srv;
     }
     if (u->sel_mode == SEL_OBJECT)
@@ -428,7 +371,7 @@ static int pick(lua_State *L, lmc_client *u, const char *key, size_t len,
         return -1;
     }
     if (claim && !mc_client_usable(u->c, srv, &err)) {
-        *ename = err_name(err);
+        *ename = mc_err_str(err);
         return -1;
     }
     return srv;
@@ -455,7 +398,7 @@ static int op_begin(lua_State *L, lmc_client *u, const args *a, op *o)
     o->u = u;
     o->key = NULL;
     o->keylen = 0;
-    if (!key_ok(a->key, a->keylen))
+    if (!mc_key_ok(a->key, a->keylen))
         return fail(L, ERR(MALFORMED_KEY),
                     "keys are 1 to 250 bytes without spaces or control "
                     "characters");
@@ -464,7 +407,7 @@ static int op_begin(lua_State *L, lmc_client *u, const args *a, op *o)
         return fail(L, ename, u->c->errmsg);
     o->out = mc_client_begin(u->c, o->srv, &o->opaque, &err);
     if (!o->out)
-        return fail(L, err_name(err), u->c->errmsg);
+        return fail(L, mc_err_str(err), u->c->errmsg);
     return 0;
 }
 
@@ -479,7 +422,7 @@ static int op_exec(lua_State *L, op *o, int enc_rc)
     }
     rc = mc_client_exec_key(o->u->c, &o->r, o->key, o->keylen);
     if (rc != MC_OK)
-        return fail(L, err_name(rc), o->u->c->errmsg);
+        return fail(L, mc_err_str(rc), o->u->c->errmsg);
     return 0;
 }
 
@@ -489,7 +432,7 @@ static const char *server_name(op *o)
 }
 
 /* A non-OK status: releases the connection and pushes the mapped error. */
-static int op_status_fail(lua_State *L, op *o, enum op_kind k)
+static int op_status_fail(lua_State *L, op *o, enum mc_op_kind k)
 {
     int n = status_fail(L, k, &o->r, server_name(o));
     mc_client_end(o->u->c);
@@ -506,13 +449,7 @@ static int op_done(op *o, int nret)
  * carrying the marker's flags are searched. */
 static int is_lock(const mc_resp *r)
 {
-    size_t i;
-    if (r->flags != LOCK_FLAGS || r->vallen < LOCK_LEN)
-        return 0;
-    for (i = 0; i + LOCK_LEN <= r->vallen; i++)
-        if (r->value[i] == '\0' && memcmp(r->value + i, lock_value, LOCK_LEN) == 0)
-            return 1;
-    return 0;
+    return mc_is_lock(r->flags, r->value, r->vallen);
 }
 
 /* Is the reply's value one string as this client stores it: raw bytes, or
@@ -600,7 +537,7 @@ static int key_op(lua_State *L, uint8_t opcode, const char *order)
     if ((n = op_exec(L, &o, rc)) != 0)
         return n;
     if (o.r.status != MC_STATUS_OK)
-        return op_status_fail(L, &o, K_GET);
+        return op_status_fail(L, &o, MC_KIND_GET);
     if (opcode != MC_OP_TOUCH)
         return op_push_item(L, &o);
     lua_pushboolean(L, 1);
@@ -666,7 +603,7 @@ static int encode_value(lua_State *L, lmc_client *u, args *a, int raw,
     return 0;
 }
 
-static int do_store(lua_State *L, uint8_t opcode, enum op_kind k, int raw,
+static int do_store(lua_State *L, uint8_t opcode, enum mc_op_kind k, int raw,
                     const char *order)
 {
     lmc_client *u = self(L);
@@ -681,7 +618,7 @@ static int do_store(lua_State *L, uint8_t opcode, enum op_kind k, int raw,
     get_args(L, &a, 1, order);
     if (lua_isnone(L, 3))
         luaL_error(L, "bad argument #2 (value): value expected");
-    if (opcode == MC_OP_SET && k == K_REPLACE && a.cas == 0)
+    if (opcode == MC_OP_SET && k == MC_KIND_REPLACE && a.cas == 0)
         luaL_error(L, "bad argument #3 (cas): compare_and_swap needs the cas "
                       "of a previous get");
     if ((raw || (a.has_flags && a.flags != u->mp_flag)) &&
@@ -714,13 +651,13 @@ static int do_store(lua_State *L, uint8_t opcode, enum op_kind k, int raw,
     return op_done(&o, 1);
 }
 
-static int m_set(lua_State *L) { return do_store(L, MC_OP_SET, K_SET, 0, "ecf"); }
-static int m_add(lua_State *L) { return do_store(L, MC_OP_ADD, K_ADD, 0, "ecf"); }
-static int m_replace(lua_State *L) { return do_store(L, MC_OP_REPLACE, K_REPLACE, 0, "ecf"); }
-static int m_set_raw(lua_State *L) { return do_store(L, MC_OP_SET, K_SET, 1, "ecf"); }
-static int m_add_raw(lua_State *L) { return do_store(L, MC_OP_ADD, K_ADD, 1, "ecf"); }
-static int m_replace_raw(lua_State *L) { return do_store(L, MC_OP_REPLACE, K_REPLACE, 1, "ecf"); }
-static int m_cas(lua_State *L) { return do_store(L, MC_OP_SET, K_REPLACE, 0, "cef"); }
+static int m_set(lua_State *L) { return do_store(L, MC_OP_SET, MC_KIND_SET, 0, "ecf"); }
+static int m_add(lua_State *L) { return do_store(L, MC_OP_ADD, MC_KIND_ADD, 0, "ecf"); }
+static int m_replace(lua_State *L) { return do_store(L, MC_OP_REPLACE, MC_KIND_REPLACE, 0, "ecf"); }
+static int m_set_raw(lua_State *L) { return do_store(L, MC_OP_SET, MC_KIND_SET, 1, "ecf"); }
+static int m_add_raw(lua_State *L) { return do_store(L, MC_OP_ADD, MC_KIND_ADD, 1, "ecf"); }
+static int m_replace_raw(lua_State *L) { return do_store(L, MC_OP_REPLACE, MC_KIND_REPLACE, 1, "ecf"); }
+static int m_cas(lua_State *L) { return do_store(L, MC_OP_SET, MC_KIND_REPLACE, 0, "cef"); }
 
 static int do_concat(lua_State *L, uint8_t opcode)
 {
@@ -743,7 +680,7 @@ static int do_concat(lua_State *L, uint8_t opcode)
                                            a.key, a.keylen, p, len))) != 0)
         return n;
     if (o.r.status != MC_STATUS_OK)
-        return op_status_fail(L, &o, K_REPLACE);
+        return op_status_fail(L, &o, MC_KIND_REPLACE);
     lmc_pushint(L, o.r.cas);
     return op_done(&o, 1);
 }
@@ -765,7 +702,7 @@ static int m_delete(lua_State *L)
                                            a.key, a.keylen))) != 0)
         return n;
     if (o.r.status != MC_STATUS_OK)
-        return op_status_fail(L, &o, a.cas ? K_REPLACE : K_GET);
+        return op_status_fail(L, &o, a.cas ? MC_KIND_REPLACE : MC_KIND_GET);
     lua_pushboolean(L, 1);
     return op_done(&o, 1);
 }
@@ -804,12 +741,12 @@ static int m_delete_lock(lua_State *L)
                                          a.key, a.keylen));
     else
         n = op_exec(L, &o, mc_enc_store(o.out, MC_OP_REPLACE, o.opaque, 0,
-                                        a.key, a.keylen, LOCK_FLAGS,
-                                        (uint32_t)secs, lock_value, LOCK_LEN));
+                                        a.key, a.keylen, MC_LOCK_FLAGS,
+                                        (uint32_t)secs, mc_lock_value, mc_lock_len));
     if (n)
         return n;
     if (o.r.status != MC_STATUS_OK)
-        return op_status_fail(L, &o, K_GET);
+        return op_status_fail(L, &o, MC_KIND_GET);
     lua_pushboolean(L, 1);
     return op_done(&o, 1);
 }
@@ -862,7 +799,7 @@ static int do_arith(lua_State *L, uint8_t opcode, int counter_only)
         return fail(L, ERR(NON_NUMERIC), "the item is not a decimal number");
     }
     if (o.r.status != MC_STATUS_OK)
-        return op_status_fail(L, &o, K_GET);
+        return op_status_fail(L, &o, MC_KIND_GET);
     if (o.r.vallen != 8) {
         char d[160];
         snprintf(d, sizeof(d), "%s: counter reply of %zu bytes, not 8",
@@ -968,7 +905,7 @@ static int each_reply(void *ud, size_t i, const mc_resp *r)
     if (r->status != MC_STATUS_OK) {
         char d[200];
         snprintf(d, sizeof(d), "%s: %s", name, mc_status_str(r->status));
-        each_failed(e, i, status_err(K_OTHER, r->status), d);
+        each_failed(e, i, status_name(MC_KIND_OTHER, r->status), d);
     } else if (e->values) {
         lua_pushlstring(e->L, r->value, r->vallen);
         lua_setfield(e->L, e->values, name);
@@ -978,7 +915,7 @@ static int each_reply(void *ud, size_t i, const mc_resp *r)
 
 static void each_fail(void *ud, size_t i, int err, const char *msg)
 {
-    each_failed(ud, i, err_name(err), msg);
+    each_failed(ud, i, mc_err_str(err), msg);
 }
 
 /* A server whose stream broke after it answered: drop its answer too. */
@@ -989,7 +926,7 @@ static void each_revoke(void *ud, size_t i, int err, const char *msg)
         lua_pushnil(e->L);
         lua_setfield(e->L, e->values, e->u->c->servers[i]->name);
     }
-    each_failed(e, i, err_name(err), msg);
+    each_failed(e, i, mc_err_str(err), msg);
 }
 
 /* Runs the batch; leaves the failures table at the top of the stack and
@@ -1141,12 +1078,12 @@ static int m_stats(lua_State *L)
         int rc = server_call(u, (int)i, &o, group, glen);
         if (rc != MC_OK) {
             if (!first)
-                first = err_name(rc);
+                first = mc_err_str(rc);
             continue;
         }
         if (o.r.status != MC_STATUS_OK) {
             if (!first)
-                first = status_err(K_OTHER, o.r.status);
+                first = status_name(MC_KIND_OTHER, o.r.status);
             snprintf(u->c->errmsg, sizeof(u->c->errmsg), "%s: %s",
                      u->c->servers[i]->name, mc_status_str(o.r.status));
             mc_client_end(u->c);
@@ -1175,7 +1112,7 @@ static int m_stats(lua_State *L)
         if (rc != MC_OK) {
             lua_pop(L, 1);
             if (!first)
-                first = err_name(rc);
+                first = mc_err_str(rc);
             continue;
         }
         lua_setfield(L, -2, u->c->servers[i]->name);
@@ -1297,7 +1234,7 @@ static int multi_get_reply(void *ud, size_t i, const mc_resp *r)
         if (r->keylen && key_differs)
             return -1;
         if (r->status != MC_STATUS_KEY_ENOENT)
-            multi_failed(m, i, status_err(K_GET, r->status));
+            multi_failed(m, i, status_name(MC_KIND_GET, r->status));
         return 0;
     }
     if (key_differs)
@@ -1317,7 +1254,7 @@ static int multi_get_reply(void *ud, size_t i, const mc_resp *r)
 static void multi_fail(void *ud, size_t i, int err, const char *msg)
 {
     (void)msg;
-    multi_failed(ud, i, err_name(err));
+    multi_failed(ud, i, mc_err_str(err));
 }
 
 /* A hit from a server whose stream then broke: drop it, report the key. */
@@ -1328,7 +1265,7 @@ static void multi_revoke(void *ud, size_t i, int err, const char *msg)
     anchor_push(m->L, m, i);
     lua_pushnil(m->L);
     lua_rawset(m->L, m->result);
-    multi_failed(m, i, err_name(err));
+    multi_failed(m, i, mc_err_str(err));
 }
 
 /* Checks the keys table and fills the key scratch. Returns the count, or
@@ -1347,7 +1284,7 @@ static long multi_keys(lua_State *L, lmc_client *u, int t, multi *m)
                           "string", (int)i + 1, luaL_typename(L, -1));
         }
         u->keys[i].key = lua_tolstring(L, -1, &u->keys[i].len);
-        if (!key_ok(u->keys[i].key, u->keys[i].len)) {
+        if (!mc_key_ok(u->keys[i].key, u->keys[i].len)) {
             char d[80];
             snprintf(d, sizeof(d), "key #%d is malformed; nothing was sent",
                      (int)i + 1);
@@ -1441,21 +1378,21 @@ static int deleteq_enc(void *ud, size_t i, mc_buf *out, uint32_t opaque)
 static int quiet_reply_set(void *ud, size_t i, const mc_resp *r)
 {
     if (r->status != MC_STATUS_OK)
-        result_set(ud, i, status_err(K_SET, r->status));
+        result_set(ud, i, status_name(MC_KIND_SET, r->status));
     return 0;
 }
 
 static int quiet_reply_delete(void *ud, size_t i, const mc_resp *r)
 {
     if (r->status != MC_STATUS_OK)
-        result_set(ud, i, status_err(K_GET, r->status));
+        result_set(ud, i, status_name(MC_KIND_GET, r->status));
     return 0;
 }
 
 static void quiet_fail(void *ud, size_t i, int err, const char *msg)
 {
     (void)msg;
-    result_set(ud, i, err_name(err));
+    result_set(ud, i, mc_err_str(err));
 }
 
 /* Sends key i (its key string at stack index kidx) to its server and
@@ -1528,7 +1465,7 @@ static int m_set_multi(lua_State *L)
         k->vptr = NULL;
         k->hlen = 0;
         u->srv[i] = -1;
-        if (!key_ok(k->key, k->len)) {
+        if (!mc_key_ok(k->key, k->len)) {
             bad = ERR(MALFORMED_KEY);
         } else if (lua_type(L, -1) == LUA_TSTRING) {
             k->vptr = lua_tolstring(L, -1, &k->vlen);
@@ -1587,7 +1524,7 @@ static int m_delete_multi(lua_State *L)
         if (!lua_isnil(L, -1)) {
             /* a repeated key is deleted once: a second DELETEQ would
              * turn its success into a miss */
-        } else if (!key_ok(k->key, k->len)) {
+        } else if (!mc_key_ok(k->key, k->len)) {
             result_set(&m, i, ERR(MALFORMED_KEY));
         } else {
             quiet_place(L, u, &m, i, lua_gettop(L) - 1);
@@ -1767,7 +1704,7 @@ static int m_pick_server(lua_State *L)
     luaL_checktype(L, 2, LUA_TSTRING);
     key = lua_tolstring(L, 2, &len);
     CLOSED_CHECK(L, u);
-    if (!key_ok(key, len))
+    if (!mc_key_ok(key, len))
         return fail(L, ERR(MALFORMED_KEY), NULL);
     if (u->sel_mode == SEL_BUILTIN) {
         srv = mc_client_pick_static(u->c, key, len);
@@ -1960,7 +1897,7 @@ static int fast_exec(lua_State *L, lmc_client *u, int enc_rc, const char *key,
     }
     rc = mc_client_exec_key(u->c, r, key, klen);
     if (rc != MC_OK)
-        return fast_fail(L, u, err_name(rc));
+        return fast_fail(L, u, mc_err_str(rc));
     return 0;
 }
 
@@ -1975,21 +1912,21 @@ static mc_buf *fast_begin(lua_State *L, lmc_client *u, const char *key,
     u->lock_token++;
     srv = mc_client_pick(u->c, key, klen, &err);
     if (srv < 0) {
-        *nret = fast_fail(L, u, err_name(err));
+        *nret = fast_fail(L, u, mc_err_str(err));
         return NULL;
     }
     out = mc_client_begin(u->c, srv, opaque, &err);
     if (!out)
-        *nret = fast_fail(L, u, err_name(err));
+        *nret = fast_fail(L, u, mc_err_str(err));
     return out;
 }
 
 /* A non-OK status: the detail is built from the reply first. */
 static int fast_status_fail(lua_State *L, lmc_client *u, const mc_resp *r,
-                            enum op_kind k)
+                            enum mc_op_kind k)
 {
     char detail[300];
-    const char *err = status_err(k, r->status);
+    const char *err = status_name(k, r->status);
     snprintf(detail, sizeof(detail), "%s: %s%s%.*s",
              u->c->servers[u->c->cur_srv]->name, mc_status_str(r->status),
              r->vallen ? ": " : "", (int)(r->vallen > 120 ? 120 : r->vallen),
@@ -2056,7 +1993,7 @@ static int f_get(lua_State *L)
         !u->c || u->sel_mode != SEL_BUILTIN)
         return guarded(L);
     key = lua_tolstring(L, 2, &klen);
-    if (!key_ok(key, klen))
+    if (!mc_key_ok(key, klen))
         return guarded(L); /* it reports the bad key */
     if (!(out = fast_begin(L, u, key, klen, &opaque, &n)))
         return n;
@@ -2065,7 +2002,7 @@ static int f_get(lua_State *L)
                        key, klen, &r)) != 0)
         return n;
     if (r.status != MC_STATUS_OK)
-        return fast_status_fail(L, u, &r, K_GET);
+        return fast_status_fail(L, u, &r, MC_KIND_GET);
     if (is_lock(&r)) {
         mc_client_end(u->c);
         u->busy = 0;
@@ -2107,7 +2044,7 @@ static int f_set(lua_State *L)
     }
     key = lua_tolstring(L, 2, &klen);
     val = lua_tolstring(L, 3, &vlen);
-    if (!key_ok(key, klen) || vlen > 0xffffffffu)
+    if (!mc_key_ok(key, klen) || vlen > 0xffffffffu)
         return guarded(L);
     hlen = str_header(hdr, vlen);
     if (vlen + hlen > u->max_value)
@@ -2121,7 +2058,7 @@ static int f_set(lua_State *L)
                        NULL, 0, &r)) != 0)
         return n;
     if (r.status != MC_STATUS_OK)
-        return fast_status_fail(L, u, &r, K_SET);
+        return fast_status_fail(L, u, &r, MC_KIND_SET);
     mc_client_end(u->c);
     u->busy = 0;
     lmc_pushint(L, r.cas);

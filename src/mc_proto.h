@@ -20,7 +20,6 @@
 #define MC_MAGIC_REQUEST 0x80
 #define MC_MAGIC_RESPONSE 0x81
 #define MC_HEADER_LEN 24
-#define MC_KEY_MAX 250
 /* Default cap on a response body; a larger declared length is a protocol
  * error, not an allocation. */
 #define MC_DEFAULT_MAX_BODY (64u * 1024 * 1024)

@@ -1,0 +1,143 @@
+/*
+ * test_rules: the core's rules from C, with no socket and no Lua: the key
+ * rule (mc_key.h), what each status means per kind of operation and the
+ * lock marker (mc_item), and the error table (mc_error). Exit status 0 when
+ * every check passed; prints "N passed, M failed".
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "mc_error.h"
+#include "mc_item.h"
+#include "mc_key.h"
+#include "mc_proto.h"
+
+static int passed, failed;
+
+#define CHECK(cond, ...)                                                     \
+    do {                                                                     \
+        if (cond) {                                                          \
+            passed++;                                                        \
+        } else {                                                             \
+            failed++;                                                        \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);                      \
+            printf(__VA_ARGS__);                                             \
+            printf("\n");                                                    \
+        }                                                                    \
+    } while (0)
+
+/* The rule byte by byte, as gomemcache writes it: the reference that the
+ * word-at-a-time mc_key_ok must agree with. */
+static int key_ok_ref(const unsigned char *k, size_t n)
+{
+    size_t i;
+    if (n == 0 || n > 250)
+        return 0;
+    for (i = 0; i < n; i++)
+        if (k[i] <= ' ' || k[i] == 0x7f)
+            return 0;
+    return 1;
+}
+
+static void test_keys(void)
+{
+    unsigned char k[260];
+    size_t n, pos;
+    int b;
+
+    CHECK(!mc_key_ok("", 0), "empty key");
+    memset(k, 'k', sizeof(k));
+    CHECK(mc_key_ok((char *)k, 250), "250 bytes");
+    CHECK(!mc_key_ok((char *)k, 251), "251 bytes");
+    /* every byte value at every position of keys of 1..20 bytes, and near
+     * the end of a long one: the word tricks must miss nothing */
+    for (n = 1; n <= 20; n++)
+        for (pos = 0; pos < n; pos++)
+            for (b = 0; b < 256; b++) {
+                memset(k, 'a', n);
+                k[pos] = (unsigned char)b;
+                if (mc_key_ok((char *)k, n) != key_ok_ref(k, n))
+                    CHECK(0, "byte 0x%02x at %zu of %zu", b, pos, n);
+            }
+    for (pos = 230; pos < 250; pos++)
+        for (b = 0; b < 256; b++) {
+            memset(k, 'a', 250);
+            k[pos] = (unsigned char)b;
+            if (mc_key_ok((char *)k, 250) != key_ok_ref(k, 250))
+                CHECK(0, "byte 0x%02x at %zu of 250", b, pos);
+        }
+    CHECK(1, "byte sweep done");
+}
+
+static void test_statuses(void)
+{
+    CHECK(mc_status_err(MC_KIND_GET, MC_STATUS_KEY_ENOENT) == MC_ERR_CACHE_MISS,
+          "get: absent is a miss");
+    CHECK(mc_status_err(MC_KIND_REPLACE, MC_STATUS_KEY_ENOENT) ==
+              MC_ERR_NOT_STORED,
+          "replace/cas: absent is not stored");
+    CHECK(mc_status_err(MC_KIND_SET, MC_STATUS_KEY_ENOENT) == MC_ERR_NOT_STORED,
+          "set with a cas: absent is not stored");
+    CHECK(mc_status_err(MC_KIND_OTHER, MC_STATUS_KEY_ENOENT) ==
+              MC_ERR_SERVER_ERROR,
+          "stats: absent is a server error");
+    CHECK(mc_status_err(MC_KIND_ADD, MC_STATUS_KEY_EEXISTS) == MC_ERR_NOT_STORED,
+          "add: exists is not stored");
+    CHECK(mc_status_err(MC_KIND_SET, MC_STATUS_KEY_EEXISTS) ==
+              MC_ERR_CAS_CONFLICT,
+          "set with a cas: exists is a conflict");
+    CHECK(mc_status_err(MC_KIND_GET, MC_STATUS_E2BIG) == MC_ERR_TOO_LARGE,
+          "too large");
+    CHECK(mc_status_err(MC_KIND_GET, MC_STATUS_DELTA_BADVAL) ==
+              MC_ERR_NON_NUMERIC,
+          "incr on text");
+    CHECK(mc_status_err(MC_KIND_GET, MC_STATUS_AUTH_ERROR) == MC_ERR_AUTH &&
+              mc_status_err(MC_KIND_SET, MC_STATUS_AUTH_CONTINUE) ==
+                  MC_ERR_AUTH,
+          "auth");
+    CHECK(mc_status_err(MC_KIND_GET, 0x82) == MC_ERR_SERVER_ERROR,
+          "out of memory status");
+}
+
+static void test_lock(void)
+{
+    char v[64];
+    CHECK(mc_is_lock(MC_LOCK_FLAGS, mc_lock_value, mc_lock_len), "the marker");
+    CHECK(!mc_is_lock(MC_LOCK_FLAGS + 1, mc_lock_value, mc_lock_len),
+          "other flags");
+    CHECK(!mc_is_lock(MC_LOCK_FLAGS, mc_lock_value, mc_lock_len - 1),
+          "cut short");
+    memcpy(v, mc_lock_value, mc_lock_len);
+    v[5] ^= 1;
+    CHECK(!mc_is_lock(MC_LOCK_FLAGS, v, mc_lock_len), "one byte off");
+    CHECK(!mc_is_lock(MC_LOCK_FLAGS, "memcached.lua delete_lock", 25),
+          "the text without its NUL frame");
+}
+
+static void test_errors(void)
+{
+    int i, j;
+    CHECK(strcmp(mc_err_str(MC_OK), "ok") == 0 && !mc_err_const(MC_OK), "ok");
+    CHECK(strcmp(mc_err_str(MC_ERR_COUNT), "unknown error") == 0 &&
+              strcmp(mc_err_str(-1), "unknown error") == 0,
+          "out of the table");
+    for (i = 1; i < MC_ERR_COUNT; i++) {
+        CHECK(mc_err_const(i) && mc_err_str(i) &&
+                  strcmp(mc_err_str(i), "unknown error") != 0,
+              "error %d has a name and a string", i);
+        for (j = 1; j < i; j++)
+            CHECK(strcmp(mc_err_const(i), mc_err_const(j)) != 0 &&
+                      strcmp(mc_err_str(i), mc_err_str(j)) != 0,
+                  "errors %d and %d share a name or a string", i, j);
+    }
+}
+
+int main(void)
+{
+    test_keys();
+    test_statuses();
+    test_lock();
+    test_errors();
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed != 0;
+}

@@ -1,0 +1,28 @@
+-- The core's rules checked from C alone (spec/c/test_rules.c): the key
+-- rule, each status per kind of operation, the lock marker, the error table.
+local H = require "spec.helper"
+local memcached = H.memcached
+
+describe("the core's rules", function()
+  it("pass their C checks, with bytes alone", function()
+    local out = H.sh(H.root .. "spec/c/test_rules.bin 2>&1")
+    local passed = out:match("(%d+) passed, 0 failed%s*$")
+    assert.truthy(passed, out)
+    assert.is_true(tonumber(passed) > 250)
+  end)
+
+  it("are the ERR_* values the module exports, one per error", function()
+    local seen, n = {}, 0
+    for k, v in pairs(memcached) do
+      if k:match("^ERR_") then
+        assert.is_string(v)
+        assert.is_nil(seen[v], k .. " repeats " .. tostring(seen[v]))
+        seen[v] = k
+        n = n + 1
+      end
+    end
+    assert.are.equal(23, n)
+    assert.are.equal("cache miss", memcached.ERR_CACHE_MISS)
+    assert.are.equal("connection closed", memcached.ERR_CONNECTION_CLOSED)
+  end)
+end)

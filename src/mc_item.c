@@ -1,0 +1,40 @@
+/* mc_item: the per-operation meaning of statuses; the lock marker. */
+#include <string.h>
+
+#include "mc_error.h"
+#include "mc_item.h"
+#include "mc_proto.h"
+
+int mc_status_err(enum mc_op_kind k, uint16_t status)
+{
+    switch (status) {
+    case MC_STATUS_KEY_ENOENT:
+        return k == MC_KIND_GET     ? MC_ERR_CACHE_MISS
+               : k == MC_KIND_OTHER ? MC_ERR_SERVER_ERROR
+                                    : MC_ERR_NOT_STORED;
+    case MC_STATUS_KEY_EEXISTS:
+        return k == MC_KIND_ADD ? MC_ERR_NOT_STORED : MC_ERR_CAS_CONFLICT;
+    case MC_STATUS_NOT_STORED: return MC_ERR_NOT_STORED;
+    case MC_STATUS_E2BIG: return MC_ERR_TOO_LARGE;
+    case MC_STATUS_DELTA_BADVAL: return MC_ERR_NON_NUMERIC;
+    case MC_STATUS_AUTH_ERROR:
+    case MC_STATUS_AUTH_CONTINUE: return MC_ERR_AUTH;
+    default: return MC_ERR_SERVER_ERROR;
+    }
+}
+
+/* NUL-framed so that no text value a program writes by accident matches */
+const char mc_lock_value[] = "\0memcached.lua delete_lock\0";
+const size_t mc_lock_len = sizeof(mc_lock_value) - 1;
+
+int mc_is_lock(uint32_t flags, const char *value, size_t len)
+{
+    size_t i;
+    if (flags != MC_LOCK_FLAGS || len < mc_lock_len)
+        return 0;
+    for (i = 0; i + mc_lock_len <= len; i++)
+        if (value[i] == '\0' &&
+            memcmp(value + i, mc_lock_value, mc_lock_len) == 0)
+            return 1;
+    return 0;
+}
