@@ -22,10 +22,13 @@ INST_LUADIR ?= $(PREFIX)/share/lua/$(LUA_VERSION)
 
 BUSTED      ?= busted
 WARN        = -Wall -Wextra -std=gnu99
-ALL_CFLAGS  = $(CFLAGS) $(WARN) -fPIC -fvisibility=hidden -I$(LUA_INCDIR) $(MSGPACK_CFLAGS)
+# The layers (DESIGN.md): src/core (no I/O, no Lua), src/driver (sockets),
+# src/lua (the binding).
+INC         = -Isrc/core -Isrc/driver -Isrc/lua
+ALL_CFLAGS  = $(CFLAGS) $(WARN) -fPIC -fvisibility=hidden $(INC) -I$(LUA_INCDIR) $(MSGPACK_CFLAGS)
 
-SRC   = $(wildcard src/*.c)
-HDR   = $(wildcard src/*.h)
+SRC   = $(wildcard src/*/*.c)
+HDR   = $(wildcard src/*/*.h)
 # Where objects and the module go; `make asan` uses its own pair so the
 # normal build is never mixed with a sanitizer build.
 OBJDIR ?= build
@@ -45,6 +48,7 @@ $(OBJDIR)/.flags: FORCE
 	@echo '$(ALL_CFLAGS) $(LIBFLAG) $(MSGPACK_LIBS)' | cmp -s - $@ || echo '$(ALL_CFLAGS) $(LIBFLAG) $(MSGPACK_LIBS)' > $@
 
 $(OBJDIR)/%.o: src/%.c $(HDR) $(OBJDIR)/.flags
+	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
 $(MODULE): $(OBJ)
@@ -62,15 +66,15 @@ spec-bins: $(SPEC_BINS)
 spec/helpers/ketama_ref.bin: spec/helpers/ketama_ref.c
 	$(CC) $(CFLAGS) $(WARN) -o $@ $< -lmemcached
 
-spec/helpers/select_dump.bin: spec/helpers/select_dump.c src/mc_select.c src/mc_select.h
-	$(CC) $(CFLAGS) $(WARN) -Isrc -o $@ $< src/mc_select.c
+spec/helpers/select_dump.bin: spec/helpers/select_dump.c src/core/mc_select.c src/core/mc_select.h
+	$(CC) $(CFLAGS) $(WARN) -Isrc/core -o $@ $< src/core/mc_select.c
 
-spec/c/test_select.bin: spec/c/test_select.c src/mc_select.c src/mc_select.h
-	$(CC) $(CFLAGS) $(WARN) -Isrc -o $@ $< src/mc_select.c
+spec/c/test_select.bin: spec/c/test_select.c src/core/mc_select.c src/core/mc_select.h
+	$(CC) $(CFLAGS) $(WARN) -Isrc/core -o $@ $< src/core/mc_select.c
 
-RULES_SRC = src/mc_item.c src/mc_error.c
-spec/c/test_rules.bin: spec/c/test_rules.c $(RULES_SRC) src/mc_item.h src/mc_error.h src/mc_key.h
-	$(CC) $(CFLAGS) $(WARN) -Isrc -o $@ $< $(RULES_SRC)
+RULES_SRC = src/core/mc_item.c src/core/mc_error.c
+spec/c/test_rules.bin: spec/c/test_rules.c $(RULES_SRC) $(wildcard src/core/*.h)
+	$(CC) $(CFLAGS) $(WARN) -Isrc/core -o $@ $< $(RULES_SRC)
 
 deps:
 	@sh scripts/deps.sh

@@ -10,7 +10,7 @@ CC=${FUZZ_CC:-clang}
 OUT=build/fuzz
 mkdir -p "$OUT"
 LUA_INC=${LUA_INCDIR:-/usr/include/lua5.4}
-FLAGS="-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Isrc -I$LUA_INC"
+FLAGS="-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Isrc/core -Isrc/driver -Isrc/lua -I$LUA_INC"
 
 n=0
 fail=0
@@ -35,7 +35,7 @@ check() { # check NAME BUILD-ARGS...
     fi
 }
 
-check fuzz_reader src/mc_proto.c src/mc_buf.c
-check fuzz_value src/lmc_value.c src/mc_buf.c -llua5.4 -lmsgpackc
+check fuzz_reader src/core/mc_proto.c src/core/mc_buf.c
+check fuzz_value src/lua/lmc_value.c src/core/mc_buf.c -llua5.4 -lmsgpackc
 echo "1..$n"
 [ "$fail" -eq 0 ]

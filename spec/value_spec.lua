@@ -1,4 +1,4 @@
--- Lua values <-> msgpack (src/lmc_value.c): round trips, the exact wire
+-- Lua values <-> msgpack (src/lua/lmc_value.c): round trips, the exact wire
 -- format other msgpack writers (Go's) produce, and every refusal.
 local memcached = require "memcached"
 

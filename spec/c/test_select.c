@@ -1,5 +1,5 @@
 /*
- * test_select: checks src/mc_select.c. Exit status 0 when every check
+ * test_select: checks src/core/mc_select.c. Exit status 0 when every check
  * passed; prints "N passed, M failed".
  *
  *   test_select path/to/ketama_ref

@@ -9,7 +9,7 @@
  *   -d marks the listed entry indexes dead (prints -1 when none is left).
  *
  * Exit status: 0 on success, 2 on a bad argument or memory shortage.
- * Test-only; link with src/mc_select.c.
+ * Test-only; link with src/core/mc_select.c.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "mc_select.h"
