@@ -93,7 +93,11 @@ function H.start_memcached(opts)
     local up
     if opts.unix then
       for _ = 1, 200 do
-        if os.execute("test -S " .. opts.unix) then up = true break end
+        -- the socket file exists from bind(), before listen(): connect
+        local c = require("socket.unix").stream()
+        local ok = c:connect(opts.unix)
+        c:close()
+        if ok then up = true break end
         socket.sleep(0.01)
       end
     else
