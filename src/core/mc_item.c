@@ -27,10 +27,10 @@ int mc_status_err(enum mc_op_kind k, uint16_t status)
 const char mc_lock_value[] = "\0memcached.lua delete_lock\0";
 const size_t mc_lock_len = sizeof(mc_lock_value) - 1;
 
-int mc_is_lock(uint32_t flags, const char *value, size_t len)
+int mc_is_lock_value(const char *value, size_t len)
 {
     size_t i;
-    if (flags != MC_LOCK_FLAGS || len < mc_lock_len)
+    if (len < mc_lock_len)
         return 0;
     for (i = 0; i + mc_lock_len <= len; i++)
         if (value[i] == '\0' &&

@@ -27,7 +27,13 @@ int mc_status_err(enum mc_op_kind k, uint16_t status);
 extern const char mc_lock_value[];
 extern const size_t mc_lock_len;
 
-/* 1 when an item with these flags and value is the lock marker. */
-int mc_is_lock(uint32_t flags, const char *value, size_t len);
+int mc_is_lock_value(const char *value, size_t len);
+
+/* 1 when an item with these flags and value is the lock marker. Inline:
+ * every hit of a get asks, and the flags answer almost always. */
+static inline int mc_is_lock(uint32_t flags, const char *value, size_t len)
+{
+    return flags == MC_LOCK_FLAGS && mc_is_lock_value(value, len);
+}
 
 #endif

@@ -51,14 +51,6 @@ static void init_secret(lua_State *L)
     client_secret = x ? x : 1;
 }
 
-lmc_client *check_client(lua_State *L)
-{
-    lmc_client *u = lua_touserdata(L, 1);
-    if (u && lua_rawlen(L, 1) == sizeof(*u) &&
-        u->cookie == ((uintptr_t)u ^ client_secret))
-        return u;
-    return luaL_checkudata(L, 1, CLIENT_MT);
-}
 
 int fail(lua_State *L, const char *err, const char *detail)
 {

@@ -107,7 +107,6 @@ int m_stats(lua_State *L);
 int m_version(lua_State *L);
 
 /* lmc_client.c */
-lmc_client *check_client(lua_State *L);
 uint32_t check_exptime(lua_State *L, lua_Integer v, const char *what);
 lua_Integer check_integer(lua_State *L, int i, const char *name);
 void destroy(lua_State *L, lmc_client *u);
@@ -126,6 +125,18 @@ static inline lmc_client *self(lua_State *L)
 }
 /* mixed into each client's cookie (check_client) */
 extern uintptr_t client_secret;
+
+/* Argument 1 as a client: a full userdata of the client's size carrying
+ * its cookie (see client_secret in lmc_client.c), else luaL_checkudata,
+ * which raises the usual error. Inline: every call starts here. */
+static inline lmc_client *check_client(lua_State *L)
+{
+    lmc_client *u = lua_touserdata(L, 1);
+    if (u && lua_rawlen(L, 1) == sizeof(*u) &&
+        u->cookie == ((uintptr_t)u ^ client_secret))
+        return u;
+    return luaL_checkudata(L, 1, CLIENT_MT);
+}
 int status_fail(lua_State *L, enum mc_op_kind k, const mc_resp *r, const char *server);
 const char *status_name(enum mc_op_kind k, uint16_t st);
 
