@@ -21,7 +21,10 @@ INST_LIBDIR ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
 INST_LUADIR ?= $(PREFIX)/share/lua/$(LUA_VERSION)
 
 BUSTED      ?= busted
-WARN        = -Wall -Wextra -std=gnu99
+# CI sets WERROR=-Werror: a new warning fails the run.
+WERROR     ?=
+WARN        = -Wall -Wextra -Wshadow -Wconversion -Wformat=2 -Wmissing-prototypes \
+              -std=gnu99 $(WERROR)
 # The layers (DESIGN.md): src/core (no I/O, no Lua), src/driver (sockets),
 # src/lua (the binding).
 INC         = -Isrc/core -Isrc/driver -Isrc/lua

@@ -368,13 +368,13 @@ static void anchor_begin(lua_State *L, multi *m, size_t n)
 static void anchor_add(lua_State *L, multi *m, size_t i)
 {
     if (m->ktab)
-        lua_rawseti(L, m->ktab, (lua_Integer)i + 1);
+        lmc_rawseti(L, m->ktab, (lua_Integer)i + 1);
 }
 
 static void anchor_push(lua_State *L, multi *m, size_t i)
 {
     if (m->ktab)
-        lua_rawgeti(L, m->ktab, (lua_Integer)i + 1);
+        lmc_rawgeti(L, m->ktab, (lua_Integer)i + 1);
     else
         lua_pushvalue(L, m->kbase + (int)i);
 }
@@ -675,7 +675,7 @@ int m_set_multi(lua_State *L)
             k->vptr = lua_tolstring(L, -1, &k->vlen);
             k->hlen = (unsigned char)str_header(k->hdr, k->vlen);
             lua_pushvalue(L, -1);
-            lua_rawseti(L, 4, (lua_Integer)i + 1);
+            lmc_rawseti(L, 4, (lua_Integer)i + 1);
         } else {
             k->voff = u->val.len;
             if (lmc_value_encode(L, u->vctx, -1, &u->val, err,

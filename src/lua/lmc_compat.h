@@ -11,7 +11,10 @@
 /* lua_rawgeti returning the type pushed, as in 5.3+ */
 #if LUA_VERSION_NUM >= 503
 #define lmc_rawgeti(L, t, i) lua_rawgeti((L), (t), (i))
+#define lmc_rawseti(L, t, i) lua_rawseti((L), (t), (i))
 #else
+/* 5.1 and LuaJIT index with an int */
+#define lmc_rawseti(L, t, i) lua_rawseti((L), (t), (int)(i))
 static inline int lmc_rawgeti(lua_State *L, int t, lua_Integer i)
 {
     lua_rawgeti(L, t, (int)i);

@@ -80,9 +80,9 @@ static void copy_entry(lua_State *L, int i, int priv, size_t k)
         }
         lua_pop(L, 1);
     }
-    lua_rawseti(L, priv, (lua_Integer)(2 * k + 1)); /* the address */
+    lmc_rawseti(L, priv, (lua_Integer)(2 * k + 1)); /* the address */
     lua_pushinteger(L, w);
-    lua_rawseti(L, priv, (lua_Integer)(2 * k + 2));
+    lmc_rawseti(L, priv, (lua_Integer)(2 * k + 2));
 }
 
 /* Collects the entries in arguments from..top: strings, weighted entries,
@@ -104,7 +104,7 @@ static mc_server_spec *collect_servers(lua_State *L, int from, size_t *n,
             /* the length is read again on every step: a list that changes
              * meanwhile is read as it is then, never past its end */
             for (j = 1; j <= lua_rawlen(L, i); j++) {
-                lua_rawgeti(L, i, (lua_Integer)j);
+                lmc_rawgeti(L, i, (lua_Integer)j);
                 copy_entry(L, -1, priv, k++);
                 lua_pop(L, 1);
             }
@@ -115,11 +115,11 @@ static mc_server_spec *collect_servers(lua_State *L, int from, size_t *n,
     s = lua_newuserdata(L, (k + 1) * sizeof(*s));
     *nul = 0;
     for (j = 0; j < k; j++) {
-        lua_rawgeti(L, priv, (lua_Integer)(2 * j + 1));
+        lmc_rawgeti(L, priv, (lua_Integer)(2 * j + 1));
         s[j].addr = lua_tolstring(L, -1, &alen); /* priv keeps it */
         if (strlen(s[j].addr) != alen && !*nul)
             *nul = j + 1;
-        lua_rawgeti(L, priv, (lua_Integer)(2 * j + 2));
+        lmc_rawgeti(L, priv, (lua_Integer)(2 * j + 2));
         s[j].weight = (unsigned)lua_tointeger(L, -1);
         lua_pop(L, 2);
     }
@@ -229,7 +229,7 @@ int m_servers(lua_State *L)
             lua_pushstring(L, s->last_error);
             lua_setfield(L, -2, "last_error");
         }
-        lua_rawseti(L, -2, (lua_Integer)i + 1);
+        lmc_rawseti(L, -2, (lua_Integer)i + 1);
     }
     return 1;
 }
