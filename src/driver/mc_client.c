@@ -94,6 +94,7 @@ static void server_ok(mc_client *c, mc_server *s)
         push_event(c, s, 1, "responding again");
 }
 
+
 /* ---- sending a request again ----
  * A pooled connection may have been closed by the server while it was idle
  * (a server restarted at once on the same port, an idle timeout). Checking
@@ -539,7 +540,7 @@ static int cur_renew(mc_client *c, char *msg, size_t msglen)
     if (!c->cur)
         return err;
     c->op_start = mc_now();
-    c->deadline = c->op_start + c->o.io_timeout;
+    mc_deadline_in(&c->deadline, c->op_start, c->o.io_timeout);
     return MC_OK;
 }
 
@@ -552,7 +553,7 @@ static inline int exec_one(mc_client *c, mc_resp *r, const char *key,
     if (!c->cur)
         return MC_ERR_IO;
     c->cur_opcode = c->cur->out.len >= 2 ? (uint8_t)c->cur->out.data[1] : 0;
-    c->deadline = c->op_start + c->o.io_timeout;
+    mc_deadline_in(&c->deadline, c->op_start, c->o.io_timeout);
     reused = c->cur->idle_since != 0;
     if (reused && !first_resend_safe(&c->cur->out) && mc_conn_stale(c->cur)) {
         /* not to be sent twice: a closed pooled connection is replaced
@@ -561,14 +562,14 @@ static inline int exec_one(mc_client *c, mc_resp *r, const char *key,
             return cur_failed(c, rc, msg);
         reused = 0;
     }
-    rc = mc_conn_roundtrip(c->cur, r, c->deadline, msg, sizeof(msg));
+    rc = mc_conn_roundtrip(c->cur, r, &c->deadline, msg, sizeof(msg));
     if (rc == MC_ERR_CLOSED && reused && c->cur->in.len == 0 &&
         resend_safe(c->cur->out.data, c->cur->out.len)) {
         /* closed before any byte of the reply: once more, on a fresh
          * connection; only its failure counts */
         rc = cur_renew(c, msg, sizeof(msg));
         if (rc == MC_OK)
-            rc = mc_conn_roundtrip(c->cur, r, c->deadline, msg, sizeof(msg));
+            rc = mc_conn_roundtrip(c->cur, r, &c->deadline, msg, sizeof(msg));
     }
     if (rc != MC_OK)
         return cur_failed(c, rc, msg);
@@ -600,7 +601,7 @@ int mc_client_next(mc_client *c, mc_resp *r)
     int rc;
     if (!c->cur)
         return MC_ERR_IO;
-    rc = mc_conn_recv(c->cur, r, c->deadline, msg, sizeof(msg));
+    rc = mc_conn_recv(c->cur, r, &c->deadline, msg, sizeof(msg));
     if (rc != MC_OK)
         return cur_failed(c, rc, msg);
     rc = reply_matches(c, r, NULL, 0);
@@ -747,7 +748,6 @@ static void slot_broke(mc_client *c, const mc_batch *b, mc_batch_slot *sl,
 {
     mc_server *s = c->servers[sl->srv];
     char m[200];
-    double now;
     int w;
 
     if (err != MC_ERR_CLOSED || sl->got || !sl->conn ||
@@ -763,9 +763,7 @@ static void slot_broke(mc_client *c, const mc_batch *b, mc_batch_slot *sl,
         return;
     }
     /* the new connection gets a whole I/O budget */
-    now = mc_now();
-    if (c->deadline < now + c->o.io_timeout)
-        c->deadline = now + c->o.io_timeout;
+    mc_deadline_extend(&c->deadline, mc_now(), c->o.io_timeout);
     sl->state = SLOT_WRITING;
     w = mc_conn_write_some(sl->conn, m, sizeof(m));
     if (w < 0)
@@ -779,14 +777,15 @@ static void slot_broke(mc_client *c, const mc_batch *b, mc_batch_slot *sl,
 static void connected_one(mc_client *c, int *connecting)
 {
     if (*connecting > 0 && --*connecting == 0)
-        c->deadline = mc_now() + c->o.io_timeout;
+        mc_deadline_in(&c->deadline, mc_now(), c->o.io_timeout);
 }
 
 int mc_client_batch(mc_client *c, const mc_batch *b)
 {
     size_t i, nslots = 0, active;
     int connecting = 0;
-    double connect_deadline, now;
+    mc_deadline connect_deadline;
+    double now;
     char msg[200];
 
     mc_client_abort(c);
@@ -817,7 +816,7 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
     }
     c->nslots = nslots;
     c->op_start = mc_now();
-    c->deadline = c->op_start + c->o.io_timeout;
+    mc_deadline_in(&c->deadline, c->op_start, c->o.io_timeout);
 
     /* encode everything, then start writing */
     for (i = 0; i < nslots; i++) {
@@ -879,9 +878,9 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
     }
 
     /* The I/O budget starts once the connections stand. */
-    connect_deadline = c->op_start + c->o.pool.connect_timeout;
+    mc_deadline_in(&connect_deadline, c->op_start, c->o.pool.connect_timeout);
     if (connecting)
-        c->deadline = connect_deadline + c->o.io_timeout;
+        mc_deadline_in(&c->deadline, connect_deadline.end, c->o.io_timeout);
 
 again:
     /* Phase 1, while any request is still unsent: one poll loop over all
@@ -889,8 +888,8 @@ again:
      * would otherwise never drain our input). */
     for (;;) {
         size_t np = 0, writing = 0;
-        int rc, ms;
-        double left;
+        int rc;
+        mc_deadline until;
         active = 0;
         for (i = 0; i < nslots; i++)
             if (c->slots[i].state == SLOT_WRITING ||
@@ -915,8 +914,7 @@ again:
         if (!active)
             break;
         now = mc_now();
-        left = c->deadline - now;
-        if (left <= 0) {
+        if (mc_deadline_over(&c->deadline, now)) {
             for (i = 0; i < nslots; i++)
                 if (c->slots[i].state != SLOT_DONE)
                     slot_failed(c, b, &c->slots[i], MC_ERR_TIMEOUT,
@@ -924,7 +922,7 @@ again:
             break;
         }
         if (connecting) {
-            if (now >= connect_deadline) {
+            if (mc_deadline_over(&connect_deadline, now)) {
                 /* a connect that took its whole time fails alone */
                 for (i = 0; i < nslots; i++)
                     if (c->slots[i].state == SLOT_CONNECTING) {
@@ -934,11 +932,10 @@ again:
                     }
                 continue; /* the poll set changed */
             }
-            if (connect_deadline - now < left)
-                left = connect_deadline - now;
         }
-        ms = (int)(left * 1000.0 + 0.999);
-        rc = poll(c->pfds, np, ms);
+        until = connecting ? mc_deadline_min(c->deadline, connect_deadline)
+                           : c->deadline;
+        rc = mc_deadline_poll(c->pfds, np, &until);
         if (rc < 0)
             continue; /* EINTR; the deadline bounds the loop */
         np = 0;
@@ -995,14 +992,14 @@ again:
             slot_drain(c, b, sl);
             if (sl->state != SLOT_READING)
                 break;
-            if (mc_now() > c->deadline) {
+            if (mc_deadline_over(&c->deadline, mc_now())) {
                 r = mc_conn_read_some(sl->conn, msg, sizeof(msg));
                 if (r == 0) {
                     r = -MC_ERR_TIMEOUT;
                     snprintf(msg, sizeof(msg), "timed out");
                 }
             } else {
-                r = mc_conn_read_budget(sl->conn, c->deadline, msg,
+                r = mc_conn_read_budget(sl->conn, &c->deadline, msg,
                                         sizeof(msg));
             }
             if (r < 0) {

@@ -54,7 +54,7 @@ typedef struct mc_client {
     uint8_t cur_opcode;
     int cur_close;         /* the connection must not be pooled after it
                               (the server refused us: authentication) */
-    double deadline;
+    mc_deadline deadline;  /* of the operation's I/O */
     double op_start;       /* the clock read once per operation */
     unsigned long nbegun;  /* one-request operations begun, ever */
 

@@ -85,10 +85,15 @@ static mc_conn *pool_take(mc_server *s, const mc_pool_opts *o, double now,
                  s->name);
         return NULL;
     }
-    c = wait ? mc_conn_open(&s->addr, now + o->connect_timeout, o->io_timeout,
-                            o->max_body, err, msg, msglen)
-             : mc_conn_start(&s->addr, o->io_timeout, o->max_body, err, msg,
-                             msglen);
+    if (wait) {
+        mc_deadline d;
+        mc_deadline_in(&d, now, o->connect_timeout);
+        c = mc_conn_open(&s->addr, &d, o->io_timeout, o->max_body, err, msg,
+                         msglen);
+    } else {
+        c = mc_conn_start(&s->addr, o->io_timeout, o->max_body, err, msg,
+                          msglen);
+    }
     if (c)
         s->nopen++;
     return c;
