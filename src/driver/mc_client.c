@@ -25,6 +25,7 @@ void mc_client_opts_default(mc_client_opts *o)
     o->pool.max_body = MC_DEFAULT_MAX_BODY;
     o->pool.failure_limit = 2;
     o->pool.retry_timeout = 1.0;
+    o->pool.probe_timeout = 0.02;
     o->io_timeout = 0.1;
     o->eject = 1;
     o->selector = MC_SEL_KETAMA;
@@ -37,6 +38,10 @@ mc_client *mc_client_new(const mc_client_opts *o)
         return NULL;
     c->o = *o;
     c->o.pool.io_timeout = o->io_timeout;
+    if (!(c->o.pool.probe_timeout > 0))
+        c->o.pool.probe_timeout = 0.02;
+    if (c->o.pool.probe_timeout > c->o.pool.connect_timeout)
+        c->o.pool.probe_timeout = c->o.pool.connect_timeout;
     c->cur_srv = -1;
     c->sel = mc_selector_new(o->selector, NULL, 0);
     if (!c->sel) {
@@ -94,6 +99,33 @@ static void server_ok(mc_client *c, mc_server *s)
         push_event(c, s, 1, "responding again");
 }
 
+/* ---- probing a dead server ----
+ * Once a dead server's retry time comes, the first caller that wants it
+ * probes it before anything is sent: a connect and a NOOP, bounded by
+ * probe_timeout (mc_server_probe). A server that answers is alive again
+ * and takes the caller's operation on the probe's warm connection; one
+ * that refuses costs nothing, one that hangs (a black hole, a stopped
+ * process) costs the caller probe_timeout at most, and the operation goes
+ * where a dead server's keys go. The caller's own request is never what
+ * finds out, so a failed probe fails no operation (mcrouter's TKO probes
+ * work the same way, from a thread of their own). Returns 1 when s is
+ * usable now. */
+static int usable(mc_client *c, mc_server *s)
+{
+    char msg[200];
+    int err;
+    if (!s->dead)
+        return 1;
+    if (!mc_server_probe_due(s, &c->o.pool, mc_now()))
+        return 0;
+    err = mc_server_probe(s, &c->o.pool, msg, sizeof(msg));
+    if (err == MC_OK) {
+        server_ok(c, s);
+        return 1;
+    }
+    server_failed(c, s, err, msg); /* dead until the next retry time */
+    return !s->dead; /* (an error that is no failure of the server) */
+}
 
 /* ---- sending a request again ----
  * A pooled connection may have been closed by the server while it was idle
@@ -435,7 +467,7 @@ int mc_client_pick(mc_client *c, const char *key, size_t keylen, int *err)
     e = mc_selector_pick(c->sel, key, keylen, NULL);
     si = c->entry_server[e];
     s = c->servers[si];
-    if (!s->dead || mc_server_probe_due(s, &c->o.pool, mc_now()))
+    if (usable(c, s))
         return si;
     if (!c->o.eject) {
         *err = MC_ERR_SERVER_DEAD;
@@ -1040,7 +1072,7 @@ void mc_client_clear_events(mc_client *c)
 int mc_client_usable(mc_client *c, int srv, int *err)
 {
     mc_server *s = c->servers[srv];
-    if (!s->dead || mc_server_probe_due(s, &c->o.pool, mc_now()))
+    if (usable(c, s))
         return 1;
     *err = MC_ERR_SERVER_DEAD;
     snprintf(c->errmsg, sizeof(c->errmsg), "%s: marked dead after: %s",
