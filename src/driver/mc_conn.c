@@ -475,23 +475,17 @@ int mc_conn_roundtrip(mc_conn *c, mc_resp *r, const mc_deadline *d,
                       char *msg, size_t msglen)
 {
     int rc;
-    /* The usual case: nothing sent or buffered yet, a small request (its
-     * encoding since the deadline was set took microseconds) and one send
-     * that does not wait takes it whole: the deadline still leaves room
-     * for the kernel's longest wait (kworst is at most the I/O timeout
-     * less half a millisecond), so wait for the reply in the kernel at
-     * once, without reading the clock. Anything else goes through
-     * mc_conn_flush and the budget. */
-    if (c->kworst > 0 && c->out_pos == 0 && c->out.len &&
-        c->out.len <= MC_CONN_KEEP && c->in.len == 0 && !c->in.failed) {
+    /* The usual case: nothing sent or buffered yet, and one send that
+     * does not wait takes the whole request. Then the receive asks the
+     * deadline once (a vDSO clock read) and, with room for the kernel's
+     * longest wait, waits in the kernel: one recv. Anything else goes
+     * through mc_conn_flush and its budget. */
+    if (c->out_pos == 0 && c->out.len && c->in.len == 0 && !c->in.failed) {
         ssize_t n = send(c->fd, c->out.data, c->out.len,
                          MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n == (ssize_t)c->out.len) {
             c->out_pos = c->out.len;
-            rc = read_once(c, 1, msg, msglen);
-            if (rc < 0)
-                return -rc;
-            return recv_loop(c, r, d, msg, msglen, rc > 0);
+            return recv_loop(c, r, d, msg, msglen, 0);
         }
         if (n > 0)
             c->out_pos = (size_t)n;

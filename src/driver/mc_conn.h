@@ -105,10 +105,8 @@ int mc_conn_flush(mc_conn *c, const mc_deadline *d, char *msg, size_t msglen);
  * filled (valid until the next call on this connection), or an error. */
 int mc_conn_recv(mc_conn *c, mc_resp *r, const mc_deadline *d, char *msg,
                  size_t msglen);
-/* mc_conn_flush then mc_conn_recv, with the usual case (one send of a
- * small request, a reply that needs no clock read before the wait) in one
- * step. The deadline must have been set from a clock read taken just
- * before the request was encoded (mc_client_begin does). */
+/* mc_conn_flush then mc_conn_recv, with the usual case (one send that
+ * does not wait, one clock read, one blocking recv) in one step. */
 int mc_conn_roundtrip(mc_conn *c, mc_resp *r, const mc_deadline *d,
                       char *msg, size_t msglen);
 /* One read that ends by the deadline: a blocking read while the deadline
