@@ -50,6 +50,27 @@ describe("timeouts", function()
     end)
   end
 
+  for _, t in ipairs { 0.001, 0.005, 0.05 } do
+    it(("of %g ms end within a few ms of it (a connect that never completes)"):format(t * 1000), function()
+      local hole = H.start_blackhole()
+      local mc = memcached.new { servers = { hole.addr }, timeout = t,
+                                 failure_limit = 1000000 }
+      local errs = {}
+      local xs = times(7, function()
+        local v, err, detail = mc:get("k")
+        errs[#errs + 1] = err .. " " .. detail
+        return v
+      end)
+      for _, e in ipairs(errs) do assert.matches("connect timed out", e) end
+      assert.is_true(xs[1] >= t * 1000 - 0.05, ("earliest %.2f ms"):format(xs[1]))
+      local m = median(xs)
+      assert.is_true(m <= t * 1000 + SLACK_MS,
+        ("median %.2f ms for a %g ms connect timeout"):format(m, t * 1000))
+      mc:close()
+      hole.stop()
+    end)
+  end
+
   it("of 5 ms end within a few ms of it (get_multi over a live and a silent server)", function()
     local live = H.start_memcached()
     local mc = memcached.new { servers = { live.addr, silent.addr }, timeout = 0.005,
