@@ -97,6 +97,10 @@ describe("probing a dead server", function()
     assert.is_true(n > 50)
     assert.is_true(worst < BOUND, ("a call took %.3f s"):format(worst))
     assert.is_false(server_info(mc, b.addr).alive)
+    -- a stopped memcached's kernel still completes the handshake: its
+    -- probes connect and then get no answer to their NOOP
+    assert.matches(how == "kill9" and "refused" or "probe: no answer",
+                   server_info(mc, b.addr).last_error)
 
     if how == "kill9" then b.restart() else b.sigcont() end
     -- within a retry period or two b answers a probe and takes its keys
