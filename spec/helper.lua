@@ -204,5 +204,27 @@ end
 -- file (busted reloads modules per file) or when busted closes Lua.
 H.sentinel = setmetatable({}, { __gc = function() H.stop_all() end })
 
+-- A black hole for connects: a listening socket (in this process) whose
+-- accept queue is full and never drained, so the kernel drops further SYNs
+-- and a connect stays in progress. Returns {addr=, port=, stop=}.
+function H.start_blackhole()
+  local l = assert(socket.tcp())
+  assert(l:bind("127.0.0.1", 0))
+  assert(l:listen(0))
+  local _, port = l:getsockname()
+  local fill = {}
+  for i = 1, 2 do -- backlog 0 queues one; the second stays in SYN_SENT
+    fill[i] = socket.tcp()
+    fill[i]:settimeout(0.05)
+    fill[i]:connect("127.0.0.1", port)
+  end
+  local b = { port = tonumber(port), addr = "127.0.0.1:" .. port }
+  function b.stop()
+    for _, c in ipairs(fill) do c:close() end
+    l:close()
+  end
+  return b
+end
+
 H.memcached = require "memcached"
 return H

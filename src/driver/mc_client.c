@@ -25,6 +25,7 @@ void mc_client_opts_default(mc_client_opts *o)
     o->pool.max_body = MC_DEFAULT_MAX_BODY;
     o->pool.failure_limit = 2;
     o->pool.retry_timeout = 1.0;
+    o->pool.probe_timeout = 0.02;
     o->io_timeout = 0.1;
     o->eject = 1;
     o->selector = MC_SEL_KETAMA;
@@ -37,6 +38,10 @@ mc_client *mc_client_new(const mc_client_opts *o)
         return NULL;
     c->o = *o;
     c->o.pool.io_timeout = o->io_timeout;
+    if (!(c->o.pool.probe_timeout > 0))
+        c->o.pool.probe_timeout = 0.02;
+    if (c->o.pool.probe_timeout > c->o.pool.connect_timeout)
+        c->o.pool.probe_timeout = c->o.pool.connect_timeout;
     c->cur_srv = -1;
     c->sel = mc_selector_new(o->selector, NULL, 0);
     if (!c->sel) {
@@ -92,6 +97,34 @@ static void server_ok(mc_client *c, mc_server *s)
         return;
     if (mc_server_succeeded(s))
         push_event(c, s, 1, "responding again");
+}
+
+/* ---- probing a dead server ----
+ * Once a dead server's retry time comes, the first caller that wants it
+ * probes it before anything is sent: a connect and a NOOP, bounded by
+ * probe_timeout (mc_server_probe). A server that answers is alive again
+ * and takes the caller's operation on the probe's warm connection; one
+ * that refuses costs nothing, one that hangs (a black hole, a stopped
+ * process) costs the caller probe_timeout at most, and the operation goes
+ * where a dead server's keys go. The caller's own request is never what
+ * finds out, so a failed probe fails no operation (mcrouter's TKO probes
+ * work the same way, from a thread of their own). Returns 1 when s is
+ * usable now. */
+static int usable(mc_client *c, mc_server *s)
+{
+    char msg[200];
+    int err;
+    if (!s->dead)
+        return 1;
+    if (!mc_server_probe_due(s, &c->o.pool, mc_now()))
+        return 0;
+    err = mc_server_probe(s, &c->o.pool, msg, sizeof(msg));
+    if (err == MC_OK) {
+        server_ok(c, s);
+        return 1;
+    }
+    server_failed(c, s, err, msg); /* dead until the next retry time */
+    return !s->dead; /* (an error that is no failure of the server) */
 }
 
 /* ---- sending a request again ----
@@ -434,7 +467,7 @@ int mc_client_pick(mc_client *c, const char *key, size_t keylen, int *err)
     e = mc_selector_pick(c->sel, key, keylen, NULL);
     si = c->entry_server[e];
     s = c->servers[si];
-    if (!s->dead || mc_server_probe_due(s, &c->o.pool, mc_now()))
+    if (usable(c, s))
         return si;
     if (!c->o.eject) {
         *err = MC_ERR_SERVER_DEAD;
@@ -539,7 +572,7 @@ static int cur_renew(mc_client *c, char *msg, size_t msglen)
     if (!c->cur)
         return err;
     c->op_start = mc_now();
-    c->deadline = c->op_start + c->o.io_timeout;
+    mc_deadline_in(&c->deadline, c->op_start, c->o.io_timeout);
     return MC_OK;
 }
 
@@ -552,7 +585,7 @@ static inline int exec_one(mc_client *c, mc_resp *r, const char *key,
     if (!c->cur)
         return MC_ERR_IO;
     c->cur_opcode = c->cur->out.len >= 2 ? (uint8_t)c->cur->out.data[1] : 0;
-    c->deadline = c->op_start + c->o.io_timeout;
+    mc_deadline_in(&c->deadline, c->op_start, c->o.io_timeout);
     reused = c->cur->idle_since != 0;
     if (reused && !first_resend_safe(&c->cur->out) && mc_conn_stale(c->cur)) {
         /* not to be sent twice: a closed pooled connection is replaced
@@ -561,14 +594,14 @@ static inline int exec_one(mc_client *c, mc_resp *r, const char *key,
             return cur_failed(c, rc, msg);
         reused = 0;
     }
-    rc = mc_conn_roundtrip(c->cur, r, c->deadline, msg, sizeof(msg));
+    rc = mc_conn_roundtrip(c->cur, r, &c->deadline, msg, sizeof(msg));
     if (rc == MC_ERR_CLOSED && reused && c->cur->in.len == 0 &&
         resend_safe(c->cur->out.data, c->cur->out.len)) {
         /* closed before any byte of the reply: once more, on a fresh
          * connection; only its failure counts */
         rc = cur_renew(c, msg, sizeof(msg));
         if (rc == MC_OK)
-            rc = mc_conn_roundtrip(c->cur, r, c->deadline, msg, sizeof(msg));
+            rc = mc_conn_roundtrip(c->cur, r, &c->deadline, msg, sizeof(msg));
     }
     if (rc != MC_OK)
         return cur_failed(c, rc, msg);
@@ -600,7 +633,7 @@ int mc_client_next(mc_client *c, mc_resp *r)
     int rc;
     if (!c->cur)
         return MC_ERR_IO;
-    rc = mc_conn_recv(c->cur, r, c->deadline, msg, sizeof(msg));
+    rc = mc_conn_recv(c->cur, r, &c->deadline, msg, sizeof(msg));
     if (rc != MC_OK)
         return cur_failed(c, rc, msg);
     rc = reply_matches(c, r, NULL, 0);
@@ -747,7 +780,6 @@ static void slot_broke(mc_client *c, const mc_batch *b, mc_batch_slot *sl,
 {
     mc_server *s = c->servers[sl->srv];
     char m[200];
-    double now;
     int w;
 
     if (err != MC_ERR_CLOSED || sl->got || !sl->conn ||
@@ -763,9 +795,7 @@ static void slot_broke(mc_client *c, const mc_batch *b, mc_batch_slot *sl,
         return;
     }
     /* the new connection gets a whole I/O budget */
-    now = mc_now();
-    if (c->deadline < now + c->o.io_timeout)
-        c->deadline = now + c->o.io_timeout;
+    mc_deadline_extend(&c->deadline, mc_now(), c->o.io_timeout);
     sl->state = SLOT_WRITING;
     w = mc_conn_write_some(sl->conn, m, sizeof(m));
     if (w < 0)
@@ -779,14 +809,15 @@ static void slot_broke(mc_client *c, const mc_batch *b, mc_batch_slot *sl,
 static void connected_one(mc_client *c, int *connecting)
 {
     if (*connecting > 0 && --*connecting == 0)
-        c->deadline = mc_now() + c->o.io_timeout;
+        mc_deadline_in(&c->deadline, mc_now(), c->o.io_timeout);
 }
 
 int mc_client_batch(mc_client *c, const mc_batch *b)
 {
     size_t i, nslots = 0, active;
     int connecting = 0;
-    double connect_deadline, now;
+    mc_deadline connect_deadline;
+    double now;
     char msg[200];
 
     mc_client_abort(c);
@@ -817,7 +848,7 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
     }
     c->nslots = nslots;
     c->op_start = mc_now();
-    c->deadline = c->op_start + c->o.io_timeout;
+    mc_deadline_in(&c->deadline, c->op_start, c->o.io_timeout);
 
     /* encode everything, then start writing */
     for (i = 0; i < nslots; i++) {
@@ -879,9 +910,9 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
     }
 
     /* The I/O budget starts once the connections stand. */
-    connect_deadline = c->op_start + c->o.pool.connect_timeout;
+    mc_deadline_in(&connect_deadline, c->op_start, c->o.pool.connect_timeout);
     if (connecting)
-        c->deadline = connect_deadline + c->o.io_timeout;
+        mc_deadline_in(&c->deadline, connect_deadline.end, c->o.io_timeout);
 
 again:
     /* Phase 1, while any request is still unsent: one poll loop over all
@@ -889,8 +920,8 @@ again:
      * would otherwise never drain our input). */
     for (;;) {
         size_t np = 0, writing = 0;
-        int rc, ms;
-        double left;
+        int rc;
+        mc_deadline until;
         active = 0;
         for (i = 0; i < nslots; i++)
             if (c->slots[i].state == SLOT_WRITING ||
@@ -915,8 +946,7 @@ again:
         if (!active)
             break;
         now = mc_now();
-        left = c->deadline - now;
-        if (left <= 0) {
+        if (mc_deadline_over(&c->deadline, now)) {
             for (i = 0; i < nslots; i++)
                 if (c->slots[i].state != SLOT_DONE)
                     slot_failed(c, b, &c->slots[i], MC_ERR_TIMEOUT,
@@ -924,7 +954,7 @@ again:
             break;
         }
         if (connecting) {
-            if (now >= connect_deadline) {
+            if (mc_deadline_over(&connect_deadline, now)) {
                 /* a connect that took its whole time fails alone */
                 for (i = 0; i < nslots; i++)
                     if (c->slots[i].state == SLOT_CONNECTING) {
@@ -934,11 +964,10 @@ again:
                     }
                 continue; /* the poll set changed */
             }
-            if (connect_deadline - now < left)
-                left = connect_deadline - now;
         }
-        ms = (int)(left * 1000.0 + 0.999);
-        rc = poll(c->pfds, np, ms);
+        until = connecting ? mc_deadline_min(c->deadline, connect_deadline)
+                           : c->deadline;
+        rc = mc_deadline_poll(c->pfds, np, &until);
         if (rc < 0)
             continue; /* EINTR; the deadline bounds the loop */
         np = 0;
@@ -995,14 +1024,14 @@ again:
             slot_drain(c, b, sl);
             if (sl->state != SLOT_READING)
                 break;
-            if (mc_now() > c->deadline) {
+            if (mc_deadline_over(&c->deadline, mc_now())) {
                 r = mc_conn_read_some(sl->conn, msg, sizeof(msg));
                 if (r == 0) {
                     r = -MC_ERR_TIMEOUT;
                     snprintf(msg, sizeof(msg), "timed out");
                 }
             } else {
-                r = mc_conn_read_budget(sl->conn, c->deadline, msg,
+                r = mc_conn_read_budget(sl->conn, &c->deadline, msg,
                                         sizeof(msg));
             }
             if (r < 0) {
@@ -1043,7 +1072,7 @@ void mc_client_clear_events(mc_client *c)
 int mc_client_usable(mc_client *c, int srv, int *err)
 {
     mc_server *s = c->servers[srv];
-    if (!s->dead || mc_server_probe_due(s, &c->o.pool, mc_now()))
+    if (usable(c, s))
         return 1;
     *err = MC_ERR_SERVER_DEAD;
     snprintf(c->errmsg, sizeof(c->errmsg), "%s: marked dead after: %s",

@@ -54,7 +54,7 @@ typedef struct mc_client {
     uint8_t cur_opcode;
     int cur_close;         /* the connection must not be pooled after it
                               (the server refused us: authentication) */
-    double deadline;
+    mc_deadline deadline;  /* of the operation's I/O */
     double op_start;       /* the clock read once per operation */
     unsigned long nbegun;  /* one-request operations begun, ever */
 
@@ -72,7 +72,8 @@ typedef struct mc_client {
 } mc_client;
 
 /* Fills defaults: timeouts 0.1 s, max_idle 2, no max_conns, failure_limit
- * 2, retry_timeout 1 s, eject on, ketama. */
+ * 2, retry_timeout 1 s, probe_timeout 0.02 s (at most connect_timeout),
+ * eject on, ketama. */
 void mc_client_opts_default(mc_client_opts *o);
 
 mc_client *mc_client_new(const mc_client_opts *o);
@@ -89,7 +90,12 @@ int mc_client_add_server(mc_client *c, const mc_server_spec *s);
 int mc_client_intern_server(mc_client *c, const char *addr);
 
 /* Server for a key, honouring dead servers: returns the index, or -1 with
- * *err (MC_ERR_NO_SERVERS, MC_ERR_SERVER_DEAD) and errmsg. */
+ * *err (MC_ERR_NO_SERVERS, MC_ERR_SERVER_DEAD) and errmsg. A dead server
+ * whose retry time has come is probed here first (a connect and a NOOP,
+ * within probe_timeout): if it answers it is alive again and takes the
+ * key; if not, the key goes where it would for any dead server (the next
+ * live one with eject, else MC_ERR_SERVER_DEAD). The caller's request is
+ * never the probe. */
 int mc_client_pick(mc_client *c, const char *key, size_t keylen, int *err);
 /* The one server every key goes to (a single live entry), or -1. */
 static inline int mc_client_single(const mc_client *c)
@@ -101,7 +107,8 @@ static inline int mc_client_single(const mc_client *c)
 int mc_client_pick_static(const mc_client *c, const char *key, size_t keylen);
 
 /* For a server chosen outside the selector: 1 when it may be used now (alive,
- * or dead with a probe due, which this call claims), else 0 with *err. */
+ * or dead with a probe due that this call ran and that it answered), else
+ * 0 with *err. */
 int mc_client_usable(mc_client *c, int srv, int *err);
 
 /* ---- one request, one server ----

@@ -59,17 +59,6 @@ uint32_t mc_random32(void)
     return (uint32_t)((z ^ (z >> 31)) >> 32);
 }
 
-/* The coarse clock (a few ms of resolution) is plenty for timeouts of
- * tens of ms and more, and reading it costs a load instead of a timer
- * read, which on a VM can take longer than the rest of a request's
- * bookkeeping. */
-double mc_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* "what" or "what: strerror(e)" into msg. */
 static void say(char *msg, size_t msglen, const char *what, int e)
 {
@@ -178,29 +167,23 @@ int mc_addr_parse(const char *spec, mc_addr *a, char *host, size_t hostlen,
     return 0;
 }
 
-int mc_wait_fd(int fd, short events, double deadline, char *msg,
+int mc_wait_fd(int fd, short events, const mc_deadline *d, char *msg,
                size_t msglen)
 {
-    for (;;) {
-        struct pollfd pfd;
-        double left = deadline - mc_now();
-        int ms, rc;
-        if (left <= 0) {
-            say(msg, msglen, "timed out", 0);
-            return MC_ERR_TIMEOUT;
-        }
-        ms = (int)(left * 1000.0 + 0.999);
-        pfd.fd = fd;
-        pfd.events = events;
-        pfd.revents = 0;
-        rc = poll(&pfd, 1, ms);
-        if (rc > 0)
-            return MC_OK;
-        if (rc < 0 && errno != EINTR) {
-            say(msg, msglen, "poll", errno);
-            return MC_ERR_IO;
-        }
+    struct pollfd pfd;
+    int rc;
+    pfd.fd = fd;
+    pfd.events = events;
+    pfd.revents = 0;
+    rc = mc_deadline_poll(&pfd, 1, d);
+    if (rc > 0)
+        return MC_OK;
+    if (rc == 0) {
+        say(msg, msglen, "timed out", 0);
+        return MC_ERR_TIMEOUT;
     }
+    say(msg, msglen, "poll", errno);
+    return MC_ERR_IO;
 }
 
 static int errno_to_err(int e)
@@ -291,22 +274,27 @@ int mc_conn_finish(mc_conn *c, int *err, char *msg, size_t msglen)
         }
         c->connecting = 0;
     }
-    /* Connected: from now on the kernel waits, bounded by the timeouts;
-     * the non-blocking primitives pass MSG_DONTWAIT. */
-    fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) & ~O_NONBLOCK);
-    set_timeout(c->fd, SO_RCVTIMEO, c->io_timeout);
-    set_timeout(c->fd, SO_SNDTIMEO, c->io_timeout);
+    /* Connected: from now on the kernel may wait, for at most kblock (a
+     * little under the I/O timeout, see mc_deadline.h); the non-blocking
+     * primitives pass MSG_DONTWAIT. A timeout too short for the kernel's
+     * rounding gets no kernel waits (kworst 0): ppoll waits instead. */
+    {
+        double kblock = mc_kernel_block(c->io_timeout, &c->kworst);
+        fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) & ~O_NONBLOCK);
+        set_timeout(c->fd, SO_RCVTIMEO, kblock > 0 ? kblock : c->io_timeout);
+        set_timeout(c->fd, SO_SNDTIMEO, kblock > 0 ? kblock : c->io_timeout);
+    }
     *err = MC_OK;
     return 0;
 }
 
-mc_conn *mc_conn_open(const mc_addr *a, double deadline, double io_timeout,
+mc_conn *mc_conn_open(const mc_addr *a, const mc_deadline *d, double io_timeout,
                       size_t max_body, int *err, char *msg, size_t msglen)
 {
     mc_conn *c = mc_conn_start(a, io_timeout, max_body, err, msg, msglen);
     if (!c || !c->connecting)
         return c;
-    *err = mc_wait_fd(c->fd, POLLOUT, deadline, msg, msglen);
+    *err = mc_wait_fd(c->fd, POLLOUT, d, msg, msglen);
     if (*err == MC_ERR_TIMEOUT)
         say(msg, msglen, "connect timed out", 0);
     if (*err != MC_OK || mc_conn_finish(c, err, msg, msglen) != 0) {
@@ -349,8 +337,9 @@ int mc_conn_write_some(mc_conn *c, char *msg, size_t msglen)
 }
 
 
-/* One recv into the reader. wait: block (bounded by SO_RCVTIMEO, EAGAIN
- * then means a timeout); else MSG_DONTWAIT, EAGAIN meaning "nothing yet". */
+/* One recv into the reader. wait: block (bounded by SO_RCVTIMEO); else
+ * MSG_DONTWAIT. Returns > 0 bytes, 0 for nothing yet (EAGAIN: would block,
+ * or the kernel's wait ended; the caller asks its deadline), or -err. */
 static int read_once(mc_conn *c, int wait, char *msg, size_t msglen)
 {
     for (;;) {
@@ -372,12 +361,8 @@ static int read_once(mc_conn *c, int wait, char *msg, size_t msglen)
         }
         if (errno == EINTR)
             continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            if (!wait)
-                return 0;
-            say(msg, msglen, "timed out", 0);
-            return -MC_ERR_TIMEOUT;
-        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return 0;
         say(msg, msglen, "recv", errno);
         return -errno_to_err(errno);
     }
@@ -388,30 +373,23 @@ int mc_conn_read_some(mc_conn *c, char *msg, size_t msglen)
     return read_once(c, 0, msg, msglen);
 }
 
-int mc_conn_read_wait(mc_conn *c, char *msg, size_t msglen)
-{
-    return read_once(c, 1, msg, msglen);
-}
-
-/* Before a blocking transfer: the kernel bounds each wait by the full I/O
- * timeout, so once part of the budget is spent (a partial transfer, an
- * earlier server in a batch) wait in poll() for what is left instead.
- * Returns 1 to go ahead with a blocking call, 0 after a poll said ready
- * (use a non-waiting call), or -err. */
-static int budget(mc_conn *c, short events, double deadline, char *msg,
+/* Before a blocking transfer: while the deadline leaves room for the
+ * kernel's longest wait, let the kernel wait (one syscall, not poll +
+ * recv); else wait in ppoll for exactly what is left. Returns 1 to go
+ * ahead with a blocking call, 0 after a poll said ready (use a
+ * non-waiting call), or -err. */
+static int budget(mc_conn *c, short events, const mc_deadline *d, char *msg,
                   size_t msglen)
 {
-    double left = deadline - mc_now();
+    double left = mc_deadline_left(d, mc_now());
     int rc;
     if (left <= 0) {
         say(msg, msglen, "timed out", 0);
         return -MC_ERR_TIMEOUT;
     }
-    /* the clock is coarse: within a few ms of a whole budget, let the
-     * kernel wait (one syscall, not poll + recv) */
-    if (left >= c->io_timeout - 0.005)
+    if (c->kworst > 0 && left >= c->kworst)
         return 1;
-    rc = mc_wait_fd(c->fd, events, deadline, msg, msglen);
+    rc = mc_wait_fd(c->fd, events, d, msg, msglen);
     return rc == MC_OK ? 0 : -rc;
 }
 
@@ -426,50 +404,45 @@ static int send_failed(int e, char *msg, size_t msglen)
     return errno_to_err(e);
 }
 
-int mc_conn_flush(mc_conn *c, double deadline, char *msg, size_t msglen)
+int mc_conn_flush(mc_conn *c, const mc_deadline *d, char *msg,
+                  size_t msglen)
 {
-    int partial = c->out_pos != 0; /* part sent already: mind the budget */
     while (c->out_pos < c->out.len) {
         ssize_t n;
         int flags = MSG_NOSIGNAL;
-        if (partial) {
-            int b = budget(c, POLLOUT, deadline, msg, msglen);
-            if (b < 0)
-                return -b;
-            if (b == 0)
-                flags |= MSG_DONTWAIT;
-        }
+        int b = budget(c, POLLOUT, d, msg, msglen);
+        if (b < 0)
+            return -b;
+        if (b == 0)
+            flags |= MSG_DONTWAIT;
         n = send(c->fd, c->out.data + c->out_pos, c->out.len - c->out_pos,
                  flags);
         if (n > 0) {
             c->out_pos += (size_t)n;
-            partial++;
             continue;
         }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) &&
-            (flags & MSG_DONTWAIT))
-            continue; /* poll said ready; the deadline bounds this */
+        if (n < 0 && (errno == EINTR || errno == EAGAIN ||
+                      errno == EWOULDBLOCK))
+            continue; /* the kernel's wait ended, or poll said ready: the
+                         deadline bounds this */
         return send_failed(errno, msg, msglen);
     }
     return MC_OK; /* out_pos == out.len: all sent, the bytes kept */
 }
 
-int mc_conn_read_budget(mc_conn *c, double deadline, char *msg,
+int mc_conn_read_budget(mc_conn *c, const mc_deadline *d, char *msg,
                         size_t msglen)
 {
-    int b = budget(c, POLLIN, deadline, msg, msglen);
+    int b = budget(c, POLLIN, d, msg, msglen);
     if (b < 0)
         return b;
-    return b ? mc_conn_read_wait(c, msg, msglen)
-             : mc_conn_read_some(c, msg, msglen);
+    return read_once(c, b, msg, msglen);
 }
 
 /* mc_conn_recv, told whether bytes arrived since the last reply (partial):
  * then the reader is asked before reading more. */
-static int recv_loop(mc_conn *c, mc_resp *r, double deadline, char *msg,
-                     size_t msglen, int partial)
+static int recv_loop(mc_conn *c, mc_resp *r, const mc_deadline *d,
+                     char *msg, size_t msglen, int partial)
 {
     int rc;
     for (;;) {
@@ -485,38 +458,34 @@ static int recv_loop(mc_conn *c, mc_resp *r, double deadline, char *msg,
         }
         /* what is left of the budget, whatever used it (a long send, a
          * reply trickling in) */
-        rc = mc_conn_read_budget(c, deadline, msg, msglen);
+        rc = mc_conn_read_budget(c, d, msg, msglen);
         if (rc < 0)
             return -rc;
-        partial = 1;
+        partial = rc > 0;
     }
 }
 
-int mc_conn_recv(mc_conn *c, mc_resp *r, double deadline, char *msg,
+int mc_conn_recv(mc_conn *c, mc_resp *r, const mc_deadline *d, char *msg,
                  size_t msglen)
 {
-    return recv_loop(c, r, deadline, msg, msglen, 0);
+    return recv_loop(c, r, d, msg, msglen, 0);
 }
 
-int mc_conn_roundtrip(mc_conn *c, mc_resp *r, double deadline, char *msg,
-                      size_t msglen)
+int mc_conn_roundtrip(mc_conn *c, mc_resp *r, const mc_deadline *d,
+                      char *msg, size_t msglen)
 {
     int rc;
-    /* The usual case: nothing sent or buffered yet, and one send that does
-     * not wait takes the whole request: no time has passed since the
-     * operation began and the whole budget is left, so wait for the reply
-     * in the kernel at once, without reading the clock. A request the
-     * socket cannot take at once goes through mc_conn_flush and its
-     * budget. */
+    /* The usual case: nothing sent or buffered yet, and one send that
+     * does not wait takes the whole request. Then the receive asks the
+     * deadline once (a vDSO clock read) and, with room for the kernel's
+     * longest wait, waits in the kernel: one recv. Anything else goes
+     * through mc_conn_flush and its budget. */
     if (c->out_pos == 0 && c->out.len && c->in.len == 0 && !c->in.failed) {
         ssize_t n = send(c->fd, c->out.data, c->out.len,
                          MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n == (ssize_t)c->out.len) {
             c->out_pos = c->out.len;
-            rc = read_once(c, 1, msg, msglen);
-            if (rc < 0)
-                return -rc;
-            return recv_loop(c, r, deadline, msg, msglen, 1);
+            return recv_loop(c, r, d, msg, msglen, 0);
         }
         if (n > 0)
             c->out_pos = (size_t)n;
@@ -524,10 +493,10 @@ int mc_conn_roundtrip(mc_conn *c, mc_resp *r, double deadline, char *msg,
                  errno != EWOULDBLOCK)
             return send_failed(errno, msg, msglen);
     }
-    rc = mc_conn_flush(c, deadline, msg, msglen);
+    rc = mc_conn_flush(c, d, msg, msglen);
     if (rc != MC_OK)
         return rc;
-    return recv_loop(c, r, deadline, msg, msglen, 0);
+    return recv_loop(c, r, d, msg, msglen, 0);
 }
 
 int mc_conn_read_error(const mc_conn *c)

@@ -6,9 +6,12 @@
  * event-loop driver that yields where this code waits. Connecting waits in
  * poll() against a deadline. The one-request path (mc_conn_flush,
  * mc_conn_recv) lets the kernel do the waiting instead (SO_SNDTIMEO /
- * SO_RCVTIMEO set to the I/O timeout): a blocking recv is one syscall where
- * recv(EAGAIN) + poll + recv is three, which is a measurable share of a
- * 7 us round trip. Deadlines are still checked between partial reads.
+ * SO_RCVTIMEO, set by mc_kernel_block a little under the I/O timeout, so
+ * that the kernel's rounding cannot carry a wait past it): a blocking recv
+ * is one syscall where recv(EAGAIN) + poll + recv is three, which is a
+ * measurable share of a 7 us round trip. When the kernel's wait ends
+ * without data, or part of the budget is spent, what is left of the
+ * deadline is waited for in ppoll (mc_deadline).
  *
  * A connection owns its output buffer and its response reader. It does not
  * interpret responses beyond what mc_reader_get returns.
@@ -21,6 +24,7 @@
 #include <sys/socket.h>
 
 #include "mc_buf.h"
+#include "mc_deadline.h"
 #include "mc_error.h"
 #include "mc_proto.h"
 
@@ -45,7 +49,9 @@ typedef struct mc_conn {
                           cleared when the connection is pooled. */
     size_t out_pos;
     double idle_since; /* when it went back to the pool */
-    double io_timeout; /* the kernel's bound on each blocking transfer */
+    double io_timeout; /* the budget of one request's I/O */
+    double kworst;     /* longest a blocking transfer may wait in the
+                          kernel (mc_kernel_block); 0: never block */
     int connecting;    /* a non-blocking connect is in progress */
     struct mc_conn *next; /* idle-list link, owned by the pool */
     mc_reader in;      /* last: its error text would split the hot fields */
@@ -57,9 +63,6 @@ typedef struct mc_conn {
  * makes a new connection's first opaque unguessable to a reply that was
  * not meant for it. */
 uint32_t mc_random32(void);
-
-/* Monotonic time in seconds, to a few milliseconds. */
-double mc_now(void);
 
 /* Parses "host:port", "[v6addr]:port", "host" (port 11211) or a unix socket
  * path (anything starting with '/' or '@' for the abstract namespace) and
@@ -81,7 +84,7 @@ int mc_conn_finish(mc_conn *c, int *err, char *msg, size_t msglen);
 /* Allocates a connection and connects it before the deadline; io_timeout
  * bounds each later blocking send or receive. Returns the connection, or
  * NULL with *err set (and a message in msg). */
-mc_conn *mc_conn_open(const mc_addr *a, double deadline, double io_timeout,
+mc_conn *mc_conn_open(const mc_addr *a, const mc_deadline *d, double io_timeout,
                       size_t max_body, int *err, char *msg, size_t msglen);
 
 void mc_conn_close(mc_conn *c);
@@ -95,29 +98,27 @@ void mc_conn_close(mc_conn *c);
 int mc_conn_write_some(mc_conn *c, char *msg, size_t msglen);
 int mc_conn_read_some(mc_conn *c, char *msg, size_t msglen);
 
-/* Blocking helpers: each kernel wait is bounded by the I/O timeout, and
- * the absolute deadline is checked between partial transfers. */
-int mc_conn_flush(mc_conn *c, double deadline, char *msg, size_t msglen);
+/* Blocking helpers: a kernel wait is made only while the deadline leaves
+ * room for its worst case (kworst), else ppoll waits for what is left. */
+int mc_conn_flush(mc_conn *c, const mc_deadline *d, char *msg, size_t msglen);
 /* Reads until one whole response is available. Returns MC_OK with *r
  * filled (valid until the next call on this connection), or an error. */
-int mc_conn_recv(mc_conn *c, mc_resp *r, double deadline, char *msg,
+int mc_conn_recv(mc_conn *c, mc_resp *r, const mc_deadline *d, char *msg,
                  size_t msglen);
-/* mc_conn_flush then mc_conn_recv, with the usual case (one send, a reply
- * that needs no clock read before the wait) in one step. */
-int mc_conn_roundtrip(mc_conn *c, mc_resp *r, double deadline, char *msg,
-                      size_t msglen);
-/* One blocking read into the reader: > 0 bytes, or -err (MC_ERR_TIMEOUT
- * when nothing came within the I/O timeout). */
-int mc_conn_read_wait(mc_conn *c, char *msg, size_t msglen);
-/* One read that ends by the deadline: a blocking read while a whole I/O
- * timeout is left, else poll() for what is left, then a non-waiting read.
- * > 0 bytes, 0 (nothing yet; call again), or -err. */
-int mc_conn_read_budget(mc_conn *c, double deadline, char *msg,
+/* mc_conn_flush then mc_conn_recv, with the usual case (one send that
+ * does not wait, one clock read, one blocking recv) in one step. */
+int mc_conn_roundtrip(mc_conn *c, mc_resp *r, const mc_deadline *d,
+                      char *msg, size_t msglen);
+/* One read that ends by the deadline: a blocking read while the deadline
+ * leaves room for the kernel's worst wait, else ppoll for what is left,
+ * then a non-waiting read. > 0 bytes, 0 (nothing yet; call again), or
+ * -err (MC_ERR_TIMEOUT once the deadline passed). */
+int mc_conn_read_budget(mc_conn *c, const mc_deadline *d, char *msg,
                         size_t msglen);
 
 /* Waits until fd is ready for `events` (POLLIN/POLLOUT) or the deadline
  * passes. Returns MC_OK or MC_ERR_TIMEOUT/MC_ERR_IO. */
-int mc_wait_fd(int fd, short events, double deadline, char *msg,
+int mc_wait_fd(int fd, short events, const mc_deadline *d, char *msg,
                size_t msglen);
 
 /* The error for a reader that failed: MC_ERR_TOO_LARGE for a plausible item

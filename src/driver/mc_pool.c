@@ -1,5 +1,6 @@
 #include "mc_pool.h"
 
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,10 +86,15 @@ static mc_conn *pool_take(mc_server *s, const mc_pool_opts *o, double now,
                  s->name);
         return NULL;
     }
-    c = wait ? mc_conn_open(&s->addr, now + o->connect_timeout, o->io_timeout,
-                            o->max_body, err, msg, msglen)
-             : mc_conn_start(&s->addr, o->io_timeout, o->max_body, err, msg,
-                             msglen);
+    if (wait) {
+        mc_deadline d;
+        mc_deadline_in(&d, now, o->connect_timeout);
+        c = mc_conn_open(&s->addr, &d, o->io_timeout, o->max_body, err, msg,
+                         msglen);
+    } else {
+        c = mc_conn_start(&s->addr, o->io_timeout, o->max_body, err, msg,
+                          msglen);
+    }
     if (c)
         s->nopen++;
     return c;
@@ -162,4 +168,60 @@ int mc_server_probe_due(mc_server *s, const mc_pool_opts *o, double now)
         return 0;
     s->retry_at = now + o->retry_timeout;
     return 1;
+}
+
+int mc_server_probe(mc_server *s, const mc_pool_opts *o, char *msg,
+                    size_t msglen)
+{
+    mc_deadline d;
+    mc_conn *c;
+    mc_resp r;
+    uint32_t opaque;
+    int err;
+
+    mc_deadline_in(&d, mc_now(), o->probe_timeout);
+    c = mc_conn_start(&s->addr, o->io_timeout, o->max_body, &err, msg,
+                      msglen);
+    if (!c)
+        return err;
+    if (c->connecting) {
+        err = mc_wait_fd(c->fd, POLLOUT, &d, msg, msglen);
+        if (err == MC_ERR_TIMEOUT)
+            snprintf(msg, msglen, "probe: connect timed out");
+        if (err != MC_OK || mc_conn_finish(c, &err, msg, msglen) != 0) {
+            mc_conn_close(c);
+            return err;
+        }
+    }
+    opaque = c->opaque++;
+    if (mc_enc_simple(&c->out, MC_OP_NOOP, opaque) != 0) {
+        mc_conn_close(c);
+        snprintf(msg, msglen, "out of memory");
+        return MC_ERR_NOMEM;
+    }
+    err = mc_conn_flush(c, &d, msg, msglen);
+    if (err == MC_OK)
+        err = mc_conn_recv(c, &r, &d, msg, msglen);
+    if (err == MC_OK && (r.opcode != MC_OP_NOOP || r.opaque != opaque ||
+                         mc_reader_pending(&c->in))) {
+        err = MC_ERR_PROTOCOL;
+        snprintf(msg, msglen, "probe: the reply to NOOP was wrong");
+    }
+    if (err == MC_OK && r.status != MC_STATUS_OK) {
+        /* a server that wants authentication (memcached -S) answers and
+         * then closes the connection: it is up, the connection unusable */
+        mc_conn_close(c);
+        return MC_OK;
+    }
+    if (err != MC_OK) {
+        if (err == MC_ERR_TIMEOUT)
+            snprintf(msg, msglen, "probe: no answer within %g s",
+                     o->probe_timeout);
+        mc_conn_close(c);
+        return err;
+    }
+    /* it answered: the connection is the server's first warm one */
+    s->nopen++;
+    mc_pool_put(s, o, c, 0, mc_now());
+    return MC_OK;
 }

@@ -8,8 +8,10 @@
  * caller can never read someone else's reply.
  *
  * Health: after failure_limit consecutive failures the server is dead until
- * retry_at; then one caller may probe it (mc_pool_probe_due), and its
- * outcome brings the server back or keeps it dead for another interval.
+ * retry_at; then the first caller to want it claims a probe
+ * (mc_server_probe_due) and runs it (mc_server_probe: a connect and a NOOP
+ * within probe_timeout, never the caller's request); its outcome brings
+ * the server back or keeps it dead for another interval.
  */
 #ifndef MC_POOL_H
 #define MC_POOL_H
@@ -42,6 +44,7 @@ typedef struct mc_pool_opts {
     size_t max_body;
     unsigned failure_limit;
     double retry_timeout;
+    double probe_timeout; /* bound of one probe of a dead server */
 } mc_pool_opts;
 
 /* Allocates a server for an already parsed address. NULL on ENOMEM. */
@@ -100,5 +103,12 @@ int mc_server_succeeded(mc_server *s);
 /* For a dead server whose retry time has come: claims the probe (pushes
  * retry_at forward so only one caller probes) and returns 1. */
 int mc_server_probe_due(mc_server *s, const mc_pool_opts *o, double now);
+
+/* Probes a server: connects and sends a NOOP, within probe_timeout in all.
+ * MC_OK when it answered (the connection is pooled, warm for the caller),
+ * else the error with a message in msg. Health is the caller's to update
+ * (mc_server_succeeded / mc_server_failed). */
+int mc_server_probe(mc_server *s, const mc_pool_opts *o, char *msg,
+                    size_t msglen);
 
 #endif

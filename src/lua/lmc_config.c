@@ -268,7 +268,7 @@ static double opt_number_field(lua_State *L, int t, const char *name,
 static const char *const known_opts[] = {
     "servers", "timeout", "connect_timeout", "io_timeout", "max_conns",
     "max_idle", "msgpack_flag", "selector", "failure_limit", "retry_timeout",
-    "eject", "max_value_size", NULL};
+    "eject", "max_value_size", "probe_timeout", NULL};
 
 /* Reads the options table at index t into o; the selector option, read
  * once by the caller, is at selidx and, if custom, left for the caller.
@@ -316,6 +316,8 @@ static void read_opts(lua_State *L, int t, mc_client_opts *o, uint32_t *mpf,
     o->pool.failure_limit = (unsigned)v;
     o->pool.retry_timeout =
         opt_number_field(L, t, "retry_timeout", 1.0, 0.0, 86400);
+    o->pool.probe_timeout = /* at most connect_timeout (mc_client_new) */
+        opt_number_field(L, t, "probe_timeout", 0.02, 0.001, 3600);
     v = opt_int_field(L, t, "max_value_size", MC_DEFAULT_MAX_BODY);
     if (v < 1024 || v > (lua_Integer)0x7fffffff)
         luaL_error(L, "option 'max_value_size' must be 1024..2147483647");
