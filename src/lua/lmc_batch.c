@@ -388,7 +388,7 @@ static void multi_failed(multi *m, size_t i, const char *err)
         lua_newtable(L);
         lua_replace(L, m->failed);
     }
-    lua_pushlstring(L, m->u->keys[i].key, m->u->keys[i].len);
+    anchor_push(L, m, i); /* the caller's string: no copy, no new hash */
     lua_pushstring(L, err);
     lua_rawset(L, m->failed);
 }
