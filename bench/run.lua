@@ -83,6 +83,13 @@ local systems = {
   -- C limit (lua_floor.c: no checks, a new string per value, a result table)
   { id = "floor", label = "Lua floor (bare C module)", cmd = LUA .. " bench/floor_client.lua" },
 }
+-- BENCH_BASELINE=DIR adds the memcached.so built in DIR (an earlier
+-- commit, say) as a column of the same run: before/after as a ratio.
+local BASELINE = os.getenv("BENCH_BASELINE")
+if BASELINE and BASELINE ~= "" then
+  table.insert(systems, 3, { id = "baseline", label = "baseline build (Lua)",
+    cmd = "env MC_SO_DIR=" .. BASELINE .. " " .. LUA .. " bench/lua_client.lua" })
+end
 local codecs = {
   { id = "ours", label = "this library", cmd = LUA .. " bench/msgpack_bench.lua ours" },
   { id = "cjson", label = "lua-cjson", cmd = LUA .. " bench/msgpack_bench.lua cjson" },
