@@ -8,6 +8,13 @@
  * the object tree into Lua values. It is the
  * obsolete-marked call, yet the only one in msgpack-c 4.0 that takes the
  * caller's zone: msgpack_unpack_next() frees and mallocs a zone per call.
+ *
+ * Re-entry: creating Lua tables and strings can run __gc finalizers, and a
+ * finalizer may decode or encode with the same context while the outer
+ * decode still reads its object tree from the zone. So the zone (and
+ * encode()'s output buffer) is lent for the duration of a call; a call that
+ * finds it lent uses a fresh one owned by a userdata on the Lua stack, which
+ * frees it even when a Lua error unwinds the call.
  */
 #include "lmc_value.h"
 
@@ -25,6 +32,9 @@
 
 #define LMC_PATH_MAX 200
 #define LMC_VCTX_MT "memcached.value_ctx"
+/* A fresh zone or output buffer for a call that finds the context's lent. */
+#define LMC_TMPZONE_MT "memcached.value_zone"
+#define LMC_TMPBUF_MT "memcached.value_buf"
 /* encode()'s output buffer gives back memory above this after each call. */
 #define LMC_OUT_KEEP (64 * 1024)
 
@@ -48,6 +58,11 @@ struct lmc_vctx {
      * type of a refused ext. */
     msgpack_zone zone;
     int ext;
+    /* A call is using zone / out: a nested call (from a finalizer) must
+     * not. A Lua error that unwinds the call leaves the flag set; later
+     * calls are then served by fresh ones (a malloc each), never wrongly. */
+    int zone_lent;
+    int out_lent;
 };
 
 lmc_vctx *lmc_vctx_new(void)
@@ -600,10 +615,53 @@ static int push_object(lua_State *L, lmc_vctx *c, const msgpack_object *o)
     }
 }
 
+typedef struct tmp_zone {
+    msgpack_zone zone;
+    int live;
+} tmp_zone;
+
+static int tmp_zone_gc(lua_State *L)
+{
+    tmp_zone *t = lua_touserdata(L, 1);
+    if (t && t->live) {
+        t->live = 0;
+        msgpack_zone_destroy(&t->zone);
+    }
+    return 0;
+}
+
+static int tmp_buf_gc(lua_State *L)
+{
+    mc_buf *b = lua_touserdata(L, 1);
+    if (b)
+        mc_buf_free(b);
+    return 0;
+}
+
+/* Pushes a userdata of size n whose metatable (name, with gc as __gc) frees
+ * what it holds; zeroed before the metatable is set, so a failure later
+ * leaks nothing. */
+static void *push_owned(lua_State *L, size_t n, const char *name, lua_CFunction gc)
+{
+    void *p = lua_newuserdata(L, n);
+    memset(p, 0, n);
+    luaL_getmetatable(L, name);
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        luaL_newmetatable(L, name);
+        lua_pushcfunction(L, gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    return p;
+}
+
 int lmc_value_decode(lua_State *L, lmc_vctx *c, const char *p, size_t n,
                      char *err, size_t errlen)
 {
     msgpack_object obj;
+    msgpack_zone *zone = NULL;
+    tmp_zone *tmp = NULL;
     size_t off = 0;
     int top = lua_gettop(L);
     int e;
@@ -621,10 +679,24 @@ int lmc_value_decode(lua_State *L, lmc_vctx *c, const char *p, size_t n,
             e = DEC_STACK;
             break;
         }
-        /* Cleared before as well as after: a Lua error while pushing
-         * unwinds past the clear below. */
-        msgpack_zone_clear(&c->zone);
-        switch (msgpack_unpack(p, n, &off, &c->zone, &obj)) {
+        if (!c->zone_lent) {
+            zone = &c->zone;
+            c->zone_lent = 1;
+            /* Cleared before as well as after: a Lua error while pushing
+             * unwinds past the clear below. */
+            msgpack_zone_clear(zone);
+        } else {
+            /* Called from a finalizer while a decode that uses c->zone is
+             * still pushing its value (or one was unwound by an error). */
+            tmp = push_owned(L, sizeof *tmp, LMC_TMPZONE_MT, tmp_zone_gc);
+            if (!msgpack_zone_init(&tmp->zone, MSGPACK_ZONE_CHUNK_SIZE)) {
+                e = DEC_NOMEM;
+                break;
+            }
+            tmp->live = 1;
+            zone = &tmp->zone;
+        }
+        switch (msgpack_unpack(p, n, &off, zone, &obj)) {
         case MSGPACK_UNPACK_SUCCESS:
             e = push_object(L, c, &obj);
             break;
@@ -641,8 +713,17 @@ int lmc_value_decode(lua_State *L, lmc_vctx *c, const char *p, size_t n,
             e = DEC_BAD;
             break;
         }
-        /* Keeps only the first chunk: a big value's memory goes back now. */
-        msgpack_zone_clear(&c->zone);
+        if (tmp) {
+            tmp->live = 0;
+            msgpack_zone_destroy(&tmp->zone);
+            if (e == DEC_OK)
+                lua_remove(L, top + 1);
+        } else {
+            /* Keeps only the first chunk: a big value's memory goes back
+             * now. */
+            msgpack_zone_clear(zone);
+            c->zone_lent = 0;
+        }
         break;
     }
     if (e == DEC_OK)
@@ -689,20 +770,39 @@ static lmc_vctx *upvalue_ctx(lua_State *L)
     return *ud;
 }
 
+/* The output buffer is lent while the result is copied out: LuaJIT runs
+ * the collector (and so finalizers, which may encode) before it copies a
+ * new string. */
 static int l_encode(lua_State *L)
 {
     lmc_vctx *c = upvalue_ctx(L);
+    mc_buf *out;
     char err[256];
+    int rc;
 
     luaL_checkany(L, 1);
-    c->out.len = 0;
-    if (lmc_value_encode(L, c, 1, &c->out, err, sizeof err)) {
+    lua_settop(L, 1);
+    if (c->out_lent) {
+        out = push_owned(L, sizeof *out, LMC_TMPBUF_MT, tmp_buf_gc);
+    } else {
+        out = &c->out;
+        c->out_lent = 1;
+    }
+    out->len = 0;
+    rc = lmc_value_encode(L, c, 1, out, err, sizeof err);
+    if (rc == 0)
+        lua_pushlstring(L, out->data ? out->data : "", out->len);
+    if (out == &c->out) {
+        mc_buf_clear(out, LMC_OUT_KEEP);
+        c->out_lent = 0;
+    } else {
+        mc_buf_free(out);
+    }
+    if (rc) {
         lua_pushnil(L);
         lua_pushstring(L, err);
         return 2;
     }
-    lua_pushlstring(L, c->out.data ? c->out.data : "", c->out.len);
-    mc_buf_clear(&c->out, LMC_OUT_KEEP);
     return 1;
 }
 
@@ -755,6 +855,16 @@ void lmc_value_open(lua_State *L)
 
     new_metatable(L, LMC_MAP_MT);
     lua_setfield(L, mod, "map_mt");
+
+    /* Created now, so that a nested call does not have to. */
+    luaL_newmetatable(L, LMC_TMPZONE_MT);
+    lua_pushcfunction(L, tmp_zone_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, LMC_TMPBUF_MT);
+    lua_pushcfunction(L, tmp_buf_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
 
     /* The context is born empty with its __gc in place, so a failure while
      * allocating it cannot leak. */

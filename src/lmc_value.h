@@ -47,7 +47,9 @@ int lmc_value_encode(lua_State *L, lmc_vctx *c, int idx, mc_buf *out,
  * for malformed, truncated or trailing bytes, nesting deeper than
  * LMC_MAX_DEPTH, ext types, nil/NaN map keys. p need only live during the
  * call; no allocation is sized by a count the bytes declare before the bytes
- * are known to hold that many elements. */
+ * are known to hold that many elements.
+ * Re-entrant: a __gc finalizer run while the value is pushed may decode or
+ * encode with the same context. */
 int lmc_value_decode(lua_State *L, lmc_vctx *c, const char *p, size_t n,
                      char *err, size_t errlen);
 
