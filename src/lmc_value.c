@@ -50,7 +50,7 @@ struct lmc_vctx {
     const void *seen[LMC_MAX_DEPTH];
     /* Encoding error: the reason, and the path built while unwinding, filled
      * from the end of the buffer backwards so each level prepends cheaply. */
-    char reason[96];
+    char reason[128];
     char path[LMC_PATH_MAX];
     size_t pathstart;
     int pathcut;
@@ -64,6 +64,10 @@ struct lmc_vctx {
     int zone_lent;
     int out_lent;
 };
+
+/* Registry key of the weak-keyed table {array = length} (see lmc_value.h):
+ * its address is the key. */
+static const char arraylen_key = 'n';
 
 lmc_vctx *lmc_vctx_new(void)
 {
@@ -229,6 +233,73 @@ static int enc_key(lua_State *L, lmc_vctx *c, msgpack_packer *pk, int idx)
     }
 }
 
+/* Pushes the weak-keyed length table, or nil when lmc_value_open has not
+ * run in this Lua state. No allocation: a finalizer cannot run here. */
+static int push_lengths(lua_State *L)
+{
+    lua_pushlightuserdata(L, (void *)&arraylen_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    return lua_istable(L, -1);
+}
+
+/* The length recorded for the table at idx (absolute), or 0. */
+static size_t recorded_length(lua_State *L, int idx)
+{
+    size_t n = 0;
+    if (push_lengths(L)) {
+        lua_pushvalue(L, idx);
+        lua_rawget(L, -2);
+        if (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) > 0)
+            n = (size_t)lua_tonumber(L, -1);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return n;
+}
+
+/* The largest positive integer key of the table at idx (absolute), and how
+ * many positive integer keys it has. Needs 2 stack slots. */
+static size_t largest_index(lua_State *L, int idx, size_t *count)
+{
+    size_t max = 0;
+    *count = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) == LUA_TNUMBER && lua_isinteger(L, -1) && lmc_toint(L, -1) >= 1) {
+            unsigned long long k = (unsigned long long)lmc_toint(L, -1);
+            (*count)++;
+            if (k > max)
+                max = k > SIZE_MAX ? SIZE_MAX : (size_t)k;
+        }
+    }
+    return max;
+}
+
+/*
+ * How many elements a table carrying array_mt encodes: its recorded length
+ * (decoded arrays that held nil, memcached.array) or its largest positive
+ * integer key, whichever is larger, so that neither an element nor a
+ * trailing nil is lost (#t of a table with holes may be any border). A table
+ * with no recorded length that is mostly holes is refused, as lua-cjson
+ * refuses excessively sparse arrays (largest index > 10 and > 2x the
+ * elements): {[1e9] = 1} would otherwise write a billion nils.
+ */
+static int array_length(lua_State *L, lmc_vctx *c, int idx, size_t *n)
+{
+    size_t count, rec = recorded_length(L, idx);
+    size_t max = largest_index(L, idx, &count);
+
+    if (max > rec && max > 10 && max / 2 > count) {
+        snprintf(c->reason, sizeof c->reason,
+                 "sparse array (largest index %zu, %zu elements; see memcached.array)",
+                 max, count);
+        return -1;
+    }
+    *n = max > rec ? max : rec;
+    return 0;
+}
+
 static int enc_table(lua_State *L, lmc_vctx *c, msgpack_packer *pk, int idx, int depth)
 {
     const void *self = lua_topointer(L, idx);
@@ -256,8 +327,13 @@ static int enc_table(lua_State *L, lmc_vctx *c, msgpack_packer *pk, int idx, int
         else if (mt == c->map_mt)
             kind = TBL_MAP;
     }
-    n = lua_rawlen(L, idx);
     base = lua_gettop(L);
+    if (kind == TBL_ARRAY) {
+        if (array_length(L, c, idx, &n))
+            return -1;
+    } else {
+        n = lua_rawlen(L, idx);
+    }
 
     if (kind != TBL_ARRAY) {
         /* A map header needs the key count, and an array needs keys that
@@ -546,11 +622,19 @@ static int push_array(lua_State *L, lmc_vctx *c, const msgpack_object_array *a)
         lua_rawseti(L, -2, i + 1);
     }
     /* Without the mark these would come back as a map (empty, or keys that
-     * are not 1..n) when encoded again. */
+     * are not 1..n) when encoded again; without the length, an array ending
+     * in nil would lose its trailing nils. */
     if (n == 0 || holes) {
         luaL_getmetatable(L, LMC_ARRAY_MT);
         lua_setmetatable(L, -2);
     }
+    if (holes && push_lengths(L)) {
+        lua_pushvalue(L, -2);
+        lmc_pushint(L, n);
+        lua_rawset(L, -3);
+    }
+    if (holes)
+        lua_pop(L, 1);
     return DEC_OK;
 }
 
@@ -674,8 +758,9 @@ int lmc_value_decode(lua_State *L, lmc_vctx *c, const char *p, size_t n,
         e = DEC_TRUNC;
         break;
     default:
-        /* Each level holds a table and a key while its value is pushed. */
-        if (!lua_checkstack(L, 2 * LMC_MAX_DEPTH + 4)) {
+        /* Each level holds a table and a key while its value is pushed, the
+         * innermost array also the length table, a key and a value. */
+        if (!lua_checkstack(L, 2 * LMC_MAX_DEPTH + 8)) {
             e = DEC_STACK;
             break;
         }
@@ -821,6 +906,59 @@ static int l_decode(lua_State *L)
     return 1;
 }
 
+/* memcached.array(t [, n]) -> t */
+static int l_array(lua_State *L)
+{
+    size_t count, max;
+    lua_Integer n;
+
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 2);
+    if (lua_getmetatable(L, 1)) {
+        luaL_getmetatable(L, LMC_ARRAY_MT);
+        luaL_getmetatable(L, LMC_MAP_MT);
+        if (!lua_rawequal(L, -1, -3) && !lua_rawequal(L, -2, -3))
+            return luaL_argerror(L, 1, "table has another metatable");
+        lua_pop(L, 3);
+    }
+    max = largest_index(L, 1, &count);
+    if (lua_isnil(L, 2)) {
+        if (max > UINT32_MAX)
+            return luaL_argerror(L, 1, "largest index too large for a msgpack array");
+        n = (lua_Integer)max;
+    } else {
+        if (!lua_isinteger(L, 2))
+            return luaL_argerror(L, 2, "integer expected");
+        n = (lua_Integer)lmc_toint(L, 2);
+        if (n < 0 || n > (lua_Integer)UINT32_MAX)
+            return luaL_argerror(L, 2, "out of range (0..4294967295)");
+        if ((size_t)n < max)
+            return luaL_argerror(L, 2, "smaller than the table's largest index");
+    }
+    luaL_getmetatable(L, LMC_ARRAY_MT);
+    lua_setmetatable(L, 1);
+    if (push_lengths(L)) {
+        lua_pushvalue(L, 1);
+        lmc_pushint(L, n);
+        lua_rawset(L, -3);
+    }
+    lua_settop(L, 1);
+    return 1;
+}
+
+/* memcached.array_length(t) -> n | nil */
+static int l_array_length(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    if (push_lengths(L)) {
+        lua_pushvalue(L, 1);
+        lua_rawget(L, -2);
+        return 1;
+    }
+    lua_pushnil(L);
+    return 1;
+}
+
 static int l_ctx_gc(lua_State *L)
 {
     lmc_vctx **ud = (lmc_vctx **)lua_touserdata(L, 1);
@@ -855,6 +993,27 @@ void lmc_value_open(lua_State *L)
 
     new_metatable(L, LMC_MAP_MT);
     lua_setfield(L, mod, "map_mt");
+
+    /* Recorded array lengths, keyed weakly by the table: an entry goes
+     * with its table. Kept if the module is opened again. */
+    lua_pushlightuserdata(L, (void *)&arraylen_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushlightuserdata(L, (void *)&arraylen_key);
+        lua_newtable(L);
+        lua_newtable(L);
+        lua_pushliteral(L, "k");
+        lua_setfield(L, -2, "__mode");
+        lua_setmetatable(L, -2);
+        lua_rawset(L, LUA_REGISTRYINDEX);
+    } else {
+        lua_pop(L, 1);
+    }
+    lua_pushcfunction(L, l_array);
+    lua_setfield(L, mod, "array");
+    lua_pushcfunction(L, l_array_length);
+    lua_setfield(L, mod, "array_length");
 
     /* Created now, so that a nested call does not have to. */
     luaL_newmetatable(L, LMC_TMPZONE_MT);

@@ -47,7 +47,8 @@ int lmc_value_encode(lua_State *L, lmc_vctx *c, int idx, mc_buf *out,
  * for malformed, truncated or trailing bytes, nesting deeper than
  * LMC_MAX_DEPTH, ext types, nil/NaN map keys. p need only live during the
  * call; no allocation is sized by a count the bytes declare before the bytes
- * are known to hold that many elements.
+ * are known to hold that many elements. Arrays holding nil get
+ * LMC_ARRAY_MT and their length recorded (see lmc_value_open).
  * Re-entrant: a __gc finalizer run while the value is pushed may decode or
  * encode with the same context. */
 int lmc_value_decode(lua_State *L, lmc_vctx *c, const char *p, size_t n,
@@ -55,8 +56,12 @@ int lmc_value_decode(lua_State *L, lmc_vctx *c, const char *p, size_t n,
 
 /* Creates the metatables in the registry and sets, in the table at the top
  * of the stack: array_mt, map_mt, empty_array (a shared empty table with
- * array_mt), encode(value) -> bytes | nil, err and decode(bytes) -> value |
- * nil, err. */
+ * array_mt), encode(value) -> bytes | nil, err, decode(bytes) -> value |
+ * nil, err, array(t [, n]) -> t (gives t array_mt and records length n,
+ * default its largest positive integer key) and array_length(t) -> n | nil
+ * (the recorded length). Recorded lengths live in a weak-keyed registry
+ * table; a table with array_mt encodes max(recorded length, largest
+ * positive integer key) elements, nil for the missing ones. */
 void lmc_value_open(lua_State *L);
 
 #endif
