@@ -207,4 +207,91 @@ describe("value codec defects", function()
       assert(ok, err)
     end)
   end)
+  describe("decoded size budget", function()
+    -- n bytes of msgpack: an array holding n - 5 empty arrays, which cost
+    -- a 56-byte table and a 16-byte slot each in Lua
+    local function empty_arrays(n)
+      return "\xdd" .. string.pack(">I4", n - 5) .. string.rep("\x90", n - 5)
+    end
+
+    local function grown_kb(fn)
+      collectgarbage()
+      collectgarbage()
+      local before = collectgarbage("count")
+      local r = table.pack(fn())
+      local grown = collectgarbage("count") - before
+      return grown, table.unpack(r, 1, r.n)
+    end
+
+    it("refuses an 8 MB item of nested empty arrays before building it", function()
+      local bomb = empty_arrays(8 * 1024 * 1024)
+      local grown, v, err = grown_kb(function() return decode(bomb) end)
+      -- plain asserts: busted would print the whole decoded table
+      assert(v == nil, "the bomb decoded")
+      assert(err and err:find("decoded size budget", 1, true), err)
+      -- it would have taken ~576 MB
+      assert.is_true(grown < 1024, "Lua memory grew by " .. grown .. " KB")
+      -- maps of empty maps and arrays of one-element arrays too
+      local maps = "\xdf" .. string.pack(">I4", 2 ^ 20) .. string.rep("\x01\x80", 2 ^ 20)
+      for _, b in ipairs({ maps, ones }) do
+        local v2, err2 = decode(b)
+        assert(v2 == nil and err2 and err2:find("decoded size budget", 1, true), err2 or "decoded")
+      end
+      local ones = "\xdd" .. string.pack(">I4", 2 ^ 20) .. string.rep("\x91\x01", 2 ^ 20)
+    end)
+
+    it("still decodes legitimate values, large ones included", function()
+      local ints = {}
+      for i = 1, 500000 do ints[i] = i % 128 end
+      local maps = {}
+      for i = 1, 100000 do maps["k" .. i] = "v" .. i end
+      local nested = {}
+      for i = 1, 30000 do nested[i] = { i, { a = i, b = "x" .. i }, { "s", "t" } } end
+      local strings = {}
+      for i = 1, 50000 do strings[i] = string.format("%08d", i) end
+      local bools = {}
+      for i = 1, 300000 do bools[i] = i % 3 == 0 end
+      for _, v in ipairs({ ints, maps, nested, strings, bools }) do
+        local bytes = assert(encode(v))
+        local back, err = decode(bytes)
+        assert(back, err)
+        assert.same(v, back)
+      end
+      -- the fixed allowance: small values of the densest shapes decode
+      assert(decode(empty_arrays(14000)))
+      -- and the limit is where the budget says
+      local budget = 32 * 200000 + 1024 * 1024
+      local ok_n = 200000 -- 200000 bytes of 72 bytes each is over budget
+      assert.is_true(72 * ok_n > budget)
+      assert(decode(empty_arrays(ok_n)) == nil, "over budget, yet decoded")
+    end)
+
+    it("refuses such an item from a server with ERR_UNDECODABLE and loses nothing", function()
+      local srv = H.start_memcached()
+      local mc = assert(memcached.new(srv.addr))
+      local ok, err = pcall(function()
+        -- under memcached's 1 MB item limit, yet ~64 MB in Lua
+        local bomb = empty_arrays(900 * 1000)
+        assert(mc:set("before", { 1, 2, "three" }))
+        assert(mc:set_raw_data("bomb", bomb, 0, nil, 1))
+        local grown, v, gerr, detail = grown_kb(function() return mc:get("bomb") end)
+        assert(v == nil, "the bomb decoded")
+        assert.equal(memcached.ERR_UNDECODABLE, gerr)
+        assert.matches("decoded size budget", detail, 1, true)
+        assert.is_true(grown < 1024, "Lua memory grew by " .. grown .. " KB")
+        -- the connection and the other keys are fine
+        assert.same({ 1, 2, "three" }, (mc:get("before")))
+        local got, merr, failures = mc:get_multi({ "before", "bomb" })
+        assert.same({ 1, 2, "three" }, got.before)
+        assert(got.bomb == nil, "the bomb decoded")
+        assert.is_string(merr)
+        assert.equal(memcached.ERR_UNDECODABLE, failures.bomb)
+        assert(mc:set("after", "x"))
+        assert.equal("x", (mc:get("after")))
+      end)
+      mc:close()
+      srv.kill9()
+      assert(ok, err)
+    end)
+  end)
 end)

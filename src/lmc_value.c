@@ -480,7 +480,8 @@ enum {
     DEC_KEY,
     DEC_BIG,
     DEC_STACK,
-    DEC_NOMEM
+    DEC_NOMEM,
+    DEC_BUDGET
 };
 
 static uint16_t load_be16(const unsigned char *p)
@@ -494,7 +495,7 @@ static uint32_t load_be32(const unsigned char *p)
 }
 
 /* The guard's verdicts: SCAN_STOP means "let msgpack-c say what is wrong". */
-enum { SCAN_DONE, SCAN_STOP, SCAN_DEEP, SCAN_HUGE };
+enum { SCAN_DONE, SCAN_STOP, SCAN_DEEP, SCAN_HUGE, SCAN_BUDGET };
 
 /*
  * Untrusted bytes reach msgpack_unpack() only after this walk over their
@@ -511,13 +512,24 @@ enum { SCAN_DONE, SCAN_STOP, SCAN_DEEP, SCAN_HUGE };
  * byte. The walk reads no values. Where the bytes are malformed or end
  * inside a scalar it stops and leaves the verdict to msgpack-c, which stops
  * at the same byte, after the same, already checked, headers.
+ *
+ * It also adds up what the value will cost in Lua memory (LMC_COST_*) and
+ * refuses it (SCAN_BUDGET, *cost says how far it got) once that passes
+ * lmc_decode_budget(n): one byte of nested empty arrays would otherwise
+ * become a 56-byte table plus a 16-byte slot.
  */
-static int scan(const unsigned char *p, size_t n)
+static int scan(const unsigned char *p, size_t n, size_t *cost)
 {
     const unsigned char *end = p + n;
     size_t open[LMC_MAX_DEPTH]; /* elements not yet started, per container */
     size_t pending = 0;         /* their sum */
+    size_t budget = lmc_decode_budget(n);
     int top = 0;
+
+    /* Each addition is at most LMC_COST_TABLE + LMC_COST_ENTRY * 2^32 or
+     * LMC_COST_STR + the bytes left, checked against the budget at once,
+     * so *cost cannot wrap. */
+    *cost = 0;
 
     for (;;) {
         size_t left, skip = 0, lenbytes = 0, count = 0;
@@ -583,6 +595,10 @@ static int scan(const unsigned char *p, size_t n)
             }
             if (pending > left || count > left - pending)
                 return SCAN_HUGE;
+            /* count is now within the bytes left */
+            *cost += LMC_COST_TABLE + count * (kind == 2 ? LMC_COST_ENTRY / 2 : LMC_COST_SLOT);
+            if (*cost > budget)
+                return SCAN_BUDGET;
             if (count > 0) {
                 open[top++] = count;
                 pending += count;
@@ -591,6 +607,14 @@ static int scan(const unsigned char *p, size_t n)
             if (skip > left)
                 return SCAN_STOP;
             p += skip;
+            /* Lua interns short strings: the 257 of at most one byte cost
+             * nothing per copy. */
+            if (skip > 1 && (lenbytes || (b >= 0xa0 && b <= 0xbf)) && b != 0xc7 &&
+                b != 0xc8 && b != 0xc9) {
+                *cost += LMC_COST_STR + skip;
+                if (*cost > budget)
+                    return SCAN_BUDGET;
+            }
         }
         /* On to the next element, past the containers it completed. */
         while (top > 0 && open[top - 1] == 0)
@@ -746,16 +770,19 @@ int lmc_value_decode(lua_State *L, lmc_vctx *c, const char *p, size_t n,
     msgpack_object obj;
     msgpack_zone *zone = NULL;
     tmp_zone *tmp = NULL;
-    size_t off = 0;
+    size_t off = 0, cost = 0;
     int top = lua_gettop(L);
     int e;
 
-    switch (n == 0 ? SCAN_STOP : scan((const unsigned char *)p, n)) { /* p may be NULL */
+    switch (n == 0 ? SCAN_STOP : scan((const unsigned char *)p, n, &cost)) { /* p may be NULL */
     case SCAN_DEEP:
         e = DEC_DEEP;
         break;
     case SCAN_HUGE:
         e = DEC_TRUNC;
+        break;
+    case SCAN_BUDGET:
+        e = DEC_BUDGET;
         break;
     default:
         /* Each level holds a table and a key while its value is pushed, the
@@ -840,6 +867,12 @@ int lmc_value_decode(lua_State *L, lmc_vctx *c, const char *p, size_t n,
     case DEC_NOMEM:
         snprintf(err, errlen, "out of memory while decoding msgpack value");
         break;
+    case DEC_BUDGET:
+        snprintf(err, errlen,
+                 "msgpack value over the decoded size budget: %zu bytes would take more "
+                 "than %zu bytes of Lua memory (limit %dx + %zu KiB)",
+                 n, cost, LMC_BUDGET_RATIO, (size_t)LMC_BUDGET_BASE / 1024);
+        break;
     default:
         snprintf(err, errlen, "malformed msgpack value");
         break;
@@ -896,7 +929,7 @@ static int l_decode(lua_State *L)
     lmc_vctx *c = upvalue_ctx(L);
     size_t n;
     const char *p = luaL_checklstring(L, 1, &n);
-    char err[128];
+    char err[256];
 
     if (lmc_value_decode(L, c, p, n, err, sizeof err)) {
         lua_pushnil(L);
