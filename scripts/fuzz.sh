@@ -37,5 +37,6 @@ check() { # check NAME BUILD-ARGS...
 
 check fuzz_reader src/mc_proto.c src/mc_buf.c
 check fuzz_value src/lmc_value.c src/mc_buf.c -llua5.4 -lmsgpackc
+check fuzz_roundtrip src/lmc_value.c src/mc_buf.c -llua5.4 -lmsgpackc
 echo "1..$n"
 [ "$fail" -eq 0 ]
