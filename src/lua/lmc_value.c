@@ -8,6 +8,13 @@
  * the object tree into Lua values. It is the
  * obsolete-marked call, yet the only one in msgpack-c 4.0 that takes the
  * caller's zone: msgpack_unpack_next() frees and mallocs a zone per call.
+ *
+ * Re-entry: creating Lua tables and strings can run __gc finalizers, and a
+ * finalizer may decode or encode with the same context while the outer
+ * decode still reads its object tree from the zone. So the zone (and
+ * encode()'s output buffer) is lent for the duration of a call; a call that
+ * finds it lent uses a fresh one owned by a userdata on the Lua stack, which
+ * frees it even when a Lua error unwinds the call.
  */
 #include "lmc_value.h"
 
@@ -25,6 +32,9 @@
 
 #define LMC_PATH_MAX 200
 #define LMC_VCTX_MT "memcached.value_ctx"
+/* A fresh zone or output buffer for a call that finds the context's lent. */
+#define LMC_TMPZONE_MT "memcached.value_zone"
+#define LMC_TMPBUF_MT "memcached.value_buf"
 /* encode()'s output buffer gives back memory above this after each call. */
 #define LMC_OUT_KEEP (64 * 1024)
 
@@ -40,7 +50,7 @@ struct lmc_vctx {
     const void *seen[LMC_MAX_DEPTH];
     /* Encoding error: the reason, and the path built while unwinding, filled
      * from the end of the buffer backwards so each level prepends cheaply. */
-    char reason[96];
+    char reason[128];
     char path[LMC_PATH_MAX];
     size_t pathstart;
     int pathcut;
@@ -48,7 +58,16 @@ struct lmc_vctx {
      * type of a refused ext. */
     msgpack_zone zone;
     int ext;
+    /* A call is using zone / out: a nested call (from a finalizer) must
+     * not. A Lua error that unwinds the call leaves the flag set; later
+     * calls are then served by fresh ones (a malloc each), never wrongly. */
+    int zone_lent;
+    int out_lent;
 };
+
+/* Registry key of the weak-keyed table {array = length} (see lmc_value.h):
+ * its address is the key. */
+static const char arraylen_key = 'n';
 
 lmc_vctx *lmc_vctx_new(void)
 {
@@ -214,6 +233,73 @@ static int enc_key(lua_State *L, lmc_vctx *c, msgpack_packer *pk, int idx)
     }
 }
 
+/* Pushes the weak-keyed length table, or nil when lmc_value_open has not
+ * run in this Lua state. No allocation: a finalizer cannot run here. */
+static int push_lengths(lua_State *L)
+{
+    lua_pushlightuserdata(L, (void *)&arraylen_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    return lua_istable(L, -1);
+}
+
+/* The length recorded for the table at idx (absolute), or 0. */
+static size_t recorded_length(lua_State *L, int idx)
+{
+    size_t n = 0;
+    if (push_lengths(L)) {
+        lua_pushvalue(L, idx);
+        lua_rawget(L, -2);
+        if (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) > 0)
+            n = (size_t)lua_tonumber(L, -1);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return n;
+}
+
+/* The largest positive integer key of the table at idx (absolute), and how
+ * many positive integer keys it has. Needs 2 stack slots. */
+static size_t largest_index(lua_State *L, int idx, size_t *count)
+{
+    size_t max = 0;
+    *count = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) == LUA_TNUMBER && lua_isinteger(L, -1) && lmc_toint(L, -1) >= 1) {
+            unsigned long long k = (unsigned long long)lmc_toint(L, -1);
+            (*count)++;
+            if (k > max)
+                max = k > SIZE_MAX ? SIZE_MAX : (size_t)k;
+        }
+    }
+    return max;
+}
+
+/*
+ * How many elements a table carrying array_mt encodes: its recorded length
+ * (decoded arrays that held nil, memcached.array) or its largest positive
+ * integer key, whichever is larger, so that neither an element nor a
+ * trailing nil is lost (#t of a table with holes may be any border). A table
+ * with no recorded length that is mostly holes is refused, as lua-cjson
+ * refuses excessively sparse arrays (largest index > 10 and > 2x the
+ * elements): {[1e9] = 1} would otherwise write a billion nils.
+ */
+static int array_length(lua_State *L, lmc_vctx *c, int idx, size_t *n)
+{
+    size_t count, rec = recorded_length(L, idx);
+    size_t max = largest_index(L, idx, &count);
+
+    if (max > rec && max > 10 && max / 2 > count) {
+        snprintf(c->reason, sizeof c->reason,
+                 "sparse array (largest index %zu, %zu elements; see memcached.array)",
+                 max, count);
+        return -1;
+    }
+    *n = max > rec ? max : rec;
+    return 0;
+}
+
 static int enc_table(lua_State *L, lmc_vctx *c, msgpack_packer *pk, int idx, int depth)
 {
     const void *self = lua_topointer(L, idx);
@@ -241,8 +327,13 @@ static int enc_table(lua_State *L, lmc_vctx *c, msgpack_packer *pk, int idx, int
         else if (mt == c->map_mt)
             kind = TBL_MAP;
     }
-    n = lua_rawlen(L, idx);
     base = lua_gettop(L);
+    if (kind == TBL_ARRAY) {
+        if (array_length(L, c, idx, &n))
+            return -1;
+    } else {
+        n = lua_rawlen(L, idx);
+    }
 
     if (kind != TBL_ARRAY) {
         /* A map header needs the key count, and an array needs keys that
@@ -267,7 +358,7 @@ static int enc_table(lua_State *L, lmc_vctx *c, msgpack_packer *pk, int idx, int
         if (msgpack_pack_array(pk, n))
             return fail(c, "out of memory");
         for (k = 1; k <= n; k++) {
-            lua_rawgeti(L, idx, (lua_Integer)k);
+            lmc_rawgeti(L, idx, (lua_Integer)k);
             if (enc_value(L, c, pk, base + 1, depth)) {
                 path_index(c, (lua_Integer)k);
                 lua_settop(L, base);
@@ -389,7 +480,8 @@ enum {
     DEC_KEY,
     DEC_BIG,
     DEC_STACK,
-    DEC_NOMEM
+    DEC_NOMEM,
+    DEC_BUDGET
 };
 
 static uint16_t load_be16(const unsigned char *p)
@@ -403,7 +495,7 @@ static uint32_t load_be32(const unsigned char *p)
 }
 
 /* The guard's verdicts: SCAN_STOP means "let msgpack-c say what is wrong". */
-enum { SCAN_DONE, SCAN_STOP, SCAN_DEEP, SCAN_HUGE };
+enum { SCAN_DONE, SCAN_STOP, SCAN_DEEP, SCAN_HUGE, SCAN_BUDGET };
 
 /*
  * Untrusted bytes reach msgpack_unpack() only after this walk over their
@@ -420,13 +512,24 @@ enum { SCAN_DONE, SCAN_STOP, SCAN_DEEP, SCAN_HUGE };
  * byte. The walk reads no values. Where the bytes are malformed or end
  * inside a scalar it stops and leaves the verdict to msgpack-c, which stops
  * at the same byte, after the same, already checked, headers.
+ *
+ * It also adds up what the value will cost in Lua memory (LMC_COST_*) and
+ * refuses it (SCAN_BUDGET, *cost says how far it got) once that passes
+ * lmc_decode_budget(n): one byte of nested empty arrays would otherwise
+ * become a 56-byte table plus a 16-byte slot.
  */
-static int scan(const unsigned char *p, size_t n)
+static int scan(const unsigned char *p, size_t n, size_t *cost)
 {
     const unsigned char *end = p + n;
     size_t open[LMC_MAX_DEPTH]; /* elements not yet started, per container */
     size_t pending = 0;         /* their sum */
+    size_t budget = lmc_decode_budget(n);
     int top = 0;
+
+    /* Each addition is at most LMC_COST_TABLE + LMC_COST_ENTRY * 2^32 or
+     * LMC_COST_STR + the bytes left, checked against the budget at once,
+     * so *cost cannot wrap. */
+    *cost = 0;
 
     for (;;) {
         size_t left, skip = 0, lenbytes = 0, count = 0;
@@ -492,6 +595,10 @@ static int scan(const unsigned char *p, size_t n)
             }
             if (pending > left || count > left - pending)
                 return SCAN_HUGE;
+            /* count is now within the bytes left */
+            *cost += LMC_COST_TABLE + count * (kind == 2 ? LMC_COST_ENTRY / 2 : LMC_COST_SLOT);
+            if (*cost > budget)
+                return SCAN_BUDGET;
             if (count > 0) {
                 open[top++] = count;
                 pending += count;
@@ -500,6 +607,14 @@ static int scan(const unsigned char *p, size_t n)
             if (skip > left)
                 return SCAN_STOP;
             p += skip;
+            /* Lua interns short strings: the 257 of at most one byte cost
+             * nothing per copy. */
+            if (skip > 1 && (lenbytes || (b >= 0xa0 && b <= 0xbf)) && b != 0xc7 &&
+                b != 0xc8 && b != 0xc9) {
+                *cost += LMC_COST_STR + skip;
+                if (*cost > budget)
+                    return SCAN_BUDGET;
+            }
         }
         /* On to the next element, past the containers it completed. */
         while (top > 0 && open[top - 1] == 0)
@@ -531,11 +646,19 @@ static int push_array(lua_State *L, lmc_vctx *c, const msgpack_object_array *a)
         lua_rawseti(L, -2, i + 1);
     }
     /* Without the mark these would come back as a map (empty, or keys that
-     * are not 1..n) when encoded again. */
+     * are not 1..n) when encoded again; without the length, an array ending
+     * in nil would lose its trailing nils. */
     if (n == 0 || holes) {
         luaL_getmetatable(L, LMC_ARRAY_MT);
         lua_setmetatable(L, -2);
     }
+    if (holes && push_lengths(L)) {
+        lua_pushvalue(L, -2);
+        lmc_pushint(L, n);
+        lua_rawset(L, -3);
+    }
+    if (holes)
+        lua_pop(L, 1);
     return DEC_OK;
 }
 
@@ -600,31 +723,92 @@ static int push_object(lua_State *L, lmc_vctx *c, const msgpack_object *o)
     }
 }
 
+typedef struct tmp_zone {
+    msgpack_zone zone;
+    int live;
+} tmp_zone;
+
+static int tmp_zone_gc(lua_State *L)
+{
+    tmp_zone *t = lua_touserdata(L, 1);
+    if (t && t->live) {
+        t->live = 0;
+        msgpack_zone_destroy(&t->zone);
+    }
+    return 0;
+}
+
+static int tmp_buf_gc(lua_State *L)
+{
+    mc_buf *b = lua_touserdata(L, 1);
+    if (b)
+        mc_buf_free(b);
+    return 0;
+}
+
+/* Pushes a userdata of size n whose metatable (name, with gc as __gc) frees
+ * what it holds; zeroed before the metatable is set, so a failure later
+ * leaks nothing. */
+static void *push_owned(lua_State *L, size_t n, const char *name, lua_CFunction gc)
+{
+    void *p = lua_newuserdata(L, n);
+    memset(p, 0, n);
+    luaL_getmetatable(L, name);
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        luaL_newmetatable(L, name);
+        lua_pushcfunction(L, gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    return p;
+}
+
 int lmc_value_decode(lua_State *L, lmc_vctx *c, const char *p, size_t n,
                      char *err, size_t errlen)
 {
     msgpack_object obj;
-    size_t off = 0;
+    msgpack_zone *zone = NULL;
+    tmp_zone *tmp = NULL;
+    size_t off = 0, cost = 0;
     int top = lua_gettop(L);
     int e;
 
-    switch (n == 0 ? SCAN_STOP : scan((const unsigned char *)p, n)) { /* p may be NULL */
+    switch (n == 0 ? SCAN_STOP : scan((const unsigned char *)p, n, &cost)) { /* p may be NULL */
     case SCAN_DEEP:
         e = DEC_DEEP;
         break;
     case SCAN_HUGE:
         e = DEC_TRUNC;
         break;
+    case SCAN_BUDGET:
+        e = DEC_BUDGET;
+        break;
     default:
-        /* Each level holds a table and a key while its value is pushed. */
-        if (!lua_checkstack(L, 2 * LMC_MAX_DEPTH + 4)) {
+        /* Each level holds a table and a key while its value is pushed, the
+         * innermost array also the length table, a key and a value. */
+        if (!lua_checkstack(L, 2 * LMC_MAX_DEPTH + 8)) {
             e = DEC_STACK;
             break;
         }
-        /* Cleared before as well as after: a Lua error while pushing
-         * unwinds past the clear below. */
-        msgpack_zone_clear(&c->zone);
-        switch (msgpack_unpack(p, n, &off, &c->zone, &obj)) {
+        if (!c->zone_lent) {
+            zone = &c->zone;
+            c->zone_lent = 1;
+            /* Cleared before as well as after: a Lua error while pushing
+             * unwinds past the clear below. */
+            msgpack_zone_clear(zone);
+        } else {
+            /* Called from a finalizer while a decode that uses c->zone is
+             * still pushing its value (or one was unwound by an error). */
+            tmp = push_owned(L, sizeof *tmp, LMC_TMPZONE_MT, tmp_zone_gc);
+            if (!msgpack_zone_init(&tmp->zone, MSGPACK_ZONE_CHUNK_SIZE)) {
+                e = DEC_NOMEM;
+                break;
+            }
+            tmp->live = 1;
+            zone = &tmp->zone;
+        }
+        switch (msgpack_unpack(p, n, &off, zone, &obj)) {
         case MSGPACK_UNPACK_SUCCESS:
             e = push_object(L, c, &obj);
             break;
@@ -641,8 +825,17 @@ int lmc_value_decode(lua_State *L, lmc_vctx *c, const char *p, size_t n,
             e = DEC_BAD;
             break;
         }
-        /* Keeps only the first chunk: a big value's memory goes back now. */
-        msgpack_zone_clear(&c->zone);
+        if (tmp) {
+            tmp->live = 0;
+            msgpack_zone_destroy(&tmp->zone);
+            if (e == DEC_OK)
+                lua_remove(L, top + 1);
+        } else {
+            /* Keeps only the first chunk: a big value's memory goes back
+             * now. */
+            msgpack_zone_clear(zone);
+            c->zone_lent = 0;
+        }
         break;
     }
     if (e == DEC_OK)
@@ -674,6 +867,12 @@ int lmc_value_decode(lua_State *L, lmc_vctx *c, const char *p, size_t n,
     case DEC_NOMEM:
         snprintf(err, errlen, "out of memory while decoding msgpack value");
         break;
+    case DEC_BUDGET:
+        snprintf(err, errlen,
+                 "msgpack value over the decoded size budget: %zu bytes would take more "
+                 "than %zu bytes of Lua memory (limit %dx + %zu KiB)",
+                 n, cost, LMC_BUDGET_RATIO, (size_t)LMC_BUDGET_BASE / 1024);
+        break;
     default:
         snprintf(err, errlen, "malformed msgpack value");
         break;
@@ -689,20 +888,39 @@ static lmc_vctx *upvalue_ctx(lua_State *L)
     return *ud;
 }
 
+/* The output buffer is lent while the result is copied out: LuaJIT runs
+ * the collector (and so finalizers, which may encode) before it copies a
+ * new string. */
 static int l_encode(lua_State *L)
 {
     lmc_vctx *c = upvalue_ctx(L);
+    mc_buf *out;
     char err[256];
+    int rc;
 
     luaL_checkany(L, 1);
-    c->out.len = 0;
-    if (lmc_value_encode(L, c, 1, &c->out, err, sizeof err)) {
+    lua_settop(L, 1);
+    if (c->out_lent) {
+        out = push_owned(L, sizeof *out, LMC_TMPBUF_MT, tmp_buf_gc);
+    } else {
+        out = &c->out;
+        c->out_lent = 1;
+    }
+    out->len = 0;
+    rc = lmc_value_encode(L, c, 1, out, err, sizeof err);
+    if (rc == 0)
+        lua_pushlstring(L, out->data ? out->data : "", out->len);
+    if (out == &c->out) {
+        mc_buf_clear(out, LMC_OUT_KEEP);
+        c->out_lent = 0;
+    } else {
+        mc_buf_free(out);
+    }
+    if (rc) {
         lua_pushnil(L);
         lua_pushstring(L, err);
         return 2;
     }
-    lua_pushlstring(L, c->out.data ? c->out.data : "", c->out.len);
-    mc_buf_clear(&c->out, LMC_OUT_KEEP);
     return 1;
 }
 
@@ -711,13 +929,66 @@ static int l_decode(lua_State *L)
     lmc_vctx *c = upvalue_ctx(L);
     size_t n;
     const char *p = luaL_checklstring(L, 1, &n);
-    char err[128];
+    char err[256];
 
     if (lmc_value_decode(L, c, p, n, err, sizeof err)) {
         lua_pushnil(L);
         lua_pushstring(L, err);
         return 2;
     }
+    return 1;
+}
+
+/* memcached.array(t [, n]) -> t */
+static int l_array(lua_State *L)
+{
+    size_t count, max;
+    lua_Integer n;
+
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 2);
+    if (lua_getmetatable(L, 1)) {
+        luaL_getmetatable(L, LMC_ARRAY_MT);
+        luaL_getmetatable(L, LMC_MAP_MT);
+        if (!lua_rawequal(L, -1, -3) && !lua_rawequal(L, -2, -3))
+            return luaL_argerror(L, 1, "table has another metatable");
+        lua_pop(L, 3);
+    }
+    max = largest_index(L, 1, &count);
+    if (lua_isnil(L, 2)) {
+        if (max > UINT32_MAX)
+            return luaL_argerror(L, 1, "largest index too large for a msgpack array");
+        n = (lua_Integer)max;
+    } else {
+        if (!lua_isinteger(L, 2))
+            return luaL_argerror(L, 2, "integer expected");
+        n = (lua_Integer)lmc_toint(L, 2);
+        if (n < 0 || n > (lua_Integer)UINT32_MAX)
+            return luaL_argerror(L, 2, "out of range (0..4294967295)");
+        if ((size_t)n < max)
+            return luaL_argerror(L, 2, "smaller than the table's largest index");
+    }
+    luaL_getmetatable(L, LMC_ARRAY_MT);
+    lua_setmetatable(L, 1);
+    if (push_lengths(L)) {
+        lua_pushvalue(L, 1);
+        lmc_pushint(L, n);
+        lua_rawset(L, -3);
+    }
+    lua_settop(L, 1);
+    return 1;
+}
+
+/* memcached.array_length(t) -> n | nil */
+static int l_array_length(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    if (push_lengths(L)) {
+        lua_pushvalue(L, 1);
+        lua_rawget(L, -2);
+        return 1;
+    }
+    lua_pushnil(L);
     return 1;
 }
 
@@ -755,6 +1026,37 @@ void lmc_value_open(lua_State *L)
 
     new_metatable(L, LMC_MAP_MT);
     lua_setfield(L, mod, "map_mt");
+
+    /* Recorded array lengths, keyed weakly by the table: an entry goes
+     * with its table. Kept if the module is opened again. */
+    lua_pushlightuserdata(L, (void *)&arraylen_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushlightuserdata(L, (void *)&arraylen_key);
+        lua_newtable(L);
+        lua_newtable(L);
+        lua_pushliteral(L, "k");
+        lua_setfield(L, -2, "__mode");
+        lua_setmetatable(L, -2);
+        lua_rawset(L, LUA_REGISTRYINDEX);
+    } else {
+        lua_pop(L, 1);
+    }
+    lua_pushcfunction(L, l_array);
+    lua_setfield(L, mod, "array");
+    lua_pushcfunction(L, l_array_length);
+    lua_setfield(L, mod, "array_length");
+
+    /* Created now, so that a nested call does not have to. */
+    luaL_newmetatable(L, LMC_TMPZONE_MT);
+    lua_pushcfunction(L, tmp_zone_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, LMC_TMPBUF_MT);
+    lua_pushcfunction(L, tmp_buf_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
 
     /* The context is born empty with its __gc in place, so a failure while
      * allocating it cannot leak. */

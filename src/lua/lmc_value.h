@@ -20,6 +20,30 @@
  * be read back. */
 #define LMC_MAX_DEPTH 32
 
+/* The decoded-size budget: a value of n bytes is refused before msgpack-c
+ * unpacks it when the Lua memory it would take, estimated from its
+ * headers, passes LMC_BUDGET_RATIO * n + LMC_BUDGET_BASE bytes. The
+ * estimate (Lua 5.4, 64-bit): a table LMC_COST_TABLE, an array slot
+ * LMC_COST_SLOT, a map entry LMC_COST_ENTRY (node arrays are rounded up to a
+ * power of two), a string of 2 or more bytes LMC_COST_STR plus its length.
+ * Nested empty arrays cost 72 bytes per byte; arrays of small integers 16,
+ * maps of short strings 10-20, arrays of one-element arrays 44 (the densest
+ * usual shape: refused above about 85 KiB of it). */
+#define LMC_BUDGET_RATIO 32
+#define LMC_BUDGET_BASE ((size_t)1 << 20)
+#define LMC_COST_TABLE 56
+#define LMC_COST_SLOT 16
+#define LMC_COST_ENTRY 32
+#define LMC_COST_STR 24
+
+static inline size_t lmc_decode_budget(size_t n)
+{
+    size_t max = (size_t)-1;
+    if (n > (max - LMC_BUDGET_BASE) / LMC_BUDGET_RATIO)
+        return max;
+    return n * LMC_BUDGET_RATIO + LMC_BUDGET_BASE;
+}
+
 /* Registry names of the exported metatables (lua-cjson's model): a table
  * carrying array_mt encodes as a msgpack array (even when empty), one
  * carrying map_mt as a msgpack map. */
@@ -45,16 +69,24 @@ int lmc_value_encode(lua_State *L, lmc_vctx *c, int idx, mc_buf *out,
 /* Decodes exactly one msgpack object spanning all n bytes and pushes it.
  * Returns 0 (one value pushed), or -1 with a message in err (nothing pushed)
  * for malformed, truncated or trailing bytes, nesting deeper than
- * LMC_MAX_DEPTH, ext types, nil/NaN map keys. p need only live during the
- * call; no allocation is sized by a count the bytes declare before the bytes
- * are known to hold that many elements. */
+ * LMC_MAX_DEPTH, ext types, nil/NaN map keys, a value over the decoded-size
+ * budget (the message says "decoded size budget"). p need only live during
+ * the call; no allocation is sized by a count the bytes declare before the
+ * bytes are known to hold that many elements. Arrays holding nil get
+ * LMC_ARRAY_MT and their length recorded (see lmc_value_open).
+ * Re-entrant: a __gc finalizer run while the value is pushed may decode or
+ * encode with the same context. */
 int lmc_value_decode(lua_State *L, lmc_vctx *c, const char *p, size_t n,
                      char *err, size_t errlen);
 
 /* Creates the metatables in the registry and sets, in the table at the top
  * of the stack: array_mt, map_mt, empty_array (a shared empty table with
- * array_mt), encode(value) -> bytes | nil, err and decode(bytes) -> value |
- * nil, err. */
+ * array_mt), encode(value) -> bytes | nil, err, decode(bytes) -> value |
+ * nil, err, array(t [, n]) -> t (gives t array_mt and records length n,
+ * default its largest positive integer key) and array_length(t) -> n | nil
+ * (the recorded length). Recorded lengths live in a weak-keyed registry
+ * table; a table with array_mt encodes max(recorded length, largest
+ * positive integer key) elements, nil for the missing ones. */
 void lmc_value_open(lua_State *L);
 
 #endif

@@ -1,0 +1,297 @@
+-- Defects a hostile review found in the value codec (src/lmc_value.c), one
+-- describe each: re-entry from finalizers, arrays holding nil, and the
+-- decoded-size budget. Each fails against the code before its fix.
+local memcached = require "memcached"
+local H = require "spec.helper"
+
+local encode, decode = memcached.encode, memcached.decode
+
+-- msgpack bytes built by hand, so the specs do not trust our encoder.
+local function mp_array_header(n)
+  if n < 16 then return string.char(0x90 + n) end
+  if n < 65536 then return string.pack(">BI2", 0xdc, n) end
+  return string.pack(">BI4", 0xdd, n)
+end
+
+local function mp_str(s)
+  assert(#s < 32)
+  return string.char(0xa0 + #s) .. s
+end
+
+-- A big nested value: n arrays of 8 distinct strings and a map each, so
+-- that decoding allocates many Lua objects (and runs many GC steps).
+local function big_value(n)
+  local parts = { mp_array_header(n) }
+  for i = 1, n do
+    parts[#parts + 1] = "\x99" -- array of 9
+    for j = 1, 8 do
+      parts[#parts + 1] = mp_str(string.format("s%d_%d", i, j))
+    end
+    parts[#parts + 1] = "\x81" .. mp_str("k") .. "\xcd" .. string.pack(">I2", i)
+  end
+  return table.concat(parts)
+end
+
+local function check_big(v, n)
+  assert.equal(n, #v)
+  for i = 1, n do
+    local row = v[i]
+    assert(type(row) == "table" and #row == 9, "row " .. i .. " damaged")
+    for j = 1, 8 do
+      assert(row[j] == string.format("s%d_%d", i, j), "row " .. i .. " element " .. j .. " damaged")
+    end
+    assert(row[9].k == i, "row " .. i .. " map damaged")
+  end
+end
+
+describe("value codec defects", function()
+  describe("re-entry from finalizers", function()
+    local inner = "\x93\xa3abc\x92\x01\x02\x81\xa1x\xc3"
+
+    -- Makes garbage whose finalizers call decode and encode, then decodes a
+    -- big value while the collector runs them. The finalizers fill the
+    -- module's shared msgpack zone with their own objects.
+    local function run(mode, n)
+      local fin_runs, fin_bad = 0, 0
+      local mt = {
+        __gc = function()
+          fin_runs = fin_runs + 1
+          for _ = 1, 4 do
+            local v = decode(inner)
+            if not (v and v[1] == "abc" and v[2][2] == 2 and v[3].x == true) then
+              fin_bad = fin_bad + 1
+            end
+            local b = encode({ "finalizer", { 1, 2, 3 }, k = "v" })
+            if not b or not decode(b) then fin_bad = fin_bad + 1 end
+          end
+        end,
+      }
+      local bytes = big_value(n)
+      collectgarbage(mode)
+      -- a short pause: a new cycle (and its finalizers) starts at once
+      if mode == "incremental" then collectgarbage("incremental", 100, 100) end
+      local ok, err = pcall(function()
+        for round = 1, 6 do
+          for _ = 1, 4000 do setmetatable({}, mt) end
+          local v, derr = decode(bytes)
+          assert(v, derr)
+          check_big(v, n)
+          assert(round) -- keeps the loop variable used
+        end
+      end)
+      collectgarbage("incremental", 200, 100) -- Lua 5.4's defaults
+      collectgarbage()
+      assert(ok, err)
+      assert.equal(0, fin_bad)
+      assert.is_true(fin_runs > 0, "no finalizer ran during the decodes")
+    end
+
+    it("keeps the outer value intact when finalizers decode (generational)", function()
+      run("generational", 3000)
+    end)
+
+    it("keeps the outer value intact when finalizers decode (incremental)", function()
+      run("incremental", 3000)
+    end)
+  end)
+
+  describe("arrays holding nil", function()
+    -- msgpack array of n elements, element i nil when bit i-1 of mask is set
+    local function nil_pattern(n, mask)
+      local parts = { mp_array_header(n) }
+      for i = 1, n do
+        parts[i + 1] = (mask >> (i - 1)) & 1 == 1 and "\xc0" or mp_str("e" .. i)
+      end
+      return table.concat(parts)
+    end
+
+    it("re-encodes every nil pattern of arrays of length 2..15 byte for byte", function()
+      local lost, checked = 0, 0
+      for n = 2, 15 do
+        for mask = 0, (1 << n) - 1 do
+          local bytes = nil_pattern(n, mask)
+          local v = assert(decode(bytes))
+          for i = 1, n do
+            assert(v[i] == ((mask >> (i - 1)) & 1 == 0 and ("e" .. i) or nil))
+          end
+          if encode(v) ~= bytes then lost = lost + 1 end
+          checked = checked + 1
+        end
+      end
+      assert.equal(65532, checked)
+      assert.equal(0, lost)
+    end)
+
+    it("records the length of decoded arrays that hold nil, and only of those", function()
+      local v = decode("\x95\xc0\xc0\xa7keep me\xc0\xc0")
+      assert.equal(5, memcached.array_length(v))
+      assert.equal(memcached.array_mt, getmetatable(v))
+      assert.equal("\x95\xc0\xc0\xa7keep me\xc0\xc0", encode(v))
+      assert.is_nil(memcached.array_length(decode("\x92\x01\x02")))
+      assert.is_nil(memcached.array_length(decode("\x90")))
+      -- nested: each inner array keeps its own length
+      local nested = "\x92\x93\xc0\x01\xc0\x81\xa1k\x94\xc0\xc0\xc0\xc0"
+      assert.equal(nested, encode(decode(nested)))
+    end)
+
+    it("keeps elements added after decoding, and refuses excessively sparse arrays", function()
+      local v = decode("\x93\xc0\x01\xc0")
+      v[5] = "x"
+      assert.equal("\x95\xc0\x01\xc0\xc0\xa1x", encode(v))
+      -- a table marked array_mt by hand: every element, never a border of #t
+      local t = setmetatable({}, memcached.array_mt)
+      t[2], t[4] = "b", "d"
+      assert.equal("\x94\xc0\xa1b\xc0\xa1d", encode(t))
+      local bytes, err = encode({ a = setmetatable({ [1000000] = 1 }, memcached.array_mt) })
+      assert.is_nil(bytes)
+      assert.matches("sparse array (largest index 1000000, 1 elements; see memcached.array) at value.a", err, 1, true)
+      -- with a length given, it is what the user asked for
+      assert.equal(1000000, #assert(decode(assert(encode(memcached.array({ [1000000] = 1 }))))))
+    end)
+
+    it("lets a user set the length: trailing nils and empty arrays", function()
+      local t = { "a", nil, "c" }
+      assert.equal(t, memcached.array(t, 5))
+      assert.equal(memcached.array_mt, getmetatable(t))
+      assert.equal(5, memcached.array_length(t))
+      assert.equal("\x95\xa1a\xc0\xa1c\xc0\xc0", encode(t))
+      -- default: the largest positive integer key
+      local u = memcached.array({ [3] = true, x = "ignored" })
+      assert.equal(3, memcached.array_length(u))
+      assert.equal("\x93\xc0\xc0\xc3", encode(u))
+      assert.equal("\x90", encode(memcached.array({})))
+      assert.equal("\x92\xc0\xc0", encode(memcached.array({}, 2)))
+      -- a map_mt table may be turned into an array
+      assert.equal("\x91\x01", encode(memcached.array(setmetatable({ 1 }, memcached.map_mt))))
+      -- the length never hides an element
+      assert.has_error(function() memcached.array({ 1, 2, 3 }, 2) end)
+      assert.has_error(function() memcached.array({}, -1) end)
+      assert.has_error(function() memcached.array({}, 1.5) end)
+      assert.has_error(function() memcached.array(setmetatable({}, {})) end)
+      assert.has_error(function() memcached.array("x") end)
+      assert.is_nil(memcached.array_length({}))
+      -- a recorded length goes with its table
+      local weak = setmetatable({}, { __mode = "k" })
+      weak[memcached.array({}, 3)] = true
+      collectgarbage()
+      collectgarbage()
+      assert.is_nil(next(weak))
+    end)
+
+    it("keeps every element through get and compare_and_swap", function()
+      local srv = H.start_memcached()
+      local mc = assert(memcached.new(srv.addr))
+      -- reads items as bytes: its msgpack flag is one nobody uses
+      local raw = assert(memcached.new { servers = { srv.addr }, msgpack_flag = 0x7777 })
+      local ok, err = pcall(function()
+        local patterns = 0
+        for n = 2, 15 do
+          -- every pattern of the short arrays, a spread of the long ones
+          local step = n <= 8 and 1 or 97
+          for mask = 0, (1 << n) - 1, step do
+            local bytes = nil_pattern(n, mask)
+            assert(mc:set_raw_data("holes", bytes, 0, nil, 1))
+            local v, cas = mc:get("holes")
+            assert(type(v) == "table", cas)
+            assert(mc:compare_and_swap("holes", v, cas))
+            local back, _, flags = raw:get("holes")
+            assert(flags == 1 and back == bytes, "pattern " .. n .. "/" .. mask .. " changed")
+            patterns = patterns + 1
+          end
+        end
+        assert(patterns > 1000)
+      end)
+      mc:close()
+      raw:close()
+      srv.kill9()
+      assert(ok, err)
+    end)
+  end)
+  describe("decoded size budget", function()
+    -- n bytes of msgpack: an array holding n - 5 empty arrays, which cost
+    -- a 56-byte table and a 16-byte slot each in Lua
+    local function empty_arrays(n)
+      return "\xdd" .. string.pack(">I4", n - 5) .. string.rep("\x90", n - 5)
+    end
+
+    local function grown_kb(fn)
+      collectgarbage()
+      collectgarbage()
+      local before = collectgarbage("count")
+      local r = table.pack(fn())
+      local grown = collectgarbage("count") - before
+      return grown, table.unpack(r, 1, r.n)
+    end
+
+    it("refuses an 8 MB item of nested empty arrays before building it", function()
+      local bomb = empty_arrays(8 * 1024 * 1024)
+      local grown, v, err = grown_kb(function() return decode(bomb) end)
+      -- plain asserts: busted would print the whole decoded table
+      assert(v == nil, "the bomb decoded")
+      assert(err and err:find("decoded size budget", 1, true), err)
+      -- it would have taken ~576 MB
+      assert.is_true(grown < 1024, "Lua memory grew by " .. grown .. " KB")
+      -- maps of empty maps and arrays of one-element arrays too
+      local maps = "\xdf" .. string.pack(">I4", 2 ^ 20) .. string.rep("\x01\x80", 2 ^ 20)
+      for _, b in ipairs({ maps, ones }) do
+        local v2, err2 = decode(b)
+        assert(v2 == nil and err2 and err2:find("decoded size budget", 1, true), err2 or "decoded")
+      end
+      local ones = "\xdd" .. string.pack(">I4", 2 ^ 20) .. string.rep("\x91\x01", 2 ^ 20)
+    end)
+
+    it("still decodes legitimate values, large ones included", function()
+      local ints = {}
+      for i = 1, 500000 do ints[i] = i % 128 end
+      local maps = {}
+      for i = 1, 100000 do maps["k" .. i] = "v" .. i end
+      local nested = {}
+      for i = 1, 30000 do nested[i] = { i, { a = i, b = "x" .. i }, { "s", "t" } } end
+      local strings = {}
+      for i = 1, 50000 do strings[i] = string.format("%08d", i) end
+      local bools = {}
+      for i = 1, 300000 do bools[i] = i % 3 == 0 end
+      for _, v in ipairs({ ints, maps, nested, strings, bools }) do
+        local bytes = assert(encode(v))
+        local back, err = decode(bytes)
+        assert(back, err)
+        assert.same(v, back)
+      end
+      -- the fixed allowance: small values of the densest shapes decode
+      assert(decode(empty_arrays(14000)))
+      -- and the limit is where the budget says
+      local budget = 32 * 200000 + 1024 * 1024
+      local ok_n = 200000 -- 200000 bytes of 72 bytes each is over budget
+      assert.is_true(72 * ok_n > budget)
+      assert(decode(empty_arrays(ok_n)) == nil, "over budget, yet decoded")
+    end)
+
+    it("refuses such an item from a server with ERR_UNDECODABLE and loses nothing", function()
+      local srv = H.start_memcached()
+      local mc = assert(memcached.new(srv.addr))
+      local ok, err = pcall(function()
+        -- under memcached's 1 MB item limit, yet ~64 MB in Lua
+        local bomb = empty_arrays(900 * 1000)
+        assert(mc:set("before", { 1, 2, "three" }))
+        assert(mc:set_raw_data("bomb", bomb, 0, nil, 1))
+        local grown, v, gerr, detail = grown_kb(function() return mc:get("bomb") end)
+        assert(v == nil, "the bomb decoded")
+        assert.equal(memcached.ERR_UNDECODABLE, gerr)
+        assert.matches("decoded size budget", detail, 1, true)
+        assert.is_true(grown < 1024, "Lua memory grew by " .. grown .. " KB")
+        -- the connection and the other keys are fine
+        assert.same({ 1, 2, "three" }, (mc:get("before")))
+        local got, merr, failures = mc:get_multi({ "before", "bomb" })
+        assert.same({ 1, 2, "three" }, got.before)
+        assert(got.bomb == nil, "the bomb decoded")
+        assert.is_string(merr)
+        assert.equal(memcached.ERR_UNDECODABLE, failures.bomb)
+        assert(mc:set("after", "x"))
+        assert.equal("x", (mc:get("after")))
+      end)
+      mc:close()
+      srv.kill9()
+      assert(ok, err)
+    end)
+  end)
+end)
