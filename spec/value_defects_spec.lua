@@ -231,13 +231,14 @@ describe("value codec defects", function()
       assert(err and err:find("decoded size budget", 1, true), err)
       -- it would have taken ~576 MB
       assert.is_true(grown < 1024, "Lua memory grew by " .. grown .. " KB")
-      -- maps of empty maps and arrays of one-element arrays too
-      local maps = "\xdf" .. string.pack(">I4", 2 ^ 20) .. string.rep("\x01\x80", 2 ^ 20)
-      for _, b in ipairs({ maps, ones }) do
+      -- arrays of empty maps, and arrays nested one inside the next (the
+      -- msgpack-c depth limit aside: 30 levels of 0x91, then empty), too
+      local maps = "\xdd" .. string.pack(">I4", 2 ^ 22) .. string.rep("\x80", 2 ^ 22)
+      local deep = "\xdd" .. string.pack(">I4", 2 ^ 17) .. string.rep(string.rep("\x91", 30) .. "\x90", 2 ^ 17)
+      for _, b in ipairs({ maps, deep }) do
         local v2, err2 = decode(b)
         assert(v2 == nil and err2 and err2:find("decoded size budget", 1, true), err2 or "decoded")
       end
-      local ones = "\xdd" .. string.pack(">I4", 2 ^ 20) .. string.rep("\x91\x01", 2 ^ 20)
     end)
 
     it("still decodes legitimate values, large ones included", function()
@@ -260,10 +261,19 @@ describe("value codec defects", function()
       -- the fixed allowance: small values of the densest shapes decode
       assert(decode(empty_arrays(14000)))
       -- and the limit is where the budget says
-      local budget = 32 * 200000 + 1024 * 1024
+      local budget = 48 * 200000 + 1024 * 1024
       local ok_n = 200000 -- 200000 bytes of 72 bytes each is over budget
       assert.is_true(72 * ok_n > budget)
       assert(decode(empty_arrays(ok_n)) == nil, "over budget, yet decoded")
+      -- lists of small tuples (one and two elements, 44x and 35x) are
+      -- ordinary data: they decode at any size
+      local pairs_, ones = {}, {}
+      for i = 1, 200000 do pairs_[i] = { i % 100, i % 7 }; ones[i] = { i % 100 } end
+      for _, v in ipairs { pairs_, ones } do
+        local back = assert(decode(assert(encode(v))))
+        assert.same(v[199999], back[199999])
+        assert.are.equal(#v, #back)
+      end
     end)
 
     it("refuses such an item from a server with ERR_UNDECODABLE and loses nothing", function()

@@ -29,7 +29,7 @@
  * Nested empty arrays cost 72 bytes per byte; arrays of small integers 16,
  * maps of short strings 10-20, arrays of one-element arrays 44 (the densest
  * usual shape: refused above about 85 KiB of it). */
-#define LMC_BUDGET_RATIO 32
+#define LMC_BUDGET_RATIO 48
 #define LMC_BUDGET_BASE ((size_t)1 << 20)
 #define LMC_COST_TABLE 56
 #define LMC_COST_SLOT 16
