@@ -72,11 +72,11 @@ spec/helpers/ketama_ref.bin: spec/helpers/ketama_ref.c
 spec/helpers/select_dump.bin: spec/helpers/select_dump.c src/core/mc_select.c src/core/mc_select.h
 	$(CC) $(CFLAGS) $(WARN) -Isrc/core -o $@ $< src/core/mc_select.c
 
-spec/c/test_select.bin: spec/c/test_select.c src/core/mc_select.c src/core/mc_select.h
+spec/c/test_select.bin: spec/c/test_select.c spec/c/check.h src/core/mc_select.c src/core/mc_select.h
 	$(CC) $(CFLAGS) $(WARN) -Isrc/core -o $@ $< src/core/mc_select.c
 
 RULES_SRC = src/core/mc_item.c src/core/mc_error.c
-spec/c/test_rules.bin: spec/c/test_rules.c $(RULES_SRC) $(wildcard src/core/*.h)
+spec/c/test_rules.bin: spec/c/test_rules.c spec/c/check.h $(RULES_SRC) $(wildcard src/core/*.h)
 	$(CC) $(CFLAGS) $(WARN) -Isrc/core -o $@ $< $(RULES_SRC)
 
 deps:

@@ -190,6 +190,29 @@ function H.start_fault(mode, arg)
   return f
 end
 
+-- Runs src in a child Lua with the build under test (make asan's too: the
+-- child inherits LD_PRELOAD and MEMCACHED_SO_DIR), so that a crash fails
+-- one spec instead of ending the run; a small heap there also lets the
+-- collector run hard and fast. src sees `memcached` and, in `...`, the
+-- extra arguments. Returns what it printed and whether it exited cleanly.
+function H.child_lua(src, ...)
+  local script = os.tmpname()
+  local f = assert(io.open(script, "w"))
+  f:write([[
+    local dir = ...
+    package.cpath = (os.getenv("MEMCACHED_SO_DIR") or dir) .. "/?.so;" .. dir .. "/?.so;" .. package.cpath
+    local memcached = require "memcached"
+    local function args(_, ...) return ... end
+  ]], "return (function(...)\n", src, "\nend)(args(...))\n")
+  f:close()
+  local argv = { root == "" and "." or root, ... }
+  local p = io.popen(string.format("lua5.4 %s %s 2>&1", script, table.concat(argv, " ")))
+  local out = p:read("a")
+  local ok = p:close()
+  os.remove(script)
+  return out, ok
+end
+
 -- Elapsed seconds of fn().
 function H.timed(fn)
   local t = socket.gettime()

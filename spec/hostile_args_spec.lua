@@ -5,26 +5,7 @@
 local H = require "spec.helper"
 local memcached = H.memcached
 
--- Runs src in a child Lua with the build under test (make asan's too: the
--- child inherits LD_PRELOAD and MEMCACHED_SO_DIR), so that a crash fails
--- this spec instead of ending the run. Returns what it printed and whether
--- it exited cleanly.
-local function child(src, ...)
-  local script = os.tmpname()
-  local f = assert(io.open(script, "w"))
-  f:write([[
-    local dir = ...
-    package.cpath = (os.getenv("MEMCACHED_SO_DIR") or dir) .. "/?.so;" .. dir .. "/?.so;" .. package.cpath
-    local memcached = require "memcached"
-  ]], src)
-  f:close()
-  local args = { H.root == "" and "." or H.root, ... }
-  local p = io.popen(string.format("lua5.4 %s %s 2>&1", script, table.concat(args, " ")))
-  local out = p:read("a")
-  local ok = p:close()
-  os.remove(script)
-  return out, ok
-end
+local child = H.child_lua
 
 describe("server lists that change while they are read", function()
   local srv
@@ -38,7 +19,7 @@ describe("server lists that change while they are read", function()
   -- wrote past the buffer sized by the first read.
   it("an entry that answers differently on a second read", function()
     local out, ok = child([[
-      local addr = select(2, ...)
+      local addr = ...
       local asked = 0
       local e = { addr }
       for i = 2, 2000 do e[i] = "127.0.0.1:" .. (10000 + i) end
@@ -68,7 +49,7 @@ describe("server lists that change while they are read", function()
 
   it("an entry whose __index appends to the list being read", function()
     local out, ok = child([[
-      local addr = select(2, ...)
+      local addr = ...
       local list = { addr }
       local e = setmetatable({ addr }, { __index = function(_, k)
         for i = 1, 500 do list[#list + 1] = "127.0.0.1:" .. (20000 + i) end
@@ -91,7 +72,7 @@ describe("server lists that change while they are read", function()
   -- window was one allocation wide), so the two above are the guard.
   it("finalizers that grow the list while it is copied change nothing read", function()
     local out, ok = child([[
-      local addr = select(2, ...)
+      local addr = ...
       collectgarbage("incremental", 1, 1000)
       for round = 1, 30 do
         local list = {}

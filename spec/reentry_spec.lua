@@ -139,12 +139,8 @@ describe("re-entrant calls", function()
   -- Run in a child Lua (a small heap, so the collector can run hard and
   -- fast); under make asan it inherits the sanitizer and the build.
   it("finalizers that rewrite the caller's tables during get_multi, delete_multi and set_multi free nothing the call uses", function()
-    local script = os.tmpname()
-    local f = assert(io.open(script, "w"))
-    f:write([=[
-      local dir, addr = ...
-      package.cpath = (os.getenv("MEMCACHED_SO_DIR") or dir) .. "/?.so;" .. dir .. "/?.so;" .. package.cpath
-      local memcached = require "memcached"
+    local out, ok = H.child_lua([=[
+      local addr = ...
       local mc = assert(memcached.new(addr))
       local N = 300
       local function key(i) return ("K"):rep(60) .. i end
@@ -193,13 +189,7 @@ describe("re-entrant calls", function()
         end
       end
       print("ok")
-    ]=])
-    f:close()
-    local root = debug.getinfo(1, "S").source:match("^@(.*)spec/[^/]*$") or "./"
-    local p = io.popen(string.format("lua5.4 %s %s %s 2>&1", script, root == "" and "." or root, srv.addr))
-    local out = p:read("a")
-    local ok = p:close()
-    os.remove(script)
+    ]=], srv.addr)
     assert.is_true(ok, out)
     assert.are.equal("ok\n", out)
   end)

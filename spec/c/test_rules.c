@@ -12,19 +12,7 @@
 #include "mc_key.h"
 #include "mc_proto.h"
 
-static int passed, failed;
-
-#define CHECK(cond, ...)                                                     \
-    do {                                                                     \
-        if (cond) {                                                          \
-            passed++;                                                        \
-        } else {                                                             \
-            failed++;                                                        \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                      \
-            printf(__VA_ARGS__);                                             \
-            printf("\n");                                                    \
-        }                                                                    \
-    } while (0)
+#include "check.h"
 
 /* The rule byte by byte, as gomemcache writes it: the reference that the
  * word-at-a-time mc_key_ok must agree with. */
@@ -138,6 +126,5 @@ int main(void)
     test_statuses();
     test_lock();
     test_errors();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed != 0;
+    return CHECK_REPORT();
 }
