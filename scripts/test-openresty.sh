@@ -3,7 +3,10 @@
 # libnginx-mod-http-lua, OpenResty's LuaJIT):
 #
 #   - builds the C module for LuaJIT into build/luajit;
-#   - starts two throwaway memcached servers (and one on a unix socket) and spec/fault_server.lua
+#   - starts two throwaway memcached servers (and one on a unix socket), one
+#     that demands SASL authentication (memcached -S), one that tests.lua
+#     restarts (kill -9, restarted at once on its port, by
+#     spec/nginx/restart_memcached.sh), and spec/fault_server.lua
 #     instances (silent, wrong opaque, truncated, huge, closing, late) on free
 #     loopback ports, plus one port nobody listens on;
 #   - runs nginx (one process, in the foreground) from spec/nginx/nginx.conf.in
@@ -44,6 +47,8 @@ cleanup() {
     for p in "${pids[@]}"; do
         kill "$p" 2>/dev/null || true
     done
+    # the restarted memcached's latest pid (nginx started it)
+    [ -s "$TMP/restart.pid" ] && kill "$(cat "$TMP/restart.pid")" 2>/dev/null || true
     for p in "${pids[@]}"; do
         wait "$p" 2>/dev/null || true
     done
@@ -91,6 +96,17 @@ SOCK=$TMP/memcached.sock
 pids+=($!)
 for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
 [ -S "$SOCK" ] || { echo "memcached on $SOCK did not start" >&2; exit 1; }
+# memcached -S: SASL_CONF_PATH names a dir holding memcached.conf (as
+# spec/helper.lua's start_memcached_sasl); it answers every request but
+# version with status 0x20 and closes the connection
+mkdir "$TMP/sasl"
+printf 'mech_list: plain\nsasldb_path: %s/sasl/sasldb\n' "$TMP" >"$TMP/sasl/memcached.conf"
+SASL=$(free_port)
+SASL_CONF_PATH=$TMP/sasl start "$SASL" memcached "${MC_USER[@]}" -S -l 127.0.0.1 -p "$SASL" -U 0 -t 1
+# memcached that tests.lua kills (-9) and restarts on the same port
+RESTART=$(free_port)
+RESTART_CMD="$ROOT/spec/nginx/restart_memcached.sh $RESTART $TMP/restart.pid $TMP/servers.log"
+$RESTART_CMD || { echo "memcached on $RESTART did not start" >&2; exit 1; }
 declare -A FAULT
 for mode in silent wrong_opaque truncated huge close other_key opaque; do
     FAULT[$mode]=$(free_port)
@@ -141,6 +157,7 @@ sed -e "s|@TMP@|$TMP|g" -e "s|@ROOT@|$ROOT|g" -e "s|@PORT@|$PORT|g" \
     -e "s|@HANG1@|$HANG1|g" -e "s|@HANG2@|$HANG2|g" -e "s|@HANG3@|$HANG3|g" \
     -e "s|@STRAY@|${FAULT[stray]}|g" -e "s|@OTHER_KEY@|${FAULT[other_key]}|g" \
     -e "s|@OPAQUE@|${FAULT[opaque]}|g" -e "s|@LIMIT@|$LIMIT|g" \
+    -e "s|@SASL@|$SASL|g" -e "s|@RESTART@|$RESTART|g" -e "s|@RESTART_CMD@|$RESTART_CMD|g" \
     spec/nginx/nginx.conf.in >"$TMP/nginx.conf"
 start "$PORT" nginx -p "$TMP" -c "$TMP/nginx.conf" -e "$TMP/error.log"
 URL=http://127.0.0.1:$PORT

@@ -345,6 +345,154 @@ local function run()
   ok(before and after and after - before <= 2, "connections are reused from the pool",
      show(before, after))
 
+  -- memcached -S answers every request but version with status 0x20 and
+  -- closes the connection: the driver closes its cosocket too (pooling it
+  -- made the next call on it "connection closed"), so every call is
+  -- ERR_AUTH, and every key of a batch sent there
+  local SASL = var.sasl
+  local auth = assert(resty_memcached.new { servers = { SASL }, timeout = 0.5 })
+  for _, c in ipairs {
+    { "get", function() return auth:get("k") end },
+    { "get again", function() return auth:get("k") end },
+    { "set", function() return auth:set("k", 1) end },
+    { "set again", function() return auth:set("k", 1) end },
+    { "add", function() return auth:add("k", 1) end },
+    { "get_and_touch", function() return auth:get_and_touch("k", 60) end },
+    { "touch", function() return auth:touch("k", 60) end },
+    { "append", function() return auth:append("k", "x") end },
+    { "delete", function() return auth:delete("k") end },
+    { "increment", function() return auth:increment("k", 1) end },
+    { "get once more", function() return auth:get("k") end },
+  } do
+    is("memcached -S: " .. c[1] .. " is ERR_AUTH", { nil, E.ERR_AUTH }, c[2]())
+  end
+  local _, _, adetail = auth:get("k")
+  ok(type(adetail) == "string" and adetail:find(SASL, 1, true) and adetail:lower():find("auth"),
+     "memcached -S: the detail names the server and the auth status", show(adetail))
+  for i = 1, 2 do
+    local av, aerr, afail = auth:get_multi { "a", "b", "c" }
+    ok(deep_eq(av, {}) and aerr == E.ERR_AUTH and afail and afail.a == E.ERR_AUTH
+       and afail.b == E.ERR_AUTH and afail.c == E.ERR_AUTH,
+       "memcached -S: get_multi fails every key with ERR_AUTH (" .. i .. ")",
+       show(av, aerr, afail and afail.a, afail and afail.b, afail and afail.c))
+  end
+  local mixed = assert(resty_memcached.new { servers = { MC1, SASL }, timeout = 0.5 })
+  local mkeys, mwant, on_sasl = {}, {}, 0
+  for i = 1, 20 do
+    local k = "sasl:" .. i
+    mkeys[i] = k
+    if mixed:pick_server(k) == MC1 then
+      mwant[k] = i
+      mixed:set(k, i)
+    else
+      on_sasl = on_sasl + 1
+    end
+  end
+  for i = 1, 2 do
+    local mv, merr, mfail = mixed:get_multi(mkeys)
+    local nauth, nother = 0, 0
+    for _, e in pairs(mfail or {}) do
+      if e == E.ERR_AUTH then nauth = nauth + 1 else nother = nother + 1 end
+    end
+    ok(deep_eq(mv, mwant) and merr == E.ERR_AUTH and nauth == on_sasl and nother == 0
+       and on_sasl > 0, "memcached -S next to a plain server: get_multi (" .. i .. ")",
+       show(merr, nauth, on_sasl, nother))
+  end
+  is("memcached -S: flush_all is ERR_AUTH", { nil, E.ERR_AUTH }, auth:flush_all())
+  is("memcached -S: ping is ERR_AUTH", { nil, E.ERR_AUTH }, auth:ping())
+  is("memcached -S: ping again is ERR_AUTH", { nil, E.ERR_AUTH }, auth:ping())
+  local sver, sverr = auth:version()
+  ok(sver and type(sver[SASL]) == "string" and sverr == nil,
+     "memcached -S answers version unauthenticated", show(sver, sverr))
+  is("memcached -S: a get after version is ERR_AUTH", { nil, E.ERR_AUTH }, auth:get("k"))
+
+  -- a server killed (-9) and restarted at once on the same port: the
+  -- worker's pooled cosockets to it are dead. os.execute blocks the worker,
+  -- so nginx has not yet seen their close when the next call takes one
+  -- from the pool (as when a worker is busy, or the close is still on the
+  -- wire). A request safe to send twice is sent once more on a fresh
+  -- cosocket; one that is not (add, counters, a cas, ...) fails.
+  local RESTART = var.restart
+  local rc = assert(resty_memcached.new { servers = { RESTART }, timeout = 0.5 })
+  local function restart()
+    local st = os.execute(var.restart_cmd)
+    assert(st == 0 or st == true, "restart_memcached.sh failed")
+  end
+  -- fn runs on a pooled cosocket whose server was just restarted
+  local function after_restart(name, want, fn)
+    rc:set("warm", 1)
+    restart()
+    return is("after a restart: " .. name, want, fn())
+  end
+  local function typed(t, ...) return type((...)) == t, select(2, ...) end
+  after_restart("get is resent", { nil, E.ERR_CACHE_MISS }, function() return rc:get("r") end)
+  after_restart("set is resent", { true }, function() return typed("number", rc:set("r", "v")) end)
+  is("... and stored its value", { "v" }, rc:get("r"))
+  after_restart("set_raw_data is resent", { true },
+    function() return typed("number", rc:set_raw_data("r", "raw")) end)
+  after_restart("get_and_touch is resent", { nil, E.ERR_CACHE_MISS },
+    function() return rc:get_and_touch("r", 60) end)
+  after_restart("touch is resent", { nil, E.ERR_CACHE_MISS }, function() return rc:touch("r", 60) end)
+  after_restart("get_multi is resent", { true, true }, function()
+    local v, err = rc:get_multi { "a", "b" }
+    return deep_eq(v, {}), err == nil, err
+  end)
+  after_restart("ping is resent", { true }, function() return rc:ping() end)
+  after_restart("flush_all is resent", { true }, function() return rc:flush_all() end)
+  after_restart("flush is resent", { true }, function() return rc:flush(0) end)
+  after_restart("version is resent", { true, true }, function()
+    local v, err = rc:version()
+    return type(v) == "table" and type(v[RESTART]) == "string", err == nil, err
+  end)
+  local rcas = rc:set("c", 1)
+  for _, c in ipairs {
+    { "add", function() return rc:add("u", 1) end },
+    { "replace", function() return rc:replace("u", 1) end },
+    { "append", function() return rc:append("u", "x") end },
+    { "prepend", function() return rc:prepend("u", "x") end },
+    { "compare_and_swap", function() return rc:compare_and_swap("c", 2, rcas) end },
+    { "set with a cas", function() return rc:set("c", 2, 0, rcas) end },
+    { "increment", function() return rc:increment("u", 1, 5) end },
+    { "decrement", function() return rc:decrement("u", 1, 5) end },
+    { "delete", function() return rc:delete("u") end },
+  } do
+    after_restart(c[1] .. " is not resent", { nil, E.ERR_CONNECTION_CLOSED }, c[2])
+  end
+  is("... and none of them ran", { nil, E.ERR_CACHE_MISS }, rc:get("u"))
+  -- two dead cosockets in the pool: the resend must not take the other one
+  local function two_pooled()
+    local t1 = ngx.thread.spawn(function() return rc:get("warm") end)
+    local t2 = ngx.thread.spawn(function() return rc:get("warm") end)
+    ngx.thread.wait(t1)
+    ngx.thread.wait(t2)
+  end
+  rc:set("warm", 1)
+  two_pooled()
+  restart()
+  is("after a restart with two pooled cosockets: get is resent on a fresh one",
+     { nil, E.ERR_CACHE_MISS }, rc:get("r"))
+  two_pooled()
+  restart()
+  is("... and get_multi", { true, true }, (function()
+    local v, err = rc:get_multi { "a" }
+    return deep_eq(v, {}), err == nil, err
+  end)())
+  -- a batch over two servers, one restarted: its part is resent
+  local rc2 = assert(resty_memcached.new { servers = { MC1, RESTART }, timeout = 0.5 })
+  local rkeys, rwant, on_restart = {}, {}, 0
+  for i = 1, 20 do
+    local k = "restart:" .. i
+    rkeys[i] = k
+    if rc2:pick_server(k) == MC1 then rwant[k] = i else on_restart = on_restart + 1 end
+    rc2:set(k, i)
+  end
+  rc2:get_multi(rkeys) -- both servers' cosockets pooled
+  restart()
+  local rv, rerr, rfail = rc2:get_multi(rkeys)
+  ok(on_restart > 0 and deep_eq(rv, rwant) and rerr == nil,
+     "after a restart: get_multi over two servers resends the restarted one's part",
+     show(on_restart, rerr, rfail and next(rfail)))
+
   -- closing
   is("close", { true }, mc:close())
   is("close again", { true }, mc:close())
