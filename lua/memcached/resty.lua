@@ -9,7 +9,11 @@
 --
 -- A connection goes back to nginx's keepalive pool only after a whole reply
 -- was read; any error or timeout closes it, so no caller ever reads a reply
--- meant for another. Every reply's opaque and opcode are checked, and an
+-- meant for another. An auth-status reply (memcached -S, which closes the
+-- connection after it) closes it too. A request that is safe to send twice
+-- and fails on a pooled connection before any byte of its reply (the
+-- server closed it meanwhile: restarted, idle timeout) is sent once more on
+-- a fresh connection, as the C client does. Every reply's opaque and opcode are checked, and an
 -- item's reply must name its key (GETK, GATK). A client's opaques start at
 -- a random value (pooled connections are shared by clients), so a reply
 -- nobody asked for cannot guess them.
@@ -37,6 +41,7 @@ local mt = { __index = _M }
 local E_MISS, E_CAS, E_NOT_STORED = _M.ERR_CACHE_MISS, _M.ERR_CAS_CONFLICT, _M.ERR_NOT_STORED
 local E_SERVER, E_KEY, E_PROTOCOL = _M.ERR_SERVER_ERROR, _M.ERR_MALFORMED_KEY, _M.ERR_PROTOCOL
 local E_CLOSED, E_CLIENT_CLOSED = _M.ERR_CONNECTION_CLOSED, _M.ERR_CLIENT_CLOSED
+local E_AUTH = _M.ERR_AUTH
 local CLOSED_DETAIL = "the client was closed"
 local KEY_DETAIL = "keys are 1 to 250 bytes without spaces or control characters"
 local U32 = 4294967295
@@ -56,10 +61,20 @@ local function status_err(kind, st)
   elseif st == ST.NOT_STORED then return E_NOT_STORED
   elseif st == ST.E2BIG then return _M.ERR_VALUE_TOO_LARGE
   elseif st == ST.DELTA_BADVAL then return _M.ERR_NON_NUMERIC
-  elseif st == ST.AUTH_ERROR or st == ST.AUTH_CONTINUE then return _M.ERR_AUTH
+  elseif st == ST.AUTH_ERROR or st == ST.AUTH_CONTINUE then return E_AUTH
   end
   return E_SERVER
 end
+
+-- memcached -S answers an unauthenticated request with an auth status and
+-- closes the connection: such a cosocket must be closed, not pooled.
+local function is_auth(st)
+  return st == ST.AUTH_ERROR or st == ST.AUTH_CONTINUE
+end
+
+-- How a pooled cosocket whose server closed it meanwhile fails (send, or
+-- the first read of the reply).
+local STALE = { closed = true, ["connection reset by peer"] = true, ["broken pipe"] = true }
 
 -- Cosocket errors -> ERR_*; a reset or a broken pipe is a closed connection,
 -- as for the C client.
@@ -166,23 +181,38 @@ local function set_left(sock, connect_ms, dl)
 end
 
 -- Connects (or reuses a pooled connection) and sends data. Returns the
--- socket, or nil, err, detail.
-local function send_to(self, addr, data, dl)
-  local sock = ngx_socket_tcp()
-  set_left(sock, self.connect_ms, dl)
+-- socket and whether it came from the pool; or nil, err, detail, stale
+-- (stale: a pooled connection the server had closed, so nothing was sent).
+-- fresh: a new connection, not a pooled one. The pooled ones taken on the
+-- way are closed: after a pooled connection turned out closed they are
+-- likely closed too (a restarted server), as the C client closes the
+-- server's other idle connections then. Each pass removes one from the
+-- pool without yielding, so the loop ends.
+local function send_to(self, addr, data, dl, fresh)
   local host, port = split_addr(addr)
   local popts = { pool = "memcached:" .. addr, pool_size = self.pool_size }
-  local ok, err
-  if port then ok, err = sock:connect(host, port, popts) else ok, err = sock:connect(host, popts) end
-  if not ok then return sock_fail(nil, addr, "connect", err) end
+  local sock, reused, ok, err
+  repeat
+    sock = ngx_socket_tcp()
+    set_left(sock, self.connect_ms, dl)
+    if port then ok, err = sock:connect(host, port, popts) else ok, err = sock:connect(host, popts) end
+    if not ok then return sock_fail(nil, addr, "connect", err) end
+    reused = (sock:getreusedtimes() or 0) > 0
+    if fresh and reused then sock:close() end
+  until not (fresh and reused)
   ok, err = sock:send(data)
-  if not ok then return sock_fail(sock, addr, "send", err) end
-  return sock
+  if not ok then
+    local stale = reused and STALE[err] or nil
+    local _, e, detail = sock_fail(sock, addr, "send", err)
+    return nil, e, detail, stale
+  end
+  return sock, reused
 end
 
 -- Reads exactly one reply, the header and then exactly its body, so that
 -- nothing past it is taken from the socket. Returns the reply, or nil, err,
--- detail with the socket closed.
+-- detail, stale with the socket closed (stale: closed or reset before any
+-- byte of the reply came).
 local function read_reply(sock, r, addr, dl)
   set_left(sock, nil, dl)
   local hdr, err, partial = sock:receive(HEADER_LEN)
@@ -196,7 +226,8 @@ local function read_reply(sock, r, addr, dl)
         return nil, E_SERVER, addr .. ": " .. perr
       end
     end
-    return sock_fail(sock, addr, "receive", err)
+    local _, e, detail = sock_fail(sock, addr, "receive", err)
+    return nil, e, detail, (partial == nil or partial == "") and STALE[err] or nil
   end
   r:feed(hdr)
   local res, perr, kind = r:get()
@@ -229,10 +260,24 @@ local function read_reply(sock, r, addr, dl)
     addr .. ": " .. tostring(perr or "short reply")
 end
 
+-- Sends data and reads one reply. Returns the reply and the socket; or nil,
+-- err, detail, stale (stale: a pooled connection that the server had
+-- closed failed before any byte of the reply).
+local function roundtrip(self, addr, data, r, dl, fresh)
+  local sock, reused, detail, stale = send_to(self, addr, data, dl, fresh)
+  if not sock then return nil, reused, detail, stale end
+  local res, err
+  res, err, detail, stale = read_reply(sock, r, addr, dl)
+  if not res then return nil, err, detail, reused and stale or nil end
+  return res, sock
+end
+
 -- One request to the server of key, framed by enc(op, opaque, ...).
 -- Returns the reply (status OK) and the address, or nil, err, detail with a
--- non-OK status mapped as `kind` says.
-local function call(self, key, kind, enc, op, ...)
+-- non-OK status mapped as `kind` says. safe: the request may be sent twice
+-- (README, Connections), so a pooled connection found closed gets it once
+-- more on a fresh one.
+local function call(self, key, kind, safe, enc, op, ...)
   if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
   if not key_ok(key) then return nil, E_KEY, KEY_DETAIL end
   local addr, err, detail = self.placer:pick_server(key)
@@ -240,14 +285,16 @@ local function call(self, key, kind, enc, op, ...)
   ngx_update_time()
   local dl = ngx_now() + self.io_timeout
   local opaque = next_opaques(self, 1)
-  local sock
-  sock, err, detail = send_to(self, addr, enc(op, opaque, ...), dl)
-  if not sock then return nil, err, detail end
+  local data = enc(op, opaque, ...)
   local r = take_reader(self)
-  local res
-  res, err, detail = read_reply(sock, r, addr, dl)
+  local res, sock, stale
+  res, sock, detail, stale = roundtrip(self, addr, data, r, dl)
+  if not res and stale and safe then
+    r:reset()
+    res, sock, detail = roundtrip(self, addr, data, r, dl, true)
+  end
   give_reader(self, r)
-  if not res then return nil, err, detail end
+  if not res then return nil, sock, detail end
   if res.opcode ~= op or res.opaque ~= opaque then
     sock:close()
     return nil, E_PROTOCOL, ("%s: reply opcode %d opaque %d to request opcode %d opaque %d")
@@ -259,9 +306,13 @@ local function call(self, key, kind, enc, op, ...)
     sock:close()
     return nil, E_PROTOCOL, addr .. ": reply names another key than the request's"
   end
+  local msg = res.status ~= ST.OK and res.value ~= "" and ": " .. sub(res.value, 1, 120) or ""
+  if is_auth(res.status) then
+    sock:close() -- the server closes it after this reply
+    return nil, E_AUTH, addr .. ": " .. status_str(res.status) .. msg
+  end
   sock:setkeepalive(self.keepalive_ms, self.pool_size)
   if res.status ~= ST.OK then
-    local msg = res.value ~= "" and ": " .. sub(res.value, 1, 120) or ""
     return nil, status_err(kind, res.status), addr .. ": " .. status_str(res.status) .. msg
   end
   return res, addr
@@ -281,8 +332,8 @@ local function key_op(self, op, key, exptime)
   check_key(key)
   opt_uint(2, "expiration", exptime, U32)
   local res, addr, detail
-  if op == OP.GETK then res, addr, detail = call(self, key, K_GET, c_get, op, key)
-  else res, addr, detail = call(self, key, K_GET, c_touch, op, key, exptime) end
+  if op == OP.GETK then res, addr, detail = call(self, key, K_GET, true, c_get, op, key)
+  else res, addr, detail = call(self, key, K_GET, true, c_touch, op, key, exptime) end
   if not res then return nil, addr, detail end
   if op == OP.TOUCH then return true end
   if is_lock(res) then return nil, E_MISS end
@@ -323,7 +374,10 @@ local function store(self, op, kind, raw, is_cas, key, value, a3, a4, flags)
     if not value then return nil, _M.ERR_UNENCODABLE, err end
     flags = self.mp_flag
   end
-  local res, addr, detail = call(self, key, kind, c_store, op, cas, key, flags, exptime, value)
+  -- only a plain set may run twice (add/replace/a cas could fail or win
+  -- against the first try's effect)
+  local safe = op == OP.SET and (cas or 0) == 0
+  local res, addr, detail = call(self, key, kind, safe, c_store, op, cas, key, flags, exptime, value)
   if not res then return nil, addr, detail end
   return res.cas
 end
@@ -343,7 +397,7 @@ local function concat_op(self, op, key, bytes, cas)
     error("bad argument #2 (bytes): string expected, got " .. type(bytes), 3)
   end
   opt_uint(3, "cas", cas)
-  local res, addr, detail = call(self, key, K_REPLACE, c_concat, op, cas, key, bytes)
+  local res, addr, detail = call(self, key, K_REPLACE, false, c_concat, op, cas, key, bytes)
   if not res then return nil, addr, detail end
   return res.cas
 end
@@ -356,7 +410,7 @@ function _M.delete(self, key, cas)
   check_key(key)
   opt_uint(2, "cas", cas)
   local kind = (cas or 0) ~= 0 and K_REPLACE or K_GET
-  local res, err, detail = call(self, key, kind, c_delete, OP.DELETE, cas, key)
+  local res, err, detail = call(self, key, kind, false, c_delete, OP.DELETE, cas, key)
   if not res then return nil, err, detail end
   return true
 end
@@ -372,12 +426,12 @@ local function arith(self, op, key, delta, initial, exptime)
   opt_uint(3, "initial", initial)
   opt_uint(4, "expiration", exptime, U32)
   local exp = initial and (exptime or 0) or NO_CREATE
-  local res, addr, detail = call(self, key, K_GET, c_arith, op, key, delta, initial, exp)
+  local res, addr, detail = call(self, key, K_GET, false, c_arith, op, key, delta, initial, exp)
   if not res then
     local err = addr
     if err == _M.ERR_NON_NUMERIC then
       -- a delete_lock marker is not a number either, but reads as a miss
-      local g = call(self, key, K_GET, c_get, OP.GETK, key)
+      local g = call(self, key, K_GET, true, c_get, OP.GETK, key)
       if g and is_lock(g) then return nil, E_MISS, "the key is locked by delete_lock" end
       detail = "the item is not a decimal number"
     end
@@ -393,39 +447,57 @@ end
 function _M.increment(self, key, delta, initial, exptime) return arith(self, OP.INCREMENT, key, delta, initial, exptime) end
 function _M.decrement(self, key, delta, initial, exptime) return arith(self, OP.DECREMENT, key, delta, initial, exptime) end
 
+-- Sends batch b (sets b.sock, b.reused); a pooled connection found closed
+-- gets it once more on a fresh one when safe. Returns nil, or err, detail.
+local function send_batch(self, b, dl, safe)
+  local sock, x, detail, stale = send_to(self, b.addr, b.data, dl)
+  if not sock and stale and safe then
+    b.resent = true
+    sock, x, detail = send_to(self, b.addr, b.data, dl, true)
+  end
+  b.sock = sock
+  if not sock then return x, detail end
+  b.reused = x
+end
+
 -- Batches over several servers: each batch {addr =, data =, last =} is sent
 -- whole, every server before any reply is read; then each server's replies
 -- are read until the one whose opaque is `last`. on_reply(b, res) returns
--- true (keep reading), or nil, err, detail (a reply not ours: the socket is
--- closed). on_fail(b, err, detail) hears of each server that failed.
-local function run_batches(self, batches, on_reply, on_fail)
+-- true (keep reading), or nil, err, detail (a reply not ours, or an auth
+-- status: the socket is closed). on_fail(b, err, detail) hears of each
+-- server that failed. safe: every request of the batches may be sent twice,
+-- so a batch whose pooled connection turns out closed before any byte of
+-- its replies is sent once more on a fresh one.
+local function run_batches(self, batches, safe, on_reply, on_fail)
   ngx_update_time()
   local dl = ngx_now() + self.io_timeout
   if #batches == 1 then
     local b = batches[1]
-    local err, detail
-    b.sock, err, detail = send_to(self, b.addr, b.data, dl)
-    if not b.sock then on_fail(b, err, detail) end
+    local err, detail = send_batch(self, b, dl, safe)
+    if err then on_fail(b, err, detail) end
   else
     -- connect to and write every server at once, one light thread each, so
     -- that servers that hang cost one connect timeout, not one each
     local threads = {}
     for i, b in ipairs(batches) do
-      threads[i] = ngx_thread_spawn(send_to, self, b.addr, b.data, dl)
+      threads[i] = ngx_thread_spawn(send_batch, self, b, dl, safe)
     end
     for i, b in ipairs(batches) do
-      local ok, sock, err, detail = ngx_thread_wait(threads[i])
-      if not ok then sock, err, detail = nil, _M.ERR_IO, b.addr .. ": " .. tostring(sock) end
-      b.sock = sock
-      if not sock then on_fail(b, err, detail) end
+      local ok, err, detail = ngx_thread_wait(threads[i])
+      if not ok then
+        if b.sock then b.sock:close() end
+        b.sock, err, detail = nil, _M.ERR_IO, b.addr .. ": " .. tostring(err)
+      end
+      if err then on_fail(b, err, detail) end
     end
   end
   local r = take_reader(self)
   for _, b in ipairs(batches) do
-    local sock = b.sock
+    local sock, replied = b.sock, false
     while sock do
-      local res, err, detail = read_reply(sock, r, b.addr, dl)
+      local res, err, detail, stale = read_reply(sock, r, b.addr, dl)
       if res then
+        replied = true
         local mine
         mine, err, detail = on_reply(b, res)
         if not mine then sock:close()
@@ -433,6 +505,12 @@ local function run_batches(self, batches, on_reply, on_fail)
           sock:setkeepalive(self.keepalive_ms, self.pool_size)
           break
         end
+      elseif stale and safe and b.reused and not replied and not b.resent then
+        -- a pooled connection the server had closed: once more on a fresh one
+        b.resent = true
+        r:reset()
+        sock, err, detail = send_to(self, b.addr, b.data, dl, true)
+        if sock then err = nil end
       end
       if err then
         r:reset()
@@ -484,7 +562,7 @@ function _M.get_multi(self, keys)
     b.parts[#b.parts + 1] = c_simple(OP.NOOP, b.last)
     b.data = concat(b.parts)
   end
-  run_batches(self, batches, function(b, res)
+  run_batches(self, batches, true, function(b, res)
     if res.opaque == b.last and res.opcode == OP.NOOP then
       if b.pos <= #b.order then
         return nil, E_PROTOCOL, b.addr .. ": the batch ended with requests unanswered"
@@ -496,6 +574,11 @@ function _M.get_multi(self, keys)
     if not k or res.opaque ~= b.order[b.pos] or res.opcode ~= OP.GETK
         or (res.key ~= k and (res.key ~= "" or res.status == ST.OK)) then
       return nil, E_PROTOCOL, b.addr .. ": a reply that answers no request of this batch, in order"
+    end
+    if is_auth(res.status) then
+      -- memcached -S closes the connection after this reply: this key and
+      -- every other key of the batch fail with ERR_AUTH (on_fail)
+      return nil, E_AUTH, b.addr .. ": " .. status_str(res.status)
     end
     b.waiting[res.opaque] = nil
     b.pos = b.pos + 1
@@ -546,9 +629,13 @@ local function each_server(self, enc, op, arg)
     first = first or err
     failures[b.addr] = detail
   end
-  run_batches(self, batches, function(b, res)
+  -- flush, ping and version may all be sent twice
+  run_batches(self, batches, true, function(b, res)
     if res.opaque ~= b.last or res.opcode ~= op then
       return nil, E_PROTOCOL, b.addr .. ": reply opcode " .. res.opcode .. " opaque " .. res.opaque
+    end
+    if is_auth(res.status) then -- the server closes the connection after it
+      return nil, E_AUTH, b.addr .. ": " .. status_str(res.status)
     end
     if res.status == ST.OK then values[b.addr] = res.value
     else failed(b, status_err(K_OTHER, res.status), b.addr .. ": " .. status_str(res.status)) end
