@@ -9,29 +9,41 @@
 set -u
 port=$1 pidfile=$2 log=$3
 shift 3
-# run from nginx, this shell holds copies of the worker's sockets (listener,
-# cosockets): memcached must not keep them open
-for fd in /proc/$$/fd/*; do
-    fd=${fd##*/}
-    [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-" 2>/dev/null
-done
+
+accepts() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
+state() { sed -n 's/^[0-9]* (.*) \(.\).*/\1/p' "/proc/$1/stat" 2>/dev/null; }
+
 if [ -s "$pidfile" ]; then
     old=$(cat "$pidfile")
     kill -9 "$old" 2>/dev/null
-    # gone or a zombie: its sockets are closed, the port is free
+    # gone or a zombie (its sockets closed), and nothing listens any more
     for _ in $(seq 500); do
-        state=$(sed -n 's/^[0-9]* (.*) \(.\).*/\1/p' "/proc/$old/stat" 2>/dev/null)
-        [ -z "$state" ] || [ "$state" = Z ] && break
+        s=$(state "$old")
+        { [ -z "$s" ] || [ "$s" = Z ]; } && ! accepts && break
         sleep 0.01
     done
 fi
 user=()
 [ "$(id -u)" = 0 ] && user=(-u root)
-memcached "${user[@]}" -l 127.0.0.1 -p "$port" -U 0 -t 1 "$@" </dev/null >>"$log" 2>&1 &
-echo $! >"$pidfile"
-for _ in $(seq 250); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && exit 0
-    sleep 0.02
+for _ in 1 2 3; do
+    # run from nginx, this shell holds copies of the worker's sockets
+    # (listener, cosockets): the subshell closes them before memcached
+    # starts, so that they close when nginx closes them
+    (
+        for fd in /proc/$BASHPID/fd/*; do
+            fd=${fd##*/}
+            [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-" 2>/dev/null
+        done
+        exec memcached "${user[@]}" -l 127.0.0.1 -p "$port" -U 0 -t 1 "$@" </dev/null >>"$log" 2>&1
+    ) &
+    new=$!
+    echo "$new" >"$pidfile"
+    for _ in $(seq 250); do
+        s=$(state "$new")
+        { [ -z "$s" ] || [ "$s" = Z ]; } && break # did not start (port still taken?)
+        accepts && exit 0
+        sleep 0.02
+    done
 done
 echo "memcached on $port did not start" >&2
 exit 1
