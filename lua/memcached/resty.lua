@@ -13,10 +13,10 @@
 -- connection after it) closes it too. A request that is safe to send twice
 -- and fails on a pooled connection before any byte of its reply (the
 -- server closed it meanwhile: restarted, idle timeout) is sent once more on
--- a fresh connection, as the C client does. Every reply's opaque and opcode are checked, and an
--- item's reply must name its key (GETK, GATK). A client's opaques start at
--- a random value (pooled connections are shared by clients), so a reply
--- nobody asked for cannot guess them.
+-- a fresh connection, as the C client does. Every reply's opaque and
+-- opcode are checked, and an item's reply must name its key (GETK, GATK).
+-- A client's opaques start at a random value (pooled connections are
+-- shared by clients), so a reply nobody asked for cannot guess them.
 local memcached = require "memcached"
 
 local codec = memcached.codec
@@ -275,7 +275,7 @@ end
 -- One request to the server of key, framed by enc(op, opaque, ...).
 -- Returns the reply (status OK) and the address, or nil, err, detail with a
 -- non-OK status mapped as `kind` says. safe: the request may be sent twice
--- (README, Connections), so a pooled connection found closed gets it once
+-- (README, Errors), so a pooled connection found closed gets it once
 -- more on a fresh one.
 local function call(self, key, kind, safe, enc, op, ...)
   if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
