@@ -36,7 +36,7 @@ check() { # check NAME BUILD-ARGS...
 }
 
 check fuzz_reader src/core/mc_proto.c src/core/mc_buf.c
-check fuzz_value src/lua/lmc_value.c src/core/mc_buf.c -llua5.4 -lmsgpackc
-check fuzz_roundtrip src/lua/lmc_value.c src/core/mc_buf.c -llua5.4 -lmsgpackc
+check fuzz_value src/lua/lmc_value.c src/lua/lmc_encode.c src/lua/lmc_decode.c src/core/mc_buf.c -llua5.4 -lmsgpackc
+check fuzz_roundtrip src/lua/lmc_value.c src/lua/lmc_encode.c src/lua/lmc_decode.c src/core/mc_buf.c -llua5.4 -lmsgpackc
 echo "1..$n"
 [ "$fail" -eq 0 ]

@@ -1,4 +1,4 @@
--- Defects a hostile review found in the value codec (src/lmc_value.c), one
+-- Defects a hostile review found in the value codec (src/lua/lmc_encode.c, lmc_decode.c), one
 -- describe each: re-entry from finalizers, arrays holding nil, and the
 -- decoded-size budget. Each fails against the code before its fix.
 local memcached = require "memcached"
