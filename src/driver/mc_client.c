@@ -1,20 +1,10 @@
 #include "mc_client.h"
+#include "mc_client_int.h"
 
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-struct mc_batch_slot {
-    int srv;          /* server index */
-    mc_conn *conn;
-    uint32_t base;    /* opaque of request 0; the NOOP carries base + n */
-    size_t next;      /* replies must come in increasing request order */
-    int state;        /* SLOT_* */
-    int got;          /* a reply arrived on this connection */
-};
-
-enum { SLOT_IDLE, SLOT_CONNECTING, SLOT_WRITING, SLOT_READING, SLOT_DONE };
 
 void mc_client_opts_default(mc_client_opts *o)
 {
@@ -68,20 +58,18 @@ static void push_event(mc_client *c, mc_server *s, int up, const char *why)
     snprintf(e->reason, sizeof(e->reason), "%s", why ? why : "");
 }
 
-static void server_ok(mc_client *c, mc_server *s);
-
 /* An authentication status: the server is up and answers, but refuses this
  * connection and closes it after the reply. */
-static int is_auth_status(uint16_t st)
+int mc_is_auth_status(uint16_t st)
 {
     return st == MC_STATUS_AUTH_ERROR || st == MC_STATUS_AUTH_CONTINUE;
 }
 
-static void server_failed(mc_client *c, mc_server *s, int err, const char *msg)
+void client_server_failed(mc_client *c, mc_server *s, int err, const char *msg)
 {
     char why[200];
     if (err == MC_ERR_AUTH) {
-        server_ok(c, s); /* it answered */
+        client_server_ok(c, s); /* it answered */
         return;
     }
     if (err == MC_ERR_TOO_LARGE || err == MC_ERR_NOMEM || err == MC_ERR_BUSY)
@@ -91,7 +79,7 @@ static void server_failed(mc_client *c, mc_server *s, int err, const char *msg)
         push_event(c, s, 0, why);
 }
 
-static void server_ok(mc_client *c, mc_server *s)
+void client_server_ok(mc_client *c, mc_server *s)
 {
     if (s->failures == 0 && !s->dead)
         return;
@@ -110,7 +98,7 @@ static void server_ok(mc_client *c, mc_server *s)
  * finds out, so a failed probe fails no operation (mcrouter's TKO probes
  * work the same way, from a thread of their own). Returns 1 when s is
  * usable now. */
-static int usable(mc_client *c, mc_server *s)
+int client_usable(mc_client *c, mc_server *s)
 {
     char msg[200];
     int err;
@@ -120,10 +108,10 @@ static int usable(mc_client *c, mc_server *s)
         return 0;
     err = mc_server_probe(s, &c->o.pool, msg, sizeof(msg));
     if (err == MC_OK) {
-        server_ok(c, s);
+        client_server_ok(c, s);
         return 1;
     }
-    server_failed(c, s, err, msg); /* dead until the next retry time */
+    client_server_failed(c, s, err, msg); /* dead until the next retry time */
     return !s->dead; /* (an error that is no failure of the server) */
 }
 
@@ -158,7 +146,7 @@ static int frame_resend_safe(const char *p)
 }
 
 /* Every request in the buffer is safe to send twice. */
-static int resend_safe(const char *p, size_t n)
+int mc_resend_safe(const char *p, size_t n)
 {
     while (n >= MC_HEADER_LEN) {
         size_t len = MC_HEADER_LEN + (size_t)mc_load32(p + 8);
@@ -173,7 +161,7 @@ static int resend_safe(const char *p, size_t n)
 /* The first request in the buffer is safe to send twice (the cheap test
  * for whether a reused connection needs checking first; batches here are
  * one kind of request plus a NOOP, and resend_safe decides any resend). */
-static int first_resend_safe(const mc_buf *out)
+int mc_first_resend_safe(const mc_buf *out)
 {
     return out->len >= MC_HEADER_LEN && frame_resend_safe(out->data);
 }
@@ -183,7 +171,7 @@ static int first_resend_safe(const mc_buf *out)
  * server's idle connections (likely closed by the same restart). wait:
  * connect before returning, else only start connecting. Returns the new
  * connection, or NULL with *err and msg (nothing left open). */
-static mc_conn *renew(mc_client *c, mc_server *s, mc_conn *old, int wait,
+mc_conn *client_renew(mc_client *c, mc_server *s, mc_conn *old, int wait,
                       int *err, char *msg, size_t msglen)
 {
     mc_buf req = old->out;
@@ -467,7 +455,7 @@ int mc_client_pick(mc_client *c, const char *key, size_t keylen, int *err)
     e = mc_selector_pick(c->sel, key, keylen, NULL);
     si = c->entry_server[e];
     s = c->servers[si];
-    if (usable(c, s))
+    if (client_usable(c, s))
         return si;
     if (!c->o.eject) {
         *err = MC_ERR_SERVER_DEAD;
@@ -506,7 +494,7 @@ mc_buf *mc_client_begin(mc_client *c, int srv, uint32_t *opaque, int *err)
     c->cur = mc_pool_get(s, &c->o.pool, c->op_start, err, msg, sizeof(msg));
     if (!c->cur) {
         snprintf(c->errmsg, sizeof(c->errmsg), "%s: %s", s->name, msg);
-        server_failed(c, s, *err, msg);
+        client_server_failed(c, s, *err, msg);
         return NULL;
     }
     if (c->cur->idle_since == 0) /* just connected: I/O time starts now */
@@ -527,7 +515,7 @@ static int cur_failed(mc_client *c, int err, const char *msg)
     snprintf(c->errmsg, sizeof(c->errmsg), "%s: %s", s->name, msg);
     mc_pool_put(s, &c->o.pool, c->cur, 1, 0);
     c->cur = NULL;
-    server_failed(c, s, err, msg);
+    client_server_failed(c, s, err, msg);
     c->cur_srv = -1;
     return err;
 }
@@ -568,7 +556,7 @@ static int cur_renew(mc_client *c, char *msg, size_t msglen)
 {
     int err;
     /* the old connection is closed by renew, also when it fails */
-    c->cur = renew(c, c->servers[c->cur_srv], c->cur, 1, &err, msg, msglen);
+    c->cur = client_renew(c, c->servers[c->cur_srv], c->cur, 1, &err, msg, msglen);
     if (!c->cur)
         return err;
     c->op_start = mc_now();
@@ -587,7 +575,7 @@ static inline int exec_one(mc_client *c, mc_resp *r, const char *key,
     c->cur_opcode = c->cur->out.len >= 2 ? (uint8_t)c->cur->out.data[1] : 0;
     mc_deadline_in(&c->deadline, c->op_start, c->o.io_timeout);
     reused = c->cur->idle_since != 0;
-    if (reused && !first_resend_safe(&c->cur->out) && mc_conn_stale(c->cur)) {
+    if (reused && !mc_first_resend_safe(&c->cur->out) && mc_conn_stale(c->cur)) {
         /* not to be sent twice: a closed pooled connection is replaced
          * before sending */
         if ((rc = cur_renew(c, msg, sizeof(msg))) != MC_OK)
@@ -596,7 +584,7 @@ static inline int exec_one(mc_client *c, mc_resp *r, const char *key,
     }
     rc = mc_conn_roundtrip(c->cur, r, &c->deadline, msg, sizeof(msg));
     if (rc == MC_ERR_CLOSED && reused && c->cur->in.len == 0 &&
-        resend_safe(c->cur->out.data, c->cur->out.len)) {
+        mc_resend_safe(c->cur->out.data, c->cur->out.len)) {
         /* closed before any byte of the reply: once more, on a fresh
          * connection; only its failure counts */
         rc = cur_renew(c, msg, sizeof(msg));
@@ -609,9 +597,9 @@ static inline int exec_one(mc_client *c, mc_resp *r, const char *key,
     if (rc == MC_OK) {
         /* memcached -S closes the connection after this reply: pooled, it
          * would fail the next call with "connection closed" */
-        if (is_auth_status(r->status))
+        if (mc_is_auth_status(r->status))
             c->cur_close = 1;
-        server_ok(c, c->servers[c->cur_srv]);
+        client_server_ok(c, c->servers[c->cur_srv]);
     }
     return rc;
 }
@@ -637,7 +625,7 @@ int mc_client_next(mc_client *c, mc_resp *r)
     if (rc != MC_OK)
         return cur_failed(c, rc, msg);
     rc = reply_matches(c, r, NULL, 0);
-    if (rc == MC_OK && is_auth_status(r->status))
+    if (rc == MC_OK && mc_is_auth_status(r->status))
         c->cur_close = 1;
     return rc;
 }
@@ -652,430 +640,3 @@ void mc_client_end(mc_client *c)
     c->cur_srv = -1;
 }
 
-/* ---- batches ---- */
-
-static int grow(void **p, size_t *cap, size_t want, size_t size)
-{
-    void *q;
-    if (*cap >= want)
-        return 0;
-    q = realloc(*p, want * size);
-    if (!q)
-        return -1;
-    *p = q;
-    *cap = want;
-    return 0;
-}
-
-static void slot_failed(mc_client *c, const mc_batch *b, mc_batch_slot *sl,
-                        int err, const char *msg)
-{
-    mc_server *s = c->servers[sl->srv];
-    size_t i;
-    char full[256], why[200];
-
-    /* msg may live in the connection (its reader's errstr): copy it before
-     * the connection is closed */
-    snprintf(why, sizeof(why), "%s", msg);
-    snprintf(full, sizeof(full), "%s: %s", s->name, why);
-    snprintf(c->errmsg, sizeof(c->errmsg), "%s", full);
-    if (sl->conn) {
-        mc_pool_put(s, &c->o.pool, sl->conn, 1, 0);
-        sl->conn = NULL;
-        server_failed(c, s, err, why);
-    }
-    /* A server's replies count only once its whole stream, through the
-     * closing NOOP, has parsed: a stream that breaks off may have framed an
-     * earlier reply wrongly (a truncated reply absorbs the next one's
-     * bytes), so what it already delivered is taken back. */
-    for (i = 0; i < b->n; i++) {
-        if (b->server[i] != sl->srv)
-            continue;
-        if (!c->replied[i])
-            b->fail(b->ud, i, err, full);
-        else if (b->revoke)
-            b->revoke(b->ud, i, err, full);
-    }
-    sl->state = SLOT_DONE;
-}
-
-/* Takes every whole response out of the slot's reader. */
-static void slot_drain(mc_client *c, const mc_batch *b, mc_batch_slot *sl)
-{
-    mc_resp r;
-    char msg[200];
-
-    for (;;) {
-        int rc = mc_reader_get(&sl->conn->in, &r);
-        uint32_t off;
-        if (rc == MC_READ_MORE)
-            return;
-        if (rc == MC_READ_ERROR) {
-            slot_failed(c, b, sl, mc_conn_read_error(sl->conn),
-                        sl->conn->in.errstr);
-            return;
-        }
-        sl->got = 1;
-        if (is_auth_status(r.status)) {
-            /* the server refuses this connection (and closes it): none of
-             * its requests will be served, whichever one it answered */
-            snprintf(msg, sizeof(msg), "%s: %.*s", mc_status_str(r.status),
-                     (int)(r.vallen > 100 ? 100 : r.vallen), r.value);
-            slot_failed(c, b, sl, MC_ERR_AUTH, msg);
-            return;
-        }
-        off = r.opaque - sl->base;
-        if (b->every_reply) /* the next request of this server's, in order */
-            while (sl->next < b->n && b->server[sl->next] != sl->srv)
-                sl->next++;
-        if (r.opcode == MC_OP_NOOP && off == b->n) {
-            mc_server *s = c->servers[sl->srv];
-            if (b->every_reply && sl->next < b->n) {
-                slot_failed(c, b, sl, MC_ERR_PROTOCOL,
-                            "the batch ended with requests unanswered");
-                return;
-            }
-            if (mc_reader_pending(&sl->conn->in)) {
-                slot_failed(c, b, sl, MC_ERR_PROTOCOL,
-                            "bytes after the batch's last reply");
-                return;
-            }
-            mc_pool_put(s, &c->o.pool, sl->conn, 0, c->op_start);
-            sl->conn = NULL;
-            sl->state = SLOT_DONE;
-            server_ok(c, s);
-            return;
-        }
-        if (!mc_resp_shape_ok(&r)) {
-            slot_failed(c, b, sl, MC_ERR_PROTOCOL,
-                        "reply framed wrongly for its opcode");
-            return;
-        }
-        if (off >= b->n || off < sl->next || b->server[off] != sl->srv ||
-            (b->every_reply && off != sl->next)) {
-            snprintf(msg, sizeof(msg),
-                     "reply with opaque %u answers no pending request",
-                     r.opaque);
-            slot_failed(c, b, sl, MC_ERR_PROTOCOL, msg);
-            return;
-        }
-        if (b->reply(b->ud, off, &r) != 0) {
-            snprintf(msg, sizeof(msg),
-                     "reply with opaque %u does not match its request",
-                     r.opaque);
-            slot_failed(c, b, sl, MC_ERR_PROTOCOL, msg);
-            return;
-        }
-        c->replied[off] = 1;
-        sl->next = off + 1;
-    }
-}
-
-/* A slot's connection failed (err, msg). A reused connection that broke
- * before any reply, with requests safe to send twice, is replaced by a new
- * one (connected here, within connect_timeout) that gets the requests
- * again; only a failure of that one counts. Else the slot fails. */
-static void slot_broke(mc_client *c, const mc_batch *b, mc_batch_slot *sl,
-                       int err, const char *msg)
-{
-    mc_server *s = c->servers[sl->srv];
-    char m[200];
-    int w;
-
-    if (err != MC_ERR_CLOSED || sl->got || !sl->conn ||
-        sl->conn->idle_since == 0 || sl->conn->in.len ||
-        !resend_safe(sl->conn->out.data, sl->conn->out.len)) {
-        slot_failed(c, b, sl, err, msg);
-        return;
-    }
-    sl->conn = renew(c, s, sl->conn, 1, &err, m, sizeof(m));
-    if (!sl->conn) {
-        server_failed(c, s, err, m);
-        slot_failed(c, b, sl, err, m);
-        return;
-    }
-    /* the new connection gets a whole I/O budget */
-    mc_deadline_extend(&c->deadline, mc_now(), c->o.io_timeout);
-    sl->state = SLOT_WRITING;
-    w = mc_conn_write_some(sl->conn, m, sizeof(m));
-    if (w < 0)
-        slot_failed(c, b, sl, -w, m);
-    else if (w == 1)
-        sl->state = SLOT_READING;
-}
-
-/* One connect of a batch ended; once none is left, the batch's I/O budget
- * runs from now. */
-static void connected_one(mc_client *c, int *connecting)
-{
-    if (*connecting > 0 && --*connecting == 0)
-        mc_deadline_in(&c->deadline, mc_now(), c->o.io_timeout);
-}
-
-int mc_client_batch(mc_client *c, const mc_batch *b)
-{
-    size_t i, nslots = 0, active;
-    int connecting = 0;
-    mc_deadline connect_deadline;
-    double now;
-    char msg[200];
-
-    mc_client_abort(c);
-    c->nslots = 0;
-    if (grow((void **)&c->replied, &c->capreplied, b->n + 1, 1) != 0 ||
-        grow((void **)&c->slots, &c->capslots, c->nservers + 1,
-             sizeof(*c->slots)) != 0 ||
-        grow((void **)&c->pfds, &c->cappfds, c->nservers + 1,
-             sizeof(*c->pfds)) != 0)
-        return MC_ERR_NOMEM;
-    memset(c->replied, 0, b->n);
-
-    /* one slot per server that has requests, in first-use order */
-    for (i = 0; i < b->n; i++) {
-        int s = b->server[i];
-        size_t k;
-        if (s < 0)
-            continue;
-        for (k = 0; k < nslots; k++)
-            if (c->slots[k].srv == s)
-                break;
-        if (k == nslots) {
-            memset(&c->slots[k], 0, sizeof(c->slots[k]));
-            c->slots[k].srv = s;
-            c->slots[k].state = SLOT_IDLE;
-            nslots++;
-        }
-    }
-    c->nslots = nslots;
-    c->op_start = mc_now();
-    mc_deadline_in(&c->deadline, c->op_start, c->o.io_timeout);
-
-    /* encode everything, then start writing */
-    for (i = 0; i < nslots; i++) {
-        mc_batch_slot *sl = &c->slots[i];
-        mc_server *s = c->servers[sl->srv];
-        int err;
-        size_t k;
-        /* new connections are only started here: all servers connect at
-         * once, each within its own connect_timeout, in the poll loop */
-        sl->conn = mc_pool_get_started(s, &c->o.pool, c->op_start, &err, msg,
-                                       sizeof(msg));
-        if (!sl->conn) {
-            server_failed(c, s, err, msg);
-            slot_failed(c, b, sl, err, msg);
-            continue;
-        }
-        sl->base = sl->conn->opaque;
-        sl->conn->opaque += (uint32_t)b->n + 1;
-        sl->conn->out.len = 0;
-        sl->conn->out_pos = 0;
-        for (k = 0; k < b->n; k++) {
-            if (b->server[k] != sl->srv)
-                continue;
-            if (b->encode(b->ud, k, &sl->conn->out, sl->base + (uint32_t)k) != 0)
-                break;
-        }
-        if (k < b->n || mc_enc_simple(&sl->conn->out, MC_OP_NOOP,
-                                      sl->base + (uint32_t)b->n) != 0) {
-            mc_pool_put(s, &c->o.pool, sl->conn, 1, 0);
-            sl->conn = NULL;
-            slot_failed(c, b, sl, MC_ERR_NOMEM, "out of memory");
-            continue;
-        }
-        if (sl->conn->idle_since != 0 && !first_resend_safe(&sl->conn->out) &&
-            mc_conn_stale(sl->conn)) {
-            /* not to be sent twice: a closed pooled connection is
-             * replaced before sending */
-            sl->conn = renew(c, s, sl->conn, 0, &err, msg, sizeof(msg));
-            if (!sl->conn) {
-                server_failed(c, s, err, msg);
-                slot_failed(c, b, sl, err, msg);
-                continue;
-            }
-        }
-        if (sl->conn->connecting) {
-            sl->state = SLOT_CONNECTING;
-            connecting++;
-            continue;
-        }
-        sl->state = SLOT_WRITING;
-        /* Start sending now: the server works while we encode the next. */
-        {
-            int rc = mc_conn_write_some(sl->conn, msg, sizeof(msg));
-            if (rc < 0)
-                slot_broke(c, b, sl, -rc, msg);
-            else if (rc == 1)
-                sl->state = SLOT_READING;
-        }
-    }
-
-    /* The I/O budget starts once the connections stand. */
-    mc_deadline_in(&connect_deadline, c->op_start, c->o.pool.connect_timeout);
-    if (connecting)
-        mc_deadline_in(&c->deadline, connect_deadline.end, c->o.io_timeout);
-
-again:
-    /* Phase 1, while any request is still unsent: one poll loop over all
-     * sockets, reading as well (a server blocked on a full output buffer
-     * would otherwise never drain our input). */
-    for (;;) {
-        size_t np = 0, writing = 0;
-        int rc;
-        mc_deadline until;
-        active = 0;
-        for (i = 0; i < nslots; i++)
-            if (c->slots[i].state == SLOT_WRITING ||
-                c->slots[i].state == SLOT_CONNECTING)
-                writing++;
-        if (!writing)
-            break;
-        for (i = 0; i < nslots; i++) {
-            mc_batch_slot *sl = &c->slots[i];
-            if (sl->state == SLOT_DONE)
-                continue;
-            active++;
-            c->pfds[np].fd = sl->conn->fd;
-            /* Read while writing too: a server blocked on a full output
-             * buffer would otherwise never drain our input. */
-            c->pfds[np].events =
-                sl->state == SLOT_CONNECTING ? POLLOUT
-                : (short)(POLLIN | (sl->state == SLOT_WRITING ? POLLOUT : 0));
-            c->pfds[np].revents = 0;
-            np++;
-        }
-        if (!active)
-            break;
-        now = mc_now();
-        if (mc_deadline_over(&c->deadline, now)) {
-            for (i = 0; i < nslots; i++)
-                if (c->slots[i].state != SLOT_DONE)
-                    slot_failed(c, b, &c->slots[i], MC_ERR_TIMEOUT,
-                                "timed out");
-            break;
-        }
-        if (connecting) {
-            if (mc_deadline_over(&connect_deadline, now)) {
-                /* a connect that took its whole time fails alone */
-                for (i = 0; i < nslots; i++)
-                    if (c->slots[i].state == SLOT_CONNECTING) {
-                        slot_failed(c, b, &c->slots[i], MC_ERR_TIMEOUT,
-                                    "connect timed out");
-                        connected_one(c, &connecting);
-                    }
-                continue; /* the poll set changed */
-            }
-        }
-        until = connecting ? mc_deadline_min(c->deadline, connect_deadline)
-                           : c->deadline;
-        rc = mc_deadline_poll(c->pfds, np, &until);
-        if (rc < 0)
-            continue; /* EINTR; the deadline bounds the loop */
-        np = 0;
-        for (i = 0; i < nslots; i++) {
-            mc_batch_slot *sl = &c->slots[i];
-            short ev;
-            if (sl->state == SLOT_DONE)
-                continue;
-            ev = c->pfds[np++].revents;
-            if (!ev)
-                continue;
-            if (sl->state == SLOT_CONNECTING) {
-                int err;
-                int ok = mc_conn_finish(sl->conn, &err, msg, sizeof(msg)) == 0;
-                connected_one(c, &connecting);
-                if (!ok) {
-                    slot_failed(c, b, sl, err, msg);
-                    continue;
-                }
-                sl->state = SLOT_WRITING;
-                ev = POLLOUT; /* and start writing right away */
-            }
-            if (sl->state == SLOT_WRITING && (ev & (POLLOUT | POLLERR | POLLHUP))) {
-                int w = mc_conn_write_some(sl->conn, msg, sizeof(msg));
-                if (w < 0) {
-                    slot_broke(c, b, sl, -w, msg);
-                    continue;
-                }
-                if (w == 1)
-                    sl->state = SLOT_READING;
-            }
-            if (ev & (POLLIN | POLLERR | POLLHUP)) {
-                int r = mc_conn_read_some(sl->conn, msg, sizeof(msg));
-                if (r < 0) {
-                    /* replies already buffered still count */
-                    slot_drain(c, b, sl);
-                    if (sl->state != SLOT_DONE)
-                        slot_broke(c, b, sl, -r, msg);
-                    continue;
-                }
-                slot_drain(c, b, sl);
-            }
-        }
-    }
-
-    /* Phase 2, everything sent: every server has its whole batch and works
-     * on it, so reading them one after the other costs no parallelism, and
-     * a blocking read is one syscall where poll + read is two. Once the
-     * deadline has passed, the others still get what already arrived. */
-    for (i = 0; i < nslots; i++) {
-        mc_batch_slot *sl = &c->slots[i];
-        while (sl->state == SLOT_READING) {
-            int r;
-            slot_drain(c, b, sl);
-            if (sl->state != SLOT_READING)
-                break;
-            if (mc_deadline_over(&c->deadline, mc_now())) {
-                r = mc_conn_read_some(sl->conn, msg, sizeof(msg));
-                if (r == 0) {
-                    r = -MC_ERR_TIMEOUT;
-                    snprintf(msg, sizeof(msg), "timed out");
-                }
-            } else {
-                r = mc_conn_read_budget(sl->conn, &c->deadline, msg,
-                                        sizeof(msg));
-            }
-            if (r < 0) {
-                slot_drain(c, b, sl);
-                if (sl->state != SLOT_DONE)
-                    slot_broke(c, b, sl, -r, msg);
-            }
-        }
-    }
-    /* a slot that moved to a fresh connection while being read may still
-     * have requests to write: back to the poll loop */
-    for (i = 0; i < nslots; i++)
-        if (c->slots[i].state == SLOT_WRITING)
-            goto again;
-    c->nslots = 0;
-    return MC_OK;
-}
-
-size_t mc_client_idle_bytes(const mc_client *c)
-{
-    size_t i, n = 0;
-    for (i = 0; i < c->nservers; i++)
-        n += mc_server_idle_bytes(c->servers[i]);
-    return n;
-}
-
-const mc_event *mc_client_events(mc_client *c, size_t *n)
-{
-    *n = c->nevents;
-    return c->events;
-}
-
-void mc_client_clear_events(mc_client *c)
-{
-    c->nevents = 0;
-}
-
-int mc_client_usable(mc_client *c, int srv, int *err)
-{
-    mc_server *s = c->servers[srv];
-    if (usable(c, s))
-        return 1;
-    *err = MC_ERR_SERVER_DEAD;
-    snprintf(c->errmsg, sizeof(c->errmsg), "%s: marked dead after: %s",
-             s->name, s->last_error);
-    return 0;
-}

@@ -1,0 +1,29 @@
+/*
+ * mc_client_int: what mc_client.c (servers, health, the one-request path)
+ * and mc_batch.c (pipelined batches) share. Not exported.
+ */
+#ifndef MC_CLIENT_INT_H
+#define MC_CLIENT_INT_H
+
+#include "mc_client.h"
+
+struct mc_batch_slot {
+    int srv;          /* server index */
+    mc_conn *conn;
+    uint32_t base;    /* opaque of request 0; the NOOP carries base + n */
+    size_t next;      /* replies must come in increasing request order */
+    int state;        /* SLOT_* */
+    int got;          /* a reply arrived on this connection */
+};
+
+enum { SLOT_IDLE, SLOT_CONNECTING, SLOT_WRITING, SLOT_READING, SLOT_DONE };
+
+int mc_first_resend_safe(const mc_buf *out);
+int mc_is_auth_status(uint16_t st);
+mc_conn *client_renew(mc_client *c, mc_server *s, mc_conn *old, int wait, int *err, char *msg, size_t msglen);
+int mc_resend_safe(const char *p, size_t n);
+void client_server_failed(mc_client *c, mc_server *s, int err, const char *msg);
+void client_server_ok(mc_client *c, mc_server *s);
+int client_usable(mc_client *c, mc_server *s);
+
+#endif
