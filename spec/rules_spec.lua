@@ -11,6 +11,15 @@ describe("the core's rules", function()
     assert.is_true(tonumber(passed) > 250)
   end)
 
+  it("are exported from memcached.so through a plain C ABI (for LuaJIT's FFI)", function()
+    local so = package.searchpath("memcached", package.cpath)
+    local out = H.sh("nm -D --defined-only " .. so .. " 2>&1")
+    for _, name in ipairs { "mc_abi_key_ok", "mc_abi_status_err", "mc_abi_err_str",
+                            "mc_abi_err_count", "mc_abi_is_lock", "luaopen_memcached" } do
+      assert.truthy(out:find(" T " .. name .. "\n", 1, true), name .. " not exported:\n" .. out)
+    end
+  end)
+
   it("are the ERR_* values the module exports, one per error", function()
     local seen, n = {}, 0
     for k, v in pairs(memcached) do

@@ -18,6 +18,7 @@
 -- A client's opaques start at a random value (pooled connections are
 -- shared by clients), so a reply nobody asked for cannot guess them.
 local memcached = require "memcached"
+local ffi = require "ffi"
 
 local codec = memcached.codec
 local OP, ST = codec.op, codec.status
@@ -38,7 +39,7 @@ for k, v in pairs(memcached) do
 end
 local mt = { __index = _M }
 
-local E_MISS, E_CAS, E_NOT_STORED = _M.ERR_CACHE_MISS, _M.ERR_CAS_CONFLICT, _M.ERR_NOT_STORED
+local E_MISS = _M.ERR_CACHE_MISS
 local E_SERVER, E_KEY, E_PROTOCOL = _M.ERR_SERVER_ERROR, _M.ERR_MALFORMED_KEY, _M.ERR_PROTOCOL
 local E_CLOSED, E_CLIENT_CLOSED = _M.ERR_CONNECTION_CLOSED, _M.ERR_CLIENT_CLOSED
 local E_AUTH = _M.ERR_AUTH
@@ -46,24 +47,35 @@ local CLOSED_DETAIL = "the client was closed"
 local KEY_DETAIL = "keys are 1 to 250 bytes without spaces or control characters"
 local U32 = 4294967295
 
--- delete_lock's marker (lmc_client.c): such an item reads as a miss.
-local LOCK_FLAGS, LOCK_VALUE = 0x6d634c4b, "\0memcached.lua delete_lock\0"
+-- The rules live once, in the C core; the same memcached.so exports them
+-- through a plain C ABI (src/core/mc_abi.h), which LuaJIT's FFI calls (and
+-- compiles) directly.
+ffi.cdef [[
+enum mc_op_kind { MC_KIND_GET, MC_KIND_SET, MC_KIND_ADD, MC_KIND_REPLACE, MC_KIND_OTHER };
+int mc_abi_key_ok(const char *k, size_t n);
+int mc_abi_status_err(int kind, int status);
+const char *mc_abi_err_str(int err);
+int mc_abi_err_count(void);
+int mc_abi_is_lock(uint32_t flags, const char *value, size_t len);
+]]
+local core = ffi.load(assert(package.searchpath("memcached", package.cpath),
+  "memcached.so not found on package.cpath"))
+local c_key_ok, c_status_err, c_is_lock = core.mc_abi_key_ok, core.mc_abi_status_err, core.mc_abi_is_lock
+
+-- error number -> its ERR_* string, once
+local err_str = {}
+for e = 1, core.mc_abi_err_count() - 1 do err_str[e] = ffi.string(core.mc_abi_err_str(e)) end
+
+-- delete_lock's marker: such an item reads as a miss.
 local function is_lock(r)
-  return r.flags == LOCK_FLAGS and find(r.value, LOCK_VALUE, 1, true) ~= nil
+  return c_is_lock(r.flags, r.value, #r.value) ~= 0
 end
 
--- How an operation reads "not found" / "exists" (lmc_client.c's op kinds).
-local K_GET, K_SET, K_ADD, K_REPLACE, K_OTHER = 1, 2, 3, 4, 5
+-- How an operation reads "not found" / "exists".
+local K_GET, K_SET, K_ADD, K_REPLACE, K_OTHER = core.MC_KIND_GET, core.MC_KIND_SET,
+  core.MC_KIND_ADD, core.MC_KIND_REPLACE, core.MC_KIND_OTHER
 local function status_err(kind, st)
-  if st == ST.KEY_ENOENT then
-    return kind == K_GET and E_MISS or kind == K_OTHER and E_SERVER or E_NOT_STORED
-  elseif st == ST.KEY_EEXISTS then return kind == K_ADD and E_NOT_STORED or E_CAS
-  elseif st == ST.NOT_STORED then return E_NOT_STORED
-  elseif st == ST.E2BIG then return _M.ERR_VALUE_TOO_LARGE
-  elseif st == ST.DELTA_BADVAL then return _M.ERR_NON_NUMERIC
-  elseif st == ST.AUTH_ERROR or st == ST.AUTH_CONTINUE then return E_AUTH
-  end
-  return E_SERVER
+  return err_str[c_status_err(kind, st)]
 end
 
 -- memcached -S answers an unauthenticated request with an auth status and
@@ -89,8 +101,7 @@ local function sock_fail(sock, addr, what, err)
 end
 
 local function key_ok(key)
-  local n = #key
-  return n >= 1 and n <= 250 and not find(key, "[%z\1- \127]")
+  return c_key_ok(key, #key) ~= 0
 end
 
 local function check_key(key)

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "mc_abi.h"
 #include "mc_error.h"
 #include "mc_item.h"
 #include "mc_key.h"
@@ -120,11 +121,34 @@ static void test_errors(void)
     }
 }
 
+/* The C ABI the OpenResty driver binds through the FFI gives the same
+ * answers, and refuses what is out of range. */
+static void test_abi(void)
+{
+    CHECK(mc_abi_key_ok("k", 1) && !mc_abi_key_ok("a b", 3) &&
+              !mc_abi_key_ok("", 0),
+          "key rule");
+    CHECK(mc_abi_status_err(MC_KIND_ADD, MC_STATUS_KEY_EEXISTS) ==
+              MC_ERR_NOT_STORED,
+          "add: exists");
+    CHECK(mc_abi_status_err(99, MC_STATUS_KEY_ENOENT) == MC_ERR_SERVER_ERROR &&
+              mc_abi_status_err(MC_KIND_GET, 0x10000) == MC_ERR_SERVER_ERROR &&
+              mc_abi_status_err(-1, 1) == MC_ERR_SERVER_ERROR,
+          "out of range");
+    CHECK(mc_abi_err_count() == MC_ERR_COUNT &&
+              strcmp(mc_abi_err_str(MC_ERR_CACHE_MISS), "cache miss") == 0,
+          "error table");
+    CHECK(mc_abi_is_lock(MC_LOCK_FLAGS, mc_lock_value, mc_lock_len) &&
+              !mc_abi_is_lock(0, mc_lock_value, mc_lock_len),
+          "lock marker");
+}
+
 int main(void)
 {
     test_keys();
     test_statuses();
     test_lock();
     test_errors();
+    test_abi();
     return CHECK_REPORT();
 }

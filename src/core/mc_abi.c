@@ -1,0 +1,34 @@
+/* mc_abi: the core's rules through a plain C ABI (see mc_abi.h). */
+#include "mc_abi.h"
+
+#include "mc_error.h"
+#include "mc_item.h"
+#include "mc_key.h"
+
+int mc_abi_key_ok(const char *k, size_t n)
+{
+    return mc_key_ok(k, n);
+}
+
+int mc_abi_status_err(int kind, int status)
+{
+    if (kind < MC_KIND_GET || kind > MC_KIND_OTHER || status < 0 ||
+        status > 0xffff)
+        return MC_ERR_SERVER_ERROR;
+    return mc_status_err((enum mc_op_kind)kind, (uint16_t)status);
+}
+
+const char *mc_abi_err_str(int err)
+{
+    return mc_err_str(err);
+}
+
+int mc_abi_err_count(void)
+{
+    return MC_ERR_COUNT;
+}
+
+int mc_abi_is_lock(uint32_t flags, const char *value, size_t len)
+{
+    return mc_is_lock(flags, value, len);
+}

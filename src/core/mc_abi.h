@@ -1,0 +1,29 @@
+/*
+ * mc_abi: the core's rules through a plain C ABI (no Lua types, no structs),
+ * exported from memcached.so so that LuaJIT's FFI can bind them: the
+ * OpenResty driver asks these instead of keeping copies of the rules in
+ * Lua. The `cdef` in lua/memcached/resty.lua mirrors this file.
+ */
+#ifndef MC_ABI_H
+#define MC_ABI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifndef MC_ABI
+#define MC_ABI __attribute__((visibility("default")))
+#endif
+
+/* 1 when the n bytes at k make a valid key (mc_key.h). */
+MC_ABI int mc_abi_key_ok(const char *k, size_t n);
+/* The error (enum mc_err) that a non-OK status means for an operation of
+ * this kind (enum mc_op_kind, mc_item.h). */
+MC_ABI int mc_abi_status_err(int kind, int status);
+/* The error's stable string, as memcached.ERR_* holds it; errors are
+ * numbered 1 .. mc_abi_err_count() - 1. */
+MC_ABI const char *mc_abi_err_str(int err);
+MC_ABI int mc_abi_err_count(void);
+/* 1 when an item with these flags and value is delete_lock's marker. */
+MC_ABI int mc_abi_is_lock(uint32_t flags, const char *value, size_t len);
+
+#endif
