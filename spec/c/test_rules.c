@@ -1,14 +1,16 @@
 /*
  * test_rules: the core's rules from C, with no socket and no Lua: the key
  * rule (mc_key.h), what each status means per kind of operation and the
- * lock marker (mc_item), and the error table (mc_error). Exit status 0 when
- * every check passed; prints "N passed, M failed".
+ * lock marker (mc_item), the error table (mc_error), a server's health
+ * with the time passed in (mc_health), and the C ABI (mc_abi). Exit status
+ * 0 when every check passed; prints "N passed, M failed".
  */
 #include <stdio.h>
 #include <string.h>
 
 #include "mc_abi.h"
 #include "mc_error.h"
+#include "mc_health.h"
 #include "mc_item.h"
 #include "mc_key.h"
 #include "mc_proto.h"
@@ -143,6 +145,38 @@ static void test_abi(void)
           "lock marker");
 }
 
+/* A server's health with the time passed in: dead after failure_limit
+ * failures in a row, one probe claimed per retry interval, alive again on
+ * a success. */
+static void test_health(void)
+{
+    mc_health h = {0};
+    mc_health_opts o = {2, 1.0};
+    CHECK(mc_health_failed(&h, &o, 10.0, "refused") == 0 && !h.dead &&
+              h.failures == 1 && strcmp(h.last_error, "refused") == 0,
+          "one failure: alive");
+    CHECK(mc_health_succeeded(&h) == 0 && h.failures == 0,
+          "a success resets the count");
+    mc_health_failed(&h, &o, 10.0, "a");
+    CHECK(mc_health_failed(&h, &o, 10.5, "b") == 1 && h.dead &&
+              h.retry_at == 11.5,
+          "two in a row: dead until now + retry_timeout");
+    CHECK(!mc_health_probe_due(&h, &o, 11.4), "no probe before retry_at");
+    CHECK(mc_health_probe_due(&h, &o, 11.5) && h.retry_at == 12.5,
+          "the first caller at retry_at claims the probe");
+    CHECK(!mc_health_probe_due(&h, &o, 11.6), "and only one caller");
+    CHECK(mc_health_failed(&h, &o, 11.7, "c") == 0 && h.dead &&
+              h.retry_at == 12.7,
+          "a failed probe: dead for another interval");
+    CHECK(mc_health_succeeded(&h) == 1 && !h.dead && h.failures == 0,
+          "a successful probe: alive again");
+    CHECK(!mc_health_probe_due(&h, &o, 100.0), "no probe of a live server");
+    o.failure_limit = 0;
+    mc_health_failed(&h, &o, 1.0, NULL);
+    mc_health_failed(&h, &o, 1.0, NULL);
+    CHECK(!h.dead && h.last_error[0] == '\0', "failure_limit 0: never dead");
+}
+
 int main(void)
 {
     test_keys();
@@ -150,5 +184,6 @@ int main(void)
     test_lock();
     test_errors();
     test_abi();
+    test_health();
     return CHECK_REPORT();
 }

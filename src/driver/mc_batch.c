@@ -433,6 +433,6 @@ int mc_client_usable(mc_client *c, int srv, int *err)
         return 1;
     *err = MC_ERR_SERVER_DEAD;
     snprintf(c->errmsg, sizeof(c->errmsg), "%s: marked dead after: %s",
-             s->name, s->last_error);
+             s->name, s->h.last_error);
     return 0;
 }

@@ -13,8 +13,8 @@ void mc_client_opts_default(mc_client_opts *o)
     o->pool.max_conns = 0;
     o->pool.max_idle = 2;
     o->pool.max_body = MC_DEFAULT_MAX_BODY;
-    o->pool.failure_limit = 2;
-    o->pool.retry_timeout = 1.0;
+    o->pool.health.failure_limit = 2;
+    o->pool.health.retry_timeout = 1.0;
     o->pool.probe_timeout = 0.02;
     o->io_timeout = 0.1;
     o->eject = 1;
@@ -81,7 +81,7 @@ void client_server_failed(mc_client *c, mc_server *s, int err, const char *msg)
 
 void client_server_ok(mc_client *c, mc_server *s)
 {
-    if (s->failures == 0 && !s->dead)
+    if (s->h.failures == 0 && !s->h.dead)
         return;
     if (mc_server_succeeded(s))
         push_event(c, s, 1, "responding again");
@@ -102,7 +102,7 @@ int client_usable(mc_client *c, mc_server *s)
 {
     char msg[200];
     int err;
-    if (!s->dead)
+    if (!s->h.dead)
         return 1;
     if (!mc_server_probe_due(s, &c->o.pool, mc_now()))
         return 0;
@@ -112,7 +112,7 @@ int client_usable(mc_client *c, mc_server *s)
         return 1;
     }
     client_server_failed(c, s, err, msg); /* dead until the next retry time */
-    return !s->dead; /* (an error that is no failure of the server) */
+    return !s->h.dead; /* (an error that is no failure of the server) */
 }
 
 /* ---- sending a request again ----
@@ -460,11 +460,11 @@ int mc_client_pick(mc_client *c, const char *key, size_t keylen, int *err)
     if (!c->o.eject) {
         *err = MC_ERR_SERVER_DEAD;
         snprintf(c->errmsg, sizeof(c->errmsg), "%s: marked dead after: %s",
-                 s->name, s->last_error);
+                 s->name, s->h.last_error);
         return -1;
     }
     for (i = 0; i < c->nentries; i++)
-        c->alive[i] = !c->servers[c->entry_server[i]]->dead;
+        c->alive[i] = !c->servers[c->entry_server[i]]->h.dead;
     e = mc_selector_pick(c->sel, key, keylen, c->alive);
     if (e < 0) {
         *err = MC_ERR_NO_SERVERS;

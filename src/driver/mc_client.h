@@ -100,7 +100,7 @@ int mc_client_pick(mc_client *c, const char *key, size_t keylen, int *err);
 /* The one server every key goes to (a single live entry), or -1. */
 static inline int mc_client_single(const mc_client *c)
 {
-    return c->nentries == 1 && !c->servers[c->entry_server[0]]->dead
+    return c->nentries == 1 && !c->servers[c->entry_server[0]]->h.dead
                ? c->entry_server[0] : -1;
 }
 /* Where the key goes when every server is healthy (no side effects). */

@@ -137,37 +137,18 @@ size_t mc_server_idle_bytes(const mc_server *s)
 
 int mc_server_failed(mc_server *s, const mc_pool_opts *o, const char *why)
 {
-    snprintf(s->last_error, sizeof(s->last_error), "%s", why ? why : "");
-    s->failures++;
     mc_pool_drain(s);
-    if (s->dead) {
-        s->retry_at = mc_now() + o->retry_timeout;
-        return 0;
-    }
-    if (o->failure_limit && s->failures >= o->failure_limit) {
-        s->dead = 1;
-        s->retry_at = mc_now() + o->retry_timeout;
-        return 1;
-    }
-    return 0;
+    return mc_health_failed(&s->h, &o->health, mc_now(), why);
 }
 
 int mc_server_succeeded(mc_server *s)
 {
-    s->failures = 0;
-    if (s->dead) {
-        s->dead = 0;
-        return 1;
-    }
-    return 0;
+    return mc_health_succeeded(&s->h);
 }
 
 int mc_server_probe_due(mc_server *s, const mc_pool_opts *o, double now)
 {
-    if (!s->dead || now < s->retry_at)
-        return 0;
-    s->retry_at = now + o->retry_timeout;
-    return 1;
+    return mc_health_probe_due(&s->h, &o->health, now);
 }
 
 int mc_server_probe(mc_server *s, const mc_pool_opts *o, char *msg,

@@ -17,6 +17,7 @@
 #define MC_POOL_H
 
 #include "mc_conn.h"
+#include "mc_health.h"
 
 typedef struct mc_server {
     char *name;      /* the address as the user wrote it */
@@ -30,10 +31,7 @@ typedef struct mc_server {
     unsigned nidle;
     unsigned nopen;  /* idle + handed out */
 
-    unsigned failures; /* consecutive */
-    int dead;
-    double retry_at;   /* when dead: the time of the next probe */
-    char last_error[160];
+    mc_health h;     /* the core's rule (mc_health.h) */
 } mc_server;
 
 typedef struct mc_pool_opts {
@@ -42,8 +40,7 @@ typedef struct mc_pool_opts {
     unsigned max_conns;  /* 0: no limit */
     unsigned max_idle;
     size_t max_body;
-    unsigned failure_limit;
-    double retry_timeout;
+    mc_health_opts health; /* failure_limit, retry_timeout */
     double probe_timeout; /* bound of one probe of a dead server */
 } mc_pool_opts;
 
@@ -95,8 +92,9 @@ size_t mc_server_idle_bytes(const mc_server *s);
  * dead too). */
 void mc_pool_drain(mc_server *s);
 
-/* Health bookkeeping. Each returns 1 when the server changed state (alive ->
- * dead, or dead -> alive), else 0. */
+/* Health bookkeeping (mc_health, with the time read here; a failure also
+ * closes the idle connections). Each returns 1 when the server changed
+ * state (alive -> dead, or dead -> alive), else 0. */
 int mc_server_failed(mc_server *s, const mc_pool_opts *o, const char *why);
 int mc_server_succeeded(mc_server *s);
 

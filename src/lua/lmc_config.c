@@ -219,14 +219,14 @@ int m_servers(lua_State *L)
         lua_createtable(L, 0, 4);
         lua_pushstring(L, s->name);
         lua_setfield(L, -2, "addr");
-        lua_pushboolean(L, !s->dead);
+        lua_pushboolean(L, !s->h.dead);
         lua_setfield(L, -2, "alive");
-        lmc_pushint(L, s->failures);
+        lmc_pushint(L, s->h.failures);
         lua_setfield(L, -2, "failures");
         lmc_pushint(L, s->nopen);
         lua_setfield(L, -2, "connections");
-        if (s->last_error[0]) {
-            lua_pushstring(L, s->last_error);
+        if (s->h.last_error[0]) {
+            lua_pushstring(L, s->h.last_error);
             lua_setfield(L, -2, "last_error");
         }
         lmc_rawseti(L, -2, (lua_Integer)i + 1);
@@ -313,8 +313,8 @@ static void read_opts(lua_State *L, int t, mc_client_opts *o, uint32_t *mpf,
     v = opt_int_field(L, t, "failure_limit", 2);
     if (v < 1 || v > 1000000)
         luaL_error(L, "option 'failure_limit' must be 1 or more");
-    o->pool.failure_limit = (unsigned)v;
-    o->pool.retry_timeout =
+    o->pool.health.failure_limit = (unsigned)v;
+    o->pool.health.retry_timeout =
         opt_number_field(L, t, "retry_timeout", 1.0, 0.0, 86400);
     o->pool.probe_timeout = /* at most connect_timeout (mc_client_new) */
         opt_number_field(L, t, "probe_timeout", 0.02, 0.001, 3600);

@@ -1,0 +1,39 @@
+/* mc_health: one server's health, time passed in (see mc_health.h). */
+#include "mc_health.h"
+
+#include <stdio.h>
+
+int mc_health_failed(mc_health *h, const mc_health_opts *o, double now,
+                     const char *why)
+{
+    snprintf(h->last_error, sizeof(h->last_error), "%s", why ? why : "");
+    h->failures++;
+    if (h->dead) {
+        h->retry_at = now + o->retry_timeout;
+        return 0;
+    }
+    if (o->failure_limit && h->failures >= o->failure_limit) {
+        h->dead = 1;
+        h->retry_at = now + o->retry_timeout;
+        return 1;
+    }
+    return 0;
+}
+
+int mc_health_succeeded(mc_health *h)
+{
+    h->failures = 0;
+    if (h->dead) {
+        h->dead = 0;
+        return 1;
+    }
+    return 0;
+}
+
+int mc_health_probe_due(mc_health *h, const mc_health_opts *o, double now)
+{
+    if (!h->dead || now < h->retry_at)
+        return 0;
+    h->retry_at = now + o->retry_timeout;
+    return 1;
+}
