@@ -1,4 +1,5 @@
 #include "mc_proto.h"
+#include "mc_error.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -486,4 +487,12 @@ int mc_resp_shape_ok(const mc_resp *r)
     default: /* stores, deletes, touch, flush, noop, quit: nothing back */
         return r->extlen == 0 && r->keylen == 0 && r->vallen == 0;
     }
+}
+
+int mc_reader_error(const mc_reader *r)
+{
+    if (r->server_text)
+        return MC_ERR_SERVER_ERROR;
+    return r->oversize && r->oversize <= MC_PLAUSIBLE_BODY ? MC_ERR_TOO_LARGE
+                                                          : MC_ERR_PROTOCOL;
 }

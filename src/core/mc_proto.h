@@ -278,4 +278,9 @@ static inline void mc_store64(void *p, uint64_t v)
     mc_store32((unsigned char *)p + 4, (uint32_t)v);
 }
 
+/* The error (mc_error.h) a failed reader stands for: MC_ERR_SERVER_ERROR
+ * for a server's text error line, MC_ERR_TOO_LARGE for a plausible item
+ * over the configured cap, else MC_ERR_PROTOCOL. */
+int mc_reader_error(const mc_reader *r);
+
 #endif

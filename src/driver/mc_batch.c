@@ -56,75 +56,26 @@ static void slot_failed(mc_client *c, const mc_batch *b, mc_batch_slot *sl,
     sl->state = SLOT_DONE;
 }
 
-/* Takes every whole response out of the slot's reader. */
+/* Takes every whole response out of the slot's reader (the core checks
+ * them); a stream that ended well gives its connection back. */
 static void slot_drain(mc_client *c, const mc_batch *b, mc_batch_slot *sl)
 {
-    mc_resp r;
     char msg[200];
+    int err = MC_OK;
 
-    for (;;) {
-        int rc = mc_reader_get(&sl->conn->in, &r);
-        uint32_t off;
-        if (rc == MC_READ_MORE)
-            return;
-        if (rc == MC_READ_ERROR) {
-            slot_failed(c, b, sl, mc_conn_read_error(sl->conn),
-                        sl->conn->in.errstr);
-            return;
-        }
-        sl->got = 1;
-        if (mc_is_auth_status(r.status)) {
-            /* the server refuses this connection (and closes it): none of
-             * its requests will be served, whichever one it answered */
-            snprintf(msg, sizeof(msg), "%s: %.*s", mc_status_str(r.status),
-                     (int)(r.vallen > 100 ? 100 : r.vallen), r.value);
-            slot_failed(c, b, sl, MC_ERR_AUTH, msg);
-            return;
-        }
-        off = r.opaque - sl->base;
-        if (b->every_reply) /* the next request of this server's, in order */
-            while (sl->next < b->n && b->server[sl->next] != sl->srv)
-                sl->next++;
-        if (r.opcode == MC_OP_NOOP && off == b->n) {
-            mc_server *s = c->servers[sl->srv];
-            if (b->every_reply && sl->next < b->n) {
-                slot_failed(c, b, sl, MC_ERR_PROTOCOL,
-                            "the batch ended with requests unanswered");
-                return;
-            }
-            if (mc_reader_pending(&sl->conn->in)) {
-                slot_failed(c, b, sl, MC_ERR_PROTOCOL,
-                            "bytes after the batch's last reply");
-                return;
-            }
-            mc_pool_put(s, &c->o.pool, sl->conn, 0, c->op_start);
-            sl->conn = NULL;
-            sl->state = SLOT_DONE;
-            client_server_ok(c, s);
-            return;
-        }
-        if (!mc_resp_shape_ok(&r)) {
-            slot_failed(c, b, sl, MC_ERR_PROTOCOL,
-                        "reply framed wrongly for its opcode");
-            return;
-        }
-        if (off >= b->n || off < sl->next || b->server[off] != sl->srv ||
-            (b->every_reply && off != sl->next)) {
-            snprintf(msg, sizeof(msg),
-                     "reply with opaque %u answers no pending request",
-                     r.opaque);
-            slot_failed(c, b, sl, MC_ERR_PROTOCOL, msg);
-            return;
-        }
-        if (b->reply(b->ud, off, &r) != 0) {
-            snprintf(msg, sizeof(msg),
-                     "reply with opaque %u does not match its request",
-                     r.opaque);
-            slot_failed(c, b, sl, MC_ERR_PROTOCOL, msg);
-            return;
-        }
-        c->replied[off] = 1;
-        sl->next = off + 1;
+    switch (mc_feed_take(&sl->feed, &sl->conn->in, &err, msg, sizeof(msg))) {
+    case MC_FEED_MORE:
+        return;
+    case MC_FEED_DONE: {
+        mc_server *s = c->servers[sl->srv];
+        mc_pool_put(s, &c->o.pool, sl->conn, 0, c->op_start);
+        sl->conn = NULL;
+        sl->state = SLOT_DONE;
+        client_server_ok(c, s);
+        return;
+    }
+    default:
+        slot_failed(c, b, sl, err, msg);
     }
 }
 
@@ -139,7 +90,7 @@ static void slot_broke(mc_client *c, const mc_batch *b, mc_batch_slot *sl,
     char m[200];
     int w;
 
-    if (err != MC_ERR_CLOSED || sl->got || !sl->conn ||
+    if (err != MC_ERR_CLOSED || sl->feed.got || !sl->conn ||
         sl->conn->idle_since == 0 || sl->conn->in.len ||
         !mc_resend_safe(sl->conn->out.data, sl->conn->out.len)) {
         slot_failed(c, b, sl, err, msg);
@@ -212,7 +163,6 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
         mc_batch_slot *sl = &c->slots[i];
         mc_server *s = c->servers[sl->srv];
         int err;
-        size_t k;
         /* new connections are only started here: all servers connect at
          * once, each within its own connect_timeout, in the poll loop */
         sl->conn = mc_pool_get_started(s, &c->o.pool, c->op_start, &err, msg,
@@ -222,18 +172,11 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
             slot_failed(c, b, sl, err, msg);
             continue;
         }
-        sl->base = sl->conn->opaque;
+        mc_feed_init(&sl->feed, b, sl->srv, sl->conn->opaque, c->replied);
         sl->conn->opaque += (uint32_t)b->n + 1;
         sl->conn->out.len = 0;
         sl->conn->out_pos = 0;
-        for (k = 0; k < b->n; k++) {
-            if (b->server[k] != sl->srv)
-                continue;
-            if (b->encode(b->ud, k, &sl->conn->out, sl->base + (uint32_t)k) != 0)
-                break;
-        }
-        if (k < b->n || mc_enc_simple(&sl->conn->out, MC_OP_NOOP,
-                                      sl->base + (uint32_t)b->n) != 0) {
+        if (mc_feed_plan(&sl->feed, &sl->conn->out) != 0) {
             mc_pool_put(s, &c->o.pool, sl->conn, 1, 0);
             sl->conn = NULL;
             slot_failed(c, b, sl, MC_ERR_NOMEM, "out of memory");

@@ -12,6 +12,7 @@
 #ifndef MC_CLIENT_H
 #define MC_CLIENT_H
 
+#include "mc_feed.h"
 #include "mc_pool.h"
 #include "mc_select.h"
 
@@ -142,24 +143,7 @@ void mc_client_end(mc_client *c);
  * Request i goes to server[i] (-1: skip it). For every server involved, all
  * its requests plus one NOOP are written; all servers are written before
  * any is waited on, and read in one poll loop. */
-typedef struct mc_batch {
-    size_t n;
-    const int *server;
-    /* append request i with this opaque; 0, or -1 when out of memory */
-    int (*encode)(void *ud, size_t i, mc_buf *out, uint32_t opaque);
-    /* a response to request i; return -1 to reject it as not ours */
-    int (*reply)(void *ud, size_t i, const mc_resp *r);
-    /* request i got no answer because its server failed */
-    void (*fail)(void *ud, size_t i, int err, const char *msg);
-    /* request i was answered, but its server's stream then broke off: the
-     * answer cannot be trusted (NULL: keep it) */
-    void (*revoke)(void *ud, size_t i, int err, const char *msg);
-    /* 1: every request gets a reply (non-quiet opcodes), so replies must
-     * come one per request, in order; a skipped one breaks the batch.
-     * 0: quiet opcodes, only some requests answer. */
-    int every_reply;
-    void *ud;
-} mc_batch;
+/* (mc_batch: see mc_feed.h) */
 
 /* Returns MC_OK once every server finished or failed (per-request failures
  * go through fail), or MC_ERR_NOMEM. A server that answers with an

@@ -10,10 +10,8 @@
 struct mc_batch_slot {
     int srv;          /* server index */
     mc_conn *conn;
-    uint32_t base;    /* opaque of request 0; the NOOP carries base + n */
-    size_t next;      /* replies must come in increasing request order */
+    mc_feed feed;     /* its stream of the batch (the core's checks) */
     int state;        /* SLOT_* */
-    int got;          /* a reply arrived on this connection */
 };
 
 enum { SLOT_IDLE, SLOT_CONNECTING, SLOT_WRITING, SLOT_READING, SLOT_DONE };

@@ -501,10 +501,7 @@ int mc_conn_roundtrip(mc_conn *c, mc_resp *r, const mc_deadline *d,
 
 int mc_conn_read_error(const mc_conn *c)
 {
-    if (c->in.server_text)
-        return MC_ERR_SERVER_ERROR;
-    return c->in.oversize && c->in.oversize <= MC_PLAUSIBLE_BODY
-               ? MC_ERR_TOO_LARGE : MC_ERR_PROTOCOL;
+    return mc_reader_error(&c->in);
 }
 
 int mc_conn_stale(mc_conn *c)
