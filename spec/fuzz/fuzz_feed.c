@@ -1,0 +1,197 @@
+/*
+ * libFuzzer target for the engine's batch feed (src/core/mc_feed.c): a
+ * planned batch of GETK (every reply) or GETKQ (quiet) requests over two
+ * servers, and server 0's stream of replies made from the input: either
+ * the input's own bytes, or the right replies damaged as the input says
+ * (a byte changed, cut short, a reply repeated, two swapped, garbage in
+ * front). Whatever the bytes, the feed must not crash or overread, and
+ * must never hand a reply to a request it does not answer: each reply it
+ * passes on is for the request its opaque names, of server 0, later than
+ * the one before, never twice; the client's callback then accepts it only
+ * if it names that request's key. A stream that ends well has
+ * answered every request of server 0 when every reply is due.
+ *
+ *   make fuzz   (clang, -fsanitize=fuzzer,address,undefined)
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mc_buf.h"
+#include "mc_feed.h"
+#include "mc_proto.h"
+
+#define NMAX 16
+
+typedef struct state {
+    size_t n;
+    int server[NMAX];
+    char keys[NMAX][8];
+    size_t keylen[NMAX];
+    int accepted[NMAX];
+    long last; /* index of the last accepted reply, -1 */
+    uint32_t base;
+} state;
+
+static void check(int cond)
+{
+    if (!cond)
+        __builtin_trap();
+}
+
+static int enc(void *ud, size_t i, mc_buf *out, uint32_t opaque)
+{
+    state *s = ud;
+    return mc_enc_get(out, MC_OP_GETK, opaque, s->keys[i], s->keylen[i]);
+}
+
+static int enc_quiet(void *ud, size_t i, mc_buf *out, uint32_t opaque)
+{
+    state *s = ud;
+    return mc_enc_get(out, MC_OP_GETKQ, opaque, s->keys[i], s->keylen[i]);
+}
+
+/* The client's side of the rule: a reply must name its request's key.
+ * Whatever the feed passes in must be a pending request of server 0. */
+static int reply(void *ud, size_t i, const mc_resp *r)
+{
+    state *s = ud;
+    check(i < s->n && s->server[i] == 0 && !s->accepted[i] &&
+          (long)i > s->last && r->opaque == s->base + (uint32_t)i);
+    if (r->keylen != s->keylen[i] || memcmp(r->key, s->keys[i], r->keylen))
+        return -1;
+    s->accepted[i] = 1;
+    s->last = (long)i;
+    return 0;
+}
+
+/* A well-formed reply: a GETK(Q) hit naming key i, or the NOOP. */
+static void put_reply(mc_buf *out, uint8_t opcode, uint32_t opaque,
+                      const char *key, size_t keylen, const char *val,
+                      size_t vallen)
+{
+    unsigned char h[24] = {0};
+    uint32_t extlen = opcode == MC_OP_NOOP ? 0 : 4;
+    uint32_t body = extlen + (uint32_t)keylen + (uint32_t)vallen;
+    h[0] = 0x81;
+    h[1] = opcode;
+    h[2] = (unsigned char)(keylen >> 8);
+    h[3] = (unsigned char)keylen;
+    h[4] = (unsigned char)extlen;
+    h[8] = (unsigned char)(body >> 24);
+    h[9] = (unsigned char)(body >> 16);
+    h[10] = (unsigned char)(body >> 8);
+    h[11] = (unsigned char)body;
+    h[12] = (unsigned char)(opaque >> 24);
+    h[13] = (unsigned char)(opaque >> 16);
+    h[14] = (unsigned char)(opaque >> 8);
+    h[15] = (unsigned char)opaque;
+    mc_buf_append(out, (const char *)h, 24);
+    if (extlen)
+        mc_buf_append(out, "\0\0\0\0", 4);
+    mc_buf_append(out, key, keylen);
+    mc_buf_append(out, val, vallen);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    state s;
+    mc_batch b;
+    mc_feed f;
+    mc_reader in;
+    mc_buf stream = {0}, plan = {0};
+    unsigned char replied[NMAX + 1] = {0};
+    uint32_t base;
+    size_t i, pos = 0;
+    int quiet, built, rc = MC_FEED_MORE, err = 0;
+    char msg[200];
+
+    if (size < 4)
+        return 0;
+    memset(&s, 0, sizeof(s));
+    s.n = 1 + data[0] % NMAX;
+    quiet = data[1] & 1;
+    built = data[1] & 2;
+    base = (uint32_t)data[2] << 24 | (uint32_t)data[3] * 0x10101u;
+    pos = 4;
+    for (i = 0; i < s.n; i++) {
+        s.server[i] = pos < size && (data[pos++] & 3) == 3 ? 1 : 0;
+        s.keylen[i] = (size_t)snprintf(s.keys[i], sizeof(s.keys[i]), "key%zu", i);
+    }
+    s.last = -1;
+    s.base = base;
+    b.n = s.n;
+    b.server = s.server;
+    b.encode = quiet ? enc_quiet : enc;
+    b.reply = reply;
+    b.fail = NULL;
+    b.revoke = NULL;
+    b.every_reply = !quiet;
+    b.ud = &s;
+    mc_feed_init(&f, &b, 0, base, replied);
+    check(mc_feed_plan(&f, &plan) == 0);
+
+    if (built) {
+        /* the right stream, then damaged as the rest of the input says */
+        for (i = 0; i < s.n; i++)
+            if (s.server[i] == 0 && (!quiet || (i & 1)))
+                put_reply(&stream, quiet ? MC_OP_GETKQ : MC_OP_GETK,
+                          base + (uint32_t)i, s.keys[i], s.keylen[i], "v", 1);
+        put_reply(&stream, MC_OP_NOOP, base + (uint32_t)s.n, "", 0, "", 0);
+        while (pos + 2 < size && stream.len) {
+            size_t at = ((size_t)data[pos + 1] << 8 | data[pos + 2]) % stream.len;
+            switch (data[pos] % 5) {
+            case 0: stream.data[at] = (char)(stream.data[at] ^ (1 + data[pos + 1])); break;
+            case 1: stream.len = at; break;
+            case 2: { /* the head again (copied: appending may move it) */
+                char *head = malloc(at + 1);
+                if (head) {
+                    memcpy(head, stream.data, at);
+                    mc_buf_append(&stream, head, at);
+                    free(head);
+                }
+                break;
+            }
+            case 3: if (at >= 48) { char t[24]; memcpy(t, stream.data, 24);
+                        memcpy(stream.data, stream.data + at - 24, 24);
+                        memcpy(stream.data + at - 24, t, 24); } break;
+            default: {
+                mc_buf g = {0};
+                mc_buf_append(&g, (const char *)data + pos, 3);
+                mc_buf_append(&g, stream.data, stream.len);
+                mc_buf_free(&stream);
+                stream = g;
+            }
+            }
+            pos += 3;
+        }
+    } else {
+        mc_buf_append(&stream, (const char *)data + pos, size - pos);
+    }
+
+    /* fed in chunks of 1..64 bytes, as reads would bring them */
+    mc_reader_init(&in, 1024);
+    for (i = 0; i < stream.len && rc == MC_FEED_MORE;) {
+        size_t n = 1 + ((unsigned char)stream.data[i] * 7u) % 64;
+        if (n > stream.len - i)
+            n = stream.len - i;
+        if (mc_reader_feed(&in, stream.data + i, n) != 0)
+            break;
+        i += n;
+        rc = mc_feed_take(&f, &in, &err, msg, sizeof(msg));
+    }
+    /* what was accepted is exactly what the feed marks as replied */
+    for (i = 0; i < s.n; i++)
+        check(!!replied[i] == !!s.accepted[i]);
+    if (rc == MC_FEED_DONE && !quiet)
+        for (i = 0; i < s.n; i++)
+            check(s.server[i] != 0 || s.accepted[i]);
+    if (rc == MC_FEED_FAILED)
+        check(err != 0 && msg[0] != '\0');
+    mc_reader_free(&in);
+    mc_buf_free(&stream);
+    mc_buf_free(&plan);
+    return 0;
+}
