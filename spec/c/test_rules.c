@@ -10,6 +10,7 @@
 
 #include "mc_abi.h"
 #include "mc_error.h"
+#include "mc_feed.h"
 #include "mc_health.h"
 #include "mc_item.h"
 #include "mc_key.h"
@@ -177,6 +178,107 @@ static void test_health(void)
     CHECK(!h.dead && h.last_error[0] == '\0', "failure_limit 0: never dead");
 }
 
+/* The batch feed with bytes alone: a plan for keys a, b, c (b on another
+ * server), the replies server 0 should send, and ways they go wrong. */
+static int feed_reply(void *ud, size_t i, const mc_resp *r)
+{
+    static const char *const keys[] = {"a", "b", "c"};
+    int *got = ud;
+    if (r->keylen != 1 || r->key[0] != keys[i][0])
+        return -1;
+    got[i]++;
+    return 0;
+}
+
+static int feed_enc(void *ud, size_t i, mc_buf *out, uint32_t opaque)
+{
+    static const char *const keys[] = {"a", "b", "c"};
+    (void)ud;
+    return mc_enc_get(out, MC_OP_GETK, opaque, keys[i], 1);
+}
+
+/* a GETK hit for key k with opaque op, or a NOOP (k NULL) */
+static void feed_put(mc_buf *out, const char *k, uint32_t op)
+{
+    unsigned char h[24] = {0};
+    size_t body = k ? 4 + 1 + 1 : 0;
+    h[0] = 0x81;
+    h[1] = k ? MC_OP_GETK : MC_OP_NOOP;
+    h[3] = k ? 1 : 0;
+    h[4] = k ? 4 : 0;
+    h[11] = (unsigned char)body;
+    h[12] = (unsigned char)(op >> 24);
+    h[13] = (unsigned char)(op >> 16);
+    h[14] = (unsigned char)(op >> 8);
+    h[15] = (unsigned char)op;
+    mc_buf_append(out, h, 24);
+    if (k) {
+        mc_buf_append(out, "\0\0\0\0", 4);
+        mc_buf_append(out, k, 1);
+        mc_buf_append(out, "v", 1);
+    }
+}
+
+/* Feeds the stream one byte at a time; returns the last result. */
+static int feed_run(const char *k1, uint32_t o1, const char *k2, uint32_t o2,
+                    int noop, int *got, int *err)
+{
+    static const int server[] = {0, 1, 0};
+    mc_batch b = {3, server, feed_enc, feed_reply, NULL, NULL, 1, got};
+    unsigned char replied[4] = {0};
+    mc_feed f;
+    mc_buf plan = {0}, s = {0};
+    mc_reader in;
+    char msg[200];
+    size_t i;
+    int rc = MC_FEED_MORE;
+
+    mc_feed_init(&f, &b, 0, 1000, replied);
+    /* server 0's bytes: GETK a, GETK c (a header and a 1-byte key each),
+     * then the NOOP */
+    if (mc_feed_plan(&f, &plan) != 0 || plan.len != 2 * (24 + 1) + 24)
+        return -1;
+    feed_put(&s, k1, o1);
+    feed_put(&s, k2, o2);
+    if (noop)
+        feed_put(&s, NULL, 1003);
+    mc_reader_init(&in, 1024);
+    for (i = 0; i < s.len && rc == MC_FEED_MORE; i++) {
+        mc_reader_feed(&in, s.data + i, 1);
+        rc = mc_feed_take(&f, &in, err, msg, sizeof(msg));
+    }
+    mc_reader_free(&in);
+    mc_buf_free(&plan);
+    mc_buf_free(&s);
+    return rc;
+}
+
+static void test_feed(void)
+{
+    int got[3] = {0}, err = 0;
+    CHECK(feed_run("a", 1000, "c", 1002, 1, got, &err) == MC_FEED_DONE &&
+              got[0] == 1 && got[2] == 1 && got[1] == 0,
+          "the right stream: both replies, then done");
+    memset(got, 0, sizeof(got));
+    CHECK(feed_run("a", 1000, "c", 1002, 0, got, &err) == MC_FEED_MORE,
+          "no NOOP yet: more");
+    memset(got, 0, sizeof(got));
+    CHECK(feed_run("c", 1002, "a", 1000, 1, got, &err) == MC_FEED_FAILED &&
+              err == MC_ERR_PROTOCOL && got[0] == 0,
+          "out of order: refused, the skipped one not taken");
+    memset(got, 0, sizeof(got));
+    CHECK(feed_run("a", 1000, "b", 1001, 1, got, &err) == MC_FEED_FAILED &&
+              got[1] == 0,
+          "a reply for another server's request: refused");
+    memset(got, 0, sizeof(got));
+    CHECK(feed_run("a", 1000, "a", 1002, 1, got, &err) == MC_FEED_FAILED &&
+              got[2] == 0,
+          "c's opaque naming key a: refused by the key check");
+    memset(got, 0, sizeof(got));
+    CHECK(feed_run("a", 1000, NULL, 1003, 0, got, &err) == MC_FEED_FAILED,
+          "the NOOP before c's reply: requests unanswered");
+}
+
 int main(void)
 {
     test_keys();
@@ -185,5 +287,6 @@ int main(void)
     test_errors();
     test_abi();
     test_health();
+    test_feed();
     return CHECK_REPORT();
 }
