@@ -57,10 +57,15 @@ int mc_abi_status_err(int kind, int status);
 const char *mc_abi_err_str(int err);
 int mc_abi_err_count(void);
 int mc_abi_is_lock(uint32_t flags, const char *value, size_t len);
+int mc_abi_status_is_auth(int status);
+int mc_abi_reply_key_ok(int status, const char *rkey, size_t rlen, const char *key, size_t keylen);
+int mc_abi_resend_safe(const char *p, size_t n);
 ]]
 local core = ffi.load(assert(package.searchpath("memcached", package.cpath),
   "memcached.so not found on package.cpath"))
 local c_key_ok, c_status_err, c_is_lock = core.mc_abi_key_ok, core.mc_abi_status_err, core.mc_abi_is_lock
+local c_is_auth, c_reply_key_ok, c_resend_safe = core.mc_abi_status_is_auth, core.mc_abi_reply_key_ok,
+  core.mc_abi_resend_safe
 
 -- error number -> its ERR_* string, once
 local err_str = {}
@@ -81,7 +86,18 @@ end
 -- memcached -S answers an unauthenticated request with an auth status and
 -- closes the connection: such a cosocket must be closed, not pooled.
 local function is_auth(st)
-  return st == ST.AUTH_ERROR or st == ST.AUTH_CONTINUE
+  return c_is_auth(st) ~= 0
+end
+
+-- A reply may answer a request for key: a hit names it, an error reply
+-- names it or no key.
+local function reply_key_ok(res, key)
+  return c_reply_key_ok(res.status, res.key, #res.key, key, #key) ~= 0
+end
+
+-- Every request framed in data may be sent twice (README, Errors).
+local function resend_safe(data)
+  return c_resend_safe(data, #data) ~= 0
 end
 
 -- How a pooled cosocket whose server closed it meanwhile fails (send, or
@@ -285,10 +301,10 @@ end
 
 -- One request to the server of key, framed by enc(op, opaque, ...).
 -- Returns the reply (status OK) and the address, or nil, err, detail with a
--- non-OK status mapped as `kind` says. safe: the request may be sent twice
--- (README, Errors), so a pooled connection found closed gets it once
--- more on a fresh one.
-local function call(self, key, kind, safe, enc, op, ...)
+-- non-OK status mapped as `kind` says. A request that may be sent twice
+-- (resend_safe) gets it once more on a fresh connection when a pooled one
+-- turns out closed.
+local function call(self, key, kind, enc, op, ...)
   if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
   if not key_ok(key) then return nil, E_KEY, KEY_DETAIL end
   local addr, err, detail = self.placer:pick_server(key)
@@ -300,7 +316,7 @@ local function call(self, key, kind, safe, enc, op, ...)
   local r = take_reader(self)
   local res, sock, stale
   res, sock, detail, stale = roundtrip(self, addr, data, r, dl)
-  if not res and stale and safe then
+  if not res and stale and resend_safe(data) then
     r:reset()
     res, sock, detail = roundtrip(self, addr, data, r, dl, true)
   end
@@ -312,8 +328,7 @@ local function call(self, key, kind, safe, enc, op, ...)
       :format(addr, res.opcode, res.opaque, op, opaque)
   end
   -- an item's reply names its key (error replies may name none)
-  if (op == OP.GETK or op == OP.GATK) and res.key ~= key
-      and (res.key ~= "" or res.status == ST.OK) then
+  if (op == OP.GETK or op == OP.GATK) and not reply_key_ok(res, key) then
     sock:close()
     return nil, E_PROTOCOL, addr .. ": reply names another key than the request's"
   end
@@ -343,8 +358,8 @@ local function key_op(self, op, key, exptime)
   check_key(key)
   opt_uint(2, "expiration", exptime, U32)
   local res, addr, detail
-  if op == OP.GETK then res, addr, detail = call(self, key, K_GET, true, c_get, op, key)
-  else res, addr, detail = call(self, key, K_GET, true, c_touch, op, key, exptime) end
+  if op == OP.GETK then res, addr, detail = call(self, key, K_GET, c_get, op, key)
+  else res, addr, detail = call(self, key, K_GET, c_touch, op, key, exptime) end
   if not res then return nil, addr, detail end
   if op == OP.TOUCH then return true end
   if is_lock(res) then return nil, E_MISS end
@@ -387,8 +402,7 @@ local function store(self, op, kind, raw, is_cas, key, value, a3, a4, flags)
   end
   -- only a plain set may run twice (add/replace/a cas could fail or win
   -- against the first try's effect)
-  local safe = op == OP.SET and (cas or 0) == 0
-  local res, addr, detail = call(self, key, kind, safe, c_store, op, cas, key, flags, exptime, value)
+  local res, addr, detail = call(self, key, kind, c_store, op, cas, key, flags, exptime, value)
   if not res then return nil, addr, detail end
   return res.cas
 end
@@ -408,7 +422,7 @@ local function concat_op(self, op, key, bytes, cas)
     error("bad argument #2 (bytes): string expected, got " .. type(bytes), 3)
   end
   opt_uint(3, "cas", cas)
-  local res, addr, detail = call(self, key, K_REPLACE, false, c_concat, op, cas, key, bytes)
+  local res, addr, detail = call(self, key, K_REPLACE, c_concat, op, cas, key, bytes)
   if not res then return nil, addr, detail end
   return res.cas
 end
@@ -421,7 +435,7 @@ function _M.delete(self, key, cas)
   check_key(key)
   opt_uint(2, "cas", cas)
   local kind = (cas or 0) ~= 0 and K_REPLACE or K_GET
-  local res, err, detail = call(self, key, kind, false, c_delete, OP.DELETE, cas, key)
+  local res, err, detail = call(self, key, kind, c_delete, OP.DELETE, cas, key)
   if not res then return nil, err, detail end
   return true
 end
@@ -437,12 +451,12 @@ local function arith(self, op, key, delta, initial, exptime)
   opt_uint(3, "initial", initial)
   opt_uint(4, "expiration", exptime, U32)
   local exp = initial and (exptime or 0) or NO_CREATE
-  local res, addr, detail = call(self, key, K_GET, false, c_arith, op, key, delta, initial, exp)
+  local res, addr, detail = call(self, key, K_GET, c_arith, op, key, delta, initial, exp)
   if not res then
     local err = addr
     if err == _M.ERR_NON_NUMERIC then
       -- a delete_lock marker is not a number either, but reads as a miss
-      local g = call(self, key, K_GET, true, c_get, OP.GETK, key)
+      local g = call(self, key, K_GET, c_get, OP.GETK, key)
       if g and is_lock(g) then return nil, E_MISS, "the key is locked by delete_lock" end
       detail = "the item is not a decimal number"
     end
@@ -459,10 +473,10 @@ function _M.increment(self, key, delta, initial, exptime) return arith(self, OP.
 function _M.decrement(self, key, delta, initial, exptime) return arith(self, OP.DECREMENT, key, delta, initial, exptime) end
 
 -- Sends batch b (sets b.sock, b.reused); a pooled connection found closed
--- gets it once more on a fresh one when safe. Returns nil, or err, detail.
-local function send_batch(self, b, dl, safe)
+-- gets it once more on a fresh one when resend_safe. Returns nil, or err, detail.
+local function send_batch(self, b, dl)
   local sock, x, detail, stale = send_to(self, b.addr, b.data, dl)
-  if not sock and stale and safe then
+  if not sock and stale and resend_safe(b.data) then
     b.resent = true
     sock, x, detail = send_to(self, b.addr, b.data, dl, true)
   end
@@ -476,22 +490,22 @@ end
 -- are read until the one whose opaque is `last`. on_reply(b, res) returns
 -- true (keep reading), or nil, err, detail (a reply not ours, or an auth
 -- status: the socket is closed). on_fail(b, err, detail) hears of each
--- server that failed. safe: every request of the batches may be sent twice,
--- so a batch whose pooled connection turns out closed before any byte of
--- its replies is sent once more on a fresh one.
-local function run_batches(self, batches, safe, on_reply, on_fail)
+-- server that failed. A batch whose requests may all be sent twice
+-- (resend_safe) and whose pooled connection turns out closed before any
+-- byte of its replies is sent once more on a fresh one.
+local function run_batches(self, batches, on_reply, on_fail)
   ngx_update_time()
   local dl = ngx_now() + self.io_timeout
   if #batches == 1 then
     local b = batches[1]
-    local err, detail = send_batch(self, b, dl, safe)
+    local err, detail = send_batch(self, b, dl)
     if err then on_fail(b, err, detail) end
   else
     -- connect to and write every server at once, one light thread each, so
     -- that servers that hang cost one connect timeout, not one each
     local threads = {}
     for i, b in ipairs(batches) do
-      threads[i] = ngx_thread_spawn(send_batch, self, b, dl, safe)
+      threads[i] = ngx_thread_spawn(send_batch, self, b, dl)
     end
     for i, b in ipairs(batches) do
       local ok, err, detail = ngx_thread_wait(threads[i])
@@ -516,7 +530,7 @@ local function run_batches(self, batches, safe, on_reply, on_fail)
           sock:setkeepalive(self.keepalive_ms, self.pool_size)
           break
         end
-      elseif stale and safe and b.reused and not replied and not b.resent then
+      elseif stale and b.reused and not replied and not b.resent and resend_safe(b.data) then
         -- a pooled connection the server had closed: once more on a fresh one
         b.resent = true
         r:reset()
@@ -573,7 +587,7 @@ function _M.get_multi(self, keys)
     b.parts[#b.parts + 1] = c_simple(OP.NOOP, b.last)
     b.data = concat(b.parts)
   end
-  run_batches(self, batches, true, function(b, res)
+  run_batches(self, batches, function(b, res)
     if res.opaque == b.last and res.opcode == OP.NOOP then
       if b.pos <= #b.order then
         return nil, E_PROTOCOL, b.addr .. ": the batch ended with requests unanswered"
@@ -583,7 +597,7 @@ function _M.get_multi(self, keys)
     local k = b.waiting[res.opaque]
     -- error replies may carry no key: their opaque says which request
     if not k or res.opaque ~= b.order[b.pos] or res.opcode ~= OP.GETK
-        or (res.key ~= k and (res.key ~= "" or res.status == ST.OK)) then
+        or not reply_key_ok(res, k) then
       return nil, E_PROTOCOL, b.addr .. ": a reply that answers no request of this batch, in order"
     end
     if is_auth(res.status) then
@@ -593,10 +607,9 @@ function _M.get_multi(self, keys)
     end
     b.waiting[res.opaque] = nil
     b.pos = b.pos + 1
-    if res.status == ST.KEY_ENOENT then
-      -- a miss
-    elseif res.status ~= ST.OK then
-      key_failed(k, status_err(K_GET, res.status))
+    local e = res.status ~= ST.OK and status_err(K_GET, res.status)
+    if e then
+      if e ~= E_MISS then key_failed(k, e) end
     elseif not is_lock(res) then
       local ok, v = item_value(self, res)
       if ok then
@@ -640,8 +653,7 @@ local function each_server(self, enc, op, arg)
     first = first or err
     failures[b.addr] = detail
   end
-  -- flush, ping and version may all be sent twice
-  run_batches(self, batches, true, function(b, res)
+  run_batches(self, batches, function(b, res)
     if res.opaque ~= b.last or res.opcode ~= op then
       return nil, E_PROTOCOL, b.addr .. ": reply opcode " .. res.opcode .. " opaque " .. res.opaque
     end

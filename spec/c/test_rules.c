@@ -144,6 +144,31 @@ static void test_abi(void)
     CHECK(mc_abi_is_lock(MC_LOCK_FLAGS, mc_lock_value, mc_lock_len) &&
               !mc_abi_is_lock(0, mc_lock_value, mc_lock_len),
           "lock marker");
+    CHECK(mc_abi_status_is_auth(MC_STATUS_AUTH_ERROR) &&
+              mc_abi_status_is_auth(MC_STATUS_AUTH_CONTINUE) &&
+              !mc_abi_status_is_auth(MC_STATUS_OK) &&
+              !mc_abi_status_is_auth(-1),
+          "auth statuses");
+    CHECK(mc_abi_reply_key_ok(MC_STATUS_OK, "key1", 4, "key1", 4) &&
+              !mc_abi_reply_key_ok(MC_STATUS_OK, "", 0, "key1", 4) &&
+              !mc_abi_reply_key_ok(MC_STATUS_OK, "key2", 4, "key1", 4) &&
+              mc_abi_reply_key_ok(0x82, "", 0, "key1", 4) &&
+              !mc_abi_reply_key_ok(MC_STATUS_KEY_ENOENT, "other", 5, "key1", 4),
+          "a reply's key: a hit names it, an error names it or none");
+    {
+        mc_buf b = {0};
+        int ok = mc_enc_get(&b, MC_OP_GETK, 1, "k", 1) == 0 &&
+                 mc_enc_simple(&b, MC_OP_NOOP, 2) == 0;
+        CHECK(ok && mc_abi_resend_safe(b.data, b.len) &&
+                  !mc_abi_resend_safe(b.data, b.len - 1),
+              "a GETK and a NOOP may be sent twice; a cut frame may not");
+        b.len = 0;
+        ok = mc_enc_simple(&b, MC_OP_NOOP, 3) == 0 &&
+             mc_enc_simple(&b, MC_OP_DELETE, 4) == 0;
+        CHECK(ok && !mc_abi_resend_safe(b.data, b.len),
+              "a DELETE may not");
+        mc_buf_free(&b);
+    }
 }
 
 /* A server's health with the time passed in: dead after failure_limit

@@ -32,3 +32,21 @@ int mc_abi_is_lock(uint32_t flags, const char *value, size_t len)
 {
     return mc_is_lock(flags, value, len);
 }
+
+int mc_abi_status_is_auth(int status)
+{
+    return status >= 0 && status <= 0xffff && mc_status_is_auth((uint16_t)status);
+}
+
+int mc_abi_reply_key_ok(int status, const char *rkey, size_t rlen,
+                        const char *key, size_t keylen)
+{
+    if (status < 0 || status > 0xffff)
+        return 0;
+    return mc_reply_key_ok((uint16_t)status, rkey, rlen, key, keylen);
+}
+
+int mc_abi_resend_safe(const char *p, size_t n)
+{
+    return mc_resend_safe(p, n);
+}

@@ -25,5 +25,13 @@ MC_ABI const char *mc_abi_err_str(int err);
 MC_ABI int mc_abi_err_count(void);
 /* 1 when an item with these flags and value is delete_lock's marker. */
 MC_ABI int mc_abi_is_lock(uint32_t flags, const char *value, size_t len);
+/* 1 for an authentication status (the server closes the connection; it is
+ * no failure of the server). */
+MC_ABI int mc_abi_status_is_auth(int status);
+/* 1 when a reply (its status and key) may answer a request for key. */
+MC_ABI int mc_abi_reply_key_ok(int status, const char *rkey, size_t rlen,
+                               const char *key, size_t keylen);
+/* 1 when every request framed in the n bytes at p may be sent twice. */
+MC_ABI int mc_abi_resend_safe(const char *p, size_t n);
 
 #endif

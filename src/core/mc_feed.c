@@ -50,8 +50,7 @@ int mc_feed_take(mc_feed *f, mc_reader *in, int *err, char *msg,
         if (rc == MC_READ_ERROR)
             return failed(err, mc_reader_error(in), msg, msglen, in->errstr);
         f->got = 1;
-        if (r.status == MC_STATUS_AUTH_ERROR ||
-            r.status == MC_STATUS_AUTH_CONTINUE) {
+        if (mc_status_is_auth(r.status)) {
             /* the server refuses this connection (and closes it): none of
              * its requests will be served, whichever one it answered */
             snprintf(why, sizeof(why), "%s: %.*s", mc_status_str(r.status),

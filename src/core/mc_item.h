@@ -7,6 +7,9 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+
+#include "mc_proto.h"
 
 /* How an operation reads the server's "not found" / "exists" answers. */
 enum mc_op_kind {
@@ -20,6 +23,59 @@ enum mc_op_kind {
 /* The error (mc_error.h) that a non-OK status means for this kind of
  * operation. */
 int mc_status_err(enum mc_op_kind k, uint16_t status);
+
+/* An authentication status: the server is up and answers, but refuses this
+ * connection and closes it after the reply (memcached -S). It is not a
+ * failure of the server. */
+static inline int mc_status_is_auth(uint16_t st)
+{
+    return st == MC_STATUS_AUTH_ERROR || st == MC_STATUS_AUTH_CONTINUE;
+}
+
+/* n bytes at a and b are equal (keys: short, compared inline, no libc
+ * call on the per-key path). */
+static inline int mc_bytes_eq(const char *a, const char *b, size_t n)
+{
+    uint64_t x, y;
+    size_t i;
+    if (n < 8) {
+        for (i = 0; i < n; i++)
+            if (a[i] != b[i])
+                return 0;
+        return 1;
+    }
+    for (i = 0; i + 8 < n; i += 8) {
+        memcpy(&x, a + i, 8);
+        memcpy(&y, b + i, 8);
+        if (x != y)
+            return 0;
+    }
+    memcpy(&x, a + n - 8, 8); /* the last word, overlapping */
+    memcpy(&y, b + n - 8, 8);
+    return x == y;
+}
+
+/* A reply to a request for key may stand: a hit names that key; an error
+ * reply names it or no key at all (memcached's out-of-memory replies name
+ * none). A reply naming another key is someone else's. */
+static inline int mc_reply_key_ok(uint16_t status, const char *rkey,
+                                  size_t rlen, const char *key, size_t keylen)
+{
+    if (rlen == 0 && status != MC_STATUS_OK)
+        return 1;
+    return rlen == keylen && mc_bytes_eq(rkey, key, keylen);
+}
+
+/* Sending twice is harmless: reads (GET/GETK/GAT/TOUCH and their quiet
+ * forms), a plain SET/SETQ (no cas: the same value stored again), NOOP,
+ * VERSION, STAT, FLUSH. Not for a request that may have been applied
+ * before its connection broke: ADD answers "not stored" the second time,
+ * incr counts twice, append appends twice, a cas or a delete reports a
+ * conflict or a miss. mc_resend_safe: every request framed in the n bytes
+ * at p is; mc_first_resend_safe: the first one is (the cheap test of
+ * whether a reused connection needs checking first). */
+int mc_resend_safe(const char *p, size_t n);
+int mc_first_resend_safe(const char *p, size_t n);
 
 /* delete_lock's marker: an item with these flags holding exactly these
  * bytes is a lock, which reads as a miss. */

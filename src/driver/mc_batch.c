@@ -182,7 +182,7 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
             slot_failed(c, b, sl, MC_ERR_NOMEM, "out of memory");
             continue;
         }
-        if (sl->conn->idle_since != 0 && !mc_first_resend_safe(&sl->conn->out) &&
+        if (sl->conn->idle_since != 0 && !mc_first_resend_safe(sl->conn->out.data, sl->conn->out.len) &&
             mc_conn_stale(sl->conn)) {
             /* not to be sent twice: a closed pooled connection is
              * replaced before sending */

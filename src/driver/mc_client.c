@@ -58,13 +58,6 @@ static void push_event(mc_client *c, mc_server *s, int up, const char *why)
     snprintf(e->reason, sizeof(e->reason), "%s", why ? why : "");
 }
 
-/* An authentication status: the server is up and answers, but refuses this
- * connection and closes it after the reply. */
-int mc_is_auth_status(uint16_t st)
-{
-    return st == MC_STATUS_AUTH_ERROR || st == MC_STATUS_AUTH_CONTINUE;
-}
-
 void client_server_failed(mc_client *c, mc_server *s, int err, const char *msg)
 {
     char why[200];
@@ -120,51 +113,10 @@ int client_usable(mc_client *c, mc_server *s)
  * (a server restarted at once on the same port, an idle timeout). Checking
  * every reused connection would cost a syscall per request; instead a
  * request that fails on a reused connection before any byte of its reply
- * arrived (closed, reset, EPIPE) is sent once more on a fresh connection,
- * when sending it twice is harmless: reads (GET/GETK/GAT/TOUCH and their
- * quiet forms), a plain SET/SETQ (no cas: storing the same value again),
- * NOOP, VERSION, STAT, FLUSH. A request that may have been applied before
- * the connection broke must not run twice (ADD answers "not stored" the
- * second time, incr counts twice, append appends twice, a cas or a delete
- * reports a conflict or a miss): for those a reused connection is checked
- * (one recv(MSG_PEEK)) before sending, and a failure after that counts. */
-
-/* One request frame (at least a header) that is safe to send twice. */
-static int frame_resend_safe(const char *p)
-{
-    switch ((uint8_t)p[1]) {
-    case MC_OP_GET: case MC_OP_GETQ: case MC_OP_GETK: case MC_OP_GETKQ:
-    case MC_OP_GAT: case MC_OP_GATQ: case MC_OP_GATK: case MC_OP_GATKQ:
-    case MC_OP_TOUCH: case MC_OP_NOOP: case MC_OP_VERSION: case MC_OP_STAT:
-    case MC_OP_FLUSH: case MC_OP_FLUSHQ:
-        return 1;
-    case MC_OP_SET: case MC_OP_SETQ:
-        return mc_load64(p + 16) == 0;
-    default:
-        return 0;
-    }
-}
-
-/* Every request in the buffer is safe to send twice. */
-int mc_resend_safe(const char *p, size_t n)
-{
-    while (n >= MC_HEADER_LEN) {
-        size_t len = MC_HEADER_LEN + (size_t)mc_load32(p + 8);
-        if (len > n || !frame_resend_safe(p))
-            return 0;
-        p += len;
-        n -= len;
-    }
-    return n == 0;
-}
-
-/* The first request in the buffer is safe to send twice (the cheap test
- * for whether a reused connection needs checking first; batches here are
- * one kind of request plus a NOOP, and resend_safe decides any resend). */
-int mc_first_resend_safe(const mc_buf *out)
-{
-    return out->len >= MC_HEADER_LEN && frame_resend_safe(out->data);
-}
+ * arrived (closed, reset, EPIPE) is sent once more on a fresh connection
+ * when the core says sending it twice is harmless (mc_resend_safe); for
+ * the others a reused connection is checked (one recv(MSG_PEEK)) before
+ * sending, and a failure after that counts. */
 
 /* Moves the request(s) of a connection that broke, or was found closed,
  * to a new connection to the same server; `old` is closed, and so are the
@@ -543,8 +495,7 @@ static int reply_matches(mc_client *c, mc_resp *r, const char *key,
                           "reply framed wrongly for its opcode");
     /* A hit must name the requested key (its opaque alone could be a
      * server's or a proxy's mix-up); error replies may name none. */
-    if (key && (r->keylen || r->status == MC_STATUS_OK) &&
-        (r->keylen != keylen || memcmp(r->key, key, keylen) != 0))
+    if (key && !mc_reply_key_ok(r->status, r->key, r->keylen, key, keylen))
         return cur_failed(c, MC_ERR_PROTOCOL,
                           "reply names another key than the request's");
     return MC_OK;
@@ -575,7 +526,7 @@ static inline int exec_one(mc_client *c, mc_resp *r, const char *key,
     c->cur_opcode = c->cur->out.len >= 2 ? (uint8_t)c->cur->out.data[1] : 0;
     mc_deadline_in(&c->deadline, c->op_start, c->o.io_timeout);
     reused = c->cur->idle_since != 0;
-    if (reused && !mc_first_resend_safe(&c->cur->out) && mc_conn_stale(c->cur)) {
+    if (reused && !mc_first_resend_safe(c->cur->out.data, c->cur->out.len) && mc_conn_stale(c->cur)) {
         /* not to be sent twice: a closed pooled connection is replaced
          * before sending */
         if ((rc = cur_renew(c, msg, sizeof(msg))) != MC_OK)
@@ -597,7 +548,7 @@ static inline int exec_one(mc_client *c, mc_resp *r, const char *key,
     if (rc == MC_OK) {
         /* memcached -S closes the connection after this reply: pooled, it
          * would fail the next call with "connection closed" */
-        if (mc_is_auth_status(r->status))
+        if (mc_status_is_auth(r->status))
             c->cur_close = 1;
         client_server_ok(c, c->servers[c->cur_srv]);
     }
@@ -625,7 +576,7 @@ int mc_client_next(mc_client *c, mc_resp *r)
     if (rc != MC_OK)
         return cur_failed(c, rc, msg);
     rc = reply_matches(c, r, NULL, 0);
-    if (rc == MC_OK && mc_is_auth_status(r->status))
+    if (rc == MC_OK && mc_status_is_auth(r->status))
         c->cur_close = 1;
     return rc;
 }

@@ -6,6 +6,7 @@
 #define MC_CLIENT_INT_H
 
 #include "mc_client.h"
+#include "mc_item.h"
 
 struct mc_batch_slot {
     int srv;          /* server index */
@@ -16,10 +17,7 @@ struct mc_batch_slot {
 
 enum { SLOT_IDLE, SLOT_CONNECTING, SLOT_WRITING, SLOT_READING, SLOT_DONE };
 
-int mc_first_resend_safe(const mc_buf *out);
-int mc_is_auth_status(uint16_t st);
 mc_conn *client_renew(mc_client *c, mc_server *s, mc_conn *old, int wait, int *err, char *msg, size_t msglen);
-int mc_resend_safe(const char *p, size_t n);
 void client_server_failed(mc_client *c, mc_server *s, int err, const char *msg);
 void client_server_ok(mc_client *c, mc_server *s);
 int client_usable(mc_client *c, mc_server *s);

@@ -393,28 +393,6 @@ static void multi_failed(multi *m, size_t i, const char *err)
     lua_rawset(L, m->failed);
 }
 
-/* memcmp(a, b, n) == 0 for short keys, without a library call */
-static int same_bytes(const char *a, const char *b, size_t n)
-{
-    uint64_t x, y;
-    size_t i;
-    if (n < 8) {
-        for (i = 0; i < n; i++)
-            if (a[i] != b[i])
-                return 0;
-        return 1;
-    }
-    for (i = 0; i + 8 < n; i += 8) {
-        memcpy(&x, a + i, 8);
-        memcpy(&y, b + i, 8);
-        if (x != y)
-            return 0;
-    }
-    memcpy(&x, a + n - 8, 8); /* the last word, overlapping */
-    memcpy(&y, b + n - 8, 8);
-    return x == y;
-}
-
 static int multi_get_enc(void *ud, size_t i, mc_buf *out, uint32_t opaque)
 {
     multi *m = ud;
@@ -428,21 +406,17 @@ static int multi_get_reply(void *ud, size_t i, const mc_resp *r)
     lua_State *L = m->L;
     char err[200];
     const struct bkey *k = &m->u->keys[i];
-    int key_differs = r->keylen != k->len || !same_bytes(r->key, k->key, k->len);
     /* GETK, not GETKQ: every key gets a reply, hits and misses naming
      * their key, in order. A reply under another pending request's opaque,
      * or a value that swallowed the replies after it, then breaks the
      * batch instead of handing one key's value to another. */
+    if (!mc_reply_key_ok(r->status, r->key, r->keylen, k->key, k->len))
+        return -1;
     if (r->status != MC_STATUS_OK) {
-        /* error replies (out of memory, ...) carry no key */
-        if (r->keylen && key_differs)
-            return -1;
         if (r->status != MC_STATUS_KEY_ENOENT)
             multi_failed(m, i, status_name(MC_KIND_GET, r->status));
         return 0;
     }
-    if (key_differs)
-        return -1;
     if (is_lock(r))
         return 0;
     anchor_push(L, m, i); /* the caller's string */
