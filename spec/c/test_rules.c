@@ -15,6 +15,7 @@
 #include "mc_item.h"
 #include "mc_key.h"
 #include "mc_proto.h"
+#include "reply.h"
 
 #include "check.h"
 
@@ -31,11 +32,26 @@ static int key_ok_ref(const unsigned char *k, size_t n)
     return 1;
 }
 
+/* Every byte value at positions from..n-1 of an n-byte key: mc_key_ok
+ * agrees with the reference. */
+static void sweep_key(size_t n, size_t from)
+{
+    unsigned char k[MC_KEY_MAX];
+    size_t pos;
+    int b;
+    for (pos = from; pos < n; pos++)
+        for (b = 0; b < 256; b++) {
+            memset(k, 'a', n);
+            k[pos] = (unsigned char)b;
+            if (mc_key_ok((char *)k, n) != key_ok_ref(k, n))
+                CHECK(0, "byte 0x%02x at %zu of %zu", b, pos, n);
+        }
+}
+
 static void test_keys(void)
 {
     unsigned char k[260];
-    size_t n, pos;
-    int b;
+    size_t n;
 
     CHECK(!mc_key_ok("", 0), "empty key");
     memset(k, 'k', sizeof(k));
@@ -44,20 +60,8 @@ static void test_keys(void)
     /* every byte value at every position of keys of 1..20 bytes, and near
      * the end of a long one: the word tricks must miss nothing */
     for (n = 1; n <= 20; n++)
-        for (pos = 0; pos < n; pos++)
-            for (b = 0; b < 256; b++) {
-                memset(k, 'a', n);
-                k[pos] = (unsigned char)b;
-                if (mc_key_ok((char *)k, n) != key_ok_ref(k, n))
-                    CHECK(0, "byte 0x%02x at %zu of %zu", b, pos, n);
-            }
-    for (pos = 230; pos < 250; pos++)
-        for (b = 0; b < 256; b++) {
-            memset(k, 'a', 250);
-            k[pos] = (unsigned char)b;
-            if (mc_key_ok((char *)k, 250) != key_ok_ref(k, 250))
-                CHECK(0, "byte 0x%02x at %zu of 250", b, pos);
-        }
+        sweep_key(n, 0);
+    sweep_key(250, 230);
     CHECK(1, "byte sweep done");
 }
 
@@ -225,23 +229,10 @@ static int feed_enc(void *ud, size_t i, mc_buf *out, uint32_t opaque)
 /* a GETK hit for key k with opaque op, or a NOOP (k NULL) */
 static void feed_put(mc_buf *out, const char *k, uint32_t op)
 {
-    unsigned char h[24] = {0};
-    size_t body = k ? 4 + 1 + 1 : 0;
-    h[0] = 0x81;
-    h[1] = k ? MC_OP_GETK : MC_OP_NOOP;
-    h[3] = k ? 1 : 0;
-    h[4] = k ? 4 : 0;
-    h[11] = (unsigned char)body;
-    h[12] = (unsigned char)(op >> 24);
-    h[13] = (unsigned char)(op >> 16);
-    h[14] = (unsigned char)(op >> 8);
-    h[15] = (unsigned char)op;
-    mc_buf_append(out, h, 24);
-    if (k) {
-        mc_buf_append(out, "\0\0\0\0", 4);
-        mc_buf_append(out, k, 1);
-        mc_buf_append(out, "v", 1);
-    }
+    if (k)
+        put_reply(out, MC_OP_GETK, op, k, 1, "v", 1);
+    else
+        put_reply(out, MC_OP_NOOP, op, "", 0, "", 0);
 }
 
 /* Feeds the stream one byte at a time; returns the last result. */
