@@ -39,35 +39,14 @@ int mc_is_lock_value(const char *value, size_t len)
     return 0;
 }
 
-/* One request frame (at least a header) that is safe to send twice. */
-static int frame_resend_safe(const char *p)
-{
-    switch ((uint8_t)p[1]) {
-    case MC_OP_GET: case MC_OP_GETQ: case MC_OP_GETK: case MC_OP_GETKQ:
-    case MC_OP_GAT: case MC_OP_GATQ: case MC_OP_GATK: case MC_OP_GATKQ:
-    case MC_OP_TOUCH: case MC_OP_NOOP: case MC_OP_VERSION: case MC_OP_STAT:
-    case MC_OP_FLUSH: case MC_OP_FLUSHQ:
-        return 1;
-    case MC_OP_SET: case MC_OP_SETQ:
-        return mc_load64(p + 16) == 0;
-    default:
-        return 0;
-    }
-}
-
 int mc_resend_safe(const char *p, size_t n)
 {
     while (n >= MC_HEADER_LEN) {
         size_t len = MC_HEADER_LEN + (size_t)mc_load32(p + 8);
-        if (len > n || !frame_resend_safe(p))
+        if (len > n || !mc_frame_resend_safe(p))
             return 0;
         p += len;
         n -= len;
     }
     return n == 0;
-}
-
-int mc_first_resend_safe(const char *p, size_t n)
-{
-    return n >= MC_HEADER_LEN && frame_resend_safe(p);
 }

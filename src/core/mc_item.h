@@ -75,7 +75,28 @@ static inline int mc_reply_key_ok(uint16_t status, const char *rkey,
  * at p is; mc_first_resend_safe: the first one is (the cheap test of
  * whether a reused connection needs checking first). */
 int mc_resend_safe(const char *p, size_t n);
-int mc_first_resend_safe(const char *p, size_t n);
+
+/* One request frame (at least a header) that is safe to send twice.
+ * Inline: the one-request path asks for every reused connection. */
+static inline int mc_frame_resend_safe(const char *p)
+{
+    switch ((uint8_t)p[1]) {
+    case MC_OP_GET: case MC_OP_GETQ: case MC_OP_GETK: case MC_OP_GETKQ:
+    case MC_OP_GAT: case MC_OP_GATQ: case MC_OP_GATK: case MC_OP_GATKQ:
+    case MC_OP_TOUCH: case MC_OP_NOOP: case MC_OP_VERSION: case MC_OP_STAT:
+    case MC_OP_FLUSH: case MC_OP_FLUSHQ:
+        return 1;
+    case MC_OP_SET: case MC_OP_SETQ:
+        return mc_load64(p + 16) == 0;
+    default:
+        return 0;
+    }
+}
+
+static inline int mc_first_resend_safe(const char *p, size_t n)
+{
+    return n >= MC_HEADER_LEN && mc_frame_resend_safe(p);
+}
 
 /* delete_lock's marker: an item with these flags holding exactly these
  * bytes is a lock, which reads as a miss. */

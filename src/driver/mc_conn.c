@@ -453,7 +453,7 @@ static int recv_loop(mc_conn *c, mc_resp *r, const mc_deadline *d,
                 return MC_OK;
             if (rc == MC_READ_ERROR) {
                 say(msg, msglen, c->in.errstr, 0);
-                return mc_conn_read_error(c);
+                return mc_reader_error(&c->in);
             }
         }
         /* what is left of the budget, whatever used it (a long send, a
@@ -497,11 +497,6 @@ int mc_conn_roundtrip(mc_conn *c, mc_resp *r, const mc_deadline *d,
     if (rc != MC_OK)
         return rc;
     return recv_loop(c, r, d, msg, msglen, 0);
-}
-
-int mc_conn_read_error(const mc_conn *c)
-{
-    return mc_reader_error(&c->in);
 }
 
 int mc_conn_stale(mc_conn *c)

@@ -121,11 +121,6 @@ int mc_conn_read_budget(mc_conn *c, const mc_deadline *d, char *msg,
 int mc_wait_fd(int fd, short events, const mc_deadline *d, char *msg,
                size_t msglen);
 
-/* The error for a reader that failed: MC_ERR_TOO_LARGE for a plausible item
- * over the configured cap, MC_ERR_SERVER_ERROR for a text error line from
- * the server (the reader's errstr holds the line), else MC_ERR_PROTOCOL. */
-int mc_conn_read_error(const mc_conn *c);
-
 /* True when an idle connection looks dead or dirty: the peer closed it,
  * reset it, or sent bytes nobody asked for. Costs one syscall. */
 int mc_conn_stale(mc_conn *c);
