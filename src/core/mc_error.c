@@ -19,7 +19,6 @@ static const struct {
     [MC_ERR_UNENCODABLE] = {"UNENCODABLE", "unencodable value"},
     [MC_ERR_BAD_SERVER] = {"BAD_SERVER", "bad server address"},
     [MC_ERR_CLIENT_CLOSED] = {"CLIENT_CLOSED", "client closed"},
-    [MC_ERR_IN_USE] = {"IN_USE", "client in use"},
     [MC_ERR_TIMEOUT] = {"TIMEOUT", "timeout"},
     [MC_ERR_CLOSED] = {"CONNECTION_CLOSED", "connection closed"},
     [MC_ERR_REFUSED] = {"CONNECTION_REFUSED", "connection refused"},

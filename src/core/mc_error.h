@@ -26,7 +26,6 @@ enum mc_err {
     MC_ERR_UNENCODABLE,
     MC_ERR_BAD_SERVER,
     MC_ERR_CLIENT_CLOSED,
-    MC_ERR_IN_USE,
     /* the transport's and the servers' health */
     MC_ERR_TIMEOUT,      /* deadline passed */
     MC_ERR_CLOSED,       /* peer closed or reset the connection */

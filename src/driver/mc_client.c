@@ -32,7 +32,6 @@ mc_client *mc_client_new(const mc_client_opts *o)
         c->o.pool.probe_timeout = 0.02;
     if (c->o.pool.probe_timeout > c->o.pool.connect_timeout)
         c->o.pool.probe_timeout = c->o.pool.connect_timeout;
-    c->cur_srv = -1;
     c->sel = mc_selector_new(o->selector, NULL, 0);
     if (!c->sel) {
         free(c);
@@ -150,11 +149,6 @@ mc_conn *client_renew(mc_client *c, mc_server *s, mc_conn *old, int wait,
 void mc_client_abort(mc_client *c)
 {
     size_t i;
-    if (c->cur) {
-        mc_pool_put(c->servers[c->cur_srv], &c->o.pool, c->cur, 1, 0);
-        c->cur = NULL;
-        c->cur_srv = -1;
-    }
     for (i = 0; i < c->nslots; i++) {
         mc_batch_slot *sl = &c->slots[i];
         if (sl->conn) {
@@ -164,25 +158,79 @@ void mc_client_abort(mc_client *c)
     }
 }
 
-static void free_servers(mc_server **s, size_t n, mc_server **keep,
-                         size_t nkeep)
+/* A server that left the list while a request held one of its
+ * connections waits in c->retired; freed once it holds none. */
+static int server_in_use(const mc_server *s)
+{
+    return s->nopen > s->nidle;
+}
+
+static void reap_retired(mc_client *c)
+{
+    size_t i = 0;
+    while (i < c->nretired) {
+        if (!server_in_use(c->retired[i])) {
+            mc_server_free(c->retired[i]);
+            c->retired[i] = c->retired[--c->nretired];
+        } else {
+            i++;
+        }
+    }
+}
+
+static void free_servers(mc_client *c, mc_server **s, size_t n,
+                         mc_server **keep, size_t nkeep)
 {
     size_t i, j;
     for (i = 0; i < n; i++) {
         for (j = 0; j < nkeep; j++)
             if (keep[j] == s[i])
                 break;
-        if (j == nkeep)
-            mc_server_free(s[i]);
+        if (j < nkeep)
+            continue;
+        if (c && server_in_use(s[i])) {
+            mc_server **r = realloc(c->retired,
+                                    (c->nretired + 1) * sizeof(*r));
+            if (r) {
+                mc_pool_drain(s[i]);
+                c->retired = r;
+                c->retired[c->nretired++] = s[i];
+                continue;
+            }
+            /* out of memory: its holder's end would touch freed memory;
+             * leak it instead */
+            mc_pool_drain(s[i]);
+            continue;
+        }
+        mc_server_free(s[i]);
     }
+}
+
+void mc_client_close(mc_client *c)
+{
+    size_t i;
+    mc_client_abort(c);
+    c->closed = 1;
+    for (i = 0; i < c->nservers; i++)
+        mc_pool_drain(c->servers[i]);
 }
 
 void mc_client_free(mc_client *c)
 {
+    size_t i;
     if (!c)
         return;
     mc_client_abort(c);
-    free_servers(c->servers, c->nservers, NULL, 0);
+    /* connections of requests that never ended (their caller raised) */
+    while (c->held) {
+        mc_conn *h = c->held;
+        c->held = h->next;
+        mc_conn_close(h);
+    }
+    free_servers(NULL, c->servers, c->nservers, NULL, 0);
+    for (i = 0; i < c->nretired; i++)
+        mc_server_free(c->retired[i]);
+    free(c->retired);
     free(c->servers);
     free(c->entry_server);
     free(c->entry_weight);
@@ -261,8 +309,8 @@ static int install(mc_client *c, const mc_server_spec *spec, size_t n,
         snprintf(c->errmsg, sizeof(c->errmsg), "out of memory");
         goto fail;
     }
-    mc_client_abort(c);
-    free_servers(c->servers, c->nservers, srv, ns);
+    free_servers(c, c->servers, c->nservers, srv, ns);
+    c->gen++;
     free(c->servers);
     free(c->entry_server);
     free(c->alive);
@@ -427,167 +475,199 @@ int mc_client_pick(mc_client *c, const char *key, size_t keylen, int *err)
     return c->entry_server[e];
 }
 
-/* ---- one request ---- */
+/* ---- one request ----
+ * A held connection is linked into c->held (through its next field, which
+ * the pool uses only for idle ones), so that a request whose caller never
+ * ended it is still closed with the client. */
 
-mc_buf *mc_client_begin(mc_client *c, int srv, uint32_t *opaque, int *err)
+static void hold(mc_client *c, mc_conn *conn)
+{
+    conn->next = c->held;
+    c->held = conn;
+}
+
+static void unhold(mc_client *c, mc_conn *conn)
+{
+    mc_conn **p = &c->held;
+    while (*p && *p != conn)
+        p = &(*p)->next;
+    if (*p)
+        *p = conn->next;
+    conn->next = NULL;
+}
+
+/* Gives q's connection back (closed when broken) and frees its server if
+ * it left the list meanwhile. */
+static void release(mc_client *c, mc_req *q, int broken)
+{
+    unhold(c, q->conn);
+    mc_pool_put(q->srv, &c->o.pool, q->conn, broken || c->closed, q->start);
+    q->conn = NULL;
+    if (c->nretired)
+        reap_retired(c);
+}
+
+mc_buf *mc_client_begin(mc_client *c, mc_req *q, int srv, int *err)
 {
     mc_server *s;
     char msg[200];
 
-    if (c->cur || c->nslots)
-        mc_client_abort(c);
+    q->conn = NULL;
     if (srv < 0 || (size_t)srv >= c->nservers) {
         *err = MC_ERR_NO_SERVERS;
-        snprintf(c->errmsg, sizeof(c->errmsg), "no such server");
+        snprintf(q->err, sizeof(q->err), "no such server");
         return NULL;
     }
     s = c->servers[srv];
-    c->op_start = mc_now();
-    c->cur = mc_pool_get(s, &c->o.pool, c->op_start, err, msg, sizeof(msg));
-    if (!c->cur) {
-        snprintf(c->errmsg, sizeof(c->errmsg), "%s: %s", s->name, msg);
+    q->srv = s;
+    q->start = mc_now();
+    q->conn = mc_pool_get(s, &c->o.pool, q->start, err, msg, sizeof(msg));
+    if (!q->conn) {
+        snprintf(q->err, sizeof(q->err), "%s: %s", s->name, msg);
         client_server_failed(c, s, *err, msg);
         return NULL;
     }
-    if (c->cur->idle_since == 0) /* just connected: I/O time starts now */
-        c->op_start = mc_now();
-    c->cur_srv = srv;
-    c->cur_close = 0;
-    c->nbegun++;
-    c->cur_opaque = c->cur->opaque++;
-    c->cur->out.len = 0;
-    c->cur->out_pos = 0;
-    *opaque = c->cur_opaque;
-    return &c->cur->out;
+    hold(c, q->conn);
+    if (q->conn->idle_since == 0) /* just connected: I/O time starts now */
+        q->start = mc_now();
+    q->close = 0;
+    q->opaque = q->conn->opaque++;
+    q->conn->out.len = 0;
+    q->conn->out_pos = 0;
+    return &q->conn->out;
 }
 
-static int cur_failed(mc_client *c, int err, const char *msg)
+static int req_failed(mc_client *c, mc_req *q, int err, const char *msg)
 {
-    mc_server *s = c->servers[c->cur_srv];
-    snprintf(c->errmsg, sizeof(c->errmsg), "%s: %s", s->name, msg);
-    mc_pool_put(s, &c->o.pool, c->cur, 1, 0);
-    c->cur = NULL;
-    client_server_failed(c, s, err, msg);
-    c->cur_srv = -1;
+    snprintf(q->err, sizeof(q->err), "%s: %s", q->srv->name, msg);
+    client_server_failed(c, q->srv, err, msg);
+    if (q->conn)
+        release(c, q, 1);
     return err;
 }
 
 /* Checks that a reply answers the request in flight; key (NULL: the
  * request's reply names no key) is the key the reply must name. */
-static int reply_matches(mc_client *c, mc_resp *r, const char *key,
-                         size_t keylen)
+static int reply_matches(mc_client *c, mc_req *q, mc_resp *r,
+                         const char *key, size_t keylen)
 {
     char msg[200];
-    if (r->opaque != c->cur_opaque || r->opcode != c->cur_opcode) {
+    if (r->opaque != q->opaque || r->opcode != q->opcode) {
         snprintf(msg, sizeof(msg),
                  "reply (opcode 0x%02x, opaque %u) does not match the "
                  "request (opcode 0x%02x, opaque %u)",
-                 r->opcode, r->opaque, c->cur_opcode, c->cur_opaque);
-        return cur_failed(c, MC_ERR_PROTOCOL, msg);
+                 r->opcode, r->opaque, q->opcode, q->opaque);
+        return req_failed(c, q, MC_ERR_PROTOCOL, msg);
     }
     /* One request, one reply (STAT streams several): anything after it,
      * or a reply of the wrong shape, means the server framed something
      * wrongly, and this reply may be cut short or shifted. */
-    if (r->opcode != MC_OP_STAT && mc_reader_pending(&c->cur->in))
-        return cur_failed(c, MC_ERR_PROTOCOL, "bytes after the reply");
+    if (r->opcode != MC_OP_STAT && mc_reader_pending(&q->conn->in))
+        return req_failed(c, q, MC_ERR_PROTOCOL, "bytes after the reply");
     if (!mc_resp_shape_ok(r))
-        return cur_failed(c, MC_ERR_PROTOCOL,
+        return req_failed(c, q, MC_ERR_PROTOCOL,
                           "reply framed wrongly for its opcode");
     /* A hit must name the requested key (its opaque alone could be a
      * server's or a proxy's mix-up); error replies may name none. */
     if (key && !mc_reply_key_ok(r->status, r->key, r->keylen, key, keylen))
-        return cur_failed(c, MC_ERR_PROTOCOL,
+        return req_failed(c, q, MC_ERR_PROTOCOL,
                           "reply names another key than the request's");
     return MC_OK;
 }
 
 /* The request in flight moves to a fresh connection (connected here); its
  * I/O budget starts again once connected, as for a new connection. */
-static int cur_renew(mc_client *c, char *msg, size_t msglen)
+static int req_renew(mc_client *c, mc_req *q, char *msg, size_t msglen)
 {
     int err;
     /* the old connection is closed by renew, also when it fails */
-    c->cur = client_renew(c, c->servers[c->cur_srv], c->cur, 1, &err, msg, msglen);
-    if (!c->cur)
+    unhold(c, q->conn);
+    q->conn = client_renew(c, q->srv, q->conn, 1, &err, msg, msglen);
+    if (!q->conn)
         return err;
-    c->op_start = mc_now();
-    mc_deadline_in(&c->deadline, c->op_start, c->o.io_timeout);
+    hold(c, q->conn);
+    q->start = mc_now();
+    mc_deadline_in(&q->deadline, q->start, c->o.io_timeout);
     return MC_OK;
 }
 
-static inline int exec_one(mc_client *c, mc_resp *r, const char *key,
-                           size_t keylen)
+static inline int exec_one(mc_client *c, mc_req *q, mc_resp *r,
+                           const char *key, size_t keylen)
 {
     char msg[200];
     int rc, reused;
+    mc_conn *conn = q->conn;
 
-    if (!c->cur)
+    if (!conn)
         return MC_ERR_IO;
-    c->cur_opcode = c->cur->out.len >= 2 ? (uint8_t)c->cur->out.data[1] : 0;
-    mc_deadline_in(&c->deadline, c->op_start, c->o.io_timeout);
-    reused = c->cur->idle_since != 0;
-    if (reused && !mc_first_resend_safe(c->cur->out.data, c->cur->out.len) && mc_conn_stale(c->cur)) {
+    q->opcode = conn->out.len >= 2 ? (uint8_t)conn->out.data[1] : 0;
+    mc_deadline_in(&q->deadline, q->start, c->o.io_timeout);
+    reused = conn->idle_since != 0;
+    if (reused && !mc_first_resend_safe(conn->out.data, conn->out.len) &&
+        mc_conn_stale(conn)) {
         /* not to be sent twice: a closed pooled connection is replaced
          * before sending */
-        if ((rc = cur_renew(c, msg, sizeof(msg))) != MC_OK)
-            return cur_failed(c, rc, msg);
+        if ((rc = req_renew(c, q, msg, sizeof(msg))) != MC_OK)
+            return req_failed(c, q, rc, msg);
         reused = 0;
     }
-    rc = mc_conn_roundtrip(c->cur, r, &c->deadline, msg, sizeof(msg));
-    if (rc == MC_ERR_CLOSED && reused && c->cur->in.len == 0 &&
-        mc_resend_safe(c->cur->out.data, c->cur->out.len)) {
+    rc = mc_conn_roundtrip(q->conn, r, &q->deadline, msg, sizeof(msg));
+    if (rc == MC_ERR_CLOSED && reused && q->conn->in.len == 0 &&
+        mc_resend_safe(q->conn->out.data, q->conn->out.len)) {
         /* closed before any byte of the reply: once more, on a fresh
          * connection; only its failure counts */
-        rc = cur_renew(c, msg, sizeof(msg));
+        rc = req_renew(c, q, msg, sizeof(msg));
         if (rc == MC_OK)
-            rc = mc_conn_roundtrip(c->cur, r, &c->deadline, msg, sizeof(msg));
+            rc = mc_conn_roundtrip(q->conn, r, &q->deadline, msg,
+                                   sizeof(msg));
     }
     if (rc != MC_OK)
-        return cur_failed(c, rc, msg);
-    rc = reply_matches(c, r, key, keylen);
+        return req_failed(c, q, rc, msg);
+    rc = reply_matches(c, q, r, key, keylen);
     if (rc == MC_OK) {
         /* memcached -S closes the connection after this reply: pooled, it
          * would fail the next call with "connection closed" */
         if (mc_status_is_auth(r->status))
-            c->cur_close = 1;
-        client_server_ok(c, c->servers[c->cur_srv]);
+            q->close = 1;
+        client_server_ok(c, q->srv);
     }
     return rc;
 }
 
-int mc_client_exec(mc_client *c, mc_resp *r)
+int mc_client_exec(mc_client *c, mc_req *q, mc_resp *r)
 {
-    return exec_one(c, r, NULL, 0);
+    return exec_one(c, q, r, NULL, 0);
 }
 
-int mc_client_exec_key(mc_client *c, mc_resp *r, const char *key,
+int mc_client_exec_key(mc_client *c, mc_req *q, mc_resp *r, const char *key,
                        size_t keylen)
 {
-    return exec_one(c, r, key, keylen);
+    return exec_one(c, q, r, key, keylen);
 }
 
-int mc_client_next(mc_client *c, mc_resp *r)
+int mc_client_next(mc_client *c, mc_req *q, mc_resp *r)
 {
     char msg[200];
     int rc;
-    if (!c->cur)
+    if (!q->conn)
         return MC_ERR_IO;
-    rc = mc_conn_recv(c->cur, r, &c->deadline, msg, sizeof(msg));
+    rc = mc_conn_recv(q->conn, r, &q->deadline, msg, sizeof(msg));
     if (rc != MC_OK)
-        return cur_failed(c, rc, msg);
-    rc = reply_matches(c, r, NULL, 0);
+        return req_failed(c, q, rc, msg);
+    rc = reply_matches(c, q, r, NULL, 0);
     if (rc == MC_OK && mc_status_is_auth(r->status))
-        c->cur_close = 1;
+        q->close = 1;
     return rc;
 }
 
-void mc_client_end(mc_client *c)
+void mc_client_end(mc_client *c, mc_req *q)
 {
-    if (!c->cur)
-        return;
-    mc_pool_put(c->servers[c->cur_srv], &c->o.pool, c->cur, c->cur_close,
-                c->op_start);
-    c->cur = NULL;
-    c->cur_srv = -1;
+    if (q->conn)
+        release(c, q, q->close);
 }
 
+void mc_client_end_broken(mc_client *c, mc_req *q)
+{
+    if (q->conn)
+        release(c, q, 1);
+}

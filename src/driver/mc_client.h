@@ -48,16 +48,17 @@ typedef struct mc_client {
     mc_selector *sel;
     unsigned char *alive;  /* per entry; scratch for picks around the dead */
 
-    /* the operation in flight */
-    int cur_srv;
-    mc_conn *cur;
-    uint32_t cur_opaque;
-    uint8_t cur_opcode;
-    int cur_close;         /* the connection must not be pooled after it
-                              (the server refused us: authentication) */
-    mc_deadline deadline;  /* of the operation's I/O */
-    double op_start;       /* the clock read once per operation */
-    unsigned long nbegun;  /* one-request operations begun, ever */
+    unsigned long gen;     /* bumped when the server list is rebuilt: a
+                              server index taken before may be stale */
+    mc_server **retired;   /* removed from the list while a request held
+                              one of their connections; freed once none is
+                              held (or with the client) */
+    size_t nretired;
+    mc_conn *held;         /* connections held by requests (mc_req), linked
+                              through next: closed with the client if a
+                              caller never ended its request (a raise) */
+    int closed;            /* mc_client_close: held connections are closed
+                              when their request ends */
 
     /* batch scratch, reused across calls */
     mc_batch_slot *slots;  /* nslots in use (checked out until the end) */
@@ -113,31 +114,50 @@ int mc_client_pick_static(const mc_client *c, const char *key, size_t keylen);
 int mc_client_usable(mc_client *c, int srv, int *err);
 
 /* ---- one request, one server ----
- * begin: takes a connection and returns the buffer to append exactly one
- * request to, with the opaque it must carry (NULL with *err on failure).
+ * A request is the caller's (mc_req, usually on its stack): any number may
+ * be in flight on one client at once, each on its own connection, so a
+ * call made while another is between its steps (from Lua code run by the
+ * binding) is just another call.
+ * begin: takes a connection to server srv and returns the buffer to append
+ * exactly one request to, with the opaque it must carry in q->opaque (NULL
+ * with *err and q->err on failure; nothing is held then).
  * exec: sends it and reads the matching response (valid until the next
- * call). next: reads a further response of the same request (STAT).
- * end: gives the connection back. Any failure closes the connection and
- * counts against the server; end is then a no-op. A reply with an
- * authentication status (0x20/0x21) is returned as a reply, for the caller
- * to map; the server closes such a connection, so end closes it too, and
- * it is no failure of the server.
+ * call on q). next: reads a further response of the same request (STAT).
+ * end: gives the connection back; end_broken closes it instead (the
+ * caller gave up on it). Any failure closes the connection and counts
+ * against the server; end is then a no-op. A reply with an authentication
+ * status (0x20/0x21) is returned as a reply, for the caller to map; the
+ * server closes such a connection, so end closes it too, and it is no
+ * failure of the server.
  * A request that fails on a pooled connection before any reply byte
  * (closed, reset, EPIPE) is resent once on a fresh connection when it is
  * safe to send twice (see mc_client.c, "sending a request again"); other
  * requests check a pooled connection before they are sent on it. Only a
  * failure that remains counts against the server. Batches do the same per
  * server. */
-mc_buf *mc_client_begin(mc_client *c, int srv, uint32_t *opaque, int *err);
-int mc_client_exec(mc_client *c, mc_resp *r);
+typedef struct mc_req {
+    mc_server *srv;        /* stays valid until end, even if the server
+                              leaves the list meanwhile */
+    mc_conn *conn;         /* NULL once ended or failed */
+    uint32_t opaque;
+    uint8_t opcode;
+    int close;             /* not to be pooled (authentication refused) */
+    double start;          /* the clock read once per request */
+    mc_deadline deadline;  /* of its I/O */
+    char err[256];         /* "host:port: detail" of a failure */
+} mc_req;
+
+mc_buf *mc_client_begin(mc_client *c, mc_req *q, int srv, int *err);
+int mc_client_exec(mc_client *c, mc_req *q, mc_resp *r);
 /* exec for a request whose reply names its key (GETK, GATK): a reply that
  * names another key, or a hit that names none, fails like a reply under
  * the wrong opaque (MC_ERR_PROTOCOL, the connection closed, the server
  * counted as failing). key (the request's) must stay valid for the call. */
-int mc_client_exec_key(mc_client *c, mc_resp *r, const char *key,
+int mc_client_exec_key(mc_client *c, mc_req *q, mc_resp *r, const char *key,
                        size_t keylen);
-int mc_client_next(mc_client *c, mc_resp *r);
-void mc_client_end(mc_client *c);
+int mc_client_next(mc_client *c, mc_req *q, mc_resp *r);
+void mc_client_end(mc_client *c, mc_req *q);
+void mc_client_end_broken(mc_client *c, mc_req *q);
 
 /* ---- a pipelined batch over several servers ----
  * Request i goes to server[i] (-1: skip it). For every server involved, all
@@ -151,9 +171,15 @@ void mc_client_end(mc_client *c);
  * connection is closed; the server is not counted as failing). */
 int mc_client_batch(mc_client *c, const mc_batch *b);
 
-/* Closes whatever an interrupted operation left checked out. Called at the
- * start of every operation; safe to call any time. */
+/* Closes whatever an interrupted batch left checked out (batches run
+ * without Lua and end before they return; this is for safety). Requests
+ * (mc_req) are their callers'. */
 void mc_client_abort(mc_client *c);
+
+/* close(): closes every idle connection now, and each held one when its
+ * request ends; the client stays valid (its memory is freed by
+ * mc_client_free) but should not be given new work. */
+void mc_client_close(mc_client *c);
 
 /* Bytes of buffer storage held by idle (pooled) connections, for tests
  * that check a large reply is not pinned. */

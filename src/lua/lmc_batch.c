@@ -22,30 +22,14 @@
 #include "mc_item.h"
 #include "mc_key.h"
 
-/* Grows the per-call scratch arrays (keys, servers) to n entries. */
-static int grow_keys(lmc_client *u, size_t n)
-{
-    struct bkey *k;
-    int *s;
-    if (u->capkeys >= n)
-        return 0;
-    if (n < 2 * u->capkeys)
-        n = 2 * u->capkeys;
-    k = realloc(u->keys, n * sizeof(*k));
-    if (!k)
-        return -1;
-    u->keys = k;
-    s = realloc(u->srv, n * sizeof(*s));
-    if (!s)
-        return -1;
-    u->srv = s;
-    u->capkeys = n;
-    return 0;
-}
-
-/* Runs one pipelined batch of n requests over the servers in u->srv.
- * MC_OK, or MC_ERR_NOMEM. */
-static int run_batch(lmc_client *u, size_t n, int every_reply,
+/* Runs one pipelined batch of n requests over the servers in sc->srv: the
+ * I/O phase of a batch method, in which no Lua runs (the callbacks only
+ * record into the call's scratch). Fails every request when the client
+ * was closed or its server list rebuilt since the servers were picked
+ * (gen: Lua code run while the call prepared did it). MC_OK, or
+ * MC_ERR_NOMEM. */
+static int run_batch(lmc_client *u, lmc_scratch *sc, size_t n,
+                     unsigned long gen, int every_reply,
                      int (*encode)(void *, size_t, mc_buf *, uint32_t),
                      int (*reply)(void *, size_t, const mc_resp *),
                      void (*failed)(void *, size_t, int, const char *),
@@ -53,10 +37,21 @@ static int run_batch(lmc_client *u, size_t n, int every_reply,
                      void *ud)
 {
     mc_batch b;
+    size_t i;
     if (n == 0)
         return MC_OK;
+    if (u->closed || u->c->gen != gen) {
+        int err = u->closed ? MC_ERR_CLIENT_CLOSED : MC_ERR_NO_SERVERS;
+        for (i = 0; i < n; i++)
+            if (sc->srv[i] >= 0)
+                failed(ud, i, err, u->closed
+                                       ? "the client was closed"
+                                       : "the server list changed while "
+                                         "the call was being prepared");
+        return MC_OK;
+    }
     b.n = n;
-    b.server = u->srv;
+    b.server = sc->srv;
     b.encode = encode;
     b.reply = reply;
     b.fail = failed;
@@ -66,20 +61,27 @@ static int run_batch(lmc_client *u, size_t n, int every_reply,
     return mc_client_batch(u->c, &b);
 }
 
+/* Copies bytes into the call's arena; their offset in *off. 0, or -1 when
+ * out of memory. */
+static int arena_add(lmc_scratch *sc, const char *p, size_t n, size_t *off)
+{
+    *off = sc->bytes.len;
+    return mc_buf_append(&sc->bytes, p, n);
+}
+
 /* ---- every server ----
  * ping, flush and version send one request to every server in one batch:
  * all servers are written before any is read, so a slow server costs one
  * timeout, not one per server. stats stays one server at a time: its reply
- * is a stream of packets under one opaque. */
+ * is a stream of packets under one opaque. Key i of the scratch is server
+ * i: its name (at koff), its failure (err, with the detail at voff) or its
+ * value (version, at voff). */
 
 typedef struct each {
-    lua_State *L;
     lmc_client *u;
+    lmc_scratch *sc;
     uint8_t opcode;
     uint32_t delay;    /* flush */
-    int values;        /* stack index of {addr = version}, or 0 */
-    int failures;      /* stack index of {addr = detail} */
-    const char *first; /* first error constant */
 } each;
 
 static int each_enc(void *ud, size_t i, mc_buf *out, uint32_t opaque)
@@ -94,25 +96,29 @@ static int each_enc(void *ud, size_t i, mc_buf *out, uint32_t opaque)
 static void each_failed(each *e, size_t i, const char *err,
                         const char *detail)
 {
-    if (!e->first)
-        e->first = err;
-    lua_pushstring(e->L, detail);
-    lua_setfield(e->L, e->failures, e->u->c->servers[i]->name);
+    struct bkey *k = &e->sc->keys[i];
+    k->err = err;
+    k->vlen = 0;
+    if (arena_add(e->sc, detail, strlen(detail), &k->voff) == 0)
+        k->vlen = strlen(detail);
 }
 
 static int each_reply(void *ud, size_t i, const mc_resp *r)
 {
     each *e = ud;
-    const char *name = e->u->c->servers[i]->name;
+    struct bkey *k = &e->sc->keys[i];
     if (r->opcode != e->opcode)
         return -1;
     if (r->status != MC_STATUS_OK) {
-        char d[200];
-        snprintf(d, sizeof(d), "%s: %s", name, mc_status_str(r->status));
+        char d[300];
+        snprintf(d, sizeof(d), "%s: %s", e->u->c->servers[i]->name,
+                 mc_status_str(r->status));
         each_failed(e, i, status_name(MC_KIND_OTHER, r->status), d);
-    } else if (e->values) {
-        lua_pushlstring(e->L, r->value, r->vallen);
-        lua_setfield(e->L, e->values, name);
+    } else if (arena_add(e->sc, r->value, r->vallen, &k->voff) == 0) {
+        k->vlen = r->vallen;
+        k->got = 1;
+    } else {
+        each_failed(e, i, ERR(NOMEM), "out of memory");
     }
     return 0;
 }
@@ -126,31 +132,67 @@ static void each_fail(void *ud, size_t i, int err, const char *msg)
 static void each_revoke(void *ud, size_t i, int err, const char *msg)
 {
     each *e = ud;
-    if (e->values) {
-        lua_pushnil(e->L);
-        lua_setfield(e->L, e->values, e->u->c->servers[i]->name);
-    }
+    e->sc->keys[i].got = 0;
     each_failed(e, i, mc_err_str(err), msg);
 }
 
-/* Runs the batch; leaves the failures table at the top of the stack and
- * returns how many servers failed, or -1 when out of memory. */
-static int each_server(lua_State *L, lmc_client *u, each *e)
+/* Runs the batch over every server; then pushes {addr = detail} of the
+ * servers that failed and, when values is a stack index, stores the
+ * answers there. Returns how many servers failed (the first error in
+ * *first, the last detail in detail), or -1 when out of memory. */
+static int each_server(lua_State *L, lmc_client *u, each *e, int values,
+                       const char **first, char *detail, size_t dlen)
 {
     size_t i, n = u->c->nservers;
-    lua_newtable(L);
-    e->L = L;
+    int nfailed = 0, failures;
+    lmc_scratch *sc = scratch_lend(L, u);
     e->u = u;
-    e->failures = lua_gettop(L);
-    e->first = NULL;
-    if (grow_keys(u, n + 1) != 0)
+    e->sc = sc;
+    sc->bytes.len = 0;
+    if (scratch_grow(sc, n + 1) != 0) {
+        scratch_return(u, sc);
         return -1;
-    for (i = 0; i < n; i++)
-        u->srv[i] = (int)i;
-    if (run_batch(u, n, 1, each_enc, each_reply, each_fail, each_revoke, e) !=
-        MC_OK)
+    }
+    for (i = 0; i < n; i++) {
+        struct bkey *k = &sc->keys[i];
+        memset(k, 0, sizeof(*k));
+        sc->srv[i] = (int)i;
+        if (arena_add(sc, u->c->servers[i]->name,
+                      strlen(u->c->servers[i]->name) + 1, &k->voff) != 0) {
+            scratch_return(u, sc);
+            return -1;
+        }
+        k->koff = k->voff; /* the name, NUL-terminated */
+        k->voff = 0;
+    }
+    if (run_batch(u, sc, n, u->c->gen, 1, each_enc, each_reply, each_fail,
+                  each_revoke, e) != MC_OK) {
+        scratch_return(u, sc);
         return -1;
-    return e->first != NULL;
+    }
+    /* results: Lua runs from here on, from the call's scratch alone */
+    lua_newtable(L);
+    failures = lua_gettop(L);
+    *first = NULL;
+    for (i = 0; i < n; i++) {
+        const struct bkey *k = &sc->keys[i];
+        const char *name = sc->bytes.data + k->koff;
+        if (k->err) {
+            if (!*first)
+                *first = k->err;
+            nfailed++;
+            snprintf(detail, dlen, "%.*s", (int)k->vlen,
+                     sc->bytes.data + k->voff);
+            lua_pushlstring(L, sc->bytes.data + k->voff, k->vlen);
+            lua_setfield(L, failures, name);
+        } else if (values && k->got) {
+            lua_pushlstring(L, sc->bytes.data + k->voff, k->vlen);
+            lua_setfield(L, values, name);
+        }
+    }
+    scratch_return(u, sc);
+    lua_remove(L, failures - 1); /* the scratch slot */
+    return nfailed;
 }
 
 /* ping/flush: true, or nil, err, {addr = detail}. */
@@ -159,13 +201,15 @@ static int all_simple(lua_State *L, lmc_client *u, uint8_t opcode,
 {
     each e;
     int rc;
+    const char *first;
+    char detail[256];
     CLOSED_CHECK(L, u);
     if (u->c->nservers == 0)
         return fail(L, ERR(NO_SERVERS), "no servers configured");
     memset(&e, 0, sizeof(e));
     e.opcode = opcode;
     e.delay = delay;
-    rc = each_server(L, u, &e);
+    rc = each_server(L, u, &e, 0, &first, detail, sizeof(detail));
     if (rc < 0)
         return fail(L, ERR(NOMEM), "out of memory");
     if (rc == 0) {
@@ -174,7 +218,7 @@ static int all_simple(lua_State *L, lmc_client *u, uint8_t opcode,
     }
     lua_pushnil(L);
     lua_insert(L, -2);
-    lua_pushstring(L, e.first);
+    lua_pushstring(L, first);
     lua_insert(L, -2); /* nil, err, failures */
     return 3;
 }
@@ -207,49 +251,47 @@ int m_version(lua_State *L)
 {
     lmc_client *u = self(L);
     each e;
-    int rc;
+    int rc, values;
+    const char *first;
+    char detail[256];
     CLOSED_CHECK(L, u);
     if (u->c->nservers == 0)
         return fail(L, ERR(NO_SERVERS), "no servers configured");
     memset(&e, 0, sizeof(e));
     e.opcode = MC_OP_VERSION;
     lua_newtable(L);
-    e.values = lua_gettop(L);
-    rc = each_server(L, u, &e);
+    values = lua_gettop(L);
+    rc = each_server(L, u, &e, values, &first, detail, sizeof(detail));
     if (rc < 0)
         return fail(L, ERR(NOMEM), "out of memory");
     lua_pop(L, 1); /* failures */
     if (rc == 0)
         return 1;
     lua_pushnil(L);
-    if (lua_next(L, e.values) == 0) { /* nobody answered */
-        lua_pushnil(L);
-        lua_pushstring(L, e.first);
-        lua_pushstring(L, u->c->errmsg);
-        return 3;
-    }
+    if (lua_next(L, values) == 0) /* nobody answered */
+        return fail(L, first, detail);
     lua_pop(L, 2);
-    lua_pushstring(L, e.first);
+    lua_pushstring(L, first);
     return 2;
 }
 
 /* One request to one server, for stats. Returns MC_OK with o->r filled
- * (the connection still held), or an error (message in errmsg). */
+ * (the connection still held), or an error (message in o->q.err). */
 static int server_call(lmc_client *u, int i, op *o, const char *group,
                        size_t glen)
 {
     int err = MC_OK;
     o->u = u;
     o->srv = i;
-    o->out = mc_client_begin(u->c, i, &o->opaque, &err);
+    o->out = mc_client_begin(u->c, &o->q, i, &err);
     if (!o->out)
         return err;
-    if (mc_enc_stat(o->out, o->opaque, group, glen) != 0) {
-        mc_client_abort(u->c);
-        snprintf(u->c->errmsg, sizeof(u->c->errmsg), "out of memory");
+    if (mc_enc_stat(o->out, o->q.opaque, group, glen) != 0) {
+        mc_client_end_broken(u->c, &o->q);
+        snprintf(o->q.err, sizeof(o->q.err), "out of memory");
         return MC_ERR_NOMEM;
     }
-    return mc_client_exec(u->c, &o->r);
+    return mc_client_exec(u->c, &o->q, &o->r);
 }
 
 /* The most entries one server's stats reply may hold: memcached sends a
@@ -257,15 +299,74 @@ static int server_call(lmc_client *u, int i, op *o, const char *group,
  * open connection). */
 #define MAX_STAT_ENTRIES 100000
 
+/* Appends one length-prefixed string to the arena. */
+static int arena_put(mc_buf *b, const char *p, size_t n)
+{
+    return mc_buf_append(b, &n, sizeof(n)) == 0 && mc_buf_append(b, p, n) == 0
+               ? 0 : -1;
+}
+
+/* Reads one server's stats reply (the first entry in o->r) into the arena
+ * as name/value pairs, and ends the request: no Lua runs meanwhile. MC_OK,
+ * or the error with its message in detail. */
+static int stats_read(lmc_client *u, op *o, mc_buf *arena, char *detail,
+                      size_t dlen)
+{
+    long nent = 0;
+    int rc = MC_OK;
+    while (o->r.keylen > 0) {
+        if (++nent > MAX_STAT_ENTRIES) {
+            /* a server that streams entries forever must not grow the
+             * table forever: the rest is not read, the connection goes */
+            snprintf(detail, dlen, "%s: more than %d stat entries in one "
+                                   "reply", o->q.srv->name, MAX_STAT_ENTRIES);
+            mc_client_end_broken(u->c, &o->q);
+            return MC_ERR_PROTOCOL;
+        }
+        if (arena_put(arena, o->r.key, o->r.keylen) != 0 ||
+            arena_put(arena, o->r.value, o->r.vallen) != 0) {
+            snprintf(detail, dlen, "out of memory");
+            mc_client_end_broken(u->c, &o->q);
+            return MC_ERR_NOMEM;
+        }
+        rc = mc_client_next(u->c, &o->q, &o->r);
+        if (rc != MC_OK) {
+            snprintf(detail, dlen, "%s", o->q.err);
+            return rc;
+        }
+    }
+    mc_client_end(u->c, &o->q);
+    return MC_OK;
+}
+
+/* Pushes a table of the arena's name/value pairs. */
+static void stats_push(lua_State *L, const mc_buf *arena)
+{
+    size_t pos = 0, n;
+    lua_newtable(L);
+    while (pos < arena->len) {
+        memcpy(&n, arena->data + pos, sizeof(n));
+        lua_pushlstring(L, arena->data + pos + sizeof(n), n);
+        pos += sizeof(n) + n;
+        memcpy(&n, arena->data + pos, sizeof(n));
+        lua_pushlstring(L, arena->data + pos + sizeof(n), n);
+        pos += sizeof(n) + n;
+        lua_rawset(L, -3);
+    }
+}
+
 /* stats([group]) -> {addr = {name = value}}; a server that fails is left
  * out and the first error is the second result; nil, ERR_NO_STATS when no
- * server answered. */
+ * server answered. Each server's reply is read whole into the call's
+ * arena before any of it becomes Lua values. */
 int m_stats(lua_State *L)
 {
     lmc_client *u = self(L);
     const char *group = NULL;
     size_t glen = 0, i, ok = 0;
     const char *first = NULL;
+    char detail[256] = "";
+    lmc_scratch *sc;
     if (!lua_isnoneornil(L, 2))
         group = luaL_checklstring(L, 2, &glen);
     /* the group travels as the request's key: 16 bits of length */
@@ -274,59 +375,43 @@ int m_stats(lua_State *L)
     CLOSED_CHECK(L, u);
     if (u->c->nservers == 0)
         return fail(L, ERR(NO_SERVERS), "no servers configured");
-    u->c->errmsg[0] = '\0';
-    lua_newtable(L);
-    for (i = 0; i < u->c->nservers; i++) {
+    lua_settop(L, 2);
+    sc = scratch_lend(L, u); /* 3 */
+    lua_newtable(L);         /* 4: results */
+    for (i = 0; u->c && i < u->c->nservers; i++) {
         op o;
-        long nent;
+        char name[256];
         int rc = server_call(u, (int)i, &o, group, glen);
         if (rc != MC_OK) {
+            snprintf(detail, sizeof(detail), "%s", o.q.err);
             if (!first)
                 first = mc_err_str(rc);
             continue;
         }
+        snprintf(name, sizeof(name), "%s", o.q.srv->name);
         if (o.r.status != MC_STATUS_OK) {
             if (!first)
                 first = status_name(MC_KIND_OTHER, o.r.status);
-            snprintf(u->c->errmsg, sizeof(u->c->errmsg), "%s: %s",
-                     u->c->servers[i]->name, mc_status_str(o.r.status));
-            mc_client_end(u->c);
+            snprintf(detail, sizeof(detail), "%.200s: %s", name,
+                     mc_status_str(o.r.status));
+            mc_client_end(u->c, &o.q);
             continue;
         }
-        lua_newtable(L);
-        nent = 0;
-        while (o.r.keylen > 0) {
-            if (++nent > MAX_STAT_ENTRIES) {
-                /* a server that streams entries forever must not grow the
-                 * table forever: the rest is not read, the connection goes */
-                mc_client_abort(u->c);
-                snprintf(u->c->errmsg, sizeof(u->c->errmsg),
-                         "%s: more than %d stat entries in one reply",
-                         u->c->servers[i]->name, MAX_STAT_ENTRIES);
-                rc = MC_ERR_PROTOCOL;
-                break;
-            }
-            lua_pushlstring(L, o.r.key, o.r.keylen);
-            lua_pushlstring(L, o.r.value, o.r.vallen);
-            lua_rawset(L, -3);
-            rc = mc_client_next(u->c, &o.r);
-            if (rc != MC_OK)
-                break;
-        }
+        sc->bytes.len = 0;
+        rc = stats_read(u, &o, &sc->bytes, detail, sizeof(detail));
         if (rc != MC_OK) {
-            lua_pop(L, 1);
             if (!first)
                 first = mc_err_str(rc);
             continue;
         }
-        lua_setfield(L, -2, u->c->servers[i]->name);
-        mc_client_end(u->c);
+        stats_push(L, &sc->bytes); /* Lua may run: the list may change */
+        lua_setfield(L, 4, name);
         ok++;
     }
-    if (!ok) {
-        lua_pop(L, 1);
-        return fail(L, ERR(NO_STATS), u->c->errmsg);
-    }
+    scratch_return(u, sc);
+    if (!ok)
+        return fail(L, ERR(NO_STATS), detail);
+    lua_settop(L, 4);
     if (first) {
         lua_pushstring(L, first);
         return 2;
@@ -337,24 +422,20 @@ int m_stats(lua_State *L)
 /* ---- get_multi ---- */
 
 typedef struct multi {
-    lua_State *L;
     lmc_client *u;
-    int kbase;   /* stack index of key 0's string (anchored keys) */
+    lmc_scratch *sc;
+    int kbase;   /* stack index of key 0's string (the call's keys) */
     int ktab;    /* or of a private table holding them, 1-based */
-    int result;  /* stack index of the results table */
-    int failed;  /* stack index of the failures table (or nil) */
-    const char *first;
     uint32_t exptime; /* set_multi */
 } multi;
 
-
-/* The strings a batch points into (u->keys) must live until it ends, even
- * if a finalizer run by an allocation during the call rewrites the
- * caller's table. anchor_begin makes room for n of them on the stack, or,
- * when the stack cannot grow that far, a private table; anchor_add then
- * anchors the string on top of the stack (left in place, or moved into
- * the table), in key order; anchor_push pushes key i's string again. */
-static void anchor_begin(lua_State *L, multi *m, size_t n)
+/* The call keeps its key strings (the batch points into them) on its own
+ * stack, or, when the stack cannot grow that far, in a private table:
+ * whatever a finalizer does to the caller's table, they live until the
+ * call ends. keys_begin makes room for n of them; keys_add keeps the
+ * string on top of the stack (left in place, or moved into the table), in
+ * key order; key_push pushes key i's string again. */
+static void keys_begin(lua_State *L, multi *m, size_t n)
 {
     m->kbase = m->ktab = 0;
     if (n < 100000 && lua_checkstack(L, (int)n + 40)) {
@@ -365,13 +446,13 @@ static void anchor_begin(lua_State *L, multi *m, size_t n)
     }
 }
 
-static void anchor_add(lua_State *L, multi *m, size_t i)
+static void keys_add(lua_State *L, multi *m, size_t i)
 {
     if (m->ktab)
         lmc_rawseti(L, m->ktab, (lua_Integer)i + 1);
 }
 
-static void anchor_push(lua_State *L, multi *m, size_t i)
+static void key_push(lua_State *L, const multi *m, size_t i)
 {
     if (m->ktab)
         lmc_rawgeti(L, m->ktab, (lua_Integer)i + 1);
@@ -379,33 +460,26 @@ static void anchor_push(lua_State *L, multi *m, size_t i)
         lua_pushvalue(L, m->kbase + (int)i);
 }
 
-static void multi_failed(multi *m, size_t i, const char *err)
+/* A key's failure in the I/O phase: recorded, pushed afterwards. */
+static void key_failed(void *ud, size_t i, int err, const char *msg)
 {
-    lua_State *L = m->L;
-    if (!m->first)
-        m->first = err;
-    if (lua_isnil(L, m->failed)) {
-        lua_newtable(L);
-        lua_replace(L, m->failed);
-    }
-    anchor_push(L, m, i); /* the caller's string: no copy, no new hash */
-    lua_pushstring(L, err);
-    lua_rawset(L, m->failed);
+    multi *m = ud;
+    (void)msg;
+    m->sc->keys[i].err = mc_err_str(err);
 }
 
 static int multi_get_enc(void *ud, size_t i, mc_buf *out, uint32_t opaque)
 {
     multi *m = ud;
-    return mc_enc_get(out, MC_OP_GETK, opaque, m->u->keys[i].key,
-                      m->u->keys[i].len);
+    return mc_enc_get(out, MC_OP_GETK, opaque, m->sc->keys[i].key,
+                      m->sc->keys[i].len);
 }
 
+/* A reply to key i: a hit's value is copied into the call's arena. */
 static int multi_get_reply(void *ud, size_t i, const mc_resp *r)
 {
     multi *m = ud;
-    lua_State *L = m->L;
-    char err[200];
-    const struct bkey *k = &m->u->keys[i];
+    struct bkey *k = &m->sc->keys[i];
     /* GETK, not GETKQ: every key gets a reply, hits and misses naming
      * their key, in order. A reply under another pending request's opaque,
      * or a value that swallowed the replies after it, then breaks the
@@ -414,76 +488,112 @@ static int multi_get_reply(void *ud, size_t i, const mc_resp *r)
         return -1;
     if (r->status != MC_STATUS_OK) {
         if (r->status != MC_STATUS_KEY_ENOENT)
-            multi_failed(m, i, status_name(MC_KIND_GET, r->status));
+            k->err = status_name(MC_KIND_GET, r->status);
         return 0;
     }
     if (is_lock(r))
         return 0;
-    anchor_push(L, m, i); /* the caller's string */
-    if (!push_value(L, m->u, r, err, sizeof(err))) {
-        lua_pop(L, 1);
-        multi_failed(m, i, ERR(UNDECODABLE));
+    if (arena_add(m->sc, r->value, r->vallen, &k->voff) != 0) {
+        k->err = ERR(NOMEM);
         return 0;
     }
-    lua_rawset(L, m->result);
+    k->vlen = r->vallen;
+    k->flags = r->flags;
+    k->got = 1;
     return 0;
 }
 
-static void multi_fail(void *ud, size_t i, int err, const char *msg)
-{
-    (void)msg;
-    multi_failed(ud, i, mc_err_str(err));
-}
-
-/* A hit from a server whose stream then broke: drop it, report the key. */
+/* A hit from a server whose stream broke: dropped, the key reported. */
 static void multi_revoke(void *ud, size_t i, int err, const char *msg)
 {
     multi *m = ud;
-    (void)msg;
-    anchor_push(m->L, m, i);
-    lua_pushnil(m->L);
-    lua_rawset(m->L, m->result);
-    multi_failed(m, i, mc_err_str(err));
+    m->sc->keys[i].got = 0;
+    key_failed(ud, i, err, msg);
 }
 
-/* Checks the keys table and fills the key scratch. Returns the count, or
- * pushes a failure and returns -(values pushed). Keys go to servers as the
- * selector says; a key whose server cannot be picked is a failure of its
- * own. */
+/* Checks the keys table and fills the call's key list and servers.
+ * Returns the count, or pushes a failure and returns -(values pushed). A
+ * key whose server cannot be picked is a failure of its own. */
 static long multi_keys(lua_State *L, lmc_client *u, int t, multi *m)
 {
     size_t n = lua_rawlen(L, t), i;
-    if (grow_keys(u, n + 1) != 0)
+    lmc_scratch *sc = m->sc;
+    if (scratch_grow(sc, n + 1) != 0)
         return -fail(L, ERR(NOMEM), "out of memory");
-    anchor_begin(L, m, n);
+    keys_begin(L, m, n);
     for (i = 0; i < n; i++) {
+        struct bkey *k = &sc->keys[i];
         if (lmc_rawgeti(L, t, (lua_Integer)i + 1) != LUA_TSTRING) {
+            scratch_return(u, sc);
             luaL_error(L, "bad argument #1 (keys): key #%d is a %s, not a "
                           "string", (int)i + 1, luaL_typename(L, -1));
         }
-        u->keys[i].key = lua_tolstring(L, -1, &u->keys[i].len);
-        if (!mc_key_ok(u->keys[i].key, u->keys[i].len)) {
+        k->key = lua_tolstring(L, -1, &k->len);
+        k->err = NULL;
+        k->got = 0;
+        if (!mc_key_ok(k->key, k->len)) {
             char d[80];
             snprintf(d, sizeof(d), "key #%d is malformed; nothing was sent",
                      (int)i + 1);
             return -fail(L, ERR(MALFORMED_KEY), d);
         }
-        anchor_add(L, m, i);
+        keys_add(L, m, i);
     }
     if (u->sel_mode == SEL_BUILTIN && mc_client_single(u->c) >= 0) {
         /* one live server: every key goes there, no per-key pick */
         int only = mc_client_single(u->c);
         for (i = 0; i < n; i++)
-            u->srv[i] = only;
+            sc->srv[i] = only;
         return (long)n;
     }
     for (i = 0; i < n; i++) {
         const char *ename = NULL;
-        u->srv[i] = pick(L, u, u->keys[i].key, u->keys[i].len, &ename, 1);
-        if (u->srv[i] < 0)
-            multi_failed(m, i, ename);
+        sc->srv[i] = pick(L, u, sc->keys[i].key, sc->keys[i].len, &ename, 1);
+        if (sc->srv[i] < 0)
+            sc->keys[i].err = ename;
     }
     return (long)n;
+}
+
+/* Pushes the results of get_multi from the call's scratch: the values
+ * into the table at `result`, failures into a table made at `failed` on
+ * first use. Returns the first failure, or NULL. */
+static const char *multi_results(lua_State *L, multi *m, size_t n,
+                                 int result, int failed)
+{
+    const char *first = NULL;
+    size_t i;
+    char err[200];
+    for (i = 0; i < n; i++) {
+        const struct bkey *k = &m->sc->keys[i];
+        const char *e = k->err;
+        if (k->got) {
+            mc_resp r;
+            memset(&r, 0, sizeof(r));
+            r.value = m->sc->bytes.data + k->voff;
+            r.vallen = k->vlen;
+            r.flags = k->flags;
+            key_push(L, m, i); /* the caller's string: no copy, no hash */
+            if (push_value(L, m->u, &r, err, sizeof(err))) {
+                lua_rawset(L, result);
+                continue;
+            }
+            lua_pop(L, 1);
+            e = ERR(UNDECODABLE);
+        }
+        if (!e)
+            continue;
+        if (!first)
+            first = e;
+        if (lua_isnil(L, failed)) {
+            lua_newtable(L);
+            lua_replace(L, failed);
+        }
+        key_push(L, m, i);
+        lua_pushstring(L, e);
+        lua_rawset(L, failed);
+    }
+    return first;
 }
 
 /* get_multi(keys) -> {key = value}; on partial failure also err and
@@ -493,6 +603,8 @@ int m_get_multi(lua_State *L)
     lmc_client *u = self(L);
     multi m;
     long n;
+    unsigned long gen;
+    const char *first;
 
     luaL_checktype(L, 2, LUA_TTABLE);
     CLOSED_CHECK(L, u);
@@ -500,107 +612,125 @@ int m_get_multi(lua_State *L)
     /* sized for all hits: growing it costs more than a miss wastes */
     lua_createtable(L, 0, (int)lua_rawlen(L, 2)); /* 3: results */
     lua_pushnil(L);  /* 4: failures, created on first use */
-    m.L = L;
     m.u = u;
-    m.result = 3;
-    m.failed = 4;
-    m.first = NULL;
+    m.sc = scratch_lend(L, u); /* 5 */
+    m.sc->bytes.len = 0;
+    gen = u->c->gen;
     n = multi_keys(L, u, 2, &m);
-    if (n < 0)
+    if (n < 0) {
+        scratch_return(u, m.sc);
         return (int)-n;
-    if (run_batch(u, (size_t)n, 1, multi_get_enc, multi_get_reply, multi_fail,
-                  multi_revoke, &m) != MC_OK)
+    }
+    if (run_batch(u, m.sc, (size_t)n, gen, 1, multi_get_enc, multi_get_reply,
+                  key_failed, multi_revoke, &m) != MC_OK) {
+        scratch_return(u, m.sc);
         return fail(L, ERR(NOMEM), "out of memory");
-    if (!m.first) {
+    }
+    first = multi_results(L, &m, (size_t)n, 3, 4);
+    scratch_return(u, m.sc);
+    if (!first) {
         lua_settop(L, 3);
         return 1;
     }
     lua_settop(L, 4);
-    lua_pushstring(L, m.first);
+    lua_pushstring(L, first);
     lua_insert(L, 4); /* results, err, failures */
     return 3;
 }
 
 /* ---- set_multi / delete_multi ----
  * Quiet opcodes closed by one NOOP per server: only failures answer. The
- * results table starts with true for every key sent, and failures
- * overwrite their key's entry. */
-
-static void result_set(multi *m, size_t i, const char *err)
-{
-    lua_State *L = m->L;
-    if (!m->first)
-        m->first = err;
-    lua_pushlstring(L, m->u->keys[i].key, m->u->keys[i].len);
-    lua_pushstring(L, err);
-    lua_rawset(L, m->result);
-}
+ * results table starts with true for every key sent and the error of
+ * every key that could not be (the caller's key string is the table's
+ * key, which keeps it alive for the call); failures of the I/O phase
+ * overwrite their key's entry afterwards. */
 
 static int setq_enc(void *ud, size_t i, mc_buf *out, uint32_t opaque)
 {
     multi *m = ud;
-    const struct bkey *k = &m->u->keys[i];
+    const struct bkey *k = &m->sc->keys[i];
     return mc_enc_store2(out, MC_OP_SETQ, opaque, 0, k->key, k->len,
                          m->u->mp_flag, m->exptime, k->hdr, k->hlen,
-                         k->vptr ? k->vptr : m->u->val.data + k->voff,
+                         k->vptr ? k->vptr : m->sc->bytes.data + k->voff,
                          k->vlen);
 }
 
 static int deleteq_enc(void *ud, size_t i, mc_buf *out, uint32_t opaque)
 {
     multi *m = ud;
-    const struct bkey *k = &m->u->keys[i];
+    const struct bkey *k = &m->sc->keys[i];
     return mc_enc_delete(out, MC_OP_DELETEQ, opaque, 0, k->key, k->len);
 }
 
 static int quiet_reply_set(void *ud, size_t i, const mc_resp *r)
 {
+    multi *m = ud;
     if (r->status != MC_STATUS_OK)
-        result_set(ud, i, status_name(MC_KIND_SET, r->status));
+        m->sc->keys[i].err = status_name(MC_KIND_SET, r->status);
     return 0;
 }
 
 static int quiet_reply_delete(void *ud, size_t i, const mc_resp *r)
 {
+    multi *m = ud;
     if (r->status != MC_STATUS_OK)
-        result_set(ud, i, status_name(MC_KIND_GET, r->status));
+        m->sc->keys[i].err = status_name(MC_KIND_GET, r->status);
     return 0;
 }
 
-static void quiet_fail(void *ud, size_t i, int err, const char *msg)
+/* Key i (its string at stack index kidx) goes to its server and reads true
+ * in the results; or, when its server cannot be picked or err is given,
+ * reads its error. */
+static void quiet_place(lua_State *L, multi *m, size_t i, int kidx,
+                        const char *err, int result)
 {
-    (void)msg;
-    result_set(ud, i, mc_err_str(err));
-}
-
-/* Sends key i (its key string at stack index kidx) to its server and
- * marks it true in the results, or records why it cannot be sent. */
-static void quiet_place(lua_State *L, lmc_client *u, multi *m, size_t i,
-                        int kidx)
-{
-    const char *ename = NULL;
-    u->srv[i] = pick(L, u, u->keys[i].key, u->keys[i].len, &ename, 1);
-    if (u->srv[i] < 0) {
-        u->srv[i] = -1;
-        result_set(m, i, ename);
-        return;
+    struct bkey *k = &m->sc->keys[i];
+    m->sc->srv[i] = -1;
+    if (!err) {
+        m->sc->srv[i] = pick(L, m->u, k->key, k->len, &err, 1);
+        if (m->sc->srv[i] < 0)
+            m->sc->srv[i] = -1;
     }
+    k->err = err;
     lua_pushvalue(L, kidx); /* the caller's string: no re-interning */
-    lua_pushboolean(L, 1);
-    lua_rawset(L, m->result);
+    if (err)
+        lua_pushstring(L, err);
+    else
+        lua_pushboolean(L, 1);
+    lua_rawset(L, result);
 }
 
-static int quiet_finish(lua_State *L, lmc_client *u, multi *m, size_t n,
+/* The I/O phase and the results of set_multi/delete_multi (results table
+ * at 3). */
+static int quiet_finish(lua_State *L, multi *m, size_t n, unsigned long gen,
                         int (*enc)(void *, size_t, mc_buf *, uint32_t),
                         int (*reply)(void *, size_t, const mc_resp *))
 {
-    if (run_batch(u, n, 0, enc, reply, quiet_fail, quiet_fail, m) != MC_OK)
+    const char *first = NULL;
+    size_t i;
+    lmc_client *u = m->u;
+    if (run_batch(u, m->sc, n, gen, 0, enc, reply, key_failed, key_failed,
+                  m) != MC_OK) {
+        scratch_return(u, m->sc);
         return fail(L, ERR(NOMEM), "out of memory");
-    mc_buf_clear(&u->val, 1 << 20);
-    lua_settop(L, m->result);
-    if (!m->first)
+    }
+    for (i = 0; i < n; i++) {
+        const struct bkey *k = &m->sc->keys[i];
+        if (!k->err)
+            continue;
+        if (!first)
+            first = k->err;
+        if (m->sc->srv[i] < 0)
+            continue; /* its error is in the results already */
+        lua_pushlstring(L, k->key, k->len); /* kept by the results */
+        lua_pushstring(L, k->err);
+        lua_rawset(L, 3);
+    }
+    scratch_return(u, m->sc);
+    lua_settop(L, 3);
+    if (!first)
         return 1;
-    lua_pushstring(L, m->first);
+    lua_pushstring(L, first);
     return 2;
 }
 
@@ -612,6 +742,7 @@ int m_set_multi(lua_State *L)
     lmc_client *u = self(L);
     multi m;
     size_t i = 0;
+    unsigned long gen;
     char err[200];
 
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -622,27 +753,30 @@ int m_set_multi(lua_State *L)
     lua_settop(L, 2);
     lua_createtable(L, 0, 0); /* 3: results */
     /* 4: the string values sent in place (vptr), kept alive whatever a
-     * finalizer does to items; keys sent are kept by the results */
+     * finalizer does to items; keys are kept by the results */
     lua_createtable(L, 0, 0);
-    m.L = L;
     m.u = u;
-    m.result = 3;
-    u->val.len = 0;
+    m.sc = scratch_lend(L, u); /* 5 */
+    m.sc->bytes.len = 0;
+    gen = u->c->gen;
     lua_pushnil(L);
     while (lua_next(L, 2)) {
         struct bkey *k;
         const char *bad = NULL;
         if (lua_type(L, -2) != LUA_TSTRING) {
+            scratch_return(u, m.sc);
             luaL_error(L, "bad argument #1 (items): keys must be strings, "
                           "got %s", luaL_typename(L, -2));
         }
-        if (grow_keys(u, i + 1) != 0)
+        if (scratch_grow(m.sc, i + 1) != 0) {
+            scratch_return(u, m.sc);
             return fail(L, ERR(NOMEM), "out of memory");
-        k = &u->keys[i];
-        k->key = lua_tolstring(L, -2, &k->len); /* kept alive by items */
+        }
+        k = &m.sc->keys[i];
+        k->key = lua_tolstring(L, -2, &k->len);
         k->vptr = NULL;
         k->hlen = 0;
-        u->srv[i] = -1;
+        k->vlen = 0;
         if (!mc_key_ok(k->key, k->len)) {
             bad = ERR(MALFORMED_KEY);
         } else if (lua_type(L, -1) == LUA_TSTRING) {
@@ -651,23 +785,20 @@ int m_set_multi(lua_State *L)
             lua_pushvalue(L, -1);
             lmc_rawseti(L, 4, (lua_Integer)i + 1);
         } else {
-            k->voff = u->val.len;
-            if (lmc_value_encode(L, u->vctx, -1, &u->val, err,
+            k->voff = m.sc->bytes.len;
+            if (lmc_value_encode(L, u->vctx, -1, &m.sc->bytes, err,
                                  sizeof(err)) != 0)
                 bad = ERR(UNENCODABLE);
             else
-                k->vlen = u->val.len - k->voff;
+                k->vlen = m.sc->bytes.len - k->voff;
         }
         if (!bad && k->vlen + k->hlen > u->max_value)
             bad = ERR(TOO_LARGE);
-        if (bad)
-            result_set(&m, i, bad);
-        else
-            quiet_place(L, u, &m, i, lua_gettop(L) - 1);
+        quiet_place(L, &m, i, lua_gettop(L) - 1, bad, 3);
         lua_pop(L, 1);
         i++;
     }
-    return quiet_finish(L, u, &m, i, setq_enc, quiet_reply_set);
+    return quiet_finish(L, &m, i, gen, setq_enc, quiet_reply_set);
 }
 
 /* delete_multi(keys) -> {key = true | err}[, first err] */
@@ -676,6 +807,7 @@ int m_delete_multi(lua_State *L)
     lmc_client *u = self(L);
     multi m;
     size_t n, i;
+    unsigned long gen;
 
     luaL_checktype(L, 2, LUA_TTABLE);
     CLOSED_CHECK(L, u);
@@ -683,32 +815,37 @@ int m_delete_multi(lua_State *L)
     lua_settop(L, 2);
     n = lua_rawlen(L, 2);
     lua_createtable(L, 0, (int)n); /* 3: results */
-    m.L = L;
+    lua_pushnil(L);                /* 4: (set_multi's values) */
     m.u = u;
-    m.result = 3;
-    if (grow_keys(u, n + 1) != 0)
+    m.sc = scratch_lend(L, u);     /* 5 */
+    gen = u->c->gen;
+    if (scratch_grow(m.sc, n + 1) != 0) {
+        scratch_return(u, m.sc);
         return fail(L, ERR(NOMEM), "out of memory");
-    anchor_begin(L, &m, n);
+    }
+    keys_begin(L, &m, n);
     for (i = 0; i < n; i++) {
-        struct bkey *k = &u->keys[i];
+        struct bkey *k = &m.sc->keys[i];
         if (lmc_rawgeti(L, 2, (lua_Integer)i + 1) != LUA_TSTRING) {
+            scratch_return(u, m.sc);
             luaL_error(L, "bad argument #1 (keys): key #%d is a %s, not a "
                           "string", (int)i + 1, luaL_typename(L, -1));
         }
-        k->key = lua_tolstring(L, -1, &k->len); /* anchored below */
-        u->srv[i] = -1;
+        k->key = lua_tolstring(L, -1, &k->len); /* kept below */
+        k->err = NULL;
+        m.sc->srv[i] = -1;
         lua_pushvalue(L, -1);
-        lua_rawget(L, m.result);
+        lua_rawget(L, 3);
         if (!lua_isnil(L, -1)) {
             /* a repeated key is deleted once: a second DELETEQ would
              * turn its success into a miss */
-        } else if (!mc_key_ok(k->key, k->len)) {
-            result_set(&m, i, ERR(MALFORMED_KEY));
         } else {
-            quiet_place(L, u, &m, i, lua_gettop(L) - 1);
+            quiet_place(L, &m, i, lua_gettop(L) - 1,
+                        mc_key_ok(k->key, k->len) ? NULL : ERR(MALFORMED_KEY),
+                        3);
         }
         lua_pop(L, 1); /* the key stays on top */
-        anchor_add(L, &m, i);
+        keys_add(L, &m, i);
     }
-    return quiet_finish(L, u, &m, n, deleteq_enc, quiet_reply_delete);
+    return quiet_finish(L, &m, n, gen, deleteq_enc, quiet_reply_delete);
 }

@@ -4,10 +4,17 @@
  *
  * Conventions (DESIGN.md): a wrong argument type raises, naming the
  * argument; every runtime failure returns nil, ERR_*, detail. Arguments are
- * checked and values encoded before a connection is taken, so a raised
- * error never strands a connection; anything that can still raise later
- * (out of memory) is cleaned up by mc_client_abort at the next call or at
- * __gc.
+ * checked before anything is taken, so a raised error never strands a
+ * connection; what can still raise later (out of memory while results are
+ * pushed) leaves its connection held until __gc (mc_client_free).
+ *
+ * One way a method runs: (1) prepare: arguments, placement (a custom
+ * selector is Lua), encoding; (2) I/O in C: no Lua runs, nothing raises;
+ * (3) results pushed from buffers the call owns (its request's connection,
+ * held until the results are pushed, or its scratch). Lua code that runs
+ * in (1) or (3) (a selector, a __gc finalizer started by an allocation)
+ * may call the client: that is just another call, with a connection and
+ * scratch of its own.
  */
 #include <math.h>
 #include <stdint.h>
@@ -31,33 +38,17 @@
 
 /* ---- helpers ---- */
 
-/* Every client carries a cookie, its own address mixed with a secret
- * drawn once per process; a full userdata of the client's size whose first
- * word is that cookie is a client. Checked in that order (the size first,
- * so a smaller or light userdata is never read), it costs two API calls
- * instead of luaL_checkudata's metatable fetch and registry lookup (~160
- * instructions of a ~2,200-instruction get). Anything else goes through
- * luaL_checkudata, which raises the usual error. */
-uintptr_t client_secret;
-
-static void init_secret(lua_State *L)
-{
-    uintptr_t x = (uintptr_t)&client_secret ^ (uintptr_t)L ^
-                  ((uintptr_t)time(NULL) << 20) ^ (uintptr_t)clock();
-    if (client_secret)
-        return;
-    x ^= x >> 29;
-    x *= (uintptr_t)0x9e3779b97f4a7c15ull;
-    client_secret = x ? x : 1;
-}
-
-
+/* The detail is copied before anything is pushed: it may point into a
+ * buffer that a call made from a finalizer (run by the push) rewrites. */
 int fail(lua_State *L, const char *err, const char *detail)
 {
+    char d[512];
+    if (detail)
+        snprintf(d, sizeof(d), "%s", detail);
     lua_pushnil(L);
     lua_pushstring(L, err);
     if (detail) {
-        lua_pushstring(L, detail);
+        lua_pushstring(L, d);
         return 3;
     }
     return 2;
@@ -188,7 +179,12 @@ void get_args(lua_State *L, args *a, int has_value, const char *order)
     int i = 3, top, t;
     const char *o;
     memset(a, 0, sizeof(*a));
+    top = lua_gettop(L);
     t = lua_type(L, 2);
+    if (t == LUA_TSTRING && top == 2 && !has_value) {
+        a->key = lua_tolstring(L, 2, &a->keylen); /* get(key): the usual */
+        return;
+    }
     if (t == LUA_TTABLE) {
         table_to_positional(L, has_value, order);
         t = lua_type(L, 2);
@@ -307,11 +303,80 @@ int pick(lua_State *L, lmc_client *u, const char *key, size_t len,
     return srv;
 }
 
+/* ---- scratch ---- */
+
+#define SCRATCH_MT "memcached.scratch"
+
+int scratch_grow(lmc_scratch *sc, size_t n)
+{
+    struct bkey *k;
+    int *s;
+    if (sc->cap >= n)
+        return 0;
+    if (n < 2 * sc->cap)
+        n = 2 * sc->cap;
+    k = realloc(sc->keys, n * sizeof(*k));
+    if (!k)
+        return -1;
+    sc->keys = k;
+    s = realloc(sc->srv, n * sizeof(*s));
+    if (!s)
+        return -1;
+    sc->srv = s;
+    sc->cap = n;
+    return 0;
+}
+
+static void scratch_free(lmc_scratch *sc)
+{
+    free(sc->keys);
+    free(sc->srv);
+    mc_buf_free(&sc->bytes);
+    sc->keys = NULL;
+    sc->srv = NULL;
+    sc->cap = 0;
+}
+
+static int scratch_gc(lua_State *L)
+{
+    scratch_free(lua_touserdata(L, 1));
+    return 0;
+}
+
+/* Pushes one value (nil, or the box when the client's scratch is lent)
+ * and returns the scratch the call may use until scratch_return. A call
+ * that raises while holding the client's (out of memory) leaves it lent:
+ * later calls then use boxes, correct and a little slower. */
+lmc_scratch *scratch_lend(lua_State *L, lmc_client *u)
+{
+    lmc_scratch *b;
+    if (!u->sc.lent) {
+        u->sc.lent = 1;
+        lua_pushnil(L);
+        return &u->sc;
+    }
+    b = lua_newuserdata(L, sizeof(*b));
+    memset(b, 0, sizeof(*b));
+    luaL_setmetatable(L, SCRATCH_MT);
+    b->lent = 1;
+    return b;
+}
+
+/* Ends the loan: the client's scratch keeps at most 1 MiB of bytes. */
+void scratch_return(lmc_client *u, lmc_scratch *sc)
+{
+    mc_buf_clear(&sc->bytes, 1 << 20);
+    if (sc == &u->sc)
+        sc->lent = 0;
+}
+
 /* ---- life cycle ---- */
 
-/* One idempotent destroy for close, exit, __close and __gc. */
+/* Frees everything; only __gc (and a failed new) call it, when no call of
+ * this client can still be running. */
 void destroy(lua_State *L, lmc_client *u)
 {
+    u->closed = 1;
     if (u->c) {
         mc_client_free(u->c);
         u->c = NULL;
@@ -320,80 +385,66 @@ void destroy(lua_State *L, lmc_client *u)
         lmc_vctx_free(u->vctx);
         u->vctx = NULL;
     }
-    mc_buf_free(&u->val);
-    free(u->keys);
-    free(u->srv);
-    u->keys = NULL;
-    u->srv = NULL;
-    u->capkeys = 0;
+    scratch_free(&u->sc);
     luaL_unref(L, LUA_REGISTRYINDEX, u->cb_ref);
     luaL_unref(L, LUA_REGISTRYINDEX, u->sel_ref);
     u->cb_ref = u->sel_ref = LUA_NOREF;
 }
 
-/* close/exit. Called from inside one of the client's own calls (a
- * selector, a finalizer), it waits for that call to end. */
+/* Argument 1 as a client: a userdata whose metatable is the client's
+ * (upvalue 1 of every method; compared by address, which costs a third
+ * of lua_rawequal), else luaL_checkudata's error. */
+static lmc_client *check_client(lua_State *L)
+{
+    lmc_client *u = lua_touserdata(L, 1);
+    if (u && lua_getmetatable(L, 1)) {
+        const void *mt = lua_topointer(L, -1);
+        lua_settop(L, -2);
+        if (mt == lua_topointer(L, lua_upvalueindex(1)))
+            return u;
+    }
+    return luaL_checkudata(L, 1, CLIENT_MT);
+}
+
+/* close/exit/__close: idle connections close now, those a running call
+ * holds (close from a selector or a finalizer) when that call ends; the
+ * client's memory goes with the userdata. */
 static int m_close(lua_State *L)
 {
     lmc_client *u = check_client(L);
-    if (u->busy)
-        u->close_pending = 1;
-    else
-        destroy(L, u);
+    if (!u->closed && u->c)
+        mc_client_close(u->c);
+    u->closed = 1;
+    luaL_unref(L, LUA_REGISTRYINDEX, u->cb_ref);
+    u->cb_ref = LUA_NOREF;
     lua_pushboolean(L, 1);
     return 1;
 }
 
-/* Every method runs through here. Lua code can run in the middle of a
- * method: a custom selector, or a __gc finalizer started by any allocation
- * the method makes. If that code calls the client again while the outer
- * call holds a connection, a batch or the scratch buffers, the inner call
- * would free or overwrite them under the outer one; so it fails with
- * ERR_IN_USE instead. busy is set by CLOSED_CHECK, once the arguments are
- * checked, and cleared here by the call that set it, also when the method
- * raised (it runs under lua_pcall and the error is raised again after):
- * an error can never leave the client locked. Server events are reported
- * after that, so the error callback may use the client. */
-int guarded(lua_State *L)
+/* Every method's entry (upvalue 2: the method): checks self, runs the
+ * method, then reports the server events its call queued, above the
+ * results (the error callback may call the client). No lua_pcall: a
+ * method that raises holds nothing the next call needs. */
+static int method(lua_State *L)
 {
     lmc_client *u = check_client(L);
-    unsigned token;
-    int status;
-
-    if (u->busy)
-        return fail(L, ERR(IN_USE),
-                    "the client was called from inside one of its own calls "
-                    "(a selector or a __gc finalizer)");
-    token = u->lock_token;
-    lua_pushvalue(L, lua_upvalueindex(1)); /* the method */
-    lua_insert(L, 1);
-    status = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
-    if (u->lock_token != token)
-        u->busy = 0;
-    if (u->close_pending && !u->busy) {
-        u->close_pending = 0;
-        destroy(L, u);
-    }
+    int n = lua_tocfunction(L, lua_upvalueindex(2))(L);
     if (u->c && u->c->nevents)
-        report_events(L, u); /* above the results; they stay in place */
-    if (status != 0)
-        return lua_error(L); /* the method's own error, unchanged */
-    return lua_gettop(L);
+        report_events(L, u);
+    return n;
 }
 
 static int m_gc(lua_State *L)
 {
     lmc_client *u = check_client(L);
     destroy(L, u);
-    u->cookie = 0; /* freed memory must not pass for a client (a
-                      resurrected one is still found by its metatable) */
     return 0;
 }
 
 static int m_tostring(lua_State *L)
 {
     lmc_client *u = check_client(L);
-    if (!u->c)
+    if (u->closed || !u->c)
         lua_pushfstring(L, "memcached.client (closed): %p", (void *)u);
     else
         lua_pushfstring(L, "memcached.client (%d servers): %p",
@@ -442,33 +493,52 @@ static const luaL_Reg methods[] = {
     {"set_server_error_callback", m_set_callback},
     {NULL, NULL}};
 
+static const luaL_Reg plain[] = {
+    {"close", m_close},
+    {"exit", m_close},
+    {NULL, NULL}};
+
+static const luaL_Reg meta[] = {
+    /* a to-be-closed client closes like close() */
+    {"__close", m_close},
+    {"__gc", m_gc},
+    {"__tostring", m_tostring},
+    {NULL, NULL}};
+
 LMC_EXPORT int luaopen_memcached(lua_State *L)
 {
-    int i;
-    init_secret(L);
+    int i, mt;
+    if (luaL_newmetatable(L, SCRATCH_MT)) {
+        lua_pushcfunction(L, scratch_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_pop(L, 1);
     if (luaL_newmetatable(L, CLIENT_MT)) {
         const luaL_Reg *r;
+        mt = lua_gettop(L);
         luaL_newlibtable(L, methods);
         for (r = methods; r->name; r++) {
-            /* upvalue: the method itself, which guarded() calls */
+            /* upvalues: the metatable (check_client), the method */
+            lua_pushvalue(L, mt);
             lua_pushcfunction(L, r->func);
-            lua_pushcclosure(L, r->func == m_get ? f_get
-                                : r->func == m_set ? f_set : guarded, 1);
+            lua_pushcclosure(L, method, 2);
             lua_setfield(L, -2, r->name);
         }
-        lua_pushcfunction(L, m_close);
-        lua_setfield(L, -2, "close");
-        lua_pushcfunction(L, m_close);
-        lua_setfield(L, -2, "exit");
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, m_gc);
-        lua_setfield(L, -2, "__gc");
-        /* a to-be-closed client closes like close(): deferred while one of
-         * its calls runs (a <close> variable in a selector or finalizer) */
-        lua_pushcfunction(L, m_close);
-        lua_setfield(L, -2, "__close");
-        lua_pushcfunction(L, m_tostring);
-        lua_setfield(L, -2, "__tostring");
+        for (r = plain; r->name; r++) {
+            lua_pushvalue(L, mt);
+            lua_pushcclosure(L, r->func, 1);
+            lua_setfield(L, -2, r->name);
+        }
+        lua_setfield(L, mt, "__index");
+        for (r = meta; r->name; r++) {
+            lua_pushvalue(L, mt);
+            lua_pushcclosure(L, r->func, 1);
+            lua_setfield(L, mt, r->name);
+        }
+        /* l_test_idle_buffer_bytes checks its argument the same way */
+        lua_pushvalue(L, mt);
+        lua_pushcclosure(L, l_test_idle_buffer_bytes, 1);
+        lua_setfield(L, LUA_REGISTRYINDEX, "memcached.idle_bytes");
     }
     lua_pop(L, 1);
 
@@ -477,7 +547,7 @@ LMC_EXPORT int luaopen_memcached(lua_State *L)
     lua_setfield(L, -2, "new");
     lua_pushcfunction(L, l_new_from_selector);
     lua_setfield(L, -2, "new_from_selector");
-    lua_pushcfunction(L, l_test_idle_buffer_bytes);
+    lua_getfield(L, LUA_REGISTRYINDEX, "memcached.idle_bytes");
     lua_setfield(L, -2, "_test_idle_buffer_bytes");
     for (i = 1; i < MC_ERR_COUNT; i++) {
         lua_pushfstring(L, "ERR_%s", mc_err_const((int)i));

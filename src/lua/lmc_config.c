@@ -397,7 +397,6 @@ static int construct(lua_State *L, int t, int from, int sel)
         return nul_fail(L, nul);
     u = lua_newuserdata(L, sizeof(*u));
     memset(u, 0, sizeof(*u));
-    u->cookie = (uintptr_t)u ^ client_secret;
     u->cb_ref = u->sel_ref = LUA_NOREF;
     u->mp_flag = mpf;
     u->max_value = o.pool.max_body - 512;

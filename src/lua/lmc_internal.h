@@ -35,41 +35,54 @@
 
 enum sel_mode { SEL_BUILTIN, SEL_FUNCTION, SEL_OBJECT };
 
+/* One key of a batch: the key (a string the call keeps on its stack),
+ * the value to send (set_multi: vptr, a Lua string framed with hdr, or at
+ * voff in the call's bytes) or the value received (get_multi: at voff,
+ * got set), and the key's failure. */
+struct bkey {
+    const char *key;
+    size_t len;
+    size_t voff, vlen;
+    size_t koff;          /* ping/flush/version: the server's name */
+    const char *vptr;
+    const char *err;      /* an ERR_* string, or NULL */
+    uint32_t flags;       /* get_multi: the item's flags */
+    unsigned char hdr[5], hlen;
+    unsigned char got;    /* get_multi: a value arrived */
+};
+
+/* A call's scratch: the key list, the server of each key, and one byte
+ * arena (encoded values on the way out; replies on the way back, read
+ * whole before any becomes a Lua value). The client lends its own to one
+ * call at a time (scratch_lend); a call made while it is lent (from a
+ * selector or a __gc finalizer run by another call) gets a box of its
+ * own, a userdata the collector frees. */
+typedef struct lmc_scratch {
+    struct bkey *keys;
+    int *srv;
+    size_t cap;
+    mc_buf bytes;
+    int lent;
+} lmc_scratch;
+
 typedef struct lmc_client {
-    uintptr_t cookie;    /* its own address ^ client_secret (check_client) */
-    mc_client *c;        /* NULL once closed */
+    mc_client *c;
+    int closed;          /* close() was called: calls fail, the memory
+                            goes with the userdata (__gc) */
     lmc_vctx *vctx;
-    mc_buf val;          /* encoded value scratch */
     uint32_t mp_flag;    /* flags that mark msgpack values */
     size_t max_value;    /* larger values are refused before sending */
     int cb_ref;          /* server-error callback, LUA_NOREF when none */
     int sel_ref;         /* custom selector */
     enum sel_mode sel_mode;
-    int busy;            /* a call holds connections/scratch (see guarded) */
-    unsigned lock_token; /* bumped by each call that sets busy */
-    int close_pending;   /* close() asked for during a call */
-    /* batch scratch */
-    struct bkey {
-        const char *key;
-        size_t len;
-        size_t voff, vlen; /* set_multi: the value, at vptr (a Lua string
-                              framed with hdr) or at val.data + voff */
-        const char *vptr;
-        unsigned char hdr[5], hlen;
-    } *keys;
-    int *srv;
-    size_t capkeys;
+    lmc_scratch sc;      /* lent to one call at a time */
 } lmc_client;
 
-/* Every method passes here once its arguments are checked: a closed client
- * fails, and from here on the call owns the client's connections and
- * scratch buffers (busy), until guarded() returns, by a return or a raise. */
+/* Every method passes here once its arguments are checked. */
 #define CLOSED_CHECK(L, u)                                                   \
     do {                                                                     \
-        if (!(u)->c)                                                         \
+        if ((u)->closed)                                                     \
             return fail((L), ERR(CLIENT_CLOSED), "the client was closed");     \
-        (u)->busy = 1;                                                       \
-        (u)->lock_token++;                                                   \
     } while (0)
 
 typedef struct args {
@@ -88,7 +101,7 @@ typedef struct args {
 typedef struct op {
     lmc_client *u;
     int srv;
-    uint32_t opaque;
+    mc_req q;        /* the request: its connection, opaque and error */
     mc_buf *out;
     const char *key; /* the key the reply must name (GETK, GATK), or NULL */
     size_t keylen;
@@ -112,30 +125,18 @@ lua_Integer check_integer(lua_State *L, int i, const char *name);
 void destroy(lua_State *L, lmc_client *u);
 int fail(lua_State *L, const char *err, const char *detail);
 void get_args(lua_State *L, args *a, int has_value, const char *order);
-int guarded(lua_State *L);
+lmc_scratch *scratch_lend(lua_State *L, lmc_client *u);
+void scratch_return(lmc_client *u, lmc_scratch *sc);
+int scratch_grow(lmc_scratch *sc, size_t n);
 lua_Integer opt_int_field(lua_State *L, int t, const char *name, lua_Integer def);
 lua_Integer opt_integer(lua_State *L, int i, const char *name, lua_Integer def);
 int pick(lua_State *L, lmc_client *u, const char *key, size_t len, const char **ename, int claim);
 void report_events(lua_State *L, lmc_client *u);
-/* self in a method: argument 1, checked by the method's wrapper (guarded)
- * or by the fast entries' cookie check */
+/* self in a method: argument 1, checked by the method's entry (method()
+ * in lmc_client.c) */
 static inline lmc_client *self(lua_State *L)
 {
     return lua_touserdata(L, 1);
-}
-/* mixed into each client's cookie (check_client) */
-extern uintptr_t client_secret;
-
-/* Argument 1 as a client: a full userdata of the client's size carrying
- * its cookie (see client_secret in lmc_client.c), else luaL_checkudata,
- * which raises the usual error. Inline: every call starts here. */
-static inline lmc_client *check_client(lua_State *L)
-{
-    lmc_client *u = lua_touserdata(L, 1);
-    if (u && lua_rawlen(L, 1) == sizeof(*u) &&
-        u->cookie == ((uintptr_t)u ^ client_secret))
-        return u;
-    return luaL_checkudata(L, 1, CLIENT_MT);
 }
 int status_fail(lua_State *L, enum mc_op_kind k, const mc_resp *r, const char *server);
 const char *status_name(enum mc_op_kind k, uint16_t st);
@@ -170,14 +171,5 @@ int m_touch(lua_State *L);
 int m_touch_atomic(lua_State *L);
 int push_value(lua_State *L, lmc_client *u, const mc_resp *r, char *err, size_t errlen);
 size_t str_header(unsigned char *h, size_t n);
-
-#if LUA_VERSION_NUM >= 504
-int f_get(lua_State *L);
-int f_set(lua_State *L);
-#else
-/* LuaJIT and 5.1-5.3 collect before copying a new string: guarded only */
-#define f_get guarded
-#define f_set guarded
-#endif
 
 #endif

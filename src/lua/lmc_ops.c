@@ -41,9 +41,9 @@ static int op_begin(lua_State *L, lmc_client *u, const args *a, op *o)
     o->srv = pick(L, u, a->key, a->keylen, &ename, 1);
     if (o->srv < 0)
         return fail(L, ename, u->c->errmsg);
-    o->out = mc_client_begin(u->c, o->srv, &o->opaque, &err);
+    o->out = mc_client_begin(u->c, &o->q, o->srv, &err);
     if (!o->out)
-        return fail(L, mc_err_str(err), u->c->errmsg);
+        return fail(L, mc_err_str(err), o->q.err);
     return 0;
 }
 
@@ -53,31 +53,31 @@ static int op_exec(lua_State *L, op *o, int enc_rc)
 {
     int rc;
     if (enc_rc != 0) {
-        mc_client_abort(o->u->c);
+        mc_client_end_broken(o->u->c, &o->q);
         return fail(L, ERR(NOMEM), "out of memory encoding the request");
     }
-    rc = mc_client_exec_key(o->u->c, &o->r, o->key, o->keylen);
+    rc = mc_client_exec_key(o->u->c, &o->q, &o->r, o->key, o->keylen);
     if (rc != MC_OK)
-        return fail(L, mc_err_str(rc), o->u->c->errmsg);
+        return fail(L, mc_err_str(rc), o->q.err);
     return 0;
 }
 
 static const char *server_name(op *o)
 {
-    return o->u->c->servers[o->srv]->name;
+    return o->q.srv->name;
 }
 
 /* A non-OK status: releases the connection and pushes the mapped error. */
 static int op_status_fail(lua_State *L, op *o, enum mc_op_kind k)
 {
     int n = status_fail(L, k, &o->r, server_name(o));
-    mc_client_end(o->u->c);
+    mc_client_end(o->u->c, &o->q);
     return n;
 }
 
 static int op_done(op *o, int nret)
 {
-    mc_client_end(o->u->c);
+    mc_client_end(o->u->c, &o->q);
     return nret;
 }
 
@@ -135,11 +135,11 @@ static int op_push_item(lua_State *L, op *o)
 {
     char err[200];
     if (is_lock(&o->r)) {
-        mc_client_end(o->u->c);
+        mc_client_end(o->u->c, &o->q);
         return fail(L, ERR(CACHE_MISS), NULL);
     }
     if (!push_value(L, o->u, &o->r, err, sizeof(err))) {
-        mc_client_end(o->u->c);
+        mc_client_end(o->u->c, &o->q);
         return fail(L, ERR(UNDECODABLE), err);
     }
     lmc_pushint(L, o->r.cas);
@@ -167,8 +167,8 @@ static int key_op(lua_State *L, uint8_t opcode, const char *order)
         o.keylen = a.keylen;
     }
     rc = opcode == MC_OP_GETK
-             ? mc_enc_get(o.out, opcode, o.opaque, a.key, a.keylen)
-             : mc_enc_touch(o.out, opcode, o.opaque, a.key, a.keylen,
+             ? mc_enc_get(o.out, opcode, o.q.opaque, a.key, a.keylen)
+             : mc_enc_touch(o.out, opcode, o.q.opaque, a.key, a.keylen,
                             a.exptime);
     if ((n = op_exec(L, &o, rc)) != 0)
         return n;
@@ -210,11 +210,12 @@ size_t str_header(unsigned char *h, size_t n)
 /* Encodes the value for a store: raw bytes (raw, or flags given that are
  * not the msgpack flag, as gomemcache's Item.Flags) or msgpack. A string is
  * framed with its msgpack header in place (hdr), sparing a copy; any other
- * value is encoded into u->val. Returns 0, or pushes a failure and returns
+ * value is encoded into scratch the call borrows (*sc, pushed on the stack;
+ * NULL when none was needed). Returns 0, or pushes a failure and returns
  * the count. */
 static int encode_value(lua_State *L, lmc_client *u, args *a, int raw,
                         const char **p, size_t *n, uint32_t *flags,
-                        unsigned char *hdr, size_t *hlen)
+                        unsigned char *hdr, size_t *hlen, lmc_scratch **sc)
 {
     char err[200];
     *hlen = 0;
@@ -231,11 +232,16 @@ static int encode_value(lua_State *L, lmc_client *u, args *a, int raw,
             return 0;
         }
     }
-    u->val.len = 0;
-    if (lmc_value_encode(L, u->vctx, a->value, &u->val, err, sizeof(err)) != 0)
+    *sc = scratch_lend(L, u);
+    (*sc)->bytes.len = 0;
+    if (lmc_value_encode(L, u->vctx, a->value, &(*sc)->bytes, err,
+                         sizeof(err)) != 0) {
+        scratch_return(u, *sc);
+        *sc = NULL;
         return fail(L, ERR(UNENCODABLE), err);
-    *p = u->val.data;
-    *n = u->val.len;
+    }
+    *p = (*sc)->bytes.data;
+    *n = (*sc)->bytes.len;
     return 0;
 }
 
@@ -250,6 +256,7 @@ static int do_store(lua_State *L, uint8_t opcode, enum mc_op_kind k, int raw,
     size_t len = 0, hlen = 0;
     uint32_t flags = 0;
     unsigned char hdr[8];
+    lmc_scratch *sc = NULL;
 
     get_args(L, &a, 1, order);
     if (lua_isnone(L, 3))
@@ -263,22 +270,24 @@ static int do_store(lua_State *L, uint8_t opcode, enum mc_op_kind k, int raw,
                       "data, got %s", luaL_typename(L, a.value));
     CLOSED_CHECK(L, u);
     /* the key is checked by op_begin, before anything is sent */
-    if ((n = encode_value(L, u, &a, raw, &p, &len, &flags, hdr, &hlen)) != 0)
+    if ((n = encode_value(L, u, &a, raw, &p, &len, &flags, hdr, &hlen,
+                          &sc)) != 0)
         return n;
     if (len + hlen > u->max_value) {
         char d[120];
         snprintf(d, sizeof(d), "%zu bytes exceed max_value_size (%zu)", len,
                  u->max_value);
-        mc_buf_clear(&u->val, 1 << 20);
+        if (sc)
+            scratch_return(u, sc);
         return fail(L, ERR(TOO_LARGE), d);
     }
-    if ((n = op_begin(L, u, &a, &o)) != 0)
-        return n;
-    n = op_exec(L, &o, mc_enc_store2(o.out, opcode, o.opaque, a.cas, a.key,
-                                     a.keylen, flags, a.exptime, hdr, hlen,
-                                     p, len));
-    if (u->val.cap > (1 << 20))
-        mc_buf_clear(&u->val, 1 << 20);
+    n = op_begin(L, u, &a, &o);
+    if (n == 0)
+        n = op_exec(L, &o, mc_enc_store2(o.out, opcode, o.q.opaque, a.cas,
+                                         a.key, a.keylen, flags, a.exptime,
+                                         hdr, hlen, p, len));
+    if (sc)
+        scratch_return(u, sc); /* the request holds its own copy */
     if (n)
         return n;
     if (o.r.status != MC_STATUS_OK)
@@ -312,7 +321,7 @@ static int do_concat(lua_State *L, uint8_t opcode)
     CLOSED_CHECK(L, u);
     if ((n = op_begin(L, u, &a, &o)) != 0)
         return n;
-    if ((n = op_exec(L, &o, mc_enc_concat(o.out, opcode, o.opaque, a.cas,
+    if ((n = op_exec(L, &o, mc_enc_concat(o.out, opcode, o.q.opaque, a.cas,
                                            a.key, a.keylen, p, len))) != 0)
         return n;
     if (o.r.status != MC_STATUS_OK)
@@ -334,7 +343,7 @@ int m_delete(lua_State *L)
     CLOSED_CHECK(L, u);
     if ((n = op_begin(L, u, &a, &o)) != 0)
         return n;
-    if ((n = op_exec(L, &o, mc_enc_delete(o.out, MC_OP_DELETE, o.opaque, a.cas,
+    if ((n = op_exec(L, &o, mc_enc_delete(o.out, MC_OP_DELETE, o.q.opaque, a.cas,
                                            a.key, a.keylen))) != 0)
         return n;
     if (o.r.status != MC_STATUS_OK)
@@ -373,10 +382,10 @@ int m_delete_lock(lua_State *L)
     if ((n = op_begin(L, u, &a, &o)) != 0)
         return n;
     if (secs == 0)
-        n = op_exec(L, &o, mc_enc_delete(o.out, MC_OP_DELETE, o.opaque, 0,
+        n = op_exec(L, &o, mc_enc_delete(o.out, MC_OP_DELETE, o.q.opaque, 0,
                                          a.key, a.keylen));
     else
-        n = op_exec(L, &o, mc_enc_store(o.out, MC_OP_REPLACE, o.opaque, 0,
+        n = op_exec(L, &o, mc_enc_store(o.out, MC_OP_REPLACE, o.q.opaque, 0,
                                         a.key, a.keylen, MC_LOCK_FLAGS,
                                         (uint32_t)secs, mc_lock_value, mc_lock_len));
     if (n)
@@ -391,20 +400,20 @@ int m_delete_lock(lua_State *L)
  * delete_lock marker (so the key must read as a miss). Error path only. */
 static int locked_on(lmc_client *u, int srv, const args *a)
 {
-    uint32_t opaque;
     int err, locked = 0;
     mc_resp r;
-    mc_buf *out = mc_client_begin(u->c, srv, &opaque, &err);
+    mc_req q;
+    mc_buf *out = mc_client_begin(u->c, &q, srv, &err);
     if (!out)
         return 0;
-    if (mc_enc_get(out, MC_OP_GETK, opaque, a->key, a->keylen) != 0) {
-        mc_client_abort(u->c);
+    if (mc_enc_get(out, MC_OP_GETK, q.opaque, a->key, a->keylen) != 0) {
+        mc_client_end_broken(u->c, &q);
         return 0;
     }
-    if (mc_client_exec_key(u->c, &r, a->key, a->keylen) != MC_OK)
+    if (mc_client_exec_key(u->c, &q, &r, a->key, a->keylen) != MC_OK)
         return 0;
     locked = r.status == MC_STATUS_OK && is_lock(&r);
-    mc_client_end(u->c);
+    mc_client_end(u->c, &q);
     return locked;
 }
 
@@ -424,12 +433,12 @@ static int do_arith(lua_State *L, uint8_t opcode, int counter_only)
     CLOSED_CHECK(L, u);
     if ((n = op_begin(L, u, &a, &o)) != 0)
         return n;
-    if ((n = op_exec(L, &o, mc_enc_arith(o.out, opcode, o.opaque, a.key,
+    if ((n = op_exec(L, &o, mc_enc_arith(o.out, opcode, o.q.opaque, a.key,
                                           a.keylen, a.delta, a.initial,
                                           exp))) != 0)
         return n;
     if (o.r.status == MC_STATUS_DELTA_BADVAL) {
-        mc_client_end(u->c);
+        mc_client_end(u->c, &o.q);
         if (locked_on(u, o.srv, &a))
             return fail(L, ERR(CACHE_MISS), "the key is locked by delete_lock");
         return fail(L, ERR(NON_NUMERIC), "the item is not a decimal number");
@@ -440,7 +449,7 @@ static int do_arith(lua_State *L, uint8_t opcode, int counter_only)
         char d[160];
         snprintf(d, sizeof(d), "%s: counter reply of %zu bytes, not 8",
                  server_name(&o), o.r.vallen);
-        mc_client_abort(u->c);
+        mc_client_end_broken(u->c, &o.q);
         return fail(L, ERR(PROTOCOL), d);
     }
     lmc_pushint(L, mc_load64(o.r.value));
@@ -453,236 +462,3 @@ static int do_arith(lua_State *L, uint8_t opcode, int counter_only)
 int m_increment(lua_State *L) { return do_arith(L, MC_OP_INCREMENT, 0); }
 int m_decrement(lua_State *L) { return do_arith(L, MC_OP_DECREMENT, 0); }
 int m_touch_atomic(lua_State *L) { return do_arith(L, MC_OP_INCREMENT, 1); }
-
-/* ---- fast entries: get and set ----
- * The common forms, get(key) and set(key, string [, exptime]) on the
- * built-in selector, skip guarded()'s lua_pcall (~15% of a get's own
- * instructions) and the generic argument and request layers. That is safe
- * because nothing here can raise, and no Lua code can run, while busy is
- * set: the key and value are checked first, the I/O is C, and busy is
- * cleared before anything is pushed. Pushing may then run a finalizer that
- * calls this client; Lua 5.4 copies a new string's bytes before it runs
- * any finalizer (lua_pushlstring collects after the copy), so the reply
- * bytes are taken before such a call could reuse the connection, and the
- * connection goes back to the pool only if no such call replaced it.
- * LuaJIT may collect before the copy, so there the fast entries are the
- * guarded ones. Any other form, and a value that needs the msgpack
- * decoder, takes the guarded path or runs under lua_pcall. */
-#if LUA_VERSION_NUM >= 504
-
-/* Ends the fast call (busy already cleared): a close asked for while the
- * call held the client (by a finalizer during a decode) happens now, then
- * events are reported. */
-static int fast_done(lua_State *L, lmc_client *u, int nret)
-{
-    if (u->close_pending && !u->busy) {
-        u->close_pending = 0;
-        destroy(L, u);
-    }
-    if (u->c && u->c->nevents)
-        report_events(L, u); /* leaves the stack as it found it */
-    return nret;
-}
-
-/* A failure of the client layer: its message is copied before busy is
- * cleared (a finalizer run by the pushes could overwrite or free it). */
-static int fast_fail(lua_State *L, lmc_client *u, const char *err)
-{
-    char msg[sizeof(((mc_client *)0)->errmsg)];
-    snprintf(msg, sizeof(msg), "%s", u->c->errmsg);
-    u->busy = 0;
-    return fast_done(L, u, fail(L, err, msg));
-}
-
-/* Returns the connection of the request begun as number `seq` to the pool,
- * unless a call made while the results were pushed replaced it. */
-static void fast_end(lmc_client *u, unsigned long seq)
-{
-    if (u->c && u->c->cur && u->c->nbegun == seq)
-        mc_client_end(u->c);
-}
-
-/* Sends the request encoded by the caller and reads its reply, which must
- * name key when key is not NULL; on failure returns the values pushed (busy
- * cleared), else 0 with r filled. */
-static int fast_exec(lua_State *L, lmc_client *u, int enc_rc, const char *key,
-                     size_t klen, mc_resp *r)
-{
-    int rc;
-    if (enc_rc != 0) {
-        mc_client_abort(u->c);
-        snprintf(u->c->errmsg, sizeof(u->c->errmsg),
-                 "out of memory encoding the request");
-        return fast_fail(L, u, ERR(NOMEM));
-    }
-    rc = mc_client_exec_key(u->c, r, key, klen);
-    if (rc != MC_OK)
-        return fast_fail(L, u, mc_err_str(rc));
-    return 0;
-}
-
-/* Picks the key's server and begins a request there; NULL after pushing a
- * failure (into *nret). */
-static mc_buf *fast_begin(lua_State *L, lmc_client *u, const char *key,
-                          size_t klen, uint32_t *opaque, int *nret)
-{
-    int err = MC_OK, srv;
-    mc_buf *out;
-    u->busy = 1;
-    u->lock_token++;
-    srv = mc_client_pick(u->c, key, klen, &err);
-    if (srv < 0) {
-        *nret = fast_fail(L, u, mc_err_str(err));
-        return NULL;
-    }
-    out = mc_client_begin(u->c, srv, opaque, &err);
-    if (!out)
-        *nret = fast_fail(L, u, mc_err_str(err));
-    return out;
-}
-
-/* A non-OK status: the detail is built from the reply first. */
-static int fast_status_fail(lua_State *L, lmc_client *u, const mc_resp *r,
-                            enum mc_op_kind k)
-{
-    char detail[300];
-    const char *err = status_name(k, r->status);
-    snprintf(detail, sizeof(detail), "%s: %s%s%.*s",
-             u->c->servers[u->c->cur_srv]->name, mc_status_str(r->status),
-             r->vallen ? ": " : "", (int)(r->vallen > 120 ? 120 : r->vallen),
-             r->value);
-    mc_client_end(u->c);
-    u->busy = 0;
-    return fast_done(L, u, fail(L, err, detail));
-}
-
-typedef struct decode_job {
-    lmc_client *u;
-    const mc_resp *r;
-    int ok;
-    char err[200];
-} decode_job;
-
-static int decode_value(lua_State *L)
-{
-    decode_job *j = lua_touserdata(L, 1);
-    j->ok = push_value(L, j->u, j->r, j->err, sizeof(j->err));
-    return j->ok;
-}
-
-/* A value that is not one plain string: decoded under lua_pcall with the
- * client still busy (the decoder reads the reply in place and uses the
- * client's msgpack context). */
-static int fast_decoded(lua_State *L, lmc_client *u, const mc_resp *r)
-{
-    decode_job j;
-    int st;
-    j.u = u;
-    j.r = r;
-    j.ok = 0;
-    lua_pushcfunction(L, decode_value);
-    lua_pushlightuserdata(L, &j);
-    st = lua_pcall(L, 1, 1, 0);
-    mc_client_end(u->c); /* still there: a close waits for busy */
-    u->busy = 0;
-    if (st != 0) {
-        fast_done(L, u, 0);
-        return lua_error(L); /* the decoder's error, unchanged */
-    }
-    if (!j.ok) {
-        lua_pop(L, 1);
-        return fast_done(L, u, fail(L, ERR(UNDECODABLE), j.err));
-    }
-    lmc_pushint(L, r->cas);
-    lmc_pushint(L, r->flags);
-    return fast_done(L, u, 3);
-}
-
-int f_get(lua_State *L)
-{
-    lmc_client *u = check_client(L);
-    const char *key;
-    size_t klen, hdr;
-    uint32_t opaque;
-    unsigned long seq;
-    mc_buf *out;
-    mc_resp r;
-    int n;
-
-    if (lua_gettop(L) != 2 || lua_type(L, 2) != LUA_TSTRING || u->busy ||
-        !u->c || u->sel_mode != SEL_BUILTIN)
-        return guarded(L);
-    key = lua_tolstring(L, 2, &klen);
-    if (!mc_key_ok(key, klen))
-        return guarded(L); /* it reports the bad key */
-    if (!(out = fast_begin(L, u, key, klen, &opaque, &n)))
-        return n;
-    /* GETK: the reply names the key, checked as get_multi's are */
-    if ((n = fast_exec(L, u, mc_enc_get(out, MC_OP_GETK, opaque, key, klen),
-                       key, klen, &r)) != 0)
-        return n;
-    if (r.status != MC_STATUS_OK)
-        return fast_status_fail(L, u, &r, MC_KIND_GET);
-    if (is_lock(&r)) {
-        mc_client_end(u->c);
-        u->busy = 0;
-        return fast_done(L, u, fail(L, ERR(CACHE_MISS), NULL));
-    }
-    if (!plain_value(u, &r, &hdr))
-        return fast_decoded(L, u, &r);
-    seq = u->c->nbegun;
-    u->busy = 0;
-    lua_pushlstring(L, r.value + hdr, r.vallen - hdr); /* copied, then GC */
-    lmc_pushint(L, r.cas);
-    lmc_pushint(L, r.flags);
-    fast_end(u, seq);
-    return fast_done(L, u, 3);
-}
-
-int f_set(lua_State *L)
-{
-    lmc_client *u = check_client(L);
-    int top = lua_gettop(L), n;
-    const char *key, *val;
-    size_t klen, vlen, hlen;
-    lua_Integer exptime = 0;
-    unsigned char hdr[8];
-    uint32_t opaque;
-    mc_buf *out;
-    mc_resp r;
-
-    if (top < 3 || top > 4 || lua_type(L, 2) != LUA_TSTRING ||
-        lua_type(L, 3) != LUA_TSTRING || u->busy || !u->c ||
-        u->sel_mode != SEL_BUILTIN)
-        return guarded(L);
-    if (top == 4) {
-        if (!lua_isinteger(L, 4))
-            return guarded(L);
-        exptime = lua_tointeger(L, 4);
-        if (exptime < 0 || exptime > (lua_Integer)0xffffffffLL)
-            return guarded(L);
-    }
-    key = lua_tolstring(L, 2, &klen);
-    val = lua_tolstring(L, 3, &vlen);
-    if (!mc_key_ok(key, klen) || vlen > 0xffffffffu)
-        return guarded(L);
-    hlen = str_header(hdr, vlen);
-    if (vlen + hlen > u->max_value)
-        return guarded(L); /* it reports the size */
-    if (!(out = fast_begin(L, u, key, klen, &opaque, &n)))
-        return n;
-    if ((n = fast_exec(L, u,
-                       mc_enc_store2(out, MC_OP_SET, opaque, 0, key, klen,
-                                     u->mp_flag, (uint32_t)exptime, hdr,
-                                     hlen, val, vlen),
-                       NULL, 0, &r)) != 0)
-        return n;
-    if (r.status != MC_STATUS_OK)
-        return fast_status_fail(L, u, &r, MC_KIND_SET);
-    mc_client_end(u->c);
-    u->busy = 0;
-    lmc_pushint(L, r.cas);
-    return fast_done(L, u, 1);
-}
-
-#endif
