@@ -11,6 +11,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* One run of mc_client_batch: its clock and its deadlines live on the
+ * caller's stack, not in the client, which holds only the scratch arrays
+ * reused from call to call. */
+struct run {
+    mc_client *c;
+    const mc_batch *b;
+    double start;         /* the clock read once for the batch */
+    mc_deadline io;       /* the I/O budget (moved on by a replaced conn) */
+    mc_deadline connect;  /* the bound of the connects started by the batch */
+    int connecting;       /* connects still in progress */
+};
+
 static int grow(void **p, size_t *cap, size_t want, size_t size)
 {
     void *q;
@@ -58,8 +70,9 @@ static void slot_failed(mc_client *c, const mc_batch *b, mc_batch_slot *sl,
 
 /* Takes every whole response out of the slot's reader (the core checks
  * them); a stream that ended well gives its connection back. */
-static void slot_drain(mc_client *c, const mc_batch *b, mc_batch_slot *sl)
+static void slot_drain(struct run *r, mc_batch_slot *sl)
 {
+    mc_client *c = r->c;
     char msg[200];
     int err = MC_OK;
 
@@ -68,14 +81,14 @@ static void slot_drain(mc_client *c, const mc_batch *b, mc_batch_slot *sl)
         return;
     case MC_FEED_DONE: {
         mc_server *s = c->servers[sl->srv];
-        mc_pool_put(s, &c->o.pool, sl->conn, 0, c->op_start);
+        mc_pool_put(s, &c->o.pool, sl->conn, 0, r->start);
         sl->conn = NULL;
         sl->state = SLOT_DONE;
         client_server_ok(c, s);
         return;
     }
     default:
-        slot_failed(c, b, sl, err, msg);
+        slot_failed(c, r->b, sl, err, msg);
     }
 }
 
@@ -83,9 +96,11 @@ static void slot_drain(mc_client *c, const mc_batch *b, mc_batch_slot *sl)
  * before any reply, with requests safe to send twice, is replaced by a new
  * one (connected here, within connect_timeout) that gets the requests
  * again; only a failure of that one counts. Else the slot fails. */
-static void slot_broke(mc_client *c, const mc_batch *b, mc_batch_slot *sl,
-                       int err, const char *msg)
+static void slot_broke(struct run *r, mc_batch_slot *sl, int err,
+                       const char *msg)
 {
+    mc_client *c = r->c;
+    const mc_batch *b = r->b;
     mc_server *s = c->servers[sl->srv];
     char m[200];
     int w;
@@ -103,7 +118,7 @@ static void slot_broke(mc_client *c, const mc_batch *b, mc_batch_slot *sl,
         return;
     }
     /* the new connection gets a whole I/O budget */
-    mc_deadline_extend(&c->deadline, mc_now(), c->o.io_timeout);
+    mc_deadline_extend(&r->io, mc_now(), c->o.io_timeout);
     sl->state = SLOT_WRITING;
     w = mc_conn_write_some(sl->conn, m, sizeof(m));
     if (w < 0)
@@ -114,20 +129,22 @@ static void slot_broke(mc_client *c, const mc_batch *b, mc_batch_slot *sl,
 
 /* One connect of a batch ended; once none is left, the batch's I/O budget
  * runs from now. */
-static void connected_one(mc_client *c, int *connecting)
+static void connected_one(struct run *r)
 {
-    if (*connecting > 0 && --*connecting == 0)
-        mc_deadline_in(&c->deadline, mc_now(), c->o.io_timeout);
+    if (r->connecting > 0 && --r->connecting == 0)
+        mc_deadline_in(&r->io, mc_now(), r->c->o.io_timeout);
 }
 
 int mc_client_batch(mc_client *c, const mc_batch *b)
 {
     size_t i, nslots = 0, active;
-    int connecting = 0;
-    mc_deadline connect_deadline;
+    struct run run, *r = &run;
     double now;
     char msg[200];
 
+    memset(r, 0, sizeof(*r));
+    r->c = c;
+    r->b = b;
     mc_client_abort(c);
     c->nslots = 0;
     if (grow((void **)&c->replied, &c->capreplied, b->n + 1, 1) != 0 ||
@@ -155,8 +172,8 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
         }
     }
     c->nslots = nslots;
-    c->op_start = mc_now();
-    mc_deadline_in(&c->deadline, c->op_start, c->o.io_timeout);
+    r->start = mc_now();
+    mc_deadline_in(&r->io, r->start, c->o.io_timeout);
 
     /* encode everything, then start writing */
     for (i = 0; i < nslots; i++) {
@@ -165,7 +182,7 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
         int err;
         /* new connections are only started here: all servers connect at
          * once, each within its own connect_timeout, in the poll loop */
-        sl->conn = mc_pool_get_started(s, &c->o.pool, c->op_start, &err, msg,
+        sl->conn = mc_pool_get_started(s, &c->o.pool, r->start, &err, msg,
                                        sizeof(msg));
         if (!sl->conn) {
             client_server_failed(c, s, err, msg);
@@ -195,7 +212,7 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
         }
         if (sl->conn->connecting) {
             sl->state = SLOT_CONNECTING;
-            connecting++;
+            r->connecting++;
             continue;
         }
         sl->state = SLOT_WRITING;
@@ -203,16 +220,16 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
         {
             int rc = mc_conn_write_some(sl->conn, msg, sizeof(msg));
             if (rc < 0)
-                slot_broke(c, b, sl, -rc, msg);
+                slot_broke(r, sl, -rc, msg);
             else if (rc == 1)
                 sl->state = SLOT_READING;
         }
     }
 
     /* The I/O budget starts once the connections stand. */
-    mc_deadline_in(&connect_deadline, c->op_start, c->o.pool.connect_timeout);
-    if (connecting)
-        mc_deadline_in(&c->deadline, connect_deadline.end, c->o.io_timeout);
+    mc_deadline_in(&r->connect, r->start, c->o.pool.connect_timeout);
+    if (r->connecting)
+        mc_deadline_in(&r->io, r->connect.end, c->o.io_timeout);
 
 again:
     /* Phase 1, while any request is still unsent: one poll loop over all
@@ -246,27 +263,26 @@ again:
         if (!active)
             break;
         now = mc_now();
-        if (mc_deadline_over(&c->deadline, now)) {
+        if (mc_deadline_over(&r->io, now)) {
             for (i = 0; i < nslots; i++)
                 if (c->slots[i].state != SLOT_DONE)
                     slot_failed(c, b, &c->slots[i], MC_ERR_TIMEOUT,
                                 "timed out");
             break;
         }
-        if (connecting) {
-            if (mc_deadline_over(&connect_deadline, now)) {
+        if (r->connecting) {
+            if (mc_deadline_over(&r->connect, now)) {
                 /* a connect that took its whole time fails alone */
                 for (i = 0; i < nslots; i++)
                     if (c->slots[i].state == SLOT_CONNECTING) {
                         slot_failed(c, b, &c->slots[i], MC_ERR_TIMEOUT,
                                     "connect timed out");
-                        connected_one(c, &connecting);
+                        connected_one(r);
                     }
                 continue; /* the poll set changed */
             }
         }
-        until = connecting ? mc_deadline_min(c->deadline, connect_deadline)
-                           : c->deadline;
+        until = r->connecting ? mc_deadline_min(r->io, r->connect) : r->io;
         rc = mc_deadline_poll(c->pfds, np, &until);
         if (rc < 0)
             continue; /* EINTR; the deadline bounds the loop */
@@ -282,7 +298,7 @@ again:
             if (sl->state == SLOT_CONNECTING) {
                 int err;
                 int ok = mc_conn_finish(sl->conn, &err, msg, sizeof(msg)) == 0;
-                connected_one(c, &connecting);
+                connected_one(r);
                 if (!ok) {
                     slot_failed(c, b, sl, err, msg);
                     continue;
@@ -293,22 +309,22 @@ again:
             if (sl->state == SLOT_WRITING && (ev & (POLLOUT | POLLERR | POLLHUP))) {
                 int w = mc_conn_write_some(sl->conn, msg, sizeof(msg));
                 if (w < 0) {
-                    slot_broke(c, b, sl, -w, msg);
+                    slot_broke(r, sl, -w, msg);
                     continue;
                 }
                 if (w == 1)
                     sl->state = SLOT_READING;
             }
             if (ev & (POLLIN | POLLERR | POLLHUP)) {
-                int r = mc_conn_read_some(sl->conn, msg, sizeof(msg));
-                if (r < 0) {
+                int n = mc_conn_read_some(sl->conn, msg, sizeof(msg));
+                if (n < 0) {
                     /* replies already buffered still count */
-                    slot_drain(c, b, sl);
+                    slot_drain(r, sl);
                     if (sl->state != SLOT_DONE)
-                        slot_broke(c, b, sl, -r, msg);
+                        slot_broke(r, sl, -n, msg);
                     continue;
                 }
-                slot_drain(c, b, sl);
+                slot_drain(r, sl);
             }
         }
     }
@@ -320,24 +336,23 @@ again:
     for (i = 0; i < nslots; i++) {
         mc_batch_slot *sl = &c->slots[i];
         while (sl->state == SLOT_READING) {
-            int r;
-            slot_drain(c, b, sl);
+            int n;
+            slot_drain(r, sl);
             if (sl->state != SLOT_READING)
                 break;
-            if (mc_deadline_over(&c->deadline, mc_now())) {
-                r = mc_conn_read_some(sl->conn, msg, sizeof(msg));
-                if (r == 0) {
-                    r = -MC_ERR_TIMEOUT;
+            if (mc_deadline_over(&r->io, mc_now())) {
+                n = mc_conn_read_some(sl->conn, msg, sizeof(msg));
+                if (n == 0) {
+                    n = -MC_ERR_TIMEOUT;
                     snprintf(msg, sizeof(msg), "timed out");
                 }
             } else {
-                r = mc_conn_read_budget(sl->conn, &c->deadline, msg,
-                                        sizeof(msg));
+                n = mc_conn_read_budget(sl->conn, &r->io, msg, sizeof(msg));
             }
-            if (r < 0) {
-                slot_drain(c, b, sl);
+            if (n < 0) {
+                slot_drain(r, sl);
                 if (sl->state != SLOT_DONE)
-                    slot_broke(c, b, sl, -r, msg);
+                    slot_broke(r, sl, -n, msg);
             }
         }
     }
