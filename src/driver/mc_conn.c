@@ -246,6 +246,7 @@ mc_conn *mc_conn_start(const mc_addr *a, double io_timeout, size_t max_body,
         return NULL;
     }
     c->fd = fd;
+    c->tp = &mc_transport_plain;
     /* Opaques are not restarted at a guessable value: a reply that was not
      * meant for this connection's requests (sent before any request, or
      * left over from someone else's) then cannot pass for the answer to
@@ -308,8 +309,7 @@ void mc_conn_close(mc_conn *c)
 {
     if (!c)
         return;
-    if (c->fd >= 0)
-        close(c->fd);
+    c->tp->close(c);
     mc_buf_free(&c->out);
     mc_reader_free(&c->in);
     free(c);
@@ -318,8 +318,8 @@ void mc_conn_close(mc_conn *c)
 int mc_conn_write_some(mc_conn *c, char *msg, size_t msglen)
 {
     while (c->out_pos < c->out.len) {
-        ssize_t n = send(c->fd, c->out.data + c->out_pos,
-                         c->out.len - c->out_pos, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n = c->tp->send(c, c->out.data + c->out_pos,
+                                c->out.len - c->out_pos, MSG_DONTWAIT);
         if (n > 0) {
             c->out_pos += (size_t)n;
             continue;
@@ -350,7 +350,7 @@ static int read_once(mc_conn *c, int wait, char *msg, size_t msglen)
             say(msg, msglen, "out of memory", 0);
             return -MC_ERR_NOMEM;
         }
-        n = recv(c->fd, p, avail, wait ? 0 : MSG_DONTWAIT);
+        n = c->tp->recv(c, p, avail, wait ? 0 : MSG_DONTWAIT);
         if (n > 0) {
             mc_reader_commit(&c->in, (size_t)n);
             return (int)(n > 0x7fffffff ? 0x7fffffff : n);
@@ -409,14 +409,11 @@ int mc_conn_flush(mc_conn *c, const mc_deadline *d, char *msg,
 {
     while (c->out_pos < c->out.len) {
         ssize_t n;
-        int flags = MSG_NOSIGNAL;
         int b = budget(c, POLLOUT, d, msg, msglen);
         if (b < 0)
             return -b;
-        if (b == 0)
-            flags |= MSG_DONTWAIT;
-        n = send(c->fd, c->out.data + c->out_pos, c->out.len - c->out_pos,
-                 flags);
+        n = c->tp->send(c, c->out.data + c->out_pos, c->out.len - c->out_pos,
+                        b == 0 ? MSG_DONTWAIT : 0);
         if (n > 0) {
             c->out_pos += (size_t)n;
             continue;
@@ -481,8 +478,7 @@ int mc_conn_roundtrip(mc_conn *c, mc_resp *r, const mc_deadline *d,
      * longest wait, waits in the kernel: one recv. Anything else goes
      * through mc_conn_flush and its budget. */
     if (c->out_pos == 0 && c->out.len && c->in.len == 0 && !c->in.failed) {
-        ssize_t n = send(c->fd, c->out.data, c->out.len,
-                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n = c->tp->send(c, c->out.data, c->out.len, MSG_DONTWAIT);
         if (n == (ssize_t)c->out.len) {
             c->out_pos = c->out.len;
             return recv_loop(c, r, d, msg, msglen, 0);
@@ -502,7 +498,7 @@ int mc_conn_roundtrip(mc_conn *c, mc_resp *r, const mc_deadline *d,
 int mc_conn_stale(mc_conn *c)
 {
     char b;
-    ssize_t n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    ssize_t n = c->tp->recv(c, &b, 1, MSG_PEEK | MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
         return 0;
     return 1; /* EOF, error, or unsolicited bytes */

@@ -13,6 +13,10 @@
  * without data, or part of the budget is spent, what is left of the
  * deadline is waited for in ppoll (mc_deadline).
  *
+ * Bytes cross the socket through the connection's transport
+ * (mc_transport.h: the plain socket today, TLS later); this file makes the
+ * socket and decides when and how long to wait.
+ *
  * A connection owns its output buffer and its response reader. It does not
  * interpret responses beyond what mc_reader_get returns.
  */
@@ -27,6 +31,7 @@
 #include "mc_deadline.h"
 #include "mc_error.h"
 #include "mc_proto.h"
+#include "mc_transport.h"
 
 /* An idle connection keeps an output buffer up to this size (and its
  * reader up to MC_READER_KEEP); larger ones are freed when it is pooled. */
@@ -42,6 +47,7 @@ typedef struct mc_addr {
 
 typedef struct mc_conn {
     int fd;
+    const mc_transport *tp; /* every send, recv and close goes through it */
     uint32_t opaque;   /* next opaque to hand out */
     mc_buf out;        /* the request(s) in flight; out_pos of them sent.
                           Kept after sending (out_pos == out.len), so that
@@ -54,6 +60,7 @@ typedef struct mc_conn {
                           kernel (mc_kernel_block); 0: never block */
     int connecting;    /* a non-blocking connect is in progress */
     struct mc_conn *next; /* idle-list link, owned by the pool */
+    void *tp_data;     /* the transport's state (TLS: its SSL); plain: NULL */
     mc_reader in;      /* last: its error text would split the hot fields */
 } mc_conn;
 
@@ -87,6 +94,8 @@ int mc_conn_finish(mc_conn *c, int *err, char *msg, size_t msglen);
 mc_conn *mc_conn_open(const mc_addr *a, const mc_deadline *d, double io_timeout,
                       size_t max_body, int *err, char *msg, size_t msglen);
 
+/* Closes the connection through its transport and frees it. NULL is
+ * fine. */
 void mc_conn_close(mc_conn *c);
 
 /* Non-blocking halves for poll loops over several connections.
