@@ -357,7 +357,7 @@ static int batch_poll_step(struct run *r)
         return 1; /* the poll set changed */
     }
     until = r->connecting ? mc_deadline_min(r->io, r->connect) : r->io;
-    if (mc_deadline_poll(c->pfds, np, &until) < 0)
+    if (mc_wait(&c->o.pool.wait, c->pfds, np, &until) < 0)
         return 1; /* EINTR; the deadline bounds the loop */
     /* the poll set holds the slots not done, in order; none of them is
      * done by another's events */
