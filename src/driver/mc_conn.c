@@ -167,15 +167,15 @@ int mc_addr_parse(const char *spec, mc_addr *a, char *host, size_t hostlen,
     return 0;
 }
 
-int mc_wait_fd(int fd, short events, const mc_deadline *d, char *msg,
-               size_t msglen)
+int mc_conn_wait(mc_conn *c, short events, const mc_deadline *d, char *msg,
+                 size_t msglen)
 {
     struct pollfd pfd;
     int rc;
-    pfd.fd = fd;
+    pfd.fd = c->fd;
     pfd.events = events;
     pfd.revents = 0;
-    rc = mc_deadline_poll(&pfd, 1, d);
+    rc = mc_wait(&c->wait, &pfd, 1, d);
     if (rc > 0)
         return MC_OK;
     if (rc == 0) {
@@ -212,7 +212,8 @@ static void set_timeout(int fd, int opt, double seconds)
 }
 
 mc_conn *mc_conn_start(const mc_addr *a, double io_timeout, size_t max_body,
-                       int *err, char *msg, size_t msglen)
+                       const mc_waiter *w, int *err, char *msg,
+                       size_t msglen)
 {
     mc_conn *c;
     int fd, rc;
@@ -246,6 +247,9 @@ mc_conn *mc_conn_start(const mc_addr *a, double io_timeout, size_t max_body,
         return NULL;
     }
     c->fd = fd;
+    c->tp = &mc_transport_plain;
+    if (w)
+        c->wait = *w;
     /* Opaques are not restarted at a guessable value: a reply that was not
      * meant for this connection's requests (sent before any request, or
      * left over from someone else's) then cannot pass for the answer to
@@ -277,8 +281,13 @@ int mc_conn_finish(mc_conn *c, int *err, char *msg, size_t msglen)
     /* Connected: from now on the kernel may wait, for at most kblock (a
      * little under the I/O timeout, see mc_deadline.h); the non-blocking
      * primitives pass MSG_DONTWAIT. A timeout too short for the kernel's
-     * rounding gets no kernel waits (kworst 0): ppoll waits instead. */
-    {
+     * rounding gets no kernel waits (kworst 0): ppoll waits instead. A
+     * wait hook (an event loop) must never find the thread blocked in the
+     * kernel: the socket stays non-blocking and the hook does every wait
+     * (mc_wait.h). */
+    if (c->wait.fn) {
+        c->kworst = 0;
+    } else {
         double kblock = mc_kernel_block(c->io_timeout, &c->kworst);
         fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) & ~O_NONBLOCK);
         set_timeout(c->fd, SO_RCVTIMEO, kblock > 0 ? kblock : c->io_timeout);
@@ -289,12 +298,13 @@ int mc_conn_finish(mc_conn *c, int *err, char *msg, size_t msglen)
 }
 
 mc_conn *mc_conn_open(const mc_addr *a, const mc_deadline *d, double io_timeout,
-                      size_t max_body, int *err, char *msg, size_t msglen)
+                      size_t max_body, const mc_waiter *w, int *err, char *msg,
+                      size_t msglen)
 {
-    mc_conn *c = mc_conn_start(a, io_timeout, max_body, err, msg, msglen);
+    mc_conn *c = mc_conn_start(a, io_timeout, max_body, w, err, msg, msglen);
     if (!c || !c->connecting)
         return c;
-    *err = mc_wait_fd(c->fd, POLLOUT, d, msg, msglen);
+    *err = mc_conn_wait(c, POLLOUT, d, msg, msglen);
     if (*err == MC_ERR_TIMEOUT)
         say(msg, msglen, "connect timed out", 0);
     if (*err != MC_OK || mc_conn_finish(c, err, msg, msglen) != 0) {
@@ -308,8 +318,7 @@ void mc_conn_close(mc_conn *c)
 {
     if (!c)
         return;
-    if (c->fd >= 0)
-        close(c->fd);
+    c->tp->close(c);
     mc_buf_free(&c->out);
     mc_reader_free(&c->in);
     free(c);
@@ -318,8 +327,8 @@ void mc_conn_close(mc_conn *c)
 int mc_conn_write_some(mc_conn *c, char *msg, size_t msglen)
 {
     while (c->out_pos < c->out.len) {
-        ssize_t n = send(c->fd, c->out.data + c->out_pos,
-                         c->out.len - c->out_pos, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n = c->tp->send(c, c->out.data + c->out_pos,
+                                c->out.len - c->out_pos, MSG_DONTWAIT);
         if (n > 0) {
             c->out_pos += (size_t)n;
             continue;
@@ -350,7 +359,7 @@ static int read_once(mc_conn *c, int wait, char *msg, size_t msglen)
             say(msg, msglen, "out of memory", 0);
             return -MC_ERR_NOMEM;
         }
-        n = recv(c->fd, p, avail, wait ? 0 : MSG_DONTWAIT);
+        n = c->tp->recv(c, p, avail, wait ? 0 : MSG_DONTWAIT);
         if (n > 0) {
             mc_reader_commit(&c->in, (size_t)n);
             return (int)(n > 0x7fffffff ? 0x7fffffff : n);
@@ -375,9 +384,9 @@ int mc_conn_read_some(mc_conn *c, char *msg, size_t msglen)
 
 /* Before a blocking transfer: while the deadline leaves room for the
  * kernel's longest wait, let the kernel wait (one syscall, not poll +
- * recv); else wait in ppoll for exactly what is left. Returns 1 to go
- * ahead with a blocking call, 0 after a poll said ready (use a
- * non-waiting call), or -err. */
+ * recv); else wait at the wait point for exactly what is left (always,
+ * with a wait hook: kworst is 0). Returns 1 to go ahead with a blocking
+ * call, 0 after the wait said ready (use a non-waiting call), or -err. */
 static int budget(mc_conn *c, short events, const mc_deadline *d, char *msg,
                   size_t msglen)
 {
@@ -389,7 +398,7 @@ static int budget(mc_conn *c, short events, const mc_deadline *d, char *msg,
     }
     if (c->kworst > 0 && left >= c->kworst)
         return 1;
-    rc = mc_wait_fd(c->fd, events, d, msg, msglen);
+    rc = mc_conn_wait(c, events, d, msg, msglen);
     return rc == MC_OK ? 0 : -rc;
 }
 
@@ -409,14 +418,11 @@ int mc_conn_flush(mc_conn *c, const mc_deadline *d, char *msg,
 {
     while (c->out_pos < c->out.len) {
         ssize_t n;
-        int flags = MSG_NOSIGNAL;
         int b = budget(c, POLLOUT, d, msg, msglen);
         if (b < 0)
             return -b;
-        if (b == 0)
-            flags |= MSG_DONTWAIT;
-        n = send(c->fd, c->out.data + c->out_pos, c->out.len - c->out_pos,
-                 flags);
+        n = c->tp->send(c, c->out.data + c->out_pos, c->out.len - c->out_pos,
+                        b == 0 ? MSG_DONTWAIT : 0);
         if (n > 0) {
             c->out_pos += (size_t)n;
             continue;
@@ -481,8 +487,7 @@ int mc_conn_roundtrip(mc_conn *c, mc_resp *r, const mc_deadline *d,
      * longest wait, waits in the kernel: one recv. Anything else goes
      * through mc_conn_flush and its budget. */
     if (c->out_pos == 0 && c->out.len && c->in.len == 0 && !c->in.failed) {
-        ssize_t n = send(c->fd, c->out.data, c->out.len,
-                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n = c->tp->send(c, c->out.data, c->out.len, MSG_DONTWAIT);
         if (n == (ssize_t)c->out.len) {
             c->out_pos = c->out.len;
             return recv_loop(c, r, d, msg, msglen, 0);
@@ -502,7 +507,7 @@ int mc_conn_roundtrip(mc_conn *c, mc_resp *r, const mc_deadline *d,
 int mc_conn_stale(mc_conn *c)
 {
     char b;
-    ssize_t n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    ssize_t n = c->tp->recv(c, &b, 1, MSG_PEEK | MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
         return 0;
     return 1; /* EOF, error, or unsolicited bytes */

@@ -3,15 +3,22 @@
  *
  * Every primitive has a non-blocking form (mc_conn_write_some,
  * mc_conn_read_some: MSG_DONTWAIT, never waiting) for poll loops and for an
- * event-loop driver that yields where this code waits. Connecting waits in
- * poll() against a deadline. The one-request path (mc_conn_flush,
+ * event-loop driver that yields where this code waits. Connecting waits at
+ * the wait point against a deadline. The one-request path (mc_conn_flush,
  * mc_conn_recv) lets the kernel do the waiting instead (SO_SNDTIMEO /
  * SO_RCVTIMEO, set by mc_kernel_block a little under the I/O timeout, so
  * that the kernel's rounding cannot carry a wait past it): a blocking recv
  * is one syscall where recv(EAGAIN) + poll + recv is three, which is a
  * measurable share of a 7 us round trip. When the kernel's wait ends
  * without data, or part of the budget is spent, what is left of the
- * deadline is waited for in ppoll (mc_deadline).
+ * deadline is waited for at the connection's wait point (mc_wait.h: ppoll
+ * by default). A connection made with a wait hook installed never lets
+ * the kernel wait: its socket stays non-blocking and every wait goes
+ * through the hook.
+ *
+ * Bytes cross the socket through the connection's transport
+ * (mc_transport.h: the plain socket today, TLS later); this file makes the
+ * socket and decides when and how long to wait.
  *
  * A connection owns its output buffer and its response reader. It does not
  * interpret responses beyond what mc_reader_get returns.
@@ -27,6 +34,8 @@
 #include "mc_deadline.h"
 #include "mc_error.h"
 #include "mc_proto.h"
+#include "mc_transport.h"
+#include "mc_wait.h"
 
 /* An idle connection keeps an output buffer up to this size (and its
  * reader up to MC_READER_KEEP); larger ones are freed when it is pooled. */
@@ -42,6 +51,7 @@ typedef struct mc_addr {
 
 typedef struct mc_conn {
     int fd;
+    const mc_transport *tp; /* every send, recv and close goes through it */
     uint32_t opaque;   /* next opaque to hand out */
     mc_buf out;        /* the request(s) in flight; out_pos of them sent.
                           Kept after sending (out_pos == out.len), so that
@@ -54,6 +64,8 @@ typedef struct mc_conn {
                           kernel (mc_kernel_block); 0: never block */
     int connecting;    /* a non-blocking connect is in progress */
     struct mc_conn *next; /* idle-list link, owned by the pool */
+    void *tp_data;     /* the transport's state (TLS: its SSL); plain: NULL */
+    mc_waiter wait;    /* where its waits go (copied at mc_conn_start) */
     mc_reader in;      /* last: its error text would split the hot fields */
 } mc_conn;
 
@@ -74,19 +86,25 @@ int mc_addr_parse(const char *spec, mc_addr *a, char *host, size_t hostlen,
 
 /* Starts connecting without waiting: the connection is returned with
  * connecting set while the connect is in progress (wait for POLLOUT, then
- * call mc_conn_finish). NULL with *err when it failed at once. */
+ * call mc_conn_finish). w: the wait point its waits go through (NULL:
+ * mc_deadline_poll), copied. NULL with *err when it failed at once. */
 mc_conn *mc_conn_start(const mc_addr *a, double io_timeout, size_t max_body,
-                       int *err, char *msg, size_t msglen);
+                       const mc_waiter *w, int *err, char *msg,
+                       size_t msglen);
 /* Completes a started connect (checks its outcome, then sets the blocking
- * mode and the I/O timeouts). 0, or -1 with *err and msg. */
+ * mode and the I/O timeouts; with a wait hook, leaves the socket
+ * non-blocking and kworst 0). 0, or -1 with *err and msg. */
 int mc_conn_finish(mc_conn *c, int *err, char *msg, size_t msglen);
 
 /* Allocates a connection and connects it before the deadline; io_timeout
  * bounds each later blocking send or receive. Returns the connection, or
  * NULL with *err set (and a message in msg). */
 mc_conn *mc_conn_open(const mc_addr *a, const mc_deadline *d, double io_timeout,
-                      size_t max_body, int *err, char *msg, size_t msglen);
+                      size_t max_body, const mc_waiter *w, int *err, char *msg,
+                      size_t msglen);
 
+/* Closes the connection through its transport and frees it. NULL is
+ * fine. */
 void mc_conn_close(mc_conn *c);
 
 /* Non-blocking halves for poll loops over several connections.
@@ -99,7 +117,8 @@ int mc_conn_write_some(mc_conn *c, char *msg, size_t msglen);
 int mc_conn_read_some(mc_conn *c, char *msg, size_t msglen);
 
 /* Blocking helpers: a kernel wait is made only while the deadline leaves
- * room for its worst case (kworst), else ppoll waits for what is left. */
+ * room for its worst case (kworst), else the wait point waits for what is
+ * left. */
 int mc_conn_flush(mc_conn *c, const mc_deadline *d, char *msg, size_t msglen);
 /* Reads until one whole response is available. Returns MC_OK with *r
  * filled (valid until the next call on this connection), or an error. */
@@ -110,16 +129,18 @@ int mc_conn_recv(mc_conn *c, mc_resp *r, const mc_deadline *d, char *msg,
 int mc_conn_roundtrip(mc_conn *c, mc_resp *r, const mc_deadline *d,
                       char *msg, size_t msglen);
 /* One read that ends by the deadline: a blocking read while the deadline
- * leaves room for the kernel's worst wait, else ppoll for what is left,
+ * leaves room for the kernel's worst wait, else the wait point for what is
+ * left,
  * then a non-waiting read. > 0 bytes, 0 (nothing yet; call again), or
  * -err (MC_ERR_TIMEOUT once the deadline passed). */
 int mc_conn_read_budget(mc_conn *c, const mc_deadline *d, char *msg,
                         size_t msglen);
 
-/* Waits until fd is ready for `events` (POLLIN/POLLOUT) or the deadline
- * passes. Returns MC_OK or MC_ERR_TIMEOUT/MC_ERR_IO. */
-int mc_wait_fd(int fd, short events, const mc_deadline *d, char *msg,
-               size_t msglen);
+/* Waits at the connection's wait point until its socket is ready for
+ * `events` (POLLIN/POLLOUT) or the deadline passes. Returns MC_OK or
+ * MC_ERR_TIMEOUT/MC_ERR_IO. */
+int mc_conn_wait(mc_conn *c, short events, const mc_deadline *d, char *msg,
+                 size_t msglen);
 
 /* True when an idle connection looks dead or dirty: the peer closed it,
  * reset it, or sent bytes nobody asked for. Costs one syscall. */

@@ -60,7 +60,8 @@ static inline int mc_deadline_over(const mc_deadline *d, double now)
     return now >= d->end;
 }
 
-/* poll() until the deadline, to the microsecond (ppoll). Returns poll's
+/* poll() until the deadline, to the microsecond (ppoll): the default wait
+ * point (mc_wait.h), which the drivers call through mc_wait. Returns poll's
  * count (> 0), 0 when the deadline passed first (also when it had passed
  * already: a poll with no wait then reports what is ready), or -1 with
  * errno (EINTR is retried inside). */

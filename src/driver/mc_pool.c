@@ -89,11 +89,11 @@ static mc_conn *pool_take(mc_server *s, const mc_pool_opts *o, double now,
     if (wait) {
         mc_deadline d;
         mc_deadline_in(&d, now, o->connect_timeout);
-        c = mc_conn_open(&s->addr, &d, o->io_timeout, o->max_body, err, msg,
-                         msglen);
+        c = mc_conn_open(&s->addr, &d, o->io_timeout, o->max_body, &o->wait,
+                         err, msg, msglen);
     } else {
-        c = mc_conn_start(&s->addr, o->io_timeout, o->max_body, err, msg,
-                          msglen);
+        c = mc_conn_start(&s->addr, o->io_timeout, o->max_body, &o->wait, err,
+                          msg, msglen);
     }
     if (c)
         s->nopen++;
@@ -161,12 +161,12 @@ int mc_server_probe(mc_server *s, const mc_pool_opts *o, char *msg,
     int err;
 
     mc_deadline_in(&d, mc_now(), o->probe_timeout);
-    c = mc_conn_start(&s->addr, o->io_timeout, o->max_body, &err, msg,
-                      msglen);
+    c = mc_conn_start(&s->addr, o->io_timeout, o->max_body, &o->wait, &err,
+                      msg, msglen);
     if (!c)
         return err;
     if (c->connecting) {
-        err = mc_wait_fd(c->fd, POLLOUT, &d, msg, msglen);
+        err = mc_conn_wait(c, POLLOUT, &d, msg, msglen);
         if (err == MC_ERR_TIMEOUT)
             snprintf(msg, msglen, "probe: connect timed out");
         if (err != MC_OK || mc_conn_finish(c, &err, msg, msglen) != 0) {

@@ -42,6 +42,9 @@ typedef struct mc_pool_opts {
     size_t max_body;
     mc_health_opts health; /* failure_limit, retry_timeout */
     double probe_timeout; /* bound of one probe of a dead server */
+    mc_waiter wait;       /* every wait of the servers' connections, of
+                             their probes and of the client's batches
+                             (mc_wait.h); zero: ppoll, kernel waits on */
 } mc_pool_opts;
 
 /* Allocates a server for an already parsed address. NULL on ENOMEM. */
