@@ -2,7 +2,8 @@
  * test_rules: the core's rules from C, with no socket and no Lua: the key
  * rule (mc_key.h), what each status means per kind of operation and the
  * lock marker (mc_item), the error table (mc_error), a server's health
- * with the time passed in (mc_health), and the C ABI (mc_abi). Exit status
+ * with the time passed in (mc_health), placement around dead servers
+ * (mc_place), and the C ABI (mc_abi). Exit status
  * 0 when every check passed; prints "N passed, M failed".
  */
 #include <stdio.h>
@@ -14,6 +15,8 @@
 #include "mc_health.h"
 #include "mc_item.h"
 #include "mc_key.h"
+#include "mc_place.h"
+#include "mc_select.h"
 #include "mc_proto.h"
 #include "reply.h"
 
@@ -295,6 +298,105 @@ static void test_feed(void)
           "the NOOP before c's reply: requests unanswered");
 }
 
+static mc_health place_h[3];
+
+static const mc_health *place_health(const void *ud, int srv)
+{
+    (void)ud;
+    return &place_h[srv];
+}
+
+/* Placement: the selector's server while all live; around a dead one to
+ * the next live entry (the selector's own choice with that entry masked),
+ * SERVER_DEAD with eject off, NO_SERVERS when all are dead. */
+static void test_place(void)
+{
+    mc_sel_entry e[3] = {{"10.0.0.1", 11211, 1}, {"10.0.0.2", 11211, 1},
+                         {"10.0.0.3", 11211, 1}};
+    int map[3] = {0, 1, 2}, err, i, moved = 0;
+    unsigned char alive[3];
+    mc_place p;
+    char key[16];
+
+    p.sel = mc_selector_new(MC_SEL_KETAMA, e, 3);
+    p.entry_server = map;
+    p.nentries = 3;
+    p.alive = alive;
+    p.eject = 1;
+    p.health = place_health;
+    p.ud = NULL;
+    memset(place_h, 0, sizeof(place_h));
+    for (i = 0; i < 300; i++) {
+        int s, a;
+        snprintf(key, sizeof(key), "key%d", i);
+        s = mc_place_key(&p, key, strlen(key));
+        CHECK(s == mc_selector_pick(p.sel, key, strlen(key), NULL),
+              "%s: the selector's server", key);
+        place_h[1].dead = 1;
+        err = 0;
+        a = mc_place_around(&p, key, strlen(key), &err);
+        CHECK(a >= 0 && a != 1, "%s: around the dead server, got %d", key, a);
+        if (s != 1)
+            CHECK(a == s, "%s: a live server's keys stay (%d, %d)", key, s, a);
+        else
+            moved++;
+        place_h[1].dead = 0;
+    }
+    CHECK(moved > 50 && moved < 150, "a third of the keys move (%d)", moved);
+    p.eject = 0;
+    err = 0;
+    CHECK(mc_place_around(&p, "k", 1, &err) == -1 && err == MC_ERR_SERVER_DEAD,
+          "eject off: SERVER_DEAD");
+    p.eject = 1;
+    for (i = 0; i < 3; i++)
+        place_h[i].dead = 1;
+    err = 0;
+    CHECK(mc_place_around(&p, "k", 1, &err) == -1 && err == MC_ERR_NO_SERVERS,
+          "all dead: NO_SERVERS");
+    p.nentries = 0;
+    CHECK(mc_place_key(&p, "k", 1) == -1, "no entries: -1");
+    mc_selector_free((mc_selector *)p.sel);
+}
+
+/* The one-request reply rule: opcode and opaque must match, nothing may
+ * follow (but STAT's stream), the shape must fit, a hit must name the
+ * request's key. */
+static void test_reply_check(void)
+{
+    mc_resp r;
+    char msg[200];
+    memset(&r, 0, sizeof(r));
+    r.opcode = MC_OP_GETK;
+    r.opaque = 7;
+    r.key = "k1";
+    r.keylen = 2;
+    r.extlen = 4;
+    r.value = "v";
+    r.vallen = 1;
+    CHECK(mc_reply_check(MC_OP_GETK, 7, &r, 0, "k1", 2, msg, sizeof(msg)) ==
+              MC_OK, "a matching GETK hit");
+    CHECK(mc_reply_check(MC_OP_GETK, 8, &r, 0, "k1", 2, msg, sizeof(msg)) ==
+              MC_ERR_PROTOCOL && strstr(msg, "opaque"), "another opaque");
+    CHECK(mc_reply_check(MC_OP_GET, 7, &r, 0, "k1", 2, msg, sizeof(msg)) ==
+              MC_ERR_PROTOCOL, "another opcode");
+    CHECK(mc_reply_check(MC_OP_GETK, 7, &r, 1, "k1", 2, msg, sizeof(msg)) ==
+              MC_ERR_PROTOCOL && strstr(msg, "after"), "bytes after it");
+    CHECK(mc_reply_check(MC_OP_GETK, 7, &r, 0, "k2", 2, msg, sizeof(msg)) ==
+              MC_ERR_PROTOCOL && strstr(msg, "another key"), "another key");
+    r.status = MC_STATUS_KEY_ENOENT;
+    r.key = NULL;
+    r.keylen = 0;
+    r.extlen = 0;
+    r.value = NULL;
+    r.vallen = 0;
+    CHECK(mc_reply_check(MC_OP_GETK, 7, &r, 0, "k1", 2, msg, sizeof(msg)) ==
+              MC_OK, "a miss naming no key");
+    r.opcode = MC_OP_STAT;
+    r.status = 0;
+    CHECK(mc_reply_check(MC_OP_STAT, 7, &r, 1, NULL, 0, msg, sizeof(msg)) ==
+              MC_OK, "STAT streams: more may follow");
+}
+
 int main(void)
 {
     test_keys();
@@ -304,5 +406,7 @@ int main(void)
     test_abi();
     test_health();
     test_feed();
+    test_place();
+    test_reply_check();
     return CHECK_REPORT();
 }

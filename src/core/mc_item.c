@@ -1,3 +1,4 @@
+#include <stdio.h>
 /* mc_item: the per-operation meaning of statuses; the lock marker. */
 #include <string.h>
 
@@ -49,4 +50,30 @@ int mc_resend_safe(const char *p, size_t n)
         n -= len;
     }
     return n == 0;
+}
+
+int mc_reply_check(uint8_t opcode, uint32_t opaque, const mc_resp *r,
+                   int pending, const char *key, size_t keylen, char *msg,
+                   size_t msglen)
+{
+    if (r->opaque != opaque || r->opcode != opcode) {
+        snprintf(msg, msglen,
+                 "reply (opcode 0x%02x, opaque %u) does not match the "
+                 "request (opcode 0x%02x, opaque %u)",
+                 r->opcode, r->opaque, opcode, opaque);
+        return MC_ERR_PROTOCOL;
+    }
+    if (r->opcode != MC_OP_STAT && pending) {
+        snprintf(msg, msglen, "bytes after the reply");
+        return MC_ERR_PROTOCOL;
+    }
+    if (!mc_resp_shape_ok(r)) {
+        snprintf(msg, msglen, "reply framed wrongly for its opcode");
+        return MC_ERR_PROTOCOL;
+    }
+    if (key && !mc_reply_key_ok(r->status, r->key, r->keylen, key, keylen)) {
+        snprintf(msg, msglen, "reply names another key than the request's");
+        return MC_ERR_PROTOCOL;
+    }
+    return MC_OK;
 }

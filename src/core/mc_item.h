@@ -98,6 +98,16 @@ static inline int mc_first_resend_safe(const char *p, size_t n)
     return n >= MC_HEADER_LEN && mc_frame_resend_safe(p);
 }
 
+/* Does r answer the one request in flight (its opcode and opaque)? A
+ * reply of the wrong shape for its opcode, bytes after it (pending; STAT
+ * streams several replies, so it may have more), or a hit naming another
+ * key than key (when key is not NULL; error replies may name none) mean
+ * the server framed something wrongly: MC_ERR_PROTOCOL with why in msg.
+ * MC_OK otherwise. */
+int mc_reply_check(uint8_t opcode, uint32_t opaque, const mc_resp *r,
+                   int pending, const char *key, size_t keylen, char *msg,
+                   size_t msglen);
+
 /* delete_lock's marker: an item with these flags holding exactly these
  * bytes is a lock, which reads as a miss. */
 #define MC_LOCK_FLAGS 0x6d634c4bu /* "mcLK" */

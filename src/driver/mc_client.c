@@ -1,5 +1,6 @@
 #include "mc_client.h"
 #include "mc_client_int.h"
+#include "mc_place.h"
 
 #include <poll.h>
 #include <stdio.h>
@@ -430,49 +431,59 @@ int mc_client_intern_server(mc_client *c, const char *addr)
     return (int)c->nservers++;
 }
 
+static const mc_health *server_health(const void *ud, int srv)
+{
+    return &((const mc_client *)ud)->servers[srv]->h;
+}
+
+/* The core's placement over this client's list (mc_place.h). */
+static mc_place placement(const mc_client *c)
+{
+    mc_place p;
+    p.sel = c->sel;
+    p.entry_server = c->entry_server;
+    p.nentries = c->nentries;
+    p.alive = c->alive;
+    p.eject = c->o.eject;
+    p.health = server_health;
+    p.ud = c;
+    return p;
+}
+
 int mc_client_pick_static(const mc_client *c, const char *key, size_t keylen)
 {
-    int e;
-    if (c->nentries == 0)
-        return -1;
-    e = mc_selector_pick(c->sel, key, keylen, NULL);
-    return e < 0 ? -1 : c->entry_server[e];
+    mc_place p = placement(c);
+    return mc_place_key(&p, key, keylen);
 }
 
 int mc_client_pick(mc_client *c, const char *key, size_t keylen, int *err)
 {
-    int e, si;
-    size_t i;
-    mc_server *s;
+    mc_place p;
+    int si;
 
     if (mc_client_single(c) >= 0)
         return c->entry_server[0]; /* nothing to choose: no hashing */
-    if (c->nentries == 0) {
+    p = placement(c);
+    si = mc_place_key(&p, key, keylen);
+    if (si < 0) {
         *err = MC_ERR_NO_SERVERS;
         snprintf(c->errmsg, sizeof(c->errmsg), "no servers configured");
         return -1;
     }
-    e = mc_selector_pick(c->sel, key, keylen, NULL);
-    si = c->entry_server[e];
-    s = c->servers[si];
-    if (client_usable(c, s))
+    if (client_usable(c, c->servers[si])) /* probes it when due */
         return si;
-    if (!c->o.eject) {
-        *err = MC_ERR_SERVER_DEAD;
+    si = mc_place_around(&p, key, keylen, err);
+    if (si >= 0)
+        return si;
+    if (*err == MC_ERR_SERVER_DEAD) {
+        mc_server *s = c->servers[mc_place_key(&p, key, keylen)];
         snprintf(c->errmsg, sizeof(c->errmsg), "%s: marked dead after: %s",
                  s->name, s->h.last_error);
-        return -1;
-    }
-    for (i = 0; i < c->nentries; i++)
-        c->alive[i] = !c->servers[c->entry_server[i]]->h.dead;
-    e = mc_selector_pick(c->sel, key, keylen, c->alive);
-    if (e < 0) {
-        *err = MC_ERR_NO_SERVERS;
+    } else {
         snprintf(c->errmsg, sizeof(c->errmsg),
                  "no servers available: all are marked dead");
-        return -1;
     }
-    return c->entry_server[e];
+    return -1;
 }
 
 /* ---- one request ----
@@ -546,33 +557,16 @@ static int req_failed(mc_client *c, mc_req *q, int err, const char *msg)
     return err;
 }
 
-/* Checks that a reply answers the request in flight; key (NULL: the
- * request's reply names no key) is the key the reply must name. */
+/* The core's check that a reply answers the request in flight
+ * (mc_reply_check); a reply that does not fails the request. */
 static int reply_matches(mc_client *c, mc_req *q, mc_resp *r,
                          const char *key, size_t keylen)
 {
     char msg[200];
-    if (r->opaque != q->opaque || r->opcode != q->opcode) {
-        snprintf(msg, sizeof(msg),
-                 "reply (opcode 0x%02x, opaque %u) does not match the "
-                 "request (opcode 0x%02x, opaque %u)",
-                 r->opcode, r->opaque, q->opcode, q->opaque);
-        return req_failed(c, q, MC_ERR_PROTOCOL, msg);
-    }
-    /* One request, one reply (STAT streams several): anything after it,
-     * or a reply of the wrong shape, means the server framed something
-     * wrongly, and this reply may be cut short or shifted. */
-    if (r->opcode != MC_OP_STAT && mc_reader_pending(&q->conn->in))
-        return req_failed(c, q, MC_ERR_PROTOCOL, "bytes after the reply");
-    if (!mc_resp_shape_ok(r))
-        return req_failed(c, q, MC_ERR_PROTOCOL,
-                          "reply framed wrongly for its opcode");
-    /* A hit must name the requested key (its opaque alone could be a
-     * server's or a proxy's mix-up); error replies may name none. */
-    if (key && !mc_reply_key_ok(r->status, r->key, r->keylen, key, keylen))
-        return req_failed(c, q, MC_ERR_PROTOCOL,
-                          "reply names another key than the request's");
-    return MC_OK;
+    int rc = mc_reply_check(q->opcode, q->opaque, r,
+                            mc_reader_pending(&q->conn->in) != 0, key, keylen,
+                            msg, sizeof(msg));
+    return rc == MC_OK ? MC_OK : req_failed(c, q, rc, msg);
 }
 
 /* The request in flight moves to a fresh connection (connected here); its

@@ -1,8 +1,9 @@
 /*
  * lmc_internal: what the binding's files share (lmc_client.c: helpers,
- * arguments, placement, life cycle and the module; lmc_ops.c: single-key
- * operations and the fast get/set; lmc_batch.c: every-server calls and
- * the multi-key batches; lmc_config.c: servers and options). Not exported.
+ * arguments, placement, scratch, life cycle and the module; lmc_ops.c:
+ * single-key operations; lmc_batch.c: the multi-key batches; lmc_every.c:
+ * calls to every server; lmc_config.c: servers and options). Not
+ * exported.
  */
 #ifndef LMC_INTERNAL_H
 #define LMC_INTERNAL_H
@@ -110,12 +111,21 @@ typedef struct op {
 
 
 /* lmc_batch.c */
+int arena_add(lmc_scratch *sc, const char *p, size_t n, size_t *off);
 int m_delete_multi(lua_State *L);
+int m_get_multi(lua_State *L);
+int m_set_multi(lua_State *L);
+int run_batch(lmc_client *u, lmc_scratch *sc, size_t n, unsigned long gen,
+              int every_reply,
+              int (*encode)(void *, size_t, mc_buf *, uint32_t),
+              int (*reply)(void *, size_t, const mc_resp *),
+              void (*failed)(void *, size_t, int, const char *),
+              void (*revoke)(void *, size_t, int, const char *), void *ud);
+
+/* lmc_every.c */
 int m_flush(lua_State *L);
 int m_flush_all(lua_State *L);
-int m_get_multi(lua_State *L);
 int m_ping(lua_State *L);
-int m_set_multi(lua_State *L);
 int m_stats(lua_State *L);
 int m_version(lua_State *L);
 
