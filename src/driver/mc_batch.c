@@ -450,17 +450,6 @@ size_t mc_client_idle_bytes(const mc_client *c)
     return n;
 }
 
-const mc_event *mc_client_events(mc_client *c, size_t *n)
-{
-    *n = c->nevents;
-    return c->events;
-}
-
-void mc_client_clear_events(mc_client *c)
-{
-    c->nevents = 0;
-}
-
 int mc_client_usable(mc_client *c, int srv, int *err)
 {
     mc_server *s = c->servers[srv];

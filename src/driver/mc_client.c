@@ -80,6 +80,69 @@ void client_server_ok(mc_client *c, mc_server *s)
         push_event(c, s, 1, "responding again");
 }
 
+/* ---- reading the client ---- */
+
+int mc_client_has_events(const mc_client *c)
+{
+    return c->nevents != 0;
+}
+
+int mc_client_take_event(mc_client *c, mc_event *e)
+{
+    if (!c->nevents)
+        return 0;
+    *e = c->events[0];
+    c->nevents--;
+    memmove(c->events, c->events + 1, c->nevents * sizeof(*e));
+    return 1;
+}
+
+const char *mc_client_errmsg(const mc_client *c)
+{
+    return c->errmsg;
+}
+
+void mc_client_set_errmsg(mc_client *c, const char *msg)
+{
+    snprintf(c->errmsg, sizeof(c->errmsg), "%s", msg);
+}
+
+unsigned long mc_client_gen(const mc_client *c)
+{
+    return c->gen;
+}
+
+size_t mc_client_nservers(const mc_client *c)
+{
+    return c->nservers;
+}
+
+const char *mc_client_server_name(const mc_client *c, size_t i)
+{
+    return c->servers[i]->name;
+}
+
+void mc_client_server_info(const mc_client *c, size_t i, mc_server_info *out)
+{
+    const mc_server *s = c->servers[i];
+    out->name = s->name;
+    out->alive = !s->h.dead;
+    out->failures = s->h.failures;
+    out->connections = s->nopen;
+    out->last_error = s->h.last_error;
+}
+
+void mc_client_set_max_conns(mc_client *c, size_t i, unsigned n)
+{
+    c->servers[i]->max_conns = n;
+}
+
+int mc_client_single(const mc_client *c)
+{
+    return c->nentries == 1 && !c->servers[c->entry_server[0]]->h.dead
+               ? c->entry_server[0] : -1;
+}
+
 /* ---- probing a dead server ----
  * Once a dead server's retry time comes, the first caller that wants it
  * probes it before anything is sent: a connect and a NOOP, bounded by

@@ -36,42 +36,10 @@ typedef struct mc_event {
     char reason[160];
 } mc_event;
 
-typedef struct mc_batch_slot mc_batch_slot;
-
-typedef struct mc_client {
-    mc_client_opts o;
-    mc_server **servers;   /* distinct servers */
-    size_t nservers;
-    int *entry_server;     /* selector entry -> index in servers */
-    unsigned *entry_weight;
-    size_t nentries;
-    mc_selector *sel;
-    unsigned char *alive;  /* per entry; scratch for picks around the dead */
-
-    unsigned long gen;     /* bumped when the server list is rebuilt: a
-                              server index taken before may be stale */
-    mc_server **retired;   /* removed from the list while a request held
-                              one of their connections; freed once none is
-                              held (or with the client) */
-    size_t nretired;
-    mc_conn *held;         /* connections held by requests (mc_req), linked
-                              through next: closed with the client if a
-                              caller never ended its request (a raise) */
-    int closed;            /* mc_client_close: held connections are closed
-                              when their request ends */
-
-    /* batch scratch, reused across calls */
-    mc_batch_slot *slots;  /* nslots in use (checked out until the end) */
-    size_t nslots, capslots;
-    unsigned char *replied;
-    size_t capreplied;
-    struct pollfd *pfds;
-    size_t cappfds;
-
-    mc_event *events;
-    size_t nevents, capevents;
-    char errmsg[256];
-} mc_client;
+/* The client: servers, placement, pools, health and the events of health
+ * changes. Its struct is private to the driver (mc_client_int.h); the
+ * binding reads it through the calls below. */
+typedef struct mc_client mc_client;
 
 /* Fills defaults: timeouts 0.1 s, max_idle 2, no max_conns, failure_limit
  * 2, retry_timeout 1 s, probe_timeout 0.02 s (at most connect_timeout),
@@ -100,11 +68,7 @@ int mc_client_intern_server(mc_client *c, const char *addr);
  * never the probe. */
 int mc_client_pick(mc_client *c, const char *key, size_t keylen, int *err);
 /* The one server every key goes to (a single live entry), or -1. */
-static inline int mc_client_single(const mc_client *c)
-{
-    return c->nentries == 1 && !c->servers[c->entry_server[0]]->h.dead
-               ? c->entry_server[0] : -1;
-}
+int mc_client_single(const mc_client *c);
 /* Where the key goes when every server is healthy (no side effects). */
 int mc_client_pick_static(const mc_client *c, const char *key, size_t keylen);
 
@@ -148,6 +112,11 @@ typedef struct mc_req {
 } mc_req;
 
 mc_buf *mc_client_begin(mc_client *c, mc_req *q, int srv, int *err);
+/* The address of a begun request's server. */
+static inline const char *mc_req_server(const mc_req *q)
+{
+    return q->srv->name;
+}
 int mc_client_exec(mc_client *c, mc_req *q, mc_resp *r);
 /* exec for a request whose reply names its key (GETK, GATK): a reply that
  * names another key, or a hit that names none, fails like a reply under
@@ -185,9 +154,37 @@ void mc_client_close(mc_client *c);
  * that check a large reply is not pinned. */
 size_t mc_client_idle_bytes(const mc_client *c);
 
-/* Takes the queued server events; the array stays valid until the next
- * operation. */
-const mc_event *mc_client_events(mc_client *c, size_t *n);
-void mc_client_clear_events(mc_client *c);
+/* Server events (dead, alive again), oldest first: take_event moves the
+ * oldest into *e and returns 1, or returns 0 when none is queued. A call
+ * made while events are reported may queue more. */
+int mc_client_has_events(const mc_client *c);
+int mc_client_take_event(mc_client *c, mc_event *e);
+
+/* ---- reading the client ---- */
+
+/* The message of the last failure of placement, set_servers, add_server
+ * or intern_server ("host:port: detail"); a request's own failure is in
+ * its mc_req. set_errmsg lets a caller's placement (a custom selector)
+ * say why it gave no server. */
+const char *mc_client_errmsg(const mc_client *c);
+void mc_client_set_errmsg(mc_client *c, const char *msg);
+
+/* Bumped each time the server list is rebuilt: a server index taken
+ * before a change may name another server after it. */
+unsigned long mc_client_gen(const mc_client *c);
+
+size_t mc_client_nservers(const mc_client *c);
+const char *mc_client_server_name(const mc_client *c, size_t i);
+
+typedef struct mc_server_info {
+    const char *name;       /* the address as the user wrote it */
+    int alive;
+    unsigned failures;      /* consecutive */
+    unsigned connections;   /* open: idle + held */
+    const char *last_error; /* "" when none */
+} mc_server_info;
+void mc_client_server_info(const mc_client *c, size_t i, mc_server_info *out);
+/* Caps one server's connections (0: the client's max_conns). */
+void mc_client_set_max_conns(mc_client *c, size_t i, unsigned n);
 
 #endif

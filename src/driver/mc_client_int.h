@@ -8,6 +8,44 @@
 #include "mc_client.h"
 #include "mc_item.h"
 
+typedef struct mc_batch_slot mc_batch_slot;
+
+
+struct mc_client {
+    mc_client_opts o;
+    mc_server **servers;   /* distinct servers */
+    size_t nservers;
+    int *entry_server;     /* selector entry -> index in servers */
+    unsigned *entry_weight;
+    size_t nentries;
+    mc_selector *sel;
+    unsigned char *alive;  /* per entry; scratch for picks around the dead */
+
+    unsigned long gen;     /* bumped when the server list is rebuilt: a
+                              server index taken before may be stale */
+    mc_server **retired;   /* removed from the list while a request held
+                              one of their connections; freed once none is
+                              held (or with the client) */
+    size_t nretired;
+    mc_conn *held;         /* connections held by requests (mc_req), linked
+                              through next: closed with the client if a
+                              caller never ended its request (a raise) */
+    int closed;            /* mc_client_close: held connections are closed
+                              when their request ends */
+
+    /* batch scratch, reused across calls */
+    mc_batch_slot *slots;  /* nslots in use (checked out until the end) */
+    size_t nslots, capslots;
+    unsigned char *replied;
+    size_t capreplied;
+    struct pollfd *pfds;
+    size_t cappfds;
+
+    mc_event *events;
+    size_t nevents, capevents;
+    char errmsg[256];
+};
+
 struct mc_batch_slot {
     int srv;          /* server index */
     mc_conn *conn;

@@ -40,7 +40,7 @@ int run_batch(lmc_client *u, lmc_scratch *sc, size_t n,
     size_t i;
     if (n == 0)
         return MC_OK;
-    if (u->closed || u->c->gen != gen) {
+    if (u->closed || mc_client_gen(u->c) != gen) {
         int err = u->closed ? MC_ERR_CLIENT_CLOSED : MC_ERR_NO_SERVERS;
         for (i = 0; i < n; i++)
             if (sc->srv[i] >= 0)
@@ -265,7 +265,7 @@ int m_get_multi(lua_State *L)
     m.u = u;
     m.sc = scratch_lend(L, u); /* 5 */
     m.sc->bytes.len = 0;
-    gen = u->c->gen;
+    gen = mc_client_gen(u->c);
     n = multi_keys(L, u, 2, &m);
     if (n < 0) {
         scratch_return(u, m.sc);
@@ -408,7 +408,7 @@ int m_set_multi(lua_State *L)
     m.u = u;
     m.sc = scratch_lend(L, u); /* 5 */
     m.sc->bytes.len = 0;
-    gen = u->c->gen;
+    gen = mc_client_gen(u->c);
     lua_pushnil(L);
     while (lua_next(L, 2)) {
         struct bkey *k;
@@ -468,7 +468,7 @@ int m_delete_multi(lua_State *L)
     lua_pushnil(L);                /* 4: (set_multi's values) */
     m.u = u;
     m.sc = scratch_lend(L, u);     /* 5 */
-    gen = u->c->gen;
+    gen = mc_client_gen(u->c);
     if (scratch_grow(m.sc, n + 1) != 0) {
         scratch_return(u, m.sc);
         return fail(L, ERR(NOMEM), "out of memory");

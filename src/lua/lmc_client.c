@@ -77,11 +77,8 @@ int status_fail(lua_State *L, enum mc_op_kind k, const mc_resp *r,
  * reports events itself) never sees an event twice. */
 void report_events(lua_State *L, lmc_client *u)
 {
-    while (u->c && u->c->nevents) {
-        mc_event e = u->c->events[0];
-        u->c->nevents--;
-        memmove(u->c->events, u->c->events + 1,
-                u->c->nevents * sizeof(mc_event));
+    mc_event e;
+    while (u->c && mc_client_take_event(u->c, &e)) {
         if (u->cb_ref == LUA_NOREF || u->cb_ref == LUA_REFNIL)
             continue;
         lua_rawgeti(L, LUA_REGISTRYINDEX, u->cb_ref);
@@ -258,6 +255,7 @@ int pick(lua_State *L, lmc_client *u, const char *key, size_t len,
                 const char **ename, int claim)
 {
     int err = MC_OK, srv;
+    char msg[200];
     if (u->sel_mode == SEL_BUILTIN) {
         srv = mc_client_pick(u->c, key, len, &err);
         if (srv < 0)
@@ -271,9 +269,10 @@ int pick(lua_State *L, lmc_client *u, const char *key, size_t len,
     err = lua_pcall(L, u->sel_mode == SEL_OBJECT ? 2 : 1, 2, 0);
     if (err != 0 || lua_type(L, -2) != LUA_TSTRING) {
         const char *why = err ? lua_tostring(L, -1) : lua_tostring(L, -1);
-        snprintf(u->c->errmsg, sizeof(u->c->errmsg),
-                 "selector gave no server for key '%.*s': %s",
-                 (int)(len > 60 ? 60 : len), key, why ? why : "no address");
+        snprintf(msg, sizeof(msg), "selector gave no server for key '%.*s': "
+                 "%.100s", (int)(len > 60 ? 60 : len), key,
+                 why ? why : "no address");
+        mc_client_set_errmsg(u->c, msg);
         lua_pop(L, err ? 1 : 2);
         *ename = ERR(NO_SERVERS);
         return -1;
@@ -282,9 +281,10 @@ int pick(lua_State *L, lmc_client *u, const char *key, size_t len,
         size_t alen;
         const char *addr = lua_tolstring(L, -2, &alen);
         if (strlen(addr) != alen) {
-            snprintf(u->c->errmsg, sizeof(u->c->errmsg),
-                     "selector gave an address holding a NUL byte for key "
-                     "'%.*s'", (int)(len > 60 ? 60 : len), key);
+            snprintf(msg, sizeof(msg), "selector gave an address holding a "
+                     "NUL byte for key '%.*s'", (int)(len > 60 ? 60 : len),
+                     key);
+            mc_client_set_errmsg(u->c, msg);
             lua_pop(L, 2);
             *ename = ERR(BAD_SERVER);
             return -1;
@@ -429,7 +429,7 @@ static int method(lua_State *L)
 {
     lmc_client *u = check_client(L);
     int n = lua_tocfunction(L, lua_upvalueindex(2))(L);
-    if (u->c && u->c->nevents)
+    if (u->c && mc_client_has_events(u->c))
         report_events(L, u);
     return n;
 }
@@ -448,7 +448,7 @@ static int m_tostring(lua_State *L)
         lua_pushfstring(L, "memcached.client (closed): %p", (void *)u);
     else
         lua_pushfstring(L, "memcached.client (%d servers): %p",
-                        (int)u->c->nservers, (void *)u);
+                        (int)mc_client_nservers(u->c), (void *)u);
     return 1;
 }
 

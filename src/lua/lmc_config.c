@@ -144,7 +144,7 @@ int m_set_servers(lua_State *L)
     if (nul)
         return nul_fail(L, nul);
     if (mc_client_set_servers(u->c, s, n) != 0)
-        return fail(L, ERR(BAD_SERVER), u->c->errmsg);
+        return fail(L, ERR(BAD_SERVER), mc_client_errmsg(u->c));
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -172,11 +172,11 @@ int m_add_server(lua_State *L)
         luaL_error(L, "bad argument #2 (max_conns): must be 0..1000000");
     CLOSED_CHECK(L, u);
     if (mc_client_add_server(u->c, &s) != 0)
-        return fail(L, ERR(BAD_SERVER), u->c->errmsg);
+        return fail(L, ERR(BAD_SERVER), mc_client_errmsg(u->c));
     if (maxc > 0) {
         int i = mc_client_intern_server(u->c, s.addr);
         if (i >= 0)
-            u->c->servers[i]->max_conns = (unsigned)maxc;
+            mc_client_set_max_conns(u->c, (size_t)i, (unsigned)maxc);
     }
     lua_pushboolean(L, 1);
     return 1;
@@ -202,9 +202,9 @@ int m_pick_server(lua_State *L)
         /* where the key goes; a dead server's probe stays unclaimed */
         srv = pick(L, u, key, len, &ename, 0);
         if (srv < 0)
-            return fail(L, ename, u->c->errmsg);
+            return fail(L, ename, mc_client_errmsg(u->c));
     }
-    lua_pushstring(L, u->c->servers[srv]->name);
+    lua_pushstring(L, mc_client_server_name(u->c, (size_t)srv));
     return 1;
 }
 
@@ -213,20 +213,26 @@ int m_servers(lua_State *L)
     lmc_client *u = self(L);
     size_t i;
     CLOSED_CHECK(L, u);
-    lua_createtable(L, (int)u->c->nservers, 0);
-    for (i = 0; i < u->c->nservers; i++) {
-        mc_server *s = u->c->servers[i];
+    lua_createtable(L, (int)mc_client_nservers(u->c), 0);
+    /* the count is read again each turn: the pushes may run a finalizer
+     * that changes the list */
+    for (i = 0; i < mc_client_nservers(u->c); i++) {
+        mc_server_info s;
+        char name[256], last[160];
+        mc_client_server_info(u->c, i, &s);
+        snprintf(name, sizeof(name), "%s", s.name);
+        snprintf(last, sizeof(last), "%s", s.last_error);
         lua_createtable(L, 0, 4);
-        lua_pushstring(L, s->name);
+        lua_pushstring(L, name);
         lua_setfield(L, -2, "addr");
-        lua_pushboolean(L, !s->h.dead);
+        lua_pushboolean(L, s.alive);
         lua_setfield(L, -2, "alive");
-        lmc_pushint(L, s->h.failures);
+        lmc_pushint(L, s.failures);
         lua_setfield(L, -2, "failures");
-        lmc_pushint(L, s->nopen);
+        lmc_pushint(L, s.connections);
         lua_setfield(L, -2, "connections");
-        if (s->h.last_error[0]) {
-            lua_pushstring(L, s->h.last_error);
+        if (last[0]) {
+            lua_pushstring(L, last);
             lua_setfield(L, -2, "last_error");
         }
         lmc_rawseti(L, -2, (lua_Integer)i + 1);
@@ -417,7 +423,7 @@ static int construct(lua_State *L, int t, int from, int sel)
     if (n && mc_client_set_servers(u->c, specs, n) != 0) {
         lua_pushnil(L);
         lua_pushstring(L, ERR(BAD_SERVER));
-        lua_pushstring(L, u->c->errmsg);
+        lua_pushstring(L, mc_client_errmsg(u->c));
         destroy(L, u);
         return 3;
     }

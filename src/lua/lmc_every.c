@@ -64,7 +64,7 @@ static int each_reply(void *ud, size_t i, const mc_resp *r)
         return -1;
     if (r->status != MC_STATUS_OK) {
         char d[300];
-        snprintf(d, sizeof(d), "%s: %s", e->u->c->servers[i]->name,
+        snprintf(d, sizeof(d), "%s: %s", mc_client_server_name(e->u->c, i),
                  mc_status_str(r->status));
         each_failed(e, i, status_name(MC_KIND_OTHER, r->status), d);
     } else if (arena_add(e->sc, r->value, r->vallen, &k->voff) == 0) {
@@ -96,7 +96,7 @@ static void each_revoke(void *ud, size_t i, int err, const char *msg)
 static int each_server(lua_State *L, lmc_client *u, each *e, int values,
                        const char **first, char *detail, size_t dlen)
 {
-    size_t i, n = u->c->nservers;
+    size_t i, n = mc_client_nservers(u->c);
     int nfailed = 0, failures;
     lmc_scratch *sc = scratch_lend(L, u);
     e->u = u;
@@ -110,15 +110,15 @@ static int each_server(lua_State *L, lmc_client *u, each *e, int values,
         struct bkey *k = &sc->keys[i];
         memset(k, 0, sizeof(*k));
         sc->srv[i] = (int)i;
-        if (arena_add(sc, u->c->servers[i]->name,
-                      strlen(u->c->servers[i]->name) + 1, &k->voff) != 0) {
+        const char *name = mc_client_server_name(u->c, i);
+        if (arena_add(sc, name, strlen(name) + 1, &k->voff) != 0) {
             scratch_return(u, sc);
             return -1;
         }
         k->koff = k->voff; /* the name, NUL-terminated */
         k->voff = 0;
     }
-    if (run_batch(u, sc, n, u->c->gen, 1, each_enc, each_reply, each_fail,
+    if (run_batch(u, sc, n, mc_client_gen(u->c), 1, each_enc, each_reply, each_fail,
                   each_revoke, e) != MC_OK) {
         scratch_return(u, sc);
         return -1;
@@ -157,7 +157,7 @@ static int all_simple(lua_State *L, lmc_client *u, uint8_t opcode,
     const char *first;
     char detail[256];
     CLOSED_CHECK(L, u);
-    if (u->c->nservers == 0)
+    if (mc_client_nservers(u->c) == 0)
         return fail(L, ERR(NO_SERVERS), "no servers configured");
     memset(&e, 0, sizeof(e));
     e.opcode = opcode;
@@ -208,7 +208,7 @@ int m_version(lua_State *L)
     const char *first;
     char detail[256];
     CLOSED_CHECK(L, u);
-    if (u->c->nservers == 0)
+    if (mc_client_nservers(u->c) == 0)
         return fail(L, ERR(NO_SERVERS), "no servers configured");
     memset(&e, 0, sizeof(e));
     e.opcode = MC_OP_VERSION;
@@ -272,7 +272,7 @@ static int stats_read(lmc_client *u, op *o, mc_buf *arena, char *detail,
             /* a server that streams entries forever must not grow the
              * table forever: the rest is not read, the connection goes */
             snprintf(detail, dlen, "%s: more than %d stat entries in one "
-                                   "reply", o->q.srv->name, MAX_STAT_ENTRIES);
+                                   "reply", mc_req_server(&o->q), MAX_STAT_ENTRIES);
             mc_client_end_broken(u->c, &o->q);
             return MC_ERR_PROTOCOL;
         }
@@ -326,12 +326,12 @@ int m_stats(lua_State *L)
     if (glen > 65535)
         luaL_error(L, "bad argument #1 (group): longer than 65535 bytes");
     CLOSED_CHECK(L, u);
-    if (u->c->nservers == 0)
+    if (mc_client_nservers(u->c) == 0)
         return fail(L, ERR(NO_SERVERS), "no servers configured");
     lua_settop(L, 2);
     sc = scratch_lend(L, u); /* 3 */
     lua_newtable(L);         /* 4: results */
-    for (i = 0; u->c && i < u->c->nservers; i++) {
+    for (i = 0; u->c && i < mc_client_nservers(u->c); i++) {
         op o;
         char name[256];
         int rc = server_call(u, (int)i, &o, group, glen);
@@ -341,7 +341,7 @@ int m_stats(lua_State *L)
                 first = mc_err_str(rc);
             continue;
         }
-        snprintf(name, sizeof(name), "%s", o.q.srv->name);
+        snprintf(name, sizeof(name), "%s", mc_req_server(&o.q));
         if (o.r.status != MC_STATUS_OK) {
             if (!first)
                 first = status_name(MC_KIND_OTHER, o.r.status);

@@ -40,7 +40,7 @@ static int op_begin(lua_State *L, lmc_client *u, const args *a, op *o)
                     "characters");
     o->srv = pick(L, u, a->key, a->keylen, &ename, 1);
     if (o->srv < 0)
-        return fail(L, ename, u->c->errmsg);
+        return fail(L, ename, mc_client_errmsg(u->c));
     o->out = mc_client_begin(u->c, &o->q, o->srv, &err);
     if (!o->out)
         return fail(L, mc_err_str(err), o->q.err);
@@ -64,7 +64,7 @@ static int op_exec(lua_State *L, op *o, int enc_rc)
 
 static const char *server_name(op *o)
 {
-    return o->q.srv->name;
+    return mc_req_server(&o->q);
 }
 
 /* A non-OK status: releases the connection and pushes the mapped error. */
