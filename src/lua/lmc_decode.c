@@ -36,8 +36,119 @@ static uint32_t load_be32(const unsigned char *p)
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-/* The guard's verdicts: SCAN_STOP means "let msgpack-c say what is wrong". */
-enum { SCAN_DONE, SCAN_STOP, SCAN_DEEP, SCAN_HUGE, SCAN_BUDGET };
+/* The guard's verdicts: SCAN_STOP means "let msgpack-c say what is wrong".
+ * SCAN_MORE never leaves scan(): its steps say "go on" with it. */
+enum { SCAN_DONE, SCAN_STOP, SCAN_DEEP, SCAN_HUGE, SCAN_BUDGET, SCAN_MORE };
+
+/* What an element's type byte says about the bytes that follow it. */
+typedef struct scan_hdr {
+    size_t skip;     /* bytes to step over (a scalar's payload, ext's type) */
+    size_t lenbytes; /* bytes of the big-endian length that comes next */
+    size_t count;    /* elements of a container */
+    int kind;        /* 0 scalar, 1 array, 2 map */
+} scan_hdr;
+
+/* The walk's open containers and what the value has cost so far. */
+typedef struct scan_state {
+    size_t open[LMC_MAX_DEPTH]; /* elements not yet started, per container */
+    size_t pending;             /* their sum */
+    size_t budget;
+    size_t *cost;
+    int top;
+} scan_state;
+
+/* Fills h from type byte b; SCAN_STOP for 0xc1, which msgpack never uses. */
+static int scan_type(unsigned b, scan_hdr *h)
+{
+    if (b <= 0x7f || b >= 0xe0) {
+        /* fixint */
+    } else if (b <= 0x8f) {
+        h->kind = 2;
+        h->count = b & 0x0f;
+    } else if (b <= 0x9f) {
+        h->kind = 1;
+        h->count = b & 0x0f;
+    } else if (b <= 0xbf) {
+        h->skip = b & 0x1f;
+    } else {
+        switch (b) {
+        case 0xc0: case 0xc2: case 0xc3: break;
+        case 0xc4: case 0xd9: h->lenbytes = 1; break; /* bin 8, str 8 */
+        case 0xc5: case 0xda: h->lenbytes = 2; break;
+        case 0xc6: case 0xdb: h->lenbytes = 4; break;
+        case 0xc7: h->lenbytes = 1; h->skip = 1; break; /* ext: + type byte */
+        case 0xc8: h->lenbytes = 2; h->skip = 1; break;
+        case 0xc9: h->lenbytes = 4; h->skip = 1; break;
+        case 0xcc: case 0xd0: h->skip = 1; break;
+        case 0xcd: case 0xd1: h->skip = 2; break;
+        case 0xca: case 0xce: case 0xd2: h->skip = 4; break;
+        case 0xcb: case 0xcf: case 0xd3: h->skip = 8; break;
+        case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8: /* fixext */
+            h->skip = 1 + ((size_t)1 << (b - 0xd4));
+            break;
+        case 0xdc: h->kind = 1; h->lenbytes = 2; break;
+        case 0xdd: h->kind = 1; h->lenbytes = 4; break;
+        case 0xde: h->kind = 2; h->lenbytes = 2; break;
+        case 0xdf: h->kind = 2; h->lenbytes = 4; break;
+        default: return SCAN_STOP; /* 0xc1, never used */
+        }
+    }
+    return SCAN_MORE;
+}
+
+/* A container header whose count is known: refused unless the bytes left
+ * (past those its enclosing containers still expect) can hold it. */
+static int scan_open(scan_state *s, int kind, size_t count, size_t left)
+{
+    if (s->top == LMC_MAX_DEPTH)
+        return SCAN_DEEP;
+    if (kind == 2) {
+        if (count > left) /* also keeps 2 * count from wrapping */
+            return SCAN_HUGE;
+        count *= 2;
+    }
+    if (s->pending > left || count > left - s->pending)
+        return SCAN_HUGE;
+    /* count is now within the bytes left */
+    *s->cost += LMC_COST_TABLE + count * (kind == 2 ? LMC_COST_ENTRY / 2 : LMC_COST_SLOT);
+    if (*s->cost > s->budget)
+        return SCAN_BUDGET;
+    if (count > 0) {
+        s->open[s->top++] = count;
+        s->pending += count;
+    }
+    return SCAN_MORE;
+}
+
+/* A scalar of type byte b whose payload (h->skip bytes) must fit in the
+ * bytes left; strings and bins add to the cost. */
+static int scan_scalar(scan_state *s, unsigned b, const scan_hdr *h, size_t left)
+{
+    if (h->skip > left)
+        return SCAN_STOP;
+    /* Lua interns short strings: the 257 of at most one byte cost
+     * nothing per copy. */
+    if (h->skip > 1 && (h->lenbytes || (b >= 0xa0 && b <= 0xbf)) && b != 0xc7 &&
+        b != 0xc8 && b != 0xc9) {
+        *s->cost += LMC_COST_STR + h->skip;
+        if (*s->cost > s->budget)
+            return SCAN_BUDGET;
+    }
+    return SCAN_MORE;
+}
+
+/* On to the next element, past the containers the last one completed:
+ * SCAN_DONE once the outermost value is complete. */
+static int scan_next(scan_state *s)
+{
+    while (s->top > 0 && s->open[s->top - 1] == 0)
+        s->top--;
+    if (s->top == 0)
+        return SCAN_DONE;
+    s->open[s->top - 1]--;
+    s->pending--;
+    return SCAN_MORE;
+}
 
 /*
  * Untrusted bytes reach msgpack_unpack() only after this walk over their
@@ -63,108 +174,47 @@ enum { SCAN_DONE, SCAN_STOP, SCAN_DEEP, SCAN_HUGE, SCAN_BUDGET };
 static int scan(const unsigned char *p, size_t n, size_t *cost)
 {
     const unsigned char *end = p + n;
-    size_t open[LMC_MAX_DEPTH]; /* elements not yet started, per container */
-    size_t pending = 0;         /* their sum */
-    size_t budget = lmc_decode_budget(n);
-    int top = 0;
+    scan_state s;
 
+    s.pending = 0;
+    s.budget = lmc_decode_budget(n);
+    s.cost = cost;
+    s.top = 0;
     /* Each addition is at most LMC_COST_TABLE + LMC_COST_ENTRY * 2^32 or
      * LMC_COST_STR + the bytes left, checked against the budget at once,
      * so *cost cannot wrap. */
     *cost = 0;
 
     for (;;) {
-        size_t left, skip = 0, lenbytes = 0, count = 0;
-        int kind = 0; /* 1 array, 2 map */
+        scan_hdr h = {0, 0, 0, 0};
+        size_t left;
         unsigned b;
+        int r;
 
         if (p >= end)
             return SCAN_STOP;
         b = *p++;
         left = (size_t)(end - p);
-        if (b <= 0x7f || b >= 0xe0) {
-            /* fixint */
-        } else if (b <= 0x8f) {
-            kind = 2;
-            count = b & 0x0f;
-        } else if (b <= 0x9f) {
-            kind = 1;
-            count = b & 0x0f;
-        } else if (b <= 0xbf) {
-            skip = b & 0x1f;
-        } else {
-            switch (b) {
-            case 0xc0: case 0xc2: case 0xc3: break;
-            case 0xc4: case 0xd9: lenbytes = 1; break; /* bin 8, str 8 */
-            case 0xc5: case 0xda: lenbytes = 2; break;
-            case 0xc6: case 0xdb: lenbytes = 4; break;
-            case 0xc7: lenbytes = 1; skip = 1; break; /* ext: + type byte */
-            case 0xc8: lenbytes = 2; skip = 1; break;
-            case 0xc9: lenbytes = 4; skip = 1; break;
-            case 0xcc: case 0xd0: skip = 1; break;
-            case 0xcd: case 0xd1: skip = 2; break;
-            case 0xca: case 0xce: case 0xd2: skip = 4; break;
-            case 0xcb: case 0xcf: case 0xd3: skip = 8; break;
-            case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8: /* fixext */
-                skip = 1 + ((size_t)1 << (b - 0xd4));
-                break;
-            case 0xdc: kind = 1; lenbytes = 2; break;
-            case 0xdd: kind = 1; lenbytes = 4; break;
-            case 0xde: kind = 2; lenbytes = 2; break;
-            case 0xdf: kind = 2; lenbytes = 4; break;
-            default: return SCAN_STOP; /* 0xc1, never used */
-            }
-        }
-        if (lenbytes) {
+        if ((r = scan_type(b, &h)) != SCAN_MORE)
+            return r;
+        if (h.lenbytes) {
             size_t len;
-            if (left < lenbytes)
+            if (left < h.lenbytes)
                 return SCAN_STOP;
-            len = lenbytes == 1 ? p[0] : lenbytes == 2 ? load_be16(p) : load_be32(p);
-            p += lenbytes;
-            left -= lenbytes;
-            if (kind)
-                count = len;
+            len = h.lenbytes == 1 ? p[0] : h.lenbytes == 2 ? load_be16(p) : load_be32(p);
+            p += h.lenbytes;
+            left -= h.lenbytes;
+            if (h.kind)
+                h.count = len;
             else
-                skip += len;
+                h.skip += len;
         }
-        if (kind) {
-            if (top == LMC_MAX_DEPTH)
-                return SCAN_DEEP;
-            if (kind == 2) {
-                if (count > left) /* also keeps 2 * count from wrapping */
-                    return SCAN_HUGE;
-                count *= 2;
-            }
-            if (pending > left || count > left - pending)
-                return SCAN_HUGE;
-            /* count is now within the bytes left */
-            *cost += LMC_COST_TABLE + count * (kind == 2 ? LMC_COST_ENTRY / 2 : LMC_COST_SLOT);
-            if (*cost > budget)
-                return SCAN_BUDGET;
-            if (count > 0) {
-                open[top++] = count;
-                pending += count;
-            }
-        } else {
-            if (skip > left)
-                return SCAN_STOP;
-            p += skip;
-            /* Lua interns short strings: the 257 of at most one byte cost
-             * nothing per copy. */
-            if (skip > 1 && (lenbytes || (b >= 0xa0 && b <= 0xbf)) && b != 0xc7 &&
-                b != 0xc8 && b != 0xc9) {
-                *cost += LMC_COST_STR + skip;
-                if (*cost > budget)
-                    return SCAN_BUDGET;
-            }
-        }
-        /* On to the next element, past the containers it completed. */
-        while (top > 0 && open[top - 1] == 0)
-            top--;
-        if (top == 0)
-            return SCAN_DONE;
-        open[top - 1]--;
-        pending--;
+        if (h.kind)
+            r = scan_open(&s, h.kind, h.count, left);
+        else if ((r = scan_scalar(&s, b, &h, left)) == SCAN_MORE)
+            p += h.skip; /* checked against the bytes left */
+        if (r != SCAN_MORE || (r = scan_next(&s)) != SCAN_MORE)
+            return r;
     }
 }
 
@@ -306,84 +356,88 @@ void *lmc_v_push_owned(lua_State *L, size_t n, const char *name, lua_CFunction g
     return p;
 }
 
-int lmc_value_decode(lua_State *L, lmc_vctx *c, const char *p, size_t n,
-                     char *err, size_t errlen)
+/* The zone msgpack-c unpacks into: the context's, unless a decode still
+ * uses it, else a fresh one owned by a userdata pushed at the stack's top
+ * (*tmp). NULL when a fresh one cannot be had. */
+static msgpack_zone *borrow_zone(lua_State *L, lmc_vctx *c, tmp_zone **tmp)
+{
+    if (!c->zone_lent) {
+        c->zone_lent = 1;
+        /* Cleared before as well as after: a Lua error while pushing
+         * unwinds past the clear in return_zone(). */
+        msgpack_zone_clear(&c->zone);
+        return &c->zone;
+    }
+    /* Called from a finalizer while a decode that uses c->zone is still
+     * pushing its value (or one was unwound by an error). */
+    *tmp = lmc_v_push_owned(L, sizeof **tmp, LMC_TMPZONE_MT, lmc_v_tmp_zone_gc);
+    if (!msgpack_zone_init(&(*tmp)->zone, MSGPACK_ZONE_CHUNK_SIZE))
+        return NULL;
+    (*tmp)->live = 1;
+    return &(*tmp)->zone;
+}
+
+/* Gives back what borrow_zone() lent; on success the value pushed above a
+ * temporary zone's userdata (at top + 1) takes its place. */
+static void return_zone(lua_State *L, lmc_vctx *c, msgpack_zone *zone, tmp_zone *tmp,
+                        int e, int top)
+{
+    if (tmp) {
+        tmp->live = 0;
+        msgpack_zone_destroy(&tmp->zone);
+        if (e == DEC_OK)
+            lua_remove(L, top + 1);
+    } else {
+        /* Keeps only the first chunk: a big value's memory goes back
+         * now. */
+        msgpack_zone_clear(zone);
+        c->zone_lent = 0;
+    }
+}
+
+/* Unpacks the n bytes at p into zone and pushes the Lua value. */
+static int unpack_push(lua_State *L, lmc_vctx *c, const char *p, size_t n, msgpack_zone *zone)
 {
     msgpack_object obj;
-    msgpack_zone *zone = NULL;
+    size_t off = 0;
+
+    switch (msgpack_unpack(p, n, &off, zone, &obj)) {
+    case MSGPACK_UNPACK_SUCCESS:
+        return push_object(L, c, &obj);
+    case MSGPACK_UNPACK_EXTRA_BYTES:
+        return DEC_TRAIL;
+    case MSGPACK_UNPACK_CONTINUE:
+        return DEC_TRUNC;
+    case MSGPACK_UNPACK_NOMEM_ERROR: /* the scan took care of depth */
+        return DEC_NOMEM;
+    default:
+        return DEC_BAD;
+    }
+}
+
+/* Decodes bytes the scan let through (or left to msgpack-c to judge). */
+static int decode_scanned(lua_State *L, lmc_vctx *c, const char *p, size_t n, int top)
+{
+    msgpack_zone *zone;
     tmp_zone *tmp = NULL;
-    size_t off = 0, cost = 0;
-    int top = lua_gettop(L);
     int e;
 
-    switch (n == 0 ? SCAN_STOP : scan((const unsigned char *)p, n, &cost)) { /* p may be NULL */
-    case SCAN_DEEP:
-        e = DEC_DEEP;
-        break;
-    case SCAN_HUGE:
-        e = DEC_TRUNC;
-        break;
-    case SCAN_BUDGET:
-        e = DEC_BUDGET;
-        break;
-    default:
-        /* Each level holds a table and a key while its value is pushed, the
-         * innermost array also the length table, a key and a value. */
-        if (!lua_checkstack(L, 2 * LMC_MAX_DEPTH + 8)) {
-            e = DEC_STACK;
-            break;
-        }
-        if (!c->zone_lent) {
-            zone = &c->zone;
-            c->zone_lent = 1;
-            /* Cleared before as well as after: a Lua error while pushing
-             * unwinds past the clear below. */
-            msgpack_zone_clear(zone);
-        } else {
-            /* Called from a finalizer while a decode that uses c->zone is
-             * still pushing its value (or one was unwound by an error). */
-            tmp = lmc_v_push_owned(L, sizeof *tmp, LMC_TMPZONE_MT, lmc_v_tmp_zone_gc);
-            if (!msgpack_zone_init(&tmp->zone, MSGPACK_ZONE_CHUNK_SIZE)) {
-                e = DEC_NOMEM;
-                break;
-            }
-            tmp->live = 1;
-            zone = &tmp->zone;
-        }
-        switch (msgpack_unpack(p, n, &off, zone, &obj)) {
-        case MSGPACK_UNPACK_SUCCESS:
-            e = push_object(L, c, &obj);
-            break;
-        case MSGPACK_UNPACK_EXTRA_BYTES:
-            e = DEC_TRAIL;
-            break;
-        case MSGPACK_UNPACK_CONTINUE:
-            e = DEC_TRUNC;
-            break;
-        case MSGPACK_UNPACK_NOMEM_ERROR: /* the scan took care of depth */
-            e = DEC_NOMEM;
-            break;
-        default:
-            e = DEC_BAD;
-            break;
-        }
-        if (tmp) {
-            tmp->live = 0;
-            msgpack_zone_destroy(&tmp->zone);
-            if (e == DEC_OK)
-                lua_remove(L, top + 1);
-        } else {
-            /* Keeps only the first chunk: a big value's memory goes back
-             * now. */
-            msgpack_zone_clear(zone);
-            c->zone_lent = 0;
-        }
-        break;
-    }
-    if (e == DEC_OK)
-        return 0;
+    /* Each level holds a table and a key while its value is pushed, the
+     * innermost array also the length table, a key and a value. */
+    if (!lua_checkstack(L, 2 * LMC_MAX_DEPTH + 8))
+        return DEC_STACK;
+    if (!(zone = borrow_zone(L, c, &tmp)))
+        return DEC_NOMEM;
+    e = unpack_push(L, c, p, n, zone);
+    return_zone(L, c, zone, tmp, e, top);
+    return e;
+}
 
-    lua_settop(L, top);
+/* Writes the message for error e into err; n and cost describe a value
+ * over the budget. */
+static void decode_message(const lmc_vctx *c, int e, size_t n, size_t cost, char *err,
+                           size_t errlen)
+{
     switch (e) {
     case DEC_TRUNC:
         snprintf(err, errlen, "truncated msgpack value");
@@ -419,6 +473,33 @@ int lmc_value_decode(lua_State *L, lmc_vctx *c, const char *p, size_t n,
         snprintf(err, errlen, "malformed msgpack value");
         break;
     }
-    return -1;
 }
 
+int lmc_value_decode(lua_State *L, lmc_vctx *c, const char *p, size_t n,
+                     char *err, size_t errlen)
+{
+    size_t cost = 0;
+    int top = lua_gettop(L);
+    int e;
+
+    switch (n == 0 ? SCAN_STOP : scan((const unsigned char *)p, n, &cost)) { /* p may be NULL */
+    case SCAN_DEEP:
+        e = DEC_DEEP;
+        break;
+    case SCAN_HUGE:
+        e = DEC_TRUNC;
+        break;
+    case SCAN_BUDGET:
+        e = DEC_BUDGET;
+        break;
+    default:
+        e = decode_scanned(L, c, p, n, top);
+        break;
+    }
+    if (e == DEC_OK)
+        return 0;
+
+    lua_settop(L, top);
+    decode_message(c, e, n, cost, err, errlen);
+    return -1;
+}
