@@ -205,6 +205,16 @@ static long multi_keys(lua_State *L, lmc_client *u, int t, multi *m)
     return (long)n;
 }
 
+/* How many of keys from..n-1 failed (a hit may still fail to decode: not
+ * counted; the table grows for those). */
+static size_t count_failed(const multi *m, size_t from, size_t n)
+{
+    size_t i, k = 0;
+    for (i = from; i < n; i++)
+        k += m->sc->keys[i].err != NULL && !m->sc->keys[i].got;
+    return k + 1;
+}
+
 /* Pushes the results of get_multi from the call's scratch: the values
  * into the table at `result`, failures into a table made at `failed` on
  * first use. Returns the first failure, or NULL. */
@@ -236,7 +246,8 @@ static const char *multi_results(lua_State *L, multi *m, size_t n,
         if (!first)
             first = e;
         if (lua_isnil(L, failed)) {
-            lua_newtable(L);
+            /* sized once: a timed-out batch of 100k keys fails them all */
+            lua_createtable(L, 0, (int)count_failed(m, i, n));
             lua_replace(L, failed);
         }
         key_push(L, m, i);
