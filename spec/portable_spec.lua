@@ -79,4 +79,31 @@ describe("on this Lua (" .. (jit and jit.version or _VERSION) .. ")", function()
     f.stop()
     assert.are.equal("new", (mc:get("p1")))
   end)
+
+  it("serves a call made from a selector or a finalizer inside another call", function()
+    assert.truthy(mc:set("outer", "O"))
+    assert.truthy(mc:set("inner", "I"))
+    local c, from_selector, from_gc
+    local armed = true
+    c = memcached.new_from_selector(function()
+      if armed then
+        armed = false
+        from_selector = { c:get("inner") }
+        local fin = function() from_gc = { c:get_multi { "inner" } } end
+        if newproxy then -- LuaJIT and 5.1: __gc on a userdata only
+          getmetatable(newproxy(true)).__gc = fin
+        else
+          setmetatable({}, { __gc = fin })
+        end
+        collectgarbage() -- that finalizer runs now, inside the outer call
+      end
+      return srv.addr
+    end)
+    local got = c:get_multi { "outer", "inner" }
+    assert.are.same({ outer = "O", inner = "I" }, got)
+    assert.are.equal("I", from_selector[1])
+    collectgarbage()
+    assert.are.same({ inner = "I" }, from_gc[1])
+    c:close()
+  end)
 end)

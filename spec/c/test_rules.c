@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "mc_abi.h"
+#include "mc_codec.h"
 #include "mc_error.h"
 #include "mc_feed.h"
 #include "mc_health.h"
@@ -239,11 +240,30 @@ static void feed_put(mc_buf *out, const char *k, uint32_t op)
 }
 
 /* Feeds the stream one byte at a time; returns the last result. */
+/* A codec that counts its calls and otherwise is the binary one: the feed
+ * must frame its NOOP and read its replies through the batch's codec. */
+static int codec_simple_calls, codec_read_calls;
+
+static int counting_simple(mc_buf *b, uint8_t opcode, uint32_t opaque)
+{
+    codec_simple_calls++;
+    return mc_codec_binary.simple(b, opcode, opaque);
+}
+
+static int counting_read(mc_reader *r, mc_resp *resp)
+{
+    codec_read_calls++;
+    return mc_codec_binary.read(r, resp);
+}
+
+static mc_codec counting_codec;
+
 static int feed_run(const char *k1, uint32_t o1, const char *k2, uint32_t o2,
                     int noop, int *got, int *err)
 {
     static const int server[] = {0, 1, 0};
-    mc_batch b = {3, server, feed_enc, feed_reply, NULL, NULL, 1, got};
+    mc_batch b = {3,    server, feed_enc, feed_reply, NULL, NULL,
+                  1,    got,    &counting_codec};
     unsigned char replied[4] = {0};
     mc_feed f;
     mc_buf plan = {0}, s = {0};
@@ -399,6 +419,9 @@ static void test_reply_check(void)
 
 int main(void)
 {
+    counting_codec = mc_codec_binary;
+    counting_codec.simple = counting_simple;
+    counting_codec.read = counting_read;
     test_keys();
     test_statuses();
     test_lock();
@@ -408,5 +431,8 @@ int main(void)
     test_feed();
     test_place();
     test_reply_check();
+    CHECK(codec_simple_calls > 0 && codec_read_calls > 0,
+          "the feed frames and reads through its codec (%d, %d calls)",
+          codec_simple_calls, codec_read_calls);
     return CHECK_REPORT();
 }

@@ -103,6 +103,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     b.revoke = NULL;
     b.every_reply = !quiet;
     b.ud = &s;
+    b.codec = NULL; /* binary */
     mc_feed_init(&f, &b, 0, base, replied);
     check(mc_feed_plan(&f, &plan) == 0);
 

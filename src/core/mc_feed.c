@@ -17,6 +17,11 @@ void mc_feed_init(mc_feed *f, const mc_batch *b, int srv, uint32_t base,
     f->replied = replied;
 }
 
+static const mc_codec *codec_of(const mc_batch *b)
+{
+    return b->codec ? b->codec : &mc_codec_binary;
+}
+
 int mc_feed_plan(const mc_feed *f, mc_buf *out)
 {
     const mc_batch *b = f->b;
@@ -25,7 +30,7 @@ int mc_feed_plan(const mc_feed *f, mc_buf *out)
         if (b->server[k] == f->srv &&
             b->encode(b->ud, k, out, f->base + (uint32_t)k) != 0)
             return -1;
-    return mc_enc_simple(out, MC_OP_NOOP, f->base + (uint32_t)b->n);
+    return codec_of(b)->simple(out, MC_OP_NOOP, f->base + (uint32_t)b->n);
 }
 
 static int failed(int *err, int e, char *msg, size_t msglen, const char *why)
@@ -43,7 +48,7 @@ int mc_feed_take(mc_feed *f, mc_reader *in, int *err, char *msg,
     char why[200];
 
     for (;;) {
-        int rc = mc_reader_get(in, &r);
+        int rc = codec_of(b)->read(in, &r);
         uint32_t off;
         if (rc == MC_READ_MORE)
             return MC_FEED_MORE;

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "mc_buf.h"
+#include "mc_codec.h"
 #include "mc_proto.h"
 
 /* Request i goes to server[i] (-1: skip it). */
@@ -35,6 +36,7 @@ typedef struct mc_batch {
      * 0: quiet opcodes, only some requests answer. */
     int every_reply;
     void *ud;
+    const mc_codec *codec; /* the protocol; NULL: binary */
 } mc_batch;
 
 /* One server's stream of a batch. */

@@ -107,6 +107,11 @@ void mc_client_set_errmsg(mc_client *c, const char *msg)
     snprintf(c->errmsg, sizeof(c->errmsg), "%s", msg);
 }
 
+const mc_codec *mc_client_codec(const mc_client *c)
+{
+    return c->o.pool.codec ? c->o.pool.codec : &mc_codec_binary;
+}
+
 unsigned long mc_client_gen(const mc_client *c)
 {
     return c->gen;
@@ -605,6 +610,7 @@ mc_buf *mc_client_begin(mc_client *c, mc_req *q, int srv, int *err)
     if (q->conn->idle_since == 0) /* just connected: I/O time starts now */
         q->start = mc_now();
     q->close = 0;
+    q->codec = q->conn->codec;
     q->opaque = q->conn->opaque++;
     q->conn->out.len = 0;
     q->conn->out_pos = 0;

@@ -103,6 +103,7 @@ typedef struct mc_req {
     mc_server *srv;        /* stays valid until end, even if the server
                               leaves the list meanwhile */
     mc_conn *conn;         /* NULL once ended or failed */
+    const mc_codec *codec; /* frames the request (mc_codec.h) */
     uint32_t opaque;
     uint8_t opcode;
     int close;             /* not to be pooled (authentication refused) */
@@ -112,6 +113,10 @@ typedef struct mc_req {
 } mc_req;
 
 mc_buf *mc_client_begin(mc_client *c, mc_req *q, int srv, int *err);
+/* The protocol of the client's connections, for a caller that frames
+ * batch requests. */
+const mc_codec *mc_client_codec(const mc_client *c);
+
 /* The address of a begun request's server. */
 static inline const char *mc_req_server(const mc_req *q)
 {

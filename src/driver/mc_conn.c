@@ -248,6 +248,7 @@ mc_conn *mc_conn_start(const mc_addr *a, double io_timeout, size_t max_body,
     }
     c->fd = fd;
     c->tp = &mc_transport_plain;
+    c->codec = &mc_codec_binary;
     if (w)
         c->wait = *w;
     /* Opaques are not restarted at a guessable value: a reply that was not
@@ -454,7 +455,7 @@ static int recv_loop(mc_conn *c, mc_resp *r, const mc_deadline *d,
     for (;;) {
         /* nothing buffered (the usual case right after a send): read first */
         if (mc_reader_pending(&c->in) || c->in.failed || partial) {
-            rc = mc_reader_get(&c->in, r);
+            rc = c->codec->read(&c->in, r);
             if (rc == MC_READ_ONE)
                 return MC_OK;
             if (rc == MC_READ_ERROR) {

@@ -31,6 +31,7 @@
 #include <sys/socket.h>
 
 #include "mc_buf.h"
+#include "mc_codec.h"
 #include "mc_deadline.h"
 #include "mc_error.h"
 #include "mc_proto.h"
@@ -52,6 +53,8 @@ typedef struct mc_addr {
 typedef struct mc_conn {
     int fd;
     const mc_transport *tp; /* every send, recv and close goes through it */
+    const mc_codec *codec;  /* reads its replies (binary unless the pool
+                               says otherwise) */
     uint32_t opaque;   /* next opaque to hand out */
     mc_buf out;        /* the request(s) in flight; out_pos of them sent.
                           Kept after sending (out_pos == out.len), so that

@@ -95,8 +95,11 @@ static mc_conn *pool_take(mc_server *s, const mc_pool_opts *o, double now,
         c = mc_conn_start(&s->addr, o->io_timeout, o->max_body, &o->wait, err,
                           msg, msglen);
     }
-    if (c)
+    if (c) {
         s->nopen++;
+        if (o->codec)
+            c->codec = o->codec;
+    }
     return c;
 }
 
@@ -165,6 +168,8 @@ int mc_server_probe(mc_server *s, const mc_pool_opts *o, char *msg,
                       msg, msglen);
     if (!c)
         return err;
+    if (o->codec)
+        c->codec = o->codec;
     if (c->connecting) {
         err = mc_conn_wait(c, POLLOUT, &d, msg, msglen);
         if (err == MC_ERR_TIMEOUT)
@@ -175,7 +180,7 @@ int mc_server_probe(mc_server *s, const mc_pool_opts *o, char *msg,
         }
     }
     opaque = c->opaque++;
-    if (mc_enc_simple(&c->out, MC_OP_NOOP, opaque) != 0) {
+    if (c->codec->simple(&c->out, MC_OP_NOOP, opaque) != 0) {
         mc_conn_close(c);
         snprintf(msg, msglen, "out of memory");
         return MC_ERR_NOMEM;

@@ -45,6 +45,8 @@ typedef struct mc_pool_opts {
     mc_waiter wait;       /* every wait of the servers' connections, of
                              their probes and of the client's batches
                              (mc_wait.h); zero: ppoll, kernel waits on */
+    const mc_codec *codec; /* the protocol its connections speak (NULL:
+                              binary) */
 } mc_pool_opts;
 
 /* Allocates a server for an already parsed address. NULL on ENOMEM. */

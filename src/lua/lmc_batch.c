@@ -58,6 +58,7 @@ int run_batch(lmc_client *u, lmc_scratch *sc, size_t n,
     b.revoke = revoke;
     b.every_reply = every_reply;
     b.ud = ud;
+    b.codec = mc_client_codec(u->c);
     return mc_client_batch(u->c, &b);
 }
 
@@ -74,6 +75,7 @@ int arena_add(lmc_scratch *sc, const char *p, size_t n, size_t *off)
 typedef struct multi {
     lmc_client *u;
     lmc_scratch *sc;
+    const mc_codec *codec; /* frames the requests */
     int kbase;   /* stack index of key 0's string (the call's keys) */
     int ktab;    /* or of a private table holding them, 1-based */
     uint32_t exptime; /* set_multi */
@@ -121,7 +123,7 @@ static void key_failed(void *ud, size_t i, int err, const char *msg)
 static int multi_get_enc(void *ud, size_t i, mc_buf *out, uint32_t opaque)
 {
     multi *m = ud;
-    return mc_enc_get(out, MC_OP_GETK, opaque, m->sc->keys[i].key,
+    return m->codec->get(out, MC_OP_GETK, opaque, m->sc->keys[i].key,
                       m->sc->keys[i].len);
 }
 
@@ -274,6 +276,7 @@ int m_get_multi(lua_State *L)
     lua_createtable(L, 0, (int)lua_rawlen(L, 2)); /* 3: results */
     lua_pushnil(L);  /* 4: failures, created on first use */
     m.u = u;
+    m.codec = mc_client_codec(u->c);
     m.sc = scratch_lend(L, u); /* 5 */
     m.sc->bytes.len = 0;
     gen = mc_client_gen(u->c);
@@ -310,7 +313,7 @@ static int setq_enc(void *ud, size_t i, mc_buf *out, uint32_t opaque)
 {
     multi *m = ud;
     const struct bkey *k = &m->sc->keys[i];
-    return mc_enc_store2(out, MC_OP_SETQ, opaque, 0, k->key, k->len,
+    return m->codec->store(out, MC_OP_SETQ, opaque, 0, k->key, k->len,
                          m->u->mp_flag, m->exptime, k->hdr, k->hlen,
                          k->vptr ? k->vptr : m->sc->bytes.data + k->voff,
                          k->vlen);
@@ -320,7 +323,7 @@ static int deleteq_enc(void *ud, size_t i, mc_buf *out, uint32_t opaque)
 {
     multi *m = ud;
     const struct bkey *k = &m->sc->keys[i];
-    return mc_enc_delete(out, MC_OP_DELETEQ, opaque, 0, k->key, k->len);
+    return m->codec->del(out, MC_OP_DELETEQ, opaque, 0, k->key, k->len);
 }
 
 static int quiet_reply_set(void *ud, size_t i, const mc_resp *r)
@@ -417,6 +420,7 @@ int m_set_multi(lua_State *L)
      * finalizer does to items; keys are kept by the results */
     lua_createtable(L, 0, 0);
     m.u = u;
+    m.codec = mc_client_codec(u->c);
     m.sc = scratch_lend(L, u); /* 5 */
     m.sc->bytes.len = 0;
     gen = mc_client_gen(u->c);
@@ -478,6 +482,7 @@ int m_delete_multi(lua_State *L)
     lua_createtable(L, 0, (int)n); /* 3: results */
     lua_pushnil(L);                /* 4: (set_multi's values) */
     m.u = u;
+    m.codec = mc_client_codec(u->c);
     m.sc = scratch_lend(L, u);     /* 5 */
     gen = mc_client_gen(u->c);
     if (scratch_grow(m.sc, n + 1) != 0) {

@@ -33,6 +33,7 @@
 typedef struct each {
     lmc_client *u;
     lmc_scratch *sc;
+    const mc_codec *codec; /* frames the requests */
     uint8_t opcode;
     uint32_t delay;    /* flush */
 } each;
@@ -42,8 +43,8 @@ static int each_enc(void *ud, size_t i, mc_buf *out, uint32_t opaque)
     each *e = ud;
     (void)i;
     if (e->opcode == MC_OP_FLUSH)
-        return mc_enc_flush(out, MC_OP_FLUSH, opaque, e->delay);
-    return mc_enc_simple(out, e->opcode, opaque);
+        return e->codec->flush(out, MC_OP_FLUSH, opaque, e->delay);
+    return e->codec->simple(out, e->opcode, opaque);
 }
 
 static void each_failed(each *e, size_t i, const char *err,
@@ -101,6 +102,7 @@ static int each_server(lua_State *L, lmc_client *u, each *e, int values,
     lmc_scratch *sc = scratch_lend(L, u);
     e->u = u;
     e->sc = sc;
+    e->codec = mc_client_codec(u->c);
     sc->bytes.len = 0;
     if (scratch_grow(sc, n + 1) != 0) {
         scratch_return(u, sc);
@@ -239,7 +241,7 @@ static int server_call(lmc_client *u, int i, op *o, const char *group,
     o->out = mc_client_begin(u->c, &o->q, i, &err);
     if (!o->out)
         return err;
-    if (mc_enc_stat(o->out, o->q.opaque, group, glen) != 0) {
+    if (o->q.codec->stat(o->out, o->q.opaque, group, glen) != 0) {
         mc_client_end_broken(u->c, &o->q);
         snprintf(o->q.err, sizeof(o->q.err), "out of memory");
         return MC_ERR_NOMEM;

@@ -167,8 +167,8 @@ static int key_op(lua_State *L, uint8_t opcode, const char *order)
         o.keylen = a.keylen;
     }
     rc = opcode == MC_OP_GETK
-             ? mc_enc_get(o.out, opcode, o.q.opaque, a.key, a.keylen)
-             : mc_enc_touch(o.out, opcode, o.q.opaque, a.key, a.keylen,
+             ? o.q.codec->get(o.out, opcode, o.q.opaque, a.key, a.keylen)
+             : o.q.codec->touch(o.out, opcode, o.q.opaque, a.key, a.keylen,
                             a.exptime);
     if ((n = op_exec(L, &o, rc)) != 0)
         return n;
@@ -283,7 +283,7 @@ static int do_store(lua_State *L, uint8_t opcode, enum mc_op_kind k, int raw,
     }
     n = op_begin(L, u, &a, &o);
     if (n == 0)
-        n = op_exec(L, &o, mc_enc_store2(o.out, opcode, o.q.opaque, a.cas,
+        n = op_exec(L, &o, o.q.codec->store(o.out, opcode, o.q.opaque, a.cas,
                                          a.key, a.keylen, flags, a.exptime,
                                          hdr, hlen, p, len));
     if (sc)
@@ -321,7 +321,7 @@ static int do_concat(lua_State *L, uint8_t opcode)
     CLOSED_CHECK(L, u);
     if ((n = op_begin(L, u, &a, &o)) != 0)
         return n;
-    if ((n = op_exec(L, &o, mc_enc_concat(o.out, opcode, o.q.opaque, a.cas,
+    if ((n = op_exec(L, &o, o.q.codec->concat(o.out, opcode, o.q.opaque, a.cas,
                                            a.key, a.keylen, p, len))) != 0)
         return n;
     if (o.r.status != MC_STATUS_OK)
@@ -343,7 +343,7 @@ int m_delete(lua_State *L)
     CLOSED_CHECK(L, u);
     if ((n = op_begin(L, u, &a, &o)) != 0)
         return n;
-    if ((n = op_exec(L, &o, mc_enc_delete(o.out, MC_OP_DELETE, o.q.opaque, a.cas,
+    if ((n = op_exec(L, &o, o.q.codec->del(o.out, MC_OP_DELETE, o.q.opaque, a.cas,
                                            a.key, a.keylen))) != 0)
         return n;
     if (o.r.status != MC_STATUS_OK)
@@ -382,12 +382,14 @@ int m_delete_lock(lua_State *L)
     if ((n = op_begin(L, u, &a, &o)) != 0)
         return n;
     if (secs == 0)
-        n = op_exec(L, &o, mc_enc_delete(o.out, MC_OP_DELETE, o.q.opaque, 0,
+        n = op_exec(L, &o, o.q.codec->del(o.out, MC_OP_DELETE, o.q.opaque, 0,
                                          a.key, a.keylen));
     else
-        n = op_exec(L, &o, mc_enc_store(o.out, MC_OP_REPLACE, o.q.opaque, 0,
-                                        a.key, a.keylen, MC_LOCK_FLAGS,
-                                        (uint32_t)secs, mc_lock_value, mc_lock_len));
+        n = op_exec(L, &o, o.q.codec->store(o.out, MC_OP_REPLACE,
+                                            o.q.opaque, 0, a.key, a.keylen,
+                                            MC_LOCK_FLAGS, (uint32_t)secs,
+                                            NULL, 0, mc_lock_value,
+                                            mc_lock_len));
     if (n)
         return n;
     if (o.r.status != MC_STATUS_OK)
@@ -406,7 +408,7 @@ static int locked_on(lmc_client *u, int srv, const args *a)
     mc_buf *out = mc_client_begin(u->c, &q, srv, &err);
     if (!out)
         return 0;
-    if (mc_enc_get(out, MC_OP_GETK, q.opaque, a->key, a->keylen) != 0) {
+    if (q.codec->get(out, MC_OP_GETK, q.opaque, a->key, a->keylen) != 0) {
         mc_client_end_broken(u->c, &q);
         return 0;
     }
@@ -433,7 +435,7 @@ static int do_arith(lua_State *L, uint8_t opcode, int counter_only)
     CLOSED_CHECK(L, u);
     if ((n = op_begin(L, u, &a, &o)) != 0)
         return n;
-    if ((n = op_exec(L, &o, mc_enc_arith(o.out, opcode, o.q.opaque, a.key,
+    if ((n = op_exec(L, &o, o.q.codec->arith(o.out, opcode, o.q.opaque, a.key,
                                           a.keylen, a.delta, a.initial,
                                           exp))) != 0)
         return n;
