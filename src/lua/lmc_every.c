@@ -150,6 +150,17 @@ static int each_server(lua_State *L, lmc_client *u, each *e, int values,
     return nfailed;
 }
 
+/* What every call to all servers checks first: 0, or the values pushed. */
+static int each_start(lua_State *L, lmc_client *u, each *e, uint8_t opcode)
+{
+    CLOSED_CHECK(L, u);
+    if (mc_client_nservers(u->c) == 0)
+        return fail(L, ERR(NO_SERVERS), "no servers configured");
+    memset(e, 0, sizeof(*e));
+    e->opcode = opcode;
+    return 0;
+}
+
 /* ping/flush: true, or nil, err, {addr = detail}. */
 static int all_simple(lua_State *L, lmc_client *u, uint8_t opcode,
                       uint32_t delay)
@@ -158,11 +169,8 @@ static int all_simple(lua_State *L, lmc_client *u, uint8_t opcode,
     int rc;
     const char *first;
     char detail[256];
-    CLOSED_CHECK(L, u);
-    if (mc_client_nservers(u->c) == 0)
-        return fail(L, ERR(NO_SERVERS), "no servers configured");
-    memset(&e, 0, sizeof(e));
-    e.opcode = opcode;
+    if ((rc = each_start(L, u, &e, opcode)) != 0)
+        return rc;
     e.delay = delay;
     rc = each_server(L, u, &e, 0, &first, detail, sizeof(detail));
     if (rc < 0)
@@ -209,11 +217,8 @@ int m_version(lua_State *L)
     int rc, values;
     const char *first;
     char detail[256];
-    CLOSED_CHECK(L, u);
-    if (mc_client_nservers(u->c) == 0)
-        return fail(L, ERR(NO_SERVERS), "no servers configured");
-    memset(&e, 0, sizeof(e));
-    e.opcode = MC_OP_VERSION;
+    if ((rc = each_start(L, u, &e, MC_OP_VERSION)) != 0)
+        return rc;
     lua_newtable(L);
     values = lua_gettop(L);
     rc = each_server(L, u, &e, values, &first, detail, sizeof(detail));
