@@ -441,22 +441,3 @@ int mc_client_batch(mc_client *c, const mc_batch *b)
     c->nslots = 0;
     return MC_OK;
 }
-
-size_t mc_client_idle_bytes(const mc_client *c)
-{
-    size_t i, n = 0;
-    for (i = 0; i < c->nservers; i++)
-        n += mc_server_idle_bytes(c->servers[i]);
-    return n;
-}
-
-int mc_client_usable(mc_client *c, int srv, int *err)
-{
-    mc_server *s = c->servers[srv];
-    if (client_usable(c, s))
-        return 1;
-    *err = MC_ERR_SERVER_DEAD;
-    snprintf(c->errmsg, sizeof(c->errmsg), "%s: marked dead after: %s",
-             s->name, s->h.last_error);
-    return 0;
-}

@@ -148,6 +148,25 @@ int mc_client_single(const mc_client *c)
                ? c->entry_server[0] : -1;
 }
 
+size_t mc_client_idle_bytes(const mc_client *c)
+{
+    size_t i, n = 0;
+    for (i = 0; i < c->nservers; i++)
+        n += mc_server_idle_bytes(c->servers[i]);
+    return n;
+}
+
+int mc_client_usable(mc_client *c, int srv, int *err)
+{
+    mc_server *s = c->servers[srv];
+    if (client_usable(c, s))
+        return 1;
+    *err = MC_ERR_SERVER_DEAD;
+    snprintf(c->errmsg, sizeof(c->errmsg), "%s: marked dead after: %s",
+             s->name, s->h.last_error);
+    return 0;
+}
+
 /* ---- probing a dead server ----
  * Once a dead server's retry time comes, the first caller that wants it
  * probes it before anything is sent: a connect and a NOOP, bounded by

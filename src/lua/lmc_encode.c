@@ -10,7 +10,7 @@ static int write_buf(void *data, const char *p, size_t n)
     return mc_buf_append((mc_buf *)data, p, n);
 }
 
-static int fail(lmc_vctx *c, const char *reason)
+static int enc_fail(lmc_vctx *c, const char *reason)
 {
     snprintf(c->reason, sizeof c->reason, "%s", reason);
     return -1;
@@ -113,7 +113,7 @@ static int enc_number(lua_State *L, lmc_vctx *c, msgpack_packer *pk, int idx)
         r = msgpack_pack_int64(pk, (int64_t)lmc_toint(L, idx));
     else
         r = msgpack_pack_double(pk, (double)lua_tonumber(L, idx));
-    return r ? fail(c, "out of memory") : 0;
+    return r ? enc_fail(c, "out of memory") : 0;
 }
 
 static int enc_string(lua_State *L, lmc_vctx *c, msgpack_packer *pk, int idx)
@@ -121,9 +121,9 @@ static int enc_string(lua_State *L, lmc_vctx *c, msgpack_packer *pk, int idx)
     size_t n;
     const char *s = lua_tolstring(L, idx, &n);
     if (n > UINT32_MAX)
-        return fail(c, "string too long for msgpack");
+        return enc_fail(c, "string too long for msgpack");
     if (msgpack_pack_str(pk, n) || msgpack_pack_str_body(pk, s, n))
-        return fail(c, "out of memory");
+        return enc_fail(c, "out of memory");
     return 0;
 }
 
@@ -135,11 +135,11 @@ static int enc_key(lua_State *L, lmc_vctx *c, msgpack_packer *pk, int idx)
         return enc_string(L, c, pk, idx);
     case LUA_TNUMBER:
         if (!lua_isinteger(L, idx) && isnan((double)lua_tonumber(L, idx)))
-            return fail(c, "cannot encode NaN as a map key");
+            return enc_fail(c, "cannot encode NaN as a map key");
         return enc_number(L, c, pk, idx);
     case LUA_TBOOLEAN:
         if (lua_toboolean(L, idx) ? msgpack_pack_true(pk) : msgpack_pack_false(pk))
-            return fail(c, "out of memory");
+            return enc_fail(c, "out of memory");
         return 0;
     default:
         return fail_type(L, c, idx, "as a map key");
@@ -221,7 +221,7 @@ static int enc_table(lua_State *L, lmc_vctx *c, msgpack_packer *pk, int idx, int
 
     for (i = 0; i < depth - 1; i++)
         if (c->seen[i] == self)
-            return fail(c, "table cycle");
+            return enc_fail(c, "table cycle");
     if (depth > LMC_MAX_DEPTH) {
         snprintf(c->reason, sizeof c->reason, "tables nested deeper than %d levels",
                  LMC_MAX_DEPTH);
@@ -229,7 +229,7 @@ static int enc_table(lua_State *L, lmc_vctx *c, msgpack_packer *pk, int idx, int
     }
     /* Room for key, value and a metatable, plus what a child may need. */
     if (!lua_checkstack(L, 4))
-        return fail(c, "Lua stack overflow");
+        return enc_fail(c, "Lua stack overflow");
     c->seen[depth - 1] = self;
 
     if (lua_getmetatable(L, idx)) {
@@ -267,9 +267,9 @@ static int enc_table(lua_State *L, lmc_vctx *c, msgpack_packer *pk, int idx, int
     if (kind == TBL_ARRAY) {
         size_t k;
         if (n > UINT32_MAX)
-            return fail(c, "table too large for msgpack");
+            return enc_fail(c, "table too large for msgpack");
         if (msgpack_pack_array(pk, n))
-            return fail(c, "out of memory");
+            return enc_fail(c, "out of memory");
         for (k = 1; k <= n; k++) {
             lmc_rawgeti(L, idx, (lua_Integer)k);
             if (enc_value(L, c, pk, base + 1, depth)) {
@@ -283,9 +283,9 @@ static int enc_table(lua_State *L, lmc_vctx *c, msgpack_packer *pk, int idx, int
     }
 
     if (count > UINT32_MAX)
-        return fail(c, "table too large for msgpack");
+        return enc_fail(c, "table too large for msgpack");
     if (msgpack_pack_map(pk, count))
-        return fail(c, "out of memory");
+        return enc_fail(c, "out of memory");
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         /* A bad key is reported at the table holding it. */
@@ -308,10 +308,10 @@ static int enc_value(lua_State *L, lmc_vctx *c, msgpack_packer *pk, int idx, int
 {
     switch (lua_type(L, idx)) {
     case LUA_TNIL:
-        return msgpack_pack_nil(pk) ? fail(c, "out of memory") : 0;
+        return msgpack_pack_nil(pk) ? enc_fail(c, "out of memory") : 0;
     case LUA_TBOOLEAN:
         if (lua_toboolean(L, idx) ? msgpack_pack_true(pk) : msgpack_pack_false(pk))
-            return fail(c, "out of memory");
+            return enc_fail(c, "out of memory");
         return 0;
     case LUA_TNUMBER:
         return enc_number(L, c, pk, idx);
