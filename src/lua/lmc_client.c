@@ -421,14 +421,15 @@ static int m_close(lua_State *L)
     return 1;
 }
 
-/* Every method's entry (upvalue 2: the method): checks self, runs the
- * method, then reports the server events its call queued, above the
- * results (the error callback may call the client). No lua_pcall: a
- * method that raises holds nothing the next call needs. */
-static int method(lua_State *L)
+/* Every method's entry: checks self, runs the method, then reports the
+ * server events its call queued, above the results (the error callback
+ * may call the client). No lua_pcall: a method that raises holds nothing
+ * the next call needs. One entry per method (ENTRY), so that the method
+ * is a direct call. */
+static inline int run(lua_State *L, lua_CFunction f)
 {
     lmc_client *u = check_client(L);
-    int n = lua_tocfunction(L, lua_upvalueindex(2))(L);
+    int n = f(L);
     if (u->c && mc_client_has_events(u->c))
         report_events(L, u);
     return n;
@@ -459,38 +460,71 @@ static int l_test_idle_buffer_bytes(lua_State *L)
     return 1;
 }
 
+#define ENTRY(m) \
+    static int e_##m(lua_State *L) { return run(L, m); }
+ENTRY(m_get)
+ENTRY(m_get_multi)
+ENTRY(m_set_multi)
+ENTRY(m_delete_multi)
+ENTRY(m_set)
+ENTRY(m_add)
+ENTRY(m_replace)
+ENTRY(m_set_raw)
+ENTRY(m_add_raw)
+ENTRY(m_replace_raw)
+ENTRY(m_append)
+ENTRY(m_prepend)
+ENTRY(m_cas)
+ENTRY(m_delete)
+ENTRY(m_delete_lock)
+ENTRY(m_increment)
+ENTRY(m_decrement)
+ENTRY(m_touch_atomic)
+ENTRY(m_touch)
+ENTRY(m_get_and_touch)
+ENTRY(m_flush)
+ENTRY(m_flush_all)
+ENTRY(m_ping)
+ENTRY(m_stats)
+ENTRY(m_version)
+ENTRY(m_add_server)
+ENTRY(m_set_servers)
+ENTRY(m_pick_server)
+ENTRY(m_servers)
+ENTRY(m_set_callback)
+
 static const luaL_Reg methods[] = {
-    {"get", m_get},
-    {"get_multi", m_get_multi},
-    {"set_multi", m_set_multi},
-    {"delete_multi", m_delete_multi},
-    {"set", m_set},
-    {"add", m_add},
-    {"replace", m_replace},
-    {"set_raw_data", m_set_raw},
-    {"add_raw_data", m_add_raw},
-    {"replace_raw_data", m_replace_raw},
-    {"append", m_append},
-    {"prepend", m_prepend},
-    {"compare_and_swap", m_cas},
-    {"delete", m_delete},
-    {"delete_lock", m_delete_lock},
-    {"increment", m_increment},
-    {"decrement", m_decrement},
-    {"touch_atomic_value", m_touch_atomic},
-    {"touch", m_touch},
-    {"get_and_touch", m_get_and_touch},
-    {"flush", m_flush},
-    {"flush_all", m_flush_all},
-    {"delete_all", m_flush_all},
-    {"ping", m_ping},
-    {"stats", m_stats},
-    {"version", m_version},
-    {"add_server", m_add_server},
-    {"set_servers", m_set_servers},
-    {"pick_server", m_pick_server},
-    {"servers", m_servers},
-    {"set_server_error_callback", m_set_callback},
+    {"get", e_m_get},
+    {"get_multi", e_m_get_multi},
+    {"set_multi", e_m_set_multi},
+    {"delete_multi", e_m_delete_multi},
+    {"set", e_m_set},
+    {"add", e_m_add},
+    {"replace", e_m_replace},
+    {"set_raw_data", e_m_set_raw},
+    {"add_raw_data", e_m_add_raw},
+    {"replace_raw_data", e_m_replace_raw},
+    {"append", e_m_append},
+    {"prepend", e_m_prepend},
+    {"compare_and_swap", e_m_cas},
+    {"delete", e_m_delete},
+    {"delete_lock", e_m_delete_lock},
+    {"increment", e_m_increment},
+    {"decrement", e_m_decrement},
+    {"touch_atomic_value", e_m_touch_atomic},
+    {"touch", e_m_touch},
+    {"get_and_touch", e_m_get_and_touch},
+    {"flush", e_m_flush},
+    {"flush_all", e_m_flush_all},
+    {"delete_all", e_m_flush_all},
+    {"ping", e_m_ping},
+    {"stats", e_m_stats},
+    {"version", e_m_version},
+    {"add_server", e_m_add_server},
+    {"set_servers", e_m_set_servers},
+    {"pick_server", e_m_pick_server},
+    {"servers", e_m_servers},
+    {"set_server_error_callback", e_m_set_callback},
     {NULL, NULL}};
 
 static const luaL_Reg plain[] = {
@@ -518,10 +552,9 @@ LMC_EXPORT int luaopen_memcached(lua_State *L)
         mt = lua_gettop(L);
         luaL_newlibtable(L, methods);
         for (r = methods; r->name; r++) {
-            /* upvalues: the metatable (check_client), the method */
+            /* upvalue: the metatable (check_client) */
             lua_pushvalue(L, mt);
-            lua_pushcfunction(L, r->func);
-            lua_pushcclosure(L, method, 2);
+            lua_pushcclosure(L, r->func, 1);
             lua_setfield(L, -2, r->name);
         }
         for (r = plain; r->name; r++) {
