@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "mc_abi.h"
+#include "mc_addr.h"
 #include "mc_codec.h"
 #include "mc_error.h"
 #include "mc_feed.h"
@@ -417,6 +418,67 @@ static void test_reply_check(void)
               MC_OK, "STAT streams: more may follow");
 }
 
+/* The address rule every driver parses with (mc_addr), and the counter
+ * reply; through the ABI too. */
+static void test_addr(void)
+{
+    static const struct {
+        const char *spec;
+        int ok, kind;
+        const char *host;
+        unsigned port;
+    } t[] = {
+        {"127.0.0.1:11311", 1, MC_ADDR_TCP, "127.0.0.1", 11311},
+        {"cache.example", 1, MC_ADDR_TCP, "cache.example", 11211},
+        {"[::1]:11400", 1, MC_ADDR_TCP, "::1", 11400},
+        {"[::1]", 1, MC_ADDR_TCP, "::1", 11211},
+        {"::1", 1, MC_ADDR_TCP, "::1", 11211},
+        {"fe80::1:2", 1, MC_ADDR_TCP, "fe80::1:2", 11211},
+        {"/run/memcached.sock", 1, MC_ADDR_UNIX, "/run/memcached.sock", 0},
+        {"@mc-abstract", 1, MC_ADDR_ABSTRACT, "@mc-abstract", 0},
+        {"", 0, 0, "", 0},
+        {"host:", 0, 0, "", 0},
+        {"host:0", 0, 0, "", 0},
+        {"host:65536", 0, 0, "", 0},
+        {"host:+80", 0, 0, "", 0},
+        {"host:80x", 0, 0, "", 0},
+        {":80", 0, 0, "", 0},
+        {"[::1", 0, 0, "", 0},
+        {"[::1]x", 0, 0, "", 0},
+    };
+    size_t i;
+    char err[200], host[256];
+    uint64_t v;
+    for (i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+        mc_addr_spec sp;
+        int kind = -1;
+        unsigned port = 99;
+        int rc = mc_addr_split(t[i].spec, &sp, err, sizeof(err));
+        CHECK((rc == 0) == t[i].ok, "'%s': %s", t[i].spec, rc ? err : "ok");
+        if (rc == 0 && t[i].ok)
+            CHECK((int)sp.kind == t[i].kind && !strcmp(sp.host, t[i].host) &&
+                      sp.port == t[i].port,
+                  "'%s' -> %d '%s' %u", t[i].spec, sp.kind, sp.host, sp.port);
+        rc = mc_abi_addr_split(t[i].spec, &kind, host, sizeof(host), &port,
+                               err, sizeof(err));
+        CHECK((rc == 0) == t[i].ok && (!t[i].ok || (kind == t[i].kind &&
+                                                     port == t[i].port)),
+              "ABI '%s'", t[i].spec);
+    }
+    {
+        int kind;
+        unsigned port;
+        CHECK(mc_abi_addr_split("127.0.0.1:1", &kind, host, 4, &port, err,
+                                sizeof(err)) == -1,
+              "a host longer than the caller's buffer is refused");
+    }
+    CHECK(mc_counter_value("\0\0\0\0\0\0\1\2", 8, &v) == 0 && v == 0x102,
+          "a counter's 8 bytes");
+    CHECK(mc_counter_value("\0\0\1", 3, &v) == -1, "a counter of 3 bytes");
+    CHECK(mc_abi_counter_value("\0\0\0\0\0\0\0\7", 8, &v) == 0 && v == 7,
+          "the counter through the ABI");
+}
+
 int main(void)
 {
     counting_codec = mc_codec_binary;
@@ -431,6 +493,7 @@ int main(void)
     test_feed();
     test_place();
     test_reply_check();
+    test_addr();
     CHECK(codec_simple_calls > 0 && codec_read_calls > 0,
           "the feed frames and reads through its codec (%d, %d calls)",
           codec_simple_calls, codec_read_calls);

@@ -1,6 +1,10 @@
 /* mc_abi: the core's rules through a plain C ABI (see mc_abi.h). */
 #include "mc_abi.h"
 
+#include <stdio.h>
+#include <string.h>
+
+#include "mc_addr.h"
 #include "mc_error.h"
 #include "mc_item.h"
 #include "mc_key.h"
@@ -49,4 +53,25 @@ int mc_abi_reply_key_ok(int status, const char *rkey, size_t rlen,
 int mc_abi_resend_safe(const char *p, size_t n)
 {
     return mc_resend_safe(p, n);
+}
+
+int mc_abi_counter_value(const char *value, size_t len, uint64_t *v)
+{
+    return mc_counter_value(value, len, v);
+}
+
+int mc_abi_addr_split(const char *spec, int *kind, char *host, size_t hostlen,
+                      unsigned *port, char *err, size_t errlen)
+{
+    mc_addr_spec sp;
+    if (mc_addr_split(spec, &sp, err, errlen) != 0)
+        return -1;
+    if (strlen(sp.host) >= hostlen) {
+        snprintf(err, errlen, "bad server address: %s", spec);
+        return -1;
+    }
+    *kind = (int)sp.kind;
+    memcpy(host, sp.host, strlen(sp.host) + 1);
+    *port = sp.port;
+    return 0;
 }

@@ -33,5 +33,14 @@ MC_ABI int mc_abi_reply_key_ok(int status, const char *rkey, size_t rlen,
                                const char *key, size_t keylen);
 /* 1 when every request framed in the n bytes at p may be sent twice. */
 MC_ABI int mc_abi_resend_safe(const char *p, size_t n);
+/* A counter reply's value (mc_counter_value): 0 with *v, or -1. */
+MC_ABI int mc_abi_counter_value(const char *value, size_t len, uint64_t *v);
+/* A server address split as every driver must (mc_addr.h): 0 with *kind
+ * (0 TCP, 1 unix path, 2 abstract), the host or path (NUL-terminated, at
+ * most hostlen bytes) and *port (0 for unix sockets); -1 with why in
+ * err. Nothing is resolved. */
+MC_ABI int mc_abi_addr_split(const char *spec, int *kind, char *host,
+                             size_t hostlen, unsigned *port, char *err,
+                             size_t errlen);
 
 #endif

@@ -77,3 +77,11 @@ int mc_reply_check(uint8_t opcode, uint32_t opaque, const mc_resp *r,
     }
     return MC_OK;
 }
+
+int mc_counter_value(const char *value, size_t len, uint64_t *v)
+{
+    if (len != 8)
+        return -1;
+    *v = mc_load64(value);
+    return 0;
+}

@@ -108,6 +108,10 @@ int mc_reply_check(uint8_t opcode, uint32_t opaque, const mc_resp *r,
                    int pending, const char *key, size_t keylen, char *msg,
                    size_t msglen);
 
+/* A counter's reply (INCREMENT, DECREMENT): its value is 8 bytes, the
+ * new count in network order. 0 with *v, or -1 for any other length. */
+int mc_counter_value(const char *value, size_t len, uint64_t *v);
+
 /* delete_lock's marker: an item with these flags holding exactly these
  * bytes is a lock, which reads as a miss. */
 #define MC_LOCK_FLAGS 0x6d634c4bu /* "mcLK" */

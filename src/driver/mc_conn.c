@@ -1,5 +1,6 @@
 #define _GNU_SOURCE /* MSG_NOSIGNAL, SOCK_NONBLOCK, SOCK_CLOEXEC */
 #include "mc_conn.h"
+#include "mc_addr.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -73,85 +74,43 @@ static void say(char *msg, size_t msglen, const char *what, int e)
 int mc_addr_parse(const char *spec, mc_addr *a, char *host, size_t hostlen,
                   unsigned *port, char *err, size_t errlen)
 {
-    char hbuf[256];
-    const char *h, *p = NULL, *colon;
-    size_t hl;
+    mc_addr_spec sp;
     struct addrinfo hints, *res = NULL;
+    char pbuf[8];
     int rc;
-    unsigned long pn = 11211;
 
     memset(a, 0, sizeof(*a));
-    if (!spec || !*spec) {
-        snprintf(err, errlen, "empty server address");
+    if (mc_addr_split(spec, &sp, err, errlen) != 0)
+        return -1;
+    if (strlen(sp.host) >= hostlen) {
+        snprintf(err, errlen, "bad server address: %s", spec);
         return -1;
     }
-    if (spec[0] == '/' || spec[0] == '@') {
+    if (sp.kind != MC_ADDR_TCP) {
         struct sockaddr_un *un = (struct sockaddr_un *)&a->sa;
-        size_t n = strlen(spec);
-        if (n >= sizeof(un->sun_path) || n >= hostlen) {
+        size_t n = strlen(sp.host);
+        if (n >= sizeof(un->sun_path)) {
             snprintf(err, errlen, "unix socket path too long: %s", spec);
             return -1;
         }
         un->sun_family = AF_UNIX;
-        memcpy(un->sun_path, spec, n);
-        if (spec[0] == '@') {
+        memcpy(un->sun_path, sp.host, n);
+        if (sp.kind == MC_ADDR_ABSTRACT) {
             un->sun_path[0] = '\0'; /* abstract namespace */
             a->salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
         } else {
             a->salen = sizeof(*un);
         }
-        memcpy(host, spec, n + 1);
+        memcpy(host, sp.host, n + 1);
         *port = 0;
         return 0;
-    }
-    if (spec[0] == '[') {
-        const char *close = strchr(spec, ']');
-        if (!close) {
-            snprintf(err, errlen, "bad server address (no ']'): %s", spec);
-            return -1;
-        }
-        h = spec + 1;
-        hl = (size_t)(close - h);
-        if (close[1] == ':')
-            p = close + 2;
-        else if (close[1] != '\0') {
-            snprintf(err, errlen, "bad server address: %s", spec);
-            return -1;
-        }
-    } else {
-        colon = strrchr(spec, ':');
-        if (colon && strchr(spec, ':') != colon) {
-            /* bare IPv6 address without brackets and without a port */
-            colon = NULL;
-        }
-        h = spec;
-        hl = colon ? (size_t)(colon - spec) : strlen(spec);
-        p = colon ? colon + 1 : NULL;
-    }
-    if (hl == 0 || hl >= sizeof(hbuf) || hl >= hostlen) {
-        snprintf(err, errlen, "bad server address: %s", spec);
-        return -1;
-    }
-    memcpy(hbuf, h, hl);
-    hbuf[hl] = '\0';
-    if (p) {
-        char *end;
-        errno = 0;
-        pn = strtoul(p, &end, 10);
-        if (!*p || *end || errno || pn == 0 || pn > 65535) {
-            snprintf(err, errlen, "bad port in server address: %s", spec);
-            return -1;
-        }
     }
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_NUMERICSERV;
-    {
-        char pbuf[8];
-        snprintf(pbuf, sizeof(pbuf), "%lu", pn);
-        rc = getaddrinfo(hbuf, pbuf, &hints, &res);
-    }
+    snprintf(pbuf, sizeof(pbuf), "%u", sp.port);
+    rc = getaddrinfo(sp.host, pbuf, &hints, &res);
     if (rc != 0 || !res) {
         snprintf(err, errlen, "cannot resolve %s: %s", spec,
                  rc ? gai_strerror(rc) : "no address");
@@ -162,8 +121,8 @@ int mc_addr_parse(const char *spec, mc_addr *a, char *host, size_t hostlen,
     memcpy(&a->sa, res->ai_addr, res->ai_addrlen);
     a->salen = res->ai_addrlen;
     freeaddrinfo(res);
-    memcpy(host, hbuf, hl + 1);
-    *port = (unsigned)pn;
+    snprintf(host, hostlen, "%s", sp.host);
+    *port = sp.port;
     return 0;
 }
 

@@ -426,6 +426,7 @@ static int do_arith(lua_State *L, uint8_t opcode, int counter_only)
     op o;
     int n;
     uint32_t exp;
+    uint64_t count;
 
     if (counter_only)
         get_args(L, &a, 0, "");
@@ -447,14 +448,14 @@ static int do_arith(lua_State *L, uint8_t opcode, int counter_only)
     }
     if (o.r.status != MC_STATUS_OK)
         return op_status_fail(L, &o, MC_KIND_GET);
-    if (o.r.vallen != 8) {
+    if (mc_counter_value(o.r.value, o.r.vallen, &count) != 0) {
         char d[160];
         snprintf(d, sizeof(d), "%s: counter reply of %zu bytes, not 8",
                  server_name(&o), o.r.vallen);
         mc_client_end_broken(u->c, &o.q);
         return fail(L, ERR(PROTOCOL), d);
     }
-    lmc_pushint(L, mc_load64(o.r.value));
+    lmc_pushint(L, count);
     if (counter_only)
         return op_done(&o, 1);
     lmc_pushint(L, o.r.cas);
