@@ -264,7 +264,7 @@ static int feed_run(const char *k1, uint32_t o1, const char *k2, uint32_t o2,
 {
     static const int server[] = {0, 1, 0};
     mc_batch b = {3,    server, feed_enc, feed_reply, NULL, NULL,
-                  1,    got,    &counting_codec};
+                  1,    got,    &counting_codec, 0};
     unsigned char replied[4] = {0};
     mc_feed f;
     mc_buf plan = {0}, s = {0};

@@ -104,6 +104,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     b.every_reply = !quiet;
     b.ud = &s;
     b.codec = NULL; /* binary */
+    b.since = 0;
     mc_feed_init(&f, &b, 0, base, replied);
     check(mc_feed_plan(&f, &plan) == 0);
 

@@ -37,6 +37,10 @@ typedef struct mc_batch {
     int every_reply;
     void *ud;
     const mc_codec *codec; /* the protocol; NULL: binary */
+    double since;          /* the I/O budget counts from this clock
+                              reading (the call's start, less time spent
+                              probing), not from the batch's; 0: from the
+                              batch's */
 } mc_batch;
 
 /* One server's stream of a batch. */

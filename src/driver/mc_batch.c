@@ -176,7 +176,9 @@ static int batch_setup(struct run *r, mc_client *c, const mc_batch *b)
     }
     c->nslots = nslots;
     r->start = mc_now();
-    mc_deadline_in(&r->io, r->start, c->o.io_timeout);
+    mc_deadline_in(&r->io,
+                   b->since > 0 && b->since < r->start ? b->since : r->start,
+                   c->o.io_timeout);
     return 0;
 }
 

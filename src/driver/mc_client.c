@@ -112,6 +112,11 @@ const mc_codec *mc_client_codec(const mc_client *c)
     return c->o.pool.codec ? c->o.pool.codec : &mc_codec_binary;
 }
 
+double mc_client_probe_seconds(const mc_client *c)
+{
+    return c->probe_seconds;
+}
+
 unsigned long mc_client_gen(const mc_client *c)
 {
     return c->gen;
@@ -182,11 +187,13 @@ int client_usable(mc_client *c, mc_server *s)
 {
     char msg[200];
     int err;
+    double t0;
     if (!s->h.dead)
         return 1;
-    if (!mc_server_probe_due(s, &c->o.pool, mc_now()))
+    if (!mc_server_probe_due(s, &c->o.pool, t0 = mc_now()))
         return 0;
     err = mc_server_probe(s, &c->o.pool, msg, sizeof(msg));
+    c->probe_seconds += mc_now() - t0;
     if (err == MC_OK) {
         client_server_ok(c, s);
         return 1;

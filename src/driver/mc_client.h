@@ -174,6 +174,11 @@ int mc_client_take_event(mc_client *c, mc_event *e);
 const char *mc_client_errmsg(const mc_client *c);
 void mc_client_set_errmsg(mc_client *c, const char *msg);
 
+/* Seconds spent probing dead servers since the client was made: a caller
+ * that counts a batch's I/O budget from its own start (mc_batch.since)
+ * takes the probes its preparation ran off it. */
+double mc_client_probe_seconds(const mc_client *c);
+
 /* Bumped each time the server list is rebuilt: a server index taken
  * before a change may name another server after it. */
 unsigned long mc_client_gen(const mc_client *c);

@@ -21,6 +21,8 @@ struct mc_client {
     mc_selector *sel;
     unsigned char *alive;  /* per entry; scratch for picks around the dead */
 
+    double probe_seconds;  /* spent probing dead servers, ever: a caller
+                              takes it off its own time budget */
     unsigned long gen;     /* bumped when the server list is rebuilt: a
                               server index taken before may be stale */
     mc_server **retired;   /* removed from the list while a request held

@@ -120,7 +120,7 @@ static int each_server(lua_State *L, lmc_client *u, each *e, int values,
         k->koff = k->voff; /* the name, NUL-terminated */
         k->voff = 0;
     }
-    if (run_batch(u, sc, n, mc_client_gen(u->c), 1, each_enc, each_reply, each_fail,
+    if (run_batch(u, sc, n, mc_client_gen(u->c), 0, 1, each_enc, each_reply, each_fail,
                   each_revoke, e) != MC_OK) {
         scratch_return(u, sc);
         return -1;

@@ -116,7 +116,7 @@ int m_delete_multi(lua_State *L);
 int m_get_multi(lua_State *L);
 int m_set_multi(lua_State *L);
 int run_batch(lmc_client *u, lmc_scratch *sc, size_t n, unsigned long gen,
-              int every_reply,
+              double since, int every_reply,
               int (*encode)(void *, size_t, mc_buf *, uint32_t),
               int (*reply)(void *, size_t, const mc_resp *),
               void (*failed)(void *, size_t, int, const char *),
