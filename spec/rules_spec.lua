@@ -17,7 +17,8 @@ describe("the core's rules", function()
     for _, name in ipairs { "mc_abi_key_ok", "mc_abi_status_err", "mc_abi_err_str",
                             "mc_abi_err_count", "mc_abi_is_lock", "mc_abi_status_is_auth",
                             "mc_abi_reply_key_ok", "mc_abi_resend_safe", "mc_abi_counter_value",
-                            "mc_abi_addr_split", "luaopen_memcached" } do
+                            "mc_abi_addr_split", "mc_abi_ring_new", "mc_abi_ring_pick",
+                            "mc_abi_ring_failed", "mc_abi_ring_ok", "luaopen_memcached" } do
       assert.truthy(out:find(" T " .. name .. "\n", 1, true), name .. " not exported:\n" .. out)
     end
   end)

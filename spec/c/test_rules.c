@@ -479,6 +479,72 @@ static void test_addr(void)
           "the counter through the ABI");
 }
 
+/* The ring (mc_ring, through the ABI): distinct servers in first-seen
+ * order, health with the time passed in, a probe claimed once when due,
+ * keys routed around a dead server and back after a good probe. */
+static void test_ring(void)
+{
+    const char *addrs[] = {"10.0.0.1:11211", "10.0.0.2:11211",
+                           "10.0.0.1:11211", "[::1]:11300"};
+    char err[200], key[16];
+    unsigned failures;
+    const char *last;
+    int e = 0, probe = 0, i, s, dead_keys = 0, moved = 0;
+    mc_ring *r = mc_abi_ring_new(1, addrs, NULL, 4, 2, 1.0, 1, err,
+                                 sizeof(err));
+    CHECK(r != NULL, "ring: %s", r ? "" : err);
+    if (!r)
+        return;
+    CHECK(mc_abi_ring_nservers(r) == 3, "three distinct servers");
+    CHECK(!strcmp(mc_abi_ring_name(r, 2), "[::1]:11300"), "names kept");
+    CHECK(mc_abi_ring_failed(r, 1, 10.0, "refused") == 0 &&
+              mc_abi_ring_alive(r, 1, &failures, &last) && failures == 1,
+          "one failure: alive");
+    CHECK(mc_abi_ring_failed(r, 1, 10.1, "refused") == 1 &&
+              !mc_abi_ring_alive(r, 1, &failures, &last) &&
+              !strcmp(last, "refused"),
+          "the second: dead");
+    for (i = 0; i < 200; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        s = mc_abi_ring_pick(r, key, strlen(key), 10.5, &probe, &e);
+        CHECK(s >= 0 && s != 1 && !probe, "%s: around the dead one (%d)",
+              key, s);
+        if (mc_abi_ring_static(r, key, strlen(key)) == 1)
+            dead_keys++;
+    }
+    CHECK(dead_keys > 10, "some keys belong to the dead server (%d)",
+          dead_keys);
+    /* its retry time: the first pick of one of its keys claims the probe */
+    for (i = 0; i < 200; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        if (mc_abi_ring_static(r, key, strlen(key)) != 1)
+            continue;
+        s = mc_abi_ring_pick(r, key, strlen(key), 11.2, &probe, &e);
+        if (moved++ == 0)
+            CHECK(s == 1 && probe == 1, "the first claims the probe");
+        else
+            CHECK(s != 1 && probe == 0, "the others go around meanwhile");
+    }
+    CHECK(mc_abi_ring_ok(r, 1) == 1 && mc_abi_ring_alive(r, 1, &failures,
+                                                         &last),
+          "a good probe: alive again");
+    snprintf(key, sizeof(key), "k0");
+    CHECK(mc_abi_ring_pick(r, key, 2, 11.3, &probe, &e) ==
+              mc_abi_ring_static(r, key, 2),
+          "keys come back");
+    CHECK(mc_abi_ring_intern(r, "@abstract", err, sizeof(err)) == 3 &&
+              mc_abi_ring_intern(r, "10.0.0.2:11211", err, sizeof(err)) == 1,
+          "intern adds or finds");
+    CHECK(mc_abi_ring_intern(r, "host:99999", err, sizeof(err)) == -1,
+          "intern refuses a bad address");
+    mc_abi_ring_free(r);
+    r = mc_abi_ring_new(1, addrs, NULL, 0, 2, 1.0, 1, err, sizeof(err));
+    CHECK(r != NULL && mc_abi_ring_pick(r, "k", 1, 0, &probe, &e) == -1 &&
+              e == MC_ERR_NO_SERVERS,
+          "an empty ring places nothing");
+    mc_abi_ring_free(r);
+}
+
 int main(void)
 {
     counting_codec = mc_codec_binary;
@@ -494,6 +560,7 @@ int main(void)
     test_place();
     test_reply_check();
     test_addr();
+    test_ring();
     CHECK(codec_simple_calls > 0 && codec_read_calls > 0,
           "the feed frames and reads through its codec (%d, %d calls)",
           codec_simple_calls, codec_read_calls);

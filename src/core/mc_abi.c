@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "mc_addr.h"
+#include "mc_ring.h"
 #include "mc_error.h"
 #include "mc_item.h"
 #include "mc_key.h"
@@ -74,4 +75,86 @@ int mc_abi_addr_split(const char *spec, int *kind, char *host, size_t hostlen,
     memcpy(host, sp.host, strlen(sp.host) + 1);
     *port = sp.port;
     return 0;
+}
+
+mc_ring *mc_abi_ring_new(int selector, const char *const *addrs,
+                         const unsigned *weights, size_t n,
+                         unsigned failure_limit, double retry_timeout,
+                         int eject, char *err, size_t errlen)
+{
+    mc_health_opts ho;
+    if (selector < MC_SEL_MODULO || selector > MC_SEL_GOMEMCACHED) {
+        snprintf(err, errlen, "unknown selector %d", selector);
+        return NULL;
+    }
+    ho.failure_limit = failure_limit;
+    ho.retry_timeout = retry_timeout;
+    return mc_ring_new((enum mc_sel_kind)selector, addrs, weights, n, &ho,
+                       eject, err, errlen);
+}
+
+void mc_abi_ring_free(mc_ring *r)
+{
+    mc_ring_free(r);
+}
+
+int mc_abi_ring_nservers(const mc_ring *r)
+{
+    return (int)mc_ring_nservers(r);
+}
+
+const char *mc_abi_ring_name(const mc_ring *r, int srv)
+{
+    return srv < 0 ? NULL : mc_ring_name(r, (size_t)srv);
+}
+
+int mc_abi_ring_alive(const mc_ring *r, int srv, unsigned *failures,
+                      const char **last_error)
+{
+    const mc_health *h = srv < 0 ? NULL : mc_ring_health(r, (size_t)srv);
+    if (!h)
+        return 0;
+    *failures = h->failures;
+    *last_error = h->last_error;
+    return !h->dead;
+}
+
+int mc_abi_ring_intern(mc_ring *r, const char *addr, char *err, size_t errlen)
+{
+    return mc_ring_intern(r, addr, err, errlen);
+}
+
+int mc_abi_ring_static(const mc_ring *r, const char *key, size_t len)
+{
+    return mc_ring_static(r, key, len);
+}
+
+int mc_abi_ring_pick(mc_ring *r, const char *key, size_t len, double now,
+                     int *probe, int *err)
+{
+    return mc_ring_pick(r, key, len, now, probe, err);
+}
+
+int mc_abi_ring_around(mc_ring *r, const char *key, size_t len, int *err)
+{
+    return mc_ring_around(r, key, len, err);
+}
+
+int mc_abi_ring_usable(mc_ring *r, int srv, double now, int *probe)
+{
+    if (srv < 0 || (size_t)srv >= mc_ring_nservers(r)) {
+        *probe = 0;
+        return 0;
+    }
+    return mc_ring_usable(r, srv, now, probe);
+}
+
+int mc_abi_ring_failed(mc_ring *r, int srv, double now, const char *why)
+{
+    return mc_ring_failed(r, srv, now, why);
+}
+
+int mc_abi_ring_ok(mc_ring *r, int srv)
+{
+    return mc_ring_ok(r, srv);
 }

@@ -12,6 +12,33 @@
 
 #ifndef MC_ABI
 #define MC_ABI __attribute__((visibility("default")))
+/* ---- a server list with placement and health (mc_ring.h) ----
+ * For a driver that moves its own bytes: it places keys as the C client
+ * does and routes around dead servers. Time is the caller's (seconds,
+ * any monotonic origin). selector: 0 modulo, 1 ketama, 2 gomemcached. */
+typedef struct mc_ring mc_ring;
+MC_ABI mc_ring *mc_abi_ring_new(int selector, const char *const *addrs,
+                                const unsigned *weights, size_t n,
+                                unsigned failure_limit, double retry_timeout,
+                                int eject, char *err, size_t errlen);
+MC_ABI void mc_abi_ring_free(mc_ring *r);
+MC_ABI int mc_abi_ring_nservers(const mc_ring *r);
+MC_ABI const char *mc_abi_ring_name(const mc_ring *r, int srv);
+/* 1 when alive; *failures (consecutive) and the last failure's text */
+MC_ABI int mc_abi_ring_alive(const mc_ring *r, int srv, unsigned *failures,
+                             const char **last_error);
+MC_ABI int mc_abi_ring_intern(mc_ring *r, const char *addr, char *err,
+                              size_t errlen);
+MC_ABI int mc_abi_ring_static(const mc_ring *r, const char *key, size_t len);
+MC_ABI int mc_abi_ring_pick(mc_ring *r, const char *key, size_t len,
+                            double now, int *probe, int *err);
+MC_ABI int mc_abi_ring_around(mc_ring *r, const char *key, size_t len,
+                              int *err);
+MC_ABI int mc_abi_ring_usable(mc_ring *r, int srv, double now, int *probe);
+MC_ABI int mc_abi_ring_failed(mc_ring *r, int srv, double now,
+                              const char *why);
+MC_ABI int mc_abi_ring_ok(mc_ring *r, int srv);
+
 #endif
 
 /* 1 when the n bytes at k make a valid key (mc_key.h). */
