@@ -60,6 +60,24 @@ int mc_abi_is_lock(uint32_t flags, const char *value, size_t len);
 int mc_abi_status_is_auth(int status);
 int mc_abi_reply_key_ok(int status, const char *rkey, size_t rlen, const char *key, size_t keylen);
 int mc_abi_resend_safe(const char *p, size_t n);
+int mc_abi_counter_value(const char *value, size_t len, uint64_t *v);
+int mc_abi_addr_split(const char *spec, int *kind, char *host, size_t hostlen,
+                      unsigned *port, char *err, size_t errlen);
+typedef struct mc_ring mc_ring;
+mc_ring *mc_abi_ring_new(int selector, const char *const *addrs, const unsigned *weights,
+                         size_t n, unsigned failure_limit, double retry_timeout, int eject,
+                         char *err, size_t errlen);
+void mc_abi_ring_free(mc_ring *r);
+int mc_abi_ring_nservers(const mc_ring *r);
+const char *mc_abi_ring_name(const mc_ring *r, int srv);
+int mc_abi_ring_alive(const mc_ring *r, int srv, unsigned *failures, const char **last_error);
+int mc_abi_ring_intern(mc_ring *r, const char *addr, char *err, size_t errlen);
+int mc_abi_ring_static(const mc_ring *r, const char *key, size_t len);
+int mc_abi_ring_pick(mc_ring *r, const char *key, size_t len, double now, int *probe, int *err);
+int mc_abi_ring_around(mc_ring *r, const char *key, size_t len, int *err);
+int mc_abi_ring_usable(mc_ring *r, int srv, double now, int *probe);
+int mc_abi_ring_failed(mc_ring *r, int srv, double now, const char *why);
+int mc_abi_ring_ok(mc_ring *r, int srv);
 ]]
 local core = ffi.load(assert(package.searchpath("memcached", package.cpath),
   "memcached.so not found on package.cpath"))
@@ -145,38 +163,150 @@ local function fields(t, a, b, c, d, e)
   return field(t, a), field(t, b), field(t, c), field(t, d), field(t, e)
 end
 
--- "host:port", "[v6]:port", "host", "/unix/path" -> host, port
+-- An address as a cosocket connects to it: host and port, or "unix:path"
+-- (the core's address rule, mc_addr_split: "host:port", "[v6]:port",
+-- "host", a bare v6 address, "/path", "@abstract"). Cached per address.
+local addr_cache = {}
+local ab_kind, ab_port = ffi.new("int[1]"), ffi.new("unsigned[1]")
+local ab_host, ab_err = ffi.new("char[256]"), ffi.new("char[256]")
 local function split_addr(addr)
-  if sub(addr, 1, 1) == "/" then return "unix:" .. addr end
-  local h, p = addr:match("^%[(.+)%]:(%d+)$")
-  if not h then h, p = addr:match("^([^:]+):(%d+)$") end
-  if h then return h, tonumber(p) end
-  return addr:match("^%[(.+)%]$") or addr, 11211
+  local a = addr_cache[addr]
+  if not a then
+    if core.mc_abi_addr_split(addr, ab_kind, ab_host, 256, ab_port, ab_err, 256) ~= 0 then
+      return nil, ffi.string(ab_err)
+    end
+    local host = ffi.string(ab_host)
+    if ab_kind[0] ~= 0 then a = { "unix:" .. host }
+    elseif find(host, ":", 1, true) then a = { "[" .. host .. "]", tonumber(ab_port[0]) }
+    else a = { host, tonumber(ab_port[0]) } end
+    addr_cache[addr] = a
+  end
+  return a[1], a[2]
 end
 
 local OPTIONS = { servers = 1, timeout = 1, connect_timeout = 1, io_timeout = 1,
-  pool_size = 1, keepalive_timeout = 1, msgpack_flag = 1, selector = 1 }
+  pool_size = 1, keepalive_timeout = 1, msgpack_flag = 1, selector = 1,
+  failure_limit = 1, retry_timeout = 1, eject = 1, probe_timeout = 1 }
+local SELECTORS = { modulo = 0, ketama = 1, gomemcached = 2 }
+
+-- The server list as the C client reads it: strings, {addr, weight = n},
+-- {addr, n}, or lists of those.
+local function server_list(list, out)
+  out = out or {}
+  for i = 1, #list do
+    local e = list[i]
+    if type(e) == "string" then out[#out + 1] = { e, 1 }
+    elseif type(e) == "table" and type(e[1]) == "string" then
+      local w = e.weight or e[2] or 1
+      if type(w) ~= "number" or w ~= floor(w) or w < 1 or w > 65535 then
+        error("server weight must be an integer 1..65535", 3)
+      end
+      out[#out + 1] = { e[1], w }
+    elseif type(e) == "table" then server_list(e, out)
+    else
+      error("bad server #" .. i .. ": \"host:port\", a unix socket path or {addr, weight = n} expected, got "
+        .. type(e), 3)
+    end
+  end
+  return out
+end
+
+-- The core's server list with placement and health (mc_ring): the same
+-- server for every key as the C client, dead servers routed around.
+local ring_err = ffi.new("char[256]")
+local function new_ring(self, list)
+  local n = #list
+  local addrs, weights = ffi.new("const char *[?]", n + 1), ffi.new("unsigned[?]", n + 1)
+  for i, e in ipairs(list) do
+    addrs[i - 1] = e[1] -- the strings live in list for the call
+    weights[i - 1] = e[2]
+  end
+  local ring = core.mc_abi_ring_new(self.selector, addrs, weights, n, self.failure_limit,
+    self.retry_timeout, self.eject and 1 or 0, ring_err, 256)
+  if ring == nil then return nil, _M.ERR_BAD_SERVER, ffi.string(ring_err) end
+  return ffi.gc(ring, core.mc_abi_ring_free)
+end
+
+local function opt_seconds(opts, name, def, lo)
+  local v = opts[name]
+  if v == nil then return def end
+  if type(v) ~= "number" or v < lo then error("option '" .. name .. "' must be a number >= " .. lo, 3) end
+  return v
+end
 
 -- new{servers =, timeout =, connect_timeout =, io_timeout =, pool_size =,
--- keepalive_timeout =, msgpack_flag =, selector =}, or new(server, ...).
+-- keepalive_timeout =, msgpack_flag =, selector =, failure_limit =,
+-- retry_timeout =, eject =, probe_timeout =}, or new(server, ...).
 function _M.new(opts, ...)
   if type(opts) ~= "table" or opts[1] ~= nil then opts = { servers = { opts, ... } } end
   for k in pairs(opts) do
     if not OPTIONS[k] then error("unknown option '" .. tostring(k) .. "'", 2) end
   end
-  local placer, err, detail = memcached.new { servers = opts.servers or {}, selector = opts.selector }
-  if not placer then return nil, err, detail end
   local timeout = opts.timeout or memcached.DEFAULT_TIMEOUT
-  return setmetatable({
-    placer = placer,
-    connect_ms = floor((opts.connect_timeout or timeout) * 1000 + 0.5),
-    io_timeout = opts.io_timeout or timeout,
+  local sel = opts.selector or "ketama"
+  local custom
+  if type(sel) == "function" or type(sel) == "table" then custom, sel = sel, "ketama"
+  elseif SELECTORS[sel] == nil then error("unknown selector '" .. tostring(sel) .. "'", 2) end
+  local failure_limit = opts.failure_limit or 2
+  if type(failure_limit) ~= "number" or failure_limit < 1 or failure_limit ~= floor(failure_limit) then
+    error("option 'failure_limit' must be 1 or more", 2)
+  end
+  local connect = opt_seconds(opts, "connect_timeout", timeout, 0.001)
+  local self = setmetatable({
+    connect_ms = floor(connect * 1000 + 0.5),
+    io_timeout = opt_seconds(opts, "io_timeout", timeout, 0.001),
     pool_size = opts.pool_size,
     keepalive_ms = floor((opts.keepalive_timeout or 60) * 1000 + 0.5),
     mp_flag = opts.msgpack_flag or 1,
+    selector = SELECTORS[sel],
+    custom = custom,
+    failure_limit = failure_limit,
+    retry_timeout = opt_seconds(opts, "retry_timeout", 1.0, 0),
+    probe_ms = floor(math.min(opt_seconds(opts, "probe_timeout", 0.02, 0.001), connect) * 1000 + 0.5),
+    eject = opts.eject ~= false,
     seq = random32(), -- next opaque
     readers = {}, -- idle codec readers
   }, mt)
+  local list = server_list(opts.servers or {})
+  local ring, err, detail = new_ring(self, list)
+  if not ring then return nil, err, detail end
+  self.ring, self.list = ring, list
+  return self
+end
+
+-- set_server_error_callback(fn(addr, reason, "down" | "up")): told of every
+-- server that turns dead or comes back.
+function _M.set_server_error_callback(self, fn)
+  if fn ~= nil and type(fn) ~= "function" then
+    error("bad argument #1 (callback): function or nil expected, got " .. type(fn), 2)
+  end
+  self.callback = fn
+  return true
+end
+
+local function event(self, srv, why, state)
+  local fn = self.callback
+  if fn then pcall(fn, ffi.string(core.mc_abi_ring_name(self.ring, srv)), why, state) end
+end
+
+-- What a failure costs the server: transport and protocol failures count
+-- (failure_limit of them mark it dead); an auth refusal means it answered.
+local NOT_THE_SERVERS = { [_M.ERR_VALUE_TOO_LARGE] = true, [_M.ERR_NO_MEMORY] = true }
+local function server_failed(self, srv, err, detail)
+  if err == E_AUTH then
+    if core.mc_abi_ring_ok(self.ring, srv) == 1 then event(self, srv, "responding again", "up") end
+    return
+  end
+  if NOT_THE_SERVERS[err] then return end
+  local why = tostring(err) .. ": " .. tostring(detail)
+  if core.mc_abi_ring_failed(self.ring, srv, ngx_now(), why) == 1 then event(self, srv, why, "down") end
+end
+local function server_ok(self, srv)
+  if core.mc_abi_ring_ok(self.ring, srv) == 1 then event(self, srv, "responding again", "up") end
+end
+
+local function server_name(self, srv)
+  return ffi.string(core.mc_abi_ring_name(self.ring, srv))
 end
 
 -- n consecutive opaques. The counter is per client and taken without a
@@ -299,6 +429,79 @@ local function roundtrip(self, addr, data, r, dl, fresh)
   return res, sock
 end
 
+-- Probes a dead server whose retry time came (claimed by this caller): a
+-- connect and a NOOP within probe_timeout, never the caller's request. An
+-- answer brings it back (its cosocket goes to the pool, warm for the
+-- caller); no answer keeps it dead another retry interval. Returns true
+-- when it is usable.
+local function probe(self, srv)
+  local addr = server_name(self, srv)
+  local host, port = split_addr(addr)
+  local sock = ngx_socket_tcp()
+  sock:settimeouts(self.probe_ms, self.probe_ms, self.probe_ms)
+  local ok, err
+  if port then ok, err = sock:connect(host, port, { pool = "memcached:" .. addr, pool_size = self.pool_size })
+  else ok, err = sock:connect(host, { pool = "memcached:" .. addr, pool_size = self.pool_size }) end
+  local opaque = next_opaques(self, 1)
+  if ok then ok, err = sock:send(c_simple(OP.NOOP, opaque)) end
+  local hdr
+  if ok then hdr, err = sock:receive(HEADER_LEN) end
+  if hdr and byte(hdr, 1) == 0x81 and byte(hdr, 2) == OP.NOOP then
+    local st = byte(hdr, 7) * 256 + byte(hdr, 8)
+    local body = byte(hdr, 9) * 16777216 + byte(hdr, 10) * 65536 + byte(hdr, 11) * 256 + byte(hdr, 12)
+    if body == 0 and not is_auth(st) then sock:setkeepalive(self.keepalive_ms, self.pool_size)
+    else sock:close() end -- an auth refusal still says the server is up
+    server_ok(self, srv)
+    return true
+  end
+  sock:close()
+  local why = "probe: " .. tostring(err or "no NOOP reply")
+  if core.mc_abi_ring_failed(self.ring, srv, ngx_now(), why) == 1 then event(self, srv, why, "down") end
+  return false
+end
+
+-- Where key goes, dead servers considered: the server's index, or nil,
+-- err, detail. A dead server whose retry time came is probed first.
+local pick_probe, pick_err = ffi.new("int[1]"), ffi.new("int[1]")
+local function dead_detail(self, srv)
+  local failures, last = ffi.new("unsigned[1]"), ffi.new("const char *[1]")
+  core.mc_abi_ring_alive(self.ring, srv, failures, last)
+  return server_name(self, srv) .. ": marked dead after: " .. ffi.string(last[0])
+end
+local function no_server(self, key, e, srv)
+  local err = err_str[e]
+  if err == _M.ERR_SERVER_DEAD then return nil, err, dead_detail(self, srv) end
+  if core.mc_abi_ring_nservers(self.ring) == 0 then return nil, err, "no servers configured" end
+  return nil, err, "no servers available: all are marked dead"
+end
+local function place(self, key)
+  local ring = self.ring
+  if self.custom then
+    local sel, ok, addr = self.custom
+    if type(sel) == "function" then ok, addr = pcall(sel, key)
+    else ok, addr = pcall(function() return sel:pick_server(key) end) end
+    if not ok or type(addr) ~= "string" then
+      return nil, _M.ERR_NO_SERVERS, "selector gave no server for key '" .. sub(key, 1, 60) .. "': "
+        .. tostring(addr or "no address")
+    end
+    local srv = core.mc_abi_ring_intern(ring, addr, ring_err, 256)
+    if srv < 0 then return nil, _M.ERR_BAD_SERVER, ffi.string(ring_err) end
+    if core.mc_abi_ring_usable(ring, srv, ngx_now(), pick_probe) ~= 0
+        or (pick_probe[0] ~= 0 and probe(self, srv)) then
+      return srv
+    end
+    return nil, _M.ERR_SERVER_DEAD, dead_detail(self, srv)
+  end
+  local srv = core.mc_abi_ring_pick(ring, key, #key, ngx_now(), pick_probe, pick_err)
+  if srv >= 0 and pick_probe[0] ~= 0 and not probe(self, srv) then
+    local dead = srv
+    srv = core.mc_abi_ring_around(ring, key, #key, pick_err)
+    if srv < 0 then return no_server(self, key, pick_err[0], dead) end
+  end
+  if srv < 0 then return no_server(self, key, pick_err[0], core.mc_abi_ring_static(ring, key, #key)) end
+  return srv
+end
+
 -- One request to the server of key, framed by enc(op, opaque, ...).
 -- Returns the reply (status OK) and the address, or nil, err, detail with a
 -- non-OK status mapped as `kind` says. A request that may be sent twice
@@ -307,9 +510,10 @@ end
 local function call(self, key, kind, enc, op, ...)
   if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
   if not key_ok(key) then return nil, E_KEY, KEY_DETAIL end
-  local addr, err, detail = self.placer:pick_server(key)
-  if not addr then return nil, err, detail end
   ngx_update_time()
+  local srv, err, detail = place(self, key)
+  if not srv then return nil, err, detail end
+  local addr = server_name(self, srv)
   local dl = ngx_now() + self.io_timeout
   local opaque = next_opaques(self, 1)
   local data = enc(op, opaque, ...)
@@ -321,17 +525,25 @@ local function call(self, key, kind, enc, op, ...)
     res, sock, detail = roundtrip(self, addr, data, r, dl, true)
   end
   give_reader(self, r)
-  if not res then return nil, sock, detail end
+  if not res then
+    server_failed(self, srv, sock, detail)
+    return nil, sock, detail
+  end
   if res.opcode ~= op or res.opaque ~= opaque then
     sock:close()
-    return nil, E_PROTOCOL, ("%s: reply opcode %d opaque %d to request opcode %d opaque %d")
+    detail = ("%s: reply opcode %d opaque %d to request opcode %d opaque %d")
       :format(addr, res.opcode, res.opaque, op, opaque)
+    server_failed(self, srv, E_PROTOCOL, detail)
+    return nil, E_PROTOCOL, detail
   end
   -- an item's reply names its key (error replies may name none)
   if (op == OP.GETK or op == OP.GATK) and not reply_key_ok(res, key) then
     sock:close()
-    return nil, E_PROTOCOL, addr .. ": reply names another key than the request's"
+    detail = addr .. ": reply names another key than the request's"
+    server_failed(self, srv, E_PROTOCOL, detail)
+    return nil, E_PROTOCOL, detail
   end
+  server_ok(self, srv)
   local msg = res.status ~= ST.OK and res.value ~= "" and ": " .. sub(res.value, 1, 120) or ""
   if is_auth(res.status) then
     sock:close() -- the server closes it after this reply
@@ -493,7 +705,13 @@ end
 -- server that failed. A batch whose requests may all be sent twice
 -- (resend_safe) and whose pooled connection turns out closed before any
 -- byte of its replies is sent once more on a fresh one.
-local function run_batches(self, batches, on_reply, on_fail)
+local function run_batches(self, batches, on_reply, on_fail_user)
+  -- a server's failure counts against it once per batch (as in the C
+  -- client); its stream parsed through the NOOP is a success
+  local function on_fail(b, err, detail)
+    server_failed(self, b.srv, err, detail)
+    on_fail_user(b, err, detail)
+  end
   ngx_update_time()
   local dl = ngx_now() + self.io_timeout
   if #batches == 1 then
@@ -528,6 +746,7 @@ local function run_batches(self, batches, on_reply, on_fail)
         if not mine then sock:close()
         elseif res.opaque == b.last then
           sock:setkeepalive(self.keepalive_ms, self.pool_size)
+          server_ok(self, b.srv)
           break
         end
       elseif stale and b.reused and not replied and not b.resent and resend_safe(b.data) then
@@ -565,12 +784,12 @@ function _M.get_multi(self, keys)
       error(("bad argument #1 (keys): key #%d is a %s, not a string"):format(i, type(k)), 2)
     end
     if not key_ok(k) then return nil, E_KEY, "key #" .. i .. " is malformed; nothing was sent" end
-    local addr, err = self.placer:pick_server(k)
-    if not addr then key_failed(k, err) else
-      local b = by_addr[addr]
+    local srv, err = place(self, k)
+    if not srv then key_failed(k, err) else
+      local b = by_addr[srv]
       if not b then -- waiting: opaque -> key, until its reply; order: opaques
-        b = { addr = addr, parts = {}, waiting = {}, order = {}, pos = 1 }
-        by_addr[addr] = b
+        b = { addr = server_name(self, srv), srv = srv, parts = {}, waiting = {}, order = {}, pos = 1 }
+        by_addr[srv] = b
         batches[#batches + 1] = b
       end
       local opaque = (base + i - 1) % 4294967296
@@ -641,13 +860,14 @@ end
 -- err, detail when none can be asked.
 local function each_server(self, enc, op, arg)
   if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
-  local list = self.placer:servers()
-  if #list == 0 then return nil, _M.ERR_NO_SERVERS, "no servers configured" end
-  local base = next_opaques(self, #list)
+  local n = core.mc_abi_ring_nservers(self.ring)
+  if n == 0 then return nil, _M.ERR_NO_SERVERS, "no servers configured" end
+  local base = next_opaques(self, n)
   local batches, values, failures, first = {}, {}, {}, nil
-  for i, s in ipairs(list) do
+  for i = 1, n do
     local opaque = (base + i - 1) % 4294967296
-    batches[i] = { addr = s.addr, last = opaque, data = enc(op, opaque, arg) }
+    batches[i] = { addr = server_name(self, i - 1), srv = i - 1, last = opaque,
+      data = enc(op, opaque, arg) }
   end
   local function failed(b, err, detail)
     first = first or err
@@ -693,15 +913,77 @@ end
 function _M.pick_server(self, key)
   check_key(key)
   if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
-  return self.placer:pick_server(key)
+  if not key_ok(key) then return nil, E_KEY end
+  if self.custom then
+    local sel, ok, addr = self.custom
+    if type(sel) == "function" then ok, addr = pcall(sel, key)
+    else ok, addr = pcall(function() return sel:pick_server(key) end) end
+    if not ok or type(addr) ~= "string" then return nil, _M.ERR_NO_SERVERS, tostring(addr) end
+    return addr
+  end
+  local srv = core.mc_abi_ring_static(self.ring, key, #key)
+  if srv < 0 then return nil, _M.ERR_NO_SERVERS, "no servers configured" end
+  return server_name(self, srv)
+end
+
+-- servers() -> {{addr =, alive =, failures =, last_error =}, ...}: this
+-- worker's view of each server's health.
+function _M.servers(self)
+  if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
+  local out, failures, last = {}, ffi.new("unsigned[1]"), ffi.new("const char *[1]")
+  for i = 0, core.mc_abi_ring_nservers(self.ring) - 1 do
+    local alive = core.mc_abi_ring_alive(self.ring, i, failures, last) ~= 0
+    local e = ffi.string(last[0])
+    out[i + 1] = { addr = server_name(self, i), alive = alive, failures = tonumber(failures[0]),
+      last_error = e ~= "" and e or nil }
+  end
+  return out
+end
+
+-- set_servers(addr, ...) / add_server(addr [, max_conns]): a new list (no
+-- change on a bad address). Servers kept from the old list keep their
+-- health; their keys stay where they were.
+local function replace_ring(self, list)
+  local old, ring, err, detail = self.ring, nil, nil, nil
+  ring, err, detail = new_ring(self, list)
+  if not ring then return nil, err, detail end
+  local failures, last = ffi.new("unsigned[1]"), ffi.new("const char *[1]")
+  for i = 0, core.mc_abi_ring_nservers(old) - 1 do
+    local name = ffi.string(core.mc_abi_ring_name(old, i))
+    for j = 0, core.mc_abi_ring_nservers(ring) - 1 do
+      if ffi.string(core.mc_abi_ring_name(ring, j)) == name then
+        core.mc_abi_ring_alive(old, i, failures, last)
+        -- replay the old health: its failures (and death) as of now
+        for _ = 1, tonumber(failures[0]) do core.mc_abi_ring_failed(ring, j, ngx_now(), last[0]) end
+      end
+    end
+  end
+  self.ring = ring
+  self.list = list
+  return true
+end
+
+function _M.set_servers(self, ...)
+  if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
+  return replace_ring(self, server_list({ ... }))
+end
+
+function _M.add_server(self, addr, max_conns)
+  if type(addr) ~= "string" and type(addr) ~= "table" then
+    error("bad argument #1 (addr): \"host:port\", a unix socket path or {addr, weight = n} expected, got "
+      .. type(addr), 2)
+  end
+  opt_uint(2, "max_conns", max_conns, 1000000)
+  if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
+  local list = {}
+  for i, e in ipairs(self.list) do list[i] = e end
+  server_list({ addr }, list)
+  return replace_ring(self, list)
 end
 
 -- Pooled connections belong to nginx: close only retires the client.
 function _M.close(self)
-  if not self.closed then
-    self.closed = true
-    self.placer:close()
-  end
+  self.closed = true
   return true
 end
 _M.exit = _M.close

@@ -493,6 +493,90 @@ local function run()
      "after a restart: get_multi over two servers resends the restarted one's part",
      show(on_restart, rerr, rfail and next(rfail)))
 
+  -- failover: the core's placement and health (mc_ring), per worker
+  do
+    local events = {}
+    local fo = assert(resty_memcached.new { servers = { MC1, MC2, REFUSED }, timeout = 0.3,
+      failure_limit = 2, retry_timeout = 0.2 })
+    fo:set_server_error_callback(function(addr, reason, state)
+      events[#events + 1] = { addr = addr, reason = reason, state = state }
+    end)
+    local dk = {}
+    for i = 1, 200 do
+      local k = "fo:" .. i
+      if fo:pick_server(k) == REFUSED then dk[#dk + 1] = k end
+    end
+    local errs = {}
+    for i = 1, #dk do
+      local _, e = fo:get(dk[i])
+      if e ~= E.ERR_CACHE_MISS then errs[#errs + 1] = e end
+    end
+    ok(#dk > 10 and #errs == 2 and errs[1] == E.ERR_CONNECTION_REFUSED,
+       "a refused server fails failure_limit calls, then its keys go elsewhere", show(#dk, #errs, errs[1]))
+    ok(#events == 1 and events[1].addr == REFUSED and events[1].state == "down"
+       and events[1].reason:find("refused", 1, true), "the callback hears of it once",
+       show(#events, events[1] and events[1].reason))
+    local list = fo:servers()
+    ok(#list == 3 and list[3].addr == REFUSED and list[3].alive == false and list[3].failures == 2
+       and list[1].alive and list[3].last_error, "servers() shows it dead", show(list[3] and list[3].alive))
+    is("a dead server's key is stored elsewhere", { true }, type(fo:set(dk[1], "moved")) == "number")
+    is("... and read back", { "moved" }, fo:get(dk[1]))
+    local mg, merr = fo:get_multi(dk)
+    ok(mg and merr == nil and mg[dk[1]] == "moved", "get_multi of its keys: no error", show(merr))
+    -- its retry time: one call probes it (refused at once), nobody fails
+    ngx.sleep(0.25)
+    local bad, why = 0, nil
+    for i = 1, #dk do
+      local v, e, d = fo:get(dk[i])
+      if e ~= E.ERR_CACHE_MISS and v == nil then bad = bad + 1; why = tostring(e) .. " " .. tostring(d) end
+    end
+    local list2 = fo:servers()
+    ok(bad == 0 and list2[3].alive == false and list2[3].failures == 3,
+       "a failed probe fails no call and keeps it dead", show(bad, list2[3].failures, why))
+    is("pick_server still names the key's own server", { REFUSED }, fo:pick_server(dk[1]))
+    -- a hung server: after failure_limit timeouts, its keys cost nothing
+    local hung = assert(resty_memcached.new { servers = { MC1, SILENT }, timeout = 0.1,
+      failure_limit = 2, retry_timeout = 0.2 })
+    local hk = {}
+    for i = 1, 200 do
+      local k = "hung:" .. i
+      if hung:pick_server(k) == SILENT then hk[#hk + 1] = k end
+    end
+    local slow, worst = 0, 0
+    for i = 1, #hk do
+      local dt = elapsed(function() return hung:get(hk[i]) end)
+      if dt > 0.05 then slow = slow + 1 end
+      if i > 2 and dt > worst then worst = dt end
+    end
+    ok(#hk > 10 and slow == 2 and worst < 0.05, "a hung server costs two timeouts, then nothing",
+       show(#hk, slow, worst))
+    ngx.sleep(0.25)
+    local pdt, pr = elapsed(function() return hung:get(hk[1]) end)
+    ok(pr[2] == E.ERR_CACHE_MISS and pdt < 0.08,
+       "its probe is bounded by probe_timeout and the call goes elsewhere", show(pdt, pr[2]))
+    local noeject = assert(resty_memcached.new { servers = { MC1, REFUSED }, failure_limit = 1,
+      retry_timeout = 30, eject = false })
+    local nk
+    for i = 1, 200 do if noeject:pick_server("ne:" .. i) == REFUSED then nk = "ne:" .. i break end end
+    noeject:get(nk)
+    is("eject = false: a dead server's keys fail fast", { nil, E.ERR_SERVER_DEAD }, noeject:get(nk))
+    -- addresses: the core's rule
+    local v6 = assert(resty_memcached.new { servers = { "[::1]:" .. REFUSED:match(":(%d+)$") } })
+    local _, v6e, v6d = v6:get("k")
+    ok(v6e == E.ERR_CONNECTION_REFUSED or v6e == E.ERR_IO, "an IPv6 address is dialled, not a parse error",
+       show(v6e, v6d))
+    is("a bad address is refused by new", { nil, E.ERR_BAD_SERVER },
+       resty_memcached.new { servers = { "host:99999" } })
+    local sw = assert(resty_memcached.new { servers = { MC1 } })
+    is("set_servers", { true }, sw:set_servers(MC2))
+    is("... moves the keys", { MC2 }, sw:pick_server("any"))
+    is("add_server", { true }, sw:add_server(MC1))
+    is("... adds one", { 2 }, #sw:servers())
+    is("set_servers with a bad address changes nothing", { nil, E.ERR_BAD_SERVER },
+       sw:set_servers("host:0"))
+    is("... nothing", { 2 }, #sw:servers())
+  end
+
   -- closing
   is("close", { true }, mc:close())
   is("close again", { true }, mc:close())
