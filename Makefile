@@ -108,7 +108,8 @@ asan: deps
 # libmemcached and a plain LuaSocket client, plus msgpack against lua-cjson
 # and lua-messagepack; clients and servers pinned to one CPU. See
 # bench/README.md; results in bench/results.tsv.
-BENCH_PKGS = lua-cjson lua-messagepack util-linux linux-perf libmemcached-dev
+BENCH_PKGS = lua-cjson lua-messagepack util-linux linux-perf libmemcached-dev \
+             nginx libnginx-mod-http-lua libluajit2-5.1-dev lua-nginx-memcached curl
 
 bench:
 	@EXTRA_PKGS="$(BENCH_PKGS)" sh scripts/deps.sh

@@ -71,3 +71,7 @@ BENCH_CPU=$CPU $LUA bench/run.lua $ADDRS &
 DRIVER=$!
 PIDS="$PIDS $DRIVER"
 wait "$DRIVER"
+
+# The nginx section (bench/nginx.sh): its own nginx and memcached servers.
+echo
+bash bench/nginx.sh

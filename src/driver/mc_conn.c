@@ -126,6 +126,32 @@ int mc_addr_parse(const char *spec, mc_addr *a, char *host, size_t hostlen,
     return 0;
 }
 
+int mc_resolve_host(const char *host, char *out, size_t outlen)
+{
+    struct addrinfo hints, *res = NULL;
+    int rc;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    rc = getaddrinfo(host, NULL, &hints, &res);
+    if (rc != 0 || !res) {
+        snprintf(out, outlen, "cannot resolve %s: %s", host,
+                 rc ? gai_strerror(rc) : "no address");
+        if (res)
+            freeaddrinfo(res);
+        return -1;
+    }
+    rc = getnameinfo(res->ai_addr, res->ai_addrlen, out, (socklen_t)outlen,
+                     NULL, 0, NI_NUMERICHOST);
+    freeaddrinfo(res);
+    if (rc != 0) {
+        snprintf(out, outlen, "cannot resolve %s: %s", host,
+                 gai_strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
 int mc_conn_wait(mc_conn *c, short events, const mc_deadline *d, char *msg,
                  size_t msglen)
 {

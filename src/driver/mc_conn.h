@@ -87,6 +87,13 @@ uint32_t mc_random32(void);
 int mc_addr_parse(const char *spec, mc_addr *a, char *host, size_t hostlen,
                   unsigned *port, char *err, size_t errlen);
 
+/* Resolves a host name to its first address as text ("10.0.0.5",
+ * "::1"), with a blocking getaddrinfo: for a driver that dials numeric
+ * addresses only (the OpenResty driver without an nginx resolver, at
+ * new()). Exported for LuaJIT's FFI. 0, or -1 with why in out. */
+__attribute__((visibility("default")))
+int mc_resolve_host(const char *host, char *out, size_t outlen);
+
 /* Starts connecting without waiting: the connection is returned with
  * connecting set while the connect is in progress (wait for POLLOUT, then
  * call mc_conn_finish). w: the wait point its waits go through (NULL:

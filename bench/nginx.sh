@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The nginx section of `make bench`: memcached.resty (this library),
+# lua-resty-memcached (Debian's lua-nginx-memcached) and a floor client,
+# each timed inside one nginx handler (bench/nginx/bench.lua) on the same
+# worker and the same memcached; nginx and memcached pinned to one CPU;
+# the three clients alternate within each round; medians of the rounds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+LUA=${LUA:-lua5.4}
+CPU=${BENCH_CPU:-1}
+ROUNDS=${BENCH_NGINX_ROUNDS:-7}
+N=${BENCH_NGINX_N:-20000}   # serial gets, sets
+M=${BENCH_NGINX_M:-2000}    # 100-key multi-gets
+
+for m in ndk_http_module.so ngx_http_lua_module.so; do
+    [ -f "/usr/lib/nginx/modules/$m" ] || { echo "nginx section skipped: no $m (make test-openresty installs it)"; exit 0; }
+done
+[ -f /usr/share/lua/5.1/nginx/memcached.lua ] || { echo "nginx section skipped: lua-nginx-memcached missing"; exit 0; }
+make --no-print-directory OBJDIR=build/luajit MODULE=build/luajit/memcached.so \
+    LUA_INCDIR=/usr/include/luajit-2.1 >/dev/null
+
+TMP=$(mktemp -d /tmp/bench-nginx.XXXXXX)
+PIDS=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+free_port() {
+    "$LUA" -e 'local s = assert(require("socket").bind("127.0.0.1", 0))
+               local _, p = s:getsockname() s:close() print(p)'
+}
+port_up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() { local i; for i in $(seq 200); do port_up "$1" && return 0; sleep 0.02; done; return 1; }
+USER_ARG=()
+[ "$(id -u)" = 0 ] && USER_ARG=(-u root)
+
+MCS=()
+for i in 1 2 3; do
+    p=$(free_port)
+    taskset -c "$CPU" memcached "${USER_ARG[@]}" -t 1 -U 0 -c 256 -m 64 -l 127.0.0.1 -p "$p" >/dev/null 2>&1 &
+    PIDS+=($!)
+    wait_port "$p" || { echo "memcached did not start" >&2; exit 1; }
+    MCS+=("$p")
+done
+PORT=$(free_port)
+sed -e "s|@TMP@|$TMP|g" -e "s|@ROOT@|$ROOT|g" -e "s|@PORT@|$PORT|g" \
+    -e "s|@MC1@|${MCS[0]}|g" -e "s|@MC2@|${MCS[1]}|g" -e "s|@MC3@|${MCS[2]}|g" \
+    bench/nginx/nginx.conf.in >"$TMP/nginx.conf"
+taskset -c "$CPU" nginx -p "$TMP" -c "$TMP/nginx.conf" -e "$TMP/error.log" &
+PIDS+=($!)
+wait_port "$PORT" || { echo "nginx did not start" >&2; cat "$TMP/error.log" >&2; exit 1; }
+URL="http://127.0.0.1:$PORT/bench"
+
+run() { # client op n -> seconds
+    curl -sS --max-time 120 "$URL?client=$1&op=$2&n=$3"
+}
+# warm up every client and the keepalive pools
+for c in ours resty floor; do for op in get set multi; do run "$c" "$op" 200 >/dev/null; done; done
+run ours multi3 50 >/dev/null
+
+: >"$TMP/results"
+for r in $(seq "$ROUNDS"); do
+    order="ours resty floor"
+    [ $((r % 2)) = 0 ] && order="floor resty ours"
+    for op in get set multi multi3; do
+        n=$N
+        [ "$op" = multi ] || [ "$op" = multi3 ] && n=$M
+        for c in $order; do
+            [ "$op" = multi3 ] && [ "$c" != ours ] && continue
+            echo "$op $c $n $(run "$c" "$op" "$n")" >>"$TMP/results"
+        done
+    done
+done
+
+"$LUA" - "$TMP/results" "$ROUNDS" <<'LUA'
+local file, rounds = arg[1], tonumber(arg[2])
+local t = {}
+for line in io.lines(file) do
+  local op, c, n, s = line:match("^(%S+) (%S+) (%S+) (.*)$")
+  local v = tonumber(s)
+  if not v then print("error: " .. op .. " " .. c .. ": " .. s) os.exit(1) end
+  t[op] = t[op] or {}
+  t[op][c] = t[op][c] or {}
+  table.insert(t[op][c], v / tonumber(n) * 1e6)
+end
+local function med(l)
+  if not l then return nil end
+  table.sort(l)
+  return l[(#l + 1) // 2], l[1], l[#l]
+end
+local function cell(l, base)
+  local m, lo, hi = med(l)
+  if not m then return "n/a" end
+  local s = string.format("%.1f µs (%.1f–%.1f)", m, lo, hi)
+  if base then s = s .. string.format(" **%.2fx**", m / base) end
+  return s
+end
+print("## nginx (OpenResty driver)\n")
+print(("Each figure: one nginx handler timing N operations, median of %d rounds (min–max), " ..
+       "per operation; the ratio is to the floor column."):format(rounds))
+print("nginx and memcached pinned to one CPU; the clients alternate within each round.\n")
+print("| workload | floor (binary, no checks) | memcached.resty | lua-resty-memcached | ours / lua-resty-memcached |")
+print("| --- | --- | --- | --- | --- |")
+local names = { get = "get, 100 B value", set = "set, 100 B value", multi = "get_multi, 100 keys, 1 server",
+                multi3 = "get_multi, 100 keys, 3 servers" }
+for _, op in ipairs { "get", "set", "multi", "multi3" } do
+  local f = med(t[op].floor and { table.unpack(t[op].floor) })
+  local o = med(t[op].ours and { table.unpack(t[op].ours) })
+  local r = med(t[op].resty and { table.unpack(t[op].resty) })
+  print(("| %s | %s | %s | %s | %s |"):format(names[op], cell(t[op].floor), cell(t[op].ours, f),
+    cell(t[op].resty, f), (o and r) and string.format("%.2fx", o / r) or "n/a"))
+end
+LUA
