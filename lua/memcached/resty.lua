@@ -25,6 +25,7 @@ local OP, ST = codec.op, codec.status
 local HEADER_LEN, NO_CREATE = codec.HEADER_LEN, codec.ARITH_NO_CREATE
 local c_get, c_store, c_concat, c_delete = codec.get, codec.store, codec.concat, codec.delete
 local c_arith, c_touch, c_flush, c_simple = codec.arith, codec.touch, codec.flush, codec.simple
+local c_stat = codec.stat
 local status_str, new_reader, random32 = codec.status_str, codec.reader, codec.random32
 local mp_encode, mp_decode = memcached.encode, memcached.decode
 local ngx_socket_tcp, ngx_now, ngx_update_time = ngx.socket.tcp, ngx.now, ngx.update_time
@@ -57,6 +58,7 @@ int mc_abi_status_err(int kind, int status);
 const char *mc_abi_err_str(int err);
 int mc_abi_err_count(void);
 int mc_abi_is_lock(uint32_t flags, const char *value, size_t len);
+const char *mc_abi_lock_marker(uint32_t *flags, size_t *len);
 int mc_abi_status_is_auth(int status);
 int mc_abi_reply_key_ok(int status, const char *rkey, size_t rlen, const char *key, size_t keylen);
 int mc_abi_resend_safe(const char *p, size_t n);
@@ -89,9 +91,24 @@ local c_is_auth, c_reply_key_ok, c_resend_safe = core.mc_abi_status_is_auth, cor
 local err_str = {}
 for e = 1, core.mc_abi_err_count() - 1 do err_str[e] = ffi.string(core.mc_abi_err_str(e)) end
 
--- delete_lock's marker: such an item reads as a miss.
+-- delete_lock's marker: such an item reads as a miss. The marker that
+-- delete_lock writes (flags and value) is the core's too.
 local function is_lock(r)
   return c_is_lock(r.flags, r.value, #r.value) ~= 0
+end
+local LOCK_FLAGS, LOCK_VALUE
+do
+  local f, n = ffi.new("uint32_t[1]"), ffi.new("size_t[1]")
+  local v = core.mc_abi_lock_marker(f, n)
+  LOCK_FLAGS, LOCK_VALUE = tonumber(f[0]), ffi.string(v, n[0])
+end
+
+-- A counter reply's value (the core's mc_counter_value), or nil. LuaJIT's
+-- numbers are doubles: exact up to 2^53, as tonumber of the uint64 gives.
+local counter_v = ffi.new("uint64_t[1]")
+local function counter_value(v)
+  if core.mc_abi_counter_value(v, #v, counter_v) ~= 0 then return nil end
+  return tonumber(counter_v[0])
 end
 
 -- How an operation reads "not found" / "exists".
@@ -652,17 +669,34 @@ function _M.delete(self, key, cas)
   return true
 end
 
--- increment/decrement(key, delta [, initial [, expiration]]) -> value, cas
-local function arith(self, op, key, delta, initial, exptime)
+-- memcached 1.4 dropped delete's hold time: delete_lock(key, seconds)
+-- REPLACEs the item with the core's marker (so a missing key stays a miss),
+-- which expires after `seconds`; 0 is a plain delete. Table form: {key =,
+-- seconds =} (or expiration =).
+function _M.delete_lock(self, key, seconds)
   if type(key) == "table" then
-    key, delta, initial, exptime = fields(key, "key", "delta", "initial", "expiration")
+    local t = key
+    key, seconds = t.key, t.seconds
+    if seconds == nil then seconds = t.expiration end
   end
   check_key(key)
-  if delta == nil then error("bad argument #2 (delta): integer expected, got nil", 3) end
-  opt_uint(2, "delta", delta)
-  opt_uint(3, "initial", initial)
-  opt_uint(4, "expiration", exptime, U32)
-  local exp = initial and (exptime or 0) or NO_CREATE
+  if type(seconds) ~= "number" or seconds ~= floor(seconds) then
+    error("bad argument #2 (seconds): integer expected, got " .. type(seconds), 2)
+  end
+  if seconds < 0 or seconds > U32 then error("bad argument #2 (seconds): must be 0..4294967295", 2) end
+  local res, err, detail
+  if seconds == 0 then
+    res, err, detail = call(self, key, K_GET, c_delete, OP.DELETE, nil, key)
+  else
+    res, err, detail = call(self, key, K_GET, c_store, OP.REPLACE, nil, key, LOCK_FLAGS, seconds,
+      LOCK_VALUE)
+  end
+  if not res then return nil, err, detail end
+  return true
+end
+
+-- A counter operation: value, cas; or nil, err, detail.
+local function arith_call(self, op, key, delta, initial, exp)
   local res, addr, detail = call(self, key, K_GET, c_arith, op, key, delta, initial, exp)
   if not res then
     local err = addr
@@ -674,15 +708,38 @@ local function arith(self, op, key, delta, initial, exptime)
     end
     return nil, err, detail
   end
-  local v = res.value
-  if #v ~= 8 then return nil, E_PROTOCOL, addr .. ": counter reply of " .. #v .. " bytes, not 8" end
-  local n = 0 -- exact up to 2^53: LuaJIT's numbers are doubles
-  for i = 1, 8 do n = n * 256 + byte(v, i) end
+  local n = counter_value(res.value)
+  if not n then return nil, E_PROTOCOL, addr .. ": counter reply of " .. #res.value .. " bytes, not 8" end
   return n, res.cas
+end
+
+-- increment/decrement(key, delta [, initial [, expiration]]) -> value, cas
+local function arith(self, op, key, delta, initial, exptime)
+  if type(key) == "table" then
+    key, delta, initial, exptime = fields(key, "key", "delta", "initial", "expiration")
+  end
+  check_key(key)
+  if delta == nil then error("bad argument #2 (delta): integer expected, got nil", 3) end
+  opt_uint(2, "delta", delta)
+  opt_uint(3, "initial", initial)
+  opt_uint(4, "expiration", exptime, U32)
+  local exp = initial and (exptime or 0) or NO_CREATE
+  return arith_call(self, op, key, delta, initial, exp)
 end
 
 function _M.increment(self, key, delta, initial, exptime) return arith(self, OP.INCREMENT, key, delta, initial, exptime) end
 function _M.decrement(self, key, delta, initial, exptime) return arith(self, OP.DECREMENT, key, delta, initial, exptime) end
+
+-- touch_atomic_value(key) -> value: the counter as it is (an increment by
+-- 0 that never creates the key), as the C client's (further arguments are
+-- ignored there too). Table form {key =}.
+function _M.touch_atomic_value(self, key)
+  if type(key) == "table" then key = key.key end
+  check_key(key)
+  local n, err, detail = arith_call(self, OP.INCREMENT, key, 0, nil, NO_CREATE)
+  if n == nil then return nil, err, detail end
+  return n
+end
 
 -- Sends batch b (sets b.sock, b.reused); a pooled connection found closed
 -- gets it once more on a fresh one when resend_safe. Returns nil, or err, detail.
@@ -855,6 +912,133 @@ function _M.get_multi(self, keys)
   return values
 end
 
+-- set_multi / delete_multi: quiet requests (SETQ / DELETEQ), one NOOP per
+-- server; only failures answer. list holds {key, value}; results[key] is
+-- true for every key sent and already holds the error of each key that
+-- could not be. A failure reply is the status's meaning for `kind`; a
+-- server that fails (transport, protocol, auth) fails every key sent to it
+-- (any of them may or may not have been stored). Returns results, or
+-- results and the first error in list order.
+local function quiet_batch(self, qop, kind, list, results, enc)
+  local by_srv, batches = {}, {}
+  local base = next_opaques(self, #list)
+  for i, e in ipairs(list) do
+    local k = e[1]
+    if results[k] == true then
+      local b = by_srv[e.srv]
+      if not b then -- waiting: opaque -> key; order: opaques, as sent
+        b = { addr = server_name(self, e.srv), srv = e.srv, parts = {}, waiting = {}, order = {}, pos = 1 }
+        by_srv[e.srv] = b
+        batches[#batches + 1] = b
+      end
+      local opaque = (base + i - 1) % 4294967296
+      b.parts[#b.parts + 1] = enc(qop, opaque, k, e[2])
+      b.waiting[opaque] = k
+      b.order[#b.order + 1] = opaque
+    end
+  end
+  local noops = next_opaques(self, #batches)
+  for j, b in ipairs(batches) do
+    b.last = (noops + j - 1) % 4294967296
+    b.parts[#b.parts + 1] = c_simple(OP.NOOP, b.last)
+    b.data = concat(b.parts)
+    b.parts = nil
+  end
+  run_batches(self, batches, function(b, res)
+    if res.opaque == b.last and res.opcode == OP.NOOP then return true end
+    -- an answer names a request of the batch, no earlier than the last one
+    -- answered (replies come in order), and no other key
+    local k, order, pos = b.waiting[res.opaque], b.order, b.pos
+    while pos <= #order and order[pos] ~= res.opaque do pos = pos + 1 end
+    if not k or pos > #order or res.opcode ~= qop or not reply_key_ok(res, k) then
+      return nil, E_PROTOCOL, b.addr .. ": a reply that answers no request of this batch, in order"
+    end
+    b.pos = pos + 1
+    if is_auth(res.status) then -- the server closes the connection after it
+      return nil, E_AUTH, b.addr .. ": " .. status_str(res.status)
+    end
+    if res.status ~= ST.OK then results[k] = status_err(kind, res.status) end
+    return true
+  end, function(b, err)
+    for _, k in pairs(b.waiting) do results[k] = err end
+  end)
+  for _, e in ipairs(list) do
+    local r = results[e[1]]
+    if r ~= true then return results, r end
+  end
+  return results
+end
+
+-- Where each key of list goes (e.srv), or its error in results.
+local function quiet_place(self, list, results)
+  for _, e in ipairs(list) do
+    local k = e[1]
+    if results[k] == nil then
+      local srv, err = place(self, k)
+      e.srv = srv
+      results[k] = srv and true or err
+    end
+  end
+end
+
+-- set_multi(items [, expiration]) -> {key = true | err}[, first err]. items
+-- maps keys to values, msgpack-encoded as set does (mp_encode frames a
+-- string as a msgpack str, as the C client does). A malformed key or an
+-- unencodable value fails that key alone; so does a value the server
+-- refuses as too large (its SETQ answers ERR_VALUE_TOO_LARGE).
+function _M.set_multi(self, items, exptime)
+  if type(items) ~= "table" then error("bad argument #1 (items): table expected, got " .. type(items), 2) end
+  if exptime ~= nil and (type(exptime) ~= "number" or exptime ~= floor(exptime)
+      or exptime < 0 or exptime > U32) then
+    error("bad argument #2 (expiration): integer 0..4294967295 expected, got " .. tostring(exptime), 2)
+  end
+  if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
+  local list, results = {}, {}
+  for k, v in pairs(items) do
+    if type(k) ~= "string" then
+      error("bad argument #1 (items): keys must be strings, got " .. type(k), 2)
+    end
+    local e = { k }
+    list[#list + 1] = e
+    if not key_ok(k) then results[k] = E_KEY
+    else
+      local bytes = mp_encode(v)
+      if bytes then e[2] = bytes else results[k] = _M.ERR_UNENCODABLE end
+    end
+  end
+  ngx_update_time()
+  quiet_place(self, list, results)
+  local mp_flag, exp = self.mp_flag, exptime or 0
+  return quiet_batch(self, OP.SETQ, K_SET, list, results, function(op, opaque, key, value)
+    return c_store(op, opaque, nil, key, mp_flag, exp, value)
+  end)
+end
+
+-- delete_multi(keys) -> {key = true | err}[, first err]; a missing key is
+-- ERR_CACHE_MISS. A repeated key is deleted once (a second DELETEQ would
+-- turn its success into a miss).
+function _M.delete_multi(self, keys)
+  if type(keys) ~= "table" then error("bad argument #1 (keys): table expected, got " .. type(keys), 2) end
+  if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
+  local list, results, seen = {}, {}, {}
+  for i = 1, #keys do
+    local k = keys[i]
+    if type(k) ~= "string" then
+      error(("bad argument #1 (keys): key #%d is a %s, not a string"):format(i, type(k)), 2)
+    end
+    if not seen[k] then
+      seen[k] = true
+      list[#list + 1] = { k }
+      if not key_ok(k) then results[k] = E_KEY end
+    end
+  end
+  ngx_update_time()
+  quiet_place(self, list, results)
+  return quiet_batch(self, OP.DELETEQ, K_GET, list, results, function(op, opaque, key)
+    return c_delete(op, opaque, nil, key)
+  end)
+end
+
 -- One request to each distinct server. Returns {addr = reply value}, the
 -- first error and {addr = detail} for the servers that failed; or nil,
 -- err, detail when none can be asked.
@@ -908,6 +1092,94 @@ function _M.version(self)
   if not err then return values end
   if next(values) then return values, err end
   return nil, err, select(2, next(failures))
+end
+
+-- The most entries one server's stats reply may hold (the C client's
+-- MAX_STAT_ENTRIES, lmc_every.c): memcached sends a few hundred; a server
+-- streaming entries without end would grow the table until the timeout.
+local MAX_STAT_ENTRIES = 100000
+
+-- One server's stats: {name = value}; or nil, err, detail, answered
+-- (answered: the server replied with an error status, no failure of it).
+-- The reply is a stream of STAT packets under the request's opaque, ended
+-- by one with an empty key. Its own I/O timeout, as in the C client.
+local function server_stats(self, srv, group, r)
+  local addr = server_name(self, srv)
+  ngx_update_time()
+  local dl = ngx_now() + self.io_timeout
+  local opaque = next_opaques(self, 1)
+  local data = c_stat(opaque, group)
+  local res, sock, detail, stale = roundtrip(self, addr, data, r, dl)
+  if not res and stale and resend_safe(data) then
+    r:reset()
+    res, sock, detail = roundtrip(self, addr, data, r, dl, true)
+  end
+  if not res then return nil, sock, detail end
+  local t, nent, err = {}, 0, nil
+  while true do
+    if res.opcode ~= OP.STAT or res.opaque ~= opaque then
+      sock:close()
+      return nil, E_PROTOCOL, ("%s: reply opcode %d opaque %d to request opcode %d opaque %d")
+        :format(addr, res.opcode, res.opaque, OP.STAT, opaque)
+    end
+    if is_auth(res.status) then -- the server closes the connection after it
+      sock:close()
+      return nil, E_AUTH, addr .. ": " .. status_str(res.status)
+    end
+    if res.status ~= ST.OK then
+      sock:setkeepalive(self.keepalive_ms, self.pool_size)
+      return nil, status_err(K_OTHER, res.status), addr .. ": " .. status_str(res.status), true
+    end
+    if res.key == "" then
+      sock:setkeepalive(self.keepalive_ms, self.pool_size)
+      return t
+    end
+    nent = nent + 1
+    if nent > MAX_STAT_ENTRIES then
+      sock:close() -- the rest is not read
+      return nil, E_PROTOCOL, addr .. ": more than " .. MAX_STAT_ENTRIES .. " stat entries in one reply"
+    end
+    t[res.key] = res.value
+    res, err, detail = read_reply(sock, r, addr, dl)
+    if not res then return nil, err, detail end
+  end
+end
+
+-- stats([group]) -> {addr = {name = value}}[, first err]; nil, ERR_NO_STATS,
+-- detail when no server answered. One server after the other; a server
+-- that fails is left out (and counts as failing, as in every call).
+function _M.stats(self, group)
+  if type(group) == "number" then group = tostring(group)
+  elseif group ~= nil and type(group) ~= "string" then
+    error("bad argument #1 (group): string expected, got " .. type(group), 2)
+  end
+  -- the group travels as the request's key: 16 bits of length
+  if group and #group > 65535 then error("bad argument #1 (group): longer than 65535 bytes", 2) end
+  if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
+  if core.mc_abi_ring_nservers(self.ring) == 0 then
+    return nil, _M.ERR_NO_SERVERS, "no servers configured"
+  end
+  local out, answered, first, detail = {}, false, nil, nil
+  local srv = 0
+  -- the list is read again after each server (set_servers may run while
+  -- this call waits), as the C client does
+  while srv < core.mc_abi_ring_nservers(self.ring) do
+    local r = take_reader(self)
+    local t, err, d, replied = server_stats(self, srv, group, r)
+    give_reader(self, r)
+    if t then
+      server_ok(self, srv)
+      out[server_name(self, srv)] = t
+      answered = true
+    else
+      if replied then server_ok(self, srv) else server_failed(self, srv, err, d) end
+      first, detail = first or err, d
+    end
+    srv = srv + 1
+  end
+  if not answered then return nil, _M.ERR_NO_STATS, detail end
+  if first then return out, first end
+  return out
 end
 
 function _M.pick_server(self, key)

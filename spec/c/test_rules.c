@@ -153,6 +153,15 @@ static void test_abi(void)
     CHECK(mc_abi_is_lock(MC_LOCK_FLAGS, mc_lock_value, mc_lock_len) &&
               !mc_abi_is_lock(0, mc_lock_value, mc_lock_len),
           "lock marker");
+    {
+        uint32_t lf = 0;
+        size_t ll = 0;
+        const char *lv = mc_abi_lock_marker(&lf, &ll);
+        CHECK(lf == MC_LOCK_FLAGS && ll == mc_lock_len && ll == 27 &&
+                  memcmp(lv, mc_lock_value, ll) == 0 &&
+                  mc_abi_is_lock(lf, lv, ll),
+              "the lock marker through the ABI is the one is_lock knows");
+    }
     CHECK(mc_abi_status_is_auth(MC_STATUS_AUTH_ERROR) &&
               mc_abi_status_is_auth(MC_STATUS_AUTH_CONTINUE) &&
               !mc_abi_status_is_auth(MC_STATUS_OK) &&

@@ -38,6 +38,13 @@ int mc_abi_is_lock(uint32_t flags, const char *value, size_t len)
     return mc_is_lock(flags, value, len);
 }
 
+const char *mc_abi_lock_marker(uint32_t *flags, size_t *len)
+{
+    *flags = MC_LOCK_FLAGS;
+    *len = mc_lock_len;
+    return mc_lock_value;
+}
+
 int mc_abi_status_is_auth(int status)
 {
     return status >= 0 && status <= 0xffff && mc_status_is_auth((uint16_t)status);

@@ -52,6 +52,9 @@ MC_ABI const char *mc_abi_err_str(int err);
 MC_ABI int mc_abi_err_count(void);
 /* 1 when an item with these flags and value is delete_lock's marker. */
 MC_ABI int mc_abi_is_lock(uint32_t flags, const char *value, size_t len);
+/* delete_lock's marker (mc_item.h), as a driver writes it: its value
+ * (*len bytes, holding NULs) and *flags. */
+MC_ABI const char *mc_abi_lock_marker(uint32_t *flags, size_t *len);
 /* 1 for an authentication status (the server closes the connection; it is
  * no failure of the server). */
 MC_ABI int mc_abi_status_is_auth(int status);
