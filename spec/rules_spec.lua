@@ -18,7 +18,7 @@ describe("the core's rules", function()
                             "mc_abi_err_count", "mc_abi_is_lock", "mc_abi_status_is_auth",
                             "mc_abi_reply_key_ok", "mc_abi_resend_safe", "mc_abi_counter_value",
                             "mc_abi_addr_split", "mc_abi_ring_new", "mc_abi_ring_pick",
-                            "mc_abi_ring_failed", "mc_abi_ring_ok", "luaopen_memcached" } do
+                            "mc_abi_ring_failed", "mc_abi_ring_ok", "mc_resolve_host", "luaopen_memcached" } do
       assert.truthy(out:find(" T " .. name .. "\n", 1, true), name .. " not exported:\n" .. out)
     end
   end)

@@ -65,6 +65,7 @@ int mc_abi_resend_safe(const char *p, size_t n);
 int mc_abi_counter_value(const char *value, size_t len, uint64_t *v);
 int mc_abi_addr_split(const char *spec, int *kind, char *host, size_t hostlen,
                       unsigned *port, char *err, size_t errlen);
+int mc_resolve_host(const char *host, char *out, size_t outlen);
 typedef struct mc_ring mc_ring;
 mc_ring *mc_abi_ring_new(int selector, const char *const *addrs, const unsigned *weights,
                          size_t n, unsigned failure_limit, double retry_timeout, int eject,
@@ -182,7 +183,8 @@ end
 
 -- An address as a cosocket connects to it: host and port, or "unix:path"
 -- (the core's address rule, mc_addr_split: "host:port", "[v6]:port",
--- "host", a bare v6 address, "/path", "@abstract"). Cached per address.
+-- "host", a bare v6 address, "/path", "@abstract"). Cached per address;
+-- resolve_names (at new) puts a host name's address there first.
 local addr_cache = {}
 local ab_kind, ab_port = ffi.new("int[1]"), ffi.new("unsigned[1]")
 local ab_host, ab_err = ffi.new("char[256]"), ffi.new("char[256]")
@@ -201,9 +203,32 @@ local function split_addr(addr)
   return a[1], a[2]
 end
 
+-- Host names in the list are resolved once, here (a blocking getaddrinfo:
+-- create clients in init_worker_by_lua*), and dialled by address, unless
+-- the user says nginx's resolver (the `resolver` directive) should do it
+-- at each connect (resolver = true). The name still places keys and
+-- names the server. Returns nil, or err, detail.
+local function resolve_names(list, by_nginx)
+  if by_nginx then return end
+  for _, e in ipairs(list) do
+    local addr = e[1]
+    if not addr_cache[addr] then
+      local host, port = split_addr(addr)
+      if host and port and not find(host, "^%d+%.%d+%.%d+%.%d+$") and not find(host, ":", 1, true) then
+        if core.mc_resolve_host(host, ab_host, 256) ~= 0 then
+          addr_cache[addr] = nil
+          return _M.ERR_BAD_SERVER, ffi.string(ab_host)
+        end
+        local ip = ffi.string(ab_host)
+        addr_cache[addr] = { find(ip, ":", 1, true) and "[" .. ip .. "]" or ip, port }
+      end
+    end
+  end
+end
+
 local OPTIONS = { servers = 1, timeout = 1, connect_timeout = 1, io_timeout = 1,
   pool_size = 1, keepalive_timeout = 1, msgpack_flag = 1, selector = 1,
-  failure_limit = 1, retry_timeout = 1, eject = 1, probe_timeout = 1 }
+  failure_limit = 1, retry_timeout = 1, eject = 1, probe_timeout = 1, resolver = 1 }
 local SELECTORS = { modulo = 0, ketama = 1, gomemcached = 2 }
 
 -- The server list as the C client reads it: strings, {addr, weight = n},
@@ -287,6 +312,9 @@ function _M.new(opts, ...)
   local list = server_list(opts.servers or {})
   local ring, err, detail = new_ring(self, list)
   if not ring then return nil, err, detail end
+  self.by_resolver = opts.resolver == true
+  err, detail = resolve_names(list, self.by_resolver)
+  if err then return nil, err, detail end
   self.ring, self.list = ring, list
   return self
 end
@@ -1219,6 +1247,8 @@ local function replace_ring(self, list)
   local old, ring, err, detail = self.ring, nil, nil, nil
   ring, err, detail = new_ring(self, list)
   if not ring then return nil, err, detail end
+  err, detail = resolve_names(list, self.by_resolver)
+  if err then return nil, err, detail end
   local failures, last = ffi.new("unsigned[1]"), ffi.new("const char *[1]")
   for i = 0, core.mc_abi_ring_nservers(old) - 1 do
     local name = ffi.string(core.mc_abi_ring_name(old, i))

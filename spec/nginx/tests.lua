@@ -610,6 +610,12 @@ local function run()
        show(v6e, v6d))
     is("a bad address is refused by new", { nil, E.ERR_BAD_SERVER },
        resty_memcached.new { servers = { "host:99999" } })
+    local byname = assert(resty_memcached.new { servers = { "localhost:" .. MC1:match(":(%d+)$") } })
+    is("a host name is resolved once in new, no nginx resolver needed", { true },
+       type(byname:set("byname", "x")) == "number")
+    is("... and names the server", { "localhost:" .. MC1:match(":(%d+)$") }, byname:pick_server("byname"))
+    is("an unknown host name fails new", { nil, E.ERR_BAD_SERVER },
+       resty_memcached.new { servers = { "no-such-host.invalid:11211" } })
     local sw = assert(resty_memcached.new { servers = { MC1 } })
     is("set_servers", { true }, sw:set_servers(MC2))
     is("... moves the keys", { MC2 }, sw:pick_server("any"))
