@@ -23,10 +23,10 @@ local ffi = require "ffi"
 local codec = memcached.codec
 local OP, ST = codec.op, codec.status
 local HEADER_LEN, NO_CREATE = codec.HEADER_LEN, codec.ARITH_NO_CREATE
-local c_get, c_store, c_concat, c_delete = codec.get, codec.store, codec.concat, codec.delete
-local c_arith, c_touch, c_flush, c_simple = codec.arith, codec.touch, codec.flush, codec.simple
+local c_get, c_store, c_concat, c_delete -- framed through the FFI (below)
+local c_arith, c_touch, c_flush, c_simple = codec.arith, codec.touch, codec.flush, nil
 local c_stat = codec.stat
-local status_str, new_reader, random32 = codec.status_str, codec.reader, codec.random32
+local status_str, new_text_reader, random32 = codec.status_str, codec.reader, codec.random32
 local mp_encode, mp_decode = memcached.encode, memcached.decode
 local ngx_socket_tcp, ngx_now, ngx_update_time = ngx.socket.tcp, ngx.now, ngx.update_time
 local ngx_thread_spawn, ngx_thread_wait = ngx.thread.spawn, ngx.thread.wait
@@ -66,6 +66,16 @@ int mc_abi_counter_value(const char *value, size_t len, uint64_t *v);
 int mc_abi_addr_split(const char *spec, int *kind, char *host, size_t hostlen,
                       unsigned *port, char *err, size_t errlen);
 int mc_resolve_host(const char *host, char *out, size_t outlen);
+int mc_abi_enc(char *out, size_t cap, int opcode, uint32_t opaque, double cas, const char *key,
+               size_t keylen, int extras, uint32_t flags, uint32_t exptime, const char *value,
+               size_t vallen);
+typedef struct mc_abi_head {
+  int opcode, status, extlen, keylen;
+  uint32_t bodylen, opaque;
+  double cas;
+} mc_abi_head;
+int mc_abi_read_head(const char *h, size_t max_body, mc_abi_head *out, char *err, size_t errlen);
+int mc_abi_shape_ok(int opcode, int status, int extlen, int keylen, size_t vallen);
 typedef struct mc_ring mc_ring;
 mc_ring *mc_abi_ring_new(int selector, const char *const *addrs, const unsigned *weights,
                          size_t n, unsigned failure_limit, double retry_timeout, int eject,
@@ -87,6 +97,33 @@ local core = ffi.load(assert(package.searchpath("memcached", package.cpath),
 local c_key_ok, c_status_err, c_is_lock = core.mc_abi_key_ok, core.mc_abi_status_err, core.mc_abi_is_lock
 local c_is_auth, c_reply_key_ok, c_resend_safe = core.mc_abi_status_is_auth, core.mc_abi_reply_key_ok,
   core.mc_abi_resend_safe
+
+-- Requests framed by the core (mc_abi_enc) into one buffer that grows as
+-- needed; the FFI calls compile, where the Lua C API codec would end the
+-- trace. The hot forms (get, stores, append/prepend, delete, NOOP,
+-- VERSION) go this way; the rest through memcached.codec.
+local enc_cap = 4096
+local enc_buf = ffi.new("char[?]", enc_cap)
+local function frame(op, opaque, cas, key, extras, flags, exptime, value)
+  local klen, vlen = key and #key or 0, value and #value or 0
+  local n = core.mc_abi_enc(enc_buf, enc_cap, op, opaque, cas or 0, key, klen, extras,
+    flags or 0, exptime or 0, value, vlen)
+  if n < 0 and n > -2147483648 then
+    enc_cap = -n
+    enc_buf = ffi.new("char[?]", enc_cap)
+    n = core.mc_abi_enc(enc_buf, enc_cap, op, opaque, cas or 0, key, klen, extras,
+      flags or 0, exptime or 0, value, vlen)
+  end
+  if n < 0 then error("request too large to frame", 3) end
+  return ffi.string(enc_buf, n)
+end
+c_get = function(op, opaque, key) return frame(op, opaque, 0, key, 0, 0, 0, nil) end
+c_store = function(op, opaque, cas, key, flags, exptime, value)
+  return frame(op, opaque, cas, key, 1, flags, exptime, value)
+end
+c_concat = function(op, opaque, cas, key, value) return frame(op, opaque, cas, key, 0, 0, 0, value) end
+c_delete = function(op, opaque, cas, key) return frame(op, opaque, cas, key, 0, 0, 0, nil) end
+c_simple = function(op, opaque) return frame(op, opaque, 0, nil, 0, 0, 0, nil) end
 
 -- error number -> its ERR_* string, once
 local err_str = {}
@@ -315,7 +352,7 @@ function _M.new(opts, ...)
   self.by_resolver = opts.resolver == true
   err, detail = resolve_names(list, self.by_resolver)
   if err then return nil, err, detail end
-  self.ring, self.list = ring, list
+  self.ring, self.list, self.names = ring, list, {}
   return self
 end
 
@@ -350,8 +387,29 @@ local function server_ok(self, srv)
   if core.mc_abi_ring_ok(self.ring, srv) == 1 then event(self, srv, "responding again", "up") end
 end
 
+-- Server names by index, made once per ring (interned servers added as
+-- they come): no string is made per operation.
 local function server_name(self, srv)
-  return ffi.string(core.mc_abi_ring_name(self.ring, srv))
+  local names = self.names
+  local n = names[srv]
+  if not n then
+    n = ffi.string(core.mc_abi_ring_name(self.ring, srv))
+    names[srv] = n
+  end
+  return n
+end
+
+-- nginx keepalive pool options per server, made once.
+local pool_opts = setmetatable({}, { __mode = "k" })
+local function popts_of(self, addr)
+  local t = pool_opts[self]
+  if not t then t = {} pool_opts[self] = t end
+  local o = t[addr]
+  if not o then
+    o = { pool = "memcached:" .. addr, pool_size = self.pool_size }
+    t[addr] = o
+  end
+  return o
 end
 
 -- n consecutive opaques. The counter is per client and taken without a
@@ -360,6 +418,23 @@ local function next_opaques(self, n)
   local first = self.seq
   self.seq = (first + n) % 4294967296
   return first
+end
+
+-- A reader of one socket's replies: the bytes received and not yet taken
+-- (buf from pos), whether any came since the last reset, and the codec's
+-- reader for the rare text error line.
+local reader_mt = {}
+reader_mt.__index = reader_mt
+function reader_mt.reset(r)
+  r.buf, r.pos, r.got = "", 1, false
+  if r.text then r.text:reset() end
+end
+local function new_reader()
+  return setmetatable({ buf = "", pos = 1, got = false }, reader_mt)
+end
+-- bytes received past the last reply taken
+local function leftover(r)
+  return r.pos <= #r.buf
 end
 
 -- One reader per operation in flight: operations of light threads sharing
@@ -392,7 +467,7 @@ end
 -- pool without yielding, so the loop ends.
 local function send_to(self, addr, data, dl, fresh)
   local host, port = split_addr(addr)
-  local popts = { pool = "memcached:" .. addr, pool_size = self.pool_size }
+  local popts = popts_of(self, addr)
   local sock, reused, ok, err
   repeat
     sock = ngx_socket_tcp()
@@ -411,55 +486,89 @@ local function send_to(self, addr, data, dl, fresh)
   return sock, reused
 end
 
--- Reads exactly one reply, the header and then exactly its body, so that
--- nothing past it is taken from the socket. Returns the reply, or nil, err,
--- detail, stale with the socket closed (stale: closed or reset before any
--- byte of the reply came).
-local function read_reply(sock, r, addr, dl)
-  set_left(sock, nil, dl)
-  local hdr, err, partial = sock:receive(HEADER_LEN)
-  if not hdr then
-    -- a text error line shorter than a header, then the server closed
-    if partial and partial ~= "" and byte(partial, 1) ~= 0x81 then
-      r:feed(partial)
-      local res, perr, kind = r:get()
-      if res == nil and kind == "server_error" then
-        sock:close()
-        return nil, E_SERVER, addr .. ": " .. perr
-      end
-    end
-    local _, e, detail = sock_fail(sock, addr, "receive", err)
-    return nil, e, detail, (partial == nil or partial == "") and STALE[err] or nil
+-- Reads a text error line that starts with the bytes in first to its end,
+-- byte by byte (memcached at its connection limit says "ERROR Too many
+-- open connections" and closes), through the codec's reader, which bounds
+-- it.
+local function read_text_error(sock, r, addr, first)
+  local t = r.text or new_text_reader()
+  r.text = t
+  t:feed(first)
+  local res, perr, kind = t:get()
+  while res == false do
+    local b, err = sock:receive(1)
+    if not b then return sock_fail(sock, addr, "receive", err) end
+    t:feed(b)
+    res, perr, kind = t:get()
   end
-  r:feed(hdr)
-  local res, perr, kind = r:get()
-  if res == false and byte(hdr, 1) ~= 0x81 then
-    -- the start of a text error line (memcached at its connection limit
-    -- says "ERROR Too many open connections" and closes): read it byte by
-    -- byte to its end, which the reader bounds
-    repeat
-      local b
-      b, err = sock:receive(1)
-      if not b then return sock_fail(sock, addr, "receive", err) end
-      r:feed(b)
-      res, perr, kind = r:get()
-    until res ~= false
-  elseif res == false then
-    local b1, b2, b3, b4 = byte(hdr, 9, 12)
-    set_left(sock, nil, dl)
-    local body
-    body, err = sock:receive(((b1 * 256 + b2) * 256 + b3) * 256 + b4)
-    if not body then return sock_fail(sock, addr, "receive", err) end
-    r:feed(body)
-    res, perr, kind = r:get()
-  end
-  if res and res.shape_ok then return res end
   sock:close()
-  if res then -- the stream is framed wrongly: nothing in it can be trusted
-    return nil, E_PROTOCOL, addr .. ": reply framed wrongly for its opcode"
-  end
   return nil, kind == "server_error" and E_SERVER or E_PROTOCOL,
     addr .. ": " .. tostring(perr or "short reply")
+end
+
+-- The next reply on sock. A header is judged by the core
+-- (mc_abi_read_head: magic, a body within max_body, extras and key within
+-- the body) as soon as it is in, before its body is read, and the reply's
+-- shape by the core once whole. Reads what comes (receiveany) while no
+-- header is whole, then exactly what the reply still needs, so a reply
+-- costs one receive when it arrives at once. Returns the reply, or nil,
+-- err, detail, stale with the socket closed (stale: closed or reset before
+-- any byte came on it since the reader's reset).
+local head, head_err = ffi.new("mc_abi_head"), ffi.new("char[200]")
+local MAX_BODY = codec.DEFAULT_MAX_BODY
+local function read_reply(sock, r, addr, dl)
+  local buf, pos = r.buf, r.pos
+  while true do
+    local avail = #buf - pos + 1
+    if avail > 0 and byte(buf, pos) ~= 0x81 then
+      r.buf, r.pos = "", 1
+      return read_text_error(sock, r, addr, sub(buf, pos))
+    end
+    local need = HEADER_LEN
+    if avail >= HEADER_LEN then
+      if core.mc_abi_read_head(ffi.cast("const char *", buf) + (pos - 1), MAX_BODY, head,
+          head_err, 200) ~= 0 then
+        sock:close() -- the stream is out of step: nothing in it can be trusted
+        r.buf, r.pos = "", 1
+        return nil, E_PROTOCOL, addr .. ": " .. ffi.string(head_err)
+      end
+      need = HEADER_LEN + head.bodylen
+      if avail >= need then
+        local op, st, ext, klen = head.opcode, head.status, head.extlen, head.keylen
+        local b0 = pos + HEADER_LEN -- the body's first byte
+        if core.mc_abi_shape_ok(op, st, ext, klen, need - HEADER_LEN - ext - klen) == 0 then
+          sock:close()
+          r.buf, r.pos = "", 1
+          return nil, E_PROTOCOL, addr .. ": reply framed wrongly for its opcode"
+        end
+        local flags = 0
+        if ext >= 4 then
+          local f1, f2, f3, f4 = byte(buf, b0, b0 + 3)
+          flags = ((f1 * 256 + f2) * 256 + f3) * 256 + f4
+        end
+        local res = { opcode = op, status = st, opaque = head.opaque, cas = head.cas,
+          flags = flags, key = klen > 0 and sub(buf, b0 + ext, b0 + ext + klen - 1) or "",
+          value = sub(buf, b0 + ext + klen, pos + need - 1) }
+        pos = pos + need
+        if pos > #buf then buf, pos = "", 1 end
+        r.buf, r.pos = buf, pos
+        return res
+      end
+    end
+    set_left(sock, nil, dl)
+    local data, err
+    if avail >= HEADER_LEN then data, err = sock:receive(need - avail)
+    else data, err = sock:receiveany(65536) end
+    if not data then
+      local stale = avail == 0 and not r.got and STALE[err] or nil
+      r.buf, r.pos = "", 1
+      local _, e, detail = sock_fail(sock, addr, "receive", err)
+      return nil, e, detail, stale
+    end
+    r.got = true
+    if avail > 0 then buf = sub(buf, pos) .. data else buf = data end
+    pos = 1
+  end
 end
 
 -- Sends data and reads one reply. Returns the reply and the socket; or nil,
@@ -485,8 +594,8 @@ local function probe(self, srv)
   local sock = ngx_socket_tcp()
   sock:settimeouts(self.probe_ms, self.probe_ms, self.probe_ms)
   local ok, err
-  if port then ok, err = sock:connect(host, port, { pool = "memcached:" .. addr, pool_size = self.pool_size })
-  else ok, err = sock:connect(host, { pool = "memcached:" .. addr, pool_size = self.pool_size }) end
+  if port then ok, err = sock:connect(host, port, popts_of(self, addr))
+  else ok, err = sock:connect(host, popts_of(self, addr)) end
   local opaque = next_opaques(self, 1)
   if ok then ok, err = sock:send(c_simple(OP.NOOP, opaque)) end
   local hdr
@@ -568,6 +677,12 @@ local function call(self, key, kind, enc, op, ...)
   if not res and stale and resend_safe(data) then
     r:reset()
     res, sock, detail = roundtrip(self, addr, data, r, dl, true)
+  end
+  -- one request, one reply: bytes after it mean the server framed
+  -- something wrongly (as the core's reply check says for the C client)
+  if res and leftover(r) then
+    sock:close()
+    res, sock, detail = nil, E_PROTOCOL, addr .. ": bytes after the reply"
   end
   give_reader(self, r)
   if not res then
@@ -822,6 +937,7 @@ local function run_batches(self, batches, on_reply, on_fail_user)
   local r = take_reader(self)
   for _, b in ipairs(batches) do
     local sock, replied = b.sock, false
+    r:reset()
     while sock do
       local res, err, detail, stale = read_reply(sock, r, b.addr, dl)
       if res then
@@ -829,6 +945,10 @@ local function run_batches(self, batches, on_reply, on_fail_user)
         local mine
         mine, err, detail = on_reply(b, res)
         if not mine then sock:close()
+        elseif res.opaque == b.last and leftover(r) then
+          -- the stream ends with the NOOP and nothing after it
+          sock:close()
+          mine, err, detail = nil, E_PROTOCOL, b.addr .. ": bytes after the batch's NOOP"
         elseif res.opaque == b.last then
           sock:setkeepalive(self.keepalive_ms, self.pool_size)
           server_ok(self, b.srv)
@@ -1155,11 +1275,11 @@ local function server_stats(self, srv, group, r)
       return nil, E_AUTH, addr .. ": " .. status_str(res.status)
     end
     if res.status ~= ST.OK then
-      sock:setkeepalive(self.keepalive_ms, self.pool_size)
+      if leftover(r) then sock:close() else sock:setkeepalive(self.keepalive_ms, self.pool_size) end
       return nil, status_err(K_OTHER, res.status), addr .. ": " .. status_str(res.status), true
     end
     if res.key == "" then
-      sock:setkeepalive(self.keepalive_ms, self.pool_size)
+      if leftover(r) then sock:close() else sock:setkeepalive(self.keepalive_ms, self.pool_size) end
       return t
     end
     nent = nent + 1
@@ -1260,8 +1380,7 @@ local function replace_ring(self, list)
       end
     end
   end
-  self.ring = ring
-  self.list = list
+  self.ring, self.list, self.names = ring, list, {}
   return true
 end
 

@@ -1,6 +1,7 @@
 /* mc_abi: the core's rules through a plain C ABI (see mc_abi.h). */
 #include "mc_abi.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -164,4 +165,56 @@ int mc_abi_ring_failed(mc_ring *r, int srv, double now, const char *why)
 int mc_abi_ring_ok(mc_ring *r, int srv)
 {
     return mc_ring_ok(r, srv);
+}
+
+int mc_abi_enc(char *out, size_t cap, int opcode, uint32_t opaque, double cas,
+               const char *key, size_t keylen, int extras, uint32_t flags,
+               uint32_t exptime, const char *value, size_t vallen)
+{
+    unsigned char ext[8];
+    size_t need = MC_HEADER_LEN + (extras ? 8u : 0u) + keylen + vallen;
+    mc_buf b;
+    if (need > (size_t)INT32_MAX || opcode < 0 || opcode > 0xff)
+        return INT32_MIN;
+    if (need > cap)
+        return -(int)need;
+    b.data = out;
+    b.len = 0;
+    b.cap = cap;
+    mc_store32(ext, flags);
+    mc_store32(ext + 4, exptime);
+    if (mc_enc_request(&b, (uint8_t)opcode, opaque,
+                       cas > 0 ? (uint64_t)cas : 0, ext, extras ? 8u : 0u, key,
+                       keylen, value, vallen) != 0)
+        return INT32_MIN;
+    return (int)b.len;
+}
+
+int mc_abi_read_head(const char *h, size_t max_body, mc_abi_head *out, char *err,
+                size_t errlen)
+{
+    const unsigned char *p = (const unsigned char *)h;
+    if (mc_head_check(p, max_body, err, errlen) != 0)
+        return -1;
+    out->opcode = p[1];
+    out->keylen = mc_load16(p + 2);
+    out->extlen = p[4];
+    out->status = mc_load16(p + 6);
+    out->bodylen = mc_load32(p + 8);
+    out->opaque = mc_load32(p + 12);
+    out->cas = (double)mc_load64(p + 16);
+    return 0;
+}
+
+int mc_abi_shape_ok(int opcode, int status, int extlen, int keylen,
+                    size_t vallen)
+{
+    mc_resp r;
+    memset(&r, 0, sizeof(r));
+    r.opcode = (uint8_t)opcode;
+    r.status = (uint16_t)status;
+    r.extlen = (uint8_t)extlen;
+    r.keylen = (uint16_t)keylen;
+    r.vallen = vallen;
+    return mc_resp_shape_ok(&r);
 }

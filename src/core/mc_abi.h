@@ -12,6 +12,29 @@
 
 #ifndef MC_ABI
 #define MC_ABI __attribute__((visibility("default")))
+/* ---- framing and reading, for a driver that moves its own bytes ----
+ * mc_abi_enc frames one request into out (cap bytes): extras 1 sends
+ * flags and exptime (the stores), 0 none. Returns its length, or minus
+ * the length it needs when cap is too small (nothing written). cas is a
+ * double, as LuaJIT's numbers are. */
+MC_ABI int mc_abi_enc(char *out, size_t cap, int opcode, uint32_t opaque,
+                      double cas, const char *key, size_t keylen, int extras,
+                      uint32_t flags, uint32_t exptime, const char *value,
+                      size_t vallen);
+/* A reply's header: checked (mc_head_check) and split. 0, or -1 with why
+ * in err. */
+typedef struct mc_abi_head {
+    int opcode, status, extlen, keylen;
+    uint32_t bodylen, opaque;
+    double cas;
+} mc_abi_head;
+MC_ABI int mc_abi_read_head(const char *h, size_t max_body, mc_abi_head *out,
+                            char *err, size_t errlen);
+/* 1 when a reply of this opcode and status has the shape it must have
+ * (mc_resp_shape_ok). */
+MC_ABI int mc_abi_shape_ok(int opcode, int status, int extlen, int keylen,
+                           size_t vallen);
+
 /* ---- a server list with placement and health (mc_ring.h) ----
  * For a driver that moves its own bytes: it places keys as the C client
  * does and routes around dead servers. Time is the caller's (seconds,

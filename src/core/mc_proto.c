@@ -346,6 +346,32 @@ static int text_error_line(const unsigned char *p, size_t n, size_t *len)
     return i == n && i <= MC_TEXT_LINE_MAX ? 0 : -1; /* else too long */
 }
 
+int mc_head_check(const unsigned char *h, size_t max_body, char *err,
+                  size_t errlen)
+{
+    uint16_t keylen = mc_load16(h + 2);
+    uint8_t extlen = h[4];
+    uint32_t body = mc_load32(h + 8);
+    if (h[0] != MC_MAGIC_RESPONSE) {
+        snprintf(err, errlen, "bad magic byte 0x%02x (expected 0x%02x)", h[0],
+                 MC_MAGIC_RESPONSE);
+        return -1;
+    }
+    if (body > max_body) {
+        snprintf(err, errlen,
+                 "declared body of %lu bytes exceeds the limit of %llu",
+                 (unsigned long)body, (unsigned long long)max_body);
+        return -1;
+    }
+    if ((uint32_t)extlen + keylen > body) {
+        snprintf(err, errlen,
+                 "extras (%u) + key (%u) exceed the body of %lu bytes",
+                 (unsigned)extlen, (unsigned)keylen, (unsigned long)body);
+        return -1;
+    }
+    return 0;
+}
+
 int mc_reader_get(mc_reader *r, mc_resp *resp)
 {
     const unsigned char *h;
@@ -385,17 +411,9 @@ int mc_reader_get(mc_reader *r, mc_resp *resp)
     keylen = mc_load16(h + 2);
     extlen = h[4];
     body = mc_load32(h + 8);
-    if (body > r->max_body) {
-        r->oversize = body;
-        snprintf(r->errstr, sizeof r->errstr,
-                 "declared body of %lu bytes exceeds the limit of %llu",
-                 (unsigned long)body, (unsigned long long)r->max_body);
-        return reader_fail(r);
-    }
-    if ((uint32_t)extlen + keylen > body) {
-        snprintf(r->errstr, sizeof r->errstr,
-                 "extras (%u) + key (%u) exceed the body of %lu bytes",
-                 (unsigned)extlen, (unsigned)keylen, (unsigned long)body);
+    if (mc_head_check(h, r->max_body, r->errstr, sizeof r->errstr) != 0) {
+        if (body > r->max_body)
+            r->oversize = body;
         return reader_fail(r);
     }
     total = MC_HEADER_LEN + (size_t)body;

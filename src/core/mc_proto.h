@@ -225,6 +225,13 @@ static inline void mc_reader_commit(mc_reader *r, size_t n)
 #define MC_TEXT_LINE_MAX 256
 int mc_reader_get(mc_reader *r, mc_resp *resp);
 
+/* The checks a reply's 24-byte header must pass before its body is read
+ * (the reader's own, for a driver that reads the body itself): the
+ * response magic, a body of at most max_body bytes, extras + key within
+ * it. 0, or -1 with why in err. */
+int mc_head_check(const unsigned char *h, size_t max_body, char *err,
+                  size_t errlen);
+
 /* Bytes received but not yet taken out by mc_reader_get. */
 static inline size_t mc_reader_pending(const mc_reader *r)
 {
