@@ -47,9 +47,19 @@ for i in 1 2 3; do
     wait_port "$p" || { echo "memcached did not start" >&2; exit 1; }
     MCS+=("$p")
 done
+REFUSED=$(free_port) # nobody listens there
+HUNG=$(free_port)    # accepts and never answers
+"$LUA" -e "local socket = require 'socket'
+           local s = assert(socket.bind('127.0.0.1', $HUNG))
+           local keep = {}
+           s:settimeout(0.05)
+           while true do local c = s:accept() if c then keep[#keep + 1] = c end end" &
+PIDS+=($!)
+wait_port "$HUNG" || { echo "the hung server did not start" >&2; exit 1; }
 PORT=$(free_port)
 sed -e "s|@TMP@|$TMP|g" -e "s|@ROOT@|$ROOT|g" -e "s|@PORT@|$PORT|g" \
     -e "s|@MC1@|${MCS[0]}|g" -e "s|@MC2@|${MCS[1]}|g" -e "s|@MC3@|${MCS[2]}|g" \
+    -e "s|@REFUSED@|$REFUSED|g" -e "s|@HUNG@|$HUNG|g" \
     bench/nginx/nginx.conf.in >"$TMP/nginx.conf"
 taskset -c "$CPU" nginx -p "$TMP" -c "$TMP/nginx.conf" -e "$TMP/error.log" &
 PIDS+=($!)
@@ -116,3 +126,13 @@ for _, op in ipairs { "get", "set", "multi", "multi3" } do
     cell(t[op].resty, f), (o and r) and string.format("%.2fx", o / r) or "n/a"))
 end
 LUA
+
+echo
+echo "### Failover (memcached.resty, one of three servers down, failure_limit 2, timeout 0.1 s)"
+echo
+echo "| server | calls | errors | errors after ejection | p50 after (ms) | p99 after (ms) | max after (ms) |"
+echo "| --- | --- | --- | --- | --- | --- | --- |"
+for mode in refused hung; do
+    read -r calls errs after p50 p99 mx < <(curl -sS --max-time 120 "http://127.0.0.1:$PORT/failover?mode=$mode")
+    echo "| $mode | $calls | $errs | $after | $p50 | $p99 | $mx |"
+done
