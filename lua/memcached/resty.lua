@@ -91,6 +91,8 @@ int mc_abi_ring_around(mc_ring *r, const char *key, size_t len, int *err);
 int mc_abi_ring_usable(mc_ring *r, int srv, double now, int *probe);
 int mc_abi_ring_failed(mc_ring *r, int srv, double now, const char *why);
 int mc_abi_ring_ok(mc_ring *r, int srv);
+int mc_abi_ring_dead_until(mc_ring *r, int srv, double until, const char *why);
+double mc_abi_ring_retry_at(const mc_ring *r, int srv);
 ]]
 local core = ffi.load(assert(package.searchpath("memcached", package.cpath),
   "memcached.so not found on package.cpath"))
@@ -265,7 +267,8 @@ end
 
 local OPTIONS = { servers = 1, timeout = 1, connect_timeout = 1, io_timeout = 1,
   pool_size = 1, keepalive_timeout = 1, msgpack_flag = 1, selector = 1,
-  failure_limit = 1, retry_timeout = 1, eject = 1, probe_timeout = 1, resolver = 1 }
+  failure_limit = 1, retry_timeout = 1, eject = 1, probe_timeout = 1, resolver = 1,
+  shared_dict = 1 }
 local SELECTORS = { modulo = 0, ketama = 1, gomemcached = 2 }
 
 -- The server list as the C client reads it: strings, {addr, weight = n},
@@ -346,13 +349,20 @@ function _M.new(opts, ...)
     seq = random32(), -- next opaque
     readers = {}, -- idle codec readers
   }, mt)
+  if opts.shared_dict ~= nil then
+    local dict = ngx.shared and ngx.shared[opts.shared_dict]
+    if not dict then
+      error("option 'shared_dict': no lua_shared_dict named '" .. tostring(opts.shared_dict) .. "'", 2)
+    end
+    self.dict = dict
+  end
   local list = server_list(opts.servers or {})
   local ring, err, detail = new_ring(self, list)
   if not ring then return nil, err, detail end
   self.by_resolver = opts.resolver == true
   err, detail = resolve_names(list, self.by_resolver)
   if err then return nil, err, detail end
-  self.ring, self.list, self.names = ring, list, {}
+  self.ring, self.list, self.names, self.dead_keys = ring, list, {}, {}
   return self
 end
 
@@ -374,17 +384,60 @@ end
 -- What a failure costs the server: transport and protocol failures count
 -- (failure_limit of them mark it dead); an auth refusal means it answered.
 local NOT_THE_SERVERS = { [_M.ERR_VALUE_TOO_LARGE] = true, [_M.ERR_NO_MEMORY] = true }
+-- Shared health (option shared_dict): a server this worker finds dead is
+-- written to the dict with the time of its next probe, so every worker
+-- sharing the dict routes around it at once; a worker whose probe brings
+-- it back removes the entry. Failures themselves are counted per worker.
+local function dead_key(self, srv)
+  local keys = self.dead_keys
+  local k = keys[srv]
+  if not k then
+    k = "memcached:dead:" .. ffi.string(core.mc_abi_ring_name(self.ring, srv))
+    keys[srv] = k
+  end
+  return k
+end
+local function share_dead(self, srv)
+  local dict = self.dict
+  if not dict then return end
+  local at = core.mc_abi_ring_retry_at(self.ring, srv)
+  if at > 0 then dict:set(dead_key(self, srv), at, self.retry_timeout + 1) end
+end
+local function share_alive(self, srv)
+  if self.dict then self.dict:delete(dead_key(self, srv)) end
+end
+
 local function server_failed(self, srv, err, detail)
   if err == E_AUTH then
-    if core.mc_abi_ring_ok(self.ring, srv) == 1 then event(self, srv, "responding again", "up") end
+    if core.mc_abi_ring_ok(self.ring, srv) == 1 then
+      share_alive(self, srv)
+      event(self, srv, "responding again", "up")
+    end
     return
   end
   if NOT_THE_SERVERS[err] then return end
   local why = tostring(err) .. ": " .. tostring(detail)
-  if core.mc_abi_ring_failed(self.ring, srv, ngx_now(), why) == 1 then event(self, srv, why, "down") end
+  if core.mc_abi_ring_failed(self.ring, srv, ngx_now(), why) == 1 then
+    share_dead(self, srv)
+    event(self, srv, why, "down")
+  end
 end
 local function server_ok(self, srv)
-  if core.mc_abi_ring_ok(self.ring, srv) == 1 then event(self, srv, "responding again", "up") end
+  if core.mc_abi_ring_ok(self.ring, srv) == 1 then
+    share_alive(self, srv)
+    event(self, srv, "responding again", "up")
+  end
+end
+
+-- A server alive here that another worker found dead: dead here too, until
+-- the time that worker set. Returns true when it is.
+local function dead_elsewhere(self, srv)
+  local till = self.dict:get(dead_key(self, srv))
+  if not till or till <= ngx_now() then return false end
+  if core.mc_abi_ring_dead_until(self.ring, srv, till, "found dead by another worker") == 1 then
+    event(self, srv, "found dead by another worker", "down")
+  end
+  return true
 end
 
 -- Server names by index, made once per ring (interned servers added as
@@ -611,6 +664,7 @@ local function probe(self, srv)
   sock:close()
   local why = "probe: " .. tostring(err or "no NOOP reply")
   if core.mc_abi_ring_failed(self.ring, srv, ngx_now(), why) == 1 then event(self, srv, why, "down") end
+  share_dead(self, srv)
   return false
 end
 
@@ -647,6 +701,9 @@ local function place(self, key)
     return nil, _M.ERR_SERVER_DEAD, dead_detail(self, srv)
   end
   local srv = core.mc_abi_ring_pick(ring, key, #key, ngx_now(), pick_probe, pick_err)
+  if srv >= 0 and pick_probe[0] == 0 and self.dict and dead_elsewhere(self, srv) then
+    srv = core.mc_abi_ring_pick(ring, key, #key, ngx_now(), pick_probe, pick_err)
+  end
   if srv >= 0 and pick_probe[0] ~= 0 and not probe(self, srv) then
     local dead = srv
     srv = core.mc_abi_ring_around(ring, key, #key, pick_err)
@@ -1380,7 +1437,7 @@ local function replace_ring(self, list)
       end
     end
   end
-  self.ring, self.list, self.names = ring, list, {}
+  self.ring, self.list, self.names, self.dead_keys = ring, list, {}, {}
   return true
 end
 

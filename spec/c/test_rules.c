@@ -541,6 +541,20 @@ static void test_ring(void)
     CHECK(mc_abi_ring_pick(r, key, 2, 11.3, &probe, &e) ==
               mc_abi_ring_static(r, key, 2),
           "keys come back");
+    CHECK(mc_abi_ring_dead_until(r, 0, 20.0, "elsewhere") == 1 &&
+              !mc_abi_ring_alive(r, 0, &failures, &last) && failures == 2 &&
+              mc_abi_ring_retry_at(r, 0) == 20.0 && mc_abi_ring_retry_at(r, 1) == 0,
+          "dead until a time another party found");
+    for (i = 0; i < 200; i++) { /* a key of server 0 */
+        snprintf(key, sizeof(key), "k%d", i);
+        if (mc_abi_ring_static(r, key, strlen(key)) == 0)
+            break;
+    }
+    s = mc_abi_ring_pick(r, key, strlen(key), 19.0, &probe, &e);
+    CHECK(s != 0 && s >= 0 && !probe, "not probed before that time (%d)", s);
+    s = mc_abi_ring_pick(r, key, strlen(key), 20.5, &probe, &e);
+    CHECK(s == 0 && probe, "probed after it");
+    CHECK(mc_abi_ring_ok(r, 0) == 1, "and back");
     CHECK(mc_abi_ring_intern(r, "@abstract", err, sizeof(err)) == 3 &&
               mc_abi_ring_intern(r, "10.0.0.2:11211", err, sizeof(err)) == 1,
           "intern adds or finds");

@@ -603,6 +603,29 @@ local function run()
     for i = 1, 200 do if noeject:pick_server("ne:" .. i) == REFUSED then nk = "ne:" .. i break end end
     noeject:get(nk)
     is("eject = false: a dead server's keys fail fast", { nil, E.ERR_SERVER_DEAD }, noeject:get(nk))
+    -- shared health: a server one client (worker) finds dead is dead for
+    -- every client that names the same lua_shared_dict
+    local sa = assert(resty_memcached.new { servers = { MC1, REFUSED }, failure_limit = 2,
+      retry_timeout = 5, shared_dict = "mc_health" })
+    local sb_events = {}
+    local sb = assert(resty_memcached.new { servers = { MC1, REFUSED }, failure_limit = 2,
+      retry_timeout = 5, shared_dict = "mc_health" })
+    sb:set_server_error_callback(function(addr, reason, state) sb_events[#sb_events + 1] = state .. " " .. reason end)
+    local sk
+    for i = 1, 200 do if sa:pick_server("sh:" .. i) == REFUSED then sk = "sh:" .. i break end end
+    sa:get(sk); sa:get(sk)
+    local sv, se = sb:get(sk)
+    ok(sv == nil and se == E.ERR_CACHE_MISS and sb:servers()[2].alive == false,
+       "shared_dict: another client finds the dead server dead at once, and no call of its fails",
+       show(sv, se, sb:servers()[2].alive))
+    ok(#sb_events == 1 and sb_events[1]:find("down found dead by another worker", 1, true),
+       "... and its callback hears of it", show(sb_events[1]))
+    local lone = assert(resty_memcached.new { servers = { MC1, REFUSED }, failure_limit = 2 })
+    is("without shared_dict a client finds it for itself", { nil, E.ERR_CONNECTION_REFUSED }, lone:get(sk))
+    ok(not pcall(resty_memcached.new, { servers = { MC1 }, shared_dict = "no_such_dict" }),
+       "a shared_dict nginx does not have raises")
+    ngx.shared.mc_health:flush_all()
+
     -- addresses: the core's rule
     local v6 = assert(resty_memcached.new { servers = { "[::1]:" .. REFUSED:match(":(%d+)$") } })
     local _, v6e, v6d = v6:get("k")

@@ -218,3 +218,13 @@ int mc_abi_shape_ok(int opcode, int status, int extlen, int keylen,
     r.vallen = vallen;
     return mc_resp_shape_ok(&r);
 }
+
+int mc_abi_ring_dead_until(mc_ring *r, int srv, double until, const char *why)
+{
+    return mc_ring_dead_until(r, srv, until, why);
+}
+
+double mc_abi_ring_retry_at(const mc_ring *r, int srv)
+{
+    return mc_ring_retry_at(r, srv);
+}

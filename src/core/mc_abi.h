@@ -61,6 +61,11 @@ MC_ABI int mc_abi_ring_usable(mc_ring *r, int srv, double now, int *probe);
 MC_ABI int mc_abi_ring_failed(mc_ring *r, int srv, double now,
                               const char *why);
 MC_ABI int mc_abi_ring_ok(mc_ring *r, int srv);
+/* Shared health: found dead elsewhere until `until` (1: it was alive
+ * here), and when a dead server's next probe is due (0: alive). */
+MC_ABI int mc_abi_ring_dead_until(mc_ring *r, int srv, double until,
+                                  const char *why);
+MC_ABI double mc_abi_ring_retry_at(const mc_ring *r, int srv);
 
 #endif
 

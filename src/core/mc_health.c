@@ -37,3 +37,16 @@ int mc_health_probe_due(mc_health *h, const mc_health_opts *o, double now)
     h->retry_at = now + o->retry_timeout;
     return 1;
 }
+
+int mc_health_dead_until(mc_health *h, const mc_health_opts *o, double until,
+                         const char *why)
+{
+    int was_alive = !h->dead;
+    snprintf(h->last_error, sizeof(h->last_error), "%s", why ? why : "");
+    if (h->failures < o->failure_limit)
+        h->failures = o->failure_limit;
+    h->dead = 1;
+    if (was_alive || until > h->retry_at)
+        h->retry_at = until;
+    return was_alive;
+}

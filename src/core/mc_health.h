@@ -25,6 +25,11 @@ typedef struct mc_health_opts {
  * whole retry interval after now. */
 int mc_health_failed(mc_health *h, const mc_health_opts *o, double now,
                      const char *why);
+/* Another party (a worker sharing health through shared memory) found the
+ * server dead until `until`: dead from now, probed after `until`. Returns
+ * 1 when it was alive. */
+int mc_health_dead_until(mc_health *h, const mc_health_opts *o, double until,
+                         const char *why);
 /* A success: failures reset. Returns 1 when the server was dead (it is
  * alive again), else 0. */
 int mc_health_succeeded(mc_health *h);

@@ -205,3 +205,17 @@ int mc_ring_ok(mc_ring *r, int srv)
         return 0;
     return mc_health_succeeded(h);
 }
+
+int mc_ring_dead_until(mc_ring *r, int srv, double until, const char *why)
+{
+    if (srv < 0 || (size_t)srv >= r->nsrv)
+        return 0;
+    return mc_health_dead_until(&r->srv[srv].h, &r->ho, until, why);
+}
+
+double mc_ring_retry_at(const mc_ring *r, int srv)
+{
+    if (srv < 0 || (size_t)srv >= r->nsrv || !r->srv[srv].h.dead)
+        return 0;
+    return r->srv[srv].h.retry_at;
+}

@@ -58,5 +58,10 @@ int mc_ring_usable(mc_ring *r, int srv, double now, int *probe);
  * returns 1 when it was dead and is alive again. */
 int mc_ring_failed(mc_ring *r, int srv, double now, const char *why);
 int mc_ring_ok(mc_ring *r, int srv);
+/* Found dead elsewhere (shared health) until `until`: 1 when it was
+ * alive here. */
+int mc_ring_dead_until(mc_ring *r, int srv, double until, const char *why);
+/* The time a dead server's next probe is due (0 when alive). */
+double mc_ring_retry_at(const mc_ring *r, int srv);
 
 #endif
