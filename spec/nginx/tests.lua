@@ -835,6 +835,13 @@ echo "$! $port" >%s
     os.execute("kill " .. tostring(pid) .. " 2>/dev/null")
   end
 
+  -- the behaviour both clients share (spec/behaviour.lua; busted runs the
+  -- same cases against the Lua 5.4 client)
+  local B = require "spec.behaviour"
+  B.run({ new = function(o) return assert(resty_memcached.new(o)) end, E = resty_memcached,
+          addr = MC1, refused = REFUSED, prefix = "bngx:", check = B.check },
+        function(name, passed, why) ok(passed, "behaviour: " .. name, why) end)
+
   -- closing
   is("close", { true }, mc:close())
   is("close again", { true }, mc:close())
