@@ -73,6 +73,10 @@ run() { # client op n -> seconds
 for c in ours resty floor; do for op in get set multi; do run "$c" "$op" 200 >/dev/null; done; done
 run ours multi3 50 >/dev/null
 
+# what a pooled connect + setkeepalive alone costs, per operation: part of
+# every memcached.resty call (its client outlives requests, so it takes a
+# connection from nginx's pool per call)
+pool_us=$(for _ in 1 2 3; do run pool get "$N"; done | sort -n | sed -n 2p)
 : >"$TMP/results"
 for r in $(seq "$ROUNDS"); do
     order="ours resty floor"
@@ -127,6 +131,8 @@ for _, op in ipairs { "get", "set", "multi", "multi3" } do
 end
 LUA
 
+echo
+echo "A pooled connect + setkeepalive alone (no request): $("$LUA" -e "print(string.format('%.1f', $pool_us / $N * 1e6))") µs per call (median of 3), part of every memcached.resty call."
 echo
 echo "### Failover (memcached.resty, one of three servers down, failure_limit 2, timeout 0.1 s)"
 echo

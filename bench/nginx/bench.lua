@@ -7,6 +7,11 @@
 --   floor: the least a binary-protocol cosocket client can do: requests
 --          built before the clock starts, one send per operation, replies
 --          read with receiveany and cut apart by their lengths, no checks
+if os.getenv("BENCH_JIT_LOG") and not _G.__jitv then
+  package.path = package.path .. ";/usr/share/luajit-2.1.0-beta3/?.lua"
+  require("jit.v").on("/tmp/jit_v.log")
+  _G.__jitv = true
+end
 local args = ngx.req.get_uri_args()
 local client, op, n = args.client, args.op, tonumber(args.n)
 local var = ngx.var
@@ -144,8 +149,24 @@ if not _G.__bench_filled then
   _G.__bench_filled = true
 end
 
+-- what a pooled connect and a setkeepalive cost (no request)
+local function run_pool()
+  local host, port = MC[1]:match("^(.*):(%d+)$")
+  local opts = { pool = "poolcost" }
+  port = tonumber(port)
+  for _ = 1, n do
+    local sock = ngx.socket.tcp()
+    sock:settimeouts(1000, 1000, 1000)
+    local ok, err = sock:connect(host, port, opts)
+    if not ok then return false, err end
+    sock:setkeepalive(60000, 16)
+  end
+  return true
+end
+
 local dt, err
-if client == "ours" then dt, err = timed(run_ours)
+if client == "pool" then dt, err = timed(run_pool)
+elseif client == "ours" then dt, err = timed(run_ours)
 elseif client == "resty" then dt, err = timed(run_resty)
 else dt, err = run_floor() end
 if not dt then ngx.say("error: ", tostring(err)) return end

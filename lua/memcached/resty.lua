@@ -682,24 +682,31 @@ local function no_server(self, key, e, srv)
   if core.mc_abi_ring_nservers(self.ring) == 0 then return nil, err, "no servers configured" end
   return nil, err, "no servers available: all are marked dead"
 end
-local function place(self, key)
+-- A custom selector's server for key (kept out of place: its closure would
+-- stop LuaJIT from compiling place).
+local function custom_addr(sel, key)
+  if type(sel) == "function" then return pcall(sel, key) end
+  return pcall(sel.pick_server, sel, key)
+end
+local function place_custom(self, key)
   local ring = self.ring
-  if self.custom then
-    local sel, ok, addr = self.custom
-    if type(sel) == "function" then ok, addr = pcall(sel, key)
-    else ok, addr = pcall(function() return sel:pick_server(key) end) end
-    if not ok or type(addr) ~= "string" then
-      return nil, _M.ERR_NO_SERVERS, "selector gave no server for key '" .. sub(key, 1, 60) .. "': "
-        .. tostring(addr or "no address")
-    end
-    local srv = core.mc_abi_ring_intern(ring, addr, ring_err, 256)
-    if srv < 0 then return nil, _M.ERR_BAD_SERVER, ffi.string(ring_err) end
-    if core.mc_abi_ring_usable(ring, srv, ngx_now(), pick_probe) ~= 0
-        or (pick_probe[0] ~= 0 and probe(self, srv)) then
-      return srv
-    end
-    return nil, _M.ERR_SERVER_DEAD, dead_detail(self, srv)
+  local ok, addr = custom_addr(self.custom, key)
+  if not ok or type(addr) ~= "string" then
+    return nil, _M.ERR_NO_SERVERS, "selector gave no server for key '" .. sub(key, 1, 60) .. "': "
+      .. tostring(addr or "no address")
   end
+  local srv = core.mc_abi_ring_intern(ring, addr, ring_err, 256)
+  if srv < 0 then return nil, _M.ERR_BAD_SERVER, ffi.string(ring_err) end
+  if core.mc_abi_ring_usable(ring, srv, ngx_now(), pick_probe) ~= 0
+      or (pick_probe[0] ~= 0 and probe(self, srv)) then
+    return srv
+  end
+  return nil, _M.ERR_SERVER_DEAD, dead_detail(self, srv)
+end
+
+local function place(self, key)
+  if self.custom then return place_custom(self, key) end
+  local ring = self.ring
   local srv = core.mc_abi_ring_pick(ring, key, #key, ngx_now(), pick_probe, pick_err)
   if srv >= 0 and pick_probe[0] == 0 and self.dict and dead_elsewhere(self, srv) then
     srv = core.mc_abi_ring_pick(ring, key, #key, ngx_now(), pick_probe, pick_err)
@@ -956,25 +963,28 @@ end
 
 -- Batches over several servers: each batch {addr =, data =, last =} is sent
 -- whole, every server before any reply is read; then each server's replies
--- are read until the one whose opaque is `last`. on_reply(b, res) returns
--- true (keep reading), or nil, err, detail (a reply not ours, or an auth
--- status: the socket is closed). on_fail(b, err, detail) hears of each
--- server that failed. A batch whose requests may all be sent twice
--- (resend_safe) and whose pooled connection turns out closed before any
--- byte of its replies is sent once more on a fresh one.
-local function run_batches(self, batches, on_reply, on_fail_user)
-  -- a server's failure counts against it once per batch (as in the C
-  -- client); its stream parsed through the NOOP is a success
-  local function on_fail(b, err, detail)
-    server_failed(self, b.srv, err, detail)
-    on_fail_user(b, err, detail)
-  end
+-- are read until the one whose opaque is `last`. on_reply(st, b, res)
+-- returns true (keep reading), or nil, err, detail (a reply not ours, or an
+-- auth status: the socket is closed). on_fail(st, b, err, detail) hears of
+-- each server that failed. st is the caller's state: the callbacks are
+-- plain functions, no closure per call (LuaJIT does not compile closure
+-- creation). A batch whose requests may all be sent twice (resend_safe)
+-- and whose pooled connection turns out closed before any byte of its
+-- replies is sent once more on a fresh one.
+-- A server's failure counts against it once per batch (as in the C
+-- client); its stream parsed through the NOOP is a success.
+local function batch_fail(self, on_fail, st, b, err, detail)
+  server_failed(self, b.srv, err, detail)
+  on_fail(st, b, err, detail)
+end
+
+local function run_batches(self, batches, on_reply_user, on_fail_user, st)
   ngx_update_time()
   local dl = ngx_now() + self.io_timeout
   if #batches == 1 then
     local b = batches[1]
     local err, detail = send_batch(self, b, dl)
-    if err then on_fail(b, err, detail) end
+    if err then batch_fail(self, on_fail_user, st, b, err, detail) end
   else
     -- connect to and write every server at once, one light thread each, so
     -- that servers that hang cost one connect timeout, not one each
@@ -988,7 +998,7 @@ local function run_batches(self, batches, on_reply, on_fail_user)
         if b.sock then b.sock:close() end
         b.sock, err, detail = nil, _M.ERR_IO, b.addr .. ": " .. tostring(err)
       end
-      if err then on_fail(b, err, detail) end
+      if err then batch_fail(self, on_fail_user, st, b, err, detail) end
     end
   end
   local r = take_reader(self)
@@ -1000,7 +1010,7 @@ local function run_batches(self, batches, on_reply, on_fail_user)
       if res then
         replied = true
         local mine
-        mine, err, detail = on_reply(b, res)
+        mine, err, detail = on_reply_user(st, b, res)
         if not mine then sock:close()
         elseif res.opaque == b.last and leftover(r) then
           -- the stream ends with the NOOP and nothing after it
@@ -1020,7 +1030,7 @@ local function run_batches(self, batches, on_reply, on_fail_user)
       end
       if err then
         r:reset()
-        on_fail(b, err, detail)
+        batch_fail(self, on_fail_user, st, b, err, detail)
         break
       end
     end
@@ -1028,16 +1038,70 @@ local function run_batches(self, batches, on_reply, on_fail_user)
   give_reader(self, r)
 end
 
+-- get_multi's state (st): values, failed ({key = err}, made on first use)
+-- and the first error.
+local function gm_failed(st, k, err)
+  st.first = st.first or err
+  local f = st.failed
+  if not f then f = {} st.failed = f end
+  f[k] = err
+end
+
+local function gm_reply(st, b, res)
+  if res.opaque == b.last and res.opcode == OP.NOOP then
+    if b.pos <= #b.order then
+      return nil, E_PROTOCOL, b.addr .. ": the batch ended with requests unanswered"
+    end
+    return true
+  end
+  local k = b.waiting[res.opaque]
+  -- error replies may carry no key: their opaque says which request
+  if not k or res.opaque ~= b.order[b.pos] or res.opcode ~= OP.GETK
+      or not reply_key_ok(res, k) then
+    return nil, E_PROTOCOL, b.addr .. ": a reply that answers no request of this batch, in order"
+  end
+  if is_auth(res.status) then
+    -- memcached -S closes the connection after this reply: this key and
+    -- every other key of the batch fail with ERR_AUTH (gm_fail)
+    return nil, E_AUTH, b.addr .. ": " .. status_str(res.status)
+  end
+  b.waiting[res.opaque] = nil
+  b.pos = b.pos + 1
+  local e = res.status ~= ST.OK and status_err(K_GET, res.status)
+  if e then
+    if e ~= E_MISS then gm_failed(st, k, e) end
+  elseif not is_lock(res) then
+    local ok, v = item_value(st.self, res)
+    if ok then
+      st.values[k] = v
+      local got = b.got
+      if not got then got = {} b.got = got end
+      got[#got + 1] = k
+    else
+      gm_failed(st, k, _M.ERR_UNDECODABLE)
+    end
+  end
+  return true
+end
+
+local function gm_fail(st, b, err)
+  for _, k in pairs(b.waiting) do gm_failed(st, k, err) end
+  b.waiting = {}
+  -- a server's hits count only if its stream parsed through the NOOP:
+  -- a stream that broke off may have framed an earlier reply wrongly
+  for _, k in ipairs(b.got or {}) do
+    st.values[k] = nil
+    gm_failed(st, k, err)
+  end
+  b.got = nil
+end
+
 -- get_multi(keys) -> {key = value}, or values, err, {key = err}
 function _M.get_multi(self, keys)
   if type(keys) ~= "table" then error("bad argument #1 (keys): table expected, got " .. type(keys), 2) end
   if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
-  local n, values, failed, first = #keys, {}, nil, nil
-  local function key_failed(k, err)
-    first = first or err
-    failed = failed or {}
-    failed[k] = err
-  end
+  local n = #keys
+  local st = { self = self, values = {} }
   local by_addr, batches = {}, {}
   local base = next_opaques(self, n)
   for i = 1, n do -- nothing is sent before every key was checked
@@ -1047,7 +1111,7 @@ function _M.get_multi(self, keys)
     end
     if not key_ok(k) then return nil, E_KEY, "key #" .. i .. " is malformed; nothing was sent" end
     local srv, err = place(self, k)
-    if not srv then key_failed(k, err) else
+    if not srv then gm_failed(st, k, err) else
       local b = by_addr[srv]
       if not b then -- waiting: opaque -> key, until its reply; order: opaques
         b = { addr = server_name(self, srv), srv = srv, parts = {}, waiting = {}, order = {}, pos = 1 }
@@ -1068,53 +1132,31 @@ function _M.get_multi(self, keys)
     b.parts[#b.parts + 1] = c_simple(OP.NOOP, b.last)
     b.data = concat(b.parts)
   end
-  run_batches(self, batches, function(b, res)
-    if res.opaque == b.last and res.opcode == OP.NOOP then
-      if b.pos <= #b.order then
-        return nil, E_PROTOCOL, b.addr .. ": the batch ended with requests unanswered"
-      end
-      return true
-    end
-    local k = b.waiting[res.opaque]
-    -- error replies may carry no key: their opaque says which request
-    if not k or res.opaque ~= b.order[b.pos] or res.opcode ~= OP.GETK
-        or not reply_key_ok(res, k) then
-      return nil, E_PROTOCOL, b.addr .. ": a reply that answers no request of this batch, in order"
-    end
-    if is_auth(res.status) then
-      -- memcached -S closes the connection after this reply: this key and
-      -- every other key of the batch fail with ERR_AUTH (on_fail)
-      return nil, E_AUTH, b.addr .. ": " .. status_str(res.status)
-    end
-    b.waiting[res.opaque] = nil
-    b.pos = b.pos + 1
-    local e = res.status ~= ST.OK and status_err(K_GET, res.status)
-    if e then
-      if e ~= E_MISS then key_failed(k, e) end
-    elseif not is_lock(res) then
-      local ok, v = item_value(self, res)
-      if ok then
-        values[k] = v
-        b.got = b.got or {}
-        b.got[#b.got + 1] = k
-      else
-        key_failed(k, _M.ERR_UNDECODABLE)
-      end
-    end
-    return true
-  end, function(b, err)
-    for _, k in pairs(b.waiting) do key_failed(k, err) end
-    b.waiting = {}
-    -- a server's hits count only if its stream parsed through the NOOP:
-    -- a stream that broke off may have framed an earlier reply wrongly
-    for _, k in ipairs(b.got or {}) do
-      values[k] = nil
-      key_failed(k, err)
-    end
-    b.got = nil
-  end)
-  if first then return values, first, failed end
-  return values
+  run_batches(self, batches, gm_reply, gm_fail, st)
+  if st.first then return st.values, st.first, st.failed end
+  return st.values
+end
+
+-- quiet_batch's callbacks; st: qop, kind, results
+local function quiet_reply(st, b, res)
+  if res.opaque == b.last and res.opcode == OP.NOOP then return true end
+  -- an answer names a request of the batch, no earlier than the last one
+  -- answered (replies come in order), and no other key
+  local k, order, pos = b.waiting[res.opaque], b.order, b.pos
+  while pos <= #order and order[pos] ~= res.opaque do pos = pos + 1 end
+  if not k or pos > #order or res.opcode ~= st.qop or not reply_key_ok(res, k) then
+    return nil, E_PROTOCOL, b.addr .. ": a reply that answers no request of this batch, in order"
+  end
+  b.pos = pos + 1
+  if is_auth(res.status) then -- the server closes the connection after it
+    return nil, E_AUTH, b.addr .. ": " .. status_str(res.status)
+  end
+  if res.status ~= ST.OK then st.results[k] = status_err(st.kind, res.status) end
+  return true
+end
+
+local function quiet_fail(st, b, err)
+  for _, k in pairs(b.waiting) do st.results[k] = err end
 end
 
 -- set_multi / delete_multi: quiet requests (SETQ / DELETEQ), one NOOP per
@@ -1149,24 +1191,7 @@ local function quiet_batch(self, qop, kind, list, results, enc)
     b.data = concat(b.parts)
     b.parts = nil
   end
-  run_batches(self, batches, function(b, res)
-    if res.opaque == b.last and res.opcode == OP.NOOP then return true end
-    -- an answer names a request of the batch, no earlier than the last one
-    -- answered (replies come in order), and no other key
-    local k, order, pos = b.waiting[res.opaque], b.order, b.pos
-    while pos <= #order and order[pos] ~= res.opaque do pos = pos + 1 end
-    if not k or pos > #order or res.opcode ~= qop or not reply_key_ok(res, k) then
-      return nil, E_PROTOCOL, b.addr .. ": a reply that answers no request of this batch, in order"
-    end
-    b.pos = pos + 1
-    if is_auth(res.status) then -- the server closes the connection after it
-      return nil, E_AUTH, b.addr .. ": " .. status_str(res.status)
-    end
-    if res.status ~= ST.OK then results[k] = status_err(kind, res.status) end
-    return true
-  end, function(b, err)
-    for _, k in pairs(b.waiting) do results[k] = err end
-  end)
+  run_batches(self, batches, quiet_reply, quiet_fail, { qop = qop, kind = kind, results = results })
   for _, e in ipairs(list) do
     local r = results[e[1]]
     if r ~= true then return results, r end
@@ -1244,6 +1269,23 @@ function _M.delete_multi(self, keys)
   end)
 end
 
+-- each_server's callbacks; st: op, values, failures, first
+local function each_failed(st, b, err, detail)
+  st.first = st.first or err
+  st.failures[b.addr] = detail
+end
+local function each_reply(st, b, res)
+  if res.opaque ~= b.last or res.opcode ~= st.op then
+    return nil, E_PROTOCOL, b.addr .. ": reply opcode " .. res.opcode .. " opaque " .. res.opaque
+  end
+  if is_auth(res.status) then -- the server closes the connection after it
+    return nil, E_AUTH, b.addr .. ": " .. status_str(res.status)
+  end
+  if res.status == ST.OK then st.values[b.addr] = res.value
+  else each_failed(st, b, status_err(K_OTHER, res.status), b.addr .. ": " .. status_str(res.status)) end
+  return true
+end
+
 -- One request to each distinct server. Returns {addr = reply value}, the
 -- first error and {addr = detail} for the servers that failed; or nil,
 -- err, detail when none can be asked.
@@ -1252,28 +1294,15 @@ local function each_server(self, enc, op, arg)
   local n = core.mc_abi_ring_nservers(self.ring)
   if n == 0 then return nil, _M.ERR_NO_SERVERS, "no servers configured" end
   local base = next_opaques(self, n)
-  local batches, values, failures, first = {}, {}, {}, nil
+  local batches, values, failures = {}, {}, {}
   for i = 1, n do
     local opaque = (base + i - 1) % 4294967296
     batches[i] = { addr = server_name(self, i - 1), srv = i - 1, last = opaque,
       data = enc(op, opaque, arg) }
   end
-  local function failed(b, err, detail)
-    first = first or err
-    failures[b.addr] = detail
-  end
-  run_batches(self, batches, function(b, res)
-    if res.opaque ~= b.last or res.opcode ~= op then
-      return nil, E_PROTOCOL, b.addr .. ": reply opcode " .. res.opcode .. " opaque " .. res.opaque
-    end
-    if is_auth(res.status) then -- the server closes the connection after it
-      return nil, E_AUTH, b.addr .. ": " .. status_str(res.status)
-    end
-    if res.status == ST.OK then values[b.addr] = res.value
-    else failed(b, status_err(K_OTHER, res.status), b.addr .. ": " .. status_str(res.status)) end
-    return true
-  end, failed)
-  return values, first, failures
+  local st = { op = op, values = values, failures = failures }
+  run_batches(self, batches, each_reply, each_failed, st)
+  return values, st.first, failures
 end
 
 local function all_ok(values, err, failures)
@@ -1392,9 +1421,7 @@ function _M.pick_server(self, key)
   if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
   if not key_ok(key) then return nil, E_KEY end
   if self.custom then
-    local sel, ok, addr = self.custom
-    if type(sel) == "function" then ok, addr = pcall(sel, key)
-    else ok, addr = pcall(function() return sel:pick_server(key) end) end
+    local ok, addr = custom_addr(self.custom, key)
     if not ok or type(addr) ~= "string" then return nil, _M.ERR_NO_SERVERS, tostring(addr) end
     return addr
   end
