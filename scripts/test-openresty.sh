@@ -144,9 +144,13 @@ HANG1=$(free_port); HANG2=$(free_port); HANG3=$(free_port)
                break
              end
            end
+           io.open('$TMP/holder.ready', 'w'):close()
            socket.sleep(3600)" >>"$TMP/servers.log" 2>&1 &
 pids+=($!)
-sleep 0.3
+# the holder says when its listeners and connections stand (a fixed sleep
+# was too short on a loaded machine: the hanging and limit tests failed)
+for _ in $(seq 250); do [ -e "$TMP/holder.ready" ] && break; sleep 0.02; done
+[ -e "$TMP/holder.ready" ] || { echo "the connection holder did not start" >&2; exit 1; }
 
 PORT=$(free_port)
 sed -e "s|@TMP@|$TMP|g" -e "s|@ROOT@|$ROOT|g" -e "s|@PORT@|$PORT|g" \

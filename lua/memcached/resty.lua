@@ -348,6 +348,7 @@ function _M.new(opts, ...)
     eject = opts.eject ~= false,
     seq = random32(), -- next opaque
     readers = {}, -- idle codec readers
+    records = {}, -- per server address (server_record)
   }, mt)
   if opts.shared_dict ~= nil then
     local dict = ngx.shared and ngx.shared[opts.shared_dict]
@@ -362,7 +363,7 @@ function _M.new(opts, ...)
   self.by_resolver = opts.resolver == true
   err, detail = resolve_names(list, self.by_resolver)
   if err then return nil, err, detail end
-  self.ring, self.list, self.names, self.dead_keys = ring, list, {}, {}
+  self.ring, self.list, self.names = ring, list, {}
   return self
 end
 
@@ -384,18 +385,24 @@ end
 -- What a failure costs the server: transport and protocol failures count
 -- (failure_limit of them mark it dead); an auth refusal means it answered.
 local NOT_THE_SERVERS = { [_M.ERR_VALUE_TOO_LARGE] = true, [_M.ERR_NO_MEMORY] = true }
+-- What a client keeps per server address, made once: nginx's keepalive
+-- pool options and the server's key in the shared dict.
+local function server_record(self, addr)
+  local rec = self.records[addr]
+  if not rec then
+    rec = { popts = { pool = "memcached:" .. addr, pool_size = self.pool_size },
+            dead_key = "memcached:dead:" .. addr }
+    self.records[addr] = rec
+  end
+  return rec
+end
+
 -- Shared health (option shared_dict): a server this worker finds dead is
 -- written to the dict with the time of its next probe, so every worker
 -- sharing the dict routes around it at once; a worker whose probe brings
 -- it back removes the entry. Failures themselves are counted per worker.
 local function dead_key(self, srv)
-  local keys = self.dead_keys
-  local k = keys[srv]
-  if not k then
-    k = "memcached:dead:" .. ffi.string(core.mc_abi_ring_name(self.ring, srv))
-    keys[srv] = k
-  end
-  return k
+  return server_record(self, ffi.string(core.mc_abi_ring_name(self.ring, srv))).dead_key
 end
 local function share_dead(self, srv)
   local dict = self.dict
@@ -452,17 +459,8 @@ local function server_name(self, srv)
   return n
 end
 
--- nginx keepalive pool options per server, made once.
-local pool_opts = setmetatable({}, { __mode = "k" })
 local function popts_of(self, addr)
-  local t = pool_opts[self]
-  if not t then t = {} pool_opts[self] = t end
-  local o = t[addr]
-  if not o then
-    o = { pool = "memcached:" .. addr, pool_size = self.pool_size }
-    t[addr] = o
-  end
-  return o
+  return server_record(self, addr).popts
 end
 
 -- n consecutive opaques. The counter is per client and taken without a
@@ -1464,7 +1462,7 @@ local function replace_ring(self, list)
       end
     end
   end
-  self.ring, self.list, self.names, self.dead_keys = ring, list, {}, {}
+  self.ring, self.list, self.names = ring, list, {}
   return true
 end
 
