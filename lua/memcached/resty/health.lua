@@ -1,0 +1,254 @@
+-- memcached.resty.health: where keys go and which servers are alive: the
+-- core's mc_ring through the FFI, probes over cosockets, the error
+-- callback, and health shared between workers through a lua_shared_dict.
+local ffi = require "ffi"
+local type, error, tostring, ipairs, tonumber = type, error, tostring, ipairs, tonumber
+local floor, byte, sub, ngx_now = math.floor, string.byte, string.sub, ngx.now
+local ngx_socket_tcp = ngx.socket.tcp
+local C = require "memcached.resty.core"
+local OP, HEADER_LEN, c_simple, E, E_AUTH = C.OP, C.HEADER_LEN, C.c_simple, C.E, C.E_AUTH
+local core, err_str, is_auth, split_addr = C.core, C.err_str, C.is_auth, C.split_addr
+local resolve_names = C.resolve_names
+local conn = require "memcached.resty.conn"
+local server_record, popts_of, next_opaques = conn.server_record, conn.popts_of, conn.next_opaques
+
+-- The server list as the C client reads it: strings, {addr, weight = n},
+-- {addr, n}, or lists of those.
+local function server_list(list, out)
+  out = out or {}
+  for i = 1, #list do
+    local e = list[i]
+    if type(e) == "string" then out[#out + 1] = { e, 1 }
+    elseif type(e) == "table" and type(e[1]) == "string" then
+      local w = e.weight or e[2] or 1
+      if type(w) ~= "number" or w ~= floor(w) or w < 1 or w > 65535 then
+        error("server weight must be an integer 1..65535", 3)
+      end
+      out[#out + 1] = { e[1], w }
+    elseif type(e) == "table" then server_list(e, out)
+    else
+      error("bad server #" .. i .. ": \"host:port\", a unix socket path or {addr, weight = n} expected, got "
+        .. type(e), 3)
+    end
+  end
+  return out
+end
+
+-- The core's server list with placement and health (mc_ring): the same
+-- server for every key as the C client, dead servers routed around.
+local ring_err = ffi.new("char[256]")
+local function new_ring(self, list)
+  local n = #list
+  local addrs, weights = ffi.new("const char *[?]", n + 1), ffi.new("unsigned[?]", n + 1)
+  for i, e in ipairs(list) do
+    addrs[i - 1] = e[1] -- the strings live in list for the call
+    weights[i - 1] = e[2]
+  end
+  local ring = core.mc_abi_ring_new(self.selector, addrs, weights, n, self.failure_limit,
+    self.retry_timeout, self.eject and 1 or 0, ring_err, 256)
+  if ring == nil then return nil, E.ERR_BAD_SERVER, ffi.string(ring_err) end
+  return ffi.gc(ring, core.mc_abi_ring_free)
+end
+
+local function event(self, srv, why, state)
+  local fn = self.callback
+  if fn then pcall(fn, ffi.string(core.mc_abi_ring_name(self.ring, srv)), why, state) end
+end
+
+-- What a failure costs the server: transport and protocol failures count
+-- (failure_limit of them mark it dead); an auth refusal means it answered.
+local NOT_THE_SERVERS = { [E.ERR_VALUE_TOO_LARGE] = true, [E.ERR_NO_MEMORY] = true }
+-- Shared health (option shared_dict): a server this worker finds dead is
+-- written to the dict with the time of its next probe, so every worker
+-- sharing the dict routes around it at once; a worker whose probe brings
+-- it back removes the entry. Failures themselves are counted per worker.
+local function dead_key(self, srv)
+  return server_record(self, ffi.string(core.mc_abi_ring_name(self.ring, srv))).dead_key
+end
+local function share_dead(self, srv)
+  local dict = self.dict
+  if not dict then return end
+  local at = core.mc_abi_ring_retry_at(self.ring, srv)
+  if at > 0 then dict:set(dead_key(self, srv), at, self.retry_timeout + 1) end
+end
+local function share_alive(self, srv)
+  if self.dict then self.dict:delete(dead_key(self, srv)) end
+end
+
+local function server_failed(self, srv, err, detail)
+  if err == E_AUTH then
+    if core.mc_abi_ring_ok(self.ring, srv) == 1 then
+      share_alive(self, srv)
+      event(self, srv, "responding again", "up")
+    end
+    return
+  end
+  if NOT_THE_SERVERS[err] then return end
+  local why = tostring(err) .. ": " .. tostring(detail)
+  if core.mc_abi_ring_failed(self.ring, srv, ngx_now(), why) == 1 then
+    share_dead(self, srv)
+    event(self, srv, why, "down")
+  end
+end
+local function server_ok(self, srv)
+  if core.mc_abi_ring_ok(self.ring, srv) == 1 then
+    share_alive(self, srv)
+    event(self, srv, "responding again", "up")
+  end
+end
+
+-- A server alive here that another worker found dead: dead here too, until
+-- the time that worker set. Returns true when it is.
+local function dead_elsewhere(self, srv)
+  local till = self.dict:get(dead_key(self, srv))
+  if not till or till <= ngx_now() then return false end
+  if core.mc_abi_ring_dead_until(self.ring, srv, till, "found dead by another worker") == 1 then
+    event(self, srv, "found dead by another worker", "down")
+  end
+  return true
+end
+
+-- Server names by index, made once per ring (interned servers added as
+-- they come): no string is made per operation.
+local function server_name(self, srv)
+  local names = self.names
+  local n = names[srv]
+  if not n then
+    n = ffi.string(core.mc_abi_ring_name(self.ring, srv))
+    names[srv] = n
+  end
+  return n
+end
+
+-- Probes a dead server whose retry time came (claimed by this caller): a
+-- connect and a NOOP within probe_timeout, never the caller's request. An
+-- answer brings it back (its cosocket goes to the pool, warm for the
+-- caller); no answer keeps it dead another retry interval. Returns true
+-- when it is usable.
+local function probe(self, srv)
+  local addr = server_name(self, srv)
+  local host, port = split_addr(addr)
+  local sock = ngx_socket_tcp()
+  sock:settimeouts(self.probe_ms, self.probe_ms, self.probe_ms)
+  local ok, err
+  if port then ok, err = sock:connect(host, port, popts_of(self, addr))
+  else ok, err = sock:connect(host, popts_of(self, addr)) end
+  local opaque = next_opaques(self, 1)
+  if ok then ok, err = sock:send(c_simple(OP.NOOP, opaque)) end
+  local hdr
+  if ok then hdr, err = sock:receive(HEADER_LEN) end
+  if hdr and byte(hdr, 1) == 0x81 and byte(hdr, 2) == OP.NOOP then
+    local st = byte(hdr, 7) * 256 + byte(hdr, 8)
+    local body = byte(hdr, 9) * 16777216 + byte(hdr, 10) * 65536 + byte(hdr, 11) * 256 + byte(hdr, 12)
+    if body == 0 and not is_auth(st) then sock:setkeepalive(self.keepalive_ms, self.pool_size)
+    else sock:close() end -- an auth refusal still says the server is up
+    server_ok(self, srv)
+    return true
+  end
+  sock:close()
+  local why = "probe: " .. tostring(err or "no NOOP reply")
+  if core.mc_abi_ring_failed(self.ring, srv, ngx_now(), why) == 1 then event(self, srv, why, "down") end
+  share_dead(self, srv)
+  return false
+end
+
+-- Where key goes, dead servers considered: the server's index, or nil,
+-- err, detail. A dead server whose retry time came is probed first.
+local pick_probe, pick_err = ffi.new("int[1]"), ffi.new("int[1]")
+local function dead_detail(self, srv)
+  local failures, last = ffi.new("unsigned[1]"), ffi.new("const char *[1]")
+  core.mc_abi_ring_alive(self.ring, srv, failures, last)
+  return server_name(self, srv) .. ": marked dead after: " .. ffi.string(last[0])
+end
+local function no_server(self, key, e, srv)
+  local err = err_str[e]
+  if err == E.ERR_SERVER_DEAD then return nil, err, dead_detail(self, srv) end
+  if core.mc_abi_ring_nservers(self.ring) == 0 then return nil, err, "no servers configured" end
+  return nil, err, "no servers available: all are marked dead"
+end
+-- A custom selector's server for key (kept out of place: its closure would
+-- stop LuaJIT from compiling place).
+local function custom_addr(sel, key)
+  if type(sel) == "function" then return pcall(sel, key) end
+  return pcall(sel.pick_server, sel, key)
+end
+local function place_custom(self, key)
+  local ring = self.ring
+  local ok, addr = custom_addr(self.custom, key)
+  if not ok or type(addr) ~= "string" then
+    return nil, E.ERR_NO_SERVERS, "selector gave no server for key '" .. sub(key, 1, 60) .. "': "
+      .. tostring(addr or "no address")
+  end
+  local srv = core.mc_abi_ring_intern(ring, addr, ring_err, 256)
+  if srv < 0 then return nil, E.ERR_BAD_SERVER, ffi.string(ring_err) end
+  if core.mc_abi_ring_usable(ring, srv, ngx_now(), pick_probe) ~= 0
+      or (pick_probe[0] ~= 0 and probe(self, srv)) then
+    return srv
+  end
+  return nil, E.ERR_SERVER_DEAD, dead_detail(self, srv)
+end
+
+local function place(self, key)
+  if self.custom then return place_custom(self, key) end
+  local ring = self.ring
+  local srv = core.mc_abi_ring_pick(ring, key, #key, ngx_now(), pick_probe, pick_err)
+  if srv >= 0 and pick_probe[0] == 0 and self.dict and dead_elsewhere(self, srv) then
+    srv = core.mc_abi_ring_pick(ring, key, #key, ngx_now(), pick_probe, pick_err)
+  end
+  if srv >= 0 and pick_probe[0] ~= 0 and not probe(self, srv) then
+    local dead = srv
+    srv = core.mc_abi_ring_around(ring, key, #key, pick_err)
+    if srv < 0 then return no_server(self, key, pick_err[0], dead) end
+  end
+  if srv < 0 then return no_server(self, key, pick_err[0], core.mc_abi_ring_static(ring, key, #key)) end
+  return srv
+end
+
+-- set_servers(addr, ...) / add_server(addr [, max_conns]): a new list (no
+-- change on a bad address). Servers kept from the old list keep their
+-- health; their keys stay where they were.
+local function replace_ring(self, list)
+  local old, ring, err, detail = self.ring, nil, nil, nil
+  ring, err, detail = new_ring(self, list)
+  if not ring then return nil, err, detail end
+  err, detail = resolve_names(list, self.by_resolver)
+  if err then return nil, err, detail end
+  local failures, last = ffi.new("unsigned[1]"), ffi.new("const char *[1]")
+  for i = 0, core.mc_abi_ring_nservers(old) - 1 do
+    local name = ffi.string(core.mc_abi_ring_name(old, i))
+    for j = 0, core.mc_abi_ring_nservers(ring) - 1 do
+      if ffi.string(core.mc_abi_ring_name(ring, j)) == name then
+        core.mc_abi_ring_alive(old, i, failures, last)
+        -- replay the old health: its failures (and death) as of now
+        for _ = 1, tonumber(failures[0]) do core.mc_abi_ring_failed(ring, j, ngx_now(), last[0]) end
+      end
+    end
+  end
+  self.ring, self.list, self.names = ring, list, {}
+  return true
+end
+
+
+return {
+  server_list = server_list,
+  ring_err = ring_err,
+  new_ring = new_ring,
+  event = event,
+  NOT_THE_SERVERS = NOT_THE_SERVERS,
+  dead_key = dead_key,
+  share_dead = share_dead,
+  share_alive = share_alive,
+  server_failed = server_failed,
+  server_ok = server_ok,
+  dead_elsewhere = dead_elsewhere,
+  server_name = server_name,
+  probe = probe,
+  pick_probe = pick_probe,
+  pick_err = pick_err,
+  dead_detail = dead_detail,
+  no_server = no_server,
+  custom_addr = custom_addr,
+  place_custom = place_custom,
+  place = place,
+  replace_ring = replace_ring,
+}
