@@ -38,6 +38,7 @@ OBJDIR ?= build
 MODULE ?= memcached.so
 OBJ   = $(SRC:src/%.c=$(OBJDIR)/%.o)
 LUA_MODULES = $(wildcard lua/memcached/*.lua)
+LUA_RESTY_MODULES = $(wildcard lua/memcached/resty/*.lua)
 ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 .PHONY: all deps demo test asan fuzz luajit test-luajit test-openresty spec-bins bench install clean
@@ -148,6 +149,7 @@ install: $(MODULE)
 	mkdir -p $(INST_LIBDIR)
 	cp memcached.so $(INST_LIBDIR)/
 	if [ -n "$(LUA_MODULES)" ]; then mkdir -p $(INST_LUADIR)/memcached && cp $(LUA_MODULES) $(INST_LUADIR)/memcached/; fi
+	if [ -n "$(LUA_RESTY_MODULES)" ]; then mkdir -p $(INST_LUADIR)/memcached/resty && cp $(LUA_RESTY_MODULES) $(INST_LUADIR)/memcached/resty/; fi
 
 clean:
 	rm -rf build memcached.so $(SPEC_BINS) bench/*.bin bench/*.so

@@ -113,6 +113,37 @@ local function run_batches(self, batches, on_reply_user, on_fail_user, st)
   give_reader(self, r)
 end
 
+-- A call's batch for server srv, made on its first request; batches keeps
+-- them in that order. waiting: opaque -> key until its reply; order: the
+-- opaques as sent.
+local function batch_of(self, by_srv, batches, srv)
+  local b = by_srv[srv]
+  if not b then
+    b = { addr = server_name(self, srv), srv = srv, parts = {}, waiting = {}, order = {}, pos = 1 }
+    by_srv[srv] = b
+    batches[#batches + 1] = b
+  end
+  return b
+end
+
+local function batch_add(b, opaque, key, data)
+  b.parts[#b.parts + 1] = data
+  b.waiting[opaque] = key
+  b.order[#b.order + 1] = opaque
+end
+
+-- Closes each batch with a NOOP under an opaque of its own (b.last) and
+-- joins its bytes.
+local function batches_close(self, batches)
+  local noops = next_opaques(self, #batches)
+  for j, b in ipairs(batches) do
+    b.last = (noops + j - 1) % 4294967296
+    b.parts[#b.parts + 1] = c_simple(OP.NOOP, b.last)
+    b.data = concat(b.parts)
+    b.parts = nil
+  end
+end
+
 -- get_multi's state (st): values, failed ({key = err}, made on first use)
 -- and the first error.
 local function gm_failed(st, k, err)
@@ -177,7 +208,7 @@ function M.get_multi(self, keys)
   if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
   local n = #keys
   local st = { self = self, values = {} }
-  local by_addr, batches = {}, {}
+  local by_srv, batches = {}, {}
   local base = next_opaques(self, n)
   for i = 1, n do -- nothing is sent before every key was checked
     local k = keys[i]
@@ -187,26 +218,13 @@ function M.get_multi(self, keys)
     if not key_ok(k) then return nil, E_KEY, "key #" .. i .. " is malformed; nothing was sent" end
     local srv, err = place(self, k)
     if not srv then gm_failed(st, k, err) else
-      local b = by_addr[srv]
-      if not b then -- waiting: opaque -> key, until its reply; order: opaques
-        b = { addr = server_name(self, srv), srv = srv, parts = {}, waiting = {}, order = {}, pos = 1 }
-        by_addr[srv] = b
-        batches[#batches + 1] = b
-      end
       local opaque = (base + i - 1) % 4294967296
       -- GETK, not GETKQ: every key gets its reply, in order, naming its key,
       -- so a value that swallowed the replies after it breaks the batch
-      b.parts[#b.parts + 1] = c_get(OP.GETK, opaque, k)
-      b.waiting[opaque] = k
-      b.order[#b.order + 1] = opaque
+      batch_add(batch_of(self, by_srv, batches, srv), opaque, k, c_get(OP.GETK, opaque, k))
     end
   end
-  local noops = next_opaques(self, #batches)
-  for j, b in ipairs(batches) do
-    b.last = (noops + j - 1) % 4294967296
-    b.parts[#b.parts + 1] = c_simple(OP.NOOP, b.last)
-    b.data = concat(b.parts)
-  end
+  batches_close(self, batches)
   run_batches(self, batches, gm_reply, gm_fail, st)
   if st.first then return st.values, st.first, st.failed end
   return st.values
@@ -247,25 +265,11 @@ local function quiet_batch(self, qop, kind, list, results, enc)
   for i, e in ipairs(list) do
     local k = e[1]
     if results[k] == true then
-      local b = by_srv[e.srv]
-      if not b then -- waiting: opaque -> key; order: opaques, as sent
-        b = { addr = server_name(self, e.srv), srv = e.srv, parts = {}, waiting = {}, order = {}, pos = 1 }
-        by_srv[e.srv] = b
-        batches[#batches + 1] = b
-      end
       local opaque = (base + i - 1) % 4294967296
-      b.parts[#b.parts + 1] = enc(qop, opaque, k, e[2])
-      b.waiting[opaque] = k
-      b.order[#b.order + 1] = opaque
+      batch_add(batch_of(self, by_srv, batches, e.srv), opaque, k, enc(qop, opaque, k, e[2]))
     end
   end
-  local noops = next_opaques(self, #batches)
-  for j, b in ipairs(batches) do
-    b.last = (noops + j - 1) % 4294967296
-    b.parts[#b.parts + 1] = c_simple(OP.NOOP, b.last)
-    b.data = concat(b.parts)
-    b.parts = nil
-  end
+  batches_close(self, batches)
   run_batches(self, batches, quiet_reply, quiet_fail, { qop = qop, kind = kind, results = results })
   for _, e in ipairs(list) do
     local r = results[e[1]]
