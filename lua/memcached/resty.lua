@@ -40,7 +40,7 @@ local resend_safe, key_ok, check_key, opt_uint = C.resend_safe, C.key_ok, C.chec
 local fields, resolve_names, item_value = C.fields, C.resolve_names, C.item_value
 local conn = require "memcached.resty.conn"
 local next_opaques, leftover, take_reader = conn.next_opaques, conn.leftover, conn.take_reader
-local give_reader, roundtrip = conn.give_reader, conn.roundtrip
+local give_reader, roundtrip, release = conn.give_reader, conn.roundtrip, conn.release
 local H = require "memcached.resty.health"
 local server_list, new_ring, server_failed = H.server_list, H.new_ring, H.server_failed
 local server_ok, server_name, custom_addr = H.server_ok, H.server_name, H.custom_addr
@@ -94,6 +94,7 @@ function _M.new(opts, ...)
     eject = opts.eject ~= false,
     seq = random32(), -- next opaque
     readers = {}, -- idle codec readers
+    abs = {}, -- idle core batches (memcached.resty.batch)
     records = {}, -- per server address (server_record)
   }, mt)
   if opts.shared_dict ~= nil then
@@ -124,14 +125,15 @@ function _M.set_server_error_callback(self, fn)
 end
 
 -- One request to the server of key, framed by enc(op, opaque, ...).
--- Returns the reply (status OK) and the address, or nil, err, detail with a
--- non-OK status mapped as `kind` says. A request that may be sent twice
--- (resend_safe) gets it once more on a fresh connection when a pooled one
--- turns out closed.
+-- Returns the reply (success) and the address, or nil, err, detail with a
+-- non-OK status mapped as `kind` says (by the core, which also judges the
+-- reply: mc_abi_take_one). A request that may be sent twice (resend_safe)
+-- gets it once more on a fresh connection when a pooled one turns out
+-- closed.
+local AUTH, err_str = C.err_num[E_AUTH], C.err_str
 local function call(self, key, kind, enc, op, ...)
   if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
   if not key_ok(key) then return nil, E_KEY, KEY_DETAIL end
-  ngx_update_time()
   local srv, err, detail = place(self, key)
   if not srv then return nil, err, detail end
   local addr = server_name(self, srv)
@@ -139,48 +141,34 @@ local function call(self, key, kind, enc, op, ...)
   local opaque = next_opaques(self, 1)
   local data = enc(op, opaque, ...)
   local r = take_reader(self)
+  -- an item's reply names its key (error replies may name none)
+  r.kind, r.op, r.opaque, r.key = kind, op, opaque, (op == OP.GETK or op == OP.GATK) and key or nil
   local res, sock, stale
   res, sock, detail, stale = roundtrip(self, addr, data, r, dl)
   if not res and stale and resend_safe(data) then
     r:reset()
     res, sock, detail = roundtrip(self, addr, data, r, dl, true)
   end
-  -- one request, one reply: bytes after it mean the server framed
-  -- something wrongly (as the core's reply check says for the C client)
-  if res and leftover(r) then
-    sock:close()
-    res, sock, detail = nil, E_PROTOCOL, addr .. ": bytes after the reply"
-  end
   give_reader(self, r)
   if not res then
     server_failed(self, srv, sock, detail)
     return nil, sock, detail
   end
-  if res.opcode ~= op or res.opaque ~= opaque then
-    sock:close()
-    detail = ("%s: reply opcode %d opaque %d to request opcode %d opaque %d")
-      :format(addr, res.opcode, res.opaque, op, opaque)
-    server_failed(self, srv, E_PROTOCOL, detail)
-    return nil, E_PROTOCOL, detail
-  end
-  -- an item's reply names its key (error replies may name none)
-  if (op == OP.GETK or op == OP.GATK) and not reply_key_ok(res, key) then
-    sock:close()
-    detail = addr .. ": reply names another key than the request's"
-    server_failed(self, srv, E_PROTOCOL, detail)
-    return nil, E_PROTOCOL, detail
-  end
   server_ok(self, srv)
-  local msg = res.status ~= ST.OK and res.value ~= "" and ": " .. sub(res.value, 1, 120) or ""
-  if is_auth(res.status) then
+  local e = res.err
+  if e == 0 then
+    release(self, addr, sock)
+    return res, addr
+  end
+  local st = res.status
+  local msg = st ~= ST.OK and res.value ~= "" and ": " .. sub(res.value, 1, 120) or ""
+  if e == AUTH then
     sock:close() -- the server closes it after this reply
-    return nil, E_AUTH, addr .. ": " .. status_str(res.status) .. msg
+    return nil, E_AUTH, addr .. ": " .. status_str(st) .. msg
   end
-  sock:setkeepalive(self.keepalive_ms, self.pool_size)
-  if res.status ~= ST.OK then
-    return nil, status_err(kind, res.status), addr .. ": " .. status_str(res.status) .. msg
-  end
-  return res, addr
+  release(self, addr, sock)
+  if st == ST.OK then return nil, err_str[e] end -- delete_lock's marker: a miss
+  return nil, err_str[e], addr .. ": " .. status_str(st) .. msg
 end
 
 -- get, get_and_touch, touch
@@ -193,7 +181,6 @@ local function key_op(self, op, key, exptime)
   else res, addr, detail = call(self, key, K_GET, c_touch, op, key, exptime) end
   if not res then return nil, addr, detail end
   if op == OP.TOUCH then return true end
-  if is_lock(res) then return nil, E_MISS end
   local ok, v = item_value(self, res)
   if not ok then return nil, _M.ERR_UNDECODABLE, addr .. ": " .. tostring(v) end
   return v, res.cas, res.flags
@@ -304,8 +291,12 @@ local function arith_call(self, op, key, delta, initial, exp)
     local err = addr
     if err == _M.ERR_NON_NUMERIC then
       -- a delete_lock marker is not a number either, but reads as a miss
-      local g = call(self, key, K_GET, c_get, OP.GETK, key)
-      if g and is_lock(g) then return nil, E_MISS, "the key is locked by delete_lock" end
+      -- (call reads the marker as a miss without a detail; a real miss
+      -- names its server)
+      local g, gerr, gdetail = call(self, key, K_GET, c_get, OP.GETK, key)
+      if not g and gerr == E_MISS and gdetail == nil then
+        return nil, E_MISS, "the key is locked by delete_lock"
+      end
       detail = "the item is not a decimal number"
     end
     return nil, err, detail

@@ -568,6 +568,152 @@ static void test_ring(void)
     mc_abi_ring_free(r);
 }
 
+
+/* One server's stream through the C ABI (mc_abi_batch): framed requests,
+ * replies fed in pieces, entries out; the checks are mc_feed's and the
+ * request's own (opcode, key). */
+static void batch_reply(mc_buf *s, uint8_t op, uint32_t opaque,
+                        const char *k, uint16_t status)
+{
+    size_t at = s->len;
+    if (status)
+        put_reply(s, op, opaque, "", 0, "Not found", 9);
+    else
+        put_reply(s, op, opaque, k, strlen(k), "val", 3);
+    if (status) {
+        s->data[at + 4] = 0; /* an error reply has no extras */
+        mc_store32(s->data + at + 8, 9);
+        memmove(s->data + at + 24, s->data + at + 28, 9);
+        s->len -= 4;
+        mc_store16(s->data + at + 6, status);
+    }
+}
+
+/* Feeds s one byte at a time; counts the entries (hits in *hits, errors
+ * in *errs); returns the last result. */
+static int batch_feed_all(mc_abi_batch *ab, const mc_buf *s, int *hits,
+                          int *errs, int *err)
+{
+    mc_abi_entry *e;
+    int n, j, rc = 0;
+    size_t i;
+    char msg[200];
+    *hits = *errs = 0;
+    for (i = 0; i < s->len && rc == 0; i++) {
+        rc = mc_abi_batch_feed(ab, s->data + i, 1, &e, &n, err, msg,
+                               sizeof(msg));
+        for (j = 0; j < n; j++) {
+            if (e[j].err == 0 && e[j].vlen == 3 &&
+                memcmp(e[j].value, "val", 3) == 0)
+                (*hits)++;
+            else if (e[j].err != 0)
+                (*errs)++;
+        }
+    }
+    return rc;
+}
+
+static void test_abi_batch(void)
+{
+    mc_abi_batch *ab = mc_abi_batch_new(1024);
+    mc_buf s = {0};
+    size_t len = 0;
+    const char *bytes;
+    int hits, errs, err = 0;
+
+    CHECK(mc_abi_batch_begin(ab, 500, MC_KIND_GET, 1) == 0 &&
+              mc_abi_batch_add(ab, MC_OP_GETK, 0, "a", 1, 0, 0, 0, NULL, 0) == 0 &&
+              mc_abi_batch_add(ab, MC_OP_GETK, 0, "bb", 2, 0, 0, 0, NULL, 0) == 1,
+          "requests get their indexes");
+    bytes = mc_abi_batch_seal(ab, &len);
+    CHECK(bytes && len == 25 + 26 + 24 && (uint8_t)bytes[1] == MC_OP_GETK &&
+              mc_load32(bytes + 12) == 500 &&
+              mc_load32(bytes + 25 + 12) == 501 &&
+              (uint8_t)bytes[51 + 1] == MC_OP_NOOP &&
+              mc_load32(bytes + 51 + 12) == 502,
+          "two GETKs under base, base + 1, then the NOOP under base + 2");
+    batch_reply(&s, MC_OP_GETK, 500, "a", 0);
+    batch_reply(&s, MC_OP_GETK, 501, "", MC_STATUS_KEY_ENOENT);
+    batch_reply(&s, MC_OP_NOOP, 502, "", 0);
+    CHECK(batch_feed_all(ab, &s, &hits, &errs, &err) == 1 && hits == 1 &&
+              errs == 1,
+          "a hit and a miss, byte by byte, then done (%d hits %d errors)",
+          hits, errs);
+
+    /* the hit names another key: refused */
+    mc_abi_batch_begin(ab, 500, MC_KIND_GET, 1);
+    mc_abi_batch_add(ab, MC_OP_GETK, 0, "a", 1, 0, 0, 0, NULL, 0);
+    mc_abi_batch_seal(ab, &len);
+    s.len = 0;
+    batch_reply(&s, MC_OP_GETK, 500, "b", 0);
+    batch_reply(&s, MC_OP_NOOP, 501, "", 0);
+    CHECK(batch_feed_all(ab, &s, &hits, &errs, &err) == -1 &&
+              err == MC_ERR_PROTOCOL && hits == 0,
+          "a hit naming another key fails the stream");
+
+    /* the reply's opcode is not the request's */
+    mc_abi_batch_begin(ab, 500, MC_KIND_GET, 1);
+    mc_abi_batch_add(ab, MC_OP_GETK, 0, "a", 1, 0, 0, 0, NULL, 0);
+    mc_abi_batch_seal(ab, &len);
+    s.len = 0;
+    batch_reply(&s, MC_OP_GATK, 500, "a", 0);
+    CHECK(batch_feed_all(ab, &s, &hits, &errs, &err) == -1 &&
+              err == MC_ERR_PROTOCOL,
+          "a reply of another opcode fails the stream");
+
+    /* quiet deletes: only failures answer, in order */
+    mc_abi_batch_begin(ab, 7, MC_KIND_GET, 0);
+    mc_abi_batch_add(ab, MC_OP_DELETEQ, 0, "a", 1, 0, 0, 0, NULL, 0);
+    mc_abi_batch_add(ab, MC_OP_DELETEQ, 0, "b", 1, 0, 0, 0, NULL, 0);
+    mc_abi_batch_add(ab, MC_OP_DELETEQ, 0, "c", 1, 0, 0, 0, NULL, 0);
+    mc_abi_batch_seal(ab, &len);
+    s.len = 0;
+    batch_reply(&s, MC_OP_DELETEQ, 8, "", MC_STATUS_KEY_ENOENT);
+    batch_reply(&s, MC_OP_NOOP, 10, "", 0);
+    CHECK(batch_feed_all(ab, &s, &hits, &errs, &err) == 1 && errs == 1,
+          "quiet: one failure reply, then done");
+    s.len = 0;
+    mc_abi_batch_begin(ab, 7, MC_KIND_GET, 0);
+    mc_abi_batch_add(ab, MC_OP_DELETEQ, 0, "a", 1, 0, 0, 0, NULL, 0);
+    mc_abi_batch_add(ab, MC_OP_DELETEQ, 0, "b", 1, 0, 0, 0, NULL, 0);
+    mc_abi_batch_seal(ab, &len);
+    batch_reply(&s, MC_OP_DELETEQ, 8, "", MC_STATUS_KEY_ENOENT);
+    batch_reply(&s, MC_OP_DELETEQ, 7, "", MC_STATUS_KEY_ENOENT);
+    CHECK(batch_feed_all(ab, &s, &hits, &errs, &err) == -1 &&
+              err == MC_ERR_PROTOCOL,
+          "quiet: a reply before an earlier one fails the stream");
+
+    /* bytes after the NOOP; an auth status */
+    s.len = 0;
+    mc_abi_batch_begin(ab, 1, MC_KIND_GET, 1);
+    mc_abi_batch_add(ab, MC_OP_GETK, 0, "a", 1, 0, 0, 0, NULL, 0);
+    mc_abi_batch_seal(ab, &len);
+    batch_reply(&s, MC_OP_GETK, 1, "a", 0);
+    batch_reply(&s, MC_OP_NOOP, 2, "", 0);
+    mc_buf_append(&s, "\x81", 1);
+    {
+        mc_abi_entry *e;
+        int n;
+        char msg[200];
+        CHECK(mc_abi_batch_feed(ab, s.data, s.len, &e, &n, &err, msg,
+                                sizeof(msg)) == -1 &&
+                  err == MC_ERR_PROTOCOL,
+              "bytes after the NOOP fail the stream");
+        s.len = 0;
+        mc_abi_batch_begin(ab, 1, MC_KIND_GET, 1);
+        mc_abi_batch_add(ab, MC_OP_GETK, 0, "a", 1, 0, 0, 0, NULL, 0);
+        mc_abi_batch_seal(ab, &len);
+        batch_reply(&s, MC_OP_GETK, 1, "", MC_STATUS_AUTH_ERROR);
+        CHECK(mc_abi_batch_feed(ab, s.data, s.len, &e, &n, &err, msg,
+                                sizeof(msg)) == -1 &&
+                  err == MC_ERR_AUTH,
+              "an auth status fails the stream with MC_ERR_AUTH");
+    }
+    CHECK(mc_abi_batch_begin(ab, 1, 99, 1) == -1, "an unknown kind");
+    mc_buf_free(&s);
+    mc_abi_batch_free(ab);
+}
+
 int main(void)
 {
     counting_codec = mc_codec_binary;
@@ -584,6 +730,7 @@ int main(void)
     test_reply_check();
     test_addr();
     test_ring();
+    test_abi_batch();
     CHECK(codec_simple_calls > 0 && codec_read_calls > 0,
           "the feed frames and reads through its codec (%d, %d calls)",
           codec_simple_calls, codec_read_calls);

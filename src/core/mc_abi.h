@@ -12,6 +12,8 @@
 
 #ifndef MC_ABI
 #define MC_ABI __attribute__((visibility("default")))
+#endif
+
 /* ---- framing and reading, for a driver that moves its own bytes ----
  * mc_abi_enc frames one request into out (cap bytes): extras 1 sends
  * flags and exptime (the stores), 0 none. Returns its length, or minus
@@ -67,7 +69,76 @@ MC_ABI int mc_abi_ring_dead_until(mc_ring *r, int srv, double until,
                                   const char *why);
 MC_ABI double mc_abi_ring_retry_at(const mc_ring *r, int srv);
 
-#endif
+/* ---- the reply to one request in flight ----
+ * mc_abi_take_one looks at the len bytes at p, where the reply to the one
+ * request in flight (opcode, opaque; key for a keyed get, else NULL)
+ * starts. 0: more bytes are needed (out->need: the bytes the reply takes
+ * in all, as far as known). 1: the reply is whole and answers the request
+ * (mc_reply_check: its opcode and opaque, its shape, nothing after it but
+ * for STAT streams, a hit naming the key); out holds it: err 0 for
+ * success, else the error its status means for kind (an auth status is
+ * MC_ERR_AUTH; delete_lock's marker reads as MC_ERR_CACHE_MISS); used: the
+ * bytes it took; the value and key as offsets from p. -1: the stream is
+ * framed wrongly (out->err, why in msg). -2: a text line starts at p
+ * (memcached's "ERROR ..." at its connection limit), for the driver's text
+ * reader. */
+typedef struct mc_abi_reply {
+    int err, status;
+    uint32_t flags;
+    double cas;
+    uint32_t koff, klen, voff, vlen;
+    uint32_t used, need;
+} mc_abi_reply;
+MC_ABI int mc_abi_take_one(const char *p, size_t len, size_t max_body,
+                           int kind, int opcode, uint32_t opaque,
+                           const char *key, size_t keylen,
+                           mc_abi_reply *out, char *msg, size_t msglen);
+
+/* ---- one server's pipelined stream (mc_feed.h) ----
+ * For a driver that moves its own bytes. A batch frames requests under
+ * opaques base, base + 1, ... and a closing NOOP (base + n), then takes
+ * the server's replies in whatever pieces they come. Every reply is
+ * checked by mc_feed (in request order, every request answered when
+ * every_reply, framed as its opcode requires, the stream ends with the
+ * NOOP and nothing after it) and against its request (its opcode; a hit
+ * of a keyed get names the request's key); an authentication status
+ * fails the stream (MC_ERR_AUTH). Each reply becomes an entry: err 0 for
+ * a hit (value, flags, cas), else the error its status means for the
+ * batch's kind (enum mc_op_kind); delete_lock's marker reads as
+ * MC_ERR_CACHE_MISS. A stream that fails may have framed an earlier reply
+ * wrongly: the driver drops the entries it took from it. */
+typedef struct mc_abi_entry {
+    uint32_t idx;      /* the request, in the order added, from 0 */
+    int err;
+    int status;        /* the reply's, for messages */
+    uint32_t flags;
+    uint32_t vlen;
+    double cas;
+    const char *value; /* valid until the next feed or begin */
+} mc_abi_entry;
+typedef struct mc_abi_batch mc_abi_batch;
+MC_ABI mc_abi_batch *mc_abi_batch_new(size_t max_body);
+MC_ABI void mc_abi_batch_free(mc_abi_batch *ab);
+/* Starts an empty batch; 0, or -1 for an unknown kind. */
+MC_ABI int mc_abi_batch_begin(mc_abi_batch *ab, uint32_t base, int kind,
+                              int every_reply);
+/* Frames one request: extras 0 none, 1 flags and exptime (the stores), 2
+ * exptime alone (touch, gat, flush with a delay). Its index, or -1 (out
+ * of memory, a key over 65535 bytes). */
+MC_ABI int mc_abi_batch_add(mc_abi_batch *ab, int opcode, double cas,
+                            const char *key, size_t keylen, int extras,
+                            uint32_t flags, uint32_t exptime,
+                            const char *value, size_t vallen);
+/* Closes the stream with its NOOP: the bytes to send (*len of them,
+ * valid until begin), or NULL when out of memory. */
+MC_ABI const char *mc_abi_batch_seal(mc_abi_batch *ab, size_t *len);
+/* Takes the replies in the len bytes at data (any piece of the stream):
+ * 0 the stream goes on, 1 it ended with its NOOP, -1 it failed (*err,
+ * why in msg; nothing more is taken). *out and *nout: the entries of the
+ * replies this call took, valid until the next feed. */
+MC_ABI int mc_abi_batch_feed(mc_abi_batch *ab, const char *data, size_t len,
+                             mc_abi_entry **out, int *nout, int *err,
+                             char *msg, size_t msglen);
 
 /* 1 when the n bytes at k make a valid key (mc_key.h). */
 MC_ABI int mc_abi_key_ok(const char *k, size_t n);

@@ -372,13 +372,31 @@ int mc_head_check(const unsigned char *h, size_t max_body, char *err,
     return 0;
 }
 
+void mc_resp_split(const unsigned char *h, mc_resp *resp)
+{
+    uint16_t keylen = mc_load16(h + 2);
+    uint8_t extlen = h[4];
+    uint32_t body = mc_load32(h + 8);
+    resp->opcode = h[1];
+    resp->keylen = keylen;
+    resp->extlen = extlen;
+    resp->datatype = h[5];
+    resp->status = mc_load16(h + 6);
+    resp->bodylen = body;
+    resp->opaque = mc_load32(h + 12);
+    resp->cas = mc_load64(h + 16);
+    resp->extras = (const char *)h + MC_HEADER_LEN;
+    resp->key = resp->extras + extlen;
+    resp->value = resp->key + keylen;
+    resp->vallen = body - extlen - keylen;
+    resp->flags = extlen >= 4 ? mc_load32(resp->extras) : 0;
+}
+
 int mc_reader_get(mc_reader *r, mc_resp *resp)
 {
     const unsigned char *h;
     size_t unread, total;
     uint32_t body;
-    uint16_t keylen;
-    uint8_t extlen;
 
     if (r->failed)
         return MC_READ_ERROR;
@@ -408,8 +426,6 @@ int mc_reader_get(mc_reader *r, mc_resp *resp)
     }
     if (unread < MC_HEADER_LEN)
         return MC_READ_MORE;
-    keylen = mc_load16(h + 2);
-    extlen = h[4];
     body = mc_load32(h + 8);
     if (mc_head_check(h, r->max_body, r->errstr, sizeof r->errstr) != 0) {
         if (body > r->max_body)
@@ -420,19 +436,7 @@ int mc_reader_get(mc_reader *r, mc_resp *resp)
     if (unread < total)
         return MC_READ_MORE;
 
-    resp->opcode = h[1];
-    resp->keylen = keylen;
-    resp->extlen = extlen;
-    resp->datatype = h[5];
-    resp->status = mc_load16(h + 6);
-    resp->bodylen = body;
-    resp->opaque = mc_load32(h + 12);
-    resp->cas = mc_load64(h + 16);
-    resp->extras = (const char *)h + MC_HEADER_LEN;
-    resp->key = resp->extras + extlen;
-    resp->value = resp->key + keylen;
-    resp->vallen = body - extlen - keylen;
-    resp->flags = extlen >= 4 ? mc_load32(resp->extras) : 0;
+    mc_resp_split(h, resp);
 
     /* When everything is consumed, rewind for free instead of compacting
      * later; the bytes stay in place, so resp remains valid until the next

@@ -232,6 +232,10 @@ int mc_reader_get(mc_reader *r, mc_resp *resp);
 int mc_head_check(const unsigned char *h, size_t max_body, char *err,
                   size_t errlen);
 
+/* Splits a whole reply frame at h, its header checked (mc_head_check),
+ * into resp (pointing into the frame). */
+void mc_resp_split(const unsigned char *h, mc_resp *resp);
+
 /* Bytes received but not yet taken out by mc_reader_get. */
 static inline size_t mc_reader_pending(const mc_reader *r)
 {

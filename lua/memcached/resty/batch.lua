@@ -2,23 +2,25 @@
 -- servers (get_multi, set_multi, delete_multi; flush, ping, version; stats
 -- one server after the other). Each returns the C client's results.
 local M = {}
+local ffi = require "ffi"
 local type, error, tostring, pairs, ipairs, next = type, error, tostring, pairs, ipairs, next
-local select, floor, concat, ngx_now = select, math.floor, table.concat, ngx.now
-local ngx_update_time, ngx_thread_spawn = ngx.update_time, ngx.thread.spawn
-local ngx_thread_wait = ngx.thread.wait
+local select, floor, ngx_now = select, math.floor, ngx.now
+local ngx_thread_spawn, ngx_thread_wait = ngx.thread.spawn, ngx.thread.wait
 local C = require "memcached.resty.core"
-local OP, ST, c_get, c_store, c_delete = C.OP, C.ST, C.c_get, C.c_store, C.c_delete
-local c_flush, c_simple, c_stat, status_str = C.c_flush, C.c_simple, C.c_stat, C.status_str
-local mp_encode, E, E_MISS, E_KEY, E_PROTOCOL = C.mp_encode, C.E, C.E_MISS, C.E_KEY, C.E_PROTOCOL
+local OP, ST, c_stat, status_str = C.OP, C.ST, C.c_stat, C.status_str
+local c_flush, c_simple = C.c_flush, C.c_simple
+local mp_encode, mp_decode, E, E_KEY, E_PROTOCOL = C.mp_encode, C.mp_decode, C.E, C.E_KEY, C.E_PROTOCOL
 local E_CLIENT_CLOSED, E_AUTH, CLOSED_DETAIL = C.E_CLIENT_CLOSED, C.E_AUTH, C.CLOSED_DETAIL
-local U32, core, is_lock, K_GET, K_SET = C.U32, C.core, C.is_lock, C.K_GET, C.K_SET
-local K_OTHER, status_err, is_auth = C.K_OTHER, C.status_err, C.is_auth
-local reply_key_ok, resend_safe, key_ok = C.reply_key_ok, C.resend_safe, C.key_ok
-local opt_uint, item_value = C.opt_uint, C.item_value
+local U32, core, K_GET, K_SET = C.U32, C.core, C.K_GET, C.K_SET
+local K_OTHER, status_err, is_auth, err_str = C.K_OTHER, C.status_err, C.is_auth, C.err_str
+local resend_safe, key_ok, opt_uint = C.resend_safe, C.key_ok, C.opt_uint
+local STALE, sock_fail = C.STALE, C.sock_fail
 local conn = require "memcached.resty.conn"
 local next_opaques, leftover, take_reader = conn.next_opaques, conn.leftover, conn.take_reader
 local give_reader, send_to, read_reply = conn.give_reader, conn.send_to, conn.read_reply
-local roundtrip = conn.roundtrip
+local roundtrip, release, set_left = conn.roundtrip, conn.release, conn.set_left
+-- the core's number for a miss (entries carry numbers)
+local MISS, AUTH = C.err_num[C.E_MISS], C.err_num[C.E_AUTH]
 local H = require "memcached.resty.health"
 local server_failed, server_ok, server_name = H.server_failed, H.server_ok, H.server_name
 local place = H.place
@@ -36,16 +38,68 @@ local function send_batch(self, b, dl)
   b.reused = x
 end
 
--- Batches over several servers: each batch {addr =, data =, last =} is sent
--- whole, every server before any reply is read; then each server's replies
--- are read until the one whose opaque is `last`. on_reply(st, b, res)
--- returns true (keep reading), or nil, err, detail (a reply not ours, or an
--- auth status: the socket is closed). on_fail(st, b, err, detail) hears of
--- each server that failed. st is the caller's state: the callbacks are
--- plain functions, no closure per call (LuaJIT does not compile closure
--- creation). A batch whose requests may all be sent twice (resend_safe)
--- and whose pooled connection turns out closed before any byte of its
--- replies is sent once more on a fresh one.
+-- The core's batches (mc_abi_batch): one per server of a call, kept by the
+-- client for later calls. Taken while in use (light threads sharing the
+-- client each take their own).
+local MAX_BODY = conn.MAX_BODY
+local function take_ab(self)
+  local pool = self.abs
+  local ab = pool[#pool]
+  if ab then
+    pool[#pool] = nil
+    return ab
+  end
+  ab = core.mc_abi_batch_new(MAX_BODY)
+  if ab == nil then return nil end
+  return ffi.gc(ab, core.mc_abi_batch_free)
+end
+local function give_abs(self, batches)
+  local pool = self.abs
+  for _, b in ipairs(batches) do
+    if b.ab and #pool < 8 then pool[#pool + 1] = b.ab end
+    b.ab = nil
+  end
+end
+
+local ents, nents, ferr = ffi.new("mc_abi_entry *[1]"), ffi.new("int[1]"), ffi.new("int[1]")
+local fmsg, seal_len = ffi.new("char[256]"), ffi.new("size_t[1]")
+
+-- Reads batch b's replies from its socket into the core's batch until its
+-- NOOP: each reply's entry goes to on_entry(st, b, e) at once (its value
+-- lives until the next feed). Returns true, or nil, err, detail, stale
+-- with the socket closed (stale: it failed before any byte came).
+local function read_batch(self, b, sock, dl, on_entry, st)
+  local got = false
+  while true do
+    set_left(sock, nil, dl)
+    local data, err = sock:receiveany(65536)
+    if not data then
+      local stale = not got and STALE[err] or nil
+      local _, e, detail = sock_fail(sock, b.addr, "receive", err)
+      return nil, e, detail, stale
+    end
+    got = true
+    local rc = core.mc_abi_batch_feed(b.ab, data, #data, ents, nents, ferr, fmsg, 256)
+    local es = ents[0]
+    for j = 0, nents[0] - 1 do on_entry(st, b, es[j]) end
+    if rc == 1 then return true end
+    if rc < 0 then
+      sock:close()
+      return nil, err_str[ferr[0]], b.addr .. ": " .. ffi.string(fmsg)
+    end
+  end
+end
+
+-- Batches over several servers: each batch b (batch_of) is sent whole,
+-- every server before any reply is read; then each server's replies are
+-- taken by the core (read_batch). on_entry(st, b, e) hears of each reply;
+-- on_fail(st, b, err, detail) of each server that failed (its entries
+-- already heard of must then be dropped: a stream that broke off may have
+-- framed an earlier reply wrongly). st is the caller's state: the
+-- callbacks are plain functions, no closure per call (LuaJIT does not
+-- compile closure creation). A batch whose requests may all be sent twice
+-- (resend_safe) and whose pooled connection turns out closed before any
+-- byte of its replies is sent once more on a fresh one.
 -- A server's failure counts against it once per batch (as in the C
 -- client); its stream parsed through the NOOP is a success.
 local function batch_fail(self, on_fail, st, b, err, detail)
@@ -53,8 +107,7 @@ local function batch_fail(self, on_fail, st, b, err, detail)
   on_fail(st, b, err, detail)
 end
 
-local function run_batches(self, batches, on_reply_user, on_fail_user, st)
-  ngx_update_time()
+local function run_batches(self, batches, on_entry, on_fail_user, st)
   local dl = ngx_now() + self.io_timeout
   if #batches == 1 then
     local b = batches[1]
@@ -76,71 +129,62 @@ local function run_batches(self, batches, on_reply_user, on_fail_user, st)
       if err then batch_fail(self, on_fail_user, st, b, err, detail) end
     end
   end
-  local r = take_reader(self)
   for _, b in ipairs(batches) do
-    local sock, replied = b.sock, false
-    r:reset()
-    while sock do
-      local res, err, detail, stale = read_reply(sock, r, b.addr, dl)
-      if res then
-        replied = true
-        local mine
-        mine, err, detail = on_reply_user(st, b, res)
-        if not mine then sock:close()
-        elseif res.opaque == b.last and leftover(r) then
-          -- the stream ends with the NOOP and nothing after it
-          sock:close()
-          mine, err, detail = nil, E_PROTOCOL, b.addr .. ": bytes after the batch's NOOP"
-        elseif res.opaque == b.last then
-          sock:setkeepalive(self.keepalive_ms, self.pool_size)
-          server_ok(self, b.srv)
-          break
-        end
-      elseif stale and b.reused and not replied and not b.resent and resend_safe(b.data) then
+    local sock = b.sock
+    if sock then
+      local read = b.read or read_batch
+      local ok, err, detail, stale = read(self, b, sock, dl, on_entry, st)
+      if not ok and stale and b.reused and not b.resent and resend_safe(b.data) then
         -- a pooled connection the server had closed: once more on a fresh one
         b.resent = true
-        r:reset()
         sock, err, detail = send_to(self, b.addr, b.data, dl, true)
-        if sock then err = nil end
+        if sock then ok, err, detail = read(self, b, sock, dl, on_entry, st) end
       end
-      if err then
-        r:reset()
+      if ok then
+        release(self, b.addr, sock)
+        server_ok(self, b.srv)
+      else
         batch_fail(self, on_fail_user, st, b, err, detail)
-        break
       end
     end
   end
-  give_reader(self, r)
+  give_abs(self, batches)
 end
 
 -- A call's batch for server srv, made on its first request; batches keeps
--- them in that order. waiting: opaque -> key until its reply; order: the
--- opaques as sent.
-local function batch_of(self, by_srv, batches, srv)
+-- them in that order. Requests are framed into the core's batch (ab);
+-- keys[i] is the key of its request i - 1. Opaques run from base in each
+-- batch (each has a connection of its own). Returns the batch, or nil when
+-- memory ran out.
+local function batch_of(self, by_srv, batches, srv, base, kind, every_reply)
   local b = by_srv[srv]
   if not b then
-    b = { addr = server_name(self, srv), srv = srv, parts = {}, waiting = {}, order = {}, pos = 1 }
+    local ab = take_ab(self)
+    if not ab then return nil end
+    core.mc_abi_batch_begin(ab, base, kind, every_reply)
+    b = { addr = server_name(self, srv), srv = srv, ab = ab, keys = {} }
     by_srv[srv] = b
     batches[#batches + 1] = b
   end
   return b
 end
 
-local function batch_add(b, opaque, key, data)
-  b.parts[#b.parts + 1] = data
-  b.waiting[opaque] = key
-  b.order[#b.order + 1] = opaque
+-- Frames one request into b; false when it cannot be framed.
+local function batch_add(b, op, key, extras, flags, exptime, value, vlen)
+  if core.mc_abi_batch_add(b.ab, op, 0, key, #key, extras, flags, exptime, value, vlen) < 0 then
+    return false
+  end
+  local keys = b.keys
+  keys[#keys + 1] = key
+  return true
 end
 
--- Closes each batch with a NOOP under an opaque of its own (b.last) and
--- joins its bytes.
-local function batches_close(self, batches)
-  local noops = next_opaques(self, #batches)
-  for j, b in ipairs(batches) do
-    b.last = (noops + j - 1) % 4294967296
-    b.parts[#b.parts + 1] = c_simple(OP.NOOP, b.last)
-    b.data = concat(b.parts)
-    b.parts = nil
+-- Closes each batch's stream with its NOOP and takes its bytes.
+local function batches_seal(batches)
+  for _, b in ipairs(batches) do
+    local p = core.mc_abi_batch_seal(b.ab, seal_len)
+    if p == nil then error("out of memory framing a batch") end
+    b.data = ffi.string(p, seal_len[0])
   end
 end
 
@@ -153,53 +197,32 @@ local function gm_failed(st, k, err)
   f[k] = err
 end
 
-local function gm_reply(st, b, res)
-  if res.opaque == b.last and res.opcode == OP.NOOP then
-    if b.pos <= #b.order then
-      return nil, E_PROTOCOL, b.addr .. ": the batch ended with requests unanswered"
+local function gm_entry(st, b, e)
+  local k = b.keys[e.idx + 1]
+  local err = e.err
+  if err == 0 then
+    local v = ffi.string(e.value, e.vlen)
+    if e.flags == st.mp_flag then
+      local dv, derr = mp_decode(v)
+      if dv == nil and derr ~= nil then gm_failed(st, k, E.ERR_UNDECODABLE) return end
+      v = dv
     end
-    return true
+    st.values[k] = v
+    local got = b.got
+    if not got then got = {} b.got = got end
+    got[#got + 1] = k
+  elseif err ~= MISS then
+    gm_failed(st, k, err_str[err])
   end
-  local k = b.waiting[res.opaque]
-  -- error replies may carry no key: their opaque says which request
-  if not k or res.opaque ~= b.order[b.pos] or res.opcode ~= OP.GETK
-      or not reply_key_ok(res, k) then
-    return nil, E_PROTOCOL, b.addr .. ": a reply that answers no request of this batch, in order"
-  end
-  if is_auth(res.status) then
-    -- memcached -S closes the connection after this reply: this key and
-    -- every other key of the batch fail with ERR_AUTH (gm_fail)
-    return nil, E_AUTH, b.addr .. ": " .. status_str(res.status)
-  end
-  b.waiting[res.opaque] = nil
-  b.pos = b.pos + 1
-  local e = res.status ~= ST.OK and status_err(K_GET, res.status)
-  if e then
-    if e ~= E_MISS then gm_failed(st, k, e) end
-  elseif not is_lock(res) then
-    local ok, v = item_value(st.self, res)
-    if ok then
-      st.values[k] = v
-      local got = b.got
-      if not got then got = {} b.got = got end
-      got[#got + 1] = k
-    else
-      gm_failed(st, k, E.ERR_UNDECODABLE)
-    end
-  end
-  return true
 end
 
 local function gm_fail(st, b, err)
-  for _, k in pairs(b.waiting) do gm_failed(st, k, err) end
-  b.waiting = {}
-  -- a server's hits count only if its stream parsed through the NOOP:
-  -- a stream that broke off may have framed an earlier reply wrongly
-  for _, k in ipairs(b.got or {}) do
+  -- every key of a server that failed fails, and its hits are dropped: a
+  -- stream that broke off may have framed an earlier reply wrongly
+  for _, k in ipairs(b.keys) do
     st.values[k] = nil
     gm_failed(st, k, err)
   end
-  b.got = nil
 end
 
 -- get_multi(keys) -> {key = value}, or values, err, {key = err}
@@ -207,49 +230,40 @@ function M.get_multi(self, keys)
   if type(keys) ~= "table" then error("bad argument #1 (keys): table expected, got " .. type(keys), 2) end
   if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
   local n = #keys
-  local st = { self = self, values = {} }
+  local st = { values = {}, mp_flag = self.mp_flag }
   local by_srv, batches = {}, {}
-  local base = next_opaques(self, n)
+  local base = next_opaques(self, n + 1)
   for i = 1, n do -- nothing is sent before every key was checked
     local k = keys[i]
     if type(k) ~= "string" then
+      give_abs(self, batches)
       error(("bad argument #1 (keys): key #%d is a %s, not a string"):format(i, type(k)), 2)
     end
-    if not key_ok(k) then return nil, E_KEY, "key #" .. i .. " is malformed; nothing was sent" end
+    if not key_ok(k) then
+      give_abs(self, batches)
+      return nil, E_KEY, "key #" .. i .. " is malformed; nothing was sent"
+    end
     local srv, err = place(self, k)
     if not srv then gm_failed(st, k, err) else
-      local opaque = (base + i - 1) % 4294967296
       -- GETK, not GETKQ: every key gets its reply, in order, naming its key,
       -- so a value that swallowed the replies after it breaks the batch
-      batch_add(batch_of(self, by_srv, batches, srv), opaque, k, c_get(OP.GETK, opaque, k))
+      local b = batch_of(self, by_srv, batches, srv, base, K_GET, 1)
+      if not (b and batch_add(b, OP.GETK, k, 0, 0, 0, nil, 0)) then gm_failed(st, k, E.ERR_NOMEM) end
     end
   end
-  batches_close(self, batches)
-  run_batches(self, batches, gm_reply, gm_fail, st)
+  batches_seal(batches)
+  run_batches(self, batches, gm_entry, gm_fail, st)
   if st.first then return st.values, st.first, st.failed end
   return st.values
 end
 
--- quiet_batch's callbacks; st: qop, kind, results
-local function quiet_reply(st, b, res)
-  if res.opaque == b.last and res.opcode == OP.NOOP then return true end
-  -- an answer names a request of the batch, no earlier than the last one
-  -- answered (replies come in order), and no other key
-  local k, order, pos = b.waiting[res.opaque], b.order, b.pos
-  while pos <= #order and order[pos] ~= res.opaque do pos = pos + 1 end
-  if not k or pos > #order or res.opcode ~= st.qop or not reply_key_ok(res, k) then
-    return nil, E_PROTOCOL, b.addr .. ": a reply that answers no request of this batch, in order"
-  end
-  b.pos = pos + 1
-  if is_auth(res.status) then -- the server closes the connection after it
-    return nil, E_AUTH, b.addr .. ": " .. status_str(res.status)
-  end
-  if res.status ~= ST.OK then st.results[k] = status_err(st.kind, res.status) end
-  return true
+-- quiet_batch's callbacks; st: results
+local function quiet_entry(st, b, e)
+  if e.err ~= 0 then st.results[b.keys[e.idx + 1]] = err_str[e.err] end
 end
 
 local function quiet_fail(st, b, err)
-  for _, k in pairs(b.waiting) do st.results[k] = err end
+  for _, k in ipairs(b.keys) do st.results[k] = err end
 end
 
 -- set_multi / delete_multi: quiet requests (SETQ / DELETEQ), one NOOP per
@@ -257,20 +271,23 @@ end
 -- true for every key sent and already holds the error of each key that
 -- could not be. A failure reply is the status's meaning for `kind`; a
 -- server that fails (transport, protocol, auth) fails every key sent to it
--- (any of them may or may not have been stored). Returns results, or
--- results and the first error in list order.
-local function quiet_batch(self, qop, kind, list, results, enc)
+-- (any of them may or may not have been stored). extras, flags, exptime:
+-- the requests' (stores: 1, the flags, the expiration). Returns results,
+-- or results and the first error in list order.
+local function quiet_batch(self, qop, kind, list, results, extras, flags, exptime)
   local by_srv, batches = {}, {}
-  local base = next_opaques(self, #list)
-  for i, e in ipairs(list) do
-    local k = e[1]
+  local base = next_opaques(self, #list + 1)
+  for _, e in ipairs(list) do
+    local k, v = e[1], e[2]
     if results[k] == true then
-      local opaque = (base + i - 1) % 4294967296
-      batch_add(batch_of(self, by_srv, batches, e.srv), opaque, k, enc(qop, opaque, k, e[2]))
+      local b = batch_of(self, by_srv, batches, e.srv, base, kind, 0)
+      if not (b and batch_add(b, qop, k, extras, flags, exptime, v, v and #v or 0)) then
+        results[k] = E.ERR_NOMEM
+      end
     end
   end
-  batches_close(self, batches)
-  run_batches(self, batches, quiet_reply, quiet_fail, { qop = qop, kind = kind, results = results })
+  batches_seal(batches)
+  run_batches(self, batches, quiet_entry, quiet_fail, { results = results })
   for _, e in ipairs(list) do
     local r = results[e[1]]
     if r ~= true then return results, r end
@@ -315,12 +332,8 @@ function M.set_multi(self, items, exptime)
       if bytes then e[2] = bytes else results[k] = E.ERR_UNENCODABLE end
     end
   end
-  ngx_update_time()
   quiet_place(self, list, results)
-  local mp_flag, exp = self.mp_flag, exptime or 0
-  return quiet_batch(self, OP.SETQ, K_SET, list, results, function(op, opaque, key, value)
-    return c_store(op, opaque, nil, key, mp_flag, exp, value)
-  end)
+  return quiet_batch(self, OP.SETQ, K_SET, list, results, 1, self.mp_flag, exptime or 0)
 end
 
 -- delete_multi(keys) -> {key = true | err}[, first err]; a missing key is
@@ -341,27 +354,34 @@ function M.delete_multi(self, keys)
       if not key_ok(k) then results[k] = E_KEY end
     end
   end
-  ngx_update_time()
   quiet_place(self, list, results)
-  return quiet_batch(self, OP.DELETEQ, K_GET, list, results, function(op, opaque, key)
-    return c_delete(op, opaque, nil, key)
-  end)
+  return quiet_batch(self, OP.DELETEQ, K_GET, list, results, 0, 0, 0)
 end
 
--- each_server's callbacks; st: op, values, failures, first
+-- each_server's callbacks; st: values, failures, first
 local function each_failed(st, b, err, detail)
   st.first = st.first or err
   st.failures[b.addr] = detail
 end
-local function each_reply(st, b, res)
-  if res.opaque ~= b.last or res.opcode ~= st.op then
-    return nil, E_PROTOCOL, b.addr .. ": reply opcode " .. res.opcode .. " opaque " .. res.opaque
-  end
-  if is_auth(res.status) then -- the server closes the connection after it
+local function each_entry(st, b, res)
+  if res.err == 0 then st.values[b.addr] = res.value
+  else each_failed(st, b, err_str[res.err], b.addr .. ": " .. status_str(res.status)) end
+end
+
+-- Reads the one reply of batch b (each_server's: one request, no NOOP,
+-- as memcached -S answers VERSION unauthenticated but not a NOOP), judged
+-- by the core as a single request's (read_reply).
+local function read_one(self, b, sock, dl, on_entry, st)
+  local r = take_reader(self)
+  r.kind, r.op, r.opaque, r.key = K_OTHER, b.op, b.opaque, nil
+  local res, err, detail, stale = read_reply(sock, r, b.addr, dl)
+  give_reader(self, r)
+  if not res then return nil, err, detail, stale end
+  if res.err == AUTH then -- the server closes the connection after it
+    sock:close()
     return nil, E_AUTH, b.addr .. ": " .. status_str(res.status)
   end
-  if res.status == ST.OK then st.values[b.addr] = res.value
-  else each_failed(st, b, status_err(K_OTHER, res.status), b.addr .. ": " .. status_str(res.status)) end
+  on_entry(st, b, res)
   return true
 end
 
@@ -376,11 +396,11 @@ local function each_server(self, enc, op, arg)
   local batches, values, failures = {}, {}, {}
   for i = 1, n do
     local opaque = (base + i - 1) % 4294967296
-    batches[i] = { addr = server_name(self, i - 1), srv = i - 1, last = opaque,
-      data = enc(op, opaque, arg) }
+    batches[i] = { addr = server_name(self, i - 1), srv = i - 1, op = op, opaque = opaque,
+      data = enc(op, opaque, arg), read = read_one }
   end
-  local st = { op = op, values = values, failures = failures }
-  run_batches(self, batches, each_reply, each_failed, st)
+  local st = { values = values, failures = failures }
+  run_batches(self, batches, each_entry, each_failed, st)
   return values, st.first, failures
 end
 
@@ -418,10 +438,12 @@ local MAX_STAT_ENTRIES = 100000
 -- by one with an empty key. Its own I/O timeout, as in the C client.
 local function server_stats(self, srv, group, r)
   local addr = server_name(self, srv)
-  ngx_update_time()
   local dl = ngx_now() + self.io_timeout
   local opaque = next_opaques(self, 1)
   local data = c_stat(opaque, group)
+  -- the core judges each reply (mc_abi_take_one): the request's opcode
+  -- and opaque, its shape; a STAT stream may have more after each
+  r.kind, r.op, r.opaque, r.key = K_OTHER, OP.STAT, opaque, nil
   local res, sock, detail, stale = roundtrip(self, addr, data, r, dl)
   if not res and stale and resend_safe(data) then
     r:reset()
@@ -430,21 +452,16 @@ local function server_stats(self, srv, group, r)
   if not res then return nil, sock, detail end
   local t, nent, err = {}, 0, nil
   while true do
-    if res.opcode ~= OP.STAT or res.opaque ~= opaque then
-      sock:close()
-      return nil, E_PROTOCOL, ("%s: reply opcode %d opaque %d to request opcode %d opaque %d")
-        :format(addr, res.opcode, res.opaque, OP.STAT, opaque)
-    end
-    if is_auth(res.status) then -- the server closes the connection after it
+    if res.err == AUTH then -- the server closes the connection after it
       sock:close()
       return nil, E_AUTH, addr .. ": " .. status_str(res.status)
     end
-    if res.status ~= ST.OK then
-      if leftover(r) then sock:close() else sock:setkeepalive(self.keepalive_ms, self.pool_size) end
-      return nil, status_err(K_OTHER, res.status), addr .. ": " .. status_str(res.status), true
+    if res.err ~= 0 then
+      if leftover(r) then sock:close() else release(self, addr, sock) end
+      return nil, err_str[res.err], addr .. ": " .. status_str(res.status), true
     end
     if res.key == "" then
-      if leftover(r) then sock:close() else sock:setkeepalive(self.keepalive_ms, self.pool_size) end
+      if leftover(r) then sock:close() else release(self, addr, sock) end
       return t
     end
     nent = nent + 1

@@ -76,7 +76,36 @@ int mc_abi_ring_usable(mc_ring *r, int srv, double now, int *probe);
 int mc_abi_ring_failed(mc_ring *r, int srv, double now, const char *why);
 int mc_abi_ring_ok(mc_ring *r, int srv);
 int mc_abi_ring_dead_until(mc_ring *r, int srv, double until, const char *why);
+typedef struct mc_abi_reply {
+  int err, status;
+  uint32_t flags;
+  double cas;
+  uint32_t koff, klen, voff, vlen;
+  uint32_t used, need;
+} mc_abi_reply;
+int mc_abi_take_one(const char *p, size_t len, size_t max_body, int kind, int opcode,
+                    uint32_t opaque, const char *key, size_t keylen, mc_abi_reply *out,
+                    char *msg, size_t msglen);
 double mc_abi_ring_retry_at(const mc_ring *r, int srv);
+typedef struct mc_abi_entry {
+  uint32_t idx;
+  int err;
+  int status;
+  uint32_t flags;
+  uint32_t vlen;
+  double cas;
+  const char *value;
+} mc_abi_entry;
+typedef struct mc_abi_batch mc_abi_batch;
+mc_abi_batch *mc_abi_batch_new(size_t max_body);
+void mc_abi_batch_free(mc_abi_batch *ab);
+int mc_abi_batch_begin(mc_abi_batch *ab, uint32_t base, int kind, int every_reply);
+int mc_abi_batch_add(mc_abi_batch *ab, int opcode, double cas, const char *key, size_t keylen,
+                     int extras, uint32_t flags, uint32_t exptime, const char *value,
+                     size_t vallen);
+const char *mc_abi_batch_seal(mc_abi_batch *ab, size_t *len);
+int mc_abi_batch_feed(mc_abi_batch *ab, const char *data, size_t len, mc_abi_entry **out,
+                      int *nout, int *err, char *msg, size_t msglen);
 ]]
 local core = ffi.load(assert(package.searchpath("memcached", package.cpath),
   "memcached.so not found on package.cpath"))
@@ -113,7 +142,11 @@ c_simple = function(op, opaque) return frame(op, opaque, 0, nil, 0, 0, 0, nil) e
 
 -- error number -> its ERR_* string, once
 local err_str = {}
-for e = 1, core.mc_abi_err_count() - 1 do err_str[e] = ffi.string(core.mc_abi_err_str(e)) end
+local err_num = {} -- and back: the core's number of each ERR_* string
+for e = 1, core.mc_abi_err_count() - 1 do
+  err_str[e] = ffi.string(core.mc_abi_err_str(e))
+  err_num[err_str[e]] = e
+end
 
 -- delete_lock's marker: such an item reads as a miss. The marker that
 -- delete_lock writes (flags and value) is the core's too.
@@ -301,6 +334,7 @@ return {
   enc_buf = enc_buf,
   frame = frame,
   err_str = err_str,
+  err_num = err_num,
   is_lock = is_lock,
   LOCK_FLAGS = LOCK_FLAGS,
   LOCK_VALUE = LOCK_VALUE,
