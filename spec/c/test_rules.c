@@ -714,6 +714,88 @@ static void test_abi_batch(void)
     mc_abi_batch_free(ab);
 }
 
+/* The reply to one request through the C ABI (mc_abi_take_one). */
+static void test_take_one(void)
+{
+    mc_abi_reply o;
+    mc_buf s = {0};
+    char msg[200];
+    put_reply(&s, MC_OP_GETK, 9, "k", 1, "val", 3);
+    CHECK(mc_abi_take_one(s.data, 10, 1024, MC_KIND_GET, MC_OP_GETK, 9, "k", 1,
+                          &o, msg, sizeof(msg)) == 0 && o.need == 24,
+          "a partial header: more, the header's length");
+    CHECK(mc_abi_take_one(s.data, 30, 1024, MC_KIND_GET, MC_OP_GETK, 9, "k", 1,
+                          &o, msg, sizeof(msg)) == 0 && o.need == s.len,
+          "a partial body: more, the whole reply's length");
+    CHECK(mc_abi_take_one(s.data, s.len, 1024, MC_KIND_GET, MC_OP_GETK, 9, "k",
+                          1, &o, msg, sizeof(msg)) == 1 &&
+              o.err == 0 && o.used == s.len && o.vlen == 3 &&
+              memcmp(s.data + o.voff, "val", 3) == 0 && o.klen == 1 &&
+              s.data[o.koff] == 'k',
+          "a whole hit: its value and key by offset");
+    CHECK(mc_abi_take_one(s.data, s.len, 1024, MC_KIND_GET, MC_OP_GETK, 8, "k",
+                          1, &o, msg, sizeof(msg)) == -1 &&
+              o.err == MC_ERR_PROTOCOL,
+          "another opaque: the stream is out of step");
+    CHECK(mc_abi_take_one(s.data, s.len, 1024, MC_KIND_GET, MC_OP_GETK, 9, "x",
+                          1, &o, msg, sizeof(msg)) == -1 &&
+              o.err == MC_ERR_PROTOCOL,
+          "a hit naming another key");
+    CHECK(mc_abi_take_one(s.data, s.len, 1024, MC_KIND_GET, MC_OP_GATK, 9, "k",
+                          1, &o, msg, sizeof(msg)) == -1,
+          "another opcode");
+    mc_buf_append(&s, "\x81", 1);
+    CHECK(mc_abi_take_one(s.data, s.len, 1024, MC_KIND_GET, MC_OP_GETK, 9, "k",
+                          1, &o, msg, sizeof(msg)) == -1 &&
+              o.err == MC_ERR_PROTOCOL,
+          "bytes after the reply");
+    CHECK(mc_abi_take_one("ERROR Too many", 14, 1024, MC_KIND_GET, MC_OP_GETK,
+                          9, "k", 1, &o, msg, sizeof(msg)) == -2,
+          "a text line: for the driver's text reader");
+    s.len = 0;
+    put_reply(&s, MC_OP_GETK, 9, "k", 1, "val", 3);
+    s.data[8] = 0x7f; /* a body over max_body */
+    CHECK(mc_abi_take_one(s.data, s.len, 1024, MC_KIND_GET, MC_OP_GETK, 9, "k",
+                          1, &o, msg, sizeof(msg)) == -1,
+          "a body over max_body is refused on the header");
+    s.len = 0;
+    put_reply(&s, MC_OP_STAT, 3, "pid", 3, "12", 2);
+    put_reply(&s, MC_OP_STAT, 3, "", 0, "", 0);
+    /* STAT replies carry no extras: take put_reply's 4 bytes out */
+    memmove(s.data + 24, s.data + 28, s.len - 28);
+    s.len -= 4;
+    s.data[4] = 0;
+    mc_store32(s.data + 8, 5);
+    memmove(s.data + 29 + 24, s.data + 29 + 28, s.len - 29 - 28);
+    s.len -= 4;
+    s.data[29 + 4] = 0;
+    mc_store32(s.data + 29 + 8, 0);
+    CHECK(mc_abi_take_one(s.data, s.len, 1024, MC_KIND_OTHER, MC_OP_STAT, 3,
+                          NULL, 0, &o, msg, sizeof(msg)) == 1 &&
+              o.used < s.len && o.klen == 3,
+          "a STAT stream: one entry, the rest left for the next call");
+    s.len = 0;
+    put_reply(&s, MC_OP_GETK, 9, "k", 1, mc_lock_value, mc_lock_len);
+    mc_store32(s.data + 24, MC_LOCK_FLAGS);
+    CHECK(mc_abi_take_one(s.data, s.len, 1024, MC_KIND_GET, MC_OP_GETK, 9, "k",
+                          1, &o, msg, sizeof(msg)) == 1 &&
+              o.err == MC_ERR_CACHE_MISS,
+          "delete_lock's marker reads as a miss");
+    s.len = 0;
+    batch_reply(&s, MC_OP_SET, 4, "", MC_STATUS_AUTH_ERROR);
+    CHECK(mc_abi_take_one(s.data, s.len, 1024, MC_KIND_SET, MC_OP_SET, 4, NULL,
+                          0, &o, msg, sizeof(msg)) == 1 &&
+              o.err == MC_ERR_AUTH,
+          "an auth status: MC_ERR_AUTH");
+    s.len = 0;
+    batch_reply(&s, MC_OP_ADD, 4, "", MC_STATUS_KEY_EEXISTS);
+    CHECK(mc_abi_take_one(s.data, s.len, 1024, MC_KIND_ADD, MC_OP_ADD, 4, NULL,
+                          0, &o, msg, sizeof(msg)) == 1 &&
+              o.err == MC_ERR_NOT_STORED,
+          "a status read for the kind: add's exists is not stored");
+    mc_buf_free(&s);
+}
+
 int main(void)
 {
     counting_codec = mc_codec_binary;
@@ -731,6 +813,7 @@ int main(void)
     test_addr();
     test_ring();
     test_abi_batch();
+    test_take_one();
     CHECK(codec_simple_calls > 0 && codec_read_calls > 0,
           "the feed frames and reads through its codec (%d, %d calls)",
           codec_simple_calls, codec_read_calls);
