@@ -219,6 +219,14 @@ static void test_health(void)
     mc_health_failed(&h, &o, 1.0, NULL);
     mc_health_failed(&h, &o, 1.0, NULL);
     CHECK(!h.dead && h.last_error[0] == '\0', "failure_limit 0: never dead");
+    CHECK(mc_health_verdict(MC_ERR_TIMEOUT) == MC_VERDICT_FAILED &&
+              mc_health_verdict(MC_ERR_PROTOCOL) == MC_VERDICT_FAILED &&
+              mc_health_verdict(MC_ERR_AUTH) == MC_VERDICT_ANSWERED &&
+              mc_health_verdict(MC_ERR_TOO_LARGE) == MC_VERDICT_NONE &&
+              mc_health_verdict(MC_ERR_NOMEM) == MC_VERDICT_NONE &&
+              mc_health_verdict(MC_ERR_BUSY) == MC_VERDICT_NONE &&
+              mc_abi_health_verdict(MC_ERR_AUTH) == 1,
+          "what an error says of its server: failed, answered, nothing");
 }
 
 /* The batch feed with bytes alone: a plan for keys a, b, c (b on another

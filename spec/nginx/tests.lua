@@ -620,6 +620,22 @@ local function run()
        show(sv, se, sb:servers()[2].alive))
     ok(#sb_events == 1 and sb_events[1]:find("down found dead by another worker", 1, true),
        "... and its callback hears of it", show(sb_events[1]))
+    ngx.shared.mc_health:flush_all()
+    -- failures are counted in the dict: one each by two clients (two
+    -- workers) make failure_limit 2
+    local fa = assert(resty_memcached.new { servers = { MC1, REFUSED }, failure_limit = 2,
+      retry_timeout = 5, shared_dict = "mc_health" })
+    local fb = assert(resty_memcached.new { servers = { MC1, REFUSED }, failure_limit = 2,
+      retry_timeout = 5, shared_dict = "mc_health" })
+    local _, fe1 = fa:get(sk)
+    local _, fe2 = fb:get(sk)
+    local fv3, fe3 = fa:get(sk)
+    ok(fe1 == E.ERR_CONNECTION_REFUSED and fe2 == E.ERR_CONNECTION_REFUSED
+       and fv3 == nil and fe3 == E.ERR_CACHE_MISS and fa:servers()[2].alive == false
+       and fb:servers()[2].alive == false,
+       "shared_dict: one failure in each of two clients makes failure_limit 2; no third call fails",
+       show(fe1, fe2, fe3, fa:servers()[2].alive, fb:servers()[2].alive))
+    ngx.shared.mc_health:flush_all()
     local lone = assert(resty_memcached.new { servers = { MC1, REFUSED }, failure_limit = 2 })
     is("without shared_dict a client finds it for itself", { nil, E.ERR_CONNECTION_REFUSED }, lone:get(sk))
     ok(not pcall(resty_memcached.new, { servers = { MC1 }, shared_dict = "no_such_dict" }),

@@ -8,6 +8,7 @@
 #include "mc_addr.h"
 #include "mc_ring.h"
 #include "mc_error.h"
+#include "mc_health.h"
 #include "mc_item.h"
 #include "mc_key.h"
 
@@ -57,6 +58,11 @@ int mc_abi_reply_key_ok(int status, const char *rkey, size_t rlen,
     if (status < 0 || status > 0xffff)
         return 0;
     return mc_reply_key_ok((uint16_t)status, rkey, rlen, key, keylen);
+}
+
+int mc_abi_health_verdict(int err)
+{
+    return mc_health_verdict(err);
 }
 
 int mc_abi_resend_safe(const char *p, size_t n)

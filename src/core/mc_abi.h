@@ -160,6 +160,9 @@ MC_ABI int mc_abi_status_is_auth(int status);
 /* 1 when a reply (its status and key) may answer a request for key. */
 MC_ABI int mc_abi_reply_key_ok(int status, const char *rkey, size_t rlen,
                                const char *key, size_t keylen);
+/* What a failed request's error says of its server (mc_health_verdict):
+ * 0 a failure, 1 it answered (a success), 2 no effect. */
+MC_ABI int mc_abi_health_verdict(int err);
 /* 1 when every request framed in the n bytes at p may be sent twice. */
 MC_ABI int mc_abi_resend_safe(const char *p, size_t n);
 /* A counter reply's value (mc_counter_value): 0 with *v, or -1. */

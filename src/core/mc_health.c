@@ -3,6 +3,8 @@
 
 #include <stdio.h>
 
+#include "mc_error.h"
+
 int mc_health_failed(mc_health *h, const mc_health_opts *o, double now,
                      const char *why)
 {
@@ -49,4 +51,18 @@ int mc_health_dead_until(mc_health *h, const mc_health_opts *o, double until,
     if (was_alive || until > h->retry_at)
         h->retry_at = until;
     return was_alive;
+}
+
+int mc_health_verdict(int err)
+{
+    switch (err) {
+    case MC_ERR_AUTH:
+        return MC_VERDICT_ANSWERED;
+    case MC_ERR_TOO_LARGE:
+    case MC_ERR_NOMEM:
+    case MC_ERR_BUSY:
+        return MC_VERDICT_NONE;
+    default:
+        return MC_VERDICT_FAILED;
+    }
 }

@@ -61,12 +61,15 @@ static void push_event(mc_client *c, mc_server *s, int up, const char *why)
 void client_server_failed(mc_client *c, mc_server *s, int err, const char *msg)
 {
     char why[200];
-    if (err == MC_ERR_AUTH) {
-        client_server_ok(c, s); /* it answered */
+    switch (mc_health_verdict(err)) {
+    case MC_VERDICT_ANSWERED:
+        client_server_ok(c, s);
         return;
+    case MC_VERDICT_NONE:
+        return;
+    default:
+        break;
     }
-    if (err == MC_ERR_TOO_LARGE || err == MC_ERR_NOMEM || err == MC_ERR_BUSY)
-        return; /* the server did nothing wrong */
     snprintf(why, sizeof(why), "%s: %s", mc_err_str(err), msg);
     if (mc_server_failed(s, &c->o.pool, why))
         push_event(c, s, 0, why);

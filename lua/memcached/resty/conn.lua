@@ -15,7 +15,7 @@ local function server_record(self, addr)
   local rec = self.records[addr]
   if not rec then
     rec = { popts = { pool = "memcached:" .. addr, pool_size = self.pool_size },
-            dead_key = "memcached:dead:" .. addr }
+            dead_key = "memcached:dead:" .. addr, fail_key = "memcached:failures:" .. addr }
     self.records[addr] = rec
   end
   return rec

@@ -3,12 +3,12 @@
 -- callback, and health shared between workers through a lua_shared_dict.
 local ffi = require "ffi"
 local type, error, tostring, ipairs, tonumber = type, error, tostring, ipairs, tonumber
-local floor, byte, sub, ngx_now = math.floor, string.byte, string.sub, ngx.now
+local floor, sub, ngx_now = math.floor, string.sub, ngx.now
 local ngx_socket_tcp = ngx.socket.tcp
 local C = require "memcached.resty.core"
 local OP, HEADER_LEN, c_simple, E, E_AUTH = C.OP, C.HEADER_LEN, C.c_simple, C.E, C.E_AUTH
-local core, err_str, is_auth, split_addr = C.core, C.err_str, C.is_auth, C.split_addr
-local resolve_names = C.resolve_names
+local core, err_str, err_num, split_addr = C.core, C.err_str, C.err_num, C.split_addr
+local resolve_names, K_OTHER = C.resolve_names, C.K_OTHER
 local conn = require "memcached.resty.conn"
 local server_record, popts_of, next_opaques = conn.server_record, conn.popts_of, conn.next_opaques
 
@@ -55,52 +55,85 @@ local function event(self, srv, why, state)
   if fn then pcall(fn, ffi.string(core.mc_abi_ring_name(self.ring, srv)), why, state) end
 end
 
--- What a failure costs the server: transport and protocol failures count
--- (failure_limit of them mark it dead); an auth refusal means it answered.
-local NOT_THE_SERVERS = { [E.ERR_VALUE_TOO_LARGE] = true, [E.ERR_NO_MEMORY] = true }
--- Shared health (option shared_dict): a server this worker finds dead is
--- written to the dict with the time of its next probe, so every worker
--- sharing the dict routes around it at once; a worker whose probe brings
--- it back removes the entry. Failures themselves are counted per worker.
-local function dead_key(self, srv)
-  return server_record(self, ffi.string(core.mc_abi_ring_name(self.ring, srv))).dead_key
+-- Shared health (option shared_dict): failures of a server are counted in
+-- the dict by every worker sharing it, and the one that brings the count
+-- to failure_limit marks the server dead there with the time of its next
+-- probe, so every worker routes around it at once; a worker whose probe
+-- brings it back removes the entry. The count lives for retry_timeout
+-- (at least 1 s) from the first failure, and a success of a worker that
+-- had counted a failure clears it: failure_limit failures within that
+-- time, with no success seen between them, make a server dead for all.
+local function dict_keys(self, srv)
+  local rec = server_record(self, ffi.string(core.mc_abi_ring_name(self.ring, srv)))
+  return rec.dead_key, rec.fail_key
 end
 local function share_dead(self, srv)
   local dict = self.dict
   if not dict then return end
   local at = core.mc_abi_ring_retry_at(self.ring, srv)
-  if at > 0 then dict:set(dead_key(self, srv), at, self.retry_timeout + 1) end
+  local dk, fk = dict_keys(self, srv)
+  if at > 0 then dict:set(dk, at, self.retry_timeout + 1) end
+  dict:delete(fk)
 end
 local function share_alive(self, srv)
-  if self.dict then self.dict:delete(dead_key(self, srv)) end
+  if not self.dict then return end
+  local dk, fk = dict_keys(self, srv)
+  self.dict:delete(dk)
+  self.dict:delete(fk)
+end
+
+-- The failures counted in the dict, this one included; nil without one.
+local function share_failure(self, srv)
+  local dict = self.dict
+  if not dict then return nil end
+  local _, fk = dict_keys(self, srv)
+  return dict:incr(fk, 1, 0, math.max(self.retry_timeout, 1))
+end
+
+local fail_count, fail_last = ffi.new("unsigned[1]"), ffi.new("const char *[1]")
+
+-- What a failure costs the server, as the core rules
+-- (mc_abi_health_verdict): transport and protocol failures count
+-- (failure_limit of them mark it dead); an auth refusal means it
+-- answered; a value over the cap or memory here, nothing.
+local function server_ok(self, srv)
+  local ring = self.ring
+  if self.dict and core.mc_abi_ring_alive(ring, srv, fail_count, fail_last) == 1
+      and fail_count[0] == 0 then
+    return -- nothing counted here: nothing to clear
+  end
+  if core.mc_abi_ring_ok(ring, srv) == 1 then
+    share_alive(self, srv)
+    event(self, srv, "responding again", "up")
+  elseif self.dict then
+    local _, fk = dict_keys(self, srv)
+    self.dict:delete(fk)
+  end
 end
 
 local function server_failed(self, srv, err, detail)
-  if err == E_AUTH then
-    if core.mc_abi_ring_ok(self.ring, srv) == 1 then
-      share_alive(self, srv)
-      event(self, srv, "responding again", "up")
-    end
-    return
-  end
-  if NOT_THE_SERVERS[err] then return end
+  local verdict = core.mc_abi_health_verdict(err_num[err] or 0)
+  if verdict == 1 then return server_ok(self, srv) end
+  if verdict == 2 then return end
   local why = tostring(err) .. ": " .. tostring(detail)
-  if core.mc_abi_ring_failed(self.ring, srv, ngx_now(), why) == 1 then
+  local now = ngx_now()
+  if core.mc_abi_ring_failed(self.ring, srv, now, why) == 1 then
     share_dead(self, srv)
     event(self, srv, why, "down")
+    return
   end
-end
-local function server_ok(self, srv)
-  if core.mc_abi_ring_ok(self.ring, srv) == 1 then
-    share_alive(self, srv)
-    event(self, srv, "responding again", "up")
+  local n = share_failure(self, srv)
+  if n and n >= self.failure_limit
+      and core.mc_abi_ring_dead_until(self.ring, srv, now + self.retry_timeout, why) == 1 then
+    share_dead(self, srv)
+    event(self, srv, why, "down")
   end
 end
 
 -- A server alive here that another worker found dead: dead here too, until
 -- the time that worker set. Returns true when it is.
 local function dead_elsewhere(self, srv)
-  local till = self.dict:get(dead_key(self, srv))
+  local till = self.dict:get((dict_keys(self, srv)))
   if not till or till <= ngx_now() then return false end
   if core.mc_abi_ring_dead_until(self.ring, srv, till, "found dead by another worker") == 1 then
     event(self, srv, "found dead by another worker", "down")
@@ -125,6 +158,7 @@ end
 -- answer brings it back (its cosocket goes to the pool, warm for the
 -- caller); no answer keeps it dead another retry interval. Returns true
 -- when it is usable.
+local probe_rep, probe_msg = ffi.new("mc_abi_reply"), ffi.new("char[200]")
 local function probe(self, srv)
   local addr = server_name(self, srv)
   local host, port = split_addr(addr)
@@ -137,14 +171,18 @@ local function probe(self, srv)
   if ok then ok, err = sock:send(c_simple(OP.NOOP, opaque)) end
   local hdr
   if ok then hdr, err = sock:receive(HEADER_LEN) end
-  if hdr and byte(hdr, 1) == 0x81 and byte(hdr, 2) == OP.NOOP then
-    local st = byte(hdr, 7) * 256 + byte(hdr, 8)
-    local body = byte(hdr, 9) * 16777216 + byte(hdr, 10) * 65536 + byte(hdr, 11) * 256 + byte(hdr, 12)
-    if body == 0 and not is_auth(st) then sock:setkeepalive(self.keepalive_ms, self.pool_size)
-    else sock:close() end -- an auth refusal still says the server is up
+  -- the NOOP's reply, judged by the core; an auth refusal still says the
+  -- server is up (memcached -S closes the connection after it)
+  local rc = hdr and core.mc_abi_take_one(hdr, #hdr, HEADER_LEN, K_OTHER, OP.NOOP, opaque, nil,
+    0, probe_rep, probe_msg, 200)
+  if rc == 1 then
+    if probe_rep.err == 0 then sock:setkeepalive(self.keepalive_ms, self.pool_size)
+    else sock:close() end
     server_ok(self, srv)
     return true
   end
+  if rc == -1 then err = "reply: " .. ffi.string(probe_msg)
+  elseif rc then err = "not a NOOP reply" end
   sock:close()
   local why = "probe: " .. tostring(err or "no NOOP reply")
   if core.mc_abi_ring_failed(self.ring, srv, ngx_now(), why) == 1 then event(self, srv, why, "down") end
@@ -234,8 +272,6 @@ return {
   ring_err = ring_err,
   new_ring = new_ring,
   event = event,
-  NOT_THE_SERVERS = NOT_THE_SERVERS,
-  dead_key = dead_key,
   share_dead = share_dead,
   share_alive = share_alive,
   server_failed = server_failed,
