@@ -200,6 +200,26 @@ r=1
 [ -n "$plan" ] && [ "$plan" -gt 0 ] && [ "$plan" = "$n" ] && r=0
 check $r "spec/nginx/tests.lua ran to its plan" "plan '${plan:-none}', $n results; body: $(printf '%s' "$body" | tail -3)"
 
+# one worker-level client over ten requests in a row, and ten at once
+again_ok=0
+again_out=""
+for i in 1 2 3 4 5 6 7 8 9 10; do
+    o=$(curl -sS --max-time 10 "$URL/again?n=$i" 2>&1) || true
+    again_out="$again_out $o"
+    [ "$o" = ok ] || again_ok=1
+done
+check $again_ok "one client serves request after request (ngx.ctx keeps each request's cosockets)" "$again_out"
+again_ok=0
+for i in 11 12 13 14 15 16 17 18 19 20; do
+    curl -sS --max-time 10 -o "$TMP/again.$i" "$URL/again?n=$i" &
+    pids+=("$!")
+done
+wait "${pids[@]: -10}" 2>/dev/null || true
+for i in 11 12 13 14 15 16 17 18 19 20; do
+    [ "$(cat "$TMP/again.$i" 2>/dev/null)" = ok ] || again_ok=1
+done
+check $again_ok "... and ten requests at once" "$(cat "$TMP"/again.* 2>/dev/null | tr '\n' ' ')"
+
 # /slow holds its request for 1 s on the silent server; /ping, sent while
 # it waits, must still be answered at once by the same (only) process.
 curl -sS --max-time 10 -o "$TMP/slow.out" "$URL/slow" &
