@@ -64,10 +64,17 @@ local function give_reader(self, r)
 end
 
 -- io_timeout bounds the whole operation: each send and receive gets what
--- is left of it.
+-- is left of it. A cosocket keeps its timeouts across reconnects (nginx
+-- stores them in the object), so they are set only when they change
+-- (mc_cms, mc_left: the values set last): a call whose clock has not moved
+-- since the last call on the same object sets none.
 local function set_left(sock, connect_ms, dl)
   local left = max(1, floor((dl - ngx_now()) * 1000))
-  sock:settimeouts(connect_ms or left, left, left)
+  connect_ms = connect_ms or sock.mc_cms or left
+  if sock.mc_left ~= left or sock.mc_cms ~= connect_ms then
+    sock:settimeouts(connect_ms, left, left)
+    sock.mc_left, sock.mc_cms = left, connect_ms
+  end
 end
 
 -- Connects (or reuses a pooled connection) and sends data. Returns the
