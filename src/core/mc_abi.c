@@ -60,6 +60,11 @@ int mc_abi_reply_key_ok(int status, const char *rkey, size_t rlen,
     return mc_reply_key_ok((uint16_t)status, rkey, rlen, key, keylen);
 }
 
+int mc_abi_max_stat_entries(void)
+{
+    return MC_MAX_STAT_ENTRIES;
+}
+
 int mc_abi_health_verdict(int err)
 {
     return mc_health_verdict(err);

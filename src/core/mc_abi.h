@@ -160,6 +160,8 @@ MC_ABI int mc_abi_status_is_auth(int status);
 /* 1 when a reply (its status and key) may answer a request for key. */
 MC_ABI int mc_abi_reply_key_ok(int status, const char *rkey, size_t rlen,
                                const char *key, size_t keylen);
+/* The most entries one server's stats reply may hold (mc_item.h). */
+MC_ABI int mc_abi_max_stat_entries(void);
 /* What a failed request's error says of its server (mc_health_verdict):
  * 0 a failure, 1 it answered (a success), 2 no effect. */
 MC_ABI int mc_abi_health_verdict(int err);

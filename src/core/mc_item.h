@@ -108,6 +108,12 @@ int mc_reply_check(uint8_t opcode, uint32_t opaque, const mc_resp *r,
                    int pending, const char *key, size_t keylen, char *msg,
                    size_t msglen);
 
+/* The most entries one server's stats reply may hold: memcached sends a
+ * few hundred ("stats items" on a full server ~1,400; "stats conns" 4 per
+ * open connection); a server streaming entries without end is a protocol
+ * error, not a table that grows until the timeout. */
+#define MC_MAX_STAT_ENTRIES 100000
+
 /* A counter's reply (INCREMENT, DECREMENT): its value is 8 bytes, the
  * new count in network order. 0 with *v, or -1 for any other length. */
 int mc_counter_value(const char *value, size_t len, uint64_t *v);

@@ -254,11 +254,6 @@ static int server_call(lmc_client *u, int i, op *o, const char *group,
     return mc_client_exec(u->c, &o->q, &o->r);
 }
 
-/* The most entries one server's stats reply may hold: memcached sends a
- * few hundred ("stats items" on a full server ~1,400; "stats conns" 4 per
- * open connection). */
-#define MAX_STAT_ENTRIES 100000
-
 /* Appends one length-prefixed string to the arena. */
 static int arena_put(mc_buf *b, const char *p, size_t n)
 {
@@ -275,11 +270,11 @@ static int stats_read(lmc_client *u, op *o, mc_buf *arena, char *detail,
     long nent = 0;
     int rc = MC_OK;
     while (o->r.keylen > 0) {
-        if (++nent > MAX_STAT_ENTRIES) {
+        if (++nent > MC_MAX_STAT_ENTRIES) {
             /* a server that streams entries forever must not grow the
              * table forever: the rest is not read, the connection goes */
             snprintf(detail, dlen, "%s: more than %d stat entries in one "
-                                   "reply", mc_req_server(&o->q), MAX_STAT_ENTRIES);
+                                   "reply", mc_req_server(&o->q), MC_MAX_STAT_ENTRIES);
             mc_client_end_broken(u->c, &o->q);
             return MC_ERR_PROTOCOL;
         }

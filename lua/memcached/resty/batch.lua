@@ -427,10 +427,10 @@ function M.version(self)
   return nil, err, select(2, next(failures))
 end
 
--- The most entries one server's stats reply may hold (the C client's
--- MAX_STAT_ENTRIES, lmc_every.c): memcached sends a few hundred; a server
--- streaming entries without end would grow the table until the timeout.
-local MAX_STAT_ENTRIES = 100000
+-- The most entries one server's stats reply may hold (the core's
+-- MC_MAX_STAT_ENTRIES): a server streaming entries without end would grow
+-- the table until the timeout.
+local MAX_STAT_ENTRIES = core.mc_abi_max_stat_entries()
 
 -- One server's stats: {name = value}; or nil, err, detail, answered
 -- (answered: the server replied with an error status, no failure of it).

@@ -47,6 +47,7 @@ int mc_abi_status_is_auth(int status);
 int mc_abi_reply_key_ok(int status, const char *rkey, size_t rlen, const char *key, size_t keylen);
 int mc_abi_resend_safe(const char *p, size_t n);
 int mc_abi_health_verdict(int err);
+int mc_abi_max_stat_entries(void);
 int mc_abi_counter_value(const char *value, size_t len, uint64_t *v);
 int mc_abi_addr_split(const char *spec, int *kind, char *host, size_t hostlen,
                       unsigned *port, char *err, size_t errlen);
