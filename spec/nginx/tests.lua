@@ -642,6 +642,34 @@ local function run()
        "a shared_dict nginx does not have raises")
     ngx.shared.mc_health:flush_all()
 
+    -- custom selectors: a function, or an object with pick_server
+    local csel = assert(resty_memcached.new { servers = { MC1 },
+      selector = function(key) return key:sub(1, 1) == "b" and MC2 or MC1 end })
+    ok(csel:set("a-key", "one") and csel:set("b-key", "two")
+       and raw_item(MC1, "a-key") and raw_item(MC2, "b-key") and not raw_item(MC1, "b-key"),
+       "a selector function puts each key on the server it names")
+    is("... and reads it back from there", { "two" }, csel:get("b-key"))
+    local cobj = assert(resty_memcached.new { servers = { MC1 },
+      selector = { pick_server = function(self_, key) return MC2 end } })
+    is("a selector object's pick_server", { MC2 }, cobj:pick_server("x"))
+    local cbad = assert(resty_memcached.new { servers = { MC1 },
+      selector = function() error("no idea") end })
+    local _, cbe = cbad:get("x")
+    is("a selector that raises fails the call with ERR_NO_SERVERS", { E.ERR_NO_SERVERS }, cbe)
+    local cref = assert(resty_memcached.new { servers = { MC1 }, failure_limit = 1,
+      retry_timeout = 30, selector = function() return REFUSED end })
+    cref:get("x")
+    local function alive_of(cl, addr)
+      for _, sv in ipairs(cl:servers()) do if sv.addr == addr then return sv.alive end end
+    end
+    local was = alive_of(cref, REFUSED)
+    cref:set_servers(MC2)
+    local cv, ce = cref:get("x")
+    ok(was == false and alive_of(cref, REFUSED) == false and cv == nil
+       and ce == E.ERR_SERVER_DEAD,
+       "a selector's dead server stays dead across set_servers",
+       show(was, alive_of(cref, REFUSED), cv, ce))
+
     -- addresses: the core's rule
     local v6 = assert(resty_memcached.new { servers = { "[::1]:" .. REFUSED:match(":(%d+)$") } })
     local _, v6e, v6d = v6:get("k")

@@ -252,14 +252,23 @@ local function replace_ring(self, list)
   err, detail = resolve_names(list, self.by_resolver)
   if err then return nil, err, detail end
   local failures, last = ffi.new("unsigned[1]"), ffi.new("const char *[1]")
+  local listed = {}
+  for j = 0, core.mc_abi_ring_nservers(ring) - 1 do
+    listed[ffi.string(core.mc_abi_ring_name(ring, j))] = j
+  end
   for i = 0, core.mc_abi_ring_nservers(old) - 1 do
     local name = ffi.string(core.mc_abi_ring_name(old, i))
-    for j = 0, core.mc_abi_ring_nservers(ring) - 1 do
-      if ffi.string(core.mc_abi_ring_name(ring, j)) == name then
-        core.mc_abi_ring_alive(old, i, failures, last)
-        -- replay the old health: its failures (and death) as of now
-        for _ = 1, tonumber(failures[0]) do core.mc_abi_ring_failed(ring, j, ngx_now(), last[0]) end
-      end
+    local j = listed[name]
+    -- a custom selector's servers (interned as it named them) stay known
+    -- with their health, as in the C client
+    if not j and self.custom then
+      j = core.mc_abi_ring_intern(ring, name, ring_err, 256)
+      if j < 0 then j = nil end
+    end
+    if j then
+      core.mc_abi_ring_alive(old, i, failures, last)
+      -- replay the old health: its failures (and death) as of now
+      for _ = 1, tonumber(failures[0]) do core.mc_abi_ring_failed(ring, j, ngx_now(), last[0]) end
     end
   end
   self.ring, self.list, self.names = ring, list, {}
