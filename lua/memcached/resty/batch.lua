@@ -6,6 +6,7 @@ local ffi = require "ffi"
 local type, error, tostring, pairs, ipairs, next = type, error, tostring, pairs, ipairs, next
 local select, floor, ngx_now = select, math.floor, ngx.now
 local ngx_thread_spawn, ngx_thread_wait = ngx.thread.spawn, ngx.thread.wait
+local new_tab = require "table.new"
 local C = require "memcached.resty.core"
 local OP, ST, c_stat, status_str = C.OP, C.ST, C.c_stat, C.status_str
 local c_flush, c_simple = C.c_flush, C.c_simple
@@ -156,17 +157,25 @@ end
 -- keys[i] is the key of its request i - 1. Opaques run from base in each
 -- batch (each has a connection of its own). Returns the batch, or nil when
 -- memory ran out.
-local function batch_of(self, by_srv, batches, srv, base, kind, every_reply)
+local function batch_of(self, by_srv, batches, srv, base, kind, every_reply, nkeys)
   local b = by_srv[srv]
   if not b then
     local ab = take_ab(self)
     if not ab then return nil end
     core.mc_abi_batch_begin(ab, base, kind, every_reply)
-    b = { addr = server_name(self, srv), srv = srv, ab = ab, keys = {} }
+    b = { addr = server_name(self, srv), srv = srv, ab = ab, keys = new_tab(nkeys, 0) }
     by_srv[srv] = b
     batches[#batches + 1] = b
   end
   return b
+end
+
+-- Room to make for one server's keys of n (its batch's key list): all of
+-- them with one server, else a share with room for an uneven spread.
+local function keys_per_server(self, n)
+  local ns = core.mc_abi_ring_nservers(self.ring)
+  if ns <= 1 then return n end
+  return floor(n * 1.5 / ns) + 1
 end
 
 -- Frames one request into b; false when it cannot be framed.
@@ -208,9 +217,6 @@ local function gm_entry(st, b, e)
       v = dv
     end
     st.values[k] = v
-    local got = b.got
-    if not got then got = {} b.got = got end
-    got[#got + 1] = k
   elseif err ~= MISS then
     gm_failed(st, k, err_str[err])
   end
@@ -230,9 +236,10 @@ function M.get_multi(self, keys)
   if type(keys) ~= "table" then error("bad argument #1 (keys): table expected, got " .. type(keys), 2) end
   if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
   local n = #keys
-  local st = { values = {}, mp_flag = self.mp_flag }
+  local st = { values = new_tab(0, n), mp_flag = self.mp_flag }
   local by_srv, batches = {}, {}
   local base = next_opaques(self, n + 1)
+  local per = keys_per_server(self, n)
   for i = 1, n do -- nothing is sent before every key was checked
     local k = keys[i]
     if type(k) ~= "string" then
@@ -247,7 +254,7 @@ function M.get_multi(self, keys)
     if not srv then gm_failed(st, k, err) else
       -- GETK, not GETKQ: every key gets its reply, in order, naming its key,
       -- so a value that swallowed the replies after it breaks the batch
-      local b = batch_of(self, by_srv, batches, srv, base, K_GET, 1)
+      local b = batch_of(self, by_srv, batches, srv, base, K_GET, 1, per)
       if not (b and batch_add(b, OP.GETK, k, 0, 0, 0, nil, 0)) then gm_failed(st, k, E.ERR_NOMEM) end
     end
   end
@@ -277,10 +284,11 @@ end
 local function quiet_batch(self, qop, kind, list, results, extras, flags, exptime)
   local by_srv, batches = {}, {}
   local base = next_opaques(self, #list + 1)
+  local per = keys_per_server(self, #list)
   for _, e in ipairs(list) do
     local k, v = e[1], e[2]
     if results[k] == true then
-      local b = batch_of(self, by_srv, batches, e.srv, base, kind, 0)
+      local b = batch_of(self, by_srv, batches, e.srv, base, kind, 0, per)
       if not (b and batch_add(b, qop, k, extras, flags, exptime, v, v and #v or 0)) then
         results[k] = E.ERR_NOMEM
       end

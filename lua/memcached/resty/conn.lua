@@ -131,12 +131,19 @@ local function connect(self, addr, dl, fresh)
   if port then ok, err = sock:connect(host, port, popts_of(self, addr))
   else ok, err = sock:connect(host, popts_of(self, addr)) end
   if not ok then return sock_fail(nil, addr, "connect", err) end
-  local reused = (sock:getreusedtimes() or 0) > 0
-  if fresh and reused then
+  -- Whether the connection came from the pool matters only when it fails
+  -- before any byte of its reply (a request safe to send twice then goes
+  -- once more on a fresh connection), and asking nginx costs a call per
+  -- request (getreusedtimes, ~400 instructions with LuaJIT's trace exit).
+  -- So a connection counts as pooled unless it was made fresh: at worst a
+  -- request safe to resend whose brand-new connection was closed at once
+  -- gets one more fresh connection.
+  if not fresh then return sock, true end
+  if (sock:getreusedtimes() or 0) > 0 then
     sock:close()
     return connect(self, addr, dl, fresh)
   end
-  return sock, reused
+  return sock, false
 end
 
 local function send_to(self, addr, data, dl, fresh)
