@@ -125,7 +125,8 @@ function _M.set_server_error_callback(self, fn)
 end
 
 -- One request to the server of key, framed by enc(op, opaque, ...).
--- Returns the reply (success) and the address, or nil, err, detail with a
+-- Returns the reply's value (a string, "" for none), cas, flags and the
+-- server's address, or nil, err, detail with a
 -- non-OK status mapped as `kind` says (by the core, which also judges the
 -- reply: mc_abi_take_one). A request that may be sent twice (resend_safe)
 -- gets it once more on a fresh connection when a pooled one turns out
@@ -149,19 +150,19 @@ local function call(self, key, kind, enc, op, ...)
     r:reset()
     res, sock, detail = roundtrip(self, addr, data, r, dl, true)
   end
+  local e, st, value, cas, flags
+  if res then e, st, value, cas, flags = r.err, r.status, r.value, r.cas, r.flags end
   give_reader(self, r)
   if not res then
     server_failed(self, srv, sock, detail)
     return nil, sock, detail
   end
   server_ok(self, srv)
-  local e = res.err
   if e == 0 then
     release(self, addr, sock)
-    return res, addr
+    return value, cas, flags, addr
   end
-  local st = res.status
-  local msg = st ~= ST.OK and res.value ~= "" and ": " .. sub(res.value, 1, 120) or ""
+  local msg = st ~= ST.OK and value ~= "" and ": " .. sub(value, 1, 120) or ""
   if e == AUTH then
     sock:close() -- the server closes it after this reply
     return nil, E_AUTH, addr .. ": " .. status_str(st) .. msg
@@ -176,14 +177,14 @@ local function key_op(self, op, key, exptime)
   if type(key) == "table" then key, exptime = fields(key, "key", "expiration") end
   check_key(key)
   opt_uint(2, "expiration", exptime, U32)
-  local res, addr, detail
-  if op == OP.GETK then res, addr, detail = call(self, key, K_GET, c_get, op, key)
-  else res, addr, detail = call(self, key, K_GET, c_touch, op, key, exptime) end
-  if not res then return nil, addr, detail end
+  local value, cas, flags, addr
+  if op == OP.GETK then value, cas, flags, addr = call(self, key, K_GET, c_get, op, key)
+  else value, cas, flags, addr = call(self, key, K_GET, c_touch, op, key, exptime) end
+  if not value then return nil, cas, flags end
   if op == OP.TOUCH then return true end
-  local ok, v = item_value(self, res)
+  local ok, v = item_value(self, flags, value)
   if not ok then return nil, _M.ERR_UNDECODABLE, addr .. ": " .. tostring(v) end
-  return v, res.cas, res.flags
+  return v, cas, flags
 end
 
 function _M.get(self, key) return key_op(self, OP.GETK, key) end
@@ -220,9 +221,9 @@ local function store(self, op, kind, raw, is_cas, key, value, a3, a4, flags)
   end
   -- only a plain set may run twice (add/replace/a cas could fail or win
   -- against the first try's effect)
-  local res, addr, detail = call(self, key, kind, c_store, op, cas, key, flags, exptime, value)
-  if not res then return nil, addr, detail end
-  return res.cas
+  local ok, rcas, detail = call(self, key, kind, c_store, op, cas, key, flags, exptime, value)
+  if not ok then return nil, rcas, detail end
+  return rcas
 end
 
 function _M.set(self, k, v, e, c, f) return store(self, OP.SET, K_SET, false, false, k, v, e, c, f) end
@@ -240,9 +241,9 @@ local function concat_op(self, op, key, bytes, cas)
     error("bad argument #2 (bytes): string expected, got " .. type(bytes), 3)
   end
   opt_uint(3, "cas", cas)
-  local res, addr, detail = call(self, key, K_REPLACE, c_concat, op, cas, key, bytes)
-  if not res then return nil, addr, detail end
-  return res.cas
+  local ok, rcas, detail = call(self, key, K_REPLACE, c_concat, op, cas, key, bytes)
+  if not ok then return nil, rcas, detail end
+  return rcas
 end
 
 function _M.append(self, key, bytes, cas) return concat_op(self, OP.APPEND, key, bytes, cas) end
@@ -286,9 +287,9 @@ end
 
 -- A counter operation: value, cas; or nil, err, detail.
 local function arith_call(self, op, key, delta, initial, exp)
-  local res, addr, detail = call(self, key, K_GET, c_arith, op, key, delta, initial, exp)
-  if not res then
-    local err = addr
+  local value, rcas, detail, addr = call(self, key, K_GET, c_arith, op, key, delta, initial, exp)
+  if not value then
+    local err = rcas
     if err == _M.ERR_NON_NUMERIC then
       -- a delete_lock marker is not a number either, but reads as a miss
       -- (call reads the marker as a miss without a detail; a real miss
@@ -301,9 +302,9 @@ local function arith_call(self, op, key, delta, initial, exp)
     end
     return nil, err, detail
   end
-  local n = counter_value(res.value)
-  if not n then return nil, E_PROTOCOL, addr .. ": counter reply of " .. #res.value .. " bytes, not 8" end
-  return n, res.cas
+  local n = counter_value(value)
+  if not n then return nil, E_PROTOCOL, addr .. ": counter reply of " .. #value .. " bytes, not 8" end
+  return n, rcas
 end
 
 -- increment/decrement(key, delta [, initial [, expiration]]) -> value, cas

@@ -383,13 +383,13 @@ local function read_one(self, b, sock, dl, on_entry, st)
   local r = take_reader(self)
   r.kind, r.op, r.opaque, r.key = K_OTHER, b.op, b.opaque, nil
   local res, err, detail, stale = read_reply(sock, r, b.addr, dl)
+  if res and res.err == AUTH then -- the server closes the connection after it
+    sock:close()
+    res, err, detail = nil, E_AUTH, b.addr .. ": " .. status_str(res.status)
+  end
+  if res then on_entry(st, b, res) end -- r holds the reply until it is given back
   give_reader(self, r)
   if not res then return nil, err, detail, stale end
-  if res.err == AUTH then -- the server closes the connection after it
-    sock:close()
-    return nil, E_AUTH, b.addr .. ": " .. status_str(res.status)
-  end
-  on_entry(st, b, res)
   return true
 end
 
@@ -468,7 +468,7 @@ local function server_stats(self, srv, group, r)
       if leftover(r) then sock:close() else release(self, addr, sock) end
       return nil, err_str[res.err], addr .. ": " .. status_str(res.status), true
     end
-    if res.key == "" then
+    if res.rkey == "" then
       if leftover(r) then sock:close() else release(self, addr, sock) end
       return t
     end
@@ -477,7 +477,7 @@ local function server_stats(self, srv, group, r)
       sock:close() -- the rest is not read
       return nil, E_PROTOCOL, addr .. ": more than " .. MAX_STAT_ENTRIES .. " stat entries in one reply"
     end
-    t[res.key] = res.value
+    t[res.rkey] = res.value
     res, err, detail = read_reply(sock, r, addr, dl)
     if not res then return nil, err, detail end
   end

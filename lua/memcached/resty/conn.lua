@@ -40,6 +40,7 @@ local reader_mt = {}
 reader_mt.__index = reader_mt
 function reader_mt.reset(r)
   r.buf, r.pos, r.got = "", 1, false
+  r.value, r.rkey = nil, nil -- an idle reader holds no value
   if r.text then r.text:reset() end
 end
 local function new_reader()
@@ -192,8 +193,9 @@ local MAX_BODY = codec.DEFAULT_MAX_BODY
 -- expects (r.kind, r.op, r.opaque, r.key: set by the caller), judged by
 -- the core (mc_abi_take_one: its header as soon as it is in, then its
 -- opcode, opaque, shape and key, and nothing after it but for STAT
--- streams). Returns the reply {err, status, cas, flags, key, value} (err:
--- the core's error number for its status, 0 for success); or false, need
+-- streams). Returns r holding the reply (r.err: the core's error number
+-- for its status, 0 for success; r.status, r.cas, r.flags, r.rkey,
+-- r.value: no table per reply), valid until the next take; or false, need
 -- (the bytes the reply needs in all: more must come); or nil, err, detail
 -- with the socket closed.
 local rep, rep_msg = ffi.new("mc_abi_reply"), ffi.new("char[256]")
@@ -213,12 +215,12 @@ local function take(sock, r, addr)
     return nil, err_str[rep.err], addr .. ": " .. ffi.string(rep_msg)
   end
   local klen, vo = rep.klen, pos + rep.voff
-  local res = { err = rep.err, status = rep.status, cas = rep.cas, flags = rep.flags,
-    key = klen > 0 and sub(buf, pos + rep.koff, pos + rep.koff + klen - 1) or "",
-    value = sub(buf, vo, vo + rep.vlen - 1) }
+  r.err, r.status, r.cas, r.flags = rep.err, rep.status, rep.cas, rep.flags
+  r.rkey = klen > 0 and sub(buf, pos + rep.koff, pos + rep.koff + klen - 1) or ""
+  r.value = sub(buf, vo, vo + rep.vlen - 1)
   pos = pos + rep.used
   if pos > #buf then r.buf, r.pos = "", 1 else r.pos = pos end
-  return res
+  return r
 end
 
 -- Receives more of a reply that needs `need` bytes in all: whatever comes

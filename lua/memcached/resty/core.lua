@@ -286,9 +286,9 @@ end
 
 
 -- The item's value: msgpack-decoded when it carries the msgpack flag.
-local function item_value(self, r)
-  if r.flags ~= self.mp_flag then return true, r.value end
-  local v, err = mp_decode(r.value)
+local function item_value(self, flags, value)
+  if flags ~= self.mp_flag then return true, value end
+  local v, err = mp_decode(value)
   if v == nil and err ~= nil then return false, err end
   return true, v
 end
