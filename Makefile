@@ -110,7 +110,7 @@ asan: deps
 # and lua-messagepack; clients and servers pinned to one CPU. See
 # bench/README.md; results in bench/results.tsv.
 BENCH_PKGS = lua-cjson lua-messagepack util-linux linux-perf libmemcached-dev \
-             nginx libnginx-mod-http-lua libluajit2-5.1-dev lua-nginx-memcached curl
+             nginx libnginx-mod-http-lua libluajit2-5.1-dev lua-nginx-memcached curl valgrind
 
 bench:
 	@EXTRA_PKGS="$(BENCH_PKGS)" sh scripts/deps.sh

@@ -77,6 +77,7 @@ run ours multi3 50 >/dev/null
 # every memcached.resty call (its client outlives requests, so it takes a
 # connection from nginx's pool per call)
 pool_us=$(for _ in 1 2 3; do run pool get "$N"; done | sort -n | sed -n 2p)
+reuse_us=$(for _ in 1 2 3; do run poolreuse get "$N"; done | sort -n | sed -n 2p)
 : >"$TMP/results"
 for r in $(seq "$ROUNDS"); do
     order="ours resty floor"
@@ -132,7 +133,7 @@ end
 LUA
 
 echo
-echo "A pooled connect + setkeepalive alone (no request): $("$LUA" -e "print(string.format('%.1f', $pool_us / $N * 1e6))") µs per call (median of 3), part of every memcached.resty call."
+echo "A pooled connect + setkeepalive alone (no request), median of 3: $("$LUA" -e "print(string.format('%.2f', $pool_us / $N * 1e6))") µs with a new cosocket object each time, $("$LUA" -e "print(string.format('%.2f', $reuse_us / $N * 1e6))") µs reconnecting one object (what memcached.resty does within a request). The floor and lua-resty-memcached keep one connection for the whole handler; memcached.resty's client outlives requests, so each call takes a connection from nginx's pool and gives it back."
 echo
 echo "### Failover (memcached.resty, one of three servers down, failure_limit 2, timeout 0.1 s)"
 echo
@@ -142,3 +143,49 @@ for mode in refused hung; do
     read -r calls errs after p50 p99 mx < <(curl -sS --max-time 120 "http://127.0.0.1:$PORT/failover?mode=$mode")
     echo "| $mode | $calls | $errs | $after | $p50 | $p99 | $mx |"
 done
+
+# Where the time goes, in instructions (deterministic, unlike the VM's
+# timings): the same handlers in a second nginx under callgrind, counters
+# zeroed after a warm-up, per operation and by shared object (JIT code is
+# LuaJIT's compiled traces; libluajit its interpreter, GC, C API and trace
+# exits; ngx_http_lua_module the cosocket calls).
+cg_dumps() { # how many dumps callgrind has written (cg.out.1, .2, ...)
+    local f k=0
+    for f in "$TMP"/cg.out.*; do [ -e "$f" ] && k=$((k + 1)); done
+    echo "$k"
+}
+if command -v valgrind >/dev/null && command -v callgrind_control >/dev/null; then
+    CGPORT=$(free_port)
+    sed -e "s/listen 127.0.0.1:$PORT;/listen 127.0.0.1:$CGPORT;/" -e "s|pid $TMP/nginx.pid|pid $TMP/nginx-cg.pid|" \
+        "$TMP/nginx.conf" >"$TMP/nginx-cg.conf"
+    valgrind --tool=callgrind --callgrind-out-file="$TMP/cg.out" \
+        nginx -p "$TMP" -c "$TMP/nginx-cg.conf" -e "$TMP/error-cg.log" >"$TMP/valgrind.log" 2>&1 &
+    CGPID=$!
+    PIDS+=($CGPID)
+    if wait_port "$CGPORT" || { sleep 5; port_up "$CGPORT"; }; then
+        CGN=${BENCH_NGINX_CG_N:-2000}
+        CGURL="http://127.0.0.1:$CGPORT/bench"
+        echo
+        echo "### Instructions per operation (nginx under callgrind, $CGN operations, user space)"
+        echo
+        echo "| handler | instructions | by object |"
+        echo "| --- | --- | --- |"
+        cgfiles=()
+        for spec in floor:get ours:get resty:get floor:set ours:set resty:set \
+                    floor:multi ours:multi resty:multi pool:get poolreuse:get; do
+            c=${spec%%:*} op=${spec#*:}
+            n=$CGN
+            [ "$op" = multi ] && n=$((CGN / 10))
+            for _ in 1 2 3; do curl -sS --max-time 300 "$CGURL?client=$c&op=$op&n=$n" >/dev/null; done
+            callgrind_control -z "$CGPID" >/dev/null 2>&1
+            curl -sS --max-time 300 "$CGURL?client=$c&op=$op&n=$n" >/dev/null
+            before=$(cg_dumps)
+            callgrind_control -d "$spec" "$CGPID" >/dev/null 2>&1 || true
+            for _ in $(seq 50); do [ "$(cg_dumps)" -gt "$before" ] && break; sleep 0.1; done
+            f="$TMP/cg.out.$(cg_dumps)"
+            [ -f "$f" ] && "$LUA" bench/cg_sum.lua "$n" "$c $op=$f"
+        done
+    else
+        echo "(callgrind section skipped: nginx under valgrind did not start)"
+    fi
+fi

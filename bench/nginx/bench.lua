@@ -164,8 +164,25 @@ local function run_pool()
   return true
 end
 
+-- the same with one cosocket object reconnected each time, as
+-- memcached.resty does within a request (the object stays in ngx.ctx)
+local function run_pool_reuse()
+  local host, port = MC[1]:match("^(.*):(%d+)$")
+  local opts = { pool = "poolcost" }
+  port = tonumber(port)
+  local sock = ngx.socket.tcp()
+  sock:settimeouts(1000, 1000, 1000)
+  for _ = 1, n do
+    local ok, err = sock:connect(host, port, opts)
+    if not ok then return false, err end
+    sock:setkeepalive(60000, 16)
+  end
+  return true
+end
+
 local dt, err
 if client == "pool" then dt, err = timed(run_pool)
+elseif client == "poolreuse" then dt, err = timed(run_pool_reuse)
 elseif client == "ours" then dt, err = timed(run_ours)
 elseif client == "resty" then dt, err = timed(run_resty)
 else dt, err = run_floor() end
