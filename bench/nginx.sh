@@ -121,7 +121,7 @@ print(("Each figure: one nginx handler timing N operations, median of %d rounds 
 print("nginx and memcached pinned to one CPU; the clients alternate within each round.\n")
 print("| workload | floor (binary, no checks) | memcached.resty | lua-resty-memcached | ours / lua-resty-memcached |")
 print("| --- | --- | --- | --- | --- |")
-local names = { get = "get, 100 B value", set = "set, 100 B value", multi = "get_multi, 100 keys, 1 server",
+local names = { get = "get, 100 B value", set = "set (raw bytes), 100 B value", multi = "get_multi, 100 keys, 1 server",
                 multi3 = "get_multi, 100 keys, 3 servers" }
 for _, op in ipairs { "get", "set", "multi", "multi3" } do
   local f = med(t[op].floor and { table.unpack(t[op].floor) })

@@ -216,7 +216,10 @@ local function take(sock, r, addr)
   end
   local klen, vo = rep.klen, pos + rep.voff
   r.err, r.status, r.cas, r.flags = rep.err, rep.status, rep.cas, rep.flags
-  r.rkey = klen > 0 and sub(buf, pos + rep.koff, pos + rep.koff + klen - 1) or ""
+  -- the key of a keyed get was checked against the request's by the core;
+  -- other replies' keys (STAT entries) are wanted
+  if key then r.rkey = key
+  else r.rkey = klen > 0 and sub(buf, pos + rep.koff, pos + rep.koff + klen - 1) or "" end
   r.value = sub(buf, vo, vo + rep.vlen - 1)
   pos = pos + rep.used
   if pos > #buf then r.buf, r.pos = "", 1 else r.pos = pos end
@@ -264,8 +267,11 @@ local function read_more(sock, r, addr, dl, need)
 end
 
 local function read_reply(sock, r, addr, dl)
-  local res, need, detail = take(sock, r, addr)
-  if res ~= false then return res, need, detail end
+  local res, need, detail = false, HEADER_LEN, nil
+  if r.buf ~= "" then -- nothing held: nothing to take yet
+    res, need, detail = take(sock, r, addr)
+    if res ~= false then return res, need, detail end
+  end
   local ok, err, stale
   ok, err, detail, stale = fill(sock, r, addr, dl, need)
   if not ok then return nil, err, detail, stale end
