@@ -15,6 +15,9 @@ LIBFLAG     ?= -shared
 PKG_CONFIG  ?= pkg-config
 MSGPACK_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags msgpack 2>/dev/null)
 MSGPACK_LIBS   ?= $(shell $(PKG_CONFIG) --libs msgpack 2>/dev/null || echo -lmsgpackc)
+# OpenSSL: the TLS transport (src/driver/mc_tls.c).
+SSL_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags openssl 2>/dev/null)
+SSL_LIBS   ?= $(shell $(PKG_CONFIG) --libs openssl 2>/dev/null || echo -lssl -lcrypto)
 
 PREFIX      ?= /usr/local
 INST_LIBDIR ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
@@ -28,7 +31,7 @@ WARN        = -Wall -Wextra -Wshadow -Wconversion -Wformat=2 -Wmissing-prototype
 # The layers (DESIGN.md): src/core (no I/O, no Lua), src/driver (sockets),
 # src/lua (the binding).
 INC         = -Isrc/core -Isrc/driver -Isrc/lua
-ALL_CFLAGS  = $(CFLAGS) $(WARN) -fPIC -fvisibility=hidden $(INC) -I$(LUA_INCDIR) $(MSGPACK_CFLAGS)
+ALL_CFLAGS  = $(CFLAGS) $(WARN) -fPIC -fvisibility=hidden $(INC) -I$(LUA_INCDIR) $(MSGPACK_CFLAGS) $(SSL_CFLAGS)
 
 SRC   = $(wildcard src/*/*.c)
 HDR   = $(wildcard src/*/*.h)
@@ -49,14 +52,14 @@ all: $(MODULE)
 # a sanitizer's) or another Lua's headers rebuild them.
 $(OBJDIR)/.flags: FORCE
 	@mkdir -p $(OBJDIR)
-	@echo '$(ALL_CFLAGS) $(LIBFLAG) $(MSGPACK_LIBS)' | cmp -s - $@ || echo '$(ALL_CFLAGS) $(LIBFLAG) $(MSGPACK_LIBS)' > $@
+	@echo '$(ALL_CFLAGS) $(LIBFLAG) $(MSGPACK_LIBS) $(SSL_LIBS)' | cmp -s - $@ || echo '$(ALL_CFLAGS) $(LIBFLAG) $(MSGPACK_LIBS) $(SSL_LIBS)' > $@
 
 $(OBJDIR)/%.o: src/%.c $(HDR) $(OBJDIR)/.flags
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
 $(MODULE): $(OBJ)
-	$(CC) $(LIBFLAG) $(CFLAGS) -o $@ $(OBJ) $(MSGPACK_LIBS)
+	$(CC) $(LIBFLAG) $(CFLAGS) -o $@ $(OBJ) $(MSGPACK_LIBS) $(SSL_LIBS)
 
 FORCE:
 

@@ -61,8 +61,10 @@ static void push_event(mc_client *c, mc_server *s, int up, const char *why)
 void client_server_failed(mc_client *c, mc_server *s, int err, const char *msg)
 {
     char why[200];
-    if (err == MC_ERR_AUTH) {
-        client_server_ok(c, s); /* it answered */
+    if (err == MC_ERR_AUTH || err == MC_ERR_TLS) {
+        /* it answered; the two ends disagree (credentials, certificates):
+         * every call says why, and ejecting it would hide that */
+        client_server_ok(c, s);
         return;
     }
     if (err == MC_ERR_TOO_LARGE || err == MC_ERR_NOMEM || err == MC_ERR_BUSY)
