@@ -45,6 +45,8 @@ typedef struct tls_conn {
     int flags;            /* MSG_DONTWAIT for the call in progress, or 0 */
     int err;              /* errno of the BIO's last failed call, or 0 */
     short want;           /* POLLIN/POLLOUT OpenSSL last waited for */
+    int starved;          /* the last read wanted bytes from the socket:
+                             what OpenSSL holds is an unfinished record */
     SSL_SESSION **slot;   /* the server's session slot */
     char why[160];        /* the last failure, in OpenSSL's words */
 } tls_conn;
@@ -182,6 +184,30 @@ static ssize_t io_error(tls_conn *t, int rc, int is_recv)
 
 /* ---- the transport ---- */
 
+/* A send the peer reset. A TLS 1.3 server that refuses the client (no
+ * client certificate: it decides after our handshake has ended) sends an
+ * alert and closes; our first request then meets the reset. The alert
+ * may be waiting in the socket: read it, without waiting, so the error
+ * says why (EPROTO with its reason) rather than only "broken pipe". */
+static ssize_t send_refused(tls_conn *t)
+{
+    int e = t->err, rc;
+    size_t got = 0;
+    char b;
+    ERR_clear_error();
+    t->flags = MSG_DONTWAIT;
+    t->err = 0;
+    rc = SSL_peek_ex(t->ssl, &b, 1, &got);
+    if (rc <= 0 && SSL_get_error(t->ssl, rc) == SSL_ERROR_SSL) {
+        note_ssl_error(t);
+        errno = EPROTO;
+        return -1;
+    }
+    ERR_clear_error();
+    errno = e;
+    return -1;
+}
+
 static ssize_t tls_send(mc_conn *c, const void *p, size_t n, int flags)
 {
     tls_conn *t = c->tp_data;
@@ -193,6 +219,9 @@ static ssize_t tls_send(mc_conn *c, const void *p, size_t n, int flags)
     rc = SSL_write_ex(t->ssl, p, n, &done);
     if (rc > 0)
         return (ssize_t)done;
+    if (SSL_get_error(t->ssl, rc) == SSL_ERROR_SYSCALL &&
+        (t->err == EPIPE || t->err == ECONNRESET))
+        return send_refused(t);
     return io_error(t, rc, 0);
 }
 
@@ -213,6 +242,7 @@ static ssize_t tls_recv(mc_conn *c, void *p, size_t n, int flags)
     } else {
         rc = SSL_read_ex(t->ssl, p, n, &got);
     }
+    t->starved = rc <= 0 && SSL_get_error(t->ssl, rc) == SSL_ERROR_WANT_READ;
     if (rc > 0)
         return (ssize_t)got;
     return io_error(t, rc, 1);
@@ -238,7 +268,9 @@ static void tls_close(mc_conn *c)
 static short tls_events(mc_conn *c, short events)
 {
     tls_conn *t = c->tp_data;
-    if ((events & POLLIN) && SSL_has_pending(t->ssl))
+    /* buffered bytes need no wait, unless they are the start of a record
+     * whose rest the last read found missing */
+    if ((events & POLLIN) && !t->starved && SSL_has_pending(t->ssl))
         return 0;
     return t->want ? t->want : events;
 }
