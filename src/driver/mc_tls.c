@@ -490,8 +490,16 @@ int mc_tls_handshake(mc_conn *c, const mc_deadline *d, char *msg,
             return MC_OK;
         e = SSL_get_error(t->ssl, rc);
         if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-            int w = mc_conn_wait(c, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT,
-                                 d, msg, msglen);
+            int w;
+            /* what OpenSSL holds now is an unfinished record: wait for the
+             * socket (tls_events), and never past the deadline */
+            t->starved = e == SSL_ERROR_WANT_READ;
+            t->want = 0;
+            w = mc_deadline_over(d, mc_now())
+                    ? MC_ERR_TIMEOUT
+                    : mc_conn_wait(c, e == SSL_ERROR_WANT_READ ? POLLIN
+                                                               : POLLOUT,
+                                   d, msg, msglen);
             if (w == MC_ERR_TIMEOUT)
                 snprintf(msg, msglen, "TLS handshake timed out");
             if (w != MC_OK)
