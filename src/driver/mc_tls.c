@@ -115,7 +115,16 @@ static void bio_make(void)
     BIO_meth_set_read(m, bio_read);
     BIO_meth_set_ctrl(m, bio_ctrl);
     BIO_meth_set_create(m, bio_create);
-    bio_method = m; /* lives as long as the process */
+    bio_method = m; /* lives as long as the library is loaded */
+}
+
+/* Lua unloads the module at lua_close (dlclose): the method goes with it,
+ * after every connection (and so every BIO) has been closed. */
+__attribute__((destructor)) static void bio_free(void)
+{
+    if (bio_method)
+        BIO_meth_free(bio_method);
+    bio_method = NULL;
 }
 
 /* ---- errors ---- */
