@@ -15,6 +15,9 @@ LIBFLAG     ?= -shared
 PKG_CONFIG  ?= pkg-config
 MSGPACK_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags msgpack 2>/dev/null)
 MSGPACK_LIBS   ?= $(shell $(PKG_CONFIG) --libs msgpack 2>/dev/null || echo -lmsgpackc)
+# OpenSSL: the TLS transport (src/driver/mc_tls.c).
+SSL_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags openssl 2>/dev/null)
+SSL_LIBS   ?= $(shell $(PKG_CONFIG) --libs openssl 2>/dev/null || echo -lssl -lcrypto)
 
 PREFIX      ?= /usr/local
 INST_LIBDIR ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
@@ -28,7 +31,7 @@ WARN        = -Wall -Wextra -Wshadow -Wconversion -Wformat=2 -Wmissing-prototype
 # The layers (DESIGN.md): src/core (no I/O, no Lua), src/driver (sockets),
 # src/lua (the binding).
 INC         = -Isrc/core -Isrc/driver -Isrc/lua
-ALL_CFLAGS  = $(CFLAGS) $(WARN) -fPIC -fvisibility=hidden $(INC) -I$(LUA_INCDIR) $(MSGPACK_CFLAGS)
+ALL_CFLAGS  = $(CFLAGS) $(WARN) -fPIC -fvisibility=hidden $(INC) -I$(LUA_INCDIR) $(MSGPACK_CFLAGS) $(SSL_CFLAGS)
 
 SRC   = $(wildcard src/*/*.c)
 HDR   = $(wildcard src/*/*.h)
@@ -49,14 +52,14 @@ all: $(MODULE)
 # a sanitizer's) or another Lua's headers rebuild them.
 $(OBJDIR)/.flags: FORCE
 	@mkdir -p $(OBJDIR)
-	@echo '$(ALL_CFLAGS) $(LIBFLAG) $(MSGPACK_LIBS)' | cmp -s - $@ || echo '$(ALL_CFLAGS) $(LIBFLAG) $(MSGPACK_LIBS)' > $@
+	@echo '$(ALL_CFLAGS) $(LIBFLAG) $(MSGPACK_LIBS) $(SSL_LIBS)' | cmp -s - $@ || echo '$(ALL_CFLAGS) $(LIBFLAG) $(MSGPACK_LIBS) $(SSL_LIBS)' > $@
 
 $(OBJDIR)/%.o: src/%.c $(HDR) $(OBJDIR)/.flags
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
 $(MODULE): $(OBJ)
-	$(CC) $(LIBFLAG) $(CFLAGS) -o $@ $(OBJ) $(MSGPACK_LIBS)
+	$(CC) $(LIBFLAG) $(CFLAGS) -o $@ $(OBJ) $(MSGPACK_LIBS) $(SSL_LIBS)
 
 FORCE:
 
@@ -79,7 +82,7 @@ spec/c/test_select.bin: spec/c/test_select.c spec/c/check.h src/core/mc_select.c
 RULES_SRC = src/core/mc_item.c src/core/mc_error.c src/core/mc_abi.c src/core/mc_health.c \
             src/core/mc_feed.c src/core/mc_proto.c src/core/mc_buf.c \
             src/core/mc_place.c src/core/mc_select.c src/core/mc_codec.c \
-            src/core/mc_addr.c src/core/mc_ring.c src/core/mc_abi_batch.c
+            src/core/mc_addr.c src/core/mc_ring.c src/core/mc_abi_batch.c src/core/mc_sasl.c
 spec/c/test_rules.bin: spec/c/test_rules.c spec/c/check.h $(RULES_SRC) $(wildcard src/core/*.h)
 	$(CC) $(CFLAGS) $(WARN) -Isrc/core -o $@ $< $(RULES_SRC)
 

@@ -72,6 +72,11 @@ DRIVER=$!
 PIDS="$PIDS $DRIVER"
 wait "$DRIVER"
 
+# TLS and SASL (bench/tls_bench.lua): its own servers, started from the
+# pinned process so that they share its CPU.
+echo
+taskset -c "$CPU" $LUA bench/tls_bench.lua
+
 # The nginx section (bench/nginx.sh): its own nginx and memcached servers.
 echo
 bash bench/nginx.sh

@@ -25,6 +25,10 @@ external_dependencies = {
       header = "msgpack.h",
       library = "msgpackc",
    },
+   OPENSSL = {
+      header = "openssl/ssl.h",
+      library = "ssl",
+   },
 }
 build = {
    type = "make",
@@ -37,6 +41,8 @@ build = {
       LIBFLAG = "$(LIBFLAG)",
       MSGPACK_CFLAGS = "-I$(MSGPACK_INCDIR)",
       MSGPACK_LIBS = "-L$(MSGPACK_LIBDIR) -lmsgpackc",
+      SSL_CFLAGS = "-I$(OPENSSL_INCDIR)",
+      SSL_LIBS = "-L$(OPENSSL_LIBDIR) -lssl -lcrypto",
    },
    install_target = "install",
    install_variables = {

@@ -3,7 +3,9 @@
 # they are missing: with apt-get when run as root, else it prints the exact
 # command to run.
 set -e
-PKGS="gcc make pkg-config lua5.4 liblua5.4-dev libmsgpack-dev lua-busted lua-socket memcached libmemcached-dev"
+# libssl-dev: the TLS transport; openssl and sasl2-bin: the specs make
+# certificates and a SASL password database at run time.
+PKGS="gcc make pkg-config lua5.4 liblua5.4-dev libmsgpack-dev lua-busted lua-socket memcached libmemcached-dev libssl-dev openssl sasl2-bin"
 [ -n "$EXTRA_PKGS" ] && PKGS="$PKGS $EXTRA_PKGS"
 missing=""
 for p in $PKGS; do

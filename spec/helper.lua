@@ -149,19 +149,21 @@ function H.start_memcached(opts)
 end
 
 local sasl_dirs = {}
+local cert_dir -- H.make_certs's, once per spec file
 
 function H.stop_all()
   for _, s in ipairs(servers) do s.stop() end
   servers = {}
   for _, d in ipairs(sasl_dirs) do os.execute("rm -rf '" .. d .. "'") end
   sasl_dirs = {}
+  cert_dir = nil
 end
 
 -- Starts memcached with SASL required (-S). memcached 1.6 reads its SASL
 -- configuration from SASL_CONF_PATH/memcached.conf and will not start
--- without one; the password database it names need not exist until someone
--- authenticates (the client cannot yet, so nobody does). opts as for
--- start_memcached; srv.restart keeps the configuration.
+-- without one; the password database it names is made with saslpasswd2
+-- when opts.users ({name = password}) is given. opts as for
+-- start_memcached (args adds to -S); srv.restart keeps the configuration.
 function H.start_memcached_sasl(opts)
   opts = opts or {}
   local dir = sh("mktemp -d /tmp/mc-sasl.XXXXXX"):match("^%s*(.-)%s*$")
@@ -169,9 +171,81 @@ function H.start_memcached_sasl(opts)
   local f = assert(io.open(dir .. "/memcached.conf", "w"))
   f:write("mech_list: plain\nsasldb_path: ", dir, "/sasldb\n")
   f:close()
+  for user, pass in pairs(opts.users or {}) do
+    -- memcached looks users up in the realm of the host's name, which is
+    -- saslpasswd2's default too
+    local p = assert(io.popen(string.format("saslpasswd2 -a memcached -c -p -f %s/sasldb %s",
+      dir, user), "w"))
+    p:write(pass)
+    assert(p:close(), "saslpasswd2 failed")
+  end
   return H.start_memcached { port = opts.port, unix = opts.unix,
                              args = "-S " .. (opts.args or ""),
                              env = "SASL_CONF_PATH=" .. dir }
+end
+
+-- Certificates for the TLS specs, made once per run with the openssl
+-- command into a temporary directory (removed by stop_all's caller at the
+-- end of the file): a CA; a server certificate from it for localhost and
+-- 127.0.0.1; one for another name only; one that has expired; a client
+-- certificate from the CA; and a second CA nobody trusts, with a server
+-- certificate of its own. Returns {dir=, ca=, server={cert=, key=}, ...}.
+-- EC P-256 keys: made in milliseconds, and cheap to handshake with.
+function H.make_certs()
+  if cert_dir then return cert_dir end
+  local dir = sh("mktemp -d /tmp/mc-tls.XXXXXX"):match("^%s*(.-)%s*$")
+  sasl_dirs[#sasl_dirs + 1] = dir -- removed with them
+  local script = [[
+set -e
+cd "$1"
+key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1.key" 2>/dev/null; }
+ca() { key "$1"; openssl req -x509 -new -key "$1.key" -out "$1.pem" -days 2 -subj "/CN=$2"          -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null; }
+# cert NAME CA SAN DAYS [EKU]
+cert() {
+  key "$1"
+  openssl req -new -key "$1.key" -out "$1.csr" -subj "/CN=$1" 2>/dev/null
+  printf 'subjectAltName=%s
+extendedKeyUsage=%s
+' "$3" "${5:-serverAuth}" > "$1.ext"
+  openssl x509 -req -in "$1.csr" -CA "$2.pem" -CAkey "$2.key" -CAcreateserial     -out "$1.pem" -days "$4" -extfile "$1.ext" 2>/dev/null
+}
+ca ca "memcached spec CA"
+ca other_ca "nobody's CA"
+cert server ca "DNS:localhost,IP:127.0.0.1" 2
+cert wrong_name ca "DNS:wrong.example" 2
+cert expired ca "DNS:localhost,IP:127.0.0.1" -1
+cert client ca "DNS:client" 2 clientAuth
+cert stranger other_ca "DNS:localhost,IP:127.0.0.1" 2
+]]
+  local f = assert(io.open(dir .. "/make.sh", "w"))
+  f:write(script)
+  f:close()
+  assert(os.execute("sh " .. dir .. "/make.sh " .. dir), "could not make certificates")
+  local c = { dir = dir, ca = dir .. "/ca.pem", other_ca = dir .. "/other_ca.pem" }
+  for _, n in ipairs { "server", "wrong_name", "expired", "client", "stranger" } do
+    c[n] = { cert = dir .. "/" .. n .. ".pem", key = dir .. "/" .. n .. ".key" }
+  end
+  cert_dir = c
+  return c
+end
+
+-- Starts memcached with TLS (-Z) serving opts.cert ({cert=, key=}, default
+-- the CA's server certificate). opts.client_ca: demand a client
+-- certificate from that CA (ssl_verify_mode=2). opts.sasl: SASL as
+-- start_memcached_sasl, with opts.users. opts.args: more arguments.
+function H.start_memcached_tls(opts)
+  opts = opts or {}
+  local c = H.make_certs()
+  local cert = opts.cert or c.server
+  local o = "ssl_chain_cert=" .. cert.cert .. ",ssl_key=" .. cert.key
+  if opts.client_ca then
+    o = o .. ",ssl_verify_mode=2,ssl_ca_cert=" .. opts.client_ca
+  end
+  local args = "-Z -o " .. o .. " " .. (opts.args or "")
+  if opts.sasl then
+    return H.start_memcached_sasl { users = opts.users, args = args, port = opts.port }
+  end
+  return H.start_memcached { args = args, port = opts.port }
 end
 
 -- Runs a fault server (spec/fault_server.lua) in the background. mode is
@@ -182,6 +256,22 @@ function H.start_fault(mode, arg)
     root, port, mode, arg or "")
   local pid = tonumber(sh(cmd))
   assert(wait_port(port, 5), "fault server did not start")
+  local f = { port = port, pid = pid, addr = "127.0.0.1:" .. port }
+  function f.stop()
+    if f.pid then os.execute("kill " .. f.pid .. " 2>/dev/null"); f.pid = nil end
+  end
+  servers[#servers + 1] = f
+  return f
+end
+
+-- Runs spec/tls_fault.lua (a proxy that damages a TLS stream) in front of
+-- the server on upstream_port. Returns {addr=, port=, pid=, stop=}.
+function H.start_tls_fault(mode, upstream_port, arg)
+  local port = H.free_port()
+  local cmd = string.format("lua5.4 %sspec/tls_fault.lua %d %d %s %s >/dev/null 2>&1 & echo $!",
+    root, port, upstream_port, mode, arg or "")
+  local pid = tonumber(sh(cmd))
+  assert(wait_port(port, 5), "tls fault proxy did not start")
   local f = { port = port, pid = pid, addr = "127.0.0.1:" .. port }
   function f.stop()
     if f.pid then os.execute("kill " .. f.pid .. " 2>/dev/null"); f.pid = nil end

@@ -33,8 +33,9 @@ describe("the core's rules", function()
         n = n + 1
       end
     end
-    assert.are.equal(22, n)
+    assert.are.equal(23, n)
     assert.are.equal("cache miss", memcached.ERR_CACHE_MISS)
+    assert.are.equal("tls error", memcached.ERR_TLS)
     assert.are.equal("connection closed", memcached.ERR_CONNECTION_CLOSED)
   end)
 end)

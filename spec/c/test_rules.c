@@ -3,7 +3,8 @@
  * rule (mc_key.h), what each status means per kind of operation and the
  * lock marker (mc_item), the error table (mc_error), a server's health
  * with the time passed in (mc_health), placement around dead servers
- * (mc_place), and the C ABI (mc_abi). Exit status
+ * (mc_place), SASL PLAIN's frames and replies (mc_sasl), and the C ABI
+ * (mc_abi). Exit status
  * 0 when every check passed; prints "N passed, M failed".
  */
 #include <stdio.h>
@@ -20,6 +21,7 @@
 #include "mc_place.h"
 #include "mc_select.h"
 #include "mc_proto.h"
+#include "mc_sasl.h"
 #include "reply.h"
 
 #include "check.h"
@@ -435,6 +437,105 @@ static void test_reply_check(void)
               MC_OK, "STAT streams: more may follow");
 }
 
+/* A SASL reply with a text value and no extras or key. */
+static mc_resp sasl_reply(uint8_t opcode, uint32_t opaque, uint16_t status,
+                          const char *text)
+{
+    mc_resp r;
+    memset(&r, 0, sizeof(r));
+    r.opcode = opcode;
+    r.opaque = opaque;
+    r.status = status;
+    r.value = text;
+    r.vallen = strlen(text);
+    r.bodylen = (uint32_t)r.vallen;
+    return r;
+}
+
+/* SASL PLAIN (mc_sasl): the exact bytes of both requests, the mechanism
+ * list, and the verdict on every kind of reply. */
+static void test_sasl(void)
+{
+    mc_buf b = {0};
+    mc_resp r;
+    char msg[200], nul[3] = {'a', '\0', 'b'};
+    static const unsigned char plain_req[] = {
+        0x80, 0x21, 0x00, 0x05, 0x00, 0x00, 0x00, 0x00, /* key length 5 */
+        0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x09, /* body 16, op 9 */
+        0, 0, 0, 0, 0, 0, 0, 0,                         /* cas */
+        'P', 'L', 'A', 'I', 'N', 0, 'u', 's', 'e', 'r', 0, 'p', 'w', 'd', '!', '?'};
+    char big[MC_SASL_MAX + 1];
+
+    CHECK(mc_sasl_enc_list(&b, 3) == 0 && b.len == 24 &&
+              (unsigned char)b.data[0] == 0x80 && b.data[1] == 0x20 &&
+              mc_load32(b.data + 8) == 0 && mc_load32(b.data + 12) == 3,
+          "LIST_MECHS is a bare header");
+    b.len = 0;
+    CHECK(mc_sasl_enc_plain(&b, 9, "user", 4, "pwd!?", 5) == 0 &&
+              b.len == sizeof(plain_req) &&
+              memcmp(b.data, plain_req, sizeof(plain_req)) == 0,
+          "AUTH PLAIN is key PLAIN, value \\0user\\0pass");
+    b.len = 0;
+    memset(big, 'x', sizeof(big));
+    CHECK(mc_sasl_enc_plain(&b, 9, nul, 3, "p", 1) == -1 &&
+              mc_sasl_enc_plain(&b, 9, "u", 1, nul, 3) == -1 &&
+              mc_sasl_enc_plain(&b, 9, big, sizeof(big), "p", 1) == -1 &&
+              b.len == 0,
+          "a NUL byte or an overlong field is refused, nothing appended");
+    CHECK(mc_sasl_enc_plain(&b, 9, "", 0, "", 0) == 0 && b.len == 24 + 7,
+          "empty credentials still frame");
+    mc_buf_free(&b);
+
+    CHECK(mc_sasl_has_mech("PLAIN", 5, "PLAIN") &&
+              mc_sasl_has_mech("CRAM-MD5 PLAIN", 14, "PLAIN") &&
+              !mc_sasl_has_mech("PLAINX CRAM-MD5", 15, "PLAIN") &&
+              !mc_sasl_has_mech("XPLAIN", 6, "PLAIN") &&
+              !mc_sasl_has_mech("", 0, "PLAIN") &&
+              !mc_sasl_has_mech("PLAIN", 4, "PLAIN"),
+          "the mechanism list is matched word by word");
+
+    r = sasl_reply(MC_OP_SASL_LIST_MECHS, 3, 0, "CRAM-MD5 PLAIN");
+    CHECK(mc_sasl_check(MC_OP_SASL_LIST_MECHS, 3, &r, 0, msg, sizeof(msg)) ==
+              MC_OK, "PLAIN offered");
+    r = sasl_reply(MC_OP_SASL_LIST_MECHS, 3, 0, "CRAM-MD5");
+    CHECK(mc_sasl_check(MC_OP_SASL_LIST_MECHS, 3, &r, 0, msg, sizeof(msg)) ==
+              MC_ERR_AUTH && strstr(msg, "CRAM-MD5"),
+          "no PLAIN: refused, naming what is offered (%s)", msg);
+    r = sasl_reply(MC_OP_SASL_LIST_MECHS, 3, MC_STATUS_UNKNOWN_COMMAND,
+                   "Unknown command");
+    CHECK(mc_sasl_check(MC_OP_SASL_LIST_MECHS, 3, &r, 0, msg, sizeof(msg)) ==
+              MC_ERR_AUTH && strstr(msg, "does not support SASL"),
+          "a server without SASL fails closed (%s)", msg);
+    r = sasl_reply(MC_OP_SASL_LIST_MECHS, 4, 0, "PLAIN");
+    CHECK(mc_sasl_check(MC_OP_SASL_LIST_MECHS, 3, &r, 0, msg, sizeof(msg)) ==
+              MC_ERR_PROTOCOL, "another opaque");
+    r = sasl_reply(MC_OP_SASL_LIST_MECHS, 3, 0, "PLAIN");
+    CHECK(mc_sasl_check(MC_OP_SASL_LIST_MECHS, 3, &r, 1, msg, sizeof(msg)) ==
+              MC_ERR_PROTOCOL, "bytes after the reply");
+    r.extlen = 4;
+    CHECK(mc_sasl_check(MC_OP_SASL_LIST_MECHS, 3, &r, 0, msg, sizeof(msg)) ==
+              MC_ERR_PROTOCOL, "extras in a SASL reply");
+
+    r = sasl_reply(MC_OP_SASL_AUTH, 5, 0, "Authenticated");
+    CHECK(mc_sasl_check(MC_OP_SASL_AUTH, 5, &r, 0, msg, sizeof(msg)) == MC_OK,
+          "accepted");
+    r = sasl_reply(MC_OP_SASL_AUTH, 5, MC_STATUS_AUTH_ERROR, "Auth failure");
+    CHECK(mc_sasl_check(MC_OP_SASL_AUTH, 5, &r, 0, msg, sizeof(msg)) ==
+              MC_ERR_AUTH && strstr(msg, "authentication failed: Auth failure"),
+          "refused credentials (%s)", msg);
+    r = sasl_reply(MC_OP_SASL_AUTH, 5, MC_STATUS_AUTH_CONTINUE, "");
+    CHECK(mc_sasl_check(MC_OP_SASL_AUTH, 5, &r, 0, msg, sizeof(msg)) ==
+              MC_ERR_AUTH && strstr(msg, "another SASL step"),
+          "a further step is refused");
+    r = sasl_reply(MC_OP_SASL_AUTH, 5, MC_STATUS_AUTH_ERROR, "a\nb\x01");
+    CHECK(mc_sasl_check(MC_OP_SASL_AUTH, 5, &r, 0, msg, sizeof(msg)) ==
+              MC_ERR_AUTH && strstr(msg, "a?b?"),
+          "the server's text is made printable (%s)", msg);
+    r = sasl_reply(MC_OP_NOOP, 5, 0, "");
+    CHECK(mc_sasl_check(MC_OP_SASL_AUTH, 5, &r, 0, msg, sizeof(msg)) ==
+              MC_ERR_PROTOCOL, "a reply to another opcode");
+}
+
 /* The address rule every driver parses with (mc_addr), and the counter
  * reply; through the ABI too. */
 static void test_addr(void)
@@ -818,6 +919,7 @@ int main(void)
     test_feed();
     test_place();
     test_reply_check();
+    test_sasl();
     test_addr();
     test_ring();
     test_abi_batch();

@@ -30,6 +30,7 @@ static const struct {
     [MC_ERR_BUSY] = {"BUSY", "too many connections"},
     [MC_ERR_TOO_LARGE] = {"VALUE_TOO_LARGE", "value too large"},
     [MC_ERR_UNDECODABLE] = {"UNDECODABLE", "undecodable value"},
+    [MC_ERR_TLS] = {"TLS", "tls error"},
 };
 
 const char *mc_err_str(int err)

@@ -40,6 +40,12 @@ enum mc_err {
                             reply's connection is closed; the server is
                             healthy) */
     MC_ERR_UNDECODABLE,
+    MC_ERR_TLS,          /* TLS was asked for and did not hold: the handshake
+                            or the server's certificate failed (unknown CA,
+                            wrong name, expired, no client certificate), or
+                            the server does not speak TLS; the detail has
+                            OpenSSL's reason. Like MC_ERR_AUTH, the two ends
+                            disagree: no failure of the server */
     MC_ERR_COUNT
 };
 

@@ -57,6 +57,9 @@ int mc_health_verdict(int err)
 {
     switch (err) {
     case MC_ERR_AUTH:
+    case MC_ERR_TLS:
+        /* it answered; the two ends disagree (credentials, certificates):
+         * every call says why, and ejecting it would hide that */
         return MC_VERDICT_ANSWERED;
     case MC_ERR_TOO_LARGE:
     case MC_ERR_NOMEM:

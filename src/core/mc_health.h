@@ -41,7 +41,8 @@ int mc_health_probe_due(mc_health *h, const mc_health_opts *o, double now);
 /* What a failed request's error (mc_error.h) says of its server. */
 enum mc_health_verdict {
     MC_VERDICT_FAILED = 0,   /* transport or protocol: counts as a failure */
-    MC_VERDICT_ANSWERED = 1, /* it answered (an auth refusal): a success */
+    MC_VERDICT_ANSWERED = 1, /* it answered (an auth refusal, a TLS
+                                disagreement): a success */
     MC_VERDICT_NONE = 2      /* not the server's doing (a value over the
                                 cap, out of memory here, every connection
                                 busy): no effect */

@@ -502,6 +502,9 @@ int mc_resp_shape_ok(const mc_resp *r)
     case MC_OP_STAT:
         return r->extlen == 0;
     case MC_OP_VERSION:
+    case MC_OP_SASL_LIST_MECHS: /* the mechanisms, or a message, as text */
+    case MC_OP_SASL_AUTH:
+    case MC_OP_SASL_STEP:
         return r->extlen == 0 && r->keylen == 0;
     case MC_OP_TOUCH: /* memcached 1.6 sends the item's flags back */
         return (r->extlen == 0 || r->extlen == 4) && r->keylen == 0 &&

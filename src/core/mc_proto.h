@@ -58,6 +58,9 @@ enum mc_opcode {
     MC_OP_APPENDQ = 0x19,
     MC_OP_PREPENDQ = 0x1a,
     MC_OP_TOUCH = 0x1c,
+    MC_OP_SASL_LIST_MECHS = 0x20, /* SASL: see mc_sasl.h */
+    MC_OP_SASL_AUTH = 0x21,
+    MC_OP_SASL_STEP = 0x22,
     MC_OP_GAT = 0x1d,
     MC_OP_GATQ = 0x1e,
     MC_OP_GATK = 0x23,

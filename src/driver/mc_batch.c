@@ -317,6 +317,15 @@ static void slot_ready(struct run *r, mc_batch_slot *sl, short ev)
     }
 }
 
+/* Does the slot's connection hold received bytes that poll cannot see
+ * (TLS: decrypted, or read ahead; mc_transport.events)? */
+static int buffered(const mc_batch_slot *sl)
+{
+    mc_conn *conn = sl->conn;
+    return conn && conn->tp->events && !conn->connecting &&
+           conn->tp->events(conn, POLLIN) == 0;
+}
+
 /* Fails with a timeout every slot not done yet, or (connects_only) only
  * the slots still connecting. */
 static void batch_time_out(struct run *r, int connects_only)
@@ -359,6 +368,9 @@ static int batch_poll_step(struct run *r)
         return 1; /* the poll set changed */
     }
     until = r->connecting ? mc_deadline_min(r->io, r->connect) : r->io;
+    for (i = 0; i < c->nslots; i++)
+        if (c->slots[i].state != SLOT_DONE && buffered(&c->slots[i]))
+            until.end = now; /* bytes to take now: poll without waiting */
     if (mc_wait(&c->o.pool.wait, c->pfds, np, &until) < 0)
         return 1; /* EINTR; the deadline bounds the loop */
     /* the poll set holds the slots not done, in order; none of them is
@@ -370,6 +382,8 @@ static int batch_poll_step(struct run *r)
         if (sl->state == SLOT_DONE)
             continue;
         ev = c->pfds[np++].revents;
+        if (buffered(sl))
+            ev |= POLLIN;
         if (ev)
             slot_ready(r, sl, ev);
     }

@@ -1,6 +1,7 @@
 #include "mc_client.h"
 #include "mc_client_int.h"
 #include "mc_place.h"
+#include "mc_sasl.h"
 
 #include <poll.h>
 #include <stdio.h>
@@ -143,6 +144,8 @@ void mc_client_server_info(const mc_client *c, size_t i, mc_server_info *out)
     out->failures = s->h.failures;
     out->connections = s->nopen;
     out->last_error = s->h.last_error;
+    out->tls = c->tls != NULL;
+    out->tls_resumed = s->tls_resumed;
 }
 
 void mc_client_set_max_conns(mc_client *c, size_t i, unsigned n)
@@ -338,7 +341,53 @@ void mc_client_free(mc_client *c)
     free(c->replied);
     free(c->pfds);
     free(c->events);
+    mc_tls_ctx_free(c->tls);
+    if (c->pass) /* not left in freed memory */
+        memset(c->pass, 0, c->o.pool.plen);
+    free(c->user);
+    free(c->pass);
     free(c);
+}
+
+static char *dup_bytes(const char *p, size_t n)
+{
+    char *d = malloc(n + 1);
+    if (d) {
+        memcpy(d, p, n);
+        d[n] = '\0';
+    }
+    return d;
+}
+
+int mc_client_secure(mc_client *c, const mc_tls_opts *t, const char *user,
+                     size_t ulen, const char *pass, size_t plen, char *err,
+                     size_t errlen)
+{
+    if (user) {
+        if (ulen > MC_SASL_MAX || plen > MC_SASL_MAX ||
+            memchr(user, '\0', ulen) || memchr(pass, '\0', plen)) {
+            snprintf(err, errlen, "username and password must be at most %d "
+                                  "bytes, with no NUL byte", MC_SASL_MAX);
+            return MC_ERR_AUTH;
+        }
+        c->user = dup_bytes(user, ulen);
+        c->pass = dup_bytes(pass, plen);
+        if (!c->user || !c->pass) {
+            snprintf(err, errlen, "out of memory");
+            return MC_ERR_NOMEM;
+        }
+        c->o.pool.user = c->user;
+        c->o.pool.pass = c->pass;
+        c->o.pool.ulen = ulen;
+        c->o.pool.plen = plen;
+    }
+    if (t) {
+        c->tls = mc_tls_ctx_new(t, err, errlen);
+        if (!c->tls)
+            return MC_ERR_TLS;
+        c->o.pool.tls = c->tls;
+    }
+    return MC_OK;
 }
 
 /* Builds a new server table + selector for the given entries, reusing the

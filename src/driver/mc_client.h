@@ -49,6 +49,19 @@ void mc_client_opts_default(mc_client_opts *o);
 mc_client *mc_client_new(const mc_client_opts *o);
 void mc_client_free(mc_client *c);
 
+/* Makes every new connection of the client (probes too) do a TLS
+ * handshake (t non-NULL, mc_tls.h) and/or authenticate with SASL PLAIN
+ * (user non-NULL; mc_sasl.h) before its first request. Call once, before
+ * the client makes connections. MC_OK, or MC_ERR_TLS (a CA, certificate
+ * or key that cannot be loaded), MC_ERR_AUTH (credentials that cannot be
+ * framed: a NUL byte, over MC_SASL_MAX bytes) or MC_ERR_NOMEM, with why in
+ * err. */
+int mc_client_secure(mc_client *c, const mc_tls_opts *t, const char *user,
+                     size_t ulen, const char *pass, size_t plen, char *err,
+                     size_t errlen);
+
+
+
 /* Replaces the server list atomically: on any bad address returns -1 with
  * c->errmsg set and changes nothing. Servers kept from the old list keep
  * their pools and health. */
@@ -192,6 +205,8 @@ typedef struct mc_server_info {
     unsigned failures;      /* consecutive */
     unsigned connections;   /* open: idle + held */
     const char *last_error; /* "" when none */
+    int tls;                /* the client speaks TLS to its servers */
+    int tls_resumed;        /* its last TLS handshake resumed a session */
 } mc_server_info;
 void mc_client_server_info(const mc_client *c, size_t i, mc_server_info *out);
 /* Caps one server's connections (0: the client's max_conns). */

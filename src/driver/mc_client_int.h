@@ -46,6 +46,10 @@ struct mc_client {
     mc_event *events;
     size_t nevents, capevents;
     char errmsg[256];
+
+    /* mc_client_secure: what o.pool.tls/user/pass point to */
+    mc_tls_ctx *tls;
+    char *user, *pass;
 };
 
 struct mc_batch_slot {

@@ -157,6 +157,13 @@ int mc_conn_wait(mc_conn *c, short events, const mc_deadline *d, char *msg,
 {
     struct pollfd pfd;
     int rc;
+    if (c->tp->events) {
+        /* TLS: bytes it already holds need no wait; a read may have to
+         * wait for room to write first */
+        events = c->tp->events(c, events);
+        if (!events)
+            return MC_OK;
+    }
     pfd.fd = c->fd;
     pfd.events = events;
     pfd.revents = 0;
@@ -182,8 +189,23 @@ static int errno_to_err(int e)
     case ETIMEDOUT: return MC_ERR_TIMEOUT;
     case ENOMEM:
     case ENOBUFS: return MC_ERR_NOMEM;
+    case EPROTO: return MC_ERR_TLS; /* the transport's (mc_transport.h) */
     default: return MC_ERR_IO;
     }
+}
+
+/* A send or recv of c's transport failed with errno e: "what: why" into
+ * msg, in the transport's words when it has some (OpenSSL's reason), and
+ * the error it stands for. */
+static int io_failed(mc_conn *c, const char *what, int e, char *msg,
+                     size_t msglen)
+{
+    const char *why = e == EPROTO && c->tp->why ? c->tp->why(c) : NULL;
+    if (why && msg && msglen)
+        snprintf(msg, msglen, "%s: %s", what, why);
+    else
+        say(msg, msglen, what, e);
+    return errno_to_err(e);
 }
 
 static void set_timeout(int fd, int opt, double seconds)
@@ -323,8 +345,7 @@ int mc_conn_write_some(mc_conn *c, char *msg, size_t msglen)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return 0;
-        say(msg, msglen, "send", errno);
-        return -errno_to_err(errno);
+        return -io_failed(c, "send", errno, msg, msglen);
     }
     /* all sent (out_pos == out.len); the bytes stay until the connection
      * goes back to the pool, which drops a large buffer */
@@ -358,8 +379,7 @@ static int read_once(mc_conn *c, int wait, char *msg, size_t msglen)
             continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             return 0;
-        say(msg, msglen, "recv", errno);
-        return -errno_to_err(errno);
+        return -io_failed(c, "recv", errno, msg, msglen);
     }
 }
 
@@ -389,14 +409,13 @@ static int budget(mc_conn *c, short events, const mc_deadline *d, char *msg,
 }
 
 /* A blocking send that failed with errno e (not EINTR). */
-static int send_failed(int e, char *msg, size_t msglen)
+static int send_failed(mc_conn *c, int e, char *msg, size_t msglen)
 {
     if (e == EAGAIN || e == EWOULDBLOCK) { /* SO_SNDTIMEO ran out */
         say(msg, msglen, "timed out", 0);
         return MC_ERR_TIMEOUT;
     }
-    say(msg, msglen, "send", e);
-    return errno_to_err(e);
+    return io_failed(c, "send", e, msg, msglen);
 }
 
 int mc_conn_flush(mc_conn *c, const mc_deadline *d, char *msg,
@@ -417,7 +436,7 @@ int mc_conn_flush(mc_conn *c, const mc_deadline *d, char *msg,
                       errno == EWOULDBLOCK))
             continue; /* the kernel's wait ended, or poll said ready: the
                          deadline bounds this */
-        return send_failed(errno, msg, msglen);
+        return send_failed(c, errno, msg, msglen);
     }
     return MC_OK; /* out_pos == out.len: all sent, the bytes kept */
 }
@@ -482,7 +501,7 @@ int mc_conn_roundtrip(mc_conn *c, mc_resp *r, const mc_deadline *d,
             c->out_pos = (size_t)n;
         else if (n < 0 && errno != EINTR && errno != EAGAIN &&
                  errno != EWOULDBLOCK)
-            return send_failed(errno, msg, msglen);
+            return send_failed(c, errno, msg, msglen);
     }
     rc = mc_conn_flush(c, d, msg, msglen);
     if (rc != MC_OK)

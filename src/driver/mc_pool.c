@@ -1,4 +1,5 @@
 #include "mc_pool.h"
+#include "mc_sasl.h"
 
 #include <poll.h>
 #include <stdio.h>
@@ -41,8 +42,72 @@ void mc_server_free(mc_server *s)
     if (!s)
         return;
     mc_pool_drain(s);
+    mc_tls_session_free(s->tls_session);
     free(s->name);
     free(s);
+}
+
+/* One SASL request (framed into c->out by the caller) and its reply,
+ * judged by the core (mc_sasl_check). */
+static int sasl_step(mc_conn *c, uint8_t opcode, uint32_t opaque,
+                     const mc_deadline *d, char *msg, size_t msglen)
+{
+    mc_resp r;
+    int rc = mc_conn_flush(c, d, msg, msglen);
+    if (rc == MC_OK)
+        rc = mc_conn_recv(c, &r, d, msg, msglen);
+    if (rc == MC_OK)
+        rc = mc_sasl_check(opcode, opaque, &r,
+                           mc_reader_pending(&c->in) != 0, msg, msglen);
+    else if (rc == MC_ERR_TIMEOUT)
+        snprintf(msg, msglen, "SASL authentication timed out");
+    c->out.len = 0;
+    c->out_pos = 0;
+    return rc;
+}
+
+/* SASL PLAIN on a new connection: the mechanisms, then the credentials
+ * (mc_sasl.h). */
+static int sasl_auth(mc_conn *c, const mc_pool_opts *o, const mc_deadline *d,
+                     char *msg, size_t msglen)
+{
+    uint32_t opaque = c->opaque++;
+    int rc;
+
+    c->out.len = 0;
+    c->out_pos = 0;
+    if (mc_sasl_enc_list(&c->out, opaque) != 0)
+        goto nomem;
+    rc = sasl_step(c, MC_OP_SASL_LIST_MECHS, opaque, d, msg, msglen);
+    if (rc != MC_OK)
+        return rc;
+    opaque = c->opaque++;
+    if (mc_sasl_enc_plain(&c->out, opaque, o->user, o->ulen, o->pass,
+                          o->plen) != 0)
+        goto nomem;
+    return sasl_step(c, MC_OP_SASL_AUTH, opaque, d, msg, msglen);
+nomem:
+    snprintf(msg, msglen, "out of memory");
+    return MC_ERR_NOMEM;
+}
+
+/* What a connected connection does before its first request: the TLS
+ * handshake, then SASL, both by the deadline d. MC_OK, or the error (the
+ * connection is the caller's to close). */
+static int conn_secure(mc_server *s, const mc_pool_opts *o, mc_conn *c,
+                       const mc_deadline *d, char *msg, size_t msglen)
+{
+    int rc;
+    if (o->tls) {
+        rc = mc_tls_start(c, o->tls, s->port ? s->host : NULL,
+                          &s->tls_session, msg, msglen);
+        if (rc == MC_OK)
+            rc = mc_tls_handshake(c, d, msg, msglen);
+        if (rc != MC_OK)
+            return rc;
+        s->tls_resumed = mc_tls_resumed(c);
+    }
+    return o->user ? sasl_auth(c, o, d, msg, msglen) : MC_OK;
 }
 
 static mc_conn *pool_take(mc_server *s, const mc_pool_opts *o, double now,
@@ -86,11 +151,20 @@ static mc_conn *pool_take(mc_server *s, const mc_pool_opts *o, double now,
                  s->name);
         return NULL;
     }
-    if (wait) {
+    if (wait || o->tls || o->user) {
         mc_deadline d;
         mc_deadline_in(&d, now, o->connect_timeout);
         c = mc_conn_open(&s->addr, &d, o->io_timeout, o->max_body, &o->wait,
                          err, msg, msglen);
+        if (c && (o->tls || o->user)) {
+            if (o->codec)
+                c->codec = o->codec;
+            *err = conn_secure(s, o, c, &d, msg, msglen);
+            if (*err != MC_OK) {
+                mc_conn_close(c);
+                return NULL;
+            }
+        }
     } else {
         c = mc_conn_start(&s->addr, o->io_timeout, o->max_body, &o->wait, err,
                           msg, msglen);
@@ -177,6 +251,17 @@ int mc_server_probe(mc_server *s, const mc_pool_opts *o, char *msg,
         if (err != MC_OK || mc_conn_finish(c, &err, msg, msglen) != 0) {
             mc_conn_close(c);
             return err;
+        }
+    }
+    if (o->tls || o->user) {
+        err = conn_secure(s, o, c, &d, msg, msglen);
+        if (err != MC_OK) {
+            mc_conn_close(c);
+            if (err == MC_ERR_TIMEOUT)
+                snprintf(msg, msglen, "probe: no answer within %g s",
+                         o->probe_timeout);
+            /* refused credentials or certificates: it answered */
+            return err == MC_ERR_AUTH || err == MC_ERR_TLS ? MC_OK : err;
         }
     }
     opaque = c->opaque++;

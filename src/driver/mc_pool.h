@@ -18,6 +18,7 @@
 
 #include "mc_conn.h"
 #include "mc_health.h"
+#include "mc_tls.h"
 
 typedef struct mc_server {
     char *name;      /* the address as the user wrote it */
@@ -32,6 +33,9 @@ typedef struct mc_server {
     unsigned nopen;  /* idle + handed out */
 
     mc_health h;     /* the core's rule (mc_health.h) */
+    struct ssl_session_st *tls_session; /* TLS: the last session the server
+                                           gave, offered on reconnect */
+    int tls_resumed; /* the last handshake resumed that session */
 } mc_server;
 
 typedef struct mc_pool_opts {
@@ -47,6 +51,13 @@ typedef struct mc_pool_opts {
                              (mc_wait.h); zero: ppoll, kernel waits on */
     const mc_codec *codec; /* the protocol its connections speak (NULL:
                               binary) */
+    /* What a new connection does before its first request, within
+     * connect_timeout (a probe: probe_timeout): the TLS handshake, then
+     * SASL PLAIN. */
+    const mc_tls_ctx *tls; /* NULL: no TLS */
+    const char *user;      /* NULL: no SASL */
+    const char *pass;
+    size_t ulen, plen;
 } mc_pool_opts;
 
 /* Allocates a server for an already parsed address. NULL on ENOMEM. */
@@ -59,7 +70,10 @@ void mc_server_free(mc_server *s);
 /* Takes an idle connection or opens a new one (now: mc_now(), passed in
  * so that one operation reads the clock once). Returns it, or NULL with
  * *err set and a message in msg; MC_ERR_BUSY when max_conns connections
- * are all handed out (not a failure of the server). */
+ * are all handed out (not a failure of the server). A new connection has
+ * done its TLS handshake and SASL authentication (o->tls, o->user) within
+ * connect_timeout: MC_ERR_TLS or MC_ERR_AUTH when they failed (the
+ * connection is closed; neither is a failure of the server). */
 mc_conn *mc_pool_get_slow(mc_server *s, const mc_pool_opts *o, double now,
                           int *err, char *msg, size_t msglen);
 static inline mc_conn *mc_pool_get(mc_server *s, const mc_pool_opts *o,
@@ -80,7 +94,9 @@ static inline mc_conn *mc_pool_get(mc_server *s, const mc_pool_opts *o,
 
 /* The same, but a new connection is only started (c->connecting may be
  * set: wait for POLLOUT, then mc_conn_finish), so that a batch connects to
- * all its servers at once. */
+ * all its servers at once. With TLS or SASL a new connection is made
+ * whole here, as mc_pool_get_slow does (its handshake waits at the wait
+ * point, within connect_timeout). */
 mc_conn *mc_pool_get_started(mc_server *s, const mc_pool_opts *o, double now,
                              int *err, char *msg, size_t msglen);
 
@@ -107,7 +123,9 @@ int mc_server_succeeded(mc_server *s);
  * retry_at forward so only one caller probes) and returns 1. */
 int mc_server_probe_due(mc_server *s, const mc_pool_opts *o, double now);
 
-/* Probes a server: connects and sends a NOOP, within probe_timeout in all.
+/* Probes a server: connects (TLS and SASL included) and sends a NOOP,
+ * within probe_timeout in all. A server that refuses the credentials or
+ * the TLS handshake answered: MC_OK, the connection closed.
  * MC_OK when it answered (the connection is pooled, warm for the caller),
  * else the error with a message in msg. Health is the caller's to update
  * (mc_server_succeeded / mc_server_failed). */

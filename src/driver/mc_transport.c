@@ -21,5 +21,5 @@ static void plain_close(mc_conn *c)
 }
 
 const mc_transport mc_transport_plain = {
-    "plain", plain_send, plain_recv, plain_close
+    "plain", plain_send, plain_recv, plain_close, NULL, NULL
 };

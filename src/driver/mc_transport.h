@@ -21,13 +21,14 @@
  * an indirect call is all a transport adds to it. A transport must not
  * add syscalls or allocations per call on its usual path.
  *
- * What a TLS transport will need besides (not done; noted so the seam is
- * read with them in mind): a handshake step after mc_conn_finish, which
- * waits through the connection's wait point like a connect; a way to say
- * which readiness it waits for when a send needs a read (WANT_READ) or the
- * reverse; and, since OpenSSL holds decrypted bytes the socket no longer
- * shows (SSL_pending), a test the driver asks before it waits for POLLIN.
- * Its state goes in c->tp_data; its close frees it.
+ * TLS (mc_tls.c) needs two things more, both off the usual path and NULL
+ * for the plain socket: which readiness to wait for (a TLS read may need
+ * to write first, and OpenSSL holds received bytes that poll cannot see:
+ * then nothing is to be waited for), and its own words for a failure
+ * (OpenSSL's reason, where errno says only EPROTO). The handshake is not
+ * the transport's business: mc_tls_handshake runs it after the connect,
+ * at the connection's wait point. Its state goes in c->tp_data; its close
+ * frees it.
  */
 #ifndef MC_TRANSPORT_H
 #define MC_TRANSPORT_H
@@ -45,6 +46,13 @@ typedef struct mc_transport {
      * Called once, from mc_conn_close; the connection's buffers are the
      * driver's to free. */
     void (*close)(struct mc_conn *c);
+    /* Before a wait for `events` (POLLIN/POLLOUT): what to poll for
+     * instead, or 0 when the next call can go ahead without waiting
+     * (bytes already buffered). NULL: `events` as they are. */
+    short (*events)(struct mc_conn *c, short events);
+    /* The last failure in words, or NULL (then strerror(errno)). A
+     * failure reported as EPROTO is the transport's own (MC_ERR_TLS). */
+    const char *(*why)(struct mc_conn *c);
 } mc_transport;
 
 /* The socket as it is: send/recv/close on c->fd. The default of every

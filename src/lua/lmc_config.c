@@ -22,6 +22,13 @@
 #include "mc_item.h"
 #include "mc_key.h"
 
+/* SASL credentials as read from the options (pointers into Lua strings
+ * kept on the stack). */
+struct lmc_cred {
+    const char *user, *pass;
+    size_t ulen, plen;
+};
+
 /* ---- servers ---- */
 
 /* A server list is read once, with raw access only: no __index runs, and
@@ -235,6 +242,10 @@ int m_servers(lua_State *L)
             lua_pushstring(L, last);
             lua_setfield(L, -2, "last_error");
         }
+        if (s.tls) {
+            lua_pushboolean(L, s.tls_resumed);
+            lua_setfield(L, -2, "tls_resumed");
+        }
         lmc_rawseti(L, -2, (lua_Integer)i + 1);
     }
     return 1;
@@ -274,7 +285,8 @@ static double opt_number_field(lua_State *L, int t, const char *name,
 static const char *const known_opts[] = {
     "servers", "timeout", "connect_timeout", "io_timeout", "max_conns",
     "max_idle", "msgpack_flag", "selector", "failure_limit", "retry_timeout",
-    "eject", "max_value_size", "probe_timeout", NULL};
+    "eject", "max_value_size", "probe_timeout", "tls", "username",
+    "password", NULL};
 
 /* Reads the options table at index t into o; the selector option, read
  * once by the caller, is at selidx and, if custom, left for the caller.
@@ -354,6 +366,102 @@ static void read_opts(lua_State *L, int t, mc_client_opts *o, uint32_t *mpf,
     lua_pop(L, 1);
 }
 
+/* ---- TLS and SASL ---- */
+
+static const char *const tls_fields[] = {
+    "ca_file", "ca_path", "cert_file", "key_file", "server_name", "ciphers",
+    "verify", "min_version", NULL};
+
+/* A string option (NULL when absent), left on the stack so that the
+ * pointer outlives the caller's table: a finalizer run meanwhile may
+ * change it. */
+static const char *keep_string(lua_State *L, int t, const char *name,
+                               const char *what, size_t *len)
+{
+    size_t n;
+    const char *p;
+    lua_getfield(L, t, name);
+    if (lua_isnil(L, -1))
+        return NULL;
+    if (lua_type(L, -1) != LUA_TSTRING)
+        luaL_error(L, "option '%s%s' must be a string, got %s", what, name,
+                   luaL_typename(L, -1));
+    p = lua_tolstring(L, -1, &n);
+    if (len)
+        *len = n;
+    else if (strlen(p) != n)
+        luaL_error(L, "option '%s%s' holds a NUL byte", what, name);
+    return p;
+}
+
+/* Reads tls, username and password from the options table at t into *to
+ * and *cred (strings left on the stack). Returns 1 when TLS is asked for.
+ * Raises on a wrong type, an unknown tls field or credentials given
+ * half. */
+static int read_secure(lua_State *L, int t, mc_tls_opts *to,
+                       struct lmc_cred *cred)
+{
+    int tls = 0, k;
+    luaL_checkstack(L, 16, "options");
+    memset(to, 0, sizeof(*to));
+    to->verify = 1;
+    to->min_version = 12;
+    cred->user = keep_string(L, t, "username", "", &cred->ulen);
+    cred->pass = keep_string(L, t, "password", "", &cred->plen);
+    if (!cred->user != !cred->pass)
+        luaL_error(L, "options 'username' and 'password' go together");
+    lua_getfield(L, t, "tls");
+    if (lua_type(L, -1) == LUA_TBOOLEAN) {
+        tls = lua_toboolean(L, -1);
+    } else if (lua_type(L, -1) == LUA_TTABLE) {
+        int tt = lua_gettop(L);
+        tls = 1;
+        lua_pushnil(L);
+        while (lua_next(L, tt)) {
+            int ok = 0;
+            if (lua_type(L, -2) == LUA_TSTRING)
+                for (k = 0; tls_fields[k]; k++)
+                    if (strcmp(tls_fields[k], lua_tostring(L, -2)) == 0)
+                        ok = 1;
+            if (!ok)
+                luaL_error(L, "unknown option 'tls.%s'",
+                           lua_type(L, -2) == LUA_TSTRING
+                               ? lua_tostring(L, -2) : "?");
+            lua_pop(L, 1);
+        }
+        to->ca_file = keep_string(L, tt, "ca_file", "tls.", NULL);
+        to->ca_path = keep_string(L, tt, "ca_path", "tls.", NULL);
+        to->cert_file = keep_string(L, tt, "cert_file", "tls.", NULL);
+        to->key_file = keep_string(L, tt, "key_file", "tls.", NULL);
+        to->server_name = keep_string(L, tt, "server_name", "tls.", NULL);
+        to->ciphers = keep_string(L, tt, "ciphers", "tls.", NULL);
+        lua_getfield(L, tt, "verify");
+        if (!lua_isnil(L, -1)) {
+            if (lua_type(L, -1) != LUA_TBOOLEAN)
+                luaL_error(L, "option 'tls.verify' must be a boolean");
+            to->verify = lua_toboolean(L, -1);
+        }
+        lua_pop(L, 1);
+        lua_getfield(L, tt, "min_version");
+        if (!lua_isnil(L, -1)) {
+            const char *v = lua_type(L, -1) == LUA_TSTRING
+                                ? lua_tostring(L, -1) : "";
+            if (strcmp(v, "tlsv1.2") == 0)
+                to->min_version = 12;
+            else if (strcmp(v, "tlsv1.3") == 0)
+                to->min_version = 13;
+            else
+                luaL_error(L, "option 'tls.min_version' must be \"tlsv1.2\" "
+                              "or \"tlsv1.3\"");
+        }
+        lua_pop(L, 1);
+    } else if (!lua_isnil(L, -1)) {
+        luaL_error(L, "option 'tls' must be a boolean or a table, got %s",
+                   luaL_typename(L, -1));
+    }
+    return tls;
+}
+
 /* Sets a custom selector (function or object) from the value at index i. */
 static void set_custom_selector(lua_State *L, lmc_client *u, int i)
 {
@@ -380,14 +488,17 @@ static int construct(lua_State *L, int t, int from, int sel)
     lmc_client *u;
     size_t n = 0;
     mc_server_spec *specs = NULL;
-    int selidx = 0;
+    int selidx = 0, tls = 0;
     size_t nul = 0;
+    mc_tls_opts tlso;
+    struct lmc_cred cred = {NULL, NULL, 0, 0};
 
     mc_client_opts_default(&o);
     if (t) {
         lua_getfield(L, t, "selector");
         selidx = lua_gettop(L);
         read_opts(L, t, &o, &mpf, selidx);
+        tls = read_secure(L, t, &tlso, &cred);
     }
     /* everything that can raise happens before the client exists */
     if (t) {
@@ -412,6 +523,19 @@ static int construct(lua_State *L, int t, int from, int sel)
     if (!u->vctx || !u->c) {
         destroy(L, u);
         return luaL_error(L, "out of memory");
+    }
+    if (tls || cred.user) {
+        char why[256];
+        int rc = mc_client_secure(u->c, tls ? &tlso : NULL, cred.user,
+                                  cred.ulen, cred.pass, cred.plen, why,
+                                  sizeof(why));
+        if (rc != MC_OK) {
+            lua_pushnil(L);
+            lua_pushstring(L, mc_err_str(rc));
+            lua_pushstring(L, why);
+            destroy(L, u);
+            return 3;
+        }
     }
     if (sel) {
         set_custom_selector(L, u, sel);
