@@ -103,8 +103,9 @@ static inline void lmc_pushu64(lua_State *L, uint64_t v)
 }
 
 /* ... and such a string is taken back where an integer argument is
- * expected: 1 to 20 decimal digits that fit 64 bits, stored in *v as the
- * two's complement lua_Integer 5.3+ would hold. 0 when i is not one. */
+ * expected: decimal digits whose value is past 2^53 (a double would do
+ * below) and fits 64 bits, stored in *v as the two's complement
+ * lua_Integer 5.3+ would hold. 0 when i is not one. */
 static inline int lmc_u64_string(lua_State *L, int i, lua_Integer *v)
 {
     size_t len, k;
@@ -122,6 +123,8 @@ static inline int lmc_u64_string(lua_State *L, int i, lua_Integer *v)
             return 0;
         n = n * 10 + d;
     }
+    if (n <= LMC_EXACT_U64)
+        return 0;
     *v = (lua_Integer)n;
     return 1;
 }
