@@ -67,7 +67,7 @@ LUA_RESTY_MODULES = $(wildcard lua/memcached/resty/*.lua)
 ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 .PHONY: all deps demo test test-all test-5.1 test-5.2 test-5.3 test-5.4 asan fuzz luajit test-luajit \
-        test-openresty spec-bins bench install dist clean
+        test-openresty test-luarocks spec-bins bench install dist clean
 
 all: $(MODULE)
 
@@ -169,6 +169,33 @@ fuzz:
 # make test-luajit runs the specs against it under OpenResty's luajit.
 luajit:
 	@$(MAKE) --no-print-directory all LUA_VERSION=luajit
+
+# The release: version from src/lua/lmc_client.h, rock memcached-engine.
+VERSION  := $(shell sed -n 's/^\#define LMC_VERSION "\(.*\)"$$/\1/p' src/lua/lmc_client.h)
+DIST      = memcached-engine-$(VERSION)
+ROCKSPEC  = rockspec/$(DIST)-1.rockspec
+
+# build/dist/: the source tarball of every tracked file (as in the work
+# tree) under $(DIST)/, the release rockspec, and a .src.rock holding both,
+# which `luarocks build` installs with no network. Byte for byte the same
+# from the same tree (sorted names, fixed owner, the last commit's time).
+dist:
+	@test -f $(ROCKSPEC) || { echo "$(ROCKSPEC) is missing" >&2; exit 1; }
+	rm -rf build/dist
+	mkdir -p build/dist
+	git ls-files | LC_ALL=C sort | tar --create --no-recursion --files-from=- \
+		--transform='s,^,$(DIST)/,' --owner=0 --group=0 --numeric-owner \
+		--mtime=@$$(git log -1 --format=%ct) | gzip -n > build/dist/$(DIST).tar.gz
+	cp $(ROCKSPEC) build/dist/
+	cd build/dist && zip -q -X $(DIST)-1.src.rock $(DIST)-1.rockspec $(DIST).tar.gz
+	@ls -l build/dist
+
+# luarocks make of the scm rockspec for every Lua, then the release
+# rockspec from the unpacked `make dist` tarball and its .src.rock with no
+# network; each installed module must load and talk to a memcached. TAP.
+test-luarocks:
+	@EXTRA_PKGS="luarocks zip lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev luajit2 libluajit2-5.1-dev" sh scripts/deps.sh
+	bash scripts/test-luarocks.sh
 
 # The OpenResty driver (lua/memcached/resty.lua) inside a real nginx with
 # ngx_http_lua: installs missing packages (nginx's Lua module brings

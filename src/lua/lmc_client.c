@@ -594,7 +594,7 @@ LMC_EXPORT int luaopen_memcached(lua_State *L)
     }
     lua_pushnumber(L, 0.1);
     lua_setfield(L, -2, "DEFAULT_TIMEOUT");
-    lua_pushliteral(L, "0.1.0");
+    lua_pushliteral(L, LMC_VERSION);
     lua_setfield(L, -2, "_VERSION");
     lmc_value_open(L);
     lmc_codec_open(L);
