@@ -340,5 +340,25 @@ function H.start_blackhole()
   return b
 end
 
+-- busted ends with os.exit(code, true): lua_close runs every finalizer
+-- left. LuaJIT may unload LuaSocket's C library (socket/core.so) before it
+-- finalizes the sockets still alive then (kept by spec closures), whose
+-- __gc then jumps into unmapped code: a segfault after every spec passed.
+-- At busted's exit event LuaSocket's classes lose their __gc (the process
+-- is ending; the kernel closes the descriptors).
+if jit then
+  local ok_busted, busted = pcall(require, "busted")
+  if ok_busted and type(busted) == "table" and busted.subscribe then
+    busted.subscribe({ "exit" }, function()
+      for name, mt in pairs(debug.getregistry()) do
+        if type(name) == "string" and name:match("^%a+{%a+}$") and type(mt) == "table" then
+          mt.__gc = nil
+        end
+      end
+      return nil, true
+    end)
+  end
+end
+
 H.memcached = require "memcached"
 return H
