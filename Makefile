@@ -177,17 +177,20 @@ ROCKSPEC  = rockspec/$(DIST)-1.rockspec
 
 # build/dist/: the source tarball of every tracked file (as in the work
 # tree) under $(DIST)/, the release rockspec, and a .src.rock holding both,
-# which `luarocks build` installs with no network. Byte for byte the same
-# from the same tree (sorted names, fixed owner, the last commit's time).
+# which `luarocks build` installs with no network. Both byte for byte the
+# same from the same tree (sorted names, fixed owner, every time stamp the
+# last commit's).
 dist:
 	@test -f $(ROCKSPEC) || { echo "$(ROCKSPEC) is missing" >&2; exit 1; }
 	rm -rf build/dist
 	mkdir -p build/dist
+	t=$$(git log -1 --format=%ct) && \
 	git ls-files | LC_ALL=C sort | tar --create --no-recursion --files-from=- \
 		--transform='s,^,$(DIST)/,' --owner=0 --group=0 --numeric-owner \
-		--mtime=@$$(git log -1 --format=%ct) | gzip -n > build/dist/$(DIST).tar.gz
-	cp $(ROCKSPEC) build/dist/
-	cd build/dist && zip -q -X $(DIST)-1.src.rock $(DIST)-1.rockspec $(DIST).tar.gz
+		--mtime=@$$t | gzip -n > build/dist/$(DIST).tar.gz && \
+	cp $(ROCKSPEC) build/dist/ && \
+	touch -d @$$t build/dist/$(DIST).tar.gz build/dist/$(DIST)-1.rockspec && \
+	cd build/dist && TZ=UTC zip -q -X $(DIST)-1.src.rock $(DIST)-1.rockspec $(DIST).tar.gz
 	@ls -l build/dist
 
 # luarocks make of the scm rockspec for every Lua, then the release
