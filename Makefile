@@ -4,12 +4,32 @@
 #   make demo       install missing Debian packages, build, run the example
 #   make test       install missing Debian packages, build, run the specs
 #   make asan       the specs again under AddressSanitizer + UBSan
+#   make test-all   the specs under Lua 5.1, 5.2, 5.3, 5.4 and LuaJIT
+#   make dist       the release tarball the release rockspec builds from
 #
-# luarocks passes LUA_INCDIR, CFLAGS, LIBFLAG, INST_LIBDIR and INST_LUADIR.
+# Another Lua: LUA_VERSION=5.1, 5.2, 5.3, 5.4 (the default) or luajit, for
+# make, make test and make install (make test-5.1 ... test-luajit say the
+# same). Each version builds into build/<version>/memcached.so; 5.4 keeps
+# build/ and ./memcached.so.
+#
+# luarocks passes LUA, LUA_INCDIR, CFLAGS, LIBFLAG, INST_LIBDIR and
+# INST_LUADIR; `make install` copies what `make` built and never rebuilds,
+# so the module it installs is the one built with luarocks' flags.
 
 LUA_VERSION ?= 5.4
+ifeq ($(LUA_VERSION),luajit)
+# OpenResty's LuaJIT (Debian packages luajit2, libluajit2-5.1-dev): Debian's
+# own luajit and libluajit-5.1-dev would remove nginx's Lua module.
+LUA         ?= luajit
+LUA_INCDIR  ?= /usr/include/luajit-2.1
+LUA_ABI      = 5.1
+LUA_PKGS     = luajit2 libluajit2-5.1-dev
+else
 LUA         ?= lua$(LUA_VERSION)
 LUA_INCDIR  ?= /usr/include/lua$(LUA_VERSION)
+LUA_ABI      = $(LUA_VERSION)
+LUA_PKGS     = lua$(LUA_VERSION) liblua$(LUA_VERSION)$(if $(filter 5.1,$(LUA_VERSION)),-0)-dev
+endif
 CFLAGS      ?= -O2 -g
 LIBFLAG     ?= -shared
 PKG_CONFIG  ?= pkg-config
@@ -20,8 +40,8 @@ SSL_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags openssl 2>/dev/null)
 SSL_LIBS   ?= $(shell $(PKG_CONFIG) --libs openssl 2>/dev/null || echo -lssl -lcrypto)
 
 PREFIX      ?= /usr/local
-INST_LIBDIR ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
-INST_LUADIR ?= $(PREFIX)/share/lua/$(LUA_VERSION)
+INST_LIBDIR ?= $(PREFIX)/lib/lua/$(LUA_ABI)
+INST_LUADIR ?= $(PREFIX)/share/lua/$(LUA_ABI)
 
 BUSTED      ?= busted
 # CI sets WERROR=-Werror: a new warning fails the run.
@@ -37,14 +57,20 @@ SRC   = $(wildcard src/*/*.c)
 HDR   = $(wildcard src/*/*.h)
 # Where objects and the module go; `make asan` uses its own pair so the
 # normal build is never mixed with a sanitizer build.
+ifeq ($(LUA_VERSION),5.4)
 OBJDIR ?= build
 MODULE ?= memcached.so
+else
+OBJDIR ?= build/$(LUA_VERSION)
+MODULE ?= $(OBJDIR)/memcached.so
+endif
 OBJ   = $(SRC:src/%.c=$(OBJDIR)/%.o)
 LUA_MODULES = $(wildcard lua/memcached/*.lua)
 LUA_RESTY_MODULES = $(wildcard lua/memcached/resty/*.lua)
 ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
-.PHONY: all deps demo test asan fuzz luajit test-luajit test-openresty spec-bins bench install clean
+.PHONY: all deps demo test test-all test-5.1 test-5.2 test-5.3 test-5.4 asan fuzz luajit test-luajit \
+        test-openresty test-luarocks spec-bins bench install dist clean
 
 all: $(MODULE)
 
@@ -87,15 +113,31 @@ spec/c/test_rules.bin: spec/c/test_rules.c spec/c/check.h $(RULES_SRC) $(wildcar
 	$(CC) $(CFLAGS) $(WARN) -Isrc/core -o $@ $< $(RULES_SRC)
 
 deps:
-	@sh scripts/deps.sh
+	@EXTRA_PKGS="$(LUA_PKGS)" sh scripts/deps.sh
 
 demo: deps
 	@$(MAKE) --no-print-directory all
 	@sh scripts/demo.sh
 
+# The specs load the module from MEMCACHED_SO_DIR (spec/helper.lua) and run
+# under $(LUA); busted and its modules come from Debian's lua-busted, which
+# installs them for every Lua (LuaJIT reads the 5.1 tree).
 test: deps
 	@$(MAKE) --no-print-directory all spec-bins
-	$(BUSTED) --lua=$(LUA) -o TAP spec
+	MEMCACHED_SO_DIR=$(CURDIR)/$(patsubst %/,%,$(dir $(MODULE))) $(BUSTED) --lua=$(LUA) -o TAP spec
+
+LUA_VERSIONS = 5.1 5.2 5.3 5.4 luajit
+
+test-5.1 test-5.2 test-5.3 test-5.4 test-luajit:
+	@$(MAKE) --no-print-directory test LUA_VERSION=$(@:test-%=%)
+
+# Every Lua in turn; one TAP stream per version, and a failure in one does
+# not stop the others.
+test-all:
+	@rc=0; for v in $(LUA_VERSIONS); do \
+		echo "==== Lua $$v"; \
+		$(MAKE) --no-print-directory test LUA_VERSION=$$v || rc=1; \
+	done; exit $$rc
 
 # The same specs with the module built under ASan+UBSan into build/asan.
 # LeakSanitizer is on: a leak makes the run exit non-zero. Lua itself is
@@ -126,20 +168,40 @@ fuzz:
 	@EXTRA_PKGS="clang" sh scripts/deps.sh
 	@sh scripts/fuzz.sh
 
-# The same C source for LuaJIT (OpenResty's ABI): build/luajit/memcached.so,
-# and the portable spec run against it. Debian's luajit CLI and its headers;
-# they cannot be installed next to OpenResty's libluajit2 packages.
-LUAJIT_PKGS = luajit libluajit-5.1-dev
-LUAJIT_INCDIR ?= /usr/include/luajit-2.1
-
+# The same C source for LuaJIT (OpenResty's ABI): build/luajit/memcached.so.
+# make test-luajit runs the specs against it under OpenResty's luajit.
 luajit:
-	@$(MAKE) --no-print-directory OBJDIR=build/luajit MODULE=build/luajit/memcached.so \
-		LUA_INCDIR=$(LUAJIT_INCDIR)
+	@$(MAKE) --no-print-directory all LUA_VERSION=luajit
 
-test-luajit:
-	@EXTRA_PKGS="$(LUAJIT_PKGS)" sh scripts/deps.sh
-	@$(MAKE) --no-print-directory luajit
-	MEMCACHED_SO_DIR=$(CURDIR)/build/luajit $(BUSTED) --lua=luajit -o TAP spec/portable_spec.lua
+# The release: version from src/lua/lmc_client.h, rock memcached-engine.
+VERSION  := $(shell sed -n 's/^\#define LMC_VERSION "\(.*\)"$$/\1/p' src/lua/lmc_client.h)
+DIST      = memcached-engine-$(VERSION)
+ROCKSPEC  = rockspec/$(DIST)-1.rockspec
+
+# build/dist/: the source tarball of every tracked file (as in the work
+# tree) under $(DIST)/, the release rockspec, and a .src.rock holding both,
+# which `luarocks build` installs with no network. Both byte for byte the
+# same from the same tree (sorted names, fixed owner, every time stamp the
+# last commit's).
+dist:
+	@test -f $(ROCKSPEC) || { echo "$(ROCKSPEC) is missing" >&2; exit 1; }
+	rm -rf build/dist
+	mkdir -p build/dist
+	t=$$(git log -1 --format=%ct) && \
+	git ls-files | LC_ALL=C sort | tar --create --no-recursion --files-from=- \
+		--transform='s,^,$(DIST)/,' --owner=0 --group=0 --numeric-owner \
+		--mtime=@$$t | gzip -n > build/dist/$(DIST).tar.gz && \
+	cp $(ROCKSPEC) build/dist/ && \
+	touch -d @$$t build/dist/$(DIST).tar.gz build/dist/$(DIST)-1.rockspec && \
+	cd build/dist && TZ=UTC zip -q -X $(DIST)-1.src.rock $(DIST)-1.rockspec $(DIST).tar.gz
+	@ls -l build/dist
+
+# luarocks make of the scm rockspec for every Lua, then the release
+# rockspec from the unpacked `make dist` tarball and its .src.rock with no
+# network; each installed module must load and talk to a memcached. TAP.
+test-luarocks:
+	@EXTRA_PKGS="luarocks zip lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev luajit2 libluajit2-5.1-dev" sh scripts/deps.sh
+	bash scripts/test-luarocks.sh
 
 # The OpenResty driver (lua/memcached/resty.lua) inside a real nginx with
 # ngx_http_lua: installs missing packages (nginx's Lua module brings
@@ -148,9 +210,12 @@ test-luajit:
 test-openresty:
 	bash scripts/test-openresty.sh
 
-install: $(MODULE)
+# No rebuild here: luarocks runs this step with none of its build flags, and
+# a rebuild would install a module for the Makefile's default Lua.
+install:
+	@test -f $(MODULE) || { echo "$(MODULE) is not built: run make first" >&2; exit 1; }
 	mkdir -p $(INST_LIBDIR)
-	cp memcached.so $(INST_LIBDIR)/
+	cp $(MODULE) $(INST_LIBDIR)/memcached.so
 	if [ -n "$(LUA_MODULES)" ]; then mkdir -p $(INST_LUADIR)/memcached && cp $(LUA_MODULES) $(INST_LUADIR)/memcached/; fi
 	if [ -n "$(LUA_RESTY_MODULES)" ]; then mkdir -p $(INST_LUADIR)/memcached/resty && cp $(LUA_RESTY_MODULES) $(INST_LUADIR)/memcached/resty/; fi
 

@@ -32,7 +32,7 @@ describe("bad input", function()
       space = "a b",
       newline = "a\nb",
       nul = "a\0b",
-      del = "a\x7fb",
+      del = "a\127b",
       tab = "a\tb",
     }
     -- every method that takes a key, with valid other arguments
@@ -47,7 +47,7 @@ describe("bad input", function()
       it("(" .. what .. ") are ERR_MALFORMED_KEY everywhere, nothing sent", function()
         local before = snapshot()
         for name, a in pairs(calls) do
-          local r = table.pack(mc[name](mc, k, table.unpack(a)))
+          local r = H.pack(mc[name](mc, k, H.unpack(a)))
           assert.are.equal(nil, r[1], name)
           assert.are.equal(memcached.ERR_MALFORMED_KEY, r[2], name)
           -- the table form too
@@ -56,7 +56,7 @@ describe("bad input", function()
               or name == "append" or name == "prepend" then
             t.value = "v"
           end
-          r = table.pack(mc[name](mc, t))
+          r = H.pack(mc[name](mc, t))
           assert.are.equal(nil, r[1], name .. "{}")
           assert.are.equal(memcached.ERR_MALFORMED_KEY, r[2], name .. "{}")
         end
@@ -70,14 +70,14 @@ describe("bad input", function()
 
     it("250 bytes is fine", function()
       local k = string.rep("k", 250)
-      assert.are.equal("integer", math.type(mc:set(k, "long")))
+      assert.are.equal("integer", H.mtype(mc:set(k, "long")))
       assert.are.equal("long", (mc:get(k)))
       assert.are.same({ [k] = "long" }, (mc:get_multi { k }))
     end)
 
     it("non-ASCII bytes (UTF-8) are fine", function()
-      local k = "cl\xc3\xa9-\xe2\x82\xac"
-      assert.are.equal("integer", math.type(mc:set(k, "utf8")))
+      local k = "cl\195\169-\226\130\172"
+      assert.are.equal("integer", H.mtype(mc:set(k, "utf8")))
       assert.are.equal("utf8", (mc:get(k)))
     end)
   end)
@@ -160,7 +160,7 @@ describe("bad input", function()
     it("raising left the client usable", function()
       pcall(mc.set, mc, 1, 1)
       pcall(mc.set, mc, "k", 1, -1)
-      assert.are.equal("integer", math.type(mc:set("after-raise", "ok")))
+      assert.are.equal("integer", H.mtype(mc:set("after-raise", "ok")))
       assert.are.equal("ok", (mc:get("after-raise")))
     end)
   end)
@@ -177,7 +177,7 @@ describe("bad input", function()
       assert.is_nil(v)
       assert.are.equal(memcached.ERR_VALUE_TOO_LARGE, err)
       -- the same client, right after
-      assert.are.equal("integer", math.type(mc:set("small", "fits")))
+      assert.are.equal("integer", H.mtype(mc:set("small", "fits")))
       assert.are.equal("fits", (mc:get("small")))
       assert.are.equal("untouched", (mc:get("neighbour")))
       assert.are.equal(memcached.ERR_CACHE_MISS, select(2, mc:get("big2")))
@@ -199,7 +199,7 @@ describe("bad input", function()
     -- every other key.
     it("is an error for that key only; the server keeps serving", function()
       local c = assert(memcached.new { servers = { srv.addr }, timeout = 1, max_value_size = 1024 })
-      assert.are.equal("integer", math.type(mc:set_raw_data("over-cap", string.rep("x", 4000))))
+      assert.are.equal("integer", H.mtype(mc:set_raw_data("over-cap", string.rep("x", 4000))))
       for _ = 1, 3 do
         local v, err = c:get("over-cap")
         assert.is_nil(v)
@@ -208,7 +208,7 @@ describe("bad input", function()
       local r, err = c:get_multi { "over-cap" }
       assert.are.same({}, r)
       assert.is_truthy(err)
-      assert.are.equal("integer", math.type(c:set("under-cap", "small")))
+      assert.are.equal("integer", H.mtype(c:set("under-cap", "small")))
       assert.are.equal("small", (c:get("under-cap")))
       c:close()
     end)

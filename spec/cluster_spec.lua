@@ -279,9 +279,9 @@ describe("soak", function()
       -- a fault every 10,000 operations, repaired 3,000 later
       local phase = n % 10000
       if phase == 1 then
-        local victim = s[(n // 10000) % 3 + 1]
+        local victim = s[math.floor(n / 10000) % 3 + 1]
         faults = faults + 1
-        if (n // 10000) % 2 == 0 then victim.kill9() else victim.sigstop() end
+        if math.floor(n / 10000) % 2 == 0 then victim.kill9() else victim.sigstop() end
       elseif phase == 3001 then
         for i = 1, 3 do
           if not s[i].pid then s[i].restart() else s[i].sigcont() end

@@ -2,6 +2,7 @@
 -- byte against frames written out by hand from memcached's binary protocol
 -- spec; recorded responses are fed in every possible split.
 
+local H = require "spec.helper"
 local memcached = require "memcached"
 local codec = memcached.codec
 local op, status = codec.op, codec.status
@@ -38,101 +39,102 @@ end)
 
 describe("request encoding", function()
   it("GET and GETKQ: key, no extras", function()
-    assert.equal("\x80\x00\x00\x03\x00\x00\x00\x00" ..
-                 "\x00\x00\x00\x03" .. "\xde\xad\xbe\xef" .. CAS0 .. "foo",
+    assert.equal("\128\000\000\003\000\000\000\000" ..
+                 "\000\000\000\003" .. "\222\173\190\239" .. CAS0 .. "foo",
                  codec.get(op.GET, 0xdeadbeef, "foo"))
-    assert.equal("\x80\x0d\x00\x01\x00\x00\x00\x00" ..
-                 "\x00\x00\x00\x01" .. "\x00\x00\x00\x07" .. CAS0 .. "k",
+    assert.equal("\128\013\000\001\000\000\000\000" ..
+                 "\000\000\000\001" .. "\000\000\000\007" .. CAS0 .. "k",
                  codec.get(op.GETKQ, 7, "k"))
   end)
 
   it("SET: flags + expiration extras, cas, key, value", function()
-    assert.equal("\x80\x01\x00\x01\x08\x00\x00\x00" ..
-                 "\x00\x00\x00\x0c" .. "\x00\x00\x00\x01" ..
-                 "\x01\x02\x03\x04\x05\x06\x07\x08" ..
-                 "\xde\xad\xbe\xef" .. "\x00\x00\x0e\x10" .. "k" .. "val",
-                 codec.store(op.SET, 1, 0x0102030405060708, "k", 0xdeadbeef,
+    assert.equal("\128\001\000\001\008\000\000\000" ..
+                 "\000\000\000\012" .. "\000\000\000\001" ..
+                 "\000\031\046\061\076\091\106\121" ..
+                 "\222\173\190\239" .. "\000\000\014\016" .. "k" .. "val",
+                 -- a cas below 2^53, exact on every Lua
+                 codec.store(op.SET, 1, 0x001f2e3d4c5b6a79, "k", 0xdeadbeef,
                              3600, "val"))
   end)
 
   it("ADDQ and REPLACE with nil cas/flags/exptime and an empty value", function()
-    assert.equal("\x80\x12\x00\x02\x08\x00\x00\x00" ..
-                 "\x00\x00\x00\x0a" .. "\x00\x00\x00\x02" .. CAS0 ..
+    assert.equal("\128\018\000\002\008\000\000\000" ..
+                 "\000\000\000\010" .. "\000\000\000\002" .. CAS0 ..
                  "\0\0\0\0\0\0\0\0" .. "ab",
                  codec.store(op.ADDQ, 2, nil, "ab", nil, nil, ""))
-    assert.equal("\x80\x03\x00\x01\x08\x00\x00\x00" ..
-                 "\x00\x00\x00\x0a" .. "\x00\x00\x00\x00" .. CAS0 ..
-                 "\x00\x00\x00\x01" .. "\x00\x00\x00\x00" .. "k" .. "\0",
+    assert.equal("\128\003\000\001\008\000\000\000" ..
+                 "\000\000\000\010" .. "\000\000\000\000" .. CAS0 ..
+                 "\000\000\000\001" .. "\000\000\000\000" .. "k" .. "\0",
                  codec.store(op.REPLACE, 0, 0, "k", 1, 0, "\0"))
   end)
 
   it("APPEND / PREPEND: no extras", function()
-    assert.equal("\x80\x0e\x00\x01\x00\x00\x00\x00" ..
-                 "\x00\x00\x00\x04" .. "\x00\x00\x00\x02" .. CAS0 .. "k" .. "xyz",
+    assert.equal("\128\014\000\001\000\000\000\000" ..
+                 "\000\000\000\004" .. "\000\000\000\002" .. CAS0 .. "k" .. "xyz",
                  codec.concat(op.APPEND, 2, 0, "k", "xyz"))
-    assert.equal("\x80\x0f\x00\x01\x00\x00\x00\x00" ..
-                 "\x00\x00\x00\x02" .. "\x00\x00\x00\x02" ..
-                 "\x00\x00\x00\x00\x00\x00\x00\x09" .. "k" .. "z",
+    assert.equal("\128\015\000\001\000\000\000\000" ..
+                 "\000\000\000\002" .. "\000\000\000\002" ..
+                 "\000\000\000\000\000\000\000\009" .. "k" .. "z",
                  codec.concat(op.PREPEND, 2, 9, "k", "z"))
   end)
 
   it("DELETE with cas", function()
-    assert.equal("\x80\x04\x00\x03\x00\x00\x00\x00" ..
-                 "\x00\x00\x00\x03" .. "\x00\x00\x00\x03" ..
-                 "\x00\x00\x00\x00\x00\x00\x00\x05" .. "key",
+    assert.equal("\128\004\000\003\000\000\000\000" ..
+                 "\000\000\000\003" .. "\000\000\000\003" ..
+                 "\000\000\000\000\000\000\000\005" .. "key",
                  codec.delete(op.DELETE, 3, 5, "key"))
   end)
 
   it("INCREMENT / DECREMENT: delta, initial, expiration", function()
-    assert.equal("\x80\x05\x00\x01\x14\x00\x00\x00" ..
-                 "\x00\x00\x00\x15" .. "\x00\x00\x00\x04" .. CAS0 ..
-                 "\x00\x00\x00\x00\x00\x00\x00\x01" ..
-                 "\x00\x00\x00\x00\x00\x00\x00\x0a" ..
-                 "\xff\xff\xff\xff" .. "c",
+    assert.equal("\128\005\000\001\020\000\000\000" ..
+                 "\000\000\000\021" .. "\000\000\000\004" .. CAS0 ..
+                 "\000\000\000\000\000\000\000\001" ..
+                 "\000\000\000\000\000\000\000\010" ..
+                 "\255\255\255\255" .. "c",
                  codec.arith(op.INCREMENT, 4, "c", 1, 10, codec.ARITH_NO_CREATE))
-    assert.equal("\x80\x06\x00\x01\x14\x00\x00\x00" ..
-                 "\x00\x00\x00\x15" .. "\x00\x00\x00\x04" .. CAS0 ..
-                 "\x01\x00\x00\x00\x00\x00\x00\x00" ..
-                 "\x00\x00\x00\x00\x00\x00\x00\x00" ..
-                 "\x00\x00\x00\x3c" .. "c",
+    assert.equal("\128\006\000\001\020\000\000\000" ..
+                 "\000\000\000\021" .. "\000\000\000\004" .. CAS0 ..
+                 "\001\000\000\000\000\000\000\000" ..
+                 "\000\000\000\000\000\000\000\000" ..
+                 "\000\000\000\060" .. "c",
                  codec.arith(op.DECREMENT, 4, "c", 0x0100000000000000, 0, 60))
   end)
 
   it("TOUCH, GAT, GATKQ: expiration extras", function()
-    local tail = "\x04\x00\x00\x00" .. "\x00\x00\x00\x05" ..
-                 "\x00\x00\x00\x05" .. CAS0 .. "\x00\x00\x00\x0a" .. "k"
-    assert.equal("\x80\x1c\x00\x01" .. tail, codec.touch(op.TOUCH, 5, "k", 10))
-    assert.equal("\x80\x1d\x00\x01" .. tail, codec.touch(op.GAT, 5, "k", 10))
-    assert.equal("\x80\x24\x00\x01" .. tail, codec.touch(op.GATKQ, 5, "k", 10))
+    local tail = "\004\000\000\000" .. "\000\000\000\005" ..
+                 "\000\000\000\005" .. CAS0 .. "\000\000\000\010" .. "k"
+    assert.equal("\128\028\000\001" .. tail, codec.touch(op.TOUCH, 5, "k", 10))
+    assert.equal("\128\029\000\001" .. tail, codec.touch(op.GAT, 5, "k", 10))
+    assert.equal("\128\036\000\001" .. tail, codec.touch(op.GATKQ, 5, "k", 10))
   end)
 
   it("FLUSH: extras only when delayed", function()
-    assert.equal("\x80\x08\x00\x00\x00\x00\x00\x00" ..
-                 "\x00\x00\x00\x00" .. "\x00\x00\x00\x06" .. CAS0,
+    assert.equal("\128\008\000\000\000\000\000\000" ..
+                 "\000\000\000\000" .. "\000\000\000\006" .. CAS0,
                  codec.flush(op.FLUSH, 6))
-    assert.equal("\x80\x08\x00\x00\x00\x00\x00\x00" ..
-                 "\x00\x00\x00\x00" .. "\x00\x00\x00\x06" .. CAS0,
+    assert.equal("\128\008\000\000\000\000\000\000" ..
+                 "\000\000\000\000" .. "\000\000\000\006" .. CAS0,
                  codec.flush(op.FLUSH, 6, 0))
-    assert.equal("\x80\x18\x00\x00\x04\x00\x00\x00" ..
-                 "\x00\x00\x00\x04" .. "\x00\x00\x00\x06" .. CAS0 ..
-                 "\x00\x00\x00\x1e",
+    assert.equal("\128\024\000\000\004\000\000\000" ..
+                 "\000\000\000\004" .. "\000\000\000\006" .. CAS0 ..
+                 "\000\000\000\030",
                  codec.flush(op.FLUSHQ, 6, 30))
   end)
 
   it("NOOP, VERSION, QUIT: header only", function()
-    local tail = "\x00\x00\x00\x00\x00\x00" .. "\x00\x00\x00\x00" ..
-                 "\xff\xff\xff\xff" .. CAS0
-    assert.equal("\x80\x0a" .. tail, codec.simple(op.NOOP, 0xffffffff))
-    assert.equal("\x80\x0b" .. tail, codec.simple(op.VERSION, 0xffffffff))
-    assert.equal("\x80\x07" .. tail, codec.simple(op.QUIT, 0xffffffff))
+    local tail = "\000\000\000\000\000\000" .. "\000\000\000\000" ..
+                 "\255\255\255\255" .. CAS0
+    assert.equal("\128\010" .. tail, codec.simple(op.NOOP, 0xffffffff))
+    assert.equal("\128\011" .. tail, codec.simple(op.VERSION, 0xffffffff))
+    assert.equal("\128\007" .. tail, codec.simple(op.QUIT, 0xffffffff))
   end)
 
   it("STAT: the group is the key", function()
-    assert.equal("\x80\x10\x00\x00\x00\x00\x00\x00" ..
-                 "\x00\x00\x00\x00" .. "\x00\x00\x00\x08" .. CAS0,
+    assert.equal("\128\016\000\000\000\000\000\000" ..
+                 "\000\000\000\000" .. "\000\000\000\008" .. CAS0,
                  codec.stat(8))
-    assert.equal("\x80\x10\x00\x05\x00\x00\x00\x00" ..
-                 "\x00\x00\x00\x05" .. "\x00\x00\x00\x08" .. CAS0 .. "items",
+    assert.equal("\128\016\000\005\000\000\000\000" ..
+                 "\000\000\000\005" .. "\000\000\000\008" .. CAS0 .. "items",
                  codec.stat(8, "items"))
   end)
 
@@ -175,7 +177,7 @@ end)
 -- ---- responses ------------------------------------------------------------
 
 local function hdr(opcode, keylen, extlen, st, bodylen, opaque, cas)
-  return string.pack(">BBI2BBI2I4I4I8", 0x81, opcode, keylen, extlen, 0, st,
+  return H.pack_be(">BBI2BBI2I4I4I8", 0x81, opcode, keylen, extlen, 0, st,
                      bodylen, opaque, cas)
 end
 
@@ -183,54 +185,54 @@ end
 -- must make of it.
 local fixtures = {
   { name = "GET hit with flags and value",
-    bytes = "\x81\x00\x00\x00\x04\x00\x00\x00" .. "\x00\x00\x00\x09" ..
-            "\x00\x00\x00\x01" .. "\x00\x00\x00\x00\x00\x00\x0a\xbc" ..
-            "\xde\xad\xbe\xef" .. "hello",
+    bytes = "\129\000\000\000\004\000\000\000" .. "\000\000\000\009" ..
+            "\000\000\000\001" .. "\000\000\000\000\000\000\010\188" ..
+            "\222\173\190\239" .. "hello",
     resp = { opcode = op.GET, status = 0, opaque = 1, cas = 0xabc,
-             flags = 0xdeadbeef, extras = "\xde\xad\xbe\xef", key = "",
+             flags = 0xdeadbeef, extras = "\222\173\190\239", key = "",
              value = "hello", datatype = 0 } },
   { name = "GET miss",
-    bytes = "\x81\x00\x00\x00\x00\x00\x00\x01" .. "\x00\x00\x00\x09" ..
-            "\x00\x00\x00\x02" .. CAS0 .. "Not found",
+    bytes = "\129\000\000\000\000\000\000\001" .. "\000\000\000\009" ..
+            "\000\000\000\002" .. CAS0 .. "Not found",
     resp = { opcode = op.GET, status = status.KEY_ENOENT, opaque = 2, cas = 0,
              flags = 0, extras = "", key = "", value = "Not found",
              datatype = 0 } },
   { name = "GETK hit",
-    bytes = "\x81\x0c\x00\x03\x04\x00\x00\x00" .. "\x00\x00\x00\x0a" ..
-            "\x00\x00\x00\x03" .. "\x00\x00\x00\x00\x00\x00\x00\x07" ..
-            "\x00\x00\x00\x00" .. "foo" .. "bar",
+    bytes = "\129\012\000\003\004\000\000\000" .. "\000\000\000\010" ..
+            "\000\000\000\003" .. "\000\000\000\000\000\000\000\007" ..
+            "\000\000\000\000" .. "foo" .. "bar",
     resp = { opcode = op.GETK, status = 0, opaque = 3, cas = 7, flags = 0,
              extras = "\0\0\0\0", key = "foo", value = "bar", datatype = 0 } },
   { name = "INCREMENT result",
-    bytes = "\x81\x05\x00\x00\x00\x00\x00\x00" .. "\x00\x00\x00\x08" ..
-            "\x00\x00\x00\x04" .. "\x00\x00\x00\x00\x00\x00\x00\x05" ..
-            "\x00\x00\x00\x00\x00\x00\x00\x0b",
+    bytes = "\129\005\000\000\000\000\000\000" .. "\000\000\000\008" ..
+            "\000\000\000\004" .. "\000\000\000\000\000\000\000\005" ..
+            "\000\000\000\000\000\000\000\011",
     resp = { opcode = op.INCREMENT, status = 0, opaque = 4, cas = 5,
              flags = 0, extras = "", key = "",
-             value = "\0\0\0\0\0\0\0\x0b", datatype = 0 } },
+             value = "\0\0\0\0\0\0\0\011", datatype = 0 } },
   { name = "VERSION",
-    bytes = "\x81\x0b\x00\x00\x00\x00\x00\x00" .. "\x00\x00\x00\x06" ..
-            "\x00\x00\x00\x05" .. CAS0 .. "1.6.21",
+    bytes = "\129\011\000\000\000\000\000\000" .. "\000\000\000\006" ..
+            "\000\000\000\005" .. CAS0 .. "1.6.21",
     resp = { opcode = op.VERSION, status = 0, opaque = 5, cas = 0, flags = 0,
              extras = "", key = "", value = "1.6.21", datatype = 0 } },
   { name = "STAT pid",
-    bytes = "\x81\x10\x00\x03\x00\x00\x00\x00" .. "\x00\x00\x00\x08" ..
-            "\x00\x00\x00\x06" .. CAS0 .. "pid" .. "12345",
+    bytes = "\129\016\000\003\000\000\000\000" .. "\000\000\000\008" ..
+            "\000\000\000\006" .. CAS0 .. "pid" .. "12345",
     resp = { opcode = op.STAT, status = 0, opaque = 6, cas = 0, flags = 0,
              extras = "", key = "pid", value = "12345", datatype = 0 } },
   { name = "STAT uptime",
-    bytes = "\x81\x10\x00\x06\x00\x00\x00\x00" .. "\x00\x00\x00\x09" ..
-            "\x00\x00\x00\x06" .. CAS0 .. "uptime" .. "100",
+    bytes = "\129\016\000\006\000\000\000\000" .. "\000\000\000\009" ..
+            "\000\000\000\006" .. CAS0 .. "uptime" .. "100",
     resp = { opcode = op.STAT, status = 0, opaque = 6, cas = 0, flags = 0,
              extras = "", key = "uptime", value = "100", datatype = 0 } },
   { name = "STAT end (empty key)",
-    bytes = "\x81\x10\x00\x00\x00\x00\x00\x00" .. "\x00\x00\x00\x00" ..
-            "\x00\x00\x00\x06" .. CAS0,
+    bytes = "\129\016\000\000\000\000\000\000" .. "\000\000\000\000" ..
+            "\000\000\000\006" .. CAS0,
     resp = { opcode = op.STAT, status = 0, opaque = 6, cas = 0, flags = 0,
              extras = "", key = "", value = "", datatype = 0 } },
   { name = "NOOP",
-    bytes = "\x81\x0a\x00\x00\x00\x00\x00\x00" .. "\x00\x00\x00\x00" ..
-            "\xff\xff\xff\xfe" .. CAS0,
+    bytes = "\129\010\000\000\000\000\000\000" .. "\000\000\000\000" ..
+            "\255\255\255\254" .. CAS0,
     resp = { opcode = op.NOOP, status = 0, opaque = 0xfffffffe, cas = 0,
              flags = 0, extras = "", key = "", value = "", datatype = 0 } },
 }
@@ -371,7 +373,7 @@ end)
 describe("protocol errors", function()
   it("refuses a bad magic byte at once and keeps failing", function()
     local r = codec.reader()
-    r:feed("\x80")
+    r:feed("\128")
     local resp, err = r:get()
     assert.is_nil(resp)
     assert.equal("bad magic byte 0x80 (expected 0x81)", err)
@@ -434,7 +436,7 @@ describe("protocol errors", function()
 
   it("reset clears the error and the bytes", function()
     local r = codec.reader()
-    r:feed("\x00\x01\x02")
+    r:feed("\000\001\002")
     assert.is_nil(r:get())
     r:reset()
     assert.equal(0, r:pending())
@@ -460,7 +462,7 @@ end)
 describe("reply shapes", function()
   local function reply(opcode, status, extras, key, value)
     local r = codec.reader()
-    r:feed(string.pack(">BBHBBHI4I4I8", 0x81, opcode, #key, #extras, 0, status,
+    r:feed(H.pack_be(">BBHBBHI4I4I8", 0x81, opcode, #key, #extras, 0, status,
       #extras + #key + #value, 9, 0) .. extras .. key .. value)
     return r:get()
   end

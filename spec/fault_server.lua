@@ -41,6 +41,10 @@
 --   once          answers (as echo) what arrives in a connection's first
 --                 read; data arriving later closes the connection
 --                 unanswered: a server that took a request and went away
+--   bigcas ARG    as echo, but every reply carries the cas ARG (decimal, up
+--                 to 2^64 - 1), and a request carrying another nonzero cas
+--                 is refused with status 2 (exists): a client that rounds
+--                 a cas past 2^53 cannot compare-and-swap with it
 --   echo          GET/GETK/GETQ/GETKQ are hits whose value is the key (flags
 --                 0); anything else gets status 0 and an empty body
 local socket = require "socket"
@@ -57,9 +61,15 @@ local HDR = ">BBHBBHI4I4I8" -- magic opcode keylen extlen datatype status/vb bod
 local GET, GETQ, GETK, GETKQ = 0x00, 0x09, 0x0c, 0x0d
 local GAT, GATK = 0x1d, 0x23
 
-local function response(req, status, extras, key, value)
+local function response(req, status, extras, key, value, cas)
   return string.pack(HDR, 0x81, req.opcode, #key, #extras, 0, status,
-    #extras + #key + #value, req.opaque, 1) .. extras .. key .. value
+    #extras + #key + #value, req.opaque, cas or 1) .. extras .. key .. value
+end
+
+-- bigcas: ARG as the 64 bits of an integer (wrapping past 2^63 - 1)
+local big_cas = 0
+if mode == "bigcas" then
+  for d in arg:gmatch("%d") do big_cas = big_cas * 10 + tonumber(d) end
 end
 
 -- The reply a well-behaved server would give, as echo defines it.
@@ -133,6 +143,11 @@ local answer = {
     end
     return echo(req)
   end,
+  bigcas = function(req)
+    if req.cas ~= 0 and req.cas ~= big_cas then return response(req, 2, "", "", "", big_cas) end
+    local r = echo(req)
+    return r:sub(1, 16) .. string.pack(">I8", big_cas) .. r:sub(25)
+  end,
   echo = echo,
   stray = echo,
   late_once = echo,
@@ -166,10 +181,10 @@ end
 local function serve(c)
   local buf = conns[c]
   while #buf >= 24 do
-    local magic, opcode, keylen, extlen, _, _, bodylen, opaque = string.unpack(HDR, buf)
+    local magic, opcode, keylen, extlen, _, _, bodylen, opaque, cas = string.unpack(HDR, buf)
     if magic ~= 0x80 then drop(c) return end
     if #buf < 24 + bodylen then break end
-    local req = { opcode = opcode, opaque = opaque,
+    local req = { opcode = opcode, opaque = opaque, cas = cas,
                   key = buf:sub(25 + extlen, 24 + extlen + keylen) }
     buf = buf:sub(25 + bodylen)
     local out = answer[mode](req)

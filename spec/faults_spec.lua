@@ -104,7 +104,7 @@ describe("faults", function()
     it("is an error, and after a restart on the same port the client serves again", function()
       local srv = H.start_memcached()
       local mc = client { srv.addr }
-      assert.are.equal("integer", math.type(mc:set("k", "before")))
+      assert.are.equal("integer", H.mtype(mc:set("k", "before")))
       srv.kill9()
       local dt, v, err = H.timed(function() return mc:get("k") end)
       assert.is_nil(v)
@@ -137,7 +137,7 @@ describe("faults", function()
       mc:set_server_error_callback(function(addr, _, state)
         events[#events + 1] = addr .. " " .. state
       end)
-      assert.are.equal("integer", math.type(mc:set("k", 1)))
+      assert.are.equal("integer", H.mtype(mc:set("k", 1)))
       srv.kill9()
       assert.is_nil((mc:get("k")))
       assert.are.same({ srv.addr .. " down" }, events)
@@ -232,7 +232,7 @@ describe("faults", function()
         all[#all + 1] = k
         if mc:pick_server(k) == srv.addr then
           good[k] = "v" .. i
-          assert.are.equal("integer", math.type(mc:set(k, good[k])))
+          assert.are.equal("integer", H.mtype(mc:set(k, good[k])))
         else
           bad[k] = memcached.ERR_TIMEOUT
         end

@@ -71,14 +71,14 @@ describe("server lists that change while they are read", function()
   it("finalizers that grow the list while it is copied change nothing read", function()
     local out, ok = child([[
       local addr = ...
-      collectgarbage("incremental", 1, 1000)
+      gc_incremental(1, 1000)
       for round = 1, 30 do
         local list = {}
         for i = 1, 300 do list[i] = { "127.0.0.1:" .. (30000 + i), weight = 2 } end
-        for _ = 1, 20 do setmetatable({}, { __gc = function()
+        for _ = 1, 20 do finalizer(function()
           for i = 1, 200 do list[#list + 1] = "127.0.0.1:" .. (40000 + i) end
           for i = 1, #list, 7 do list[i] = addr end
-        end }) end
+        end) end
         local mc = assert(memcached.new { servers = list })
         local n = #mc:servers()
         assert(n >= 1 and n <= 500, "servers: " .. n)

@@ -1,6 +1,5 @@
--- Written in the Lua 5.1 subset, so it runs under Lua 5.4 with the rest of
--- the suite and, alone, under LuaJIT against the LuaJIT build of the same C
--- source (`make test-luajit`): the module's core behaviour on both ABIs.
+-- The module's core behaviour in one file, as a first check of a new Lua
+-- or build (the whole suite runs under every Lua: make test-all).
 local H = require "spec.helper"
 local memcached = H.memcached
 

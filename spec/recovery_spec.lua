@@ -221,10 +221,10 @@ describe("a server killed (-9) and restarted at once on the same port", function
     { "get", function(mc) return mc:get("k") end, nil, memcached.ERR_CACHE_MISS },
     { "get_and_touch", function(mc) return mc:get_and_touch("k", 100) end, nil, memcached.ERR_CACHE_MISS },
     { "touch", function(mc) return mc:touch("k", 100) end, nil, memcached.ERR_CACHE_MISS },
-    { "set", function(mc) return math.type(mc:set("k", "v2")) end, "integer" },
-    { "set_raw_data", function(mc) return math.type(mc:set_raw_data("k", "v2")) end, "integer" },
+    { "set", function(mc) return H.mtype(mc:set("k", "v2")) end, "integer" },
+    { "set_raw_data", function(mc) return H.mtype(mc:set_raw_data("k", "v2")) end, "integer" },
     -- not safe to send twice: a staleness check before reuse instead
-    { "add", function(mc) return math.type(mc:add("k", "v2")) end, "integer" },
+    { "add", function(mc) return H.mtype(mc:add("k", "v2")) end, "integer" },
     { "increment", function(mc) return mc:increment("n", 1) end, nil, memcached.ERR_CACHE_MISS },
     { "delete", function(mc) return mc:delete("k") end, nil, memcached.ERR_CACHE_MISS },
     { "append", function(mc) return mc:append("k", "x") end, nil, memcached.ERR_NOT_STORED },
@@ -232,7 +232,7 @@ describe("a server killed (-9) and restarted at once on the same port", function
       memcached.ERR_NOT_STORED },
     { "stats", function(mc) return type((mc:stats() or {})[srv.addr]) end, "table" },
     -- more than the socket takes at once: the send itself meets the reset
-    { "set of 900 KB", function(mc) return math.type(mc:set_raw_data("k", string.rep("v", 900000))) end,
+    { "set of 900 KB", function(mc) return H.mtype(mc:set_raw_data("k", string.rep("v", 900000))) end,
       "integer" },
   }
   for _, case in ipairs(cases) do

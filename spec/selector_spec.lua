@@ -88,16 +88,25 @@ describe("ketama selector", function()
 end)
 
 describe("modulo selector", function()
-  -- An independent crc32 (IEEE), bit by bit, to check gomemcache's rule.
+  -- An independent crc32 (IEEE), bit by bit, to check gomemcache's rule;
+  -- in arithmetic, since 5.1 and 5.2 have no bitwise operators.
+  local function xor32(a, b)
+    local r, bit = 0, 1
+    for _ = 1, 32 do
+      if a % 2 ~= b % 2 then r = r + bit end
+      a, b, bit = math.floor(a / 2), math.floor(b / 2), bit * 2
+    end
+    return r
+  end
   local function crc32(s)
     local crc = 0xffffffff
     for i = 1, #s do
-      crc = crc ~ s:byte(i)
+      crc = xor32(crc, s:byte(i))
       for _ = 1, 8 do
-        if crc & 1 == 1 then crc = (crc >> 1) ~ 0xedb88320 else crc = crc >> 1 end
+        if crc % 2 == 1 then crc = xor32(math.floor(crc / 2), 0xedb88320) else crc = math.floor(crc / 2) end
       end
     end
-    return crc ~ 0xffffffff
+    return xor32(crc, 0xffffffff)
   end
 
   it("computes crc32 as Go's crc32.ChecksumIEEE", function()

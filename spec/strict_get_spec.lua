@@ -62,7 +62,7 @@ describe("strict get", function()
       local mc = client(f.addr) -- a new client: a new connection
       local v = mc:get("k")
       mc:close()
-      local o = assert(math.tointeger(tonumber(v)), tostring(v))
+      local o = assert(H.tointeger(tonumber(v)), tostring(v))
       assert.is_nil(seen[o], "opaque " .. o .. " again")
       seen[o] = true
       n = n + 1

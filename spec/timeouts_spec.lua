@@ -8,7 +8,7 @@ local memcached = H.memcached
 
 local function median(xs)
   table.sort(xs)
-  return xs[(#xs + 1) // 2]
+  return xs[math.floor((#xs + 1) / 2)]
 end
 
 -- Runs fn `n` times; returns the sorted times in ms.

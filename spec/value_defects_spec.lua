@@ -9,8 +9,8 @@ local encode, decode = memcached.encode, memcached.decode
 -- msgpack bytes built by hand, so the specs do not trust our encoder.
 local function mp_array_header(n)
   if n < 16 then return string.char(0x90 + n) end
-  if n < 65536 then return string.pack(">BI2", 0xdc, n) end
-  return string.pack(">BI4", 0xdd, n)
+  if n < 65536 then return H.pack_be(">BI2", 0xdc, n) end
+  return H.pack_be(">BI4", 0xdd, n)
 end
 
 local function mp_str(s)
@@ -23,11 +23,11 @@ end
 local function big_value(n)
   local parts = { mp_array_header(n) }
   for i = 1, n do
-    parts[#parts + 1] = "\x99" -- array of 9
+    parts[#parts + 1] = "\153" -- array of 9
     for j = 1, 8 do
       parts[#parts + 1] = mp_str(string.format("s%d_%d", i, j))
     end
-    parts[#parts + 1] = "\x81" .. mp_str("k") .. "\xcd" .. string.pack(">I2", i)
+    parts[#parts + 1] = "\129" .. mp_str("k") .. "\205" .. H.pack_be(">I2", i)
   end
   return table.concat(parts)
 end
@@ -46,49 +46,51 @@ end
 
 describe("value codec defects", function()
   describe("re-entry from finalizers", function()
-    local inner = "\x93\xa3abc\x92\x01\x02\x81\xa1x\xc3"
+    local inner = "\147\163abc\146\001\002\129\161x\195"
 
     -- Makes garbage whose finalizers call decode and encode, then decodes a
     -- big value while the collector runs them. The finalizers fill the
     -- module's shared msgpack zone with their own objects.
     local function run(mode, n)
       local fin_runs, fin_bad = 0, 0
-      local mt = {
-        __gc = function()
-          fin_runs = fin_runs + 1
-          for _ = 1, 4 do
-            local v = decode(inner)
-            if not (v and v[1] == "abc" and v[2][2] == 2 and v[3].x == true) then
-              fin_bad = fin_bad + 1
-            end
-            local b = encode({ "finalizer", { 1, 2, 3 }, k = "v" })
-            if not b or not decode(b) then fin_bad = fin_bad + 1 end
+      local function fin()
+        fin_runs = fin_runs + 1
+        for _ = 1, 4 do
+          local v = decode(inner)
+          if not (v and v[1] == "abc" and v[2][2] == 2 and v[3].x == true) then
+            fin_bad = fin_bad + 1
           end
-        end,
-      }
+          local b = encode({ "finalizer", { 1, 2, 3 }, k = "v" })
+          if not b or not decode(b) then fin_bad = fin_bad + 1 end
+        end
+      end
       local bytes = big_value(n)
-      collectgarbage(mode)
+      if mode == "generational" then collectgarbage(mode) end
       -- a short pause: a new cycle (and its finalizers) starts at once
-      if mode == "incremental" then collectgarbage("incremental", 100, 100) end
+      if mode == "incremental" then H.gc_incremental(100, 100) end
       local ok, err = pcall(function()
         for round = 1, 6 do
-          for _ = 1, 4000 do setmetatable({}, mt) end
+          for _ = 1, 4000 do H.finalizer(fin) end
           local v, derr = decode(bytes)
           assert(v, derr)
           check_big(v, n)
           assert(round) -- keeps the loop variable used
         end
       end)
-      collectgarbage("incremental", 200, 100) -- Lua 5.4's defaults
+      if mode == "generational" then collectgarbage("incremental") end
+      H.gc_incremental() -- the defaults
       collectgarbage()
       assert(ok, err)
       assert.equal(0, fin_bad)
       assert.is_true(fin_runs > 0, "no finalizer ran during the decodes")
     end
 
-    it("keeps the outer value intact when finalizers decode (generational)", function()
-      run("generational", 3000)
-    end)
+    -- the generational collector is Lua 5.4's
+    if _VERSION == "Lua 5.4" then
+      it("keeps the outer value intact when finalizers decode (generational)", function()
+        run("generational", 3000)
+      end)
+    end
 
     it("keeps the outer value intact when finalizers decode (incremental)", function()
       run("incremental", 3000)
@@ -100,7 +102,7 @@ describe("value codec defects", function()
     local function nil_pattern(n, mask)
       local parts = { mp_array_header(n) }
       for i = 1, n do
-        parts[i + 1] = (mask >> (i - 1)) & 1 == 1 and "\xc0" or mp_str("e" .. i)
+        parts[i + 1] = math.floor(mask / 2 ^ (i - 1)) % 2 == 1 and "\192" or mp_str("e" .. i)
       end
       return table.concat(parts)
     end
@@ -108,11 +110,11 @@ describe("value codec defects", function()
     it("re-encodes every nil pattern of arrays of length 2..15 byte for byte", function()
       local lost, checked = 0, 0
       for n = 2, 15 do
-        for mask = 0, (1 << n) - 1 do
+        for mask = 0, 2 ^ n - 1 do
           local bytes = nil_pattern(n, mask)
           local v = assert(decode(bytes))
           for i = 1, n do
-            assert(v[i] == ((mask >> (i - 1)) & 1 == 0 and ("e" .. i) or nil))
+            assert(v[i] == (math.floor(mask / 2 ^ (i - 1)) % 2 == 0 and ("e" .. i) or nil))
           end
           if encode(v) ~= bytes then lost = lost + 1 end
           checked = checked + 1
@@ -123,25 +125,25 @@ describe("value codec defects", function()
     end)
 
     it("records the length of decoded arrays that hold nil, and only of those", function()
-      local v = decode("\x95\xc0\xc0\xa7keep me\xc0\xc0")
+      local v = decode("\149\192\192\167keep me\192\192")
       assert.equal(5, memcached.array_length(v))
       assert.equal(memcached.array_mt, getmetatable(v))
-      assert.equal("\x95\xc0\xc0\xa7keep me\xc0\xc0", encode(v))
-      assert.is_nil(memcached.array_length(decode("\x92\x01\x02")))
-      assert.is_nil(memcached.array_length(decode("\x90")))
+      assert.equal("\149\192\192\167keep me\192\192", encode(v))
+      assert.is_nil(memcached.array_length(decode("\146\001\002")))
+      assert.is_nil(memcached.array_length(decode("\144")))
       -- nested: each inner array keeps its own length
-      local nested = "\x92\x93\xc0\x01\xc0\x81\xa1k\x94\xc0\xc0\xc0\xc0"
+      local nested = "\146\147\192\001\192\129\161k\148\192\192\192\192"
       assert.equal(nested, encode(decode(nested)))
     end)
 
     it("keeps elements added after decoding, and refuses excessively sparse arrays", function()
-      local v = decode("\x93\xc0\x01\xc0")
+      local v = decode("\147\192\001\192")
       v[5] = "x"
-      assert.equal("\x95\xc0\x01\xc0\xc0\xa1x", encode(v))
+      assert.equal("\149\192\001\192\192\161x", encode(v))
       -- a table marked array_mt by hand: every element, never a border of #t
       local t = setmetatable({}, memcached.array_mt)
       t[2], t[4] = "b", "d"
-      assert.equal("\x94\xc0\xa1b\xc0\xa1d", encode(t))
+      assert.equal("\148\192\161b\192\161d", encode(t))
       local bytes, err = encode({ a = setmetatable({ [1000000] = 1 }, memcached.array_mt) })
       assert.is_nil(bytes)
       assert.matches("sparse array (largest index 1000000, 1 elements; see memcached.array) at value.a", err, 1, true)
@@ -154,15 +156,15 @@ describe("value codec defects", function()
       assert.equal(t, memcached.array(t, 5))
       assert.equal(memcached.array_mt, getmetatable(t))
       assert.equal(5, memcached.array_length(t))
-      assert.equal("\x95\xa1a\xc0\xa1c\xc0\xc0", encode(t))
+      assert.equal("\149\161a\192\161c\192\192", encode(t))
       -- default: the largest positive integer key
       local u = memcached.array({ [3] = true, x = "ignored" })
       assert.equal(3, memcached.array_length(u))
-      assert.equal("\x93\xc0\xc0\xc3", encode(u))
-      assert.equal("\x90", encode(memcached.array({})))
-      assert.equal("\x92\xc0\xc0", encode(memcached.array({}, 2)))
+      assert.equal("\147\192\192\195", encode(u))
+      assert.equal("\144", encode(memcached.array({})))
+      assert.equal("\146\192\192", encode(memcached.array({}, 2)))
       -- a map_mt table may be turned into an array
-      assert.equal("\x91\x01", encode(memcached.array(setmetatable({ 1 }, memcached.map_mt))))
+      assert.equal("\145\001", encode(memcached.array(setmetatable({ 1 }, memcached.map_mt))))
       -- the length never hides an element
       assert.has_error(function() memcached.array({ 1, 2, 3 }, 2) end)
       assert.has_error(function() memcached.array({}, -1) end)
@@ -188,7 +190,7 @@ describe("value codec defects", function()
         for n = 2, 15 do
           -- every pattern of the short arrays, a spread of the long ones
           local step = n <= 8 and 1 or 97
-          for mask = 0, (1 << n) - 1, step do
+          for mask = 0, 2 ^ n - 1, step do
             local bytes = nil_pattern(n, mask)
             assert(mc:set_raw_data("holes", bytes, 0, nil, 1))
             local v, cas = mc:get("holes")
@@ -211,16 +213,16 @@ describe("value codec defects", function()
     -- n bytes of msgpack: an array holding n - 5 empty arrays, which cost
     -- a 56-byte table and a 16-byte slot each in Lua
     local function empty_arrays(n)
-      return "\xdd" .. string.pack(">I4", n - 5) .. string.rep("\x90", n - 5)
+      return "\221" .. H.pack_be(">I4", n - 5) .. string.rep("\144", n - 5)
     end
 
     local function grown_kb(fn)
       collectgarbage()
       collectgarbage()
       local before = collectgarbage("count")
-      local r = table.pack(fn())
+      local r = H.pack(fn())
       local grown = collectgarbage("count") - before
-      return grown, table.unpack(r, 1, r.n)
+      return grown, H.unpack(r, 1, r.n)
     end
 
     it("refuses an 8 MB item of nested empty arrays before building it", function()
@@ -233,8 +235,8 @@ describe("value codec defects", function()
       assert.is_true(grown < 1024, "Lua memory grew by " .. grown .. " KB")
       -- arrays of empty maps, and arrays nested one inside the next (the
       -- msgpack-c depth limit aside: 30 levels of 0x91, then empty), too
-      local maps = "\xdd" .. string.pack(">I4", 2 ^ 22) .. string.rep("\x80", 2 ^ 22)
-      local deep = "\xdd" .. string.pack(">I4", 2 ^ 17) .. string.rep(string.rep("\x91", 30) .. "\x90", 2 ^ 17)
+      local maps = "\221" .. H.pack_be(">I4", 2 ^ 22) .. string.rep("\128", 2 ^ 22)
+      local deep = "\221" .. H.pack_be(">I4", 2 ^ 17) .. string.rep(string.rep("\145", 30) .. "\144", 2 ^ 17)
       for _, b in ipairs({ maps, deep }) do
         local v2, err2 = decode(b)
         assert(v2 == nil and err2 and err2:find("decoded size budget", 1, true), err2 or "decoded")

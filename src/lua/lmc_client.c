@@ -123,6 +123,11 @@ uint32_t check_exptime(lua_State *L, lua_Integer v, const char *what)
 
 lua_Integer check_integer(lua_State *L, int i, const char *name)
 {
+#if LUA_VERSION_NUM < 503
+    lua_Integer big;
+    if (lmc_u64_string(L, i, &big)) /* a cas or counter past 2^53 */
+        return big;
+#endif
     if (!lua_isinteger(L, i))
         luaL_error(L, "bad argument #%d (%s): integer expected, got %s", i - 1,
                    name, luaL_typename(L, i));
@@ -589,7 +594,7 @@ LMC_EXPORT int luaopen_memcached(lua_State *L)
     }
     lua_pushnumber(L, 0.1);
     lua_setfield(L, -2, "DEFAULT_TIMEOUT");
-    lua_pushliteral(L, "0.1.0");
+    lua_pushliteral(L, LMC_VERSION);
     lua_setfield(L, -2, "_VERSION");
     lmc_value_open(L);
     lmc_codec_open(L);

@@ -7,6 +7,11 @@
 
 #include <lua.h>
 
+/* The release: memcached._VERSION. The Makefile reads it from here (make
+ * dist); the release rockspec and CHANGELOG.md must say the same
+ * (spec/release_spec.lua checks). */
+#define LMC_VERSION "0.1.0"
+
 #ifndef LMC_EXPORT
 #define LMC_EXPORT __attribute__((visibility("default")))
 #endif

@@ -142,7 +142,7 @@ static int op_push_item(lua_State *L, op *o)
         mc_client_end(o->u->c, &o->q);
         return fail(L, ERR(UNDECODABLE), err);
     }
-    lmc_pushint(L, o->r.cas);
+    lmc_pushu64(L, o->r.cas);
     lmc_pushint(L, o->r.flags);
     return op_done(o, 3);
 }
@@ -292,7 +292,7 @@ static int do_store(lua_State *L, uint8_t opcode, enum mc_op_kind k, int raw,
         return n;
     if (o.r.status != MC_STATUS_OK)
         return op_status_fail(L, &o, k);
-    lmc_pushint(L, o.r.cas);
+    lmc_pushu64(L, o.r.cas);
     return op_done(&o, 1);
 }
 
@@ -326,7 +326,7 @@ static int do_concat(lua_State *L, uint8_t opcode)
         return n;
     if (o.r.status != MC_STATUS_OK)
         return op_status_fail(L, &o, MC_KIND_REPLACE);
-    lmc_pushint(L, o.r.cas);
+    lmc_pushu64(L, o.r.cas);
     return op_done(&o, 1);
 }
 
@@ -455,10 +455,10 @@ static int do_arith(lua_State *L, uint8_t opcode, int counter_only)
         mc_client_end_broken(u->c, &o.q);
         return fail(L, ERR(PROTOCOL), d);
     }
-    lmc_pushint(L, count);
+    lmc_pushu64(L, count);
     if (counter_only)
         return op_done(&o, 1);
-    lmc_pushint(L, o.r.cas);
+    lmc_pushu64(L, o.r.cas);
     return op_done(&o, 2);
 }
 

@@ -1,5 +1,5 @@
 rockspec_format = "3.0"
-package = "memcached"
+package = "memcached-engine"
 version = "scm-1"
 source = {
    url = "git+https://github.com/lua-memcached/lua-memcached.git",
@@ -8,17 +8,21 @@ source = {
 description = {
    summary = "memcached client with a C engine: binary protocol, msgpack values, ketama",
    detailed = [[
-A memcached client for Lua 5.4 and OpenResty. The engine is C: the binary
-protocol, pools of connections per server, dead-server handling and key
-placement compatible with libmemcached (ketama), gomemcache (crc32 modulo)
-and gomemcached. Values are msgpack with flags = 1, so they can be shared
-with Go services using gomemcached.
+A memcached client for Lua 5.1, 5.2, 5.3, 5.4, LuaJIT and OpenResty. The
+engine is C: the binary protocol, pools of connections per server,
+dead-server handling and key placement compatible with libmemcached
+(ketama), gomemcache (crc32 modulo) and gomemcached. Values are msgpack
+with flags = 1, so they can be shared with Go services using gomemcached.
+The rock installs the module `memcached` (and `memcached.resty` for
+OpenResty).
 ]],
    homepage = "https://github.com/lua-memcached/lua-memcached",
    license = "MIT",
 }
+-- ppoll, CLOCK_MONOTONIC_COARSE, getrandom: Linux only
+supported_platforms = { "linux" }
 dependencies = {
-   "lua >= 5.1",
+   "lua >= 5.1, < 5.5",
 }
 external_dependencies = {
    MSGPACK = {
@@ -32,7 +36,8 @@ external_dependencies = {
 }
 build = {
    type = "make",
-   -- the Makefile rebuilds objects whose flags differ from luarocks'
+   -- built once, with luarocks' flags, into a directory of its own;
+   -- `make install` copies that module and never rebuilds
    build_target = "all",
    build_variables = {
       LUA = "$(LUA)",
@@ -43,10 +48,13 @@ build = {
       MSGPACK_LIBS = "-L$(MSGPACK_LIBDIR) -lmsgpackc",
       SSL_CFLAGS = "-I$(OPENSSL_INCDIR)",
       SSL_LIBS = "-L$(OPENSSL_LIBDIR) -lssl -lcrypto",
+      OBJDIR = "build/luarocks",
+      MODULE = "build/luarocks/memcached.so",
    },
    install_target = "install",
    install_variables = {
       INST_LIBDIR = "$(LIBDIR)",
       INST_LUADIR = "$(LUADIR)",
+      MODULE = "build/luarocks/memcached.so",
    },
 }
