@@ -32,6 +32,7 @@
 #include "mc_abi.h"
 #include "mc_conn.h"
 #include "mc_error.h"
+#include "mc_proto.h"
 
 #define RING_MT "memcached.core.ring"
 #define BATCH_MT "memcached.core.batch"
@@ -72,7 +73,7 @@ static int c_enc(lua_State *L)
     return 1;
 }
 
-/* take_one(buf, pos, max_body, kind, op, opaque [, key]):
+/* take_one(buf, pos, max_body, kind, op, opaque [, key [, pipelined]]):
  *   1, err, status, flags, cas, key, value, used  (a whole reply)
  *   0, need                                         (more bytes)
  *   -1, err, msg                                    (framed wrongly)
@@ -96,8 +97,25 @@ static int c_take_one(lua_State *L)
         return luaL_argerror(L, 2, "position outside the buffer");
     p = buf + pos - 1;
     msg[0] = '\0';
-    rc = mc_abi_take_one(p, len - (size_t)(pos - 1), max_body, kind, op,
-                         opaque, key, klen, &r, msg, sizeof msg);
+    len -= (size_t)(pos - 1);
+    if (lua_toboolean(L, 8) && len > MC_HEADER_LEN) {
+        /* pipelined: the next request's reply may follow this one, so the
+         * core judges this reply alone (its rule that nothing follows a
+         * single reply holds for the bytes it is shown) */
+        rc = mc_abi_take_one(p, MC_HEADER_LEN, max_body, kind, op, opaque,
+                             key, klen, &r, msg, sizeof msg);
+        if (rc == 0 && r.need > len) {
+            lua_pushinteger(L, 0);
+            lua_pushinteger(L, r.need);
+            return 2;
+        }
+        if (rc == 0)
+            rc = mc_abi_take_one(p, r.need, max_body, kind, op, opaque, key,
+                                 klen, &r, msg, sizeof msg);
+    } else {
+        rc = mc_abi_take_one(p, len, max_body, kind, op, opaque, key, klen,
+                             &r, msg, sizeof msg);
+    }
     lua_pushinteger(L, rc);
     if (rc == 0) {
         lua_pushinteger(L, r.need);
