@@ -211,14 +211,27 @@ local function text_line(self, c)
   return true
 end
 
--- Hands every whole reply in c's buffer to its slot, in order.
+-- Hands every whole reply in c's buffer to its slot, in order. A reply is
+-- handed over only once the stream after it is seen in step: the next
+-- slot's reply whole and judged good by the core, or, for the last slot,
+-- nothing after it. A reply whose declared length swallowed the start of
+-- the next one (cut short, or a length byte damaged) then fails with the
+-- whole connection instead of reaching its caller with foreign bytes.
+local function judge(c, s, buf, pos)
+  local pk = s.peeked
+  if pk then
+    s.peeked = nil
+    return 1, pk[1], pk[2], pk[3], pk[4], pk[5], pk[6], pk[7]
+  end
+  return take_one(buf, pos, MAX_BODY, s.kind, s.op, s.opaque, s.key, true)
+end
+
 local function deliver(self, c)
   if c.text then return text_line(self, c) end
   local buf, pos = c.rbuf, c.rpos
   while c.head <= c.tail do
     local s = c[c.head]
-    local rc, err, status, flags, cas, key, value, used = take_one(buf, pos, MAX_BODY, s.kind, s.op,
-      s.opaque, s.key, true)
+    local rc, err, status, flags, cas, key, value, used = judge(c, s, buf, pos)
     if rc == 0 then break end
     if rc == -2 then
       c.rbuf, c.rpos = buf, pos
@@ -229,9 +242,9 @@ local function deliver(self, c)
       conn_fail(self, c, errs[err], c.addr .. ": " .. status)
       return
     end
-    pos = pos + used
     if s.stream then
       -- a STAT stream: entries until one with an empty key
+      pos = pos + used
       local fin, ferr, fdetail = s.stream(s, err, status, key, value)
       if fin == nil then
         c.rbuf, c.rpos = "", 1
@@ -245,6 +258,33 @@ local function deliver(self, c)
         wake(self, s.co)
       end
     else
+      local after = pos + used
+      if c.head < c.tail then
+        local n = c[c.head + 1]
+        if not n.stream then
+          local rc2, e2, st2, f2, cas2, k2, v2, u2 = take_one(buf, after, MAX_BODY, n.kind, n.op,
+            n.opaque, n.key, true)
+          if rc2 == 0 then
+            s.peeked = { err, status, flags, cas, key, value, used }
+            break
+          end
+          if rc2 == 1 then n.peeked = { e2, st2, f2, cas2, k2, v2, u2 }
+          elseif rc2 == -1 then
+            c.rbuf, c.rpos = "", 1
+            conn_fail(self, c, errs[e2], c.addr .. ": " .. st2)
+            return
+          else -- no reply starts where the next one should
+            c.rbuf, c.rpos = "", 1
+            conn_fail(self, c, E_PROTOCOL, c.addr .. ": a reply runs into bytes that start no reply")
+            return
+          end
+        end
+      elseif after <= #buf then
+        c.rbuf, c.rpos = "", 1
+        conn_fail(self, c, E_PROTOCOL, c.addr .. ": bytes after the last reply nobody asked for")
+        return
+      end
+      pos = after
       c[c.head] = nil
       c.head = c.head + 1
       if not s.done then -- else: its caller gave up waiting; the reply is dropped
