@@ -33,9 +33,9 @@ end
 
 local function ms(timeout) return ceil(timeout * 1000) end
 
--- One poll handle per descriptor, closed by cancel before the descriptor.
-local polls = {}
-
+-- A poll handle per wait, closed when the wait ends: a handle kept per
+-- descriptor would outlive a descriptor closed without the cancel hook
+-- (a client collected unclosed) and watch whatever reuses its number.
 -- Coroutines woken by wakeup run from an idle handle, not from inside the
 -- waker: no coroutine is resumed from another one.
 local ready, idle = {}, nil
@@ -51,11 +51,7 @@ local sleeping = {} -- coroutine -> its timer while it sleeps
 M.hooks = {
   wait = function(fd, events, timeout)
     local co = running()
-    local h = polls[fd]
-    if not h then
-      h = uv.new_poll(fd)
-      polls[fd] = h
-    end
+    local h = uv.new_poll(fd)
     local t = timeout and take_timer()
     local fired = false
     local function done()
@@ -68,6 +64,7 @@ M.hooks = {
     h:start(events, done)
     if t then t:start(ms(timeout), 0, done) end
     yield()
+    h:close()
     if t then give_timer(t) end
   end,
   sleep = function(timeout)
@@ -92,14 +89,6 @@ M.hooks = {
     ready[#ready + 1] = co
     if not idle then idle = uv.new_idle() end
     if #ready == 1 then idle:start(run_ready) end
-  end,
-  cancel = function(fd)
-    local h = polls[fd]
-    if h then
-      polls[fd] = nil
-      h:stop()
-      h:close()
-    end
   end,
 }
 

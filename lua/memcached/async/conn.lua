@@ -38,14 +38,23 @@ local M = { E = E, MAX_BODY = MAX_BODY }
 
 -- ---- parking a coroutine ----
 
--- The eventfd a coroutine waits on when the loop gives no way to wake it;
--- closed with its holder when the coroutine is collected.
-local efd_mt = { __gc = function(h) core.close(h.fd) end }
+-- The eventfd a coroutine waits on when the loop gives no way to wake it.
+-- When the coroutine is collected its descriptor goes to a free list, not
+-- closed: a loop may keep state per descriptor number (a poll handle),
+-- which a closed and reused number would confuse, and no hook may run
+-- from a finalizer.
+local free_efds = {}
+local efd_mt = { __gc = function(h)
+  core.efd_drain(h.fd)
+  free_efds[#free_efds + 1] = h.fd
+end }
 local efds = setmetatable({}, { __mode = "k" })
 local function efd_of(co)
   local h = efds[co]
   if not h then
-    h = setmetatable({ fd = assert(core.efd_new()) }, efd_mt)
+    local fd = free_efds[#free_efds]
+    if fd then free_efds[#free_efds] = nil else fd = assert(core.efd_new()) end
+    h = setmetatable({ fd = fd }, efd_mt)
     efds[co] = h
   end
   return h.fd
