@@ -424,4 +424,14 @@ else
   print("")
 end
 
+-- Async mode (issue 11): 100 coroutines x 1,000 gets on one server inside
+-- cqueues and luv against the blocking client's serial loop, one process.
+print("## Async mode")
+print("")
+do
+  local out, ok = sh(PIN .. LUA .. " bench/async.lua " .. S1 .. " 100 1000 2 2>&1")
+  if ok then io.write(out) else print("(bench/async.lua failed: " .. trim(out) .. ")") end
+end
+print("")
+
 print("Results written to bench/results.tsv")

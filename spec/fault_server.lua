@@ -45,6 +45,11 @@
 --                 to 2^64 - 1), and a request carrying another nonzero cas
 --                 is refused with status 2 (exists): a client that rounds
 --                 a cas past 2^53 cannot compare-and-swap with it
+--   reorder       as echo, but the replies to the requests that arrived
+--                 in one read go back in reverse order (out of order)
+--   close_after ARG  as echo for a connection's first ARG requests, then
+--                 the connection is closed with the rest unanswered (a
+--                 server that goes away mid-pipeline)
 --   echo          GET/GETK/GETQ/GETKQ are hits whose value is the key (flags
 --                 0); anything else gets status 0 and an empty body
 local socket = require "socket"
@@ -154,6 +159,8 @@ local answer = {
   slow = echo,
   swallow = echo,
   once = echo,
+  reorder = echo,
+  close_after = echo,
 }
 assert(answer[mode] or mode == "close", "unknown mode " .. tostring(mode))
 
@@ -162,6 +169,7 @@ local delayed = {}   -- {sock=, data=, at=} replies to send later
 local first_seen = false
 local held = {}      -- swallow: socket -> replies of the batch so far
 local served = {}    -- once: sockets whose first read was answered
+local answered = {}  -- close_after: socket -> requests answered
 
 local function drop(c)
   conns[c] = nil
@@ -180,6 +188,7 @@ end
 -- Parses every complete request in the connection's buffer.
 local function serve(c)
   local buf = conns[c]
+  local backwards = {} -- reorder: this read's replies
   while #buf >= 24 do
     local magic, opcode, keylen, extlen, _, _, bodylen, opaque, cas = string.unpack(HDR, buf)
     if magic ~= 0x80 then drop(c) return end
@@ -188,6 +197,17 @@ local function serve(c)
                   key = buf:sub(25 + extlen, 24 + extlen + keylen) }
     buf = buf:sub(25 + bodylen)
     local out = answer[mode](req)
+    if mode == "close_after" then
+      answered[c] = (answered[c] or 0) + 1
+      if answered[c] > tonumber(arg) then
+        answered[c] = nil
+        drop(c)
+        return
+      end
+    elseif mode == "reorder" then
+      table.insert(backwards, 1, out)
+      out = nil
+    end
     if mode == "swallow" then
       held[c] = held[c] or {}
       local h = held[c]
@@ -212,6 +232,10 @@ local function serve(c)
       send(c, out)
       if not conns[c] then return end
     end
+  end
+  if #backwards > 0 then
+    send(c, table.concat(backwards))
+    if not conns[c] then return end
   end
   conns[c] = buf
 end

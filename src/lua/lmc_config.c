@@ -554,6 +554,34 @@ static int construct(lua_State *L, int t, int from, int sel)
     return 1;
 }
 
+/* True when the options table at t has a wait hook: the client is then
+ * the async driver's (lua/memcached/async.lua), which yields where this
+ * one would block. */
+static int wants_async(lua_State *L, int t)
+{
+    int yes;
+    if (lua_type(L, t) != LUA_TTABLE)
+        return 0;
+    lua_getfield(L, t, "wait");
+    yes = !lua_isnil(L, -1);
+    lua_pop(L, 1);
+    return yes;
+}
+
+/* require("memcached.async")[fn](the call's arguments) */
+static int async_new(lua_State *L, const char *fn)
+{
+    int n = lua_gettop(L);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "memcached.async");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, fn);
+    lua_insert(L, 1);
+    lua_pop(L, 1);
+    lua_call(L, n, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
 /* memcached.new(server, ...) or memcached.new{servers = ..., ...} */
 int l_new(lua_State *L)
 {
@@ -561,6 +589,8 @@ int l_new(lua_State *L)
         lua_rawgeti(L, 1, 1);
         if (lua_isnil(L, -1)) { /* an options table */
             lua_pop(L, 1);
+            if (wants_async(L, 1))
+                return async_new(L, "new");
             return construct(L, 1, 0, 0);
         }
         lua_pop(L, 1);
@@ -577,6 +607,8 @@ int l_new_from_selector(lua_State *L)
     if (!lua_isnoneornil(L, 2))
         luaL_checktype(L, 2, LUA_TTABLE);
     lua_settop(L, 2);
+    if (wants_async(L, 2))
+        return async_new(L, "new_from_selector");
     return construct(L, lua_isnil(L, 2) ? 0 : 2, 0, 1);
 }
 

@@ -1,0 +1,637 @@
+-- memcached.async: the client for coroutines under any event loop.
+--
+-- memcached.new{..., wait = fn} (and memcached.cqueues / memcached.luv,
+-- which supply the hooks) makes one of these: the C client's methods,
+-- arguments, returns and ERR_* values, but whenever it would block it
+-- calls the loop's hooks (memcached.async.conn) instead, which may yield
+-- the running coroutine. Many coroutines may share one client: requests
+-- they have in flight to one server are pipelined on its connections
+-- (up to max_conns of them). Every rule is the C core's, through
+-- memcached.core: framing, the judgement of replies, placement and server
+-- health (mc_ring), the key rule, the lock marker, counters, addresses.
+-- Host names are resolved in new, before any loop needs to run.
+local core = require "memcached.core"
+local memcached = require "memcached"
+local conn = require "memcached.async.conn"
+
+local codec = memcached.codec
+local OP, ST = codec.op, codec.status
+local NO_CREATE = codec.ARITH_NO_CREATE
+local status_str, mp_encode, mp_decode = codec.status_str, memcached.encode, memcached.decode
+local enc, now, errs, key_ok = core.enc, core.now, core.errs, core.key_ok
+local type, error, tostring, pairs, ipairs, pcall = type, error, tostring, pairs, ipairs, pcall
+local floor, sub, find, setmetatable = math.floor, string.sub, string.find, setmetatable
+local E = conn.E
+local server_of, request = conn.server_of, conn.request
+
+local _M = { _VERSION = "0.1" }
+for k, v in pairs(E) do _M[k] = v end
+local mt = { __index = _M, __name = "memcached.async" }
+
+local E_MISS, E_KEY, E_PROTOCOL = E.ERR_CACHE_MISS, E.ERR_MALFORMED_KEY, E.ERR_PROTOCOL
+local E_CLIENT_CLOSED, E_AUTH = E.ERR_CLIENT_CLOSED, E.ERR_AUTH
+local CLOSED_DETAIL = "the client was closed"
+local KEY_DETAIL = "keys are 1 to 250 bytes without spaces or control characters"
+local U32 = 4294967295
+local K_GET, K_SET, K_ADD, K_REPLACE, K_OTHER = 0, 1, 2, 3, 4 -- enum mc_op_kind
+local err_num = {}
+for i, s in ipairs(errs) do err_num[s] = i end
+local AUTH = err_num[E_AUTH]
+
+-- ---- arguments (as the C client checks them) ----
+
+local function check_key(key)
+  if type(key) ~= "string" then
+    error("bad argument #1 (key): string expected, got " .. type(key), 3)
+  end
+end
+
+local function opt_uint(n, name, v, hi)
+  if v ~= nil and (type(v) ~= "number" or v ~= floor(v) or v < 0 or (hi and v > hi)) then
+    error(("bad argument #%d (%s): integer 0..%s expected, got %s")
+      :format(n, name, tostring(hi or "2^64"), tostring(v)), 3)
+  end
+  return v and floor(v)
+end
+
+local function field(t, name)
+  if name == "expiration" then return t.expiration or t.exptime end
+  return name and t[name]
+end
+local function fields(t, a, b, c, d, e)
+  return field(t, a), field(t, b), field(t, c), field(t, d), field(t, e)
+end
+
+local function opt_number(opts, name, def, lo, hi)
+  local v = opts[name]
+  if v == nil then return def end
+  if type(v) ~= "number" or v < lo or v > hi then
+    error("option '" .. name .. "' must be a number " .. lo .. ".." .. hi, 4)
+  end
+  return v
+end
+
+local function opt_int(opts, name, def, lo, hi)
+  local v = opts[name]
+  if v == nil then return def end
+  if type(v) ~= "number" or v ~= floor(v) or v < lo or v > hi then
+    error("option '" .. name .. "' must be an integer " .. lo .. ".." .. hi, 4)
+  end
+  return floor(v)
+end
+
+local function opt_fn(opts, name)
+  local v = opts[name]
+  if v ~= nil and type(v) ~= "function" then
+    error("option '" .. name .. "' must be a function", 4)
+  end
+  return v
+end
+
+-- ---- servers: the core's ring ----
+
+local function server_list(list, out)
+  out = out or {}
+  for i = 1, #list do
+    local e = list[i]
+    if type(e) == "string" then out[#out + 1] = { e, 1 }
+    elseif type(e) == "table" and type(e[1]) == "string" then
+      local w = e.weight or e[2] or 1
+      if type(w) ~= "number" or w ~= floor(w) or w < 1 or w > 65535 then
+        error("server weight must be an integer 1..65535", 3)
+      end
+      out[#out + 1] = { e[1], floor(w) }
+    elseif type(e) == "table" then server_list(e, out)
+    else
+      error("bad server #" .. i .. ": \"host:port\", a unix socket path or {addr, weight = n} expected, got "
+        .. type(e), 3)
+    end
+  end
+  return out
+end
+
+-- Where the driver dials each address: a host name resolved once, here
+-- (new and set_servers run before the loop needs to), as a numeric
+-- address; numeric addresses and unix sockets as they are. nil, or err,
+-- detail.
+local function resolve(self, list)
+  for _, e in ipairs(list) do
+    local addr = e[1]
+    if not self.dial[addr] then
+      local kind, host, port = core.addr_split(addr)
+      if not kind then return E.ERR_BAD_SERVER, host end
+      if kind == 0 and not find(host, "^%d+%.%d+%.%d+%.%d+$") and not find(host, ":", 1, true) then
+        local ip, err = core.resolve(host)
+        if not ip then return E.ERR_BAD_SERVER, err end
+        self.dial[addr] = (find(ip, ":", 1, true) and "[" .. ip .. "]" or ip) .. ":" .. port
+      else
+        self.dial[addr] = addr
+      end
+    end
+  end
+end
+
+local SELECTORS = { modulo = 0, ketama = 1, gomemcached = 2 }
+
+local function new_ring(self, list)
+  local addrs, weights = {}, {}
+  for i, e in ipairs(list) do addrs[i], weights[i] = e[1], e[2] end
+  local ring, err = core.ring_new(self.selector, addrs, weights, self.failure_limit,
+    self.retry_timeout, self.eject)
+  if not ring then return nil, E.ERR_BAD_SERVER, err end
+  return ring
+end
+
+local function event(self, srv, why, state)
+  local fn = self.callback
+  if fn then pcall(fn, self.ring:name(srv), why, state) end
+end
+
+local function server_name(self, srv)
+  local n = self.names[srv]
+  if not n then
+    n = self.ring:name(srv)
+    self.names[srv] = n
+  end
+  return n
+end
+
+local function server_ok(self, srv)
+  if self.ring:ok(srv) then event(self, srv, "responding again", "up") end
+end
+
+-- What a failure costs the server, as the core rules (health_verdict).
+local function server_failed(self, srv, err, detail)
+  local verdict = core.health_verdict(err_num[err] or 0)
+  if verdict == 1 then return server_ok(self, srv) end
+  if verdict == 2 then return end
+  local why = tostring(err) .. ": " .. tostring(detail)
+  if self.ring:failed(srv, now(), why) then event(self, srv, why, "down") end
+end
+
+-- Probes a dead server whose retry time came (claimed by this caller): a
+-- connect and a NOOP within probe_timeout on a connection of its own,
+-- judged by the core; never the caller's request. True when it answered.
+local function probe(self, srv)
+  local addr = server_name(self, srv)
+  local sv = server_of(self, addr)
+  local deadline = now() + self.probe_timeout
+  local opaque = core.random32()
+  local s = { kind = K_OTHER, op = OP.NOOP, opaque = opaque }
+  local c, err, detail = conn.open(self, sv)
+  if c then
+    c.exclusive = true
+    c.cdeadline = deadline
+    local ok = true
+    if c.connecting then ok, err, detail = conn.finish_connect(self, c, deadline) end
+    if ok then
+      c.exclusive = nil
+      c.tail = 1
+      c[1] = s
+      c.wq[1], c.wn = enc(OP.NOOP, opaque), 1
+      s.co, s.deadline = coroutine.running(), deadline
+      c.reader = s
+      conn.read_for(self, c, s)
+      c.reader = nil
+      if s.done and not s.failed then
+        server_ok(self, srv)
+        return true
+      end
+      err, detail = s.err, s.detail
+    else
+      conn.conn_fail(self, c, err, detail)
+    end
+  end
+  local why = "probe: " .. tostring(err) .. ": " .. tostring(detail)
+  if self.ring:failed(srv, now(), why) then event(self, srv, why, "down") end
+  return false
+end
+
+local function dead_detail(self, srv)
+  local _, _, last = self.ring:alive(srv)
+  return server_name(self, srv) .. ": marked dead after: " .. tostring(last)
+end
+
+local function no_server(self, e, srv)
+  local err = errs[e]
+  if err == E.ERR_SERVER_DEAD then return nil, err, dead_detail(self, srv) end
+  if self.ring:nservers() == 0 then return nil, err, "no servers configured" end
+  return nil, err, "no servers available: all are marked dead"
+end
+
+local function custom_addr(sel, key)
+  if type(sel) == "function" then return pcall(sel, key) end
+  return pcall(sel.pick_server, sel, key)
+end
+
+local function place_custom(self, key)
+  local ring = self.ring
+  local ok, addr = custom_addr(self.custom, key)
+  if not ok or type(addr) ~= "string" then
+    return nil, E.ERR_NO_SERVERS, "selector gave no server for key '" .. sub(key, 1, 60) .. "': "
+      .. tostring(addr or "no address")
+  end
+  local srv, err = ring:intern(addr)
+  if not srv then return nil, E.ERR_BAD_SERVER, err end
+  local derr, ddetail = resolve(self, { { addr } })
+  if derr then return nil, derr, ddetail end
+  local usable, due = ring:usable(srv, now())
+  if usable or (due and probe(self, srv)) then return srv end
+  return nil, E.ERR_SERVER_DEAD, dead_detail(self, srv)
+end
+
+-- Where key goes, dead servers considered: its server, or nil, err,
+-- detail. A dead server whose retry time came is probed first.
+local function place(self, key)
+  if self.custom then return place_custom(self, key) end
+  local ring = self.ring
+  local srv, due, e = ring:pick(key, now())
+  if srv >= 0 and due and not probe(self, srv) then
+    local dead = srv
+    srv, e = ring:around(key)
+    if srv < 0 then return no_server(self, e, dead) end
+  end
+  if srv < 0 then return no_server(self, e, ring:static(key)) end
+  return srv
+end
+
+-- ---- one request ----
+
+-- One request to the server of key: data framed by frame(opaque, ...).
+-- Returns the slot with the reply (s.err 0 for success, else the core's
+-- error number for its status) and the address; or nil, err, detail.
+local function call(self, key, kind, op, frame, ...)
+  if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
+  if not key_ok(key) then return nil, E_KEY, KEY_DETAIL end
+  local srv, err, detail = place(self, key)
+  if not srv then return nil, err, detail end
+  local addr = server_name(self, srv)
+  local opaque = core.random32()
+  local s = { kind = kind, op = op, opaque = opaque,
+    key = (op == OP.GETK or op == OP.GATK) and key or nil }
+  request(self, server_of(self, addr), s, frame(op, opaque, ...), now() + self.io_timeout)
+  if s.failed then
+    server_failed(self, srv, s.err, s.detail)
+    return nil, s.err, s.detail
+  end
+  server_ok(self, srv)
+  local e = s.err
+  if e == 0 then return s, addr end
+  local st = s.status
+  local msg = st ~= ST.OK and s.value ~= "" and ": " .. sub(s.value, 1, 120) or ""
+  if e == AUTH then
+    -- the server closes the connection after it; so does the next read
+    return nil, E_AUTH, addr .. ": " .. status_str(st) .. msg
+  end
+  if st == ST.OK then return nil, errs[e] end -- delete_lock's marker: a miss
+  return nil, errs[e], addr .. ": " .. status_str(st) .. msg
+end
+
+local function f_get(op, opaque, key) return enc(op, opaque, 0, key) end
+local function f_store(op, opaque, cas, key, flags, exptime, value)
+  return enc(op, opaque, cas or 0, key, 1, flags, exptime or 0, value)
+end
+local function f_concat(op, opaque, cas, key, value) return enc(op, opaque, cas or 0, key, 0, 0, 0, value) end
+local function f_delete(op, opaque, cas, key) return enc(op, opaque, cas or 0, key) end
+local f_arith, f_touch = codec.arith, codec.touch
+
+local function item_value(self, s)
+  if s.flags ~= self.mp_flag then return true, s.value end
+  local v, err = mp_decode(s.value)
+  if v == nil and err ~= nil then return false, err end
+  return true, v
+end
+
+local function key_op(self, op, key, exptime)
+  if type(key) == "table" then key, exptime = fields(key, "key", "expiration") end
+  check_key(key)
+  exptime = opt_uint(2, "expiration", exptime, U32)
+  local s, addr, detail
+  if op == OP.GETK then s, addr, detail = call(self, key, K_GET, op, f_get, key)
+  else s, addr, detail = call(self, key, K_GET, op, f_touch, key, exptime) end
+  if not s then return nil, addr, detail end
+  if op == OP.TOUCH then return true end
+  local ok, v = item_value(self, s)
+  if not ok then return nil, E.ERR_UNDECODABLE, addr .. ": " .. tostring(v) end
+  return v, s.cas, s.flags
+end
+
+function _M.get(self, key) return key_op(self, OP.GETK, key) end
+function _M.get_and_touch(self, key, exptime) return key_op(self, OP.GATK, key, exptime) end
+function _M.touch(self, key, exptime) return key_op(self, OP.TOUCH, key, exptime) end
+
+local function store(self, op, kind, raw, is_cas, key, value, a3, a4, flags)
+  local exptime, cas = a3, a4
+  if type(key) == "table" then
+    key, value, exptime, cas, flags = fields(key, "key", "value", "expiration", "cas", "flags")
+  elseif is_cas then
+    cas, exptime = a3, a4
+  end
+  check_key(key)
+  exptime = opt_uint(3, "expiration", exptime, U32)
+  flags = opt_uint(5, "flags", flags, U32)
+  cas = opt_uint(4, "cas", cas)
+  if is_cas and (cas or 0) == 0 then
+    error("bad argument #3 (cas): compare_and_swap needs the cas of a previous get", 3)
+  end
+  if raw or (flags and flags ~= self.mp_flag) then
+    if type(value) ~= "string" then
+      error("bad argument #2 (value): string expected for raw data, got " .. type(value), 3)
+    end
+    flags = flags or 0
+  else
+    if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
+    if not key_ok(key) then return nil, E_KEY, KEY_DETAIL end
+    local err
+    value, err = mp_encode(value)
+    if not value then return nil, E.ERR_UNENCODABLE, err end
+    flags = self.mp_flag
+  end
+  local s, addr, detail = call(self, key, kind, op, f_store, cas, key, flags, exptime, value)
+  if not s then return nil, addr, detail end
+  return s.cas
+end
+
+function _M.set(self, k, v, e, c, f) return store(self, OP.SET, K_SET, false, false, k, v, e, c, f) end
+function _M.add(self, k, v, e, c, f) return store(self, OP.ADD, K_ADD, false, false, k, v, e, c, f) end
+function _M.replace(self, k, v, e, c, f) return store(self, OP.REPLACE, K_REPLACE, false, false, k, v, e, c, f) end
+function _M.compare_and_swap(self, k, v, c, e, f) return store(self, OP.SET, K_REPLACE, false, true, k, v, c, e, f) end
+function _M.set_raw_data(self, k, v, e, c, f) return store(self, OP.SET, K_SET, true, false, k, v, e, c, f) end
+function _M.add_raw_data(self, k, v, e, c, f) return store(self, OP.ADD, K_ADD, true, false, k, v, e, c, f) end
+function _M.replace_raw_data(self, k, v, e, c, f) return store(self, OP.REPLACE, K_REPLACE, true, false, k, v, e, c, f) end
+
+local function concat_op(self, op, key, bytes, cas)
+  if type(key) == "table" then key, bytes, cas = fields(key, "key", "value", "cas") end
+  check_key(key)
+  if type(bytes) ~= "string" then
+    error("bad argument #2 (bytes): string expected, got " .. type(bytes), 3)
+  end
+  cas = opt_uint(3, "cas", cas)
+  local s, addr, detail = call(self, key, K_REPLACE, op, f_concat, cas, key, bytes)
+  if not s then return nil, addr, detail end
+  return s.cas
+end
+
+function _M.append(self, key, bytes, cas) return concat_op(self, OP.APPEND, key, bytes, cas) end
+function _M.prepend(self, key, bytes, cas) return concat_op(self, OP.PREPEND, key, bytes, cas) end
+
+function _M.delete(self, key, cas)
+  if type(key) == "table" then key, cas = fields(key, "key", "cas") end
+  check_key(key)
+  cas = opt_uint(2, "cas", cas)
+  local kind = (cas or 0) ~= 0 and K_REPLACE or K_GET
+  local s, err, detail = call(self, key, kind, OP.DELETE, f_delete, cas, key)
+  if not s then return nil, err, detail end
+  return true
+end
+
+-- delete_lock(key, seconds): REPLACEs the item with the core's marker,
+-- which expires after `seconds`; 0 is a plain delete.
+function _M.delete_lock(self, key, seconds)
+  if type(key) == "table" then
+    local t = key
+    key, seconds = t.key, t.seconds
+    if seconds == nil then seconds = t.expiration end
+  end
+  check_key(key)
+  if type(seconds) ~= "number" or seconds ~= floor(seconds) then
+    error("bad argument #2 (seconds): integer expected, got " .. type(seconds), 2)
+  end
+  if seconds < 0 or seconds > U32 then error("bad argument #2 (seconds): must be 0..4294967295", 2) end
+  local s, err, detail
+  if seconds == 0 then
+    s, err, detail = call(self, key, K_GET, OP.DELETE, f_delete, nil, key)
+  else
+    s, err, detail = call(self, key, K_GET, OP.REPLACE, f_store, nil, key, core.LOCK_FLAGS,
+      floor(seconds), core.LOCK_VALUE)
+  end
+  if not s then return nil, err, detail end
+  return true
+end
+
+local function arith_call(self, op, key, delta, initial, exp)
+  local s, addr, detail = call(self, key, K_GET, op, f_arith, key, delta, initial, exp)
+  if not s then
+    local err = addr
+    if err == E.ERR_NON_NUMERIC then
+      local g, gerr, gdetail = call(self, key, K_GET, OP.GETK, f_get, key)
+      if not g and gerr == E_MISS and gdetail == nil then
+        return nil, E_MISS, "the key is locked by delete_lock"
+      end
+      detail = "the item is not a decimal number"
+    end
+    return nil, err, detail
+  end
+  local n = core.counter_value(s.value)
+  if not n then return nil, E_PROTOCOL, addr .. ": counter reply of " .. #s.value .. " bytes, not 8" end
+  return n, s.cas
+end
+
+local function arith(self, op, key, delta, initial, exptime)
+  if type(key) == "table" then
+    key, delta, initial, exptime = fields(key, "key", "delta", "initial", "expiration")
+  end
+  check_key(key)
+  if delta == nil then error("bad argument #2 (delta): integer expected, got nil", 3) end
+  delta = opt_uint(2, "delta", delta)
+  initial = opt_uint(3, "initial", initial)
+  exptime = opt_uint(4, "expiration", exptime, U32)
+  local exp = initial and (exptime or 0) or NO_CREATE
+  return arith_call(self, op, key, delta, initial, exp)
+end
+
+function _M.increment(self, key, delta, initial, exptime) return arith(self, OP.INCREMENT, key, delta, initial, exptime) end
+function _M.decrement(self, key, delta, initial, exptime) return arith(self, OP.DECREMENT, key, delta, initial, exptime) end
+
+function _M.touch_atomic_value(self, key)
+  if type(key) == "table" then key = key.key end
+  check_key(key)
+  local n, err, detail = arith_call(self, OP.INCREMENT, key, 0, nil, NO_CREATE)
+  if n == nil then return nil, err, detail end
+  return n
+end
+
+-- ---- the server list ----
+
+function _M.set_server_error_callback(self, fn)
+  if fn ~= nil and type(fn) ~= "function" then
+    error("bad argument #1 (callback): function or nil expected, got " .. type(fn), 2)
+  end
+  self.callback = fn
+  return true
+end
+
+function _M.pick_server(self, key)
+  check_key(key)
+  if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
+  if not key_ok(key) then return nil, E_KEY end
+  if self.custom then
+    local ok, addr = custom_addr(self.custom, key)
+    if not ok or type(addr) ~= "string" then return nil, E.ERR_NO_SERVERS, tostring(addr) end
+    return addr
+  end
+  local srv = self.ring:static(key)
+  if srv < 0 then return nil, E.ERR_NO_SERVERS, "no servers configured" end
+  return server_name(self, srv)
+end
+
+function _M.servers(self)
+  if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
+  local out = {}
+  for i = 0, self.ring:nservers() - 1 do
+    local alive, failures, last = self.ring:alive(i)
+    local addr = server_name(self, i)
+    local sv = self.by_addr[addr]
+    out[i + 1] = { addr = addr, alive = alive, failures = failures, last_error = last,
+      connections = sv and #sv.conns or 0 }
+  end
+  return out
+end
+
+-- A new list (no change on a bad address); servers kept from the old list
+-- keep their health (its failures replayed into the new ring).
+local function replace_ring(self, list)
+  local ring, err, detail = new_ring(self, list)
+  if not ring then return nil, err, detail end
+  err, detail = resolve(self, list)
+  if err then return nil, err, detail end
+  local old, listed = self.ring, {}
+  for j = 0, ring:nservers() - 1 do listed[ring:name(j)] = j end
+  for i = 0, old:nservers() - 1 do
+    local name = old:name(i)
+    local j = listed[name]
+    if not j and self.custom then j = ring:intern(name) end
+    if j then
+      local _, failures, last = old:alive(i)
+      for _ = 1, failures do ring:failed(j, now(), last or "") end
+    end
+  end
+  self.ring, self.list, self.names = ring, list, {}
+  return true
+end
+
+function _M.set_servers(self, ...)
+  if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
+  return replace_ring(self, server_list({ ... }))
+end
+
+function _M.add_server(self, addr, max_conns)
+  if type(addr) ~= "string" and type(addr) ~= "table" then
+    error("bad argument #1 (addr): \"host:port\", a unix socket path or {addr, weight = n} expected, got "
+      .. type(addr), 2)
+  end
+  opt_uint(2, "max_conns", max_conns, 1000000)
+  if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
+  local list = {}
+  for i, e in ipairs(self.list) do list[i] = e end
+  server_list({ addr }, list)
+  return replace_ring(self, list)
+end
+
+-- Idle connections close at once; those in use when their requests end.
+function _M.close(self)
+  if not self.closed then
+    self.closed = true
+    conn.close_idle(self)
+  end
+  return true
+end
+_M.exit = _M.close
+mt.__close = function(self) _M.close(self) end
+mt.__gc = function(self)
+  -- the descriptors only: no hook may run from a finalizer
+  for _, sv in pairs(self.by_addr) do
+    for _, c in ipairs(sv.conns) do
+      if not c.dead then c.dead = true core.close(c.fd) end
+    end
+  end
+end
+
+-- ---- making a client ----
+
+local OPTIONS = { servers = 1, timeout = 1, connect_timeout = 1, io_timeout = 1, max_conns = 1,
+  max_idle = 1, msgpack_flag = 1, selector = 1, failure_limit = 1, retry_timeout = 1, eject = 1,
+  max_value_size = 1, probe_timeout = 1, wait = 1, sleep = 1, wakeup = 1, cancel = 1 }
+
+-- The default cap on connections per server: requests of many coroutines
+-- share them (pipelined), so a few are enough; 0 means no cap.
+_M.DEFAULT_MAX_CONNS = 2
+
+local function construct(opts, custom)
+  for k in pairs(opts) do
+    if not OPTIONS[k] then error("unknown option '" .. tostring(k) .. "'", 3) end
+  end
+  if type(opts.wait) ~= "function" then
+    error("option 'wait' must be a function(fd, events, timeout)", 3)
+  end
+  local timeout = opt_number(opts, "timeout", memcached.DEFAULT_TIMEOUT, 0.001, 3600)
+  local sel = opts.selector or "ketama"
+  if custom then sel = "ketama"
+  elseif type(sel) == "function" or type(sel) == "table" then custom, sel = sel, "ketama"
+  elseif SELECTORS[sel] == nil then error("unknown selector '" .. tostring(sel) .. "'", 3) end
+  local connect_timeout = opt_number(opts, "connect_timeout", timeout, 0.001, 3600)
+  local self = setmetatable({
+    wait = opts.wait, sleep = opt_fn(opts, "sleep"), wakeup = opt_fn(opts, "wakeup"),
+    cancel = opt_fn(opts, "cancel"),
+    connect_timeout = connect_timeout,
+    io_timeout = opt_number(opts, "io_timeout", timeout, 0.001, 3600),
+    max_conns = opt_int(opts, "max_conns", _M.DEFAULT_MAX_CONNS, 0, 1000000),
+    mp_flag = opt_int(opts, "msgpack_flag", 1, 0, U32),
+    selector = SELECTORS[sel],
+    custom = custom,
+    failure_limit = opt_int(opts, "failure_limit", 2, 1, 1000000),
+    retry_timeout = opt_number(opts, "retry_timeout", 1.0, 0, 86400),
+    probe_timeout = math.min(opt_number(opts, "probe_timeout", 0.02, 0.001, 3600), connect_timeout),
+    eject = opts.eject ~= false,
+    by_addr = {}, -- per server address: connections (memcached.async.conn)
+    dial = {},    -- address -> what to connect to
+    names = {},
+  }, mt)
+  opt_int(opts, "max_idle", 2, 0, 1000000)
+  opt_int(opts, "max_value_size", 1024, 1024, 0x7fffffff)
+  if (opts.sleep == nil) ~= (opts.wakeup == nil) then
+    error("options 'sleep' and 'wakeup' go together", 3)
+  end
+  local list = server_list(opts.servers or {})
+  local ring, err, detail = new_ring(self, list)
+  if not ring then return nil, err, detail end
+  err, detail = resolve(self, list)
+  if err then return nil, err, detail end
+  self.ring, self.list = ring, list
+  return self
+end
+
+-- new{servers =, wait =, ...} (the C client's options, plus the hooks
+-- wait, sleep/wakeup and cancel), or new(server, ..., {wait =, ...})
+function _M.new(opts, ...)
+  if type(opts) ~= "table" or opts[1] ~= nil then
+    local args = { opts, ... }
+    local last = args[#args]
+    if type(last) == "table" and last.wait then
+      args[#args] = nil
+      local o = {}
+      for k, v in pairs(last) do o[k] = v end
+      o.servers = args
+      return construct(o)
+    end
+    error("option 'wait' must be a function(fd, events, timeout)", 2)
+  end
+  return construct(opts)
+end
+
+function _M.new_from_selector(sel, opts)
+  local t = type(sel)
+  if t ~= "function" and t ~= "table" and t ~= "userdata" then
+    error("bad argument #1 (selector): function or object with pick_server expected", 2)
+  end
+  return construct(opts or {}, sel)
+end
+
+-- the batched methods (memcached.async.batch)
+local batch = require "memcached.async.batch" {
+  place = place, server_name = server_name, server_ok = server_ok, server_failed = server_failed,
+  K_GET = K_GET, K_SET = K_SET, K_OTHER = K_OTHER, AUTH = AUTH, CLOSED_DETAIL = CLOSED_DETAIL,
+  KEY_DETAIL = KEY_DETAIL, opt_uint = opt_uint }
+for k, v in pairs(batch) do _M[k] = v end
+
+return _M

@@ -1,0 +1,377 @@
+-- memcached.async.batch: the pipelined methods of the async driver.
+-- get_multi, set_multi and delete_multi frame one stream per server into
+-- the core's batch (memcached.core.batch_new: mc_abi_batch, which frames
+-- the requests and their closing NOOP and checks every reply: order,
+-- opaques, shapes, keys) and run it on a connection of its own, taken
+-- from the server's (memcached.async.conn.take). Every server's stream is
+-- sent first, then each is read in turn under the call's one deadline; a
+-- server read after the deadline still has what it already sent taken.
+-- flush, ping, version and stats send one request per server on the
+-- shared connections (submitted to all, then awaited).
+local core = require "memcached.core"
+local memcached = require "memcached"
+local conn = require "memcached.async.conn"
+
+local codec = memcached.codec
+local OP = codec.op
+local status_str, mp_encode, mp_decode = codec.status_str, memcached.encode, memcached.decode
+local now, errs, key_ok, enc = core.now, core.errs, core.key_ok, core.enc
+local type, error, tostring, pairs, ipairs, floor = type, error, tostring, pairs, ipairs, math.floor
+local E = conn.E
+local E_KEY, E_CLIENT_CLOSED, E_TIMEOUT = E.ERR_MALFORMED_KEY, E.ERR_CLIENT_CLOSED, E.ERR_TIMEOUT
+local U32 = 4294967295
+local MISS = 0
+for i, s in ipairs(errs) do if s == E.ERR_CACHE_MISS then MISS = i end end
+
+return function(H)
+local place, server_name, server_ok, server_failed = H.place, H.server_name, H.server_ok,
+  H.server_failed
+local CLOSED_DETAIL = H.CLOSED_DETAIL
+
+local M = {}
+
+-- The core batches a client keeps between calls.
+local function take_ab(self)
+  local pool = self.abs
+  if not pool then pool = {} self.abs = pool end
+  local ab = pool[#pool]
+  if ab then pool[#pool] = nil return ab end
+  return core.batch_new(conn.MAX_BODY)
+end
+local function give_ab(self, batches)
+  for _, b in ipairs(batches) do
+    if #self.abs < 8 then self.abs[#self.abs + 1] = b.ab end
+  end
+end
+
+local function batch_of(self, by_srv, batches, srv, base, kind, every)
+  local b = by_srv[srv]
+  if not b then
+    local ab = take_ab(self)
+    ab:begin(base, kind, every)
+    b = { srv = srv, addr = server_name(self, srv), ab = ab, keys = {}, pending = {} }
+    by_srv[srv] = b
+    batches[#batches + 1] = b
+  end
+  return b
+end
+
+-- Reads batch b's stream to its NOOP on its connection by deadline:
+-- on_entry(st, b, idx, err, flags, cas, value) per reply. true, or nil,
+-- err, detail.
+local out = {}
+local function read_stream(self, b, st, on_entry, deadline)
+  local c = b.conn
+  while true do
+    local data, e, msg = core.recv(c.fd, 65536)
+    if data then
+      local rc, n, ferr, fmsg = b.ab:feed(data, out)
+      for i = 0, n - 1 do
+        local at = i * 5
+        on_entry(st, b, out[at + 1], out[at + 2], out[at + 3], out[at + 4], out[at + 5])
+      end
+      if rc == 1 then return true end
+      if rc < 0 then return nil, errs[ferr], b.addr .. ": " .. fmsg end
+    elseif data == nil then
+      return nil, errs[e], b.addr .. ": " .. msg
+    else
+      if c.wn > 0 then
+        local ok, err, detail = conn.flush(self, c)
+        if not ok then return nil, err, detail end
+      end
+      if not conn.wait_fd(self, c.fd, c.wn > 0 and "rw" or "r", deadline) then
+        -- what came by the deadline still counts
+        data = core.recv(c.fd, 65536)
+        if not data then return nil, E_TIMEOUT, b.addr .. ": no reply within the timeout" end
+        local rc, n, ferr, fmsg = b.ab:feed(data, out)
+        for i = 0, n - 1 do
+          local at = i * 5
+          on_entry(st, b, out[at + 1], out[at + 2], out[at + 3], out[at + 4], out[at + 5])
+        end
+        if rc == 1 then return true end
+        if rc < 0 then return nil, errs[ferr], b.addr .. ": " .. fmsg end
+      end
+    end
+  end
+end
+
+-- Runs each server's sealed stream (b.data) on a connection of its own;
+-- on_fail(st, b, err) for a server that failed (its entries dropped).
+local function run_batches(self, batches, on_entry, on_fail, st, deadline)
+  for _, b in ipairs(batches) do -- connect and send to all first
+    local c, err, detail = conn.take(self, conn.server_of(self, b.addr), deadline)
+    if not c then b.err, b.detail = err, detail
+    else
+      b.conn = c
+      c.wq[1], c.wn, c.woff = b.data, 1, 1
+      if not c.connecting then
+        local ok
+        ok, err, detail = conn.flush(self, c)
+        if not ok then b.err, b.detail = err, detail end
+      end
+    end
+  end
+  for _, b in ipairs(batches) do
+    local c, ok, err, detail = b.conn, nil, b.err, b.detail
+    if c and not err then
+      ok = true
+      if c.connecting then ok, err, detail = conn.finish_connect(self, c, deadline) end
+      if ok and c.wn > 0 then ok, err, detail = conn.flush(self, c) end
+      if ok then ok, err, detail = read_stream(self, b, st, on_entry, deadline) end
+    end
+    if c then conn.release(self, c, ok) end
+    if ok then
+      server_ok(self, b.srv)
+      if st.commit then st.commit(st, b) end
+    else
+      server_failed(self, b.srv, err, detail)
+      on_fail(st, b, err, detail)
+    end
+  end
+  give_ab(self, batches)
+end
+
+local function seal(batches)
+  for _, b in ipairs(batches) do b.data = b.ab:seal() end
+end
+
+-- get_multi's state: values, failed ({key = err}) and the first error.
+local function gm_failed(st, k, err)
+  st.first = st.first or err
+  local f = st.failed
+  if not f then f = {} st.failed = f end
+  f[k] = err
+end
+
+-- a hit counts once its stream parsed through the NOOP (commit)
+local function gm_entry(st, b, idx, err, flags, _, value)
+  local k = b.keys[idx + 1]
+  if err == 0 then
+    local v = value
+    if flags == st.mp_flag then
+      local dv, derr = mp_decode(v)
+      if dv == nil and derr ~= nil then gm_failed(st, k, E.ERR_UNDECODABLE) return end
+      v = dv
+    end
+    b.pending[#b.pending + 1] = k
+    b.pending[#b.pending + 1] = v
+  elseif err ~= MISS then
+    gm_failed(st, k, errs[err])
+  end
+end
+
+local function gm_commit(st, b)
+  local p = b.pending
+  for i = 1, #p, 2 do st.values[p[i]] = p[i + 1] end
+end
+
+local function gm_fail(st, b, err)
+  for _, k in ipairs(b.keys) do gm_failed(st, k, err) end
+end
+
+function M.get_multi(self, keys)
+  if type(keys) ~= "table" then error("bad argument #1 (keys): table expected, got " .. type(keys), 2) end
+  if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
+  local n = #keys
+  for i = 1, n do -- nothing is sent before every key was checked
+    local k = keys[i]
+    if type(k) ~= "string" then
+      error(("bad argument #1 (keys): key #%d is a %s, not a string"):format(i, type(k)), 2)
+    end
+    if not key_ok(k) then return nil, E_KEY, "key #" .. i .. " is malformed; nothing was sent" end
+  end
+  local deadline = now() + self.io_timeout
+  local st = { values = {}, mp_flag = self.mp_flag, commit = gm_commit }
+  local by_srv, batches = {}, {}
+  local base = core.random32()
+  for i = 1, n do
+    local k = keys[i]
+    local srv, err = place(self, k)
+    if not srv then gm_failed(st, k, err) else
+      local b = batch_of(self, by_srv, batches, srv, base, H.K_GET, true)
+      if b.ab:add(OP.GETK, 0, k) then b.keys[#b.keys + 1] = k
+      else gm_failed(st, k, E.ERR_NOMEM) end
+    end
+  end
+  seal(batches)
+  run_batches(self, batches, gm_entry, gm_fail, st, deadline)
+  if st.first then return st.values, st.first, st.failed end
+  return st.values
+end
+
+local function quiet_entry(st, b, idx, err)
+  if err ~= 0 then st.results[b.keys[idx + 1]] = errs[err] end
+end
+
+local function quiet_fail(st, b, err)
+  for _, k in ipairs(b.keys) do st.results[k] = err end
+end
+
+-- set_multi / delete_multi: quiet requests, one NOOP per server; only
+-- failures answer.
+local function quiet_batch(self, qop, kind, list, results, extras, flags, exptime)
+  local by_srv, batches = {}, {}
+  local base = core.random32()
+  local deadline = now() + self.io_timeout
+  for _, e in ipairs(list) do
+    local k, v = e[1], e[2]
+    if results[k] == nil then
+      local srv, err = place(self, k)
+      if not srv then results[k] = err
+      else
+        results[k] = true
+        local b = batch_of(self, by_srv, batches, srv, base, kind, false)
+        if b.ab:add(qop, 0, k, extras, flags, exptime, v) then b.keys[#b.keys + 1] = k
+        else results[k] = E.ERR_NOMEM end
+      end
+    end
+  end
+  seal(batches)
+  run_batches(self, batches, quiet_entry, quiet_fail, { results = results }, deadline)
+  for _, e in ipairs(list) do
+    local r = results[e[1]]
+    if r ~= true then return results, r end
+  end
+  return results
+end
+
+function M.set_multi(self, items, exptime)
+  if type(items) ~= "table" then error("bad argument #1 (items): table expected, got " .. type(items), 2) end
+  if exptime ~= nil and (type(exptime) ~= "number" or exptime ~= floor(exptime)
+      or exptime < 0 or exptime > U32) then
+    error("bad argument #2 (expiration): integer 0..4294967295 expected, got " .. tostring(exptime), 2)
+  end
+  if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
+  local list, results = {}, {}
+  for k, v in pairs(items) do
+    if type(k) ~= "string" then
+      error("bad argument #1 (items): keys must be strings, got " .. type(k), 2)
+    end
+    local e = { k }
+    list[#list + 1] = e
+    if not key_ok(k) then results[k] = E_KEY
+    else
+      local bytes = mp_encode(v)
+      if bytes then e[2] = bytes else results[k] = E.ERR_UNENCODABLE end
+    end
+  end
+  return quiet_batch(self, OP.SETQ, H.K_SET, list, results, 1, self.mp_flag, floor(exptime or 0))
+end
+
+function M.delete_multi(self, keys)
+  if type(keys) ~= "table" then error("bad argument #1 (keys): table expected, got " .. type(keys), 2) end
+  if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
+  local list, results, seen = {}, {}, {}
+  for i = 1, #keys do
+    local k = keys[i]
+    if type(k) ~= "string" then
+      error(("bad argument #1 (keys): key #%d is a %s, not a string"):format(i, type(k)), 2)
+    end
+    if not seen[k] then
+      seen[k] = true
+      list[#list + 1] = { k }
+      if not key_ok(k) then results[k] = E_KEY end
+    end
+  end
+  return quiet_batch(self, OP.DELETEQ, H.K_GET, list, results, 0, 0, 0)
+end
+
+-- One request to each server on the shared connections, submitted to all
+-- and then awaited. Returns {addr = slot}, the first error and {addr =
+-- detail}; or nil, err, detail when none can be asked.
+local function each_server(self, frame, op, arg, stream)
+  if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
+  local n = self.ring:nservers()
+  if n == 0 then return nil, E.ERR_NO_SERVERS, "no servers configured" end
+  local deadline = now() + self.io_timeout
+  local slots, conns, values, failures, first = {}, {}, {}, {}, nil
+  for i = 1, n do
+    local opaque = core.random32()
+    local s = { kind = H.K_OTHER, op = op, opaque = opaque, stream = stream, srv = i - 1,
+      addr = server_name(self, i - 1) }
+    slots[i] = s
+    conns[i] = conn.submit(self, conn.server_of(self, s.addr), s, frame(op, opaque, arg), deadline)
+  end
+  for i = 1, n do
+    local s = slots[i]
+    if conns[i] then conn.await(self, conns[i], s) end
+    if s.failed then
+      server_failed(self, s.srv, s.err, s.detail)
+      first = first or s.err
+      failures[s.addr] = s.detail
+    elseif s.err == H.AUTH or s.err ~= 0 then
+      server_ok(self, s.srv)
+      first = first or errs[s.err]
+      failures[s.addr] = s.addr .. ": " .. status_str(s.status)
+    else
+      server_ok(self, s.srv)
+      values[s.addr] = s
+    end
+  end
+  return values, first, failures
+end
+
+local function f_flush(op, opaque, delay) return codec.flush(op, opaque, delay) end
+local function f_simple(op, opaque) return enc(op, opaque) end
+
+local function all_ok(values, err, failures)
+  if values and not err then return true end
+  return nil, err, failures
+end
+
+function M.flush(self, delay)
+  if type(delay) == "table" then delay = delay.expiration end
+  delay = H.opt_uint(1, "delay", delay, U32)
+  return all_ok(each_server(self, f_flush, OP.FLUSH, delay))
+end
+function M.flush_all(self) return all_ok(each_server(self, f_flush, OP.FLUSH)) end
+M.delete_all = M.flush_all
+function M.ping(self) return all_ok(each_server(self, f_simple, OP.NOOP)) end
+
+function M.version(self)
+  local slots, err, failures = each_server(self, f_simple, OP.VERSION)
+  if not slots then return nil, err, failures end
+  local values = {}
+  for addr, s in pairs(slots) do values[addr] = s.value end
+  if not err then return values end
+  if next(values) then return values, err end
+  return nil, err, select(2, next(failures))
+end
+
+-- A STAT stream: entries until one with an empty key (true: it ended).
+local MAX_STAT_ENTRIES = core.MAX_STAT_ENTRIES
+local function stat_entry(s, err, _, key, value)
+  if err ~= 0 then s.err = err return true end
+  if key == "" then s.err = 0 return true end
+  local t = s.table
+  if not t then t = {} s.table = t s.n = 0 end
+  s.n = s.n + 1
+  if s.n > MAX_STAT_ENTRIES then
+    return nil, E.ERR_PROTOCOL, s.addr .. ": more than " .. MAX_STAT_ENTRIES .. " stat entries in one reply"
+  end
+  t[key] = value
+  return false
+end
+
+local function f_stat(_, opaque, group) return codec.stat(opaque, group) end
+
+function M.stats(self, group)
+  if type(group) == "number" then group = tostring(group)
+  elseif group ~= nil and type(group) ~= "string" then
+    error("bad argument #1 (group): string expected, got " .. type(group), 2)
+  end
+  if group and #group > 65535 then error("bad argument #1 (group): longer than 65535 bytes", 2) end
+  local slots, err, failures = each_server(self, f_stat, OP.STAT, group, stat_entry)
+  if not slots then return nil, err, failures end
+  local out, answered = {}, false
+  for addr, s in pairs(slots) do
+    out[addr] = s.table or {}
+    answered = true
+  end
+  if not answered then return nil, E.ERR_NO_STATS, select(2, next(failures)) end
+  if err then return out, err end
+  return out
+end
+
+return M
+end

@@ -1,0 +1,501 @@
+-- memcached.async.conn: connections of the async driver, and the one place
+-- where it waits. Every wait goes through the client's hooks:
+--   wait(fd, events, timeout)  until fd is ready ("r", "w", "rw") or the
+--                              time is up; may yield; may return early
+--   sleep(timeout), wakeup(co) optional: park the running coroutine until
+--                              another one wakes it (else an eventfd per
+--                              coroutine, waited on through wait)
+--   cancel(fd)                 optional: fd is about to be closed
+--
+-- Per server, up to max_conns connections. Requests of many coroutines
+-- share a connection: each caller frames its request, appends it to the
+-- connection's output (sent at once when nothing is queued before it) and
+-- its slot to the connection's FIFO, then waits. The first waiter on a
+-- connection becomes its reader: it reads, has the core judge each reply
+-- against the slot at the head of the FIFO (memcached.core.take_one: its
+-- opcode and opaque, its shape, its key), hands it to that slot's caller
+-- and wakes it, until its own reply came; then the oldest waiter left
+-- takes over. Replies are matched by position and checked by opaque, so a
+-- reply can only ever reach the caller whose request it answers; anything
+-- else breaks the stream, and a broken, closed or timed-out connection
+-- fails every request on it (conn_fail) and is closed. Only the reader
+-- closes a connection, so no coroutine waits on a closed descriptor.
+local core = require "memcached.core"
+local memcached = require "memcached"
+local codec = memcached.codec
+
+local now, recv, send, take_one = core.now, core.recv, core.send, core.take_one
+local running, setmetatable, concat = coroutine.running, setmetatable, table.concat
+local E = {}
+for k, v in pairs(memcached) do
+  if type(k) == "string" and k:sub(1, 4) == "ERR_" then E[k] = v end
+end
+local errs = core.errs
+local E_TIMEOUT, E_PROTOCOL, E_SERVER = E.ERR_TIMEOUT, E.ERR_PROTOCOL, E.ERR_SERVER_ERROR
+local MAX_BODY = codec.DEFAULT_MAX_BODY
+
+local M = { E = E, MAX_BODY = MAX_BODY }
+
+-- ---- parking a coroutine ----
+
+-- The eventfd a coroutine waits on when the loop gives no way to wake it.
+-- When the coroutine is collected its descriptor goes to a free list, not
+-- closed: a loop may keep state per descriptor number (a poll handle),
+-- which a closed and reused number would confuse, and no hook may run
+-- from a finalizer.
+local free_efds = {}
+local efd_mt = { __gc = function(h)
+  core.efd_drain(h.fd)
+  free_efds[#free_efds + 1] = h.fd
+end }
+local efds = setmetatable({}, { __mode = "k" })
+local function efd_of(co)
+  local h = efds[co]
+  if not h then
+    local fd = free_efds[#free_efds]
+    if fd then free_efds[#free_efds] = nil else fd = assert(core.efd_new()) end
+    h = setmetatable({ fd = fd }, efd_mt)
+    efds[co] = h
+  end
+  return h.fd
+end
+
+-- Parks the running coroutine until wake() or the deadline; may return
+-- early (callers check their state again).
+-- parked[co]: co sleeps in park, so one wakeup may resume it (a loop's
+-- wakeup must never reach a coroutine waiting elsewhere, e.g. on a
+-- descriptor).
+local parked = setmetatable({}, { __mode = "k" })
+local function park(self, deadline)
+  local left = deadline - now()
+  if left <= 0 then return end
+  local co = running()
+  parked[co] = true
+  if self.sleep then
+    self.sleep(left)
+  else
+    local fd = efd_of(co)
+    self.wait(fd, "r", left)
+    core.efd_drain(fd)
+  end
+  parked[co] = nil
+end
+M.park = park
+
+local function wake(self, co)
+  if not parked[co] then return end
+  parked[co] = nil
+  if self.wakeup then return self.wakeup(co) end
+  local h = efds[co]
+  if h then core.efd_signal(h.fd) end
+end
+M.wake = wake
+
+-- Waits until fd is ready for events or the deadline (true: time left).
+local function wait_fd(self, fd, events, deadline)
+  local left = deadline - now()
+  if left <= 0 then return false end
+  self.wait(fd, events, left)
+  return true
+end
+M.wait_fd = wait_fd
+
+local function close_fd(self, fd)
+  if self.cancel then self.cancel(fd) end
+  core.close(fd)
+end
+M.close_fd = close_fd
+
+-- ---- servers and their connections ----
+
+-- What the client keeps per server address: its connections and the
+-- coroutines waiting for one (a batch needs a connection of its own).
+local function server_of(self, addr)
+  local sv = self.by_addr[addr]
+  if not sv then
+    sv = { addr = addr, conns = {}, waiters = {} }
+    self.by_addr[addr] = sv
+  end
+  return sv
+end
+M.server_of = server_of
+
+local function wake_waiter(self, sv)
+  local w = table.remove(sv.waiters, 1)
+  if w then wake(self, w) end
+end
+
+local function drop(self, c)
+  local conns = c.sv.conns
+  for i = 1, #conns do
+    if conns[i] == c then table.remove(conns, i) break end
+  end
+  wake_waiter(self, c.sv)
+end
+
+-- Opens a connection without waiting (the connect completes in the
+-- reader's or the batch's wait). nil, err, detail when it failed at once.
+local function open(self, sv)
+  local fd, e, msg = core.connect(self.dial[sv.addr] or sv.addr)
+  if not fd then return nil, errs[e], sv.addr .. ": " .. msg end
+  local c = { fd = fd, sv = sv, addr = sv.addr, connecting = e, cdeadline = now() + self.connect_timeout,
+    wq = {}, wn = 0, woff = 1, rbuf = "", rpos = 1, head = 1, tail = 0 }
+  sv.conns[#sv.conns + 1] = c
+  return c
+end
+M.open = open
+
+-- Fails every request on c with err, detail and closes it.
+local function conn_fail(self, c, err, detail)
+  if c.dead then return end
+  c.dead = true
+  close_fd(self, c.fd)
+  drop(self, c)
+  for i = c.head, c.tail do
+    local s = c[i]
+    c[i] = nil
+    if s and not s.done then
+      s.done, s.failed, s.err, s.detail = true, true, err, detail
+      wake(self, s.co)
+    end
+  end
+  c.head, c.tail = 1, 0
+end
+M.conn_fail = conn_fail
+
+-- Sends what c has queued, without waiting. false, err, detail on failure.
+local function flush(self, c)
+  while c.wn > 0 do
+    local data = c.wq[1]
+    if c.wn > 1 then
+      data = concat(c.wq, "", 1, c.wn)
+      c.wq = { data }
+      c.wn = 1
+    end
+    local n, e, msg = send(c.fd, data, c.woff)
+    if not n then return false, errs[e], c.addr .. ": " .. msg end
+    if n == 0 then return true end
+    c.woff = c.woff + n
+    if c.woff > #data then
+      c.wq[1], c.wn, c.woff = nil, 0, 1
+    end
+  end
+  return true
+end
+M.flush = flush
+
+-- Completes a connect in progress by deadline: true, or false, err, detail.
+local function finish_connect(self, c, deadline)
+  local dl = c.cdeadline < deadline and c.cdeadline or deadline
+  while true do
+    if not wait_fd(self, c.fd, "w", dl) then
+      return false, E_TIMEOUT, c.addr .. ": connect: timed out"
+    end
+    local ok, e, msg = core.connected(c.fd)
+    if not ok then return false, errs[e], c.addr .. ": " .. msg end
+    -- writable means the connect finished; a spurious return of the hook
+    -- reads as finished too, so make sure with a zero-length send
+    local n = send(c.fd, "", 1)
+    if n then c.connecting = false return true end
+  end
+end
+M.finish_connect = finish_connect
+
+-- A text error line where a reply should start (memcached at its
+-- connection limit: "ERROR Too many open connections"), read through the
+-- codec's reader. Returns true when it is whole (the connection has
+-- failed), false when more must come.
+local function text_line(self, c)
+  local t = c.text
+  if not t then
+    t = codec.reader()
+    c.text = t
+  end
+  t:feed(c.rbuf:sub(c.rpos))
+  c.rbuf, c.rpos = "", 1
+  local res, perr, kind = t:get()
+  if res == false then return false end
+  conn_fail(self, c, kind == "server_error" and E_SERVER or E_PROTOCOL,
+    c.addr .. ": " .. tostring(perr or "short reply"))
+  return true
+end
+
+-- Hands every whole reply in c's buffer to its slot, in order. A reply is
+-- handed over only once the stream after it is seen in step: the next
+-- slot's reply whole and judged good by the core, or, for the last slot,
+-- nothing after it. A reply whose declared length swallowed the start of
+-- the next one (cut short, or a length byte damaged) then fails with the
+-- whole connection instead of reaching its caller with foreign bytes.
+local function judge(c, s, buf, pos)
+  local pk = s.peeked
+  if pk then
+    s.peeked = nil
+    return 1, pk[1], pk[2], pk[3], pk[4], pk[5], pk[6], pk[7]
+  end
+  return take_one(buf, pos, MAX_BODY, s.kind, s.op, s.opaque, s.key, true)
+end
+
+local function deliver(self, c)
+  if c.text then return text_line(self, c) end
+  local buf, pos = c.rbuf, c.rpos
+  while c.head <= c.tail do
+    local s = c[c.head]
+    local rc, err, status, flags, cas, key, value, used = judge(c, s, buf, pos)
+    if rc == 0 then break end
+    if rc == -2 then
+      c.rbuf, c.rpos = buf, pos
+      return text_line(self, c)
+    end
+    if rc < 0 then
+      c.rbuf, c.rpos = "", 1
+      conn_fail(self, c, errs[err], c.addr .. ": " .. status)
+      return
+    end
+    if s.stream then
+      -- a STAT stream: entries until one with an empty key
+      pos = pos + used
+      local fin, ferr, fdetail = s.stream(s, err, status, key, value)
+      if fin == nil then
+        c.rbuf, c.rpos = "", 1
+        conn_fail(self, c, ferr, fdetail)
+        return
+      end
+      if fin then
+        c[c.head] = nil
+        c.head = c.head + 1
+        s.done = true
+        wake(self, s.co)
+      end
+    else
+      local after = pos + used
+      if c.head < c.tail then
+        local n = c[c.head + 1]
+        if not n.stream then
+          local rc2, e2, st2, f2, cas2, k2, v2, u2 = take_one(buf, after, MAX_BODY, n.kind, n.op,
+            n.opaque, n.key, true)
+          if rc2 == 0 then
+            s.peeked = { err, status, flags, cas, key, value, used }
+            break
+          end
+          if rc2 == 1 then n.peeked = { e2, st2, f2, cas2, k2, v2, u2 }
+          elseif rc2 == -1 then
+            c.rbuf, c.rpos = "", 1
+            conn_fail(self, c, errs[e2], c.addr .. ": " .. st2)
+            return
+          else -- no reply starts where the next one should
+            c.rbuf, c.rpos = "", 1
+            conn_fail(self, c, E_PROTOCOL, c.addr .. ": a reply runs into bytes that start no reply")
+            return
+          end
+        end
+      elseif after <= #buf then
+        c.rbuf, c.rpos = "", 1
+        conn_fail(self, c, E_PROTOCOL, c.addr .. ": bytes after the last reply nobody asked for")
+        return
+      end
+      pos = after
+      c[c.head] = nil
+      c.head = c.head + 1
+      if not s.done then -- else: its caller gave up waiting; the reply is dropped
+        s.done, s.err, s.status, s.flags, s.cas, s.key, s.value = true, err, status, flags, cas, key, value
+        wake(self, s.co)
+      end
+    end
+  end
+  if pos > #buf then buf, pos = "", 1 end
+  c.rbuf, c.rpos = buf, pos
+  if c.head > c.tail then
+    c.head, c.tail = 1, 0
+    if pos <= #buf then
+      conn_fail(self, c, E_PROTOCOL, c.addr .. ": bytes after the last reply nobody asked for")
+      return
+    end
+    wake_waiter(self, c.sv)
+  end
+end
+
+-- Reads c for slot me until me's reply came or c failed; me's deadline
+-- bounds the wait, and a reply that does not come by then fails every
+-- request on c (it is hung or too slow to trust).
+local function read_for(self, c, me)
+  while not me.done and not c.dead do
+    local ok, err, detail = true, nil, nil
+    if c.connecting then ok, err, detail = finish_connect(self, c, me.deadline) end
+    if ok and c.werr then ok, err, detail = false, c.werr, c.wdetail end
+    if ok and c.wn > 0 then ok, err, detail = flush(self, c) end
+    if not ok then conn_fail(self, c, err, detail) break end
+    local data, e, msg = recv(c.fd, 65536)
+    if data then
+      local buf = c.rbuf
+      if c.rpos > #buf then c.rbuf = data
+      else c.rbuf = buf:sub(c.rpos) .. data end
+      c.rpos = 1
+      deliver(self, c)
+    elseif data == nil then
+      conn_fail(self, c, errs[e], c.addr .. ": " .. msg)
+    elseif not wait_fd(self, c.fd, c.wn > 0 and "rw" or "r", me.deadline) then
+      -- one last look: the reply may have come with the deadline
+      data = recv(c.fd, 65536)
+      if data then
+        c.rbuf = c.rpos > #c.rbuf and data or c.rbuf:sub(c.rpos) .. data
+        c.rpos = 1
+        deliver(self, c)
+      end
+      if not me.done then conn_fail(self, c, E_TIMEOUT, c.addr .. ": no reply within the timeout") end
+    end
+  end
+end
+
+-- The connection a request for sv goes on: an idle one, else a new one
+-- while there are fewer than max_conns, else the one with the fewest
+-- requests in flight (pipelined behind them). Connections a batch holds
+-- are not shared. nil, err, detail.
+local function pick(self, sv, deadline)
+  while true do
+    local best, bn
+    for _, c in ipairs(sv.conns) do
+      if not c.exclusive then
+        local n = c.tail - c.head + 1
+        if n == 0 then return c end
+        if not bn or n < bn then best, bn = c, n end
+      end
+    end
+    if self.max_conns == 0 or #sv.conns < self.max_conns then return open(self, sv) end
+    if best then return best end
+    -- every connection is held by a batch: wait for one
+    if now() >= deadline then
+      return nil, E.ERR_BUSY, sv.addr .. ": all " .. self.max_conns .. " connections are in use"
+    end
+    local co = running()
+    sv.waiters[#sv.waiters + 1] = co
+    park(self, deadline)
+    for i, w in ipairs(sv.waiters) do
+      if w == co then table.remove(sv.waiters, i) break end
+    end
+  end
+end
+
+-- A connection of its own for a batch: an idle one, or a new one under
+-- max_conns; else it waits for one. Give it back with release.
+function M.take(self, sv, deadline)
+  while true do
+    for _, c in ipairs(sv.conns) do
+      if not c.exclusive and not c.reader and c.head > c.tail and not c.dead then
+        c.exclusive = true
+        return c
+      end
+    end
+    if self.max_conns == 0 or #sv.conns < self.max_conns then
+      local c, err, detail = open(self, sv)
+      if c then c.exclusive = true end
+      return c, err, detail
+    end
+    if now() >= deadline then
+      return nil, E.ERR_BUSY, sv.addr .. ": all " .. self.max_conns .. " connections are in use"
+    end
+    local co = running()
+    sv.waiters[#sv.waiters + 1] = co
+    park(self, deadline)
+    for i, w in ipairs(sv.waiters) do
+      if w == co then table.remove(sv.waiters, i) break end
+    end
+  end
+end
+
+-- Gives a batch's connection back: kept when clean, else closed.
+function M.release(self, c, clean)
+  c.exclusive = nil
+  if c.dead then return end
+  if not clean or c.rpos <= #c.rbuf or c.wn > 0 then
+    c.dead = true
+    close_fd(self, c.fd)
+    drop(self, c)
+    return
+  end
+  wake_waiter(self, c.sv)
+end
+
+-- Closes every connection that no request is using (close()).
+function M.close_idle(self)
+  for _, sv in pairs(self.by_addr) do
+    for i = #sv.conns, 1, -1 do
+      local c = sv.conns[i]
+      if not c.exclusive and not c.reader and c.head > c.tail then
+        c.dead = true
+        close_fd(self, c.fd)
+        table.remove(sv.conns, i)
+      end
+    end
+  end
+end
+
+-- One request on a shared connection of sv: data framed under opaque, its
+-- reply judged as kind/op (key: a keyed get's). s: the slot (kind, op,
+-- opaque, key, stream); returns it done: s.err is the core's error number
+-- for the reply's status (0 success); or s.failed, with s.err an ERR_*
+-- string and s.detail (the transport failed, the reply was wrong, or it
+-- did not come in time).
+function M.submit(self, sv, s, data, deadline)
+  local c, err, detail = pick(self, sv, deadline)
+  if not c then
+    s.done, s.failed, s.err, s.detail = true, true, err, detail
+    return nil
+  end
+  s.co, s.deadline = running(), deadline
+  local t = c.tail + 1
+  c.tail = t
+  c[t] = s
+  if c.wn == 0 and not c.connecting then
+    local n, e, msg = send(c.fd, data, 1)
+    if not n then
+      c.werr, c.wdetail = errs[e], c.addr .. ": " .. msg
+    elseif n < #data then
+      c.wq[1], c.wn, c.woff = data, 1, n + 1
+    end
+  else
+    c.wn = c.wn + 1
+    c.wq[c.wn] = data
+  end
+  return c
+end
+
+-- Waits for the reply of s, submitted on c.
+function M.await(self, c, s)
+  local deadline = s.deadline
+  while not s.done do
+    if c.dead then break end
+    if not c.reader then
+      c.reader = s
+      read_for(self, c, s)
+      c.reader = nil
+      -- the oldest waiter left takes over the reading
+      if not c.dead then
+        for i = c.head, c.tail do
+          local w = c[i]
+          if w and not w.done then wake(self, w.co) break end
+        end
+      end
+    else
+      park(self, deadline)
+      if not s.done and now() >= deadline and c.reader ~= s then
+        -- its reply will still come, behind the reader's: the slot stays
+        -- in the FIFO, answered into nothing
+        s.done, s.failed, s.err, s.detail = true, true, E_TIMEOUT, c.addr .. ": no reply within the timeout"
+      end
+    end
+  end
+  if not s.done then
+    s.done, s.failed, s.err, s.detail = true, true, E.ERR_CONNECTION_CLOSED, c.addr .. ": connection closed"
+  end
+  return s
+end
+
+function M.request(self, sv, s, data, deadline)
+  local c = M.submit(self, sv, s, data, deadline)
+  if c then M.await(self, c, s) end
+  return s
+end
+
+M.read_for = read_for
+
+return M

@@ -1,0 +1,66 @@
+-- memcached.cqueues: clients wired to a cqueues loop. memcached.cqueues.new
+-- takes memcached.new's arguments and gives an async client
+-- (memcached.async) whose every wait is a cqueues.poll, so its methods
+-- yield the calling cqueues coroutine instead of blocking the loop. Call
+-- the client's methods from coroutines the controller runs (cq:wrap).
+local cqueues = require "cqueues"
+local condition = require "cqueues.condition"
+local memcached = require "memcached"
+
+local running, setmetatable, poll = coroutine.running, setmetatable, cqueues.poll
+
+local M = {}
+
+-- A pollable for each descriptor and events, made once (cqueues reads
+-- pollfd and events from it).
+local pollables = { r = {}, w = {}, rw = {} }
+local function pollable(fd, events)
+  local byfd = pollables[events]
+  local p = byfd[fd]
+  if not p then
+    p = { pollfd = fd, events = events }
+    byfd[fd] = p
+  end
+  return p
+end
+
+-- A condition per coroutine that ever sleeps, for wakeup.
+local conds = setmetatable({}, { __mode = "k" })
+
+-- The hooks memcached.async calls (README, async mode).
+M.hooks = {
+  wait = function(fd, events, timeout)
+    poll(pollable(fd, events), timeout)
+  end,
+  sleep = function(timeout)
+    local co = running()
+    local c = conds[co]
+    if not c then
+      c = condition.new()
+      conds[co] = c
+    end
+    c:wait(timeout)
+  end,
+  wakeup = function(co)
+    local c = conds[co]
+    if c then c:signal() end
+  end,
+  cancel = function(fd)
+    cqueues.cancel(fd)
+    pollables.r[fd], pollables.w[fd], pollables.rw[fd] = nil, nil, nil
+  end,
+}
+
+-- new(opts) or new(server, ...): memcached.new with the hooks above.
+function M.new(opts, ...)
+  local o = {}
+  if type(opts) ~= "table" or opts[1] ~= nil then
+    o.servers = { opts, ... }
+  else
+    for k, v in pairs(opts) do o[k] = v end
+  end
+  for k, v in pairs(M.hooks) do o[k] = v end
+  return memcached.new(o)
+end
+
+return M

@@ -1,0 +1,106 @@
+-- memcached.luv: clients wired to a libuv loop (luv). memcached.luv.new
+-- takes memcached.new's arguments and gives an async client
+-- (memcached.async) that waits with uv poll and timer handles and yields
+-- the calling coroutine; the handle's callback resumes it. Call the
+-- client's methods from coroutines (coroutine.wrap(fn)() from any luv
+-- callback or before uv.run()).
+local uv = require "luv"
+local memcached = require "memcached"
+
+local running, yield, resume = coroutine.running, coroutine.yield, coroutine.resume
+local ceil, traceback = math.ceil, debug.traceback
+
+local M = {}
+
+-- Resumes co; an error inside it is raised here, in the loop's callback,
+-- with the coroutine's traceback.
+local function go(co)
+  local ok, err = resume(co)
+  if not ok then error(traceback(co, tostring(err)), 0) end
+end
+
+-- Timers are reused: a handle costs a close (a loop iteration) to free.
+local timers = {}
+local function take_timer()
+  local t = timers[#timers]
+  if t then timers[#timers] = nil return t end
+  return uv.new_timer()
+end
+local function give_timer(t)
+  t:stop()
+  timers[#timers + 1] = t
+end
+
+local function ms(timeout) return ceil(timeout * 1000) end
+
+-- A poll handle per wait, closed when the wait ends: a handle kept per
+-- descriptor would outlive a descriptor closed without the cancel hook
+-- (a client collected unclosed) and watch whatever reuses its number.
+-- Coroutines woken by wakeup run from an idle handle, not from inside the
+-- waker: no coroutine is resumed from another one.
+local ready, idle = {}, nil
+local function run_ready()
+  local list = ready
+  ready = {}
+  idle:stop()
+  for i = 1, #list do go(list[i]) end
+end
+
+local sleeping = {} -- coroutine -> its timer while it sleeps
+
+M.hooks = {
+  wait = function(fd, events, timeout)
+    local co = running()
+    local h = uv.new_poll(fd)
+    local t = timeout and take_timer()
+    local fired = false
+    local function done()
+      if fired then return end
+      fired = true
+      h:stop()
+      if t then t:stop() end
+      go(co)
+    end
+    h:start(events, done)
+    if t then t:start(ms(timeout), 0, done) end
+    yield()
+    h:close()
+    if t then give_timer(t) end
+  end,
+  sleep = function(timeout)
+    local co = running()
+    local t = take_timer()
+    sleeping[co] = t
+    t:start(ms(timeout), 0, function()
+      if sleeping[co] == t then
+        sleeping[co] = nil
+        go(co)
+      end
+    end)
+    yield()
+    sleeping[co] = nil
+    give_timer(t)
+  end,
+  wakeup = function(co)
+    local t = sleeping[co]
+    if not t then return end
+    sleeping[co] = nil
+    t:stop()
+    ready[#ready + 1] = co
+    if not idle then idle = uv.new_idle() end
+    if #ready == 1 then idle:start(run_ready) end
+  end,
+}
+
+function M.new(opts, ...)
+  local o = {}
+  if type(opts) ~= "table" or opts[1] ~= nil then
+    o.servers = { opts, ... }
+  else
+    for k, v in pairs(opts) do o[k] = v end
+  end
+  for k, v in pairs(M.hooks) do o[k] = v end
+  return memcached.new(o)
+end
+
+return M

@@ -1,0 +1,262 @@
+-- Async mode (memcached.async) inside real cqueues and luv loops against
+-- real memcached servers: every case of spec/behaviour.lua, many
+-- coroutines sharing one client, faults with requests in flight, and a
+-- ticker that must keep ticking while a get waits on a stopped server.
+local H = require "spec.helper"
+local memcached = H.memcached
+local B = require "spec.behaviour"
+local cqueues = require "cqueues"
+local uv = require "luv"
+
+-- Each loop: run(fn) runs fn(spawn) in a coroutine of a fresh loop until
+-- every coroutine ended, raising the first error any of them raised;
+-- spawn(f) starts another coroutine; sleep(s) waits inside the loop.
+local LOOPS = {
+  cqueues = {
+    mod = require "memcached.cqueues",
+    run = function(fn)
+      local cq = cqueues.new()
+      local first
+      local function spawn(f)
+        cq:wrap(function()
+          local ok, err = pcall(f)
+          if not ok then first = first or err end
+        end)
+      end
+      spawn(function() fn(spawn) end)
+      assert(cq:loop())
+      if first then error(first, 0) end
+    end,
+    sleep = function(s) cqueues.sleep(s) end,
+  },
+  luv = {
+    mod = require "memcached.luv",
+    run = function(fn)
+      local first
+      local function spawn(f)
+        local co = coroutine.create(function()
+          local ok, err = pcall(f)
+          if not ok then first = first or err end
+        end)
+        assert(coroutine.resume(co))
+      end
+      spawn(function() fn(spawn) end)
+      uv.run()
+      if first then error(first, 0) end
+    end,
+    sleep = function(s)
+      local co, t = coroutine.running(), uv.new_timer()
+      t:start(math.ceil(s * 1000), 0, function()
+        t:close()
+        assert(coroutine.resume(co))
+      end)
+      coroutine.yield()
+    end,
+  },
+}
+
+local ERRS = {}
+for k, v in pairs(memcached) do
+  if type(k) == "string" and k:sub(1, 4) == "ERR_" then ERRS[v] = k end
+end
+
+for _, name in ipairs { "cqueues", "luv" } do
+  local L = LOOPS[name]
+
+  describe("async mode under " .. name, function()
+    local srv
+    setup(function() srv = H.start_memcached() end)
+    teardown(function() srv.kill9() end)
+
+    describe("behaviour shared with the blocking client", function()
+      local env = { E = memcached, prefix = "as" .. name .. ":", check = B.check }
+      setup(function()
+        env.addr = srv.addr
+        env.refused = "127.0.0.1:" .. H.free_port()
+        env.new = function(o) return assert(L.mod.new(o)) end
+      end)
+      for _, c in ipairs(B.cases) do
+        it(c[1], function() L.run(function() c[2](env) end) end)
+      end
+    end)
+
+    it("memcached.new with a wait hook gives the async client", function()
+      local mc = memcached.new { servers = { srv.addr }, wait = L.mod.hooks.wait }
+      assert.equal("memcached.async", getmetatable(mc).__name)
+      assert.has_error(function() memcached.new { servers = { srv.addr }, wait = 1 } end)
+      assert.has_error(function() memcached.new { servers = { srv.addr }, wait = L.mod.hooks.wait,
+        bogus = 1 } end)
+    end)
+
+    it("the generic hook alone (no sleep/wakeup) serves many coroutines", function()
+      local wrong, ok = 0, 0
+      L.run(function(spawn)
+        local mc = assert(memcached.new { servers = { srv.addr }, wait = L.mod.hooks.wait,
+          cancel = L.mod.hooks.cancel, max_conns = 1 })
+        for i = 1, 20 do
+          spawn(function()
+            for j = 1, 20 do
+              local k = "gen:" .. i .. ":" .. j
+              assert(mc:set(k, i * 1000 + j))
+              local v = mc:get(k)
+              if v == i * 1000 + j then ok = ok + 1 else wrong = wrong + 1 end
+            end
+          end)
+        end
+      end)
+      assert.equal(0, wrong)
+      assert.equal(400, ok)
+    end)
+
+    it("100 coroutines share one client: right values, pipelined on max_conns connections", function()
+      local wrong, ok, ended, mc = 0, 0, 0, nil
+      L.run(function(spawn)
+        mc = assert(L.mod.new { servers = { srv.addr }, max_conns = 2, timeout = 2 })
+        for i = 1, 100 do
+          spawn(function()
+            for j = 1, 30 do
+              local k = "share:" .. i .. ":" .. j
+              assert(mc:set(k, { i, j, ("x"):rep(j) }))
+              local v = mc:get(k)
+              if type(v) == "table" and v[1] == i and v[2] == j and v[3] == ("x"):rep(j) then
+                ok = ok + 1
+              else
+                wrong = wrong + 1
+              end
+            end
+            local got = mc:get_multi { "share:" .. i .. ":1", "share:" .. i .. ":2" }
+            if got["share:" .. i .. ":1"][1] ~= i then wrong = wrong + 1 end
+            ended = ended + 1
+          end)
+        end
+      end)
+      assert.equal(0, wrong)
+      assert.equal(3000, ok)
+      assert.equal(100, ended)
+      local n = mc:servers()[1].connections
+      assert.is_true(n >= 1 and n <= 2, "connections: " .. n)
+    end)
+
+    it("a ticker keeps ticking every 10 ms while a get waits on a stopped server", function()
+      local stopped = H.start_memcached()
+      local max_gap, ticks, got, err, took = 0, 0, nil, nil, nil
+      L.run(function(spawn)
+        local mc = assert(L.mod.new { servers = { stopped.addr }, timeout = 0.3 })
+        assert(mc:set("tick", 1)) -- connected before the stop
+        stopped.sigstop()
+        local done = false
+        spawn(function()
+          local last = H.now()
+          while not done do
+            L.sleep(0.01)
+            local t = H.now()
+            if t - last > max_gap then max_gap = t - last end
+            last = t
+            ticks = ticks + 1
+          end
+        end)
+        local t0 = H.now()
+        got, err = mc:get("tick")
+        took = H.now() - t0
+        done = true
+      end)
+      stopped.sigcont()
+      stopped.kill9()
+      assert.is_nil(got)
+      assert.equal(memcached.ERR_TIMEOUT, err)
+      assert.is_true(took >= 0.29 and took < 0.5, "the get took " .. took)
+      assert.is_true(ticks >= 20, "ticks: " .. ticks)
+      assert.is_true(max_gap <= 0.020, ("largest gap between ticks: %.1f ms"):format(max_gap * 1000))
+    end)
+
+    -- 100 coroutines reading their own keys from three servers while
+    -- fault() hits one of them: a value is the key's own or the call
+    -- fails with nil, ERR_*.
+    local function under_fault(fault, opts)
+      local servers = { H.start_memcached(), H.start_memcached(), H.start_memcached() }
+      local addrs = { servers[1].addr, servers[2].addr, servers[3].addr }
+      local wrong, ok, failed, bad_err = 0, 0, 0, {}
+      L.run(function(spawn)
+        local o = { servers = addrs, timeout = 0.2, retry_timeout = 30 }
+        for k, v in pairs(opts or {}) do o[k] = v end
+        local mc = assert(L.mod.new(o))
+        for i = 1, 100 do assert(mc:set("f:" .. i, "value of " .. i)) end
+        local victim = mc:pick_server("f:1")
+        local vsrv
+        for _, s in ipairs(servers) do if s.addr == victim then vsrv = s end end
+        for i = 1, 100 do
+          spawn(function()
+            for _ = 1, 20 do
+              local v, err = mc:get("f:" .. i)
+              if v == "value of " .. i then ok = ok + 1
+              elseif v == nil and ERRS[err] then failed = failed + 1
+              elseif v ~= nil then wrong = wrong + 1
+              else bad_err[#bad_err + 1] = tostring(err) end
+              L.sleep(0.005)
+            end
+          end)
+        end
+        L.sleep(0.03)
+        fault(vsrv)
+      end)
+      for _, s in ipairs(servers) do if s.pid then s.sigcont() end s.kill9() end
+      assert.equal(0, wrong)
+      assert.same({}, bad_err)
+      assert.is_true(failed > 0, "the fault failed no call")
+      assert.is_true(ok > 0)
+      return failed, ok
+    end
+
+    it("kill -9 of one of three servers with 100 coroutines in flight", function()
+      under_fault(function(s) s.kill9() end)
+    end)
+
+    it("SIGSTOP of one of three servers with 100 coroutines in flight", function()
+      under_fault(function(s) s.sigstop() end)
+    end)
+
+    -- A fault server (spec/fault_server.lua) answering the GETKs of 100
+    -- coroutines on one pipelined connection: echo gives a key's value as
+    -- the key itself.
+    local function faulty(mode, arg)
+      local f = H.start_fault(mode, arg)
+      local wrong, ok, failed, bad_err = 0, 0, 0, {}
+      L.run(function(spawn)
+        local mc = assert(L.mod.new { servers = { f.addr }, timeout = 0.5, max_conns = 1,
+          failure_limit = 1000000 })
+        for i = 1, 100 do
+          spawn(function()
+            for j = 1, 5 do
+              local k = "k" .. i .. "_" .. j
+              local v, err = mc:get(k)
+              if v == k then ok = ok + 1
+              elseif v == nil and ERRS[err] then failed = failed + 1
+              elseif v ~= nil then
+                wrong = wrong + 1
+                if os.getenv("ASYNC_DEBUG") then print("WRONG", k, ("%q"):format(v)) end
+              else bad_err[#bad_err + 1] = tostring(err) end
+            end
+          end)
+        end
+      end)
+      f.stop()
+      assert.equal(0, wrong)
+      assert.same({}, bad_err)
+      assert.is_true(failed > 0, "the fault failed no call")
+      return failed, ok
+    end
+
+    it("a server that closes mid-pipeline fails exactly the requests on it", function()
+      local failed, ok = faulty("close_after", "7")
+      assert.is_true(ok > 0 and failed > 0)
+    end)
+
+    it("a server that answers out of order hands no reply to the wrong caller", function()
+      faulty("reorder")
+    end)
+
+    it("a server whose replies are randomly damaged hands no reply to the wrong caller", function()
+      faulty("mutate", "7")
+    end)
+  end)
+end
