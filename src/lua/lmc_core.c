@@ -29,6 +29,7 @@
 #include <lua.h>
 
 #include "lmc_client.h"
+#include "lmc_compat.h"
 #include "mc_abi.h"
 #include "mc_conn.h"
 #include "mc_error.h"
@@ -61,14 +62,15 @@ static int c_enc(lua_State *L)
     if (n == -2147483647 - 1)
         return luaL_error(L, "request too large to frame");
     {
-        luaL_Buffer b;
+        /* a scratch userdata (every Lua has lua_newuserdata; 5.1 has no
+         * luaL_buffinitsize), left for the collector */
         size_t need = (size_t)-(long)n;
-        char *p = luaL_buffinitsize(L, &b, need);
+        char *p = lua_newuserdata(L, need);
         n = mc_abi_enc(p, need, op, opaque, cas, key, klen, extras, flags,
                        exptime, value, vlen);
         if (n < 0)
             return luaL_error(L, "request too large to frame");
-        luaL_pushresultsize(&b, (size_t)n);
+        lua_pushlstring(L, p, (size_t)n);
     }
     return 1;
 }
@@ -153,7 +155,7 @@ static mc_abi_batch *check_batch(lua_State *L)
 static int c_batch_new(lua_State *L)
 {
     size_t max_body = (size_t)luaL_optinteger(L, 1, 0);
-    lbatch *b = lua_newuserdatauv(L, sizeof *b, 0);
+    lbatch *b = lua_newuserdata(L, sizeof *b);
     b->ab = NULL;
     luaL_setmetatable(L, BATCH_MT);
     b->ab = mc_abi_batch_new(max_body);
@@ -231,18 +233,18 @@ static int b_feed(lua_State *L)
         const mc_abi_entry *e = &ents[i];
         lua_Integer at = (lua_Integer)i * 5;
         lua_pushinteger(L, e->idx);
-        lua_rawseti(L, 3, at + 1);
+        lmc_rawseti(L, 3, at + 1);
         lua_pushinteger(L, e->err);
-        lua_rawseti(L, 3, at + 2);
+        lmc_rawseti(L, 3, at + 2);
         lua_pushinteger(L, e->flags);
-        lua_rawseti(L, 3, at + 3);
+        lmc_rawseti(L, 3, at + 3);
         lua_pushinteger(L, (lua_Integer)(uint64_t)e->cas);
-        lua_rawseti(L, 3, at + 4);
+        lmc_rawseti(L, 3, at + 4);
         if (e->value)
             lua_pushlstring(L, e->value, e->vlen);
         else
             lua_pushboolean(L, 0);
-        lua_rawseti(L, 3, at + 5);
+        lmc_rawseti(L, 3, at + 5);
     }
     lua_pushinteger(L, rc);
     lua_pushinteger(L, n);
@@ -279,19 +281,19 @@ static int c_ring_new(lua_State *L)
     luaL_checktype(L, 2, LUA_TTABLE);
     luaL_checktype(L, 3, LUA_TTABLE);
     n = (size_t)lua_rawlen(L, 2);
-    addrs = lua_newuserdatauv(L, (n + 1) * sizeof *addrs, 0);
-    weights = lua_newuserdatauv(L, (n + 1) * sizeof *weights, 0);
+    addrs = lua_newuserdata(L, (n + 1) * sizeof *addrs);
+    weights = lua_newuserdata(L, (n + 1) * sizeof *weights);
     for (i = 0; i < n; i++) {
-        lua_rawgeti(L, 2, (lua_Integer)i + 1);
+        lmc_rawgeti(L, 2, (lua_Integer)i + 1);
         addrs[i] = lua_tostring(L, -1); /* kept alive by the table */
         lua_pop(L, 1);
         if (!addrs[i])
             return luaL_error(L, "server #%d is not a string", (int)i + 1);
-        lua_rawgeti(L, 3, (lua_Integer)i + 1);
+        lmc_rawgeti(L, 3, (lua_Integer)i + 1);
         weights[i] = (unsigned)luaL_optinteger(L, -1, 1);
         lua_pop(L, 1);
     }
-    u = lua_newuserdatauv(L, sizeof *u, 0);
+    u = lua_newuserdata(L, sizeof *u);
     u->r = NULL;
     luaL_setmetatable(L, RING_MT);
     err[0] = '\0';
@@ -659,14 +661,15 @@ static int c_recv(lua_State *L)
 {
     int fd = (int)luaL_checkinteger(L, 1);
     size_t max = (size_t)luaL_optinteger(L, 2, 65536);
-    luaL_Buffer b;
-    char *p = luaL_buffinitsize(L, &b, max);
+    char p[65536]; /* on the C stack: every Lua can push it from there */
     ssize_t n;
+    if (max > sizeof p || max == 0)
+        max = sizeof p;
     do
         n = recv(fd, p, max, MSG_DONTWAIT);
     while (n < 0 && errno == EINTR);
     if (n > 0) {
-        luaL_pushresultsize(&b, (size_t)n);
+        lua_pushlstring(L, p, (size_t)n);
         return 1;
     }
     if (n == 0) {
@@ -781,7 +784,7 @@ LMC_EXPORT int luaopen_memcached_core(lua_State *L)
     lua_createtable(L, MC_ERR_COUNT, 0);
     for (i = 1; i < mc_abi_err_count(); i++) {
         lua_pushstring(L, mc_abi_err_str(i));
-        lua_rawseti(L, -2, i);
+        lmc_rawseti(L, -2, i);
     }
     lua_setfield(L, -2, "errs");
     lv = mc_abi_lock_marker(&lflags, &llen);
