@@ -70,7 +70,7 @@ run() { # client op n -> seconds
     curl -sS --max-time 120 "$URL?client=$1&op=$2&n=$3"
 }
 # warm up every client and the keepalive pools
-for c in ours resty floor; do for op in get set multi; do run "$c" "$op" 200 >/dev/null; done; done
+for c in ours held resty floor; do for op in get set multi; do run "$c" "$op" 200 >/dev/null; done; done
 run ours multi3 50 >/dev/null
 
 # what a pooled connect + setkeepalive alone costs, per operation: part of
@@ -80,13 +80,13 @@ pool_us=$(for _ in 1 2 3; do run pool get "$N"; done | sort -n | sed -n 2p)
 reuse_us=$(for _ in 1 2 3; do run poolreuse get "$N"; done | sort -n | sed -n 2p)
 : >"$TMP/results"
 for r in $(seq "$ROUNDS"); do
-    order="ours resty floor"
-    [ $((r % 2)) = 0 ] && order="floor resty ours"
+    order="ours held resty floor"
+    [ $((r % 2)) = 0 ] && order="floor resty held ours"
     for op in get set multi multi3; do
         n=$N
         [ "$op" = multi ] || [ "$op" = multi3 ] && n=$M
         for c in $order; do
-            [ "$op" = multi3 ] && [ "$c" != ours ] && continue
+            [ "$op" = multi3 ] && [ "$c" != ours ] && [ "$c" != held ] && continue
             echo "$op $c $n $(run "$c" "$op" "$n")" >>"$TMP/results"
         done
     done
@@ -119,16 +119,18 @@ print("## nginx (OpenResty driver)\n")
 print(("Each figure: one nginx handler timing N operations, median of %d rounds (min–max), " ..
        "per operation; the ratio is to the floor column."):format(rounds))
 print("nginx and memcached pinned to one CPU; the clients alternate within each round.\n")
-print("| workload | floor (binary, no checks) | memcached.resty | lua-resty-memcached | ours / lua-resty-memcached |")
-print("| --- | --- | --- | --- | --- |")
+print("| workload | floor (binary, no checks) | memcached.resty | memcached.resty, held | lua-resty-memcached | ours / lua-resty-memcached (held) |")
+print("| --- | --- | --- | --- | --- | --- |")
 local names = { get = "get, 100 B value", set = "set (raw bytes), 100 B value", multi = "get_multi, 100 keys, 1 server",
                 multi3 = "get_multi, 100 keys, 3 servers" }
 for _, op in ipairs { "get", "set", "multi", "multi3" } do
   local f = med(t[op].floor and { table.unpack(t[op].floor) })
   local o = med(t[op].ours and { table.unpack(t[op].ours) })
   local r = med(t[op].resty and { table.unpack(t[op].resty) })
-  print(("| %s | %s | %s | %s | %s |"):format(names[op], cell(t[op].floor), cell(t[op].ours, f),
-    cell(t[op].resty, f), (o and r) and string.format("%.2fx", o / r) or "n/a"))
+  local h = med(t[op].held and { table.unpack(t[op].held) })
+  print(("| %s | %s | %s | %s | %s | %s |"):format(names[op], cell(t[op].floor), cell(t[op].ours, f),
+    cell(t[op].held, f), cell(t[op].resty, f),
+    (o and r) and string.format("%.2fx (%s)", o / r, h and string.format("%.2fx", h / r) or "n/a") or "n/a"))
 end
 LUA
 
@@ -171,7 +173,7 @@ if command -v valgrind >/dev/null && command -v callgrind_control >/dev/null; th
         echo "| handler | instructions | by object |"
         echo "| --- | --- | --- |"
         cgfiles=()
-        for spec in floor:get ours:get resty:get floor:set ours:set resty:set \
+        for spec in floor:get ours:get held:get resty:get floor:set ours:set held:set resty:set \
                     floor:multi ours:multi resty:multi pool:get poolreuse:get; do
             c=${spec%%:*} op=${spec#*:}
             n=$CGN

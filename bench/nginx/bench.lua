@@ -2,6 +2,7 @@
 -- inside this handler and answers "<seconds>" (or "error: ...").
 -- GET /bench?client=ours|resty|floor&op=get|set|multi|multi3&n=N
 --   ours:  memcached.resty (this library), one client per worker
+--   held:  the same, the handler holding its connections (hold/unhold)
 --   resty: lua-resty-memcached (Debian's lua-nginx-memcached, text
 --          protocol), connected once for the N operations
 --   floor: the least a binary-protocol cosocket client can do: requests
@@ -41,6 +42,9 @@ end
 
 local function run_ours()
   local mc = op == "multi3" and ours3 or ours1
+  -- held: the handler holds its connections (hold/unhold), as it does
+  -- with lua-resty-memcached (connect/set_keepalive)
+  if client == "held" then mc:hold() end
   if op == "get" then
     for _ = 1, n do if mc:get("bench_1") ~= VALUE then return false, "get" end end
   elseif op == "set" then
@@ -53,6 +57,7 @@ local function run_ours()
       if t["bench_100"] ~= VALUE then return false, "multi" end
     end
   end
+  if client == "held" then mc:unhold() end
   return true
 end
 
@@ -185,7 +190,7 @@ end
 local dt, err
 if client == "pool" then dt, err = timed(run_pool)
 elseif client == "poolreuse" then dt, err = timed(run_pool_reuse)
-elseif client == "ours" then dt, err = timed(run_ours)
+elseif client == "ours" or client == "held" then dt, err = timed(run_ours)
 elseif client == "resty" then dt, err = timed(run_resty)
 else dt, err = run_floor() end
 if not dt then ngx.say("error: ", tostring(err)) return end

@@ -20,8 +20,8 @@
 -- opcode are checked, and an item's reply must name its key (GETK, GATK).
 -- A client's opaques start at a random value (pooled connections are
 -- shared by clients), so a reply nobody asked for cannot guess them.
-local _M = { _VERSION = "0.1" }
 local memcached = require "memcached"
+local _M = { _VERSION = memcached._VERSION }
 local ffi = require "ffi"
 local type, error, tostring, pairs, ipairs = type, error, tostring, pairs, ipairs
 local setmetatable, tonumber, floor, sub = setmetatable, tonumber, math.floor, string.sub
@@ -111,6 +111,20 @@ function _M.new(opts, ...)
   if err then return nil, err, detail end
   self.ring, self.list, self.names = ring, list, {}
   return self
+end
+
+-- hold() / unhold(): for a handler that makes many calls, as
+-- lua-resty-memcached's connect / set_keepalive: between them, this
+-- request's calls keep one connection per server instead of taking it
+-- from nginx's pool and giving it back each time; unhold gives them back.
+-- Held connections still open when the request ends are closed by nginx.
+function _M.hold(self)
+  if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
+  if not conn.hold(self) then error("hold: only inside a request (no request here)", 2) end
+  return true
+end
+function _M.unhold(self)
+  return conn.unhold(self)
 end
 
 -- set_server_error_callback(fn(addr, reason, "down" | "up")): told of every

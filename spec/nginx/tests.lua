@@ -359,6 +359,36 @@ local function run()
   ngx.sleep(0.5)
   is("the next call gets its own reply", { "second" }, late:get("second"))
 
+  -- hold / unhold: a handler's calls keep one connection per server
+  do
+    is("hold", { true }, mc2:hold())
+    local before = total_connections(MC1)
+    local good = true
+    for i = 1, 30 do
+      local k = "held:" .. i
+      if not mc2:set(k, i) or mc2:get(k) ~= i then good = false end
+    end
+    local m = mc2:get_multi { "held:1", "held:30" }
+    good = good and m["held:1"] == 1 and m["held:30"] == 30
+    -- light threads take their own connection while one is in use
+    local th = {}
+    for i = 1, 5 do th[i] = ngx.thread.spawn(function() return mc2:get("held:" .. i) == i end) end
+    for i = 1, 5 do
+      local okw, r = ngx.thread.wait(th[i])
+      good = good and okw and r
+    end
+    local after = total_connections(MC1)
+    ok(good and before and after and after - before <= 6,
+       "held connections serve every call of the request, values right", show(good, before, after))
+    is("unhold", { true }, mc2:unhold())
+    local b2 = total_connections(MC1)
+    for _ = 1, 10 do mc2:get("held:1") end
+    local a2 = total_connections(MC1)
+    ok(b2 and a2 and a2 - b2 <= 1, "... gives them back to the pool", show(b2, a2))
+    local mm = mc2:get_multi { "held:1" }
+    ok(mm and mm["held:1"] == 1, "calls after unhold work", show(mm and mm["held:1"]))
+  end
+
   -- pooled connections: 20 gets open no new connection
   local before = total_connections(MC1)
   for _ = 1, 20 do mc:get("raw") end

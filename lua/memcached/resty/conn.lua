@@ -4,6 +4,7 @@
 local ffi = require "ffi"
 local tostring, setmetatable, floor, max = tostring, setmetatable, math.floor, math.max
 local byte, sub, ngx_now, ngx_socket_tcp = string.byte, string.sub, ngx.now, ngx.socket.tcp
+local pairs = pairs
 local C = require "memcached.resty.core"
 local codec, HEADER_LEN, new_text_reader = C.codec, C.HEADER_LEN, C.new_text_reader
 local E_SERVER, E_PROTOCOL, core, STALE = C.E_SERVER, C.E_PROTOCOL, C.core, C.STALE
@@ -102,31 +103,79 @@ do
   get_request = ok and base.get_request or function() return nil end
 end
 
-local function take_sock(self, addr)
-  if not get_request() then return ngx_socket_tcp() end
-  local cache = ngx.ctx[self]
-  local sock = cache and cache[addr]
-  if not sock then return ngx_socket_tcp() end
-  cache[addr] = nil
-  return sock
-end
-
--- Gives a connection whose reply was read whole back to nginx's pool, and
--- its cosocket object to the request's cache.
-local function release(self, addr, sock)
-  if not sock:setkeepalive(self.keepalive_ms, self.pool_size) or not get_request() then return end
+-- The request's cache of cosocket objects for client self: [addr] = an
+-- idle object, or (held) a connection kept connected; live[addr]: that
+-- object is still connected. nil outside a request.
+local function request_cache(self, make)
+  if not get_request() then return nil end
   local ctx = ngx.ctx
   local cache = ctx[self]
-  if not cache then
-    cache = {}
+  if not cache and make then
+    cache = { live = {} }
     ctx[self] = cache
   end
-  cache[addr] = sock
+  return cache
+end
+
+-- A cosocket object for addr, and whether it is still connected (a
+-- connection held for the request: see hold).
+local function take_sock(self, addr)
+  local cache = request_cache(self, false)
+  local sock = cache and cache[addr]
+  if not sock then return ngx_socket_tcp(), false end
+  cache[addr] = nil
+  local connected = cache.live[addr] == true
+  cache.live[addr] = nil
+  return sock, connected
+end
+
+-- Gives a connection whose reply was read whole back: to nginx's pool and
+-- its object to the request's cache; or, while the request holds this
+-- client's connections (hold), to the cache still connected. An object
+-- that finds its place taken (a nested call's) goes to the pool alone.
+local function release(self, addr, sock)
+  local cache = request_cache(self, true)
+  if cache and cache.held and not cache[addr] then
+    cache[addr] = sock
+    cache.live[addr] = true
+    return
+  end
+  if not sock:setkeepalive(self.keepalive_ms, self.pool_size) or not cache then return end
+  if not cache[addr] then cache[addr] = sock end
+end
+
+-- hold: this request's calls keep their connections (one per server) for
+-- the next call instead of a pool round trip each; unhold gives them back
+-- to nginx's pool. What is still held when the request ends is closed by
+-- nginx, as an unreleased cosocket of lua-resty-memcached is.
+local function hold(self)
+  local cache = request_cache(self, true)
+  if not cache then return nil end
+  cache.held = true
+  return true
+end
+local function unhold(self)
+  local cache = request_cache(self, false)
+  if not cache then return true end
+  cache.held = nil
+  for addr in pairs(cache.live) do
+    local sock = cache[addr]
+    cache.live[addr] = nil
+    if sock then sock:setkeepalive(self.keepalive_ms, self.pool_size) end
+  end
+  return true
 end
 
 local function connect(self, addr, dl, fresh)
   local host, port = split_addr(addr)
-  local sock = take_sock(self, addr)
+  local sock, connected = take_sock(self, addr)
+  if connected then
+    if not fresh then
+      set_left(sock, self.connect_ms, dl)
+      return sock, true
+    end
+    sock:close() -- a fresh connection was asked for
+  end
   set_left(sock, self.connect_ms, dl)
   local ok, err
   if port then ok, err = sock:connect(host, port, popts_of(self, addr))
@@ -305,6 +354,8 @@ return {
   set_left = set_left,
   send_to = send_to,
   release = release,
+  hold = hold,
+  unhold = unhold,
   read_text_error = read_text_error,
   MAX_BODY = MAX_BODY,
   read_reply = read_reply,
