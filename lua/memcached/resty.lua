@@ -51,8 +51,18 @@ local mt = { __index = _M }
 local OPTIONS = { servers = 1, timeout = 1, connect_timeout = 1, io_timeout = 1,
   pool_size = 1, keepalive_timeout = 1, msgpack_flag = 1, selector = 1,
   failure_limit = 1, retry_timeout = 1, eject = 1, probe_timeout = 1, resolver = 1,
-  shared_dict = 1 }
+  shared_dict = 1, max_conns = 1, max_idle = 1, max_value_size = 1 }
 local SELECTORS = { modulo = 0, ketama = 1, gomemcached = 2 }
+local MAX_VALUE = memcached.codec.DEFAULT_MAX_BODY -- the C client's default max_value_size
+
+local function opt_count(opts, name, def, lo, hi)
+  local v = opts[name]
+  if v == nil then return def end
+  if type(v) ~= "number" or v ~= floor(v) or v < lo or v > hi then
+    error("option '" .. name .. "' must be an integer " .. lo .. ".." .. hi, 3)
+  end
+  return v
+end
 
 local function opt_seconds(opts, name, def, lo)
   local v = opts[name]
@@ -79,10 +89,19 @@ function _M.new(opts, ...)
     error("option 'failure_limit' must be 1 or more", 2)
   end
   local connect = opt_seconds(opts, "connect_timeout", timeout, 0.001)
+  local max_conns = opt_count(opts, "max_conns", 0, 0, 1000000)
+  local max_value = opt_count(opts, "max_value_size", MAX_VALUE, 1024, 2147483647)
   local self = setmetatable({
     connect_ms = floor(connect * 1000 + 0.5),
     io_timeout = opt_seconds(opts, "io_timeout", timeout, 0.001),
-    pool_size = opts.pool_size,
+    -- nginx's pool: max_conns caps every connection to a server (per
+    -- worker; beyond it ERR_BUSY), and the pool keeps as many idle;
+    -- without it, pool_size (or max_idle) idle connections
+    pool_size = max_conns > 0 and max_conns or opts.pool_size
+      or opt_count(opts, "max_idle", nil, 0, 1000000),
+    max_conns = max_conns,
+    max_value_size = max_value,
+    max_body = max_value + 512, -- the value, its key and extras
     keepalive_ms = floor((opts.keepalive_timeout or 60) * 1000 + 0.5),
     mp_flag = opts.msgpack_flag or 1,
     selector = SELECTORS[sel],
@@ -185,6 +204,12 @@ local function call(self, key, kind, enc, op, ...)
   return nil, err_str[e], addr .. ": " .. status_str(st) .. msg
 end
 
+-- A value over max_value_size is refused before anything is sent.
+local function too_large(self, n)
+  return nil, _M.ERR_VALUE_TOO_LARGE,
+    ("a value of %d bytes is over max_value_size (%d)"):format(n, self.max_value_size)
+end
+
 -- get, get_and_touch, touch
 local function key_op(self, op, key, exptime)
   if type(key) == "table" then key, exptime = fields(key, "key", "expiration") end
@@ -232,6 +257,7 @@ local function store(self, op, kind, raw, is_cas, key, value, a3, a4, flags)
     if not value then return nil, _M.ERR_UNENCODABLE, err end
     flags = self.mp_flag
   end
+  if #value > self.max_value_size and not self.closed then return too_large(self, #value) end
   -- only a plain set may run twice (add/replace/a cas could fail or win
   -- against the first try's effect)
   local ok, rcas, detail = call(self, key, kind, c_store, op, cas, key, flags, exptime, value)
@@ -254,6 +280,7 @@ local function concat_op(self, op, key, bytes, cas)
     error("bad argument #2 (bytes): string expected, got " .. type(bytes), 3)
   end
   opt_uint(3, "cas", cas)
+  if #bytes > self.max_value_size and not self.closed then return too_large(self, #bytes) end
   local ok, rcas, detail = call(self, key, K_REPLACE, c_concat, op, cas, key, bytes)
   if not ok then return nil, rcas, detail end
   return rcas

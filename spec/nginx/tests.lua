@@ -389,6 +389,42 @@ local function run()
     ok(mm and mm["held:1"] == 1, "calls after unhold work", show(mm and mm["held:1"]))
   end
 
+  -- max_value_size, max_conns, max_idle: the C client's options
+  do
+    local small = assert(resty_memcached.new { servers = { MC1 }, max_value_size = 2048 })
+    local big = ("b"):rep(3000)
+    local _, e1 = small:set_raw_data("mv:big", big)
+    ok(e1 == E.ERR_VALUE_TOO_LARGE and raw_item(MC1, "mv:big") == nil,
+       "max_value_size: a larger value is refused and nothing is sent", show(e1))
+    local _, e2 = small:append("mv:big", big)
+    is("... append too", { E.ERR_VALUE_TOO_LARGE }, e2)
+    local res = small:set_multi { ["mv:a"] = "small", ["mv:b"] = big }
+    ok(res and res["mv:a"] == true and res["mv:b"] == E.ERR_VALUE_TOO_LARGE,
+       "... set_multi refuses that key alone", show(res and res["mv:a"], res and res["mv:b"]))
+    assert(mc:set_raw_data("mv:stored", big))
+    local v3, e3 = small:get("mv:stored")
+    ok(v3 == nil and e3 == E.ERR_VALUE_TOO_LARGE, "... an item read back over it is refused", show(v3, e3))
+    is("... and the next call works", { "small" }, small:get("mv:a"))
+    local m3, me3, mf3 = small:get_multi { "mv:stored", "mv:a" }
+    ok(m3 and me3 == E.ERR_VALUE_TOO_LARGE and mf3 and mf3["mv:stored"],
+       "... get_multi reports it", show(me3))
+    ok(small:servers()[1].alive and small:servers()[1].failures == 0,
+       "... and the server is not counted as failing", show(small:servers()[1].failures))
+    ok(not pcall(resty_memcached.new, { servers = { MC1 }, max_value_size = 10 }),
+       "max_value_size below 1024 raises")
+    local one = assert(resty_memcached.new { servers = { SILENT }, max_conns = 1, timeout = 0.3,
+      failure_limit = 10 })
+    local t1 = ngx.thread.spawn(function() return one:get("busy") end)
+    ngx.sleep(0.05)
+    local dt, r = elapsed(function() return one:get("busy") end)
+    ngx.thread.wait(t1)
+    ok(r[1] == nil and r[2] == E.ERR_BUSY and dt < 0.1,
+       "max_conns 1: a second call while the connection is in use is ERR_BUSY at once",
+       show(r[2], dt))
+    ok(assert(resty_memcached.new { servers = { MC1 }, max_idle = 4 }):set("mi", 1),
+       "max_idle is accepted (nginx's pool keeps that many idle)")
+  end
+
   -- pooled connections: 20 gets open no new connection
   local before = total_connections(MC1)
   for _ = 1, 20 do mc:get("raw") end

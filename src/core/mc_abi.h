@@ -79,7 +79,8 @@ MC_ABI double mc_abi_ring_retry_at(const mc_ring *r, int srv);
  * success, else the error its status means for kind (an auth status is
  * MC_ERR_AUTH; delete_lock's marker reads as MC_ERR_CACHE_MISS); used: the
  * bytes it took; the value and key as offsets from p. -1: the stream is
- * framed wrongly (out->err, why in msg). -2: a text line starts at p
+ * framed wrongly (out->err, why in msg; MC_ERR_TOO_LARGE for a plausible
+ * body over max_body). -2: a text line starts at p
  * (memcached's "ERROR ..." at its connection limit), for the driver's text
  * reader. */
 typedef struct mc_abi_reply {

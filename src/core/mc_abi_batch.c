@@ -241,7 +241,12 @@ int mc_abi_take_one(const char *p, size_t len, size_t max_body, int kind,
         return 0;
     }
     if (mc_head_check(h, max_body, msg, msglen) != 0) {
-        out->err = MC_ERR_PROTOCOL;
+        /* a plausible body over the cap is an item too large for the
+         * caller's max_value_size, as the reader says (mc_reader_error) */
+        uint32_t body = mc_load32(h + 8);
+        out->err = body > max_body && body <= MC_PLAUSIBLE_BODY
+                       ? MC_ERR_TOO_LARGE
+                       : MC_ERR_PROTOCOL;
         return -1;
     }
     total = MC_HEADER_LEN + (size_t)mc_load32(h + 8);

@@ -42,7 +42,6 @@ end
 -- The core's batches (mc_abi_batch): one per server of a call, kept by the
 -- client for later calls. Taken while in use (light threads sharing the
 -- client each take their own).
-local MAX_BODY = conn.MAX_BODY
 local function take_ab(self)
   local pool = self.abs
   local ab = pool[#pool]
@@ -50,7 +49,7 @@ local function take_ab(self)
     pool[#pool] = nil
     return ab
   end
-  ab = core.mc_abi_batch_new(MAX_BODY)
+  ab = core.mc_abi_batch_new(self.max_body)
   if ab == nil then return nil end
   return ffi.gc(ab, core.mc_abi_batch_free)
 end
@@ -337,7 +336,9 @@ function M.set_multi(self, items, exptime)
     if not key_ok(k) then results[k] = E_KEY
     else
       local bytes = mp_encode(v)
-      if bytes then e[2] = bytes else results[k] = E.ERR_UNENCODABLE end
+      if not bytes then results[k] = E.ERR_UNENCODABLE
+      elseif #bytes > self.max_value_size then results[k] = E.ERR_VALUE_TOO_LARGE
+      else e[2] = bytes end
     end
   end
   quiet_place(self, list, results)

@@ -15,7 +15,10 @@ local sock_fail, split_addr, err_str = C.sock_fail, C.split_addr, C.err_str
 local function server_record(self, addr)
   local rec = self.records[addr]
   if not rec then
-    rec = { popts = { pool = "memcached:" .. addr, pool_size = self.pool_size },
+    -- max_conns: nginx queues no connect beyond pool_size (backlog 0), it
+    -- fails at once ("too many waiting connect operations": ERR_BUSY)
+    rec = { popts = { pool = "memcached:" .. addr, pool_size = self.pool_size,
+                      backlog = self.max_conns > 0 and 0 or nil },
             dead_key = "memcached:dead:" .. addr, fail_key = "memcached:failures:" .. addr }
     self.records[addr] = rec
   end
@@ -58,6 +61,7 @@ local function take_reader(self)
   local rs = self.readers
   local r = rs[#rs] or new_reader()
   rs[#rs] = nil
+  r.max_body = self.max_body
   return r
 end
 local function give_reader(self, r)
@@ -252,7 +256,7 @@ local function take(sock, r, addr)
   local buf, pos = r.buf, r.pos
   local key = r.key
   local rc = core.mc_abi_take_one(ffi.cast("const char *", buf) + (pos - 1), #buf - pos + 1,
-    MAX_BODY, r.kind, r.op, r.opaque, key, key and #key or 0, rep, rep_msg, 256)
+    r.max_body, r.kind, r.op, r.opaque, key, key and #key or 0, rep, rep_msg, 256)
   if rc == 0 then return false, rep.need end
   if rc == -2 then
     r.buf, r.pos = "", 1

@@ -206,6 +206,8 @@ local function sock_fail(sock, addr, what, err)
   if err == "timeout" then e = E.ERR_TIMEOUT
   elseif err == "closed" or err == "connection reset by peer" or err == "broken pipe" then e = E_CLOSED
   elseif err and find(err, "refused", 1, true) then e = E.ERR_CONNECTION_REFUSED
+  elseif err and find(err, "too many waiting connect", 1, true) then
+    e = E.ERR_BUSY -- max_conns connections are all in use (nginx's backlog 0)
   end
   return nil, e, addr .. ": " .. what .. ": " .. tostring(err)
 end
