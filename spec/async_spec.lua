@@ -147,36 +147,47 @@ for _, name in ipairs { "cqueues", "luv" } do
       assert.is_true(n >= 1 and n <= 2, "connections: " .. n)
     end)
 
+    -- A loop blocked by the get would show one gap of its whole timeout
+    -- (300 ms) in every attempt; a machine busy with other work can delay
+    -- a tick now and then, so up to three attempts are made and one with
+    -- every gap under 20 ms is enough. Every attempt must stay under 150 ms.
     it("a ticker keeps ticking every 10 ms while a get waits on a stopped server", function()
-      local stopped = H.start_memcached()
-      local max_gap, ticks, got, err, took = 0, 0, nil, nil, nil
-      L.run(function(spawn)
-        local mc = assert(L.mod.new { servers = { stopped.addr }, timeout = 0.3 })
-        assert(mc:set("tick", 1)) -- connected before the stop
-        stopped.sigstop()
-        local done = false
-        spawn(function()
-          local last = H.now()
-          while not done do
-            L.sleep(0.01)
-            local t = H.now()
-            if t - last > max_gap then max_gap = t - last end
-            last = t
-            ticks = ticks + 1
-          end
+      local gaps = {}
+      local function attempt()
+        local stopped = H.start_memcached()
+        local max_gap, ticks, got, err, took = 0, 0, nil, nil, nil
+        L.run(function(spawn)
+          local mc = assert(L.mod.new { servers = { stopped.addr }, timeout = 0.3 })
+          assert(mc:set("tick", 1)) -- connected before the stop
+          stopped.sigstop()
+          local done = false
+          spawn(function()
+            local last = H.now()
+            while not done do
+              L.sleep(0.01)
+              local t = H.now()
+              if t - last > max_gap then max_gap = t - last end
+              last = t
+              ticks = ticks + 1
+            end
+          end)
+          local t0 = H.now()
+          got, err = mc:get("tick")
+          took = H.now() - t0
+          done = true
         end)
-        local t0 = H.now()
-        got, err = mc:get("tick")
-        took = H.now() - t0
-        done = true
-      end)
-      stopped.sigcont()
-      stopped.kill9()
-      assert.is_nil(got)
-      assert.equal(memcached.ERR_TIMEOUT, err)
-      assert.is_true(took >= 0.29 and took < 0.5, "the get took " .. took)
-      assert.is_true(ticks >= 20, "ticks: " .. ticks)
-      assert.is_true(max_gap <= 0.020, ("largest gap between ticks: %.1f ms"):format(max_gap * 1000))
+        stopped.sigcont()
+        stopped.kill9()
+        assert.is_nil(got)
+        assert.equal(memcached.ERR_TIMEOUT, err)
+        assert.is_true(took >= 0.29 and took < 0.5, "the get took " .. took)
+        assert.is_true(ticks >= 15, "ticks: " .. ticks)
+        assert.is_true(max_gap < 0.150, ("a gap of %.1f ms: the loop was blocked"):format(max_gap * 1000))
+        gaps[#gaps + 1] = ("%.1f ms"):format(max_gap * 1000)
+        return max_gap <= 0.020
+      end
+      local good = attempt() or attempt() or attempt()
+      assert.is_true(good, "largest gap between ticks in each attempt: " .. table.concat(gaps, ", "))
     end)
 
     -- 100 coroutines reading their own keys from three servers while
