@@ -4,19 +4,28 @@
 local ffi = require "ffi"
 local tostring, setmetatable, floor, max = tostring, setmetatable, math.floor, math.max
 local byte, sub, ngx_now, ngx_socket_tcp = string.byte, string.sub, ngx.now, ngx.socket.tcp
-local pairs = pairs
+local pairs, tonumber, type = pairs, tonumber, type
 local C = require "memcached.resty.core"
 local codec, HEADER_LEN, new_text_reader = C.codec, C.HEADER_LEN, C.new_text_reader
 local E_SERVER, E_PROTOCOL, core, STALE = C.E_SERVER, C.E_PROTOCOL, C.core, C.STALE
 local sock_fail, split_addr, err_str = C.sock_fail, C.split_addr, C.err_str
+local E_TLS = C.E.ERR_TLS
 
 -- What a client keeps per server address, made once: nginx's keepalive
 -- pool options and the server's key in the shared dict.
+-- A client with TLS or credentials (pool_tag, set by new) keeps its
+-- connections in pools of their own: a plain connection never serves it,
+-- and its connections never serve a client that asked for less (or for
+-- other credentials, another server name or client certificate). rec.sni:
+-- the name its TLS handshakes send and check; rec.session: the TLS
+-- session offered by its next new connection.
 local function server_record(self, addr)
   local rec = self.records[addr]
   if not rec then
-    rec = { popts = { pool = "memcached:" .. addr, pool_size = self.pool_size },
+    rec = { popts = { pool = "memcached:" .. addr .. self.pool_tag, pool_size = self.pool_size },
             dead_key = "memcached:dead:" .. addr, fail_key = "memcached:failures:" .. addr }
+    local tls = self.tls
+    if tls then rec.sni = tls.server_name or C.tls_host(addr) end
     self.records[addr] = rec
   end
   return rec
@@ -166,7 +175,88 @@ local function unhold(self)
   return true
 end
 
-local function connect(self, addr, dl, fresh)
+-- What a new connection of a client with TLS or credentials does before
+-- its first request, with connect_ms for the handshake and until sdl for
+-- SASL: the TLS handshake (nginx verifies the chain against
+-- lua_ssl_trusted_certificate and the name), then SASL PLAIN, framed and
+-- judged by the core (mc_abi_sasl_*): the mechanisms, then the
+-- credentials. Returns true; or nil, err, detail with the socket closed. A
+-- server that refuses the handshake, the certificate or the credentials
+-- answered (ERR_TLS, ERR_AUTH: the core's mc_abi_health_verdict does not
+-- count them); a timeout or a close does count.
+local sasl_cap = 24 + 2 * 255 + 7
+local sasl_buf, sasl_need, sasl_msg = ffi.new("char[?]", sasl_cap), ffi.new("uint32_t[1]"),
+  ffi.new("char[256]")
+local function sasl_step(self, sock, addr, step)
+  local opaque = next_opaques(self, 1)
+  local user, pass = self.user, self.pass
+  local n = core.mc_abi_sasl_frame(sasl_buf, sasl_cap, step, opaque, user, #user, pass, #pass)
+  if n <= 0 then -- new checked the credentials: not reached
+    sock:close()
+    return nil, C.E_AUTH, addr .. ": SASL: the credentials cannot be framed"
+  end
+  local ok, err = sock:send(ffi.string(sasl_buf, n))
+  if not ok then return sock_fail(sock, addr, "SASL send", err) end
+  local buf = ""
+  while true do
+    local rc = core.mc_abi_sasl_check(buf, #buf, step, opaque, sasl_need, sasl_msg, 256)
+    if rc == 0 then return true end
+    if rc > 0 then
+      sock:close()
+      return nil, err_str[rc], addr .. ": " .. ffi.string(sasl_msg)
+    end
+    local data, rerr = sock:receive(tonumber(sasl_need[0]) - #buf)
+    if not data then return sock_fail(sock, addr, "SASL receive", rerr) end
+    buf = buf .. data
+  end
+end
+
+-- How a handshake's error reads: the transport's own failures as for any
+-- connection, the rest (refused handshake, certificate, name) ERR_TLS.
+local TRANSPORT = { timeout = true, closed = true, ["connection reset by peer"] = true,
+  ["broken pipe"] = true }
+local function secure(self, sock, addr, sdl)
+  local tls = self.tls
+  if tls then
+    local rec = server_record(self, addr)
+    if tls.cert then sock:setclientcert(tls.cert, tls.pkey) end
+    local sess, err = sock:sslhandshake(rec.session, rec.sni, tls.verify)
+    if not sess then
+      if TRANSPORT[err] then return sock_fail(sock, addr, "TLS handshake", err) end
+      sock:close()
+      return nil, E_TLS, addr .. ": TLS handshake: " .. tostring(err)
+    end
+    -- the session to offer next time (a NULL when the server gave none)
+    if type(sess) == "cdata" then rec.session = sess end
+  end
+  if self.user then
+    set_left(sock, nil, sdl)
+    local ok, err, detail = sasl_step(self, sock, addr, 0)
+    if ok then ok, err, detail = sasl_step(self, sock, addr, 1) end
+    if not ok then return nil, err, detail end
+  end
+  return true
+end
+
+-- connect for a client with TLS or credentials: a connection from the
+-- pool was made secure when it was new; a new one is made so here. This
+-- costs such clients one call per request (getreusedtimes) that plain
+-- clients do not make.
+local connect
+local function connect_secure(self, addr, sock, dl, fresh)
+  if (sock:getreusedtimes() or 0) > 0 then
+    if not fresh then return sock, true end
+    sock:close() -- a fresh connection was asked for
+    return connect(self, addr, dl, fresh)
+  end
+  local ok, err, detail = secure(self, sock, addr,
+    math.min(dl, ngx_now() + self.connect_ms / 1000))
+  if not ok then return nil, err, detail end
+  set_left(sock, self.connect_ms, dl) -- the request's own timeouts again
+  return sock, false
+end
+
+connect = function(self, addr, dl, fresh)
   local host, port = split_addr(addr)
   local sock, connected = take_sock(self, addr)
   if connected then
@@ -181,6 +271,7 @@ local function connect(self, addr, dl, fresh)
   if port then ok, err = sock:connect(host, port, popts_of(self, addr))
   else ok, err = sock:connect(host, popts_of(self, addr)) end
   if not ok then return sock_fail(nil, addr, "connect", err) end
+  if self.secure then return connect_secure(self, addr, sock, dl, fresh) end
   -- Whether the connection came from the pool matters only when it fails
   -- before any byte of its reply (a request safe to send twice then goes
   -- once more on a fresh connection), and asking nginx costs a call per
@@ -360,4 +451,5 @@ return {
   MAX_BODY = MAX_BODY,
   read_reply = read_reply,
   roundtrip = roundtrip,
+  secure = secure,
 }
