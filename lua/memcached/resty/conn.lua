@@ -211,6 +211,27 @@ local function sasl_step(self, sock, addr, step)
   end
 end
 
+-- lua-resty-core 0.1.25 (with lua-nginx-module 0.10.23) raises
+-- "assertion failed!" instead of returning the reason when a handshake
+-- completes at once but nginx's own checks then fail it (a certificate
+-- for another name, always; an unknown CA at times). The reason is still
+-- where nginx left it: ask the same FFI function lua-resty-core asks.
+local hs_sess, hs_err, hs_code
+local function handshake_error(sock, raised)
+  local ok, msg = pcall(function()
+    if not hs_sess then
+      hs_sess, hs_err, hs_code = ffi.new("void *[1]"), ffi.new("char *[1]"), ffi.new("int[1]")
+    end
+    hs_err[0], hs_code[0] = nil, 0
+    ffi.C.ngx_http_lua_ffi_socket_tcp_get_sslhandshake_result(get_request(), sock[1], hs_sess,
+      hs_err, hs_code)
+    if hs_err[0] == nil then return nil end
+    local m = ffi.string(hs_err[0])
+    return hs_code[0] ~= 0 and hs_code[0] .. ": " .. m or m
+  end)
+  return ok and msg or "handshake failed (" .. tostring(raised) .. ")"
+end
+
 -- How a handshake's error reads: the transport's own failures as for any
 -- connection, the rest (refused handshake, certificate, name) ERR_TLS.
 local TRANSPORT = { timeout = true, closed = true, ["connection reset by peer"] = true,
@@ -220,7 +241,8 @@ local function secure(self, sock, addr, sdl)
   if tls then
     local rec = server_record(self, addr)
     if tls.cert then sock:setclientcert(tls.cert, tls.pkey) end
-    local sess, err = sock:sslhandshake(rec.session, rec.sni, tls.verify)
+    local done, sess, err = pcall(sock.sslhandshake, sock, rec.session, rec.sni, tls.verify)
+    if not done then sess, err = nil, handshake_error(sock, sess) end
     if not sess then
       if TRANSPORT[err] then return sock_fail(sock, addr, "TLS handshake", err) end
       sock:close()
