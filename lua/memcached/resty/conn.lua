@@ -260,25 +260,8 @@ local function secure(self, sock, addr, sdl)
   return true
 end
 
--- connect for a client with TLS or credentials: a connection from the
--- pool was made secure when it was new; a new one is made so here. This
--- costs such clients one call per request (getreusedtimes) that plain
--- clients do not make.
-local connect
-local function connect_secure(self, addr, sock, dl, fresh)
-  if (sock:getreusedtimes() or 0) > 0 then
-    if not fresh then return sock, true end
-    sock:close() -- a fresh connection was asked for
-    return connect(self, addr, dl, fresh)
-  end
-  local ok, err, detail = secure(self, sock, addr,
-    math.min(dl, ngx_now() + self.connect_ms / 1000))
-  if not ok then return nil, err, detail end
-  set_left(sock, self.connect_ms, dl) -- the request's own timeouts again
-  return sock, false
-end
-
-connect = function(self, addr, dl, fresh)
+local connect_secure -- below: it calls connect again
+local function connect(self, addr, dl, fresh)
   local host, port = split_addr(addr)
   local sock, connected = take_sock(self, addr)
   if connected then
@@ -306,6 +289,23 @@ connect = function(self, addr, dl, fresh)
     sock:close()
     return connect(self, addr, dl, fresh)
   end
+  return sock, false
+end
+
+-- connect for a client with TLS or credentials: a connection from the
+-- pool was made secure when it was new; a new one is made so here. This
+-- costs such clients one call per request (getreusedtimes) that plain
+-- clients do not make.
+connect_secure = function(self, addr, sock, dl, fresh)
+  if (sock:getreusedtimes() or 0) > 0 then
+    if not fresh then return sock, true end
+    sock:close() -- a fresh connection was asked for
+    return connect(self, addr, dl, fresh)
+  end
+  local ok, err, detail = secure(self, sock, addr,
+    math.min(dl, ngx_now() + self.connect_ms / 1000))
+  if not ok then return nil, err, detail end
+  set_left(sock, self.connect_ms, dl) -- the request's own timeouts again
   return sock, false
 end
 
