@@ -159,6 +159,8 @@ SASL_CONF_PATH=$TMP/sasl start "$TLS_SASL" memcached "${MC_USER[@]}" -S -Z \
 # client that asks for TLS sends nothing there in clear)
 TLS_REC=$(free_port)
 start "$TLS_REC" "$LUA" spec/tls_fault.lua "$TLS_REC" "$TLS" record "$TMP/tls_rec.bin"
+TLS12_REC=$(free_port) # the same, for the TLS 1.2 location (resumption shows in clear there)
+start "$TLS12_REC" "$LUA" spec/tls_fault.lua "$TLS12_REC" "$TLS" record "$TMP/tls12_rec.bin"
 PLAIN_REC=$(free_port)
 start "$PLAIN_REC" "$LUA" spec/tls_fault.lua "$PLAIN_REC" "$MC1" record "$TMP/plain_rec.bin"
 # memcached that tests.lua kills (-9) and restarts on the same port
@@ -221,7 +223,7 @@ sed -e "s|@TMP@|$TMP|g" -e "s|@ROOT@|$ROOT|g" -e "s|@PORT@|$PORT|g" \
     -e "s|@OPAQUE@|${FAULT[opaque]}|g" -e "s|@LIMIT@|$LIMIT|g" \
     -e "s|@TLS@|$TLS|g" -e "s|@TLS_WRONG@|$TLS_WRONG|g" -e "s|@TLS_EXPIRED@|$TLS_EXPIRED|g" \
     -e "s|@TLS_STRANGER@|$TLS_STRANGER|g" -e "s|@TLS_CLIENT@|$TLS_CLIENT|g" \
-    -e "s|@TLS_SASL@|$TLS_SASL|g" -e "s|@TLS_REC@|$TLS_REC|g" -e "s|@PLAIN_REC@|$PLAIN_REC|g" \
+    -e "s|@TLS_SASL@|$TLS_SASL|g" -e "s|@TLS_REC@|$TLS_REC|g" -e "s|@TLS12_REC@|$TLS12_REC|g" -e "s|@PLAIN_REC@|$PLAIN_REC|g" \
     -e "s|@SASL@|$SASL|g" -e "s|@RESTART@|$RESTART|g" -e "s|@RESTART_CMD@|$RESTART_CMD|g" \
     spec/nginx/nginx.conf.in >"$TMP/nginx.conf"
 start "$PORT" nginx -p "$TMP" -c "$TMP/nginx.conf" -e "$TMP/error.log"

@@ -125,6 +125,29 @@ local function client_hellos(bytes)
   return out
 end
 
+-- The handshakes in the bytes a TLS 1.2 client sent, connection after
+-- connection: for each ClientHello, whether a ClientKeyExchange followed
+-- (a full handshake; a resumed one has none). Records after the client's
+-- ChangeCipherSpec are encrypted until the next connection's ClientHello,
+-- which follows its application data or alerts.
+local function tls12_handshakes(bytes)
+  local out, pos, encrypted, after_app = {}, 1, false, false
+  while pos + 5 <= #bytes do
+    local ctype = bytes:byte(pos)
+    local len = bytes:byte(pos + 3) * 256 + bytes:byte(pos + 4)
+    local first = bytes:byte(pos + 5)
+    if ctype == 22 and after_app then encrypted, after_app = false, false end
+    if ctype == 20 then encrypted = true
+    elseif ctype == 23 or ctype == 21 then after_app = true
+    elseif ctype == 22 and not encrypted then
+      if first == 1 then out[#out + 1] = { full = false }
+      elseif first == 16 and #out > 0 then out[#out].full = true end
+    end
+    pos = pos + 5 + len
+  end
+  return out
+end
+
 local function read_all(path)
   local f = io.open(path, "rb")
   if not f then return "" end
@@ -220,8 +243,8 @@ local function tls_and_sasl()
   ok(cc:set("tls:cc", 7) and cc:get("tls:cc") == 7, "TLS: a client certificate (tls.cert_file, key_file)")
   local nocert = tls_client(CLIENT)
   local ncv, ncerr, ncdetail = nocert:get("tls:cc")
-  ok(ncv == nil and ncerr ~= nil, "TLS: without the client certificate the server refuses",
-     show(ncv, ncerr, ncdetail))
+  ok(ncv == nil and ncerr == E.ERR_TLS, "TLS: without the client certificate the server refuses ("
+     .. tostring(ncerr) .. ": " .. tostring(ncdetail) .. ")", show(ncv, ncerr, ncdetail))
   local badfile, bferr, bfdetail = resty_memcached.new { servers = { CLIENT },
     tls = { cert_file = dir .. "/nothing.pem", key_file = dir .. "/client.key" } }
   ok(badfile == nil and bferr == E.ERR_TLS and tostring(bfdetail):find("nothing.pem", 1, true),
@@ -251,6 +274,14 @@ local function tls_and_sasl()
   ok(#hellos == 2 and not hellos[1].offers_session and hellos[2].offers_session,
      "TLS: the new connection offers the last session to resume",
      show(#hellos, hellos[1] and hellos[1].offers_session, hellos[2] and hellos[2].offers_session))
+
+  -- under TLS 1.2 the server's acceptance shows: the second connection's
+  -- handshake is an abbreviated one
+  local sub = ngx.location.capture("/tls12")
+  local hs = tls12_handshakes(read_all(var.tmp .. "/tls12_rec.bin"))
+  ok(sub.status == 200 and sub.body == "true nil v -\n" and #hs == 2 and hs[1].full
+     and not hs[2].full, "TLS 1.2: the session is resumed on the new connection",
+     show(sub.status, sub.body, #hs, hs[1] and hs[1].full, hs[2] and hs[2].full))
 
   -- SASL PLAIN (memcached -S; user mcuser made by saslpasswd2)
   local SASL = var.sasl
