@@ -4,7 +4,10 @@
 #
 #   - builds the C module for LuaJIT into build/luajit;
 #   - starts two throwaway memcached servers (and one on a unix socket), one
-#     that demands SASL authentication (memcached -S), one that tests.lua
+#     that demands SASL authentication (memcached -S, one user made with
+#     saslpasswd2), TLS servers (memcached -Z) with certificates made here
+#     by the openssl command (right, wrong name, expired, unknown CA, one
+#     that demands a client certificate, one with SASL), one that tests.lua
 #     restarts (kill -9, restarted at once on its port, by
 #     spec/nginx/restart_memcached.sh), and spec/fault_server.lua
 #     instances (silent, wrong opaque, truncated, huge, closing, late) on free
@@ -101,8 +104,65 @@ for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
 # version with status 0x20 and closes the connection
 mkdir "$TMP/sasl"
 printf 'mech_list: plain\nsasldb_path: %s/sasl/sasldb\n' "$TMP" >"$TMP/sasl/memcached.conf"
+# one user, made with saslpasswd2 (memcached looks users up in the realm
+# of the host's name, saslpasswd2's default too)
+printf 'mcsecret' | saslpasswd2 -a memcached -c -p -f "$TMP/sasl/sasldb" mcuser
 SASL=$(free_port)
 SASL_CONF_PATH=$TMP/sasl start "$SASL" memcached "${MC_USER[@]}" -S -l 127.0.0.1 -p "$SASL" -U 0 -t 1
+
+# ---- TLS -------------------------------------------------------------------
+# Certificates made here with the openssl command, as spec/helper.lua's
+# make_certs does for the C specs (EC P-256: made in milliseconds): a CA
+# that nginx trusts (lua_ssl_trusted_certificate), a server certificate
+# from it for localhost, one for another name, one that expired, a client
+# certificate, and a certificate from a CA nobody trusts.
+mkdir "$TMP/tls"
+(
+    cd "$TMP/tls"
+    key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1.key" 2>/dev/null; }
+    ca() {
+        key "$1"
+        openssl req -x509 -new -key "$1.key" -out "$1.pem" -days 2 -subj "/CN=$2" \
+            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
+    }
+    cert() { # NAME CA SAN DAYS [EKU]
+        key "$1"
+        openssl req -new -key "$1.key" -out "$1.csr" -subj "/CN=$1" 2>/dev/null
+        printf 'subjectAltName=%s\nextendedKeyUsage=%s\n' "$3" "${5:-serverAuth}" >"$1.ext"
+        openssl x509 -req -in "$1.csr" -CA "$2.pem" -CAkey "$2.key" -CAcreateserial \
+            -out "$1.pem" -days "$4" -extfile "$1.ext" 2>/dev/null
+    }
+    ca ca "memcached nginx test CA"
+    ca other_ca "nobody's CA"
+    cert server ca "DNS:localhost,IP:127.0.0.1" 2
+    cert wrong_name ca "DNS:wrong.example" 2
+    cert expired ca "DNS:localhost,IP:127.0.0.1" -1
+    cert client ca "DNS:client" 2 clientAuth
+    cert stranger other_ca "DNS:localhost,IP:127.0.0.1" 2
+) || { echo "could not make certificates" >&2; exit 1; }
+tls_server() { # PORT CERT [more -o options]
+    start "$1" memcached "${MC_USER[@]}" -Z -o "ssl_chain_cert=$TMP/tls/$2.pem,ssl_key=$TMP/tls/$2.key${3:+,$3}" \
+        -l 127.0.0.1 -p "$1" -U 0 -t 1
+}
+TLS=$(free_port); tls_server "$TLS" server ssl_session_cache
+TLS_WRONG=$(free_port); tls_server "$TLS_WRONG" wrong_name
+TLS_EXPIRED=$(free_port); tls_server "$TLS_EXPIRED" expired
+TLS_STRANGER=$(free_port); tls_server "$TLS_STRANGER" stranger
+TLS_CLIENT=$(free_port); tls_server "$TLS_CLIENT" server "ssl_verify_mode=2,ssl_ca_cert=$TMP/tls/ca.pem"
+# TLS and SASL at once
+TLS_SASL=$(free_port)
+SASL_CONF_PATH=$TMP/sasl start "$TLS_SASL" memcached "${MC_USER[@]}" -S -Z \
+    -o "ssl_chain_cert=$TMP/tls/server.pem,ssl_key=$TMP/tls/server.key" -l 127.0.0.1 -p "$TLS_SASL" -U 0 -t 1
+# spec/tls_fault.lua's recording proxy (one connection at a time; every
+# byte the client sends appended to a file): in front of the TLS server
+# (the ClientHellos show a session offered again) and of a plain one (a
+# client that asks for TLS sends nothing there in clear)
+TLS_REC=$(free_port)
+start "$TLS_REC" "$LUA" spec/tls_fault.lua "$TLS_REC" "$TLS" record "$TMP/tls_rec.bin"
+TLS12_REC=$(free_port) # the same, for the TLS 1.2 location (resumption shows in clear there)
+start "$TLS12_REC" "$LUA" spec/tls_fault.lua "$TLS12_REC" "$TLS" record "$TMP/tls12_rec.bin"
+PLAIN_REC=$(free_port)
+start "$PLAIN_REC" "$LUA" spec/tls_fault.lua "$PLAIN_REC" "$MC1" record "$TMP/plain_rec.bin"
 # memcached that tests.lua kills (-9) and restarts on the same port
 RESTART=$(free_port)
 RESTART_CMD="$ROOT/spec/nginx/restart_memcached.sh $RESTART $TMP/restart.pid $TMP/servers.log"
@@ -161,6 +221,9 @@ sed -e "s|@TMP@|$TMP|g" -e "s|@ROOT@|$ROOT|g" -e "s|@PORT@|$PORT|g" \
     -e "s|@HANG1@|$HANG1|g" -e "s|@HANG2@|$HANG2|g" -e "s|@HANG3@|$HANG3|g" \
     -e "s|@STRAY@|${FAULT[stray]}|g" -e "s|@OTHER_KEY@|${FAULT[other_key]}|g" \
     -e "s|@OPAQUE@|${FAULT[opaque]}|g" -e "s|@LIMIT@|$LIMIT|g" \
+    -e "s|@TLS@|$TLS|g" -e "s|@TLS_WRONG@|$TLS_WRONG|g" -e "s|@TLS_EXPIRED@|$TLS_EXPIRED|g" \
+    -e "s|@TLS_STRANGER@|$TLS_STRANGER|g" -e "s|@TLS_CLIENT@|$TLS_CLIENT|g" \
+    -e "s|@TLS_SASL@|$TLS_SASL|g" -e "s|@TLS_REC@|$TLS_REC|g" -e "s|@TLS12_REC@|$TLS12_REC|g" -e "s|@PLAIN_REC@|$PLAIN_REC|g" \
     -e "s|@SASL@|$SASL|g" -e "s|@RESTART@|$RESTART|g" -e "s|@RESTART_CMD@|$RESTART_CMD|g" \
     spec/nginx/nginx.conf.in >"$TMP/nginx.conf"
 start "$PORT" nginx -p "$TMP" -c "$TMP/nginx.conf" -e "$TMP/error.log"
@@ -246,8 +309,14 @@ check $r "/slow: timeout after 1 s (got: ${slow_err:-none} ${slow_t:-})"
 # nginx itself logs a reset cosocket at [error] (lua_socket_log_errors only
 # quiets ngx_lua's own messages); tests.lua provokes exactly that with the
 # "close" fault server, so those lines alone are expected.
+# nginx also logs, at [error], a TLS handshake that OpenSSL itself fails
+# (no lua_* directive quiets it); tests.lua provokes two: TLS asked of a
+# plain-text server ("wrong version number") and a server that demands a
+# client certificate the client lacks (its "handshake failure" alert).
 errors=$(grep -E '\[(error|crit|alert|emerg)\]' "$TMP/error.log" |
-         grep -v 'recv() failed (104: Connection reset by peer)' || true)
+         grep -v 'recv() failed (104: Connection reset by peer)' |
+         grep -v 'SSL_do_handshake() failed (SSL: error:0A00010B:SSL routines::wrong version number)' |
+         grep -v 'SSL_do_handshake() failed (SSL: error:0A000410:SSL routines::sslv3 alert handshake failure:SSL alert number 40)' || true)
 r=0
 [ -z "$errors" ] || r=1
 check $r "no unexpected [error]/[crit]/[alert]/[emerg] in nginx's error.log" "$errors"

@@ -51,7 +51,8 @@ local mt = { __index = _M }
 local OPTIONS = { servers = 1, timeout = 1, connect_timeout = 1, io_timeout = 1,
   pool_size = 1, keepalive_timeout = 1, msgpack_flag = 1, selector = 1,
   failure_limit = 1, retry_timeout = 1, eject = 1, probe_timeout = 1, resolver = 1,
-  shared_dict = 1, max_conns = 1, max_idle = 1, max_value_size = 1 }
+  shared_dict = 1, max_conns = 1, max_idle = 1, max_value_size = 1, tls = 1, username = 1,
+  password = 1 }
 local SELECTORS = { modulo = 0, ketama = 1, gomemcached = 2 }
 local MAX_VALUE = memcached.codec.DEFAULT_MAX_BODY -- the C client's default max_value_size
 
@@ -71,9 +72,77 @@ local function opt_seconds(opts, name, def, lo)
   return v
 end
 
+-- TLS (tls = true | {server_name =, verify =, cert_file =, key_file =}).
+-- What a cosocket cannot set per connection is nginx's: the trusted CAs
+-- (lua_ssl_trusted_certificate, lua_ssl_verify_depth), ciphers and
+-- protocols; those options of the C client are refused here, naming the
+-- directive, rather than ignored. A client certificate is parsed once
+-- (ngx.ssl) and given to each handshake (tcpsock:setclientcert). Returns
+-- the options, or nil, err, detail.
+local NGINX_TLS = { ca_file = "lua_ssl_trusted_certificate", ca_path = "lua_ssl_trusted_certificate",
+  ciphers = "lua_ssl_ciphers", min_version = "lua_ssl_protocols" }
+local TLS_FIELDS = { server_name = 1, verify = 1, cert_file = 1, key_file = 1 }
+local function read_pem(path, what, parse)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, err end
+  local pem = f:read("*a")
+  f:close()
+  local v
+  v, err = parse(pem or "")
+  if not v then return nil, what .. " " .. path .. ": " .. tostring(err) end
+  return v
+end
+local function tls_options(t)
+  if t == nil or t == false then return nil end
+  if t == true then t = {} end
+  if type(t) ~= "table" then error("option 'tls' must be a boolean or a table, got " .. type(t), 3) end
+  for k in pairs(t) do
+    if NGINX_TLS[k] then
+      error("option 'tls." .. k .. "' is nginx's for cosockets: use the " .. NGINX_TLS[k]
+        .. " directive", 3)
+    end
+    if not TLS_FIELDS[k] then error("unknown option 'tls." .. tostring(k) .. "'", 3) end
+  end
+  if t.verify ~= nil and type(t.verify) ~= "boolean" then error("option 'tls.verify' must be a boolean", 3) end
+  for _, k in ipairs { "server_name", "cert_file", "key_file" } do
+    if t[k] ~= nil and type(t[k]) ~= "string" then error("option 'tls." .. k .. "' must be a string", 3) end
+  end
+  if (t.cert_file == nil) ~= (t.key_file == nil) then
+    error("options 'tls.cert_file' and 'tls.key_file' go together", 3)
+  end
+  local o = { server_name = t.server_name, verify = t.verify ~= false }
+  o.tag = "|tls:" .. (o.server_name or "") .. (o.verify and ":verify" or ":noverify")
+  if t.cert_file then
+    local ssl = require "ngx.ssl"
+    local err
+    o.cert, err = read_pem(t.cert_file, "client certificate", ssl.parse_pem_cert)
+    if not o.cert then return nil, _M.ERR_TLS, err end
+    o.pkey, err = read_pem(t.key_file, "client key", ssl.parse_pem_priv_key)
+    if not o.pkey then return nil, _M.ERR_TLS, err end
+    o.tag = o.tag .. ":" .. t.cert_file
+  end
+  return o
+end
+
+-- username/password for SASL PLAIN: checked here by the core's framing
+-- (at most 255 bytes each, no NUL).
+local function credentials(opts)
+  local user, pass = opts.username, opts.password
+  if user == nil and pass == nil then return nil end
+  if type(user) ~= "string" or type(pass) ~= "string" then
+    error("options 'username' and 'password' go together, as strings", 3)
+  end
+  local buf = ffi.new("char[?]", 24 + 2 * 255 + 7)
+  if core.mc_abi_sasl_frame(buf, 24 + 2 * 255 + 7, 1, 0, user, #user, pass, #pass) <= 0 then
+    error("options 'username' and 'password': at most 255 bytes each, without NUL bytes", 3)
+  end
+  return user, pass
+end
+
 -- new{servers =, timeout =, connect_timeout =, io_timeout =, pool_size =,
 -- keepalive_timeout =, msgpack_flag =, selector =, failure_limit =,
--- retry_timeout =, eject =, probe_timeout =}, or new(server, ...).
+-- retry_timeout =, eject =, probe_timeout =, tls =, username =, password =},
+-- or new(server, ...).
 function _M.new(opts, ...)
   if type(opts) ~= "table" or opts[1] ~= nil then opts = { servers = { opts, ... } } end
   for k in pairs(opts) do
@@ -91,6 +160,11 @@ function _M.new(opts, ...)
   local connect = opt_seconds(opts, "connect_timeout", timeout, 0.001)
   local max_conns = opt_count(opts, "max_conns", 0, 0, 1000000)
   local max_value = opt_count(opts, "max_value_size", MAX_VALUE, 1024, 2147483647)
+  local user, pass = credentials(opts)
+  local tls, terr, tdetail = tls_options(opts.tls)
+  if terr then return nil, terr, tdetail end
+  local tag = tls and tls.tag or ""
+  if user then tag = tag .. "|sasl:" .. ngx.md5(user .. "\0" .. pass) end
   local self = setmetatable({
     connect_ms = floor(connect * 1000 + 0.5),
     io_timeout = opt_seconds(opts, "io_timeout", timeout, 0.001),
@@ -114,6 +188,10 @@ function _M.new(opts, ...)
     readers = {}, -- idle codec readers
     abs = {}, -- idle core batches (memcached.resty.batch)
     records = {}, -- per server address (server_record)
+    tls = tls, -- TLS options (tls_options), or nil
+    user = user, pass = pass, -- SASL PLAIN's credentials, or nil
+    secure = (tls or user) and true or false, -- new connections need a handshake or SASL
+    pool_tag = tag, -- keeps their connections in pools of their own
   }, mt)
   if opts.shared_dict ~= nil then
     local dict = ngx.shared and ngx.shared[opts.shared_dict]

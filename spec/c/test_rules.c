@@ -905,6 +905,70 @@ static void test_take_one(void)
     mc_buf_free(&s);
 }
 
+/* SASL through the ABI (mc_abi_sasl_*), as the OpenResty driver calls it:
+ * the frames are mc_sasl's, and a reply is judged piece by piece. */
+static void test_abi_sasl(void)
+{
+    char out[600], small[30], msg[200], reply[64];
+    uint32_t need = 0;
+    mc_buf b = {0};
+    int n, i, rc = 0;
+    static const char mechs[] = "CRAM-MD5 PLAIN";
+
+    n = mc_abi_sasl_frame(out, sizeof(out), 0, 3, NULL, 0, NULL, 0);
+    CHECK(n == 24 && out[1] == 0x20 && mc_load32(out + 12) == 3,
+          "step 0 is LIST_MECHS (%d bytes)", n);
+    n = mc_abi_sasl_frame(out, sizeof(out), 1, 9, "user", 4, "pwd!?", 5);
+    CHECK(mc_sasl_enc_plain(&b, 9, "user", 4, "pwd!?", 5) == 0 &&
+              n == (int)b.len && memcmp(out, b.data, b.len) == 0,
+          "step 1 is mc_sasl's AUTH PLAIN frame (%d bytes)", n);
+    mc_buf_free(&b);
+    CHECK(mc_abi_sasl_frame(small, sizeof(small), 1, 9, "user", 4, "pwd!?", 5)
+              == -n, "too small a buffer: the length needed");
+    CHECK(mc_abi_sasl_frame(out, sizeof(out), 1, 9, "a\0b", 3, "p", 1) == 0 &&
+              mc_abi_sasl_frame(out, sizeof(out), 2, 9, "u", 1, "p", 1) == 0,
+          "a NUL in a credential, an unknown step: nothing framed");
+
+    /* a LIST_MECHS reply, fed a byte more at a time */
+    memset(reply, 0, sizeof(reply));
+    reply[0] = (char)0x81;
+    reply[1] = 0x20;
+    mc_store32(reply + 8, (uint32_t)strlen(mechs));
+    mc_store32(reply + 12, 3);
+    memcpy(reply + 24, mechs, strlen(mechs));
+    for (i = 0; i < 24 + (int)strlen(mechs); i++) {
+        rc = mc_abi_sasl_check(reply, (size_t)i, 0, 3, &need, msg, sizeof(msg));
+        if (rc != -1 || need != (i < 24 ? 24u : 24u + strlen(mechs)))
+            break;
+    }
+    CHECK(i == 24 + (int)strlen(mechs), "need more until whole (at %d)", i);
+    CHECK(mc_abi_sasl_check(reply, (size_t)i, 0, 3, &need, msg, sizeof(msg)) ==
+              MC_OK, "PLAIN offered: go on");
+    CHECK(mc_abi_sasl_check(reply, (size_t)i + 1, 0, 3, &need, msg,
+                            sizeof(msg)) == MC_ERR_PROTOCOL,
+          "bytes after the reply");
+    CHECK(mc_abi_sasl_check(reply, (size_t)i, 0, 4, &need, msg, sizeof(msg)) ==
+              MC_ERR_PROTOCOL, "another opaque");
+    CHECK(mc_abi_sasl_check(reply, (size_t)i, 1, 3, &need, msg, sizeof(msg)) ==
+              MC_ERR_PROTOCOL, "LIST_MECHS's reply to AUTH");
+    CHECK(mc_abi_sasl_check("ERROR\r\n", 7, 0, 3, &need, msg, sizeof(msg)) ==
+              MC_ERR_PROTOCOL, "a text line");
+    /* AUTH refused */
+    reply[1] = 0x21;
+    mc_store16(reply + 6, MC_STATUS_AUTH_ERROR);
+    mc_store32(reply + 8, 12);
+    memcpy(reply + 24, "Auth failure", 12);
+    CHECK(mc_abi_sasl_check(reply, 36, 1, 3, &need, msg, sizeof(msg)) ==
+              MC_ERR_AUTH && strstr(msg, "Auth failure"),
+          "refused credentials (%s)", msg);
+    mc_store16(reply + 6, 0);
+    CHECK(mc_abi_sasl_check(reply, 36, 1, 3, &need, msg, sizeof(msg)) == MC_OK,
+          "accepted");
+    mc_store32(reply + 8, 100000);
+    CHECK(mc_abi_sasl_check(reply, 24, 1, 3, &need, msg, sizeof(msg)) ==
+              MC_ERR_PROTOCOL, "a body past the cap, refused from its header");
+}
+
 int main(void)
 {
     counting_codec = mc_codec_binary;
@@ -920,6 +984,7 @@ int main(void)
     test_place();
     test_reply_check();
     test_sasl();
+    test_abi_sasl();
     test_addr();
     test_ring();
     test_abi_batch();

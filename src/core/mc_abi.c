@@ -11,6 +11,8 @@
 #include "mc_health.h"
 #include "mc_item.h"
 #include "mc_key.h"
+#include "mc_proto.h"
+#include "mc_sasl.h"
 
 int mc_abi_key_ok(const char *k, size_t n)
 {
@@ -238,4 +240,60 @@ int mc_abi_ring_dead_until(mc_ring *r, int srv, double until, const char *why)
 double mc_abi_ring_retry_at(const mc_ring *r, int srv)
 {
     return mc_ring_retry_at(r, srv);
+}
+
+/* The longest SASL reply taken: a mechanism list or a short message. */
+#define SASL_REPLY_MAX 4096
+
+int mc_abi_sasl_frame(char *out, size_t cap, int step, uint32_t opaque,
+                      const char *user, size_t ulen, const char *pass,
+                      size_t plen)
+{
+    size_t need = MC_HEADER_LEN;
+    mc_buf b;
+    int rc;
+    if (step == 1) {
+        if (ulen > MC_SASL_MAX || plen > MC_SASL_MAX)
+            return 0;
+        need += 5 + 2 + ulen + plen; /* key "PLAIN", value \0user\0pass */
+    } else if (step != 0) {
+        return 0;
+    }
+    if (need > cap) /* checked first: b must never grow out of out */
+        return -(int)need;
+    b.data = out;
+    b.len = 0;
+    b.cap = cap;
+    rc = step == 0 ? mc_sasl_enc_list(&b, opaque)
+                   : mc_sasl_enc_plain(&b, opaque, user, ulen, pass, plen);
+    return rc == 0 ? (int)b.len : 0;
+}
+
+int mc_abi_sasl_check(const char *p, size_t len, int step, uint32_t opaque,
+                      uint32_t *need, char *msg, size_t msglen)
+{
+    const unsigned char *h = (const unsigned char *)p;
+    mc_resp r;
+    size_t total;
+    if (step != 0 && step != 1) {
+        snprintf(msg, msglen, "unknown SASL step %d", step);
+        return MC_ERR_PROTOCOL;
+    }
+    if (len > 0 && h[0] != MC_MAGIC_RESPONSE) {
+        snprintf(msg, msglen, "SASL: the server answered in text, not in "
+                              "the binary protocol");
+        return MC_ERR_PROTOCOL;
+    }
+    *need = MC_HEADER_LEN;
+    if (len < MC_HEADER_LEN)
+        return -1;
+    if (mc_head_check(h, SASL_REPLY_MAX, msg, msglen) != 0)
+        return MC_ERR_PROTOCOL;
+    total = MC_HEADER_LEN + (size_t)mc_load32(h + 8);
+    *need = (uint32_t)total;
+    if (len < total)
+        return -1;
+    mc_resp_split(h, &r);
+    return mc_sasl_check(step == 0 ? MC_OP_SASL_LIST_MECHS : MC_OP_SASL_AUTH,
+                         opaque, &r, len > total, msg, msglen);
 }

@@ -12,6 +12,27 @@
 
 #ifndef MC_ABI
 #define MC_ABI __attribute__((visibility("default")))
+/* ---- SASL PLAIN on a new connection (mc_sasl.h) ----
+ * For a driver that moves its own bytes: step 0 asks for the server's
+ * mechanisms, step 1 sends the credentials; each step's reply is judged
+ * before the next step is sent, and the connection serves requests only
+ * once step 1 passed. mc_abi_sasl_frame frames a step into out (cap
+ * bytes; 24 + 2 * MC_SASL_MAX + 7 always suffice): its length; 0 when the
+ * credentials cannot be framed (a field over 255 bytes or holding a NUL),
+ * or an unknown step; minus the length needed when cap is too small. */
+MC_ABI int mc_abi_sasl_frame(char *out, size_t cap, int step, uint32_t opaque,
+                             const char *user, size_t ulen, const char *pass,
+                             size_t plen);
+/* Judges the reply to a step sent with opaque, in the len bytes received
+ * at p: -1 when more bytes are needed (*need: the bytes the reply takes in
+ * all, as far as known); else 0 (the exchange goes on, or the connection
+ * is authenticated) or the error (MC_ERR_AUTH: refused, no PLAIN, no SASL;
+ * MC_ERR_PROTOCOL: not an answer to the step, a text line, bytes after it)
+ * with why in msg. */
+MC_ABI int mc_abi_sasl_check(const char *p, size_t len, int step,
+                             uint32_t opaque, uint32_t *need, char *msg,
+                             size_t msglen);
+
 #endif
 
 /* ---- framing and reading, for a driver that moves its own bytes ----
@@ -177,5 +198,26 @@ MC_ABI int mc_abi_counter_value(const char *value, size_t len, uint64_t *v);
 MC_ABI int mc_abi_addr_split(const char *spec, int *kind, char *host,
                              size_t hostlen, unsigned *port, char *err,
                              size_t errlen);
+
+/* ---- SASL PLAIN on a new connection (mc_sasl.h) ----
+ * For a driver that moves its own bytes: step 0 asks for the server's
+ * mechanisms, step 1 sends the credentials; each step's reply is judged
+ * before the next step is sent, and the connection serves requests only
+ * once step 1 passed. mc_abi_sasl_frame frames a step into out (cap
+ * bytes; 24 + 2 * MC_SASL_MAX + 7 always suffice): its length; 0 when the
+ * credentials cannot be framed (a field over 255 bytes or holding a NUL),
+ * or an unknown step; minus the length needed when cap is too small. */
+MC_ABI int mc_abi_sasl_frame(char *out, size_t cap, int step, uint32_t opaque,
+                             const char *user, size_t ulen, const char *pass,
+                             size_t plen);
+/* Judges the reply to a step sent with opaque, in the len bytes received
+ * at p: -1 when more bytes are needed (*need: the bytes the reply takes in
+ * all, as far as known); else 0 (the exchange goes on, or the connection
+ * is authenticated) or the error (MC_ERR_AUTH: refused, no PLAIN, no SASL;
+ * MC_ERR_PROTOCOL: not an answer to the step, a text line, bytes after it)
+ * with why in msg. */
+MC_ABI int mc_abi_sasl_check(const char *p, size_t len, int step,
+                             uint32_t opaque, uint32_t *need, char *msg,
+                             size_t msglen);
 
 #endif

@@ -4,22 +4,31 @@
 local ffi = require "ffi"
 local tostring, setmetatable, floor, max = tostring, setmetatable, math.floor, math.max
 local byte, sub, ngx_now, ngx_socket_tcp = string.byte, string.sub, ngx.now, ngx.socket.tcp
-local pairs = pairs
+local pairs, tonumber, type = pairs, tonumber, type
 local C = require "memcached.resty.core"
 local codec, HEADER_LEN, new_text_reader = C.codec, C.HEADER_LEN, C.new_text_reader
 local E_SERVER, E_PROTOCOL, core, STALE = C.E_SERVER, C.E_PROTOCOL, C.core, C.STALE
 local sock_fail, split_addr, err_str = C.sock_fail, C.split_addr, C.err_str
+local E_TLS = C.E.ERR_TLS
 
 -- What a client keeps per server address, made once: nginx's keepalive
 -- pool options and the server's key in the shared dict.
+-- A client with TLS or credentials (pool_tag, set by new) keeps its
+-- connections in pools of their own: a plain connection never serves it,
+-- and its connections never serve a client that asked for less (or for
+-- other credentials, another server name or client certificate). rec.sni:
+-- the name its TLS handshakes send and check; rec.session: the TLS
+-- session offered by its next new connection.
 local function server_record(self, addr)
   local rec = self.records[addr]
   if not rec then
     -- max_conns: nginx queues no connect beyond pool_size (backlog 0), it
     -- fails at once ("too many waiting connect operations": ERR_BUSY)
-    rec = { popts = { pool = "memcached:" .. addr, pool_size = self.pool_size,
+    rec = { popts = { pool = "memcached:" .. addr .. self.pool_tag, pool_size = self.pool_size,
                       backlog = self.max_conns > 0 and 0 or nil },
             dead_key = "memcached:dead:" .. addr, fail_key = "memcached:failures:" .. addr }
+    local tls = self.tls
+    if tls then rec.sni = tls.server_name or C.tls_host(addr) end
     self.records[addr] = rec
   end
   return rec
@@ -170,6 +179,92 @@ local function unhold(self)
   return true
 end
 
+-- What a new connection of a client with TLS or credentials does before
+-- its first request, with connect_ms for the handshake and until sdl for
+-- SASL: the TLS handshake (nginx verifies the chain against
+-- lua_ssl_trusted_certificate and the name), then SASL PLAIN, framed and
+-- judged by the core (mc_abi_sasl_*): the mechanisms, then the
+-- credentials. Returns true; or nil, err, detail with the socket closed. A
+-- server that refuses the handshake, the certificate or the credentials
+-- answered (ERR_TLS, ERR_AUTH: the core's mc_abi_health_verdict does not
+-- count them); a timeout or a close does count.
+local sasl_cap = 24 + 2 * 255 + 7
+local sasl_buf, sasl_need, sasl_msg = ffi.new("char[?]", sasl_cap), ffi.new("uint32_t[1]"),
+  ffi.new("char[256]")
+local function sasl_step(self, sock, addr, step)
+  local opaque = next_opaques(self, 1)
+  local user, pass = self.user, self.pass
+  local n = core.mc_abi_sasl_frame(sasl_buf, sasl_cap, step, opaque, user, #user, pass, #pass)
+  if n <= 0 then -- new checked the credentials: not reached
+    sock:close()
+    return nil, C.E_AUTH, addr .. ": SASL: the credentials cannot be framed"
+  end
+  local ok, err = sock:send(ffi.string(sasl_buf, n))
+  if not ok then return sock_fail(sock, addr, "SASL send", err) end
+  local buf = ""
+  while true do
+    local rc = core.mc_abi_sasl_check(buf, #buf, step, opaque, sasl_need, sasl_msg, 256)
+    if rc == 0 then return true end
+    if rc > 0 then
+      sock:close()
+      return nil, err_str[rc], addr .. ": " .. ffi.string(sasl_msg)
+    end
+    local data, rerr = sock:receive(tonumber(sasl_need[0]) - #buf)
+    if not data then return sock_fail(sock, addr, "SASL receive", rerr) end
+    buf = buf .. data
+  end
+end
+
+-- lua-resty-core 0.1.25 (with lua-nginx-module 0.10.23) raises
+-- "assertion failed!" instead of returning the reason when a handshake
+-- completes at once but nginx's own checks then fail it (a certificate
+-- for another name, always; an unknown CA at times). The reason is still
+-- where nginx left it: ask the same FFI function lua-resty-core asks.
+local hs_sess, hs_err, hs_code
+local function handshake_error(sock, raised)
+  local ok, msg = pcall(function()
+    if not hs_sess then
+      hs_sess, hs_err, hs_code = ffi.new("void *[1]"), ffi.new("char *[1]"), ffi.new("int[1]")
+    end
+    hs_err[0], hs_code[0] = nil, 0
+    ffi.C.ngx_http_lua_ffi_socket_tcp_get_sslhandshake_result(get_request(), sock[1], hs_sess,
+      hs_err, hs_code)
+    if hs_err[0] == nil then return nil end
+    local m = ffi.string(hs_err[0])
+    return hs_code[0] ~= 0 and hs_code[0] .. ": " .. m or m
+  end)
+  return ok and msg or "handshake failed (" .. tostring(raised) .. ")"
+end
+
+-- How a handshake's error reads: the transport's own failures as for any
+-- connection, the rest (refused handshake, certificate, name) ERR_TLS.
+local TRANSPORT = { timeout = true, closed = true, ["connection reset by peer"] = true,
+  ["broken pipe"] = true }
+local function secure(self, sock, addr, sdl)
+  local tls = self.tls
+  if tls then
+    local rec = server_record(self, addr)
+    if tls.cert then sock:setclientcert(tls.cert, tls.pkey) end
+    local done, sess, err = pcall(sock.sslhandshake, sock, rec.session, rec.sni, tls.verify)
+    if not done then sess, err = nil, handshake_error(sock, sess) end
+    if not sess then
+      if TRANSPORT[err] then return sock_fail(sock, addr, "TLS handshake", err) end
+      sock:close()
+      return nil, E_TLS, addr .. ": TLS handshake: " .. tostring(err)
+    end
+    -- the session to offer next time (a NULL when the server gave none)
+    if type(sess) == "cdata" then rec.session = sess end
+  end
+  if self.user then
+    set_left(sock, nil, sdl)
+    local ok, err, detail = sasl_step(self, sock, addr, 0)
+    if ok then ok, err, detail = sasl_step(self, sock, addr, 1) end
+    if not ok then return nil, err, detail end
+  end
+  return true
+end
+
+local connect_secure -- below: it calls connect again
 local function connect(self, addr, dl, fresh)
   local host, port = split_addr(addr)
   local sock, connected = take_sock(self, addr)
@@ -185,6 +280,7 @@ local function connect(self, addr, dl, fresh)
   if port then ok, err = sock:connect(host, port, popts_of(self, addr))
   else ok, err = sock:connect(host, popts_of(self, addr)) end
   if not ok then return sock_fail(nil, addr, "connect", err) end
+  if self.secure then return connect_secure(self, addr, sock, dl, fresh) end
   -- Whether the connection came from the pool matters only when it fails
   -- before any byte of its reply (a request safe to send twice then goes
   -- once more on a fresh connection), and asking nginx costs a call per
@@ -197,6 +293,23 @@ local function connect(self, addr, dl, fresh)
     sock:close()
     return connect(self, addr, dl, fresh)
   end
+  return sock, false
+end
+
+-- connect for a client with TLS or credentials: a connection from the
+-- pool was made secure when it was new; a new one is made so here. This
+-- costs such clients one call per request (getreusedtimes) that plain
+-- clients do not make.
+connect_secure = function(self, addr, sock, dl, fresh)
+  if (sock:getreusedtimes() or 0) > 0 then
+    if not fresh then return sock, true end
+    sock:close() -- a fresh connection was asked for
+    return connect(self, addr, dl, fresh)
+  end
+  local ok, err, detail = secure(self, sock, addr,
+    math.min(dl, ngx_now() + self.connect_ms / 1000))
+  if not ok then return nil, err, detail end
+  set_left(sock, self.connect_ms, dl) -- the request's own timeouts again
   return sock, false
 end
 
@@ -364,4 +477,5 @@ return {
   MAX_BODY = MAX_BODY,
   read_reply = read_reply,
   roundtrip = roundtrip,
+  secure = secure,
 }

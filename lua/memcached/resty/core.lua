@@ -108,6 +108,10 @@ int mc_abi_batch_add(mc_abi_batch *ab, int opcode, double cas, const char *key, 
 const char *mc_abi_batch_seal(mc_abi_batch *ab, size_t *len);
 int mc_abi_batch_feed(mc_abi_batch *ab, const char *data, size_t len, mc_abi_entry **out,
                       int *nout, int *err, char *msg, size_t msglen);
+int mc_abi_sasl_frame(char *out, size_t cap, int step, uint32_t opaque, const char *user,
+                      size_t ulen, const char *pass, size_t plen);
+int mc_abi_sasl_check(const char *p, size_t len, int step, uint32_t opaque, uint32_t *need,
+                      char *msg, size_t msglen);
 ]]
 local core = ffi.load(assert(package.searchpath("memcached", package.cpath),
   "memcached.so not found on package.cpath"))
@@ -263,6 +267,17 @@ local function split_addr(addr)
   return a[1], a[2]
 end
 
+-- The name a TLS handshake sends (SNI) and checks the certificate
+-- against: the host part of the address as written (not the address it
+-- was resolved to), the core's split; nil for a unix socket.
+local function tls_host(addr)
+  if core.mc_abi_addr_split(addr, ab_kind, ab_host, 256, ab_port, ab_err, 256) ~= 0
+      or ab_kind[0] ~= 0 then
+    return nil
+  end
+  return ffi.string(ab_host)
+end
+
 -- Host names in the list are resolved once, here (a blocking getaddrinfo:
 -- create clients in init_worker_by_lua*), and dialled by address, unless
 -- the user says nginx's resolver (the `resolver` directive) should do it
@@ -366,6 +381,7 @@ return {
   ab_host = ab_host,
   ab_err = ab_err,
   split_addr = split_addr,
+  tls_host = tls_host,
   resolve_names = resolve_names,
   item_value = item_value,
 }

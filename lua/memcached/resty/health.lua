@@ -11,6 +11,7 @@ local core, err_str, err_num, split_addr = C.core, C.err_str, C.err_num, C.split
 local resolve_names, K_OTHER = C.resolve_names, C.K_OTHER
 local conn = require "memcached.resty.conn"
 local server_record, popts_of, next_opaques = conn.server_record, conn.popts_of, conn.next_opaques
+local secure = conn.secure
 
 -- The server list as the C client reads it: strings, {addr, weight = n},
 -- {addr, n}, or lists of those.
@@ -167,6 +168,19 @@ local function probe(self, srv)
   local ok, err
   if port then ok, err = sock:connect(host, port, popts_of(self, addr))
   else ok, err = sock:connect(host, popts_of(self, addr)) end
+  -- a new connection of a client with TLS or credentials is made secure
+  -- first; a refused certificate or credentials is an answer
+  if ok and self.secure and (sock:getreusedtimes() or 0) == 0 then
+    local e, detail
+    ok, e, detail = secure(self, sock, addr, ngx_now() + self.probe_ms / 1000)
+    if not ok then
+      if core.mc_abi_health_verdict(err_num[e] or 0) == 1 then
+        server_ok(self, srv)
+        return true
+      end
+      err = tostring(e) .. ": " .. tostring(detail)
+    end
+  end
   local opaque = next_opaques(self, 1)
   if ok then ok, err = sock:send(c_simple(OP.NOOP, opaque)) end
   local hdr
