@@ -70,7 +70,7 @@ run() { # client op n -> seconds
     curl -sS --max-time 120 "$URL?client=$1&op=$2&n=$3"
 }
 # warm up every client and the keepalive pools
-for c in ours held resty floor; do for op in get set multi; do run "$c" "$op" 200 >/dev/null; done; done
+for c in ours held resty floor floorv; do for op in get set multi; do run "$c" "$op" 200 >/dev/null; done; done
 run ours multi3 50 >/dev/null
 
 # what a pooled connect + setkeepalive alone costs, per operation: part of
@@ -80,8 +80,8 @@ pool_us=$(for _ in 1 2 3; do run pool get "$N"; done | sort -n | sed -n 2p)
 reuse_us=$(for _ in 1 2 3; do run poolreuse get "$N"; done | sort -n | sed -n 2p)
 : >"$TMP/results"
 for r in $(seq "$ROUNDS"); do
-    order="ours held resty floor"
-    [ $((r % 2)) = 0 ] && order="floor resty held ours"
+    order="ours held resty floor floorv"
+    [ $((r % 2)) = 0 ] && order="floorv floor resty held ours"
     for op in get set multi multi3; do
         n=$N
         [ "$op" = multi ] || [ "$op" = multi3 ] && n=$M
@@ -119,8 +119,8 @@ print("## nginx (OpenResty driver)\n")
 print(("Each figure: one nginx handler timing N operations, median of %d rounds (min–max), " ..
        "per operation; the ratio is to the floor column."):format(rounds))
 print("nginx and memcached pinned to one CPU; the clients alternate within each round.\n")
-print("| workload | floor (binary, no checks) | memcached.resty | memcached.resty, held | lua-resty-memcached | ours / lua-resty-memcached (held) |")
-print("| --- | --- | --- | --- | --- | --- |")
+print("| workload | floor (binary, no checks) | floor + values | memcached.resty | memcached.resty, held | lua-resty-memcached | ours / lua-resty-memcached (held) |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
 local names = { get = "get, 100 B value", set = "set (raw bytes), 100 B value", multi = "get_multi, 100 keys, 1 server",
                 multi3 = "get_multi, 100 keys, 3 servers" }
 for _, op in ipairs { "get", "set", "multi", "multi3" } do
@@ -128,7 +128,8 @@ for _, op in ipairs { "get", "set", "multi", "multi3" } do
   local o = med(t[op].ours and { table.unpack(t[op].ours) })
   local r = med(t[op].resty and { table.unpack(t[op].resty) })
   local h = med(t[op].held and { table.unpack(t[op].held) })
-  print(("| %s | %s | %s | %s | %s | %s |"):format(names[op], cell(t[op].floor), cell(t[op].ours, f),
+  print(("| %s | %s | %s | %s | %s | %s | %s |"):format(names[op], cell(t[op].floor), cell(t[op].floorv, f),
+    cell(t[op].ours, f),
     cell(t[op].held, f), cell(t[op].resty, f),
     (o and r) and string.format("%.2fx (%s)", o / r, h and string.format("%.2fx", h / r) or "n/a") or "n/a"))
 end
@@ -173,8 +174,8 @@ if command -v valgrind >/dev/null && command -v callgrind_control >/dev/null; th
         echo "| handler | instructions | by object |"
         echo "| --- | --- | --- |"
         cgfiles=()
-        for spec in floor:get ours:get held:get resty:get floor:set ours:set held:set resty:set \
-                    floor:multi ours:multi resty:multi pool:get poolreuse:get; do
+        for spec in floor:get floorv:get ours:get held:get resty:get floor:set ours:set held:set resty:set \
+                    floor:multi floorv:multi ours:multi resty:multi pool:get poolreuse:get; do
             c=${spec%%:*} op=${spec#*:}
             n=$CGN
             [ "$op" = multi ] && n=$((CGN / 10))

@@ -5,6 +5,8 @@
 --   held:  the same, the handler holding its connections (hold/unhold)
 --   resty: lua-resty-memcached (Debian's lua-nginx-memcached, text
 --          protocol), connected once for the N operations
+--   floorv: the floor that also makes each value a string in a table by
+--          its key (what any client returning values must add)
 --   floor: the least a binary-protocol cosocket client can do: requests
 --          built before the clock starts, one send per operation, replies
 --          read with receiveany and cut apart by their lengths, no checks
@@ -92,14 +94,23 @@ local HEADER = codec.HEADER_LEN
 local byte = string.byte
 
 -- reads until `count` replies have arrived, cutting them apart by the
--- body length in each header
-local function drain(sock, count)
+-- body length in each header; with `out` (floorv: the floor that also
+-- builds its results) each reply's value goes to out[its key], the least
+-- any client returning values must do on top of the floor
+local sub = string.sub
+local function drain(sock, count, out)
   local buf, pos = "", 1
   while true do
     while #buf - pos + 1 >= HEADER do
       local b1, b2, b3, b4 = byte(buf, pos + 8, pos + 11)
       local total = HEADER + ((b1 * 256 + b2) * 256 + b3) * 256 + b4
       if #buf - pos + 1 < total then break end
+      if out then
+        local k1, k2, ext = byte(buf, pos + 2, pos + 4)
+        local klen = k1 * 256 + k2
+        local k0 = pos + HEADER + ext
+        out[sub(buf, k0, k0 + klen - 1)] = sub(buf, k0 + klen, pos + total - 1)
+      end
       pos = pos + total
       count = count - 1
       if count == 0 then return true end
@@ -136,11 +147,14 @@ local function run_floor()
     for i = 1, 100 do parts[i] = codec.get(codec.op.GETK, i, KEYS[i]) end
     req, replies = table.concat(parts), 100
   end
+  local with_values = client == "floorv"
+  local one = {} -- get/set: the value's string alone, no table per call
   return timed(function()
     for _ = 1, n do
       local ok, e = sock:send(req)
       if not ok then return false, e end
-      ok, e = drain(sock, replies)
+      local out = with_values and (replies > 1 and {} or one) or nil
+      ok, e = drain(sock, replies, out)
       if not ok then return false, e end
     end
     sock:setkeepalive(60000, 16)
