@@ -47,6 +47,8 @@ typedef struct tls_conn {
     short want;           /* POLLIN/POLLOUT OpenSSL last waited for */
     int starved;          /* the last read wanted bytes from the socket:
                              what OpenSSL holds is an unfinished record */
+    size_t req_left;      /* bytes still to send of the run tls_send
+                             chose last (a request longer than a record) */
     SSL_SESSION **slot;   /* the server's session slot */
     char why[160];        /* the last failure, in OpenSSL's words */
 } tls_conn;
@@ -217,17 +219,35 @@ static ssize_t send_refused(tls_conn *t)
     return -1;
 }
 
+/* Records end where requests end. memcached 1.6.18 reads a value's
+ * remaining bytes with a read of exactly that length; the rest of the
+ * record then stays decrypted inside its SSL object, where its event loop
+ * never looks, and a pipelined batch (set_multi of large values) stalls
+ * until the timeout. A record that ends with a request is always read
+ * whole. So a write takes whole requests up to one record, or one
+ * request longer than a record (OpenSSL cuts it into records, and the
+ * last one ends with it). Up to one record (every single small request)
+ * nothing is looked at; a batch costs a few records more at most, each
+ * one send as before (partial-write mode: one record per call). */
 static ssize_t tls_send(mc_conn *c, const void *p, size_t n, int flags)
 {
     tls_conn *t = c->tp_data;
-    size_t done = 0;
+    size_t done = 0, len = n;
     int rc;
     t->flags = flags & MSG_DONTWAIT;
     t->err = 0;
     t->want = 0;
-    rc = SSL_write_ex(t->ssl, p, n, &done);
-    if (rc > 0)
+    if (t->req_left)
+        len = t->req_left < n ? t->req_left : n;
+    else if (n > SSL3_RT_MAX_PLAIN_LENGTH)
+        len = c->codec->cut(p, n, SSL3_RT_MAX_PLAIN_LENGTH);
+    rc = SSL_write_ex(t->ssl, p, len, &done);
+    if (rc > 0) {
+        /* what is left of the run chosen (a request longer than a
+         * record, or records made smaller by the server): next, alone */
+        t->req_left = t->req_left ? t->req_left - done : len - done;
         return (ssize_t)done;
+    }
     if (SSL_get_error(t->ssl, rc) == SSL_ERROR_SYSCALL &&
         (t->err == EPIPE || t->err == ECONNRESET))
         return send_refused(t);
