@@ -58,13 +58,11 @@ describe("TLS", function()
     assert.truthy(mc:set_raw_data("tls:big", big))
     assert.are.equal(big, (mc:get("tls:big")))
     local items = {}
-    -- stored one by one: memcached 1.6.18 leaves a pipelined stream over
-    -- one TLS record (16 kB) half read (NOTES.md); the replies, 250 kB in
-    -- one stream, are what this reads
+    -- the replies, 250 kB in one stream, are what this reads
     for i = 1, 50 do
       items["tls:m" .. i] = string.rep(tostring(i), 5000)
-      assert.truthy(mc:set("tls:m" .. i, items["tls:m" .. i]))
     end
+    assert.is_nil(select(2, mc:set_multi(items)))
     local small = {}
     for i = 1, 20 do small["tls:s" .. i] = string.rep("s", 300) end
     assert.is_nil(select(2, mc:set_multi(small)))
@@ -74,6 +72,25 @@ describe("TLS", function()
     assert.are.same(small, mc:get_multi { "tls:s1", "tls:s2", "tls:s3", "tls:s4", "tls:s5", "tls:s6",
       "tls:s7", "tls:s8", "tls:s9", "tls:s10", "tls:s11", "tls:s12", "tls:s13", "tls:s14", "tls:s15",
       "tls:s16", "tls:s17", "tls:s18", "tls:s19", "tls:s20" })
+  end)
+
+  it("pipelines batches of large values (every TLS record ends where a request ends)", function()
+    -- memcached 1.6.18 reads a value's last bytes with a read of exactly
+    -- their length and leaves the rest of that TLS record unread until
+    -- more bytes come (NOTES.md): a batch whose records cut requests in
+    -- two stored its items, but the reply to its closing NOOP never came
+    local mc = client(srv.addr, { ca_file = certs.ca })
+    for _, shape in ipairs { { 5, 5000 }, { 3, 40000 }, { 40, 1500 }, { 2, 16384 - 40 } } do
+      local items, keys = {}, {}
+      for i = 1, shape[1] do
+        keys[i] = ("tls:p%d:%d"):format(shape[2], i)
+        items[keys[i]] = string.rep(string.char(64 + i % 26), shape[2])
+      end
+      local _, err = mc:set_multi(items)
+      assert.is_nil(err, ("set_multi of %d x %d bytes"):format(shape[1], shape[2]))
+      assert.are.same(items, mc:get_multi(keys))
+      assert.is_nil(select(2, mc:delete_multi(keys)))
+    end
   end)
 
   it("resumes the server's session when it reconnects", function()

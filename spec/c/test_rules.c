@@ -191,6 +191,35 @@ static void test_abi(void)
     }
 }
 
+/* Where the TLS transport may end a record: after whole requests, or
+ * after one request longer than the limit. */
+static void test_req_cut(void)
+{
+    mc_buf b = {0};
+    char big[100];
+    size_t a, g;
+    int ok;
+    memset(big, 'v', sizeof big);
+    ok = mc_enc_get(&b, MC_OP_GETK, 1, "k", 1) == 0;
+    a = b.len; /* 25 */
+    ok = ok && mc_codec_binary.store(&b, MC_OP_SETQ, 2, 0, "key", 3, 0, 0,
+                                     NULL, 0, big, sizeof big) == 0;
+    g = b.len;
+    ok = ok && mc_enc_simple(&b, MC_OP_NOOP, 3) == 0;
+    CHECK(ok, "framed a GETK, a SETQ and a NOOP");
+    CHECK(mc_req_cut(b.data, b.len, b.len) == b.len, "all fit: all");
+    CHECK(mc_req_cut(b.data, b.len, g) == g &&
+              mc_req_cut(b.data, b.len, g + MC_HEADER_LEN - 1) == g,
+          "the longest run of whole requests within the limit");
+    CHECK(mc_req_cut(b.data, b.len, a + 10) == a, "never into a request");
+    CHECK(mc_req_cut(b.data + a, b.len - a, 10) == g - a,
+          "a request longer than the limit alone");
+    CHECK(mc_req_cut(b.data, a - 1, 10) == a - 1 &&
+              mc_req_cut(b.data, 5, 3) == 5,
+          "no whole frame: everything (never 0)");
+    mc_buf_free(&b);
+}
+
 /* A server's health with the time passed in: dead after failure_limit
  * failures in a row, one probe claimed per retry interval, alive again on
  * a success. */
@@ -989,6 +1018,7 @@ int main(void)
     test_ring();
     test_abi_batch();
     test_take_one();
+    test_req_cut();
     CHECK(codec_simple_calls > 0 && codec_read_calls > 0,
           "the feed frames and reads through its codec (%d, %d calls)",
           codec_simple_calls, codec_read_calls);

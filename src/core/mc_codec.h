@@ -57,6 +57,10 @@ typedef struct mc_codec {
      * pointing into the reader until its next call), MC_READ_MORE or
      * MC_READ_ERROR (mc_reader_get's contract) */
     int (*read)(mc_reader *r, mc_resp *resp);
+    /* Where a write of at most max bytes of requests should end so that
+     * it ends at a request's end (mc_req_cut's contract): the TLS
+     * transport ends its records there (mc_tls.c) */
+    size_t (*cut)(const char *p, size_t n, size_t max);
 } mc_codec;
 
 extern const mc_codec mc_codec_binary;

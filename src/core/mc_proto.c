@@ -190,6 +190,20 @@ int mc_enc_stat(mc_buf *b, uint32_t opaque, const char *group, size_t len)
                      group ? len : 0, NULL, 0);
 }
 
+size_t mc_req_cut(const char *p, size_t n, size_t max)
+{
+    size_t cut = 0;
+    while (n - cut >= MC_HEADER_LEN) {
+        size_t len = MC_HEADER_LEN + (size_t)mc_load32(p + cut + 8);
+        if (len > n - cut)
+            break;
+        if (cut + len > max)
+            return cut ? cut : len;
+        cut += len;
+    }
+    return cut ? cut : n;
+}
+
 /* ---- responses ---------------------------------------------------------- */
 
 void mc_reader_init(mc_reader *r, size_t max_body)

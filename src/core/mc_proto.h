@@ -141,6 +141,13 @@ int mc_enc_simple(mc_buf *b, uint8_t opcode, uint32_t opaque);
 /* STAT with an optional group (NULL/0 for the general statistics). */
 int mc_enc_stat(mc_buf *b, uint32_t opaque, const char *group, size_t len);
 
+/* Where to end a write of at most max bytes of the n bytes at p, which
+ * begin with whole framed requests, so that it ends where a request ends:
+ * the length of the longest run of whole requests that fits in max; the
+ * first request's length when it alone is longer (at most n); n when the
+ * bytes do not begin with a whole frame. Never 0 for n > 0. */
+size_t mc_req_cut(const char *p, size_t n, size_t max);
+
 /* ---- responses ---------------------------------------------------------- */
 
 /* One response. Pointers point into the reader's buffer and stay valid until
