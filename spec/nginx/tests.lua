@@ -703,6 +703,26 @@ local function run()
        "shared_dict: one failure in each of two clients makes failure_limit 2; no third call fails",
        show(fe1, fe2, fe3, fa:servers()[2].alive, fb:servers()[2].alive))
     ngx.shared.mc_health:flush_all()
+    -- one probe per retry interval among clients sharing the dict: a
+    -- probe of the silent server takes probe_timeout; the second client,
+    -- due at the same time, takes the first one's verdict and routes
+    -- around at once
+    local function sharer()
+      return assert(resty_memcached.new { servers = { MC1, SILENT }, failure_limit = 1,
+        retry_timeout = 0.2, probe_timeout = 0.08, timeout = 0.1, shared_dict = "mc_health" })
+    end
+    local pa, pb = sharer(), sharer()
+    local pk
+    for i = 1, 200 do if pa:pick_server("pr:" .. i) == SILENT then pk = "pr:" .. i break end end
+    pa:get(pk) -- times out: dead for both
+    pb:get(pk)
+    ngx.sleep(0.25)
+    local ta = elapsed(function() return pa:get(pk) end)
+    local tb = elapsed(function() return pb:get(pk) end)
+    ok(ta >= 0.07 and tb < 0.04 and pb:servers()[2].alive == false,
+       "shared_dict: one client probes a dead server, the other takes its verdict at once",
+       show(ta, tb, pb:servers()[2].alive))
+    ngx.shared.mc_health:flush_all()
     local lone = assert(resty_memcached.new { servers = { MC1, REFUSED }, failure_limit = 2 })
     is("without shared_dict a client finds it for itself", { nil, E.ERR_CONNECTION_REFUSED }, lone:get(sk))
     ok(not pcall(resty_memcached.new, { servers = { MC1 }, shared_dict = "no_such_dict" }),

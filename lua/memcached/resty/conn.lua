@@ -26,7 +26,8 @@ local function server_record(self, addr)
     -- fails at once ("too many waiting connect operations": ERR_BUSY)
     rec = { popts = { pool = "memcached:" .. addr .. self.pool_tag, pool_size = self.pool_size,
                       backlog = self.max_conns > 0 and 0 or nil },
-            dead_key = "memcached:dead:" .. addr, fail_key = "memcached:failures:" .. addr }
+            dead_key = "memcached:dead:" .. addr, fail_key = "memcached:failures:" .. addr,
+            probe_key = "memcached:probe:" .. addr }
     local tls = self.tls
     if tls then rec.sni = tls.server_name or C.tls_host(addr) end
     self.records[addr] = rec

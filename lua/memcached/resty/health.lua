@@ -66,7 +66,7 @@ end
 -- time, with no success seen between them, make a server dead for all.
 local function dict_keys(self, srv)
   local rec = server_record(self, ffi.string(core.mc_abi_ring_name(self.ring, srv)))
-  return rec.dead_key, rec.fail_key
+  return rec.dead_key, rec.fail_key, rec.probe_key
 end
 local function share_dead(self, srv)
   local dict = self.dict
@@ -161,6 +161,18 @@ end
 -- when it is usable.
 local probe_rep, probe_msg = ffi.new("mc_abi_reply"), ffi.new("char[200]")
 local function probe(self, srv)
+  local dict = self.dict
+  if dict then
+    -- one probe per retry interval among the workers sharing the dict:
+    -- the first to claim it probes; the others take its verdict from the
+    -- dict (the dead entry gone: it answered) or keep routing around
+    local dk, _, pk = dict_keys(self, srv)
+    if not dict:add(pk, true, math.max(self.retry_timeout, 0.001)) then
+      if dict:get(dk) then return false end
+      server_ok(self, srv)
+      return true
+    end
+  end
   local addr = server_name(self, srv)
   local host, port = split_addr(addr)
   local sock = ngx_socket_tcp()
