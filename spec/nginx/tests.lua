@@ -739,6 +739,14 @@ local function run()
     local cobj = assert(resty_memcached.new { servers = { MC1 },
       selector = { pick_server = function(self_, key) return MC2 end } })
     is("a selector object's pick_server", { MC2 }, cobj:pick_server("x"))
+    local cname = assert(resty_memcached.new { servers = { MC1 },
+      selector = function() return "localhost:" .. MC2:match(":(%d+)$") end })
+    ok(cname:set("sel-name", "by name") and raw_item(MC2, "sel-name"),
+       "a host name a selector names is resolved (no nginx resolver configured)")
+    local cunk = assert(resty_memcached.new { servers = { MC1 },
+      selector = function() return "no-such-host.invalid:11211" end })
+    local _, cue = cunk:get("x")
+    is("... and one that does not resolve is ERR_BAD_SERVER", { E.ERR_BAD_SERVER }, cue)
     local cbad = assert(resty_memcached.new { servers = { MC1 },
       selector = function() error("no idea") end })
     local _, cbe = cbad:get("x")

@@ -8,7 +8,7 @@ local ngx_socket_tcp = ngx.socket.tcp
 local C = require "memcached.resty.core"
 local OP, HEADER_LEN, c_simple, E = C.OP, C.HEADER_LEN, C.c_simple, C.E
 local core, err_str, err_num, split_addr = C.core, C.err_str, C.err_num, C.split_addr
-local resolve_names, K_OTHER = C.resolve_names, C.K_OTHER
+local resolve_names, K_OTHER, addr_cache = C.resolve_names, C.K_OTHER, C.addr_cache
 local conn = require "memcached.resty.conn"
 local server_record, popts_of, next_opaques = conn.server_record, conn.popts_of, conn.next_opaques
 local secure = conn.secure
@@ -245,6 +245,13 @@ local function place_custom(self, key)
   end
   local srv = core.mc_abi_ring_intern(ring, addr, ring_err, 256)
   if srv < 0 then return nil, E.ERR_BAD_SERVER, ffi.string(ring_err) end
+  -- a host name the selector names is resolved the first time it is met
+  -- (once per worker), as the C client does, unless nginx's resolver
+  -- dials names (resolver = true)
+  if not self.by_resolver and not addr_cache[addr] then
+    local rerr, rdetail = resolve_names({ { addr } }, false)
+    if rerr then return nil, rerr, rdetail end
+  end
   if core.mc_abi_ring_usable(ring, srv, ngx_now(), pick_probe) ~= 0
       or (pick_probe[0] ~= 0 and probe(self, srv)) then
     return srv
