@@ -235,6 +235,24 @@ for _, name in ipairs { "cqueues", "luv" } do
         assert.is_true(info.alive)
         assert.are.equal(0, info.failures)
       end)
+      it("when records after the handshake do not decrypt: ERR_TLS, again on the next call", function()
+        local bad = H.start_tls_fault("garbage", srv.port)
+        local r, info = {}, nil
+        L.run(function()
+          local mc = new { servers = { bad.addr }, tls = { ca_file = certs.ca }, failure_limit = 1 }
+          r[1] = pack(mc:get("k"))
+          r[2] = pack(mc:get("k"))
+          info = mc:servers()[1]
+        end)
+        bad.stop()
+        for i = 1, 2 do
+          assert.is_nil(r[i][1])
+          assert.are.equal(memcached.ERR_TLS, r[i][2])
+          assert.truthy(r[i][3]:find("receive", 1, true), r[i][3])
+        end
+        assert.is_true(info.alive)
+        assert.are.equal(0, info.connections)
+      end)
     end)
 
     describe("SASL", function()
