@@ -67,6 +67,7 @@ endif
 OBJ   = $(SRC:src/%.c=$(OBJDIR)/%.o)
 LUA_MODULES = $(wildcard lua/memcached/*.lua)
 LUA_RESTY_MODULES = $(wildcard lua/memcached/resty/*.lua)
+LUA_ASYNC_MODULES = $(wildcard lua/memcached/async/*.lua)
 ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 .PHONY: all deps demo test test-all test-5.1 test-5.2 test-5.3 test-5.4 asan fuzz luajit test-luajit \
@@ -218,6 +219,7 @@ install:
 	cp $(MODULE) $(INST_LIBDIR)/memcached.so
 	if [ -n "$(LUA_MODULES)" ]; then mkdir -p $(INST_LUADIR)/memcached && cp $(LUA_MODULES) $(INST_LUADIR)/memcached/; fi
 	if [ -n "$(LUA_RESTY_MODULES)" ]; then mkdir -p $(INST_LUADIR)/memcached/resty && cp $(LUA_RESTY_MODULES) $(INST_LUADIR)/memcached/resty/; fi
+	if [ -n "$(LUA_ASYNC_MODULES)" ]; then mkdir -p $(INST_LUADIR)/memcached/async && cp $(LUA_ASYNC_MODULES) $(INST_LUADIR)/memcached/async/; fi
 
 clean:
 	rm -rf build memcached.so $(SPEC_BINS) bench/*.bin bench/*.so

@@ -483,7 +483,7 @@ function _M.servers(self)
     local addr = server_name(self, i)
     local sv = self.by_addr[addr]
     out[i + 1] = { addr = addr, alive = alive, failures = failures, last_error = last,
-      connections = sv and #sv.conns or 0 }
+      connections = sv and #sv.conns or 0, tls_resumed = sv and sv.tls_resumed }
   end
   return out
 end
@@ -551,7 +551,8 @@ end
 
 local OPTIONS = { servers = 1, timeout = 1, connect_timeout = 1, io_timeout = 1, max_conns = 1,
   max_idle = 1, msgpack_flag = 1, selector = 1, failure_limit = 1, retry_timeout = 1, eject = 1,
-  max_value_size = 1, probe_timeout = 1, wait = 1, sleep = 1, wakeup = 1, cancel = 1 }
+  max_value_size = 1, probe_timeout = 1, wait = 1, sleep = 1, wakeup = 1, cancel = 1,
+  tls = 1, username = 1, password = 1 }
 
 -- The default cap on connections per server: requests of many coroutines
 -- share them (pipelined), so a few are enough; 0 means no cap.
@@ -592,6 +593,9 @@ local function construct(opts, custom)
   if (opts.sleep == nil) ~= (opts.wakeup == nil) then
     error("options 'sleep' and 'wakeup' go together", 3)
   end
+  local sec, serr, sdetail = require("memcached.async.secure").new(opts) -- TLS, SASL
+  if sec == nil then return nil, serr, sdetail end
+  self.secure = sec or nil
   local list = server_list(opts.servers or {})
   local ring, err, detail = new_ring(self, list)
   if not ring then return nil, err, detail end

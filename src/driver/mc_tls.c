@@ -509,50 +509,57 @@ int mc_tls_start(mc_conn *c, const mc_tls_ctx *ctx, const char *host,
     return MC_OK;
 }
 
+int mc_tls_handshake_step(mc_conn *c, short *want, char *msg, size_t msglen)
+{
+    tls_conn *t = c->tp_data;
+    int rc, e;
+    t->flags = MSG_DONTWAIT; /* waits are the caller's */
+    t->err = 0;
+    ERR_clear_error();
+    rc = SSL_do_handshake(t->ssl);
+    if (rc == 1)
+        return MC_OK;
+    e = SSL_get_error(t->ssl, rc);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        /* what OpenSSL holds now is an unfinished record: wait for the
+         * socket (tls_events) */
+        t->starved = e == SSL_ERROR_WANT_READ;
+        t->want = 0;
+        *want = e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT;
+        return MC_TLS_AGAIN;
+    }
+    if (e == SSL_ERROR_SYSCALL || e == SSL_ERROR_ZERO_RETURN) {
+        int err = t->err;
+        ERR_clear_error();
+        if (err && err != ECONNRESET && err != EPIPE) {
+            snprintf(msg, msglen, "TLS handshake: %s", strerror(err));
+            return MC_ERR_IO;
+        }
+        snprintf(msg, msglen, "TLS handshake: the server closed the "
+                              "connection");
+        return MC_ERR_CLOSED;
+    }
+    note_ssl_error(t);
+    snprintf(msg, msglen, "TLS handshake: %s", t->why);
+    return MC_ERR_TLS;
+}
+
 int mc_tls_handshake(mc_conn *c, const mc_deadline *d, char *msg,
                      size_t msglen)
 {
-    tls_conn *t = c->tp_data;
     for (;;) {
-        int rc, e;
-        t->flags = MSG_DONTWAIT; /* waits go to the wait point */
-        t->err = 0;
-        ERR_clear_error();
-        rc = SSL_do_handshake(t->ssl);
-        if (rc == 1)
-            return MC_OK;
-        e = SSL_get_error(t->ssl, rc);
-        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-            int w;
-            /* what OpenSSL holds now is an unfinished record: wait for the
-             * socket (tls_events), and never past the deadline */
-            t->starved = e == SSL_ERROR_WANT_READ;
-            t->want = 0;
-            w = mc_deadline_over(d, mc_now())
-                    ? MC_ERR_TIMEOUT
-                    : mc_conn_wait(c, e == SSL_ERROR_WANT_READ ? POLLIN
-                                                               : POLLOUT,
-                                   d, msg, msglen);
-            if (w == MC_ERR_TIMEOUT)
-                snprintf(msg, msglen, "TLS handshake timed out");
-            if (w != MC_OK)
-                return w;
-            continue;
-        }
-        if (e == SSL_ERROR_SYSCALL || e == SSL_ERROR_ZERO_RETURN) {
-            int err = t->err;
-            ERR_clear_error();
-            if (err && err != ECONNRESET && err != EPIPE) {
-                snprintf(msg, msglen, "TLS handshake: %s", strerror(err));
-                return MC_ERR_IO;
-            }
-            snprintf(msg, msglen, "TLS handshake: the server closed the "
-                                  "connection");
-            return MC_ERR_CLOSED;
-        }
-        note_ssl_error(t);
-        snprintf(msg, msglen, "TLS handshake: %s", t->why);
-        return MC_ERR_TLS;
+        short want = 0;
+        int rc = mc_tls_handshake_step(c, &want, msg, msglen), w;
+        if (rc != MC_TLS_AGAIN)
+            return rc;
+        /* never past the deadline */
+        w = mc_deadline_over(d, mc_now())
+                ? MC_ERR_TIMEOUT
+                : mc_conn_wait(c, want, d, msg, msglen);
+        if (w == MC_ERR_TIMEOUT)
+            snprintf(msg, msglen, "TLS handshake timed out");
+        if (w != MC_OK)
+            return w;
     }
 }
 

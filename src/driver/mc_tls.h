@@ -78,6 +78,16 @@ int mc_tls_start(struct mc_conn *c, const mc_tls_ctx *t, const char *host,
 int mc_tls_handshake(struct mc_conn *c, const mc_deadline *d, char *msg,
                      size_t msglen);
 
+/* One step of the handshake, never waiting: MC_OK when it is complete;
+ * MC_TLS_AGAIN when it must wait for the socket to be ready for *want
+ * (POLLIN/POLLOUT), then be called again; else MC_ERR_TLS /
+ * MC_ERR_CLOSED / MC_ERR_IO with msg. For a driver that does its own
+ * waiting and keeps its own deadline (memcached.core, an event loop's
+ * hook); mc_tls_handshake is this in a loop at the wait point. */
+#define MC_TLS_AGAIN (-1)
+int mc_tls_handshake_step(struct mc_conn *c, short *want, char *msg,
+                          size_t msglen);
+
 /* 1 when the connection's handshake resumed an earlier session. */
 int mc_tls_resumed(const struct mc_conn *c);
 

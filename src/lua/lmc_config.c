@@ -22,13 +22,6 @@
 #include "mc_item.h"
 #include "mc_key.h"
 
-/* SASL credentials as read from the options (pointers into Lua strings
- * kept on the stack). */
-struct lmc_cred {
-    const char *user, *pass;
-    size_t ulen, plen;
-};
-
 /* ---- servers ---- */
 
 /* A server list is read once, with raw access only: no __index runs, and
@@ -394,12 +387,10 @@ static const char *keep_string(lua_State *L, int t, const char *name,
     return p;
 }
 
-/* Reads tls, username and password from the options table at t into *to
- * and *cred (strings left on the stack). Returns 1 when TLS is asked for.
- * Raises on a wrong type, an unknown tls field or credentials given
- * half. */
-static int read_secure(lua_State *L, int t, mc_tls_opts *to,
-                       struct lmc_cred *cred)
+/* lmc_read_secure (lmc_secure.h): the blocking client's and async
+ * mode's (memcached.core.secure) one reading of these options. */
+int lmc_read_secure(lua_State *L, int t, mc_tls_opts *to,
+                    struct lmc_cred *cred)
 {
     int tls = 0, k;
     luaL_checkstack(L, 16, "options");
@@ -498,7 +489,7 @@ static int construct(lua_State *L, int t, int from, int sel)
         lua_getfield(L, t, "selector");
         selidx = lua_gettop(L);
         read_opts(L, t, &o, &mpf, selidx);
-        tls = read_secure(L, t, &tlso, &cred);
+        tls = lmc_read_secure(L, t, &tlso, &cred);
     }
     /* everything that can raise happens before the client exists */
     if (t) {

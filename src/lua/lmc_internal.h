@@ -21,6 +21,7 @@
 #include "lmc_client.h"
 #include "lmc_codec.h"
 #include "lmc_compat.h"
+#include "lmc_secure.h"
 #include "lmc_value.h"
 #include "mc_client.h"
 #include "mc_error.h"

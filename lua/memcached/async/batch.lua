@@ -63,7 +63,7 @@ local out = {}
 local function read_stream(self, b, st, on_entry, deadline)
   local c = b.conn
   while true do
-    local data, e, msg = core.recv(c.fd, 65536)
+    local data, e, msg = core.recv(c.tls or c.fd, 65536)
     if data then
       local rc, n, ferr, fmsg = b.ab:feed(data, out)
       for i = 0, n - 1 do
@@ -81,7 +81,7 @@ local function read_stream(self, b, st, on_entry, deadline)
       end
       if not conn.wait_fd(self, c.fd, c.wn > 0 and "rw" or "r", deadline) then
         -- what came by the deadline still counts
-        data = core.recv(c.fd, 65536)
+        data = core.recv(c.tls or c.fd, 65536)
         if not data then return nil, E_TIMEOUT, b.addr .. ": no reply within the timeout" end
         local rc, n, ferr, fmsg = b.ab:feed(data, out)
         for i = 0, n - 1 do

@@ -138,7 +138,8 @@ end
 local function open(self, sv)
   local fd, e, msg = core.connect(self.dial[sv.addr] or sv.addr)
   if not fd then return nil, errs[e], sv.addr .. ": " .. msg end
-  local c = { fd = fd, sv = sv, addr = sv.addr, connecting = e, cdeadline = now() + self.connect_timeout,
+  -- a secure client's connection counts as connecting until finish_connect secured it
+  local c = { fd = fd, sv = sv, addr = sv.addr, connecting = e or self.secure ~= nil, cdeadline = now() + self.connect_timeout,
     wq = {}, wn = 0, woff = 1, rbuf = "", rpos = 1, head = 1, tail = 0 }
   sv.conns[#sv.conns + 1] = c
   return c
@@ -172,7 +173,7 @@ local function flush(self, c)
       c.wq = { data }
       c.wn = 1
     end
-    local n, e, msg = send(c.fd, data, c.woff)
+    local n, e, msg = send(c.tls or c.fd, data, c.woff)
     if not n then return false, errs[e], c.addr .. ": " .. msg end
     if n == 0 then return true end
     c.woff = c.woff + n
@@ -196,7 +197,14 @@ local function finish_connect(self, c, deadline)
     -- writable means the connect finished; a spurious return of the hook
     -- reads as finished too, so make sure with a zero-length send
     local n = send(c.fd, "", 1)
-    if n then c.connecting = false return true end
+    if n then
+      if self.secure then -- TLS and SASL (async/secure.lua)
+        local sok, serr, sdetail = self.secure(self, c, dl)
+        if not sok then return false, serr, sdetail end
+      end
+      c.connecting = false
+      return true
+    end
   end
 end
 M.finish_connect = finish_connect
@@ -324,7 +332,7 @@ local function read_for(self, c, me)
     if ok and c.werr then ok, err, detail = false, c.werr, c.wdetail end
     if ok and c.wn > 0 then ok, err, detail = flush(self, c) end
     if not ok then conn_fail(self, c, err, detail) break end
-    local data, e, msg = recv(c.fd, 65536)
+    local data, e, msg = recv(c.tls or c.fd, 65536)
     if data then
       local buf = c.rbuf
       if c.rpos > #buf then c.rbuf = data
@@ -335,7 +343,7 @@ local function read_for(self, c, me)
       conn_fail(self, c, errs[e], c.addr .. ": " .. msg)
     elseif not wait_fd(self, c.fd, c.wn > 0 and "rw" or "r", me.deadline) then
       -- one last look: the reply may have come with the deadline
-      data = recv(c.fd, 65536)
+      data = recv(c.tls or c.fd, 65536)
       if data then
         c.rbuf = c.rpos > #c.rbuf and data or c.rbuf:sub(c.rpos) .. data
         c.rpos = 1
@@ -446,7 +454,7 @@ function M.submit(self, sv, s, data, deadline)
   c.tail = t
   c[t] = s
   if c.wn == 0 and not c.connecting then
-    local n, e, msg = send(c.fd, data, 1)
+    local n, e, msg = send(c.tls or c.fd, data, 1)
     if not n then
       c.werr, c.wdetail = errs[e], c.addr .. ": " .. msg
     elseif n < #data then
