@@ -1,6 +1,7 @@
 /*
- * mc_client_int: what mc_client.c (servers, health, the one-request path)
- * and mc_batch.c (pipelined batches) share. Not exported.
+ * mc_client_int: what mc_client.c (servers, health, placement),
+ * mc_request.c (the one-request path) and mc_batch.c (pipelined batches)
+ * share. Not exported.
  */
 #ifndef MC_CLIENT_INT_H
 #define MC_CLIENT_INT_H
@@ -65,5 +66,7 @@ mc_conn *client_renew(mc_client *c, mc_server *s, mc_conn *old, int wait, int *e
 void client_server_failed(mc_client *c, mc_server *s, int err, const char *msg);
 void client_server_ok(mc_client *c, mc_server *s);
 int client_usable(mc_client *c, mc_server *s);
+/* Frees the retired servers no request holds any more. */
+void client_reap_retired(mc_client *c);
 
 #endif
