@@ -583,6 +583,7 @@ local function construct(opts, custom)
     retry_timeout = opt_number(opts, "retry_timeout", 1.0, 0, 86400),
     probe_timeout = math.min(opt_number(opts, "probe_timeout", 0.02, 0.001, 3600), connect_timeout),
     eject = opts.eject ~= false,
+    woken = 0,    -- coroutines woken and not yet run (memcached.async.conn)
     by_addr = {}, -- per server address: connections (memcached.async.conn)
     dial = {},    -- address -> what to connect to
     names = {},

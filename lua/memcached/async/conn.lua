@@ -64,7 +64,9 @@ end
 -- early (callers check their state again).
 -- parked[co]: co sleeps in park, so one wakeup may resume it (a loop's
 -- wakeup must never reach a coroutine waiting elsewhere, e.g. on a
--- descriptor).
+-- descriptor). self.woken counts the coroutines woken and not yet run:
+-- while there are some, a reader lets them run (and queue their next
+-- requests) before it sends, so that one send carries them all.
 local parked = setmetatable({}, { __mode = "k" })
 local function park(self, deadline)
   local left = deadline - now()
@@ -78,13 +80,15 @@ local function park(self, deadline)
     self.wait(fd, "r", left)
     core.efd_drain(fd)
   end
-  parked[co] = nil
+  if parked[co] then parked[co] = nil
+  else self.woken = self.woken - 1 end
 end
 M.park = park
 
 local function wake(self, co)
   if not parked[co] then return end
   parked[co] = nil
+  self.woken = self.woken + 1
   if self.wakeup then return self.wakeup(co) end
   local h = efds[co]
   if h then core.efd_signal(h.fd) end
@@ -139,7 +143,7 @@ local function open(self, sv)
   local fd, e, msg = core.connect(self.dial[sv.addr] or sv.addr)
   if not fd then return nil, errs[e], sv.addr .. ": " .. msg end
   local c = { fd = fd, sv = sv, addr = sv.addr, connecting = e, cdeadline = now() + self.connect_timeout,
-    wq = {}, wn = 0, woff = 1, rbuf = "", rpos = 1, head = 1, tail = 0 }
+    wq = {}, wn = 0, woff = 1, rbuf = "", rpos = 1, head = 1, tail = 0, held = false }
   sv.conns[#sv.conns + 1] = c
   return c
 end
@@ -159,7 +163,7 @@ local function conn_fail(self, c, err, detail)
       wake(self, s.co)
     end
   end
-  c.head, c.tail = 1, 0
+  c.head, c.tail, c.held = 1, 0, false
 end
 M.conn_fail = conn_fail
 
@@ -220,45 +224,66 @@ local function text_line(self, c)
   return true
 end
 
--- Hands every whole reply in c's buffer to its slot, in order. A reply is
--- handed over only once the stream after it is seen in step: the next
--- slot's reply whole and judged good by the core, or, for the last slot,
--- nothing after it. A reply whose declared length swallowed the start of
--- the next one (cut short, or a length byte damaged) then fails with the
+-- Hands every whole reply in c's buffer to its slot, in order, judging
+-- each reply once (memcached.core.take_one). A reply is handed over only
+-- once the stream after it is seen in step: the next slot's reply whole
+-- and judged good by the core, or, for the last slot, nothing after it.
+-- Until then its slot is held (c.held: the slot at c.head, judged, not yet
+-- handed over). A reply whose declared length swallowed the start of the
+-- next one (cut short, or a length byte damaged) then fails with the
 -- whole connection instead of reaching its caller with foreign bytes.
-local function judge(c, s, buf, pos)
-  local pk = s.peeked
-  if pk then
-    s.peeked = nil
-    return 1, pk[1], pk[2], pk[3], pk[4], pk[5], pk[6], pk[7]
+local function hand_over(self, c)
+  local h = c[c.head]
+  c[c.head] = nil
+  c.head = c.head + 1
+  c.held = false
+  if not h.done then -- else: its caller gave up waiting; the reply is dropped
+    h.done = true
+    wake(self, h.co)
   end
-  return take_one(buf, pos, MAX_BODY, s.kind, s.op, s.opaque, s.key, true)
 end
 
 local function deliver(self, c)
   if c.text then return text_line(self, c) end
   local buf, pos = c.rbuf, c.rpos
-  while c.head <= c.tail do
-    local s = c[c.head]
-    local rc, err, status, flags, cas, key, value, used = judge(c, s, buf, pos)
-    if rc == 0 then break end
-    if rc == -2 then
-      c.rbuf, c.rpos = buf, pos
-      return text_line(self, c)
+  local len = #buf
+  while true do
+    local held = c.held
+    local j = held and c.head + 1 or c.head
+    if j > c.tail then
+      if held then
+        if pos <= len then
+          c.rbuf, c.rpos = "", 1
+          return conn_fail(self, c, E_PROTOCOL, c.addr .. ": bytes after the last reply nobody asked for")
+        end
+        hand_over(self, c)
+      end
+      break
     end
+    local s = c[j]
+    local rc, err, status, flags, cas, key, value, used = take_one(buf, pos, MAX_BODY, s.kind, s.op,
+      s.opaque, s.key, true)
+    if rc == 0 then break end
     if rc < 0 then
       c.rbuf, c.rpos = "", 1
-      conn_fail(self, c, errs[err], c.addr .. ": " .. status)
-      return
+      if rc == -2 then
+        if not held then
+          c.rbuf, c.rpos = buf, pos
+          return text_line(self, c)
+        end
+        return conn_fail(self, c, E_PROTOCOL, c.addr .. ": a reply runs into bytes that start no reply")
+      end
+      return conn_fail(self, c, errs[err], c.addr .. ": " .. status)
     end
+    -- the reply before this one ended where this one starts: it is in step
+    if held then hand_over(self, c) end
+    pos = pos + used
     if s.stream then
       -- a STAT stream: entries until one with an empty key
-      pos = pos + used
       local fin, ferr, fdetail = s.stream(s, err, status, key, value)
       if fin == nil then
         c.rbuf, c.rpos = "", 1
-        conn_fail(self, c, ferr, fdetail)
-        return
+        return conn_fail(self, c, ferr, fdetail)
       end
       if fin then
         c[c.head] = nil
@@ -267,48 +292,18 @@ local function deliver(self, c)
         wake(self, s.co)
       end
     else
-      local after = pos + used
-      if c.head < c.tail then
-        local n = c[c.head + 1]
-        if not n.stream then
-          local rc2, e2, st2, f2, cas2, k2, v2, u2 = take_one(buf, after, MAX_BODY, n.kind, n.op,
-            n.opaque, n.key, true)
-          if rc2 == 0 then
-            s.peeked = { err, status, flags, cas, key, value, used }
-            break
-          end
-          if rc2 == 1 then n.peeked = { e2, st2, f2, cas2, k2, v2, u2 }
-          elseif rc2 == -1 then
-            c.rbuf, c.rpos = "", 1
-            conn_fail(self, c, errs[e2], c.addr .. ": " .. st2)
-            return
-          else -- no reply starts where the next one should
-            c.rbuf, c.rpos = "", 1
-            conn_fail(self, c, E_PROTOCOL, c.addr .. ": a reply runs into bytes that start no reply")
-            return
-          end
-        end
-      elseif after <= #buf then
-        c.rbuf, c.rpos = "", 1
-        conn_fail(self, c, E_PROTOCOL, c.addr .. ": bytes after the last reply nobody asked for")
-        return
+      if not s.done then
+        s.err, s.status, s.flags, s.cas, s.key, s.value = err, status, flags, cas, key, value
       end
-      pos = after
-      c[c.head] = nil
-      c.head = c.head + 1
-      if not s.done then -- else: its caller gave up waiting; the reply is dropped
-        s.done, s.err, s.status, s.flags, s.cas, s.key, s.value = true, err, status, flags, cas, key, value
-        wake(self, s.co)
-      end
+      c.held = true
     end
   end
-  if pos > #buf then buf, pos = "", 1 end
+  if pos > len then buf, pos = "", 1 end
   c.rbuf, c.rpos = buf, pos
   if c.head > c.tail then
     c.head, c.tail = 1, 0
     if pos <= #buf then
-      conn_fail(self, c, E_PROTOCOL, c.addr .. ": bytes after the last reply nobody asked for")
-      return
+      return conn_fail(self, c, E_PROTOCOL, c.addr .. ": bytes after the last reply nobody asked for")
     end
     wake_waiter(self, c.sv)
   end
@@ -318,8 +313,16 @@ end
 -- bounds the wait, and a reply that does not come by then fails every
 -- request on c (it is hung or too slow to trust).
 local function read_for(self, c, me)
+  local yields = 0
   while not me.done and not c.dead do
     local ok, err, detail = true, nil, nil
+    -- coroutines woken by the last replies have not run yet: let them
+    -- queue their next requests first (a writable socket returns at the
+    -- loop's next turn), a few turns at most
+    while c.wn > 0 and self.woken > 0 and yields < 4 and not c.connecting do
+      yields = yields + 1
+      if not wait_fd(self, c.fd, "w", me.deadline) then break end
+    end
     if c.connecting then ok, err, detail = finish_connect(self, c, me.deadline) end
     if ok and c.werr then ok, err, detail = false, c.werr, c.wdetail end
     if ok and c.wn > 0 then ok, err, detail = flush(self, c) end
@@ -435,6 +438,14 @@ end
 -- for the reply's status (0 success); or s.failed, with s.err an ERR_*
 -- string and s.detail (the transport failed, the reply was wrong, or it
 -- did not come in time).
+--
+-- A request goes out at once only on a connection with nothing in flight
+-- and nobody reading it; else it is queued, and the connection's reader
+-- sends everything queued in one send before it next waits. The reader
+-- always has a request of its own in flight when it waits, so it wakes
+-- (a reply, or its deadline) and sends the queue within one round trip:
+-- many coroutines' requests go out in one syscall, and the server reads
+-- them in one.
 function M.submit(self, sv, s, data, deadline)
   local c, err, detail = pick(self, sv, deadline)
   if not c then
@@ -445,7 +456,7 @@ function M.submit(self, sv, s, data, deadline)
   local t = c.tail + 1
   c.tail = t
   c[t] = s
-  if c.wn == 0 and not c.connecting then
+  if t == c.head and c.wn == 0 and not c.reader and not c.connecting and self.woken == 0 then
     local n, e, msg = send(c.fd, data, 1)
     if not n then
       c.werr, c.wdetail = errs[e], c.addr .. ": " .. msg
@@ -459,22 +470,32 @@ function M.submit(self, sv, s, data, deadline)
   return c
 end
 
+-- Hands c's reading to the oldest request on it whose caller still
+-- waits (c.reader names it at once, so that requests queued meanwhile
+-- wait for it instead of sending on their own).
+local function hand_reading(self, c)
+  c.reader = nil
+  if c.dead then return end
+  for i = c.head, c.tail do
+    local w = c[i]
+    if w and not w.done then
+      c.reader = w
+      wake(self, w.co)
+      return
+    end
+  end
+end
+
 -- Waits for the reply of s, submitted on c.
 function M.await(self, c, s)
   local deadline = s.deadline
   while not s.done do
     if c.dead then break end
-    if not c.reader then
+    local r = c.reader
+    if r == nil or r == s then
       c.reader = s
       read_for(self, c, s)
-      c.reader = nil
-      -- the oldest waiter left takes over the reading
-      if not c.dead then
-        for i = c.head, c.tail do
-          local w = c[i]
-          if w and not w.done then wake(self, w.co) break end
-        end
-      end
+      hand_reading(self, c)
     else
       park(self, deadline)
       if not s.done and now() >= deadline and c.reader ~= s then
@@ -484,6 +505,8 @@ function M.await(self, c, s)
       end
     end
   end
+  -- named reader but answered before it read: pass the reading on
+  if c.reader == s then hand_reading(self, c) end
   if not s.done then
     s.done, s.failed, s.err, s.detail = true, true, E.ERR_CONNECTION_CLOSED, c.addr .. ": connection closed"
   end
