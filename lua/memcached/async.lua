@@ -28,6 +28,7 @@ local _M = { _VERSION = "0.1" }
 for k, v in pairs(E) do _M[k] = v end
 local mt = { __index = _M, __name = "memcached.async" }
 
+local OP_GETK, OP_GATK = OP.GETK, OP.GATK
 local E_MISS, E_KEY, E_PROTOCOL = E.ERR_CACHE_MISS, E.ERR_MALFORMED_KEY, E.ERR_PROTOCOL
 local E_CLIENT_CLOSED, E_AUTH = E.ERR_CLIENT_CLOSED, E.ERR_AUTH
 local CLOSED_DETAIL = "the client was closed"
@@ -156,8 +157,19 @@ local function server_name(self, srv)
   return n
 end
 
+-- self.sick[srv]: the ring has counted a failure of srv since its last
+-- success, so a success must be reported (ring:ok); a healthy server's
+-- success costs no call into the ring.
 local function server_ok(self, srv)
+  local sick = self.sick
+  if not sick[srv] then return end
+  sick[srv] = nil
   if self.ring:ok(srv) then event(self, srv, "responding again", "up") end
+end
+
+local function ring_failed(self, srv, why)
+  self.sick[srv] = true
+  if self.ring:failed(srv, now(), why) then event(self, srv, why, "down") end
 end
 
 -- What a failure costs the server, as the core rules (health_verdict).
@@ -165,8 +177,7 @@ local function server_failed(self, srv, err, detail)
   local verdict = core.health_verdict(err_num[err] or 0)
   if verdict == 1 then return server_ok(self, srv) end
   if verdict == 2 then return end
-  local why = tostring(err) .. ": " .. tostring(detail)
-  if self.ring:failed(srv, now(), why) then event(self, srv, why, "down") end
+  ring_failed(self, srv, tostring(err) .. ": " .. tostring(detail))
 end
 
 -- Probes a dead server whose retry time came (claimed by this caller): a
@@ -202,8 +213,7 @@ local function probe(self, srv)
       conn.conn_fail(self, c, err, detail)
     end
   end
-  local why = "probe: " .. tostring(err) .. ": " .. tostring(detail)
-  if self.ring:failed(srv, now(), why) then event(self, srv, why, "down") end
+  ring_failed(self, srv, "probe: " .. tostring(err) .. ": " .. tostring(detail))
   return false
 end
 
@@ -266,9 +276,15 @@ local function call(self, key, kind, op, frame, ...)
   local srv, err, detail = place(self, key)
   if not srv then return nil, err, detail end
   local addr = server_name(self, srv)
-  local opaque = core.random32()
+  -- opaques count up from a random start: each request on a connection
+  -- has its own, and a connection dies with its first wrong reply
+  local opaque = self.seq
+  self.seq = opaque < U32 and opaque + 1 or 1
+  -- every field a slot gets, so the table is sized once
   local s = { kind = kind, op = op, opaque = opaque,
-    key = (op == OP.GETK or op == OP.GATK) and key or nil }
+    key = (op == OP_GETK or op == OP_GATK) and key or nil,
+    co = false, deadline = 0, done = false, failed = false, err = false, detail = false,
+    status = 0, flags = 0, cas = 0, value = false }
   request(self, server_of(self, addr), s, frame(op, opaque, ...), now() + self.io_timeout)
   if s.failed then
     server_failed(self, srv, s.err, s.detail)
@@ -495,7 +511,7 @@ local function replace_ring(self, list)
   if not ring then return nil, err, detail end
   err, detail = resolve(self, list)
   if err then return nil, err, detail end
-  local old, listed = self.ring, {}
+  local old, listed, sick = self.ring, {}, {}
   for j = 0, ring:nservers() - 1 do listed[ring:name(j)] = j end
   for i = 0, old:nservers() - 1 do
     local name = old:name(i)
@@ -504,9 +520,10 @@ local function replace_ring(self, list)
     if j then
       local _, failures, last = old:alive(i)
       for _ = 1, failures do ring:failed(j, now(), last or "") end
+      if failures > 0 then sick[j] = true end
     end
   end
-  self.ring, self.list, self.names = ring, list, {}
+  self.ring, self.list, self.names, self.sick = ring, list, {}, sick
   return true
 end
 
@@ -583,7 +600,9 @@ local function construct(opts, custom)
     retry_timeout = opt_number(opts, "retry_timeout", 1.0, 0, 86400),
     probe_timeout = math.min(opt_number(opts, "probe_timeout", 0.02, 0.001, 3600), connect_timeout),
     eject = opts.eject ~= false,
-    woken = 0,    -- coroutines woken and not yet run (memcached.async.conn)
+    woken = 0,
+    seq = core.random32(), -- the next request's opaque
+    sick = {},     -- servers the ring holds failures of (server_ok)    -- coroutines woken and not yet run (memcached.async.conn)
     by_addr = {}, -- per server address: connections (memcached.async.conn)
     dial = {},    -- address -> what to connect to
     names = {},

@@ -356,7 +356,9 @@ end
 local function pick(self, sv, deadline)
   while true do
     local best, bn
-    for _, c in ipairs(sv.conns) do
+    local conns = sv.conns
+    for i = 1, #conns do
+      local c = conns[i]
       if not c.exclusive then
         local n = c.tail - c.head + 1
         if n == 0 then return c end
