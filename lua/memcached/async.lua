@@ -29,6 +29,9 @@ for k, v in pairs(E) do _M[k] = v end
 local mt = { __index = _M, __name = "memcached.async" }
 
 local OP_GETK, OP_GATK = OP.GETK, OP.GATK
+local running = coroutine.running
+-- a reusable slot per coroutine (call)
+local slot_of = setmetatable({}, { __mode = "k" })
 local E_MISS, E_KEY, E_PROTOCOL = E.ERR_CACHE_MISS, E.ERR_MALFORMED_KEY, E.ERR_PROTOCOL
 local E_CLIENT_CLOSED, E_AUTH = E.ERR_CLIENT_CLOSED, E.ERR_AUTH
 local CLOSED_DETAIL = "the client was closed"
@@ -251,18 +254,30 @@ local function place_custom(self, key)
 end
 
 -- Where key goes, dead servers considered: its server, or nil, err,
--- detail. A dead server whose retry time came is probed first.
-local function place(self, key)
-  if self.custom then return place_custom(self, key) end
+-- detail. A dead server whose retry time came is probed first. t: now,
+-- when the caller has it; after a probe or a custom selector (either may
+-- have waited) the server comes with the time then, else with t.
+local function place(self, key, t)
+  if self.custom then
+    local srv, err, detail = place_custom(self, key)
+    if srv then return srv, now() end
+    return nil, err, detail
+  end
   local ring = self.ring
-  local srv, due, e = ring:pick(key, now())
-  if srv >= 0 and due and not probe(self, srv) then
+  t = t or now()
+  local srv, due, e = ring:pick(key, t)
+  if srv >= 0 and due then
+    local ok = probe(self, srv)
+    t = now()
+    if ok then return srv, t end
+  end
+  if srv >= 0 and due then
     local dead = srv
     srv, e = ring:around(key)
     if srv < 0 then return no_server(self, e, dead) end
   end
   if srv < 0 then return no_server(self, e, ring:static(key)) end
-  return srv
+  return srv, t
 end
 
 -- ---- one request ----
@@ -273,19 +288,30 @@ end
 local function call(self, key, kind, op, frame, ...)
   if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
   if not key_ok(key) then return nil, E_KEY, KEY_DETAIL end
-  local srv, err, detail = place(self, key)
-  if not srv then return nil, err, detail end
+  local srv, t, detail = place(self, key, now())
+  if not srv then return nil, t, detail end
   local addr = server_name(self, srv)
   -- opaques count up from a random start: each request on a connection
   -- has its own, and a connection dies with its first wrong reply
   local opaque = self.seq
   self.seq = opaque < U32 and opaque + 1 or 1
-  -- every field a slot gets, so the table is sized once
-  local s = { kind = kind, op = op, opaque = opaque,
-    key = (op == OP_GETK or op == OP_GATK) and key or nil,
-    co = false, deadline = 0, done = false, failed = false, err = false, detail = false,
-    status = 0, flags = 0, cas = 0, value = false }
-  request(self, server_of(self, addr), s, frame(op, opaque, ...), now() + self.io_timeout)
+  -- the coroutine's slot from its last call, unless that one is still in
+  -- a FIFO (its caller gave up waiting): a table per request costs more
+  -- than the rest of the request's Lua
+  local co = running()
+  local s = slot_of[co]
+  local rkey = (op == OP_GETK or op == OP_GATK) and key or nil
+  if s == nil or s.queued then
+    -- every field a slot gets, so the table is sized once
+    s = { kind = kind, op = op, opaque = opaque, key = rkey, co = co, deadline = 0, done = false,
+      failed = false, err = false, detail = false, status = 0, flags = 0, cas = 0, value = false,
+      queued = false }
+    slot_of[co] = s
+  else
+    s.kind, s.op, s.opaque, s.key, s.done, s.failed, s.err, s.detail, s.value =
+      kind, op, opaque, rkey, false, false, false, false, false
+  end
+  request(self, server_of(self, addr), s, frame(op, opaque, ...), t + self.io_timeout)
   if s.failed then
     server_failed(self, srv, s.err, s.detail)
     return nil, s.err, s.detail
@@ -319,12 +345,16 @@ local function item_value(self, s)
 end
 
 local function key_op(self, op, key, exptime)
-  if type(key) == "table" then key, exptime = fields(key, "key", "expiration") end
-  check_key(key)
-  exptime = opt_uint(2, "expiration", exptime, U32)
   local s, addr, detail
-  if op == OP.GETK then s, addr, detail = call(self, key, K_GET, op, f_get, key)
-  else s, addr, detail = call(self, key, K_GET, op, f_touch, key, exptime) end
+  if op == OP_GETK and type(key) == "string" then
+    s, addr, detail = call(self, key, K_GET, op, f_get, key)
+  else
+    if type(key) == "table" then key, exptime = fields(key, "key", "expiration") end
+    check_key(key)
+    exptime = opt_uint(2, "expiration", exptime, U32)
+    if op == OP_GETK then s, addr, detail = call(self, key, K_GET, op, f_get, key)
+    else s, addr, detail = call(self, key, K_GET, op, f_touch, key, exptime) end
+  end
   if not s then return nil, addr, detail end
   if op == OP.TOUCH then return true end
   local ok, v = item_value(self, s)

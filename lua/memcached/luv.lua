@@ -23,7 +23,7 @@ end
 -- Each keeps one callback for sleeps (no closure per sleep): it resumes
 -- the coroutine sleep_of[t] names.
 local timers, sleep_of, sleep_cb = {}, {}, {}
-local sleeping = {} -- coroutine -> its timer while it sleeps
+local sleeping = {} -- coroutine -> its timer (true: none) while it sleeps
 local function take_timer()
   local t = timers[#timers]
   if t then timers[#timers] = nil return t end
@@ -76,8 +76,15 @@ M.hooks = {
     h:close()
     if t then give_timer(t) end
   end,
+  -- timeout nil: until wakeup, with no timer at all
   sleep = function(timeout)
     local co = running()
+    if not timeout then
+      sleeping[co] = true
+      yield()
+      sleeping[co] = nil
+      return
+    end
     local t = take_timer()
     sleeping[co], sleep_of[t] = t, co
     t:start(ms(timeout), 0, sleep_cb[t])
@@ -89,7 +96,7 @@ M.hooks = {
     local t = sleeping[co]
     if not t then return end
     sleeping[co] = nil
-    t:stop()
+    if t ~= true then t:stop() end
     ready[#ready + 1] = co
     if not idle then idle = uv.new_idle() end
     if #ready == 1 then idle:start(run_ready) end

@@ -3,8 +3,9 @@
 --   wait(fd, events, timeout)  until fd is ready ("r", "w", "rw") or the
 --                              time is up; may yield; may return early
 --   sleep(timeout), wakeup(co) optional: park the running coroutine until
---                              another one wakes it (else an eventfd per
---                              coroutine, waited on through wait)
+--                              another one wakes it or the time is up
+--                              (timeout nil: until woken); else an
+--                              eventfd per coroutine, waited on through wait
 --   cancel(fd)                 optional: fd is about to be closed
 --
 -- Per server, up to max_conns connections. Requests of many coroutines
@@ -67,10 +68,15 @@ end
 -- descriptor). self.woken counts the coroutines woken and not yet run:
 -- while there are some, a reader lets them run (and queue their next
 -- requests) before it sends, so that one send carries them all.
+-- untimed: the caller is sure to be woken by its deadline (it waits
+-- behind a reader whose deadline is no later than its own, and which
+-- fails the whole connection when that passes), so the loop needs no
+-- timer for it.
 local parked = setmetatable({}, { __mode = "k" })
-local function park(self, deadline)
+local function park(self, deadline, untimed)
   local left = deadline - now()
   if left <= 0 then return end
+  if untimed then left = nil end
   local co = running()
   parked[co] = true
   if self.sleep then
@@ -158,6 +164,7 @@ local function conn_fail(self, c, err, detail)
   for i = c.head, c.tail do
     local s = c[i]
     c[i] = nil
+    if s then s.queued = false end
     if s and not s.done then
       s.done, s.failed, s.err, s.detail = true, true, err, detail
       wake(self, s.co)
@@ -237,6 +244,7 @@ local function hand_over(self, c)
   c[c.head] = nil
   c.head = c.head + 1
   c.held = false
+  h.queued = false
   if not h.done then -- else: its caller gave up waiting; the reply is dropped
     h.done = true
     wake(self, h.co)
@@ -288,7 +296,7 @@ local function deliver(self, c)
       if fin then
         c[c.head] = nil
         c.head = c.head + 1
-        s.done = true
+        s.done, s.queued = true, false
         wake(self, s.co)
       end
     else
@@ -458,6 +466,7 @@ function M.submit(self, sv, s, data, deadline)
   local t = c.tail + 1
   c.tail = t
   c[t] = s
+  s.queued = true -- in c's FIFO until its reply or c's failure
   if t == c.head and c.wn == 0 and not c.reader and not c.connecting and self.woken == 0 then
     local n, e, msg = send(c.fd, data, 1)
     if not n then
@@ -499,7 +508,9 @@ function M.await(self, c, s)
       read_for(self, c, s)
       hand_reading(self, c)
     else
-      park(self, deadline)
+      -- a reader whose deadline is no later than this one's reads this
+      -- reply by then or fails the connection: no timer needed
+      park(self, deadline, r.deadline <= deadline)
       if not s.done and now() >= deadline and c.reader ~= s then
         -- its reply will still come, behind the reader's: the slot stays
         -- in the FIFO, answered into nothing
