@@ -22,7 +22,7 @@ local enc, now, errs, key_ok = core.enc, core.now, core.errs, core.key_ok
 local type, error, tostring, pairs, ipairs, pcall = type, error, tostring, pairs, ipairs, pcall
 local floor, sub, find, setmetatable = math.floor, string.sub, string.find, setmetatable
 local E = conn.E
-local server_of, request = conn.server_of, conn.request
+local server_of, submit, await = conn.server_of, conn.submit, conn.await
 
 local _M = { _VERSION = "0.1" }
 for k, v in pairs(E) do _M[k] = v end
@@ -290,7 +290,7 @@ local function call(self, key, kind, op, frame, ...)
   if not key_ok(key) then return nil, E_KEY, KEY_DETAIL end
   local srv, t, detail = place(self, key, now())
   if not srv then return nil, t, detail end
-  local addr = server_name(self, srv)
+  local addr = self.names[srv] or server_name(self, srv)
   -- opaques count up from a random start: each request on a connection
   -- has its own, and a connection dies with its first wrong reply
   local opaque = self.seq
@@ -311,12 +311,14 @@ local function call(self, key, kind, op, frame, ...)
     s.kind, s.op, s.opaque, s.key, s.done, s.failed, s.err, s.detail, s.value =
       kind, op, opaque, rkey, false, false, false, false, false
   end
-  request(self, server_of(self, addr), s, frame(op, opaque, ...), t + self.io_timeout)
+  local c = submit(self, self.by_addr[addr] or server_of(self, addr), s, frame(op, opaque, ...),
+    t + self.io_timeout)
+  if c then await(self, c, s) end
   if s.failed then
     server_failed(self, srv, s.err, s.detail)
     return nil, s.err, s.detail
   end
-  server_ok(self, srv)
+  if self.sick[srv] then server_ok(self, srv) end
   local e = s.err
   if e == 0 then return s, addr end
   local st = s.status
@@ -357,6 +359,7 @@ local function key_op(self, op, key, exptime)
   end
   if not s then return nil, addr, detail end
   if op == OP.TOUCH then return true end
+  if s.flags ~= self.mp_flag then return s.value, s.cas, s.flags end
   local ok, v = item_value(self, s)
   if not ok then return nil, E.ERR_UNDECODABLE, addr .. ": " .. tostring(v) end
   return v, s.cas, s.flags

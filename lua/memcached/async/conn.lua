@@ -73,11 +73,11 @@ end
 -- fails the whole connection when that passes), so the loop needs no
 -- timer for it.
 local parked = setmetatable({}, { __mode = "k" })
-local function park(self, deadline, untimed)
+local function park(self, deadline, untimed, co)
   local left = deadline - now()
   if left <= 0 then return end
   if untimed then left = nil end
-  local co = running()
+  co = co or running()
   parked[co] = true
   if self.sleep then
     self.sleep(left)
@@ -462,7 +462,7 @@ function M.submit(self, sv, s, data, deadline)
     s.done, s.failed, s.err, s.detail = true, true, err, detail
     return nil
   end
-  s.co, s.deadline = running(), deadline
+  s.co, s.deadline = s.co or running(), deadline
   local t = c.tail + 1
   c.tail = t
   c[t] = s
@@ -510,7 +510,7 @@ function M.await(self, c, s)
     else
       -- a reader whose deadline is no later than this one's reads this
       -- reply by then or fails the connection: no timer needed
-      park(self, deadline, r.deadline <= deadline)
+      park(self, deadline, r.deadline <= deadline, s.co)
       if not s.done and now() >= deadline and c.reader ~= s then
         -- its reply will still come, behind the reader's: the slot stays
         -- in the FIFO, answered into nothing
