@@ -74,9 +74,11 @@ end
 -- timer for it.
 local parked = setmetatable({}, { __mode = "k" })
 local function park(self, deadline, untimed, co)
-  local left = deadline - now()
-  if left <= 0 then return end
-  if untimed then left = nil end
+  local left
+  if not untimed then
+    left = deadline - now()
+    if left <= 0 then return end
+  end
   co = co or running()
   parked[co] = true
   if self.sleep then
@@ -284,7 +286,17 @@ local function deliver(self, c)
       return conn_fail(self, c, errs[err], c.addr .. ": " .. status)
     end
     -- the reply before this one ended where this one starts: it is in step
-    if held then hand_over(self, c) end
+    if held then
+      local h = c[c.head]
+      c[c.head] = nil
+      c.head = c.head + 1
+      c.held, h.queued = false, false
+      if not h.done then
+        h.done = true
+        local co = h.co
+        if parked[co] then wake(self, co) end
+      end
+    end
     pos = pos + used
     if s.stream then
       -- a STAT stream: entries until one with an empty key
