@@ -151,7 +151,7 @@ local function open(self, sv)
   local fd, e, msg = core.connect(self.dial[sv.addr] or sv.addr)
   if not fd then return nil, errs[e], sv.addr .. ": " .. msg end
   local c = { fd = fd, sv = sv, addr = sv.addr, connecting = e, cdeadline = now() + self.connect_timeout,
-    wq = {}, wn = 0, woff = 1, rbuf = "", rpos = 1, head = 1, tail = 0, held = false }
+    wq = {}, wn = 0, woff = 1, rbuf = "", rpos = 1, head = 1, tail = 0, held = false, reader = false, reading = false }
   sv.conns[#sv.conns + 1] = c
   return c
 end
@@ -339,7 +339,13 @@ local function read_for(self, c, me)
     -- coroutines woken by the last replies have not run yet: let them
     -- queue their next requests first (a writable socket returns at the
     -- loop's next turn), a few turns at most
-    while c.wn > 0 and self.woken > 0 and yields < 4 and not c.connecting do
+    while c.wn > 0 and self.woken > 0 and not c.connecting do
+      if yields == 4 then
+        -- still not run after 4 turns: a woken coroutine its loop dropped
+        -- (never resumed) left the count stale; forget it
+        self.woken = 0
+        break
+      end
       yields = yields + 1
       if not wait_fd(self, c.fd, "w", me.deadline) then break end
     end
@@ -515,14 +521,16 @@ function M.await(self, c, s)
   while not s.done do
     if c.dead then break end
     local r = c.reader
-    if r == nil or r == s then
-      c.reader = s
+    if not r or r == s then
+      c.reader, c.reading = s, true
       read_for(self, c, s)
+      c.reading = false
       hand_reading(self, c)
     else
-      -- a reader whose deadline is no later than this one's reads this
-      -- reply by then or fails the connection: no timer needed
-      park(self, deadline, r.deadline <= deadline, s.co)
+      -- a reader at work (not one only named, which might never run)
+      -- whose deadline is no later than this one's reads this reply by
+      -- then or fails the connection: no timer needed
+      park(self, deadline, c.reading and r.deadline <= deadline, s.co)
       if not s.done and now() >= deadline and c.reader ~= s then
         -- its reply will still come, behind the reader's: the slot stays
         -- in the FIFO, answered into nothing
