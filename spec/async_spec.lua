@@ -137,6 +137,27 @@ for _, name in ipairs { "cqueues", "luv" } do
       assert.is_true(n >= 1 and n <= 2, "connections: " .. n)
     end)
 
+    it("requests that coroutines queue while a connection is busy go out together", function()
+      local wrong, mc = 0, nil
+      L.run(function(spawn)
+        mc = assert(L.mod.new { servers = { srv.addr }, max_conns = 2, timeout = 2 })
+        assert(mc:set_raw_data("batch:k", "v"))
+        for _ = 1, 100 do
+          spawn(function()
+            for _ = 1, 20 do
+              if mc:get("batch:k") ~= "v" then wrong = wrong + 1 end
+            end
+          end)
+        end
+      end)
+      assert.equal(0, wrong)
+      -- one send per request would be 2,001; the reader sends what the
+      -- woken coroutines queued in one (64-108 sends when written)
+      local sends = 0
+      for _, c in ipairs(mc.by_addr[srv.addr].conns) do sends = sends + c.sends end
+      assert.is_true(sends < 400, "sends for 2,000 gets: " .. sends)
+    end)
+
     it("a ticker keeps ticking every 10 ms while a get waits on a stopped server", function()
       local stopped = H.start_memcached()
       local max_gap, ticks, got, err, took = 0, 0, nil, nil, nil

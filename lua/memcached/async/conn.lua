@@ -151,7 +151,8 @@ local function open(self, sv)
   local fd, e, msg = core.connect(self.dial[sv.addr] or sv.addr)
   if not fd then return nil, errs[e], sv.addr .. ": " .. msg end
   local c = { fd = fd, sv = sv, addr = sv.addr, connecting = e, cdeadline = now() + self.connect_timeout,
-    wq = {}, wn = 0, woff = 1, rbuf = "", rpos = 1, head = 1, tail = 0, held = false, reader = false, reading = false }
+    wq = {}, wn = 0, woff = 1, rbuf = "", rpos = 1, head = 1, tail = 0, held = false, reader = false, reading = false,
+    sends = 0 } -- send calls made (a spec holds the batching to it)
   sv.conns[#sv.conns + 1] = c
   return c
 end
@@ -186,6 +187,7 @@ local function flush(self, c)
       c.wn = 1
     end
     local n, e, msg = send(c.fd, data, c.woff)
+    c.sends = c.sends + 1
     if not n then return false, errs[e], c.addr .. ": " .. msg end
     if n == 0 then return true end
     c.woff = c.woff + n
@@ -487,6 +489,7 @@ function M.submit(self, sv, s, data, deadline)
   s.queued = true -- in c's FIFO until its reply or c's failure
   if t == c.head and c.wn == 0 and not c.reader and not c.connecting and self.woken == 0 then
     local n, e, msg = send(c.fd, data, 1)
+    c.sends = c.sends + 1
     if not n then
       c.werr, c.wdetail = errs[e], c.addr .. ": " .. msg
     elseif n < #data then
