@@ -152,10 +152,12 @@ for _, name in ipairs { "cqueues", "luv" } do
       end)
       assert.equal(0, wrong)
       -- one send per request would be 2,001; the reader sends what the
-      -- woken coroutines queued in one (64-108 sends when written)
+      -- woken coroutines queued in one: 64-108 sends when written, 401
+      -- under ASan (slower, with the server on the other CPU answering
+      -- each part as it comes)
       local sends = 0
       for _, c in ipairs(mc.by_addr[srv.addr].conns) do sends = sends + c.sends end
-      assert.is_true(sends < 400, "sends for 2,000 gets: " .. sends)
+      assert.is_true(sends < 1000, "sends for 2,000 gets: " .. sends)
     end)
 
     it("a ticker keeps ticking every 10 ms while a get waits on a stopped server", function()
