@@ -10,13 +10,14 @@
 --
 -- Per server, up to max_conns connections. Requests of many coroutines
 -- share a connection: each caller frames its request, appends it to the
--- connection's output (sent at once when nothing is queued before it) and
--- its slot to the connection's FIFO, then waits. The first waiter on a
--- connection becomes its reader: it reads, has the core judge each reply
--- against the slot at the head of the FIFO (memcached.core.take_one: its
--- opcode and opaque, its shape, its key), hands it to that slot's caller
--- and wakes it, until its own reply came; then the oldest waiter left
--- takes over. Replies are matched by position and checked by opaque, so a
+-- connection's output queue and its slot to the connection's FIFO, then
+-- waits (a request on an idle connection nobody reads goes out at once).
+-- The first waiter on a connection becomes its reader: it sends the whole
+-- queue in one send (after the coroutines it woke have queued theirs),
+-- reads, has the core judge each reply once against the slot at the head
+-- of the FIFO (memcached.core.take_one: its opcode and opaque, its shape,
+-- its key), hands it to that slot's caller and wakes it, until its own
+-- reply came; then it names the oldest waiter left the reader. Replies are matched by position and checked by opaque, so a
 -- reply can only ever reach the caller whose request it answers; anything
 -- else breaks the stream, and a broken, closed or timed-out connection
 -- fails every request on it (conn_fail) and is closed. Only the reader
