@@ -342,13 +342,11 @@ local function read_for(self, c, me)
     -- coroutines woken by the last replies have not run yet: let them
     -- queue their next requests first (a writable socket returns at the
     -- loop's next turn), a few turns at most
-    while c.wn > 0 and self.woken > 0 and not c.connecting do
-      if yields == 4 then
-        -- still not run after 4 turns: a woken coroutine its loop dropped
-        -- (never resumed) left the count stale; forget it
-        self.woken = 0
-        break
-      end
+    -- (a coroutine its loop dropped after a wake keeps the count up for
+    -- good: that costs each reader these few turns, nothing else; the
+    -- count must not be cleared instead, since the woken coroutines that
+    -- do run would then take it below zero and end the batching)
+    while c.wn > 0 and self.woken > 0 and yields < 4 and not c.connecting do
       yields = yields + 1
       if not wait_fd(self, c.fd, "w", me.deadline) then break end
     end
