@@ -60,7 +60,17 @@ for k, v in pairs(memcached) do
   if type(k) == "string" and k:sub(1, 4) == "ERR_" then ERRS[v] = k end
 end
 
-for _, name in ipairs { "cqueues", "luv" } do
+-- The loops' runners call each body under pcall, and a call that waits
+-- yields through it: PUC Lua 5.1's pcall cannot be yielded across (5.2+
+-- and LuaJIT's can), so under 5.1 these specs are not run.
+local PCALL_YIELDS = not (_VERSION == "Lua 5.1" and not rawget(_G, "jit"))
+if not PCALL_YIELDS then
+  describe("async mode", function()
+    pending("needs a pcall that coroutines can yield across (Lua 5.2+ or LuaJIT)")
+  end)
+end
+
+for _, name in ipairs(PCALL_YIELDS and { "cqueues", "luv" } or {}) do
   local L = LOOPS[name]
 
   describe("async mode under " .. name, function()

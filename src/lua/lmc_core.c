@@ -29,6 +29,7 @@
 #include <lua.h>
 
 #include "lmc_client.h"
+#include "lmc_compat.h"
 #include "mc_abi.h"
 #include "mc_conn.h"
 #include "mc_error.h"
@@ -36,6 +37,28 @@
 
 #define RING_MT "memcached.core.ring"
 #define BATCH_MT "memcached.core.batch"
+
+/* Scratch bytes for a result string of unknown length. 5.2 and later: a
+ * luaL_Buffer's box, freed as soon as the string is made. 5.1 and LuaJIT
+ * have no luaL_buffinitsize: a userdata the collector frees. */
+#if LUA_VERSION_NUM >= 502
+typedef luaL_Buffer lmc_scratch;
+#define scratch_init(L, s, n) luaL_buffinitsize((L), (s), (n))
+#define scratch_push(L, s, p, n) ((void)(p), luaL_pushresultsize((s), (n)))
+#else
+typedef int lmc_scratch;
+static char *scratch_init(lua_State *L, lmc_scratch *s, size_t n)
+{
+    (void)s;
+    return lua_newuserdata(L, n);
+}
+static void scratch_push(lua_State *L, lmc_scratch *s, const char *p, size_t n)
+{
+    (void)s;
+    lua_pushlstring(L, p, n);
+    lua_remove(L, -2);
+}
+#endif
 
 /* ---- framing and judging ---- */
 
@@ -61,14 +84,14 @@ static int c_enc(lua_State *L)
     if (n == -2147483647 - 1)
         return luaL_error(L, "request too large to frame");
     {
-        luaL_Buffer b;
+        lmc_scratch b;
         size_t need = (size_t)-(long)n;
-        char *p = luaL_buffinitsize(L, &b, need);
+        char *p = scratch_init(L, &b, need);
         n = mc_abi_enc(p, need, op, opaque, cas, key, klen, extras, flags,
                        exptime, value, vlen);
         if (n < 0)
             return luaL_error(L, "request too large to frame");
-        luaL_pushresultsize(&b, (size_t)n);
+        scratch_push(L, &b, p, (size_t)n);
     }
     return 1;
 }
@@ -236,18 +259,18 @@ static int b_feed(lua_State *L)
         const mc_abi_entry *e = &ents[i];
         lua_Integer at = (lua_Integer)i * 5;
         lua_pushinteger(L, e->idx);
-        lua_rawseti(L, 3, at + 1);
+        lmc_rawseti(L, 3, at + 1);
         lua_pushinteger(L, e->err);
-        lua_rawseti(L, 3, at + 2);
+        lmc_rawseti(L, 3, at + 2);
         lua_pushinteger(L, e->flags);
-        lua_rawseti(L, 3, at + 3);
+        lmc_rawseti(L, 3, at + 3);
         lua_pushinteger(L, (lua_Integer)(uint64_t)e->cas);
-        lua_rawseti(L, 3, at + 4);
+        lmc_rawseti(L, 3, at + 4);
         if (e->value)
             lua_pushlstring(L, e->value, e->vlen);
         else
             lua_pushboolean(L, 0);
-        lua_rawseti(L, 3, at + 5);
+        lmc_rawseti(L, 3, at + 5);
     }
     lua_pushinteger(L, rc);
     lua_pushinteger(L, n);
@@ -287,12 +310,12 @@ static int c_ring_new(lua_State *L)
     addrs = lua_newuserdatauv(L, (n + 1) * sizeof *addrs, 0);
     weights = lua_newuserdatauv(L, (n + 1) * sizeof *weights, 0);
     for (i = 0; i < n; i++) {
-        lua_rawgeti(L, 2, (lua_Integer)i + 1);
+        lmc_rawgeti(L, 2, (lua_Integer)i + 1);
         addrs[i] = lua_tostring(L, -1); /* kept alive by the table */
         lua_pop(L, 1);
         if (!addrs[i])
             return luaL_error(L, "server #%d is not a string", (int)i + 1);
-        lua_rawgeti(L, 3, (lua_Integer)i + 1);
+        lmc_rawgeti(L, 3, (lua_Integer)i + 1);
         weights[i] = (unsigned)luaL_optinteger(L, -1, 1);
         lua_pop(L, 1);
     }
@@ -664,14 +687,14 @@ static int c_recv(lua_State *L)
 {
     int fd = (int)luaL_checkinteger(L, 1);
     size_t max = (size_t)luaL_optinteger(L, 2, 65536);
-    luaL_Buffer b;
-    char *p = luaL_buffinitsize(L, &b, max);
+    lmc_scratch b;
+    char *p = scratch_init(L, &b, max);
     ssize_t n;
     do
         n = recv(fd, p, max, MSG_DONTWAIT);
     while (n < 0 && errno == EINTR);
     if (n > 0) {
-        luaL_pushresultsize(&b, (size_t)n);
+        scratch_push(L, &b, p, (size_t)n);
         return 1;
     }
     if (n == 0) {
