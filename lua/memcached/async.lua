@@ -22,12 +22,16 @@ local enc, now, errs, key_ok = core.enc, core.now, core.errs, core.key_ok
 local type, error, tostring, pairs, ipairs, pcall = type, error, tostring, pairs, ipairs, pcall
 local floor, sub, find, setmetatable = math.floor, string.sub, string.find, setmetatable
 local E = conn.E
-local server_of, request = conn.server_of, conn.request
+local server_of, submit, await = conn.server_of, conn.submit, conn.await
 
 local _M = { _VERSION = "0.1" }
 for k, v in pairs(E) do _M[k] = v end
 local mt = { __index = _M, __name = "memcached.async" }
 
+local OP_GETK, OP_GATK = OP.GETK, OP.GATK
+local running = coroutine.running
+-- a reusable slot per coroutine (call)
+local slot_of = setmetatable({}, { __mode = "k" })
 local E_MISS, E_KEY, E_PROTOCOL = E.ERR_CACHE_MISS, E.ERR_MALFORMED_KEY, E.ERR_PROTOCOL
 local E_CLIENT_CLOSED, E_AUTH = E.ERR_CLIENT_CLOSED, E.ERR_AUTH
 local CLOSED_DETAIL = "the client was closed"
@@ -156,8 +160,19 @@ local function server_name(self, srv)
   return n
 end
 
+-- self.sick[srv]: the ring has counted a failure of srv since its last
+-- success, so a success must be reported (ring:ok); a healthy server's
+-- success costs no call into the ring.
 local function server_ok(self, srv)
+  local sick = self.sick
+  if not sick[srv] then return end
+  sick[srv] = nil
   if self.ring:ok(srv) then event(self, srv, "responding again", "up") end
+end
+
+local function ring_failed(self, srv, why)
+  self.sick[srv] = true
+  if self.ring:failed(srv, now(), why) then event(self, srv, why, "down") end
 end
 
 -- What a failure costs the server, as the core rules (health_verdict).
@@ -165,8 +180,7 @@ local function server_failed(self, srv, err, detail)
   local verdict = core.health_verdict(err_num[err] or 0)
   if verdict == 1 then return server_ok(self, srv) end
   if verdict == 2 then return end
-  local why = tostring(err) .. ": " .. tostring(detail)
-  if self.ring:failed(srv, now(), why) then event(self, srv, why, "down") end
+  ring_failed(self, srv, tostring(err) .. ": " .. tostring(detail))
 end
 
 -- Probes a dead server whose retry time came (claimed by this caller): a
@@ -202,8 +216,7 @@ local function probe(self, srv)
       conn.conn_fail(self, c, err, detail)
     end
   end
-  local why = "probe: " .. tostring(err) .. ": " .. tostring(detail)
-  if self.ring:failed(srv, now(), why) then event(self, srv, why, "down") end
+  ring_failed(self, srv, "probe: " .. tostring(err) .. ": " .. tostring(detail))
   return false
 end
 
@@ -241,18 +254,30 @@ local function place_custom(self, key)
 end
 
 -- Where key goes, dead servers considered: its server, or nil, err,
--- detail. A dead server whose retry time came is probed first.
-local function place(self, key)
-  if self.custom then return place_custom(self, key) end
+-- detail. A dead server whose retry time came is probed first. t: now,
+-- when the caller has it; after a probe or a custom selector (either may
+-- have waited) the server comes with the time then, else with t.
+local function place(self, key, t)
+  if self.custom then
+    local srv, err, detail = place_custom(self, key)
+    if srv then return srv, now() end
+    return nil, err, detail
+  end
   local ring = self.ring
-  local srv, due, e = ring:pick(key, now())
-  if srv >= 0 and due and not probe(self, srv) then
+  t = t or now()
+  local srv, due, e = ring:pick(key, t)
+  if srv >= 0 and due then
+    local ok = probe(self, srv)
+    t = now()
+    if ok then return srv, t end
+  end
+  if srv >= 0 and due then
     local dead = srv
     srv, e = ring:around(key)
     if srv < 0 then return no_server(self, e, dead) end
   end
   if srv < 0 then return no_server(self, e, ring:static(key)) end
-  return srv
+  return srv, t
 end
 
 -- ---- one request ----
@@ -263,18 +288,37 @@ end
 local function call(self, key, kind, op, frame, ...)
   if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
   if not key_ok(key) then return nil, E_KEY, KEY_DETAIL end
-  local srv, err, detail = place(self, key)
-  if not srv then return nil, err, detail end
-  local addr = server_name(self, srv)
-  local opaque = core.random32()
-  local s = { kind = kind, op = op, opaque = opaque,
-    key = (op == OP.GETK or op == OP.GATK) and key or nil }
-  request(self, server_of(self, addr), s, frame(op, opaque, ...), now() + self.io_timeout)
+  local srv, t, detail = place(self, key, now())
+  if not srv then return nil, t, detail end
+  local addr = self.names[srv] or server_name(self, srv)
+  -- opaques count up from a random start: each request on a connection
+  -- has its own, and a connection dies with its first wrong reply
+  local opaque = self.seq
+  self.seq = opaque < U32 and opaque + 1 or 1
+  -- the coroutine's slot from its last call, unless that one is still in
+  -- a FIFO (its caller gave up waiting): a table per request costs more
+  -- than the rest of the request's Lua
+  local co = running()
+  local s = slot_of[co]
+  local rkey = (op == OP_GETK or op == OP_GATK) and key or nil
+  if s == nil or s.queued then
+    -- every field a slot gets, so the table is sized once
+    s = { kind = kind, op = op, opaque = opaque, key = rkey, co = co, deadline = 0, done = false,
+      failed = false, err = false, detail = false, status = 0, flags = 0, cas = 0, value = false,
+      queued = false }
+    slot_of[co] = s
+  else
+    s.kind, s.op, s.opaque, s.key, s.done, s.failed, s.err, s.detail, s.value =
+      kind, op, opaque, rkey, false, false, false, false, false
+  end
+  local c = submit(self, self.by_addr[addr] or server_of(self, addr), s, frame(op, opaque, ...),
+    t + self.io_timeout)
+  if c then await(self, c, s) end
   if s.failed then
     server_failed(self, srv, s.err, s.detail)
     return nil, s.err, s.detail
   end
-  server_ok(self, srv)
+  if self.sick[srv] then server_ok(self, srv) end
   local e = s.err
   if e == 0 then return s, addr end
   local st = s.status
@@ -303,14 +347,19 @@ local function item_value(self, s)
 end
 
 local function key_op(self, op, key, exptime)
-  if type(key) == "table" then key, exptime = fields(key, "key", "expiration") end
-  check_key(key)
-  exptime = opt_uint(2, "expiration", exptime, U32)
   local s, addr, detail
-  if op == OP.GETK then s, addr, detail = call(self, key, K_GET, op, f_get, key)
-  else s, addr, detail = call(self, key, K_GET, op, f_touch, key, exptime) end
+  if op == OP_GETK and type(key) == "string" then
+    s, addr, detail = call(self, key, K_GET, op, f_get, key)
+  else
+    if type(key) == "table" then key, exptime = fields(key, "key", "expiration") end
+    check_key(key)
+    exptime = opt_uint(2, "expiration", exptime, U32)
+    if op == OP_GETK then s, addr, detail = call(self, key, K_GET, op, f_get, key)
+    else s, addr, detail = call(self, key, K_GET, op, f_touch, key, exptime) end
+  end
   if not s then return nil, addr, detail end
   if op == OP.TOUCH then return true end
+  if s.flags ~= self.mp_flag then return s.value, s.cas, s.flags end
   local ok, v = item_value(self, s)
   if not ok then return nil, E.ERR_UNDECODABLE, addr .. ": " .. tostring(v) end
   return v, s.cas, s.flags
@@ -495,7 +544,7 @@ local function replace_ring(self, list)
   if not ring then return nil, err, detail end
   err, detail = resolve(self, list)
   if err then return nil, err, detail end
-  local old, listed = self.ring, {}
+  local old, listed, sick = self.ring, {}, {}
   for j = 0, ring:nservers() - 1 do listed[ring:name(j)] = j end
   for i = 0, old:nservers() - 1 do
     local name = old:name(i)
@@ -504,9 +553,10 @@ local function replace_ring(self, list)
     if j then
       local _, failures, last = old:alive(i)
       for _ = 1, failures do ring:failed(j, now(), last or "") end
+      if failures > 0 then sick[j] = true end
     end
   end
-  self.ring, self.list, self.names = ring, list, {}
+  self.ring, self.list, self.names, self.sick = ring, list, {}, sick
   return true
 end
 
@@ -584,6 +634,9 @@ local function construct(opts, custom)
     retry_timeout = opt_number(opts, "retry_timeout", 1.0, 0, 86400),
     probe_timeout = math.min(opt_number(opts, "probe_timeout", 0.02, 0.001, 3600), connect_timeout),
     eject = opts.eject ~= false,
+    woken = 0,
+    seq = core.random32(), -- the next request's opaque
+    sick = {},     -- servers the ring holds failures of (server_ok)    -- coroutines woken and not yet run (memcached.async.conn)
     by_addr = {}, -- per server address: connections (memcached.async.conn)
     dial = {},    -- address -> what to connect to
     names = {},

@@ -20,11 +20,22 @@ local function go(co)
 end
 
 -- Timers are reused: a handle costs a close (a loop iteration) to free.
-local timers = {}
+-- Each keeps one callback for sleeps (no closure per sleep): it resumes
+-- the coroutine sleep_of[t] names.
+local timers, sleep_of, sleep_cb = {}, {}, {}
+local sleeping = {} -- coroutine -> its timer (true: none) while it sleeps
 local function take_timer()
   local t = timers[#timers]
   if t then timers[#timers] = nil return t end
-  return uv.new_timer()
+  t = uv.new_timer()
+  sleep_cb[t] = function()
+    local co = sleep_of[t]
+    if co and sleeping[co] == t then
+      sleeping[co], sleep_of[t] = nil, nil
+      go(co)
+    end
+  end
+  return t
 end
 local function give_timer(t)
   t:stop()
@@ -46,8 +57,6 @@ local function run_ready()
   for i = 1, #list do go(list[i]) end
 end
 
-local sleeping = {} -- coroutine -> its timer while it sleeps
-
 M.hooks = {
   wait = function(fd, events, timeout)
     local co = running()
@@ -67,25 +76,27 @@ M.hooks = {
     h:close()
     if t then give_timer(t) end
   end,
+  -- timeout nil: until wakeup, with no timer at all
   sleep = function(timeout)
     local co = running()
+    if not timeout then
+      sleeping[co] = true
+      yield()
+      sleeping[co] = nil
+      return
+    end
     local t = take_timer()
-    sleeping[co] = t
-    t:start(ms(timeout), 0, function()
-      if sleeping[co] == t then
-        sleeping[co] = nil
-        go(co)
-      end
-    end)
+    sleeping[co], sleep_of[t] = t, co
+    t:start(ms(timeout), 0, sleep_cb[t])
     yield()
-    sleeping[co] = nil
+    sleeping[co], sleep_of[t] = nil, nil
     give_timer(t)
   end,
   wakeup = function(co)
     local t = sleeping[co]
     if not t then return end
     sleeping[co] = nil
-    t:stop()
+    if t ~= true then t:stop() end
     ready[#ready + 1] = co
     if not idle then idle = uv.new_idle() end
     if #ready == 1 then idle:start(run_ready) end

@@ -19,6 +19,11 @@
 #include <lua.h>
 #include <lauxlib.h>
 
+/* full userdata with no user values: 5.4's call, plain before it */
+#if LUA_VERSION_NUM < 504
+#define lua_newuserdatauv(L, sz, nuv) lua_newuserdata((L), (sz))
+#endif
+
 /* lua_rawgeti returning the type pushed, as in 5.3+ */
 #if LUA_VERSION_NUM >= 503
 #define lmc_rawgeti(L, t, i) lua_rawgeti((L), (t), (i))

@@ -153,7 +153,12 @@ static int c_take_one(lua_State *L)
     lua_pushinteger(L, r.status);
     lua_pushinteger(L, r.flags);
     lua_pushinteger(L, (lua_Integer)(uint64_t)r.cas);
-    lua_pushlstring(L, p + r.koff, r.klen);
+    /* a keyed get's reply key is the request's (the core compared them):
+     * hand back the caller's string instead of making another */
+    if (key != NULL && r.klen == klen)
+        lua_pushvalue(L, 7);
+    else
+        lua_pushlstring(L, p + r.koff, r.klen);
     lua_pushlstring(L, p + r.voff, r.vlen);
     lua_pushinteger(L, r.used);
     return 8;

@@ -3,19 +3,21 @@
 --   wait(fd, events, timeout)  until fd is ready ("r", "w", "rw") or the
 --                              time is up; may yield; may return early
 --   sleep(timeout), wakeup(co) optional: park the running coroutine until
---                              another one wakes it (else an eventfd per
---                              coroutine, waited on through wait)
+--                              another one wakes it or the time is up
+--                              (timeout nil: until woken); else an
+--                              eventfd per coroutine, waited on through wait
 --   cancel(fd)                 optional: fd is about to be closed
 --
 -- Per server, up to max_conns connections. Requests of many coroutines
 -- share a connection: each caller frames its request, appends it to the
--- connection's output (sent at once when nothing is queued before it) and
--- its slot to the connection's FIFO, then waits. The first waiter on a
--- connection becomes its reader: it reads, has the core judge each reply
--- against the slot at the head of the FIFO (memcached.core.take_one: its
--- opcode and opaque, its shape, its key), hands it to that slot's caller
--- and wakes it, until its own reply came; then the oldest waiter left
--- takes over. Replies are matched by position and checked by opaque, so a
+-- connection's output queue and its slot to the connection's FIFO, then
+-- waits (a request on an idle connection nobody reads goes out at once).
+-- The first waiter on a connection becomes its reader: it sends the whole
+-- queue in one send (after the coroutines it woke have queued theirs),
+-- reads, has the core judge each reply once against the slot at the head
+-- of the FIFO (memcached.core.take_one: its opcode and opaque, its shape,
+-- its key), hands it to that slot's caller and wakes it, until its own
+-- reply came; then it names the oldest waiter left the reader. Replies are matched by position and checked by opaque, so a
 -- reply can only ever reach the caller whose request it answers; anything
 -- else breaks the stream, and a broken, closed or timed-out connection
 -- fails every request on it (conn_fail) and is closed. Only the reader
@@ -64,12 +66,21 @@ end
 -- early (callers check their state again).
 -- parked[co]: co sleeps in park, so one wakeup may resume it (a loop's
 -- wakeup must never reach a coroutine waiting elsewhere, e.g. on a
--- descriptor).
+-- descriptor). self.woken counts the coroutines woken and not yet run:
+-- while there are some, a reader lets them run (and queue their next
+-- requests) before it sends, so that one send carries them all.
+-- untimed: the caller is sure to be woken by its deadline (it waits
+-- behind a reader whose deadline is no later than its own, and which
+-- fails the whole connection when that passes), so the loop needs no
+-- timer for it.
 local parked = setmetatable({}, { __mode = "k" })
-local function park(self, deadline)
-  local left = deadline - now()
-  if left <= 0 then return end
-  local co = running()
+local function park(self, deadline, untimed, co)
+  local left
+  if not untimed then
+    left = deadline - now()
+    if left <= 0 then return end
+  end
+  co = co or running()
   parked[co] = true
   if self.sleep then
     self.sleep(left)
@@ -78,13 +89,15 @@ local function park(self, deadline)
     self.wait(fd, "r", left)
     core.efd_drain(fd)
   end
-  parked[co] = nil
+  if parked[co] then parked[co] = nil
+  else self.woken = self.woken - 1 end
 end
 M.park = park
 
 local function wake(self, co)
   if not parked[co] then return end
   parked[co] = nil
+  self.woken = self.woken + 1
   if self.wakeup then return self.wakeup(co) end
   local h = efds[co]
   if h then core.efd_signal(h.fd) end
@@ -139,8 +152,10 @@ local function open(self, sv)
   local fd, e, msg = core.connect(self.dial[sv.addr] or sv.addr)
   if not fd then return nil, errs[e], sv.addr .. ": " .. msg end
   -- a secure client's connection counts as connecting until finish_connect secured it
-  local c = { fd = fd, sv = sv, addr = sv.addr, connecting = e or self.secure ~= nil, cdeadline = now() + self.connect_timeout,
-    wq = {}, wn = 0, woff = 1, rbuf = "", rpos = 1, head = 1, tail = 0 }
+  local c = { fd = fd, sv = sv, addr = sv.addr, connecting = e or self.secure ~= nil,
+    cdeadline = now() + self.connect_timeout,
+    wq = {}, wn = 0, woff = 1, rbuf = "", rpos = 1, head = 1, tail = 0, held = false, reader = false, reading = false,
+    sends = 0 } -- send calls made (a spec holds the batching to it)
   sv.conns[#sv.conns + 1] = c
   return c
 end
@@ -155,12 +170,13 @@ local function conn_fail(self, c, err, detail)
   for i = c.head, c.tail do
     local s = c[i]
     c[i] = nil
+    if s then s.queued = false end
     if s and not s.done then
       s.done, s.failed, s.err, s.detail = true, true, err, detail
       wake(self, s.co)
     end
   end
-  c.head, c.tail = 1, 0
+  c.head, c.tail, c.held = 1, 0, false
 end
 M.conn_fail = conn_fail
 
@@ -174,6 +190,7 @@ local function flush(self, c)
       c.wn = 1
     end
     local n, e, msg = send(c.tls or c.fd, data, c.woff)
+    c.sends = c.sends + 1
     if not n then return false, errs[e], c.addr .. ": " .. msg end
     if n == 0 then return true end
     c.woff = c.woff + n
@@ -228,95 +245,97 @@ local function text_line(self, c)
   return true
 end
 
--- Hands every whole reply in c's buffer to its slot, in order. A reply is
--- handed over only once the stream after it is seen in step: the next
--- slot's reply whole and judged good by the core, or, for the last slot,
--- nothing after it. A reply whose declared length swallowed the start of
--- the next one (cut short, or a length byte damaged) then fails with the
+-- Hands every whole reply in c's buffer to its slot, in order, judging
+-- each reply once (memcached.core.take_one). A reply is handed over only
+-- once the stream after it is seen in step: the next slot's reply whole
+-- and judged good by the core, or, for the last slot, nothing after it.
+-- Until then its slot is held (c.held: the slot at c.head, judged, not yet
+-- handed over). A reply whose declared length swallowed the start of the
+-- next one (cut short, or a length byte damaged) then fails with the
 -- whole connection instead of reaching its caller with foreign bytes.
-local function judge(c, s, buf, pos)
-  local pk = s.peeked
-  if pk then
-    s.peeked = nil
-    return 1, pk[1], pk[2], pk[3], pk[4], pk[5], pk[6], pk[7]
+local function hand_over(self, c)
+  local h = c[c.head]
+  c[c.head] = nil
+  c.head = c.head + 1
+  c.held = false
+  h.queued = false
+  if not h.done then -- else: its caller gave up waiting; the reply is dropped
+    h.done = true
+    wake(self, h.co)
   end
-  return take_one(buf, pos, MAX_BODY, s.kind, s.op, s.opaque, s.key, true)
 end
 
 local function deliver(self, c)
   if c.text then return text_line(self, c) end
   local buf, pos = c.rbuf, c.rpos
-  while c.head <= c.tail do
-    local s = c[c.head]
-    local rc, err, status, flags, cas, key, value, used = judge(c, s, buf, pos)
-    if rc == 0 then break end
-    if rc == -2 then
-      c.rbuf, c.rpos = buf, pos
-      return text_line(self, c)
+  local len = #buf
+  while true do
+    local held = c.held
+    local j = held and c.head + 1 or c.head
+    if j > c.tail then
+      if held then
+        if pos <= len then
+          c.rbuf, c.rpos = "", 1
+          return conn_fail(self, c, E_PROTOCOL, c.addr .. ": bytes after the last reply nobody asked for")
+        end
+        hand_over(self, c)
+      end
+      break
     end
+    local s = c[j]
+    local rc, err, status, flags, cas, key, value, used = take_one(buf, pos, MAX_BODY, s.kind, s.op,
+      s.opaque, s.key, true)
+    if rc == 0 then break end
     if rc < 0 then
       c.rbuf, c.rpos = "", 1
-      conn_fail(self, c, errs[err], c.addr .. ": " .. status)
-      return
+      if rc == -2 then
+        if not held then
+          c.rbuf, c.rpos = buf, pos
+          return text_line(self, c)
+        end
+        return conn_fail(self, c, E_PROTOCOL, c.addr .. ": a reply runs into bytes that start no reply")
+      end
+      return conn_fail(self, c, errs[err], c.addr .. ": " .. status)
     end
+    -- the reply before this one ended where this one starts: it is in step
+    if held then
+      local h = c[c.head]
+      c[c.head] = nil
+      c.head = c.head + 1
+      c.held, h.queued = false, false
+      if not h.done then
+        h.done = true
+        local co = h.co
+        if parked[co] then wake(self, co) end
+      end
+    end
+    pos = pos + used
     if s.stream then
       -- a STAT stream: entries until one with an empty key
-      pos = pos + used
       local fin, ferr, fdetail = s.stream(s, err, status, key, value)
       if fin == nil then
         c.rbuf, c.rpos = "", 1
-        conn_fail(self, c, ferr, fdetail)
-        return
+        return conn_fail(self, c, ferr, fdetail)
       end
       if fin then
         c[c.head] = nil
         c.head = c.head + 1
-        s.done = true
+        s.done, s.queued = true, false
         wake(self, s.co)
       end
     else
-      local after = pos + used
-      if c.head < c.tail then
-        local n = c[c.head + 1]
-        if not n.stream then
-          local rc2, e2, st2, f2, cas2, k2, v2, u2 = take_one(buf, after, MAX_BODY, n.kind, n.op,
-            n.opaque, n.key, true)
-          if rc2 == 0 then
-            s.peeked = { err, status, flags, cas, key, value, used }
-            break
-          end
-          if rc2 == 1 then n.peeked = { e2, st2, f2, cas2, k2, v2, u2 }
-          elseif rc2 == -1 then
-            c.rbuf, c.rpos = "", 1
-            conn_fail(self, c, errs[e2], c.addr .. ": " .. st2)
-            return
-          else -- no reply starts where the next one should
-            c.rbuf, c.rpos = "", 1
-            conn_fail(self, c, E_PROTOCOL, c.addr .. ": a reply runs into bytes that start no reply")
-            return
-          end
-        end
-      elseif after <= #buf then
-        c.rbuf, c.rpos = "", 1
-        conn_fail(self, c, E_PROTOCOL, c.addr .. ": bytes after the last reply nobody asked for")
-        return
+      if not s.done then
+        s.err, s.status, s.flags, s.cas, s.key, s.value = err, status, flags, cas, key, value
       end
-      pos = after
-      c[c.head] = nil
-      c.head = c.head + 1
-      if not s.done then -- else: its caller gave up waiting; the reply is dropped
-        s.done, s.err, s.status, s.flags, s.cas, s.key, s.value = true, err, status, flags, cas, key, value
-        wake(self, s.co)
-      end
+      c.held = true
     end
   end
-  if pos > #buf then buf, pos = "", 1 end
+  if pos > len then buf, pos = "", 1 end
   c.rbuf, c.rpos = buf, pos
   if c.head > c.tail then
     c.head, c.tail = 1, 0
     if pos <= #buf then
-      conn_fail(self, c, E_PROTOCOL, c.addr .. ": bytes after the last reply nobody asked for")
-      return
+      return conn_fail(self, c, E_PROTOCOL, c.addr .. ": bytes after the last reply nobody asked for")
     end
     wake_waiter(self, c.sv)
   end
@@ -326,8 +345,20 @@ end
 -- bounds the wait, and a reply that does not come by then fails every
 -- request on c (it is hung or too slow to trust).
 local function read_for(self, c, me)
+  local yields = 0
   while not me.done and not c.dead do
     local ok, err, detail = true, nil, nil
+    -- coroutines woken by the last replies have not run yet: let them
+    -- queue their next requests first (a writable socket returns at the
+    -- loop's next turn), a few turns at most
+    -- (a coroutine its loop dropped after a wake keeps the count up for
+    -- good: that costs each reader these few turns, nothing else; the
+    -- count must not be cleared instead, since the woken coroutines that
+    -- do run would then take it below zero and end the batching)
+    while c.wn > 0 and self.woken > 0 and yields < 4 and not c.connecting do
+      yields = yields + 1
+      if not wait_fd(self, c.fd, "w", me.deadline) then break end
+    end
     if c.connecting then ok, err, detail = finish_connect(self, c, me.deadline) end
     if ok and c.werr then ok, err, detail = false, c.werr, c.wdetail end
     if ok and c.wn > 0 then ok, err, detail = flush(self, c) end
@@ -361,7 +392,9 @@ end
 local function pick(self, sv, deadline)
   while true do
     local best, bn
-    for _, c in ipairs(sv.conns) do
+    local conns = sv.conns
+    for i = 1, #conns do
+      local c = conns[i]
       if not c.exclusive then
         local n = c.tail - c.head + 1
         if n == 0 then return c end
@@ -443,18 +476,28 @@ end
 -- for the reply's status (0 success); or s.failed, with s.err an ERR_*
 -- string and s.detail (the transport failed, the reply was wrong, or it
 -- did not come in time).
+--
+-- A request goes out at once only on a connection with nothing in flight
+-- and nobody reading it; else it is queued, and the connection's reader
+-- sends everything queued in one send before it next waits. The reader
+-- always has a request of its own in flight when it waits, so it wakes
+-- (a reply, or its deadline) and sends the queue within one round trip:
+-- many coroutines' requests go out in one syscall, and the server reads
+-- them in one.
 function M.submit(self, sv, s, data, deadline)
   local c, err, detail = pick(self, sv, deadline)
   if not c then
     s.done, s.failed, s.err, s.detail = true, true, err, detail
     return nil
   end
-  s.co, s.deadline = running(), deadline
+  s.co, s.deadline = s.co or running(), deadline
   local t = c.tail + 1
   c.tail = t
   c[t] = s
-  if c.wn == 0 and not c.connecting then
+  s.queued = true -- in c's FIFO until its reply or c's failure
+  if t == c.head and c.wn == 0 and not c.reader and not c.connecting and self.woken == 0 then
     local n, e, msg = send(c.tls or c.fd, data, 1)
+    c.sends = c.sends + 1
     if not n then
       c.werr, c.wdetail = errs[e], c.addr .. ": " .. msg
     elseif n < #data then
@@ -467,24 +510,38 @@ function M.submit(self, sv, s, data, deadline)
   return c
 end
 
+-- Hands c's reading to the oldest request on it whose caller still
+-- waits (c.reader names it at once, so that requests queued meanwhile
+-- wait for it instead of sending on their own).
+local function hand_reading(self, c)
+  c.reader = nil
+  if c.dead then return end
+  for i = c.head, c.tail do
+    local w = c[i]
+    if w and not w.done then
+      c.reader = w
+      wake(self, w.co)
+      return
+    end
+  end
+end
+
 -- Waits for the reply of s, submitted on c.
 function M.await(self, c, s)
   local deadline = s.deadline
   while not s.done do
     if c.dead then break end
-    if not c.reader then
-      c.reader = s
+    local r = c.reader
+    if not r or r == s then
+      c.reader, c.reading = s, true
       read_for(self, c, s)
-      c.reader = nil
-      -- the oldest waiter left takes over the reading
-      if not c.dead then
-        for i = c.head, c.tail do
-          local w = c[i]
-          if w and not w.done then wake(self, w.co) break end
-        end
-      end
+      c.reading = false
+      hand_reading(self, c)
     else
-      park(self, deadline)
+      -- a reader at work (not one only named, which might never run)
+      -- whose deadline is no later than this one's reads this reply by
+      -- then or fails the connection: no timer needed
+      park(self, deadline, c.reading and r.deadline <= deadline, s.co)
       if not s.done and now() >= deadline and c.reader ~= s then
         -- its reply will still come, behind the reader's: the slot stays
         -- in the FIFO, answered into nothing
@@ -492,6 +549,8 @@ function M.await(self, c, s)
       end
     end
   end
+  -- named reader but answered before it read: pass the reading on
+  if c.reader == s then hand_reading(self, c) end
   if not s.done then
     s.done, s.failed, s.err, s.detail = true, true, E.ERR_CONNECTION_CLOSED, c.addr .. ": connection closed"
   end
