@@ -1,0 +1,18 @@
+/*
+ * lmc_core: what the two halves of memcached.core share: lmc_core.c (the
+ * core's rules, the module) and lmc_core_io.c (sockets, TLS, SASL).
+ */
+#ifndef LMC_CORE_H
+#define LMC_CORE_H
+
+#include <lauxlib.h>
+#include <lua.h>
+
+/* A metatable `name` whose __index holds methods m and whose __gc is gc. */
+void lmc_core_class(lua_State *L, const char *name, const luaL_Reg *m,
+                    lua_CFunction gc);
+/* Adds the socket, TLS and SASL functions to the module table on top of
+ * the stack, and makes their classes. */
+void lmc_core_io_open(lua_State *L);
+
+#endif
