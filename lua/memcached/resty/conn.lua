@@ -1,6 +1,8 @@
 -- memcached.resty.conn: cosockets. A connection from nginx's keepalive pool
--- per call, one request or batch sent whole, replies read and judged by the
--- core (mc_abi_read_head, mc_abi_shape_ok) as they arrive.
+-- per call (its cosocket object kept in the request's ngx.ctx for the next
+-- call; hold keeps the connection itself), one request or batch sent
+-- whole, replies read and judged by the core (mc_abi_take_one) as they
+-- arrive; TLS and SASL on a new connection (secure).
 local ffi = require "ffi"
 local tostring, setmetatable, floor, max = tostring, setmetatable, math.floor, math.max
 local byte, sub, ngx_now, ngx_socket_tcp = string.byte, string.sub, ngx.now, ngx.socket.tcp
@@ -346,14 +348,6 @@ local function read_text_error(sock, r, addr, first)
     addr .. ": " .. tostring(perr or "short reply")
 end
 
--- The next reply on sock. A header is judged by the core
--- (mc_abi_read_head: magic, a body within max_body, extras and key within
--- the body) as soon as it is in, before its body is read, and the reply's
--- shape by the core once whole. Reads what comes (receiveany) while no
--- header is whole, then exactly what the reply still needs, so a reply
--- costs one receive when it arrives at once. Returns the reply, or nil,
--- err, detail, stale with the socket closed (stale: closed or reset before
--- any byte came on it since the reader's reset).
 local MAX_BODY = codec.DEFAULT_MAX_BODY
 
 -- Takes the next reply from the bytes r holds: the reply to the request r
@@ -416,10 +410,11 @@ local function fill(sock, r, addr, dl, need)
   return true
 end
 
--- The next reply on sock. A header is judged by the core
--- (mc_abi_read_head: magic, a body within max_body, extras and key within
--- the body) as soon as it is in, before its body is read, and the reply's
--- shape by the core once whole. A reply costs one receive when it arrives
+-- The next reply on sock, judged by the core (take): its header as soon
+-- as it is in, before its body is read (magic, a body within max_body,
+-- extras and key within the body), the rest once whole. Reads what comes
+-- while no header is whole, then what the reply still lacks. A reply costs
+-- one receive when it arrives
 -- at once. Returns the reply, or nil, err, detail, stale with the socket
 -- closed (as fill). The common cases (the reply is buffered, or comes in
 -- one receive) run without a loop, which LuaJIT's traces go through.

@@ -55,13 +55,6 @@ int mc_resolve_host(const char *host, char *out, size_t outlen);
 int mc_abi_enc(char *out, size_t cap, int opcode, uint32_t opaque, double cas, const char *key,
                size_t keylen, int extras, uint32_t flags, uint32_t exptime, const char *value,
                size_t vallen);
-typedef struct mc_abi_head {
-  int opcode, status, extlen, keylen;
-  uint32_t bodylen, opaque;
-  double cas;
-} mc_abi_head;
-int mc_abi_read_head(const char *h, size_t max_body, mc_abi_head *out, char *err, size_t errlen);
-int mc_abi_shape_ok(int opcode, int status, int extlen, int keylen, size_t vallen);
 typedef struct mc_ring mc_ring;
 mc_ring *mc_abi_ring_new(int selector, const char *const *addrs, const unsigned *weights,
                          size_t n, unsigned failure_limit, double retry_timeout, int eject,
