@@ -44,27 +44,8 @@ local AUTH = err_num[E_AUTH]
 
 -- ---- arguments (as the C client checks them) ----
 
-local function check_key(key)
-  if type(key) ~= "string" then
-    error("bad argument #1 (key): string expected, got " .. type(key), 3)
-  end
-end
-
-local function opt_uint(n, name, v, hi)
-  if v ~= nil and (type(v) ~= "number" or v ~= floor(v) or v < 0 or (hi and v > hi)) then
-    error(("bad argument #%d (%s): integer 0..%s expected, got %s")
-      :format(n, name, tostring(hi or "2^64"), tostring(v)), 3)
-  end
-  return v and floor(v)
-end
-
-local function field(t, name)
-  if name == "expiration" then return t.expiration or t.exptime end
-  return name and t[name]
-end
-local function fields(t, a, b, c, d, e)
-  return field(t, a), field(t, b), field(t, c), field(t, d), field(t, e)
-end
+local A = require "memcached.args"
+local check_key, opt_uint, fields = A.check_key, A.opt_uint, A.fields
 
 local function opt_number(opts, name, def, lo, hi)
   local v = opts[name]
@@ -94,25 +75,7 @@ end
 
 -- ---- servers: the core's ring ----
 
-local function server_list(list, out)
-  out = out or {}
-  for i = 1, #list do
-    local e = list[i]
-    if type(e) == "string" then out[#out + 1] = { e, 1 }
-    elseif type(e) == "table" and type(e[1]) == "string" then
-      local w = e.weight or e[2] or 1
-      if type(w) ~= "number" or w ~= floor(w) or w < 1 or w > 65535 then
-        error("server weight must be an integer 1..65535", 3)
-      end
-      out[#out + 1] = { e[1], floor(w) }
-    elseif type(e) == "table" then server_list(e, out)
-    else
-      error("bad server #" .. i .. ": \"host:port\", a unix socket path or {addr, weight = n} expected, got "
-        .. type(e), 3)
-    end
-  end
-  return out
-end
+local server_list = A.server_list
 
 -- Where the driver dials each address: a host name resolved once, here
 -- (new and set_servers run before the loop needs to), as a numeric
@@ -232,10 +195,7 @@ local function no_server(self, e, srv)
   return nil, err, "no servers available: all are marked dead"
 end
 
-local function custom_addr(sel, key)
-  if type(sel) == "function" then return pcall(sel, key) end
-  return pcall(sel.pick_server, sel, key)
-end
+local custom_addr = A.custom_addr
 
 local function place_custom(self, key)
   local ring = self.ring

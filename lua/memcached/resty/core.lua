@@ -213,30 +213,9 @@ local function key_ok(key)
   return c_key_ok(key, #key) ~= 0
 end
 
-local function check_key(key)
-  if type(key) ~= "string" then
-    error("bad argument #1 (key): string expected, got " .. type(key), 3)
-  end
-end
-
--- An optional integer argument in 0..hi.
-local function opt_uint(n, name, v, hi)
-  if v ~= nil and (type(v) ~= "number" or v ~= floor(v) or v < 0 or (hi and v > hi)) then
-    error(("bad argument #%d (%s): integer 0..%s expected, got %s")
-      :format(n, name, tostring(hi or "2^64"), tostring(v)), 3)
-  end
-  return v
-end
-
--- The one-table form ({key =, value =, expiration =, ...}) as positional
--- values; `expiration` also answers to `exptime`.
-local function field(t, name)
-  if name == "expiration" then return t.expiration or t.exptime end
-  return name and t[name]
-end
-local function fields(t, a, b, c, d, e)
-  return field(t, a), field(t, b), field(t, c), field(t, d), field(t, e)
-end
+-- The binding's argument rules, shared with memcached.async
+local A = require "memcached.args"
+local check_key, opt_uint, field, fields = A.check_key, A.opt_uint, A.field, A.fields
 
 -- An address as a cosocket connects to it: host and port, or "unix:path"
 -- (the core's address rule, mc_addr_split: "host:port", "[v6]:port",

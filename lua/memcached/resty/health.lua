@@ -13,27 +13,8 @@ local conn = require "memcached.resty.conn"
 local server_record, popts_of, next_opaques = conn.server_record, conn.popts_of, conn.next_opaques
 local secure = conn.secure
 
--- The server list as the C client reads it: strings, {addr, weight = n},
--- {addr, n}, or lists of those.
-local function server_list(list, out)
-  out = out or {}
-  for i = 1, #list do
-    local e = list[i]
-    if type(e) == "string" then out[#out + 1] = { e, 1 }
-    elseif type(e) == "table" and type(e[1]) == "string" then
-      local w = e.weight or e[2] or 1
-      if type(w) ~= "number" or w ~= floor(w) or w < 1 or w > 65535 then
-        error("server weight must be an integer 1..65535", 3)
-      end
-      out[#out + 1] = { e[1], w }
-    elseif type(e) == "table" then server_list(e, out)
-    else
-      error("bad server #" .. i .. ": \"host:port\", a unix socket path or {addr, weight = n} expected, got "
-        .. type(e), 3)
-    end
-  end
-  return out
-end
+local A = require "memcached.args"
+local server_list = A.server_list
 
 -- The core's server list with placement and health (mc_ring): the same
 -- server for every key as the C client, dead servers routed around.
@@ -230,12 +211,7 @@ local function no_server(self, key, e, srv)
   if core.mc_abi_ring_nservers(self.ring) == 0 then return nil, err, "no servers configured" end
   return nil, err, "no servers available: all are marked dead"
 end
--- A custom selector's server for key (kept out of place: its closure would
--- stop LuaJIT from compiling place).
-local function custom_addr(sel, key)
-  if type(sel) == "function" then return pcall(sel, key) end
-  return pcall(sel.pick_server, sel, key)
-end
+local custom_addr = A.custom_addr
 local function place_custom(self, key)
   local ring = self.ring
   local ok, addr = custom_addr(self.custom, key)

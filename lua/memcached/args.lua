@@ -1,0 +1,69 @@
+-- memcached.args: the argument rules the Lua drivers (memcached.resty,
+-- memcached.async) share with the C binding (src/lua): keys, optional
+-- integers, the one-table call form, server lists, custom selectors. Pure
+-- Lua, no I/O; the core's rules come from the C core, these are the
+-- binding's.
+local type, error, tostring, pcall, floor = type, error, tostring, pcall, math.floor
+
+local M = {}
+
+-- A key argument must be a string (what makes a valid key is the core's
+-- rule, asked separately).
+function M.check_key(key)
+  if type(key) ~= "string" then
+    error("bad argument #1 (key): string expected, got " .. type(key), 3)
+  end
+end
+
+-- An optional integer argument in 0..hi (2^64 without hi).
+function M.opt_uint(n, name, v, hi)
+  if v ~= nil and (type(v) ~= "number" or v ~= floor(v) or v < 0 or (hi and v > hi)) then
+    error(("bad argument #%d (%s): integer 0..%s expected, got %s")
+      :format(n, name, tostring(hi or "2^64"), tostring(v)), 3)
+  end
+  return v and floor(v)
+end
+
+-- The one-table form ({key =, value =, expiration =, ...}) as positional
+-- values; `expiration` also answers to `exptime`.
+local function field(t, name)
+  if name == "expiration" then return t.expiration or t.exptime end
+  return name and t[name]
+end
+M.field = field
+function M.fields(t, a, b, c, d, e)
+  return field(t, a), field(t, b), field(t, c), field(t, d), field(t, e)
+end
+
+-- The server list as the C client reads it: strings, {addr, weight = n},
+-- {addr, n}, or lists of those; {addr, weight} pairs appended to out.
+local function server_list(list, out)
+  out = out or {}
+  for i = 1, #list do
+    local e = list[i]
+    if type(e) == "string" then out[#out + 1] = { e, 1 }
+    elseif type(e) == "table" and type(e[1]) == "string" then
+      local w = e.weight or e[2] or 1
+      if type(w) ~= "number" or w ~= floor(w) or w < 1 or w > 65535 then
+        error("server weight must be an integer 1..65535", 3)
+      end
+      out[#out + 1] = { e[1], floor(w) }
+    elseif type(e) == "table" then server_list(e, out)
+    else
+      error("bad server #" .. i .. ": \"host:port\", a unix socket path or {addr, weight = n} expected, got "
+        .. type(e), 3)
+    end
+  end
+  return out
+end
+M.server_list = server_list
+
+-- A custom selector's address for key: true, addr; or false, its error.
+-- (Kept out of the drivers' place: a closure there would stop LuaJIT from
+-- compiling it.)
+function M.custom_addr(sel, key)
+  if type(sel) == "function" then return pcall(sel, key) end
+  return pcall(sel.pick_server, sel, key)
+end
+
+return M
