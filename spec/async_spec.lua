@@ -201,6 +201,70 @@ for _, name in ipairs { "cqueues", "luv" } do
       under_fault(function(s) s.sigstop() end)
     end)
 
+    -- A batch over three servers while one is stopped gives what the
+    -- blocking client gives: the other servers' keys, and ERR_TIMEOUT for
+    -- the stopped one's. The client is new, so the batch opens every
+    -- connection itself, and the stopped server's stream comes first; the
+    -- set_multi's streams (64 kB values) are larger than socket buffers
+    -- hold, so the healthy servers' must be sent while the stopped one is
+    -- waited for; version sends one request per server.
+    it("a batch over three servers with one stopped serves the other two", function()
+      local servers = { H.start_memcached(), H.start_memcached(), H.start_memcached() }
+      local addrs = { servers[1].addr, servers[2].addr, servers[3].addr }
+      local blocking = assert(memcached.new { servers = addrs })
+      local keys, where, on_victim = {}, {}, 0
+      for i = 1, 60 do
+        keys[i] = "mb:" .. i
+        assert(blocking:set(keys[i], i))
+        where[keys[i]] = blocking:pick_server(keys[i])
+      end
+      local victim = where[keys[1]]
+      for _, k in ipairs(keys) do if where[k] == victim then on_victim = on_victim + 1 end end
+      assert.is_true(on_victim > 0 and on_victim < 60)
+      local vsrv
+      for _, sv in ipairs(servers) do if sv.addr == victim then vsrv = sv end end
+      vsrv.sigstop()
+      local big = ("x"):rep(65536)
+      local vals, err, failed, took, sres, serr, ver, verr
+      L.run(function()
+        local mc = assert(L.mod.new { servers = addrs, timeout = 0.3, retry_timeout = 30,
+          failure_limit = 100 })
+        local t0 = H.now()
+        vals, err, failed = mc:get_multi(keys)
+        took = H.now() - t0
+        local items = {}
+        for i, k in ipairs(keys) do items[k] = big .. i end
+        sres, serr = mc:set_multi(items)
+        -- one request per server (version), on a new client too
+        local mc2 = assert(L.mod.new { servers = addrs, timeout = 0.3 })
+        ver, verr = mc2:version()
+      end)
+      vsrv.sigcont()
+      for _, k in ipairs(keys) do
+        if where[k] == victim then
+          assert.is_nil(vals[k])
+          assert.equal(memcached.ERR_TIMEOUT, failed[k])
+          assert.equal(memcached.ERR_TIMEOUT, sres[k])
+        else
+          assert.equal(tonumber(k:sub(4)), vals[k])
+          assert.is_true(sres[k])
+          assert.equal(big .. k:sub(4), blocking:get(k))
+        end
+      end
+      assert.equal(memcached.ERR_TIMEOUT, err)
+      assert.equal(memcached.ERR_TIMEOUT, serr)
+      assert.is_true(took >= 0.29 and took < 0.6, "get_multi took " .. took)
+      assert.equal(memcached.ERR_TIMEOUT, verr)
+      for _, a in ipairs(addrs) do
+        if a == victim then
+          assert.is_nil(ver[a])
+        else
+          assert.matches("^%d+%.%d+", ver[a])
+        end
+      end
+      for _, sv in ipairs(servers) do sv.kill9() end
+    end)
+
     -- A fault server (spec/fault_server.lua) answering the GETKs of 100
     -- coroutines on one pipelined connection: echo gives a key's value as
     -- the key itself.

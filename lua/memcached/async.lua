@@ -543,6 +543,12 @@ function _M.close(self)
   if not self.closed then
     self.closed = true
     conn.close_idle(self)
+    -- the muxes of batches over several servers (async/batch.lua)
+    for _, m in ipairs(self.muxes or {}) do
+      if self.cancel then self.cancel(m:fd()) end
+      m:close()
+    end
+    self.muxes = nil
   end
   return true
 end

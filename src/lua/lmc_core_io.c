@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -46,6 +47,7 @@
 #define TLS_CTX_MT "memcached.core.tls_ctx"
 #define TLS_MT "memcached.core.tls"
 #define SLOT_MT "memcached.core.tls_slot"
+#define MUX_MT "memcached.core.mux"
 /* registry: descriptor -> its TLS state (weak values), so that close(fd)
  * ends the TLS state too, at once rather than at the next collection */
 #define TLS_BY_FD "memcached.core.tls_by_fd"
@@ -541,6 +543,103 @@ static int c_efd_drain(lua_State *L)
     return 1;
 }
 
+/* A mux: one descriptor (an epoll instance) that is readable when any of
+ * the descriptors set in it is ready, so that a driver whose wait hook
+ * watches one descriptor can wait on several at once (a batch over many
+ * servers). mux_new() -> mux; mux:fd(); mux:set(fd, "r" | "w" | "rw");
+ * mux:del(fd); mux:ready(out) -> n, out[1..n] the ready descriptors (never
+ * waits); mux:close(). */
+typedef struct {
+    int fd;
+} lmux;
+
+static lmux *check_mux(lua_State *L)
+{
+    lmux *m = (lmux *)luaL_checkudata(L, 1, MUX_MT);
+    if (m->fd < 0)
+        luaL_error(L, "mux is closed");
+    return m;
+}
+
+static int c_mux_new(lua_State *L)
+{
+    lmux *m = (lmux *)lua_newuserdata(L, sizeof *m);
+    m->fd = -1;
+    luaL_getmetatable(L, MUX_MT);
+    lua_setmetatable(L, -2);
+    m->fd = epoll_create1(EPOLL_CLOEXEC);
+    if (m->fd < 0)
+        return push_fail(L, "epoll_create1", errno);
+    return 1;
+}
+
+static int m_fd(lua_State *L)
+{
+    lua_pushinteger(L, check_mux(L)->fd);
+    return 1;
+}
+
+static int m_set(lua_State *L)
+{
+    lmux *m = check_mux(L);
+    int fd = (int)luaL_checkinteger(L, 2);
+    const char *ev = luaL_checkstring(L, 3);
+    struct epoll_event e;
+    memset(&e, 0, sizeof e);
+    e.events = (strchr(ev, 'r') ? EPOLLIN : 0) | (strchr(ev, 'w') ? EPOLLOUT : 0);
+    if (e.events == 0)
+        return luaL_argerror(L, 3, "\"r\", \"w\" or \"rw\" expected");
+    e.data.fd = fd;
+    if (epoll_ctl(m->fd, EPOLL_CTL_MOD, fd, &e) != 0 &&
+        (errno != ENOENT || epoll_ctl(m->fd, EPOLL_CTL_ADD, fd, &e) != 0))
+        return push_fail(L, "epoll_ctl", errno);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int m_del(lua_State *L)
+{
+    lmux *m = check_mux(L);
+    struct epoll_event e; /* kernels before 2.6.9 want one */
+    memset(&e, 0, sizeof e);
+    lua_pushboolean(L, epoll_ctl(m->fd, EPOLL_CTL_DEL,
+                                 (int)luaL_checkinteger(L, 2), &e) == 0);
+    return 1;
+}
+
+static int m_ready(lua_State *L)
+{
+    lmux *m = check_mux(L);
+    struct epoll_event evs[64];
+    int i, n;
+    luaL_checktype(L, 2, LUA_TTABLE);
+    do
+        n = epoll_wait(m->fd, evs, 64, 0);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return push_fail(L, "epoll_wait", errno);
+    for (i = 0; i < n; i++) {
+        lua_pushinteger(L, evs[i].data.fd);
+        lua_rawseti(L, 2, i + 1);
+    }
+    lua_pushinteger(L, n);
+    return 1;
+}
+
+static int m_close(lua_State *L)
+{
+    lmux *m = (lmux *)luaL_checkudata(L, 1, MUX_MT);
+    if (m->fd >= 0) {
+        close(m->fd);
+        m->fd = -1;
+    }
+    return 0;
+}
+
+static const luaL_Reg mux_methods[] = {
+    {"fd", m_fd},     {"set", m_set},     {"del", m_del},
+    {"ready", m_ready}, {"close", m_close}, {NULL, NULL}};
+
 static const luaL_Reg tls_methods[] = {
     {"handshake", t_handshake}, {"resumed", t_resumed}, {"free", t_gc},
     {NULL, NULL}};
@@ -556,6 +655,7 @@ static const luaL_Reg io_funcs[] = {
     {"efd_new", c_efd_new},
     {"efd_signal", c_efd_signal},
     {"efd_drain", c_efd_drain},
+    {"mux_new", c_mux_new},
     {"secure", c_secure},
     {"tls_slot", c_tls_slot},
     {"tls_start", c_tls_start},
@@ -568,6 +668,7 @@ void lmc_core_io_open(lua_State *L)
     lmc_core_class(L, TLS_MT, tls_methods, t_gc);
     lmc_core_class(L, TLS_CTX_MT, no_methods, x_gc);
     lmc_core_class(L, SLOT_MT, no_methods, sl_gc);
+    lmc_core_class(L, MUX_MT, mux_methods, m_close);
     lua_getfield(L, LUA_REGISTRYINDEX, TLS_BY_FD);
     if (lua_isnil(L, -1)) {
         lua_newtable(L);

@@ -4,10 +4,10 @@
 -- the requests and their closing NOOP and checks every reply: order,
 -- opaques, shapes, keys) and run it on a connection of its own, taken
 -- from the server's (memcached.async.conn.take). Every server's stream is
--- sent first, then each is read in turn under the call's one deadline; a
--- server read after the deadline still has what it already sent taken.
+-- sent first; then all are driven at once (connects, handshakes, sends,
+-- reads) under the call's one deadline (run_all, below).
 -- flush, ping, version and stats send one request per server on the
--- shared connections (submitted to all, then awaited).
+-- shared connections, all servers at once (run_all).
 local core = require "memcached.core"
 local memcached = require "memcached"
 local conn = require "memcached.async.conn"
@@ -95,37 +95,123 @@ local function read_stream(self, b, st, on_entry, deadline)
   end
 end
 
+-- Drives batch b's stream on its connection (connect, TLS and SASL when
+-- new, send, read to the NOOP) by deadline; b.ok, or b.err and b.detail.
+local function drive(self, b, st, on_entry, deadline)
+  local c, ok, err, detail = b.conn, true, nil, nil
+  if c.connecting then ok, err, detail = conn.finish_connect(self, c, deadline) end
+  if ok and c.wn > 0 then ok, err, detail = conn.flush(self, c) end
+  if ok then ok, err, detail = read_stream(self, b, st, on_entry, deadline) end
+  b.ok, b.err, b.detail = ok, err, detail
+end
+
+-- ---- several servers at once ----
+-- The wait hook watches one descriptor, so a call over several servers
+-- runs each server's part in a coroutine of its own (a stream) whose
+-- waits go to a mux (memcached.core.mux_new: an epoll instance), and the
+-- calling coroutine waits on the mux's descriptor through the hook. A
+-- hung server then never holds up a healthy one's connect, handshake,
+-- send or read: each gets the whole deadline, as in the blocking client.
+-- The loop does not know the streams: conn.routed sends their waits here,
+-- and they park on their eventfds (conn.park/wake).
+local create, resume, yield, costatus = coroutine.create, coroutine.resume, coroutine.yield,
+  coroutine.status
+local huge, traceback = math.huge, debug.traceback
+local MUXWAIT = {}
+local function stream_wait(fd, events, timeout) return yield(MUXWAIT, fd, events, timeout) end
+
+local function take_mux(self)
+  local pool = self.muxes
+  if not pool then pool = {} self.muxes = pool end
+  local m = pool[#pool]
+  if m then pool[#pool] = nil return m end
+  return assert(core.mux_new())
+end
+
+local function give_mux(self, mux)
+  local pool = self.muxes
+  if #pool < 4 and not self.closed then pool[#pool + 1] = mux return end
+  if self.cancel then self.cancel(mux:fd()) end
+  mux:close()
+end
+
+-- Runs fn(item) for every item of list at once, each in a stream; returns
+-- when all have ended. An error in one (a bug) is raised once all ended.
+local ready = {}
+local function run_all(self, list, fn)
+  local mux = take_mux(self)
+  local waiting, live, failure = {}, 0, nil
+  local function step(co)
+    local ok, tag, fd, events, timeout = resume(co)
+    if not ok then failure = failure or traceback(co, tostring(tag)) end
+    if costatus(co) == "dead" then live = live - 1 return end
+    if tag ~= MUXWAIT then -- it yielded to something else than its wait: a bug
+      failure = failure or "memcached.async: a stream yielded outside its wait"
+      live = live - 1
+      return
+    end
+    mux:set(fd, events)
+    waiting[fd] = { co = co, till = timeout and now() + timeout or huge }
+  end
+  for _, item in ipairs(list) do
+    local co = create(function() fn(item) end)
+    conn.routed[co] = stream_wait
+    live = live + 1
+    step(co)
+  end
+  while live > 0 and next(waiting) do
+    local t, soonest = now(), huge
+    for _, w in pairs(waiting) do if w.till < soonest then soonest = w.till end end
+    if soonest > t then self.wait(mux:fd(), "r", soonest < huge and soonest - t or nil) end
+    local n = mux:ready(ready)
+    t = now()
+    local due, seen = {}, {}
+    for i = 1, n do
+      local fd = ready[i]
+      if waiting[fd] and not seen[fd] then due[#due + 1], seen[fd] = fd, true end
+    end
+    for fd, w in pairs(waiting) do
+      if w.till <= t and not seen[fd] then due[#due + 1], seen[fd] = fd, true end
+    end
+    for i = 1, #due do
+      local fd = due[i]
+      local w = waiting[fd]
+      waiting[fd] = nil
+      mux:del(fd)
+      step(w.co)
+    end
+  end
+  give_mux(self, mux)
+  if failure then error(failure, 0) end
+end
+
 -- Runs each server's sealed stream (b.data) on a connection of its own;
 -- on_fail(st, b, err) for a server that failed (its entries dropped).
 local function run_batches(self, batches, on_entry, on_fail, st, deadline)
+  local live = {}
   for _, b in ipairs(batches) do -- connect and send to all first
     local c, err, detail = conn.take(self, conn.server_of(self, b.addr), deadline)
-    if not c then b.err, b.detail = err, detail
+    if not c then b.ok, b.err, b.detail = false, err, detail
     else
       b.conn = c
       c.wq[1], c.wn, c.woff = b.data, 1, 1
-      if not c.connecting then
-        local ok
-        ok, err, detail = conn.flush(self, c)
-        if not ok then b.err, b.detail = err, detail end
-      end
+      local ok = true
+      if not c.connecting then ok, err, detail = conn.flush(self, c) end
+      if ok then live[#live + 1] = b else b.ok, b.err, b.detail = false, err, detail end
     end
   end
+  if #live > 1 then
+    run_all(self, live, function(b) drive(self, b, st, on_entry, deadline) end)
+  elseif live[1] then drive(self, live[1], st, on_entry, deadline) end
   for _, b in ipairs(batches) do
-    local c, ok, err, detail = b.conn, nil, b.err, b.detail
-    if c and not err then
-      ok = true
-      if c.connecting then ok, err, detail = conn.finish_connect(self, c, deadline) end
-      if ok and c.wn > 0 then ok, err, detail = conn.flush(self, c) end
-      if ok then ok, err, detail = read_stream(self, b, st, on_entry, deadline) end
-    end
-    if c then conn.release(self, c, ok) end
-    if ok then
+    local c = b.conn
+    if c then conn.release(self, c, b.ok) end
+    if b.ok then
       server_ok(self, b.srv)
       if st.commit then st.commit(st, b) end
     else
-      server_failed(self, b.srv, err, detail)
-      on_fail(st, b, err, detail)
+      server_failed(self, b.srv, b.err, b.detail)
+      on_fail(st, b, b.err, b.detail)
     end
   end
   give_ab(self, batches)
@@ -284,17 +370,20 @@ local function each_server(self, frame, op, arg, stream)
   local n = self.ring:nservers()
   if n == 0 then return nil, E.ERR_NO_SERVERS, "no servers configured" end
   local deadline = now() + self.io_timeout
-  local slots, conns, values, failures, first = {}, {}, {}, {}, nil
+  local slots, values, failures, first = {}, {}, {}, nil
   for i = 1, n do
     local opaque = core.random32()
-    local s = { kind = H.K_OTHER, op = op, opaque = opaque, stream = stream, srv = i - 1,
-      addr = server_name(self, i - 1) }
-    slots[i] = s
-    conns[i] = conn.submit(self, conn.server_of(self, s.addr), s, frame(op, opaque, arg), deadline)
+    slots[i] = { kind = H.K_OTHER, op = op, opaque = opaque, stream = stream, srv = i - 1,
+      addr = server_name(self, i - 1), data = frame(op, opaque, arg) }
   end
+  local function one(s)
+    local c = conn.submit(self, conn.server_of(self, s.addr), s, s.data, deadline)
+    if c then conn.await(self, c, s) end
+  end
+  -- one server: here; several: each in a stream of its own (run_all)
+  if n == 1 then one(slots[1]) else run_all(self, slots, one) end
   for i = 1, n do
     local s = slots[i]
-    if conns[i] then conn.await(self, conns[i], s) end
     if s.failed then
       server_failed(self, s.srv, s.err, s.detail)
       first = first or s.err

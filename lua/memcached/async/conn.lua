@@ -73,6 +73,18 @@ end
 -- behind a reader whose deadline is no later than its own, and which
 -- fails the whole connection when that passes), so the loop needs no
 -- timer for it.
+-- routed[co]: the wait of a coroutine the loop does not know (a stream
+-- of a batch over several servers, async/batch.lua, run by the calling
+-- coroutine): its waits go there instead of to the hook, and it parks on
+-- its eventfd, never through sleep/wakeup.
+local routed = setmetatable({}, { __mode = "k" })
+M.routed = routed
+local function hook_wait(self, fd, events, timeout)
+  local r = routed[running()]
+  if r then return r(fd, events, timeout) end
+  return self.wait(fd, events, timeout)
+end
+
 local parked = setmetatable({}, { __mode = "k" })
 local function park(self, deadline, untimed, co)
   local left
@@ -82,11 +94,11 @@ local function park(self, deadline, untimed, co)
   end
   co = co or running()
   parked[co] = true
-  if self.sleep then
+  if self.sleep and not routed[co] then
     self.sleep(left)
   else
     local fd = efd_of(co)
-    self.wait(fd, "r", left)
+    hook_wait(self, fd, "r", left)
     core.efd_drain(fd)
   end
   if parked[co] then parked[co] = nil
@@ -98,7 +110,7 @@ local function wake(self, co)
   if not parked[co] then return end
   parked[co] = nil
   self.woken = self.woken + 1
-  if self.wakeup then return self.wakeup(co) end
+  if self.wakeup and not routed[co] then return self.wakeup(co) end
   local h = efds[co]
   if h then core.efd_signal(h.fd) end
 end
@@ -108,7 +120,7 @@ M.wake = wake
 local function wait_fd(self, fd, events, deadline)
   local left = deadline - now()
   if left <= 0 then return false end
-  self.wait(fd, events, left)
+  hook_wait(self, fd, events, left)
   return true
 end
 M.wait_fd = wait_fd

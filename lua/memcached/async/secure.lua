@@ -27,12 +27,7 @@ local E_TIMEOUT = memcached.ERR_TIMEOUT
 
 local M = {}
 
-local function wait_fd(self, fd, events, deadline)
-  local left = deadline - now()
-  if left <= 0 then return false end
-  self.wait(fd, events, left)
-  return true
-end
+local wait_fd = require("memcached.async.conn").wait_fd
 
 local function handshake(self, ctx, c, deadline)
   local sv = c.sv
