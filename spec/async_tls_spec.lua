@@ -62,6 +62,48 @@ for _, name in ipairs { "cqueues", "luv" } do
       assert.are.equal(2, #prefixes)
     end)
 
+    -- a stopped TLS server takes the TCP connect (the kernel does) and then
+    -- stalls the handshake: a get_multi of a new client still gets the
+    -- other servers' keys (their handshakes run beside the stalled one)
+    it("a get_multi over three TLS servers with one stopped serves the other two", function()
+      local servers = { H.start_memcached_tls(), H.start_memcached_tls(), H.start_memcached_tls() }
+      local addrs = { servers[1].addr, servers[2].addr, servers[3].addr }
+      local tls = { ca_file = certs.ca }
+      local blocking = assert(memcached.new { servers = addrs, tls = tls })
+      local keys, where = {}, {}
+      for i = 1, 30 do
+        keys[i] = name .. ":tb:" .. i
+        assert(blocking:set(keys[i], i))
+        where[keys[i]] = blocking:pick_server(keys[i])
+      end
+      local victim = where[keys[1]]
+      local vsrv
+      for _, sv in ipairs(servers) do if sv.addr == victim then vsrv = sv end end
+      vsrv.sigstop()
+      local vals, err, failed, took
+      L.run(function()
+        local mc = new { servers = addrs, tls = tls, timeout = 0.3, retry_timeout = 30 }
+        local t0 = H.now()
+        vals, err, failed = mc:get_multi(keys)
+        took = H.now() - t0
+      end)
+      vsrv.sigcont()
+      for _, sv in ipairs(servers) do sv.kill9() end
+      local served = 0
+      for i, k in ipairs(keys) do
+        if where[k] == victim then
+          assert.is_nil(vals[k])
+          assert.equal(memcached.ERR_TIMEOUT, failed[k])
+        else
+          assert.equal(i, vals[k])
+          served = served + 1
+        end
+      end
+      assert.is_true(served > 0 and served < 30)
+      assert.equal(memcached.ERR_TIMEOUT, err)
+      assert.is_true(took < 0.6, "get_multi took " .. took)
+    end)
+
     it("carries large values and many coroutines' pipelined requests", function()
       local wrong, ok, big_back = 0, 0, nil
       local big = string.rep("0123456789abcdef", 20000) -- 320 kB: many records
