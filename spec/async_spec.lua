@@ -40,6 +40,41 @@ for _, name in ipairs { "cqueues", "luv" } do
         bogus = 1 } end)
     end)
 
+    -- the blocking client's max_value_size (as memcached.resty's): a larger
+    -- value is refused before anything is sent; an item read back over it
+    -- is ERR_VALUE_TOO_LARGE, and the server is not counted as failing
+    it("max_value_size refuses larger values unsent and items read back over it", function()
+      local p = name .. ":mv:"
+      local big = ("b"):rep(3000)
+      local blocking = assert(memcached.new { servers = { srv.addr } })
+      blocking:delete(p .. "big")
+      assert(blocking:set_raw_data(p .. "stored", big))
+      local r = {}
+      L.run(function()
+        local small = assert(L.mod.new { servers = { srv.addr }, max_value_size = 2048, timeout = 1 })
+        r.set = { small:set_raw_data(p .. "big", big) }
+        r.append = { small:append(p .. "big", big) }
+        r.multi = small:set_multi { [p .. "a"] = "small", [p .. "b"] = big }
+        r.get = { small:get(p .. "stored") }
+        r.after = small:get(p .. "a")
+        r.gm = { small:get_multi { p .. "stored", p .. "a" } }
+        r.server = small:servers()[1]
+      end)
+      assert.equal(memcached.ERR_VALUE_TOO_LARGE, r.set[2])
+      assert.is_nil(blocking:get(p .. "big"))
+      assert.equal(memcached.ERR_VALUE_TOO_LARGE, r.append[2])
+      assert.is_true(r.multi[p .. "a"])
+      assert.equal(memcached.ERR_VALUE_TOO_LARGE, r.multi[p .. "b"])
+      assert.is_nil(r.get[1])
+      assert.equal(memcached.ERR_VALUE_TOO_LARGE, r.get[2])
+      assert.equal("small", r.after)
+      assert.equal(memcached.ERR_VALUE_TOO_LARGE, r.gm[2])
+      assert.equal(memcached.ERR_VALUE_TOO_LARGE, r.gm[3][p .. "stored"])
+      assert.is_true(r.server.alive)
+      assert.equal(0, r.server.failures)
+      assert.has_error(function() L.mod.new { servers = { srv.addr }, max_value_size = 10 } end)
+    end)
+
     it("the generic hook alone (no sleep/wakeup) serves many coroutines", function()
       local wrong, ok = 0, 0
       L.run(function(spawn)

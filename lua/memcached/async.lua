@@ -32,7 +32,7 @@ local OP_GETK, OP_GATK = OP.GETK, OP.GATK
 local running = coroutine.running
 -- a reusable slot per coroutine (call)
 local slot_of = setmetatable({}, { __mode = "k" })
-local E_MISS, E_KEY, E_PROTOCOL = E.ERR_CACHE_MISS, E.ERR_MALFORMED_KEY, E.ERR_PROTOCOL
+local E_KEY = E.ERR_MALFORMED_KEY
 local E_CLIENT_CLOSED, E_AUTH = E.ERR_CLIENT_CLOSED, E.ERR_AUTH
 local CLOSED_DETAIL = "the client was closed"
 local KEY_DETAIL = "keys are 1 to 250 bytes without spaces or control characters"
@@ -45,7 +45,7 @@ local AUTH = err_num[E_AUTH]
 -- ---- arguments (as the C client checks them) ----
 
 local A = require "memcached.args"
-local check_key, opt_uint, fields = A.check_key, A.opt_uint, A.fields
+local opt_uint = A.opt_uint
 
 local function opt_number(opts, name, def, lo, hi)
   local v = opts[name]
@@ -245,7 +245,7 @@ end
 -- One request to the server of key: data framed by frame(opaque, ...).
 -- Returns the slot with the reply (s.err 0 for success, else the core's
 -- error number for its status) and the address; or nil, err, detail.
-local function call(self, key, kind, op, frame, ...)
+local function call(self, key, kind, frame, op, ...)
   if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
   if not key_ok(key) then return nil, E_KEY, KEY_DETAIL end
   local srv, t, detail = place(self, key, now())
@@ -280,7 +280,7 @@ local function call(self, key, kind, op, frame, ...)
   end
   if self.sick[srv] then server_ok(self, srv) end
   local e = s.err
-  if e == 0 then return s, addr end
+  if e == 0 then return s.value, s.cas, s.flags, addr end
   local st = s.status
   local msg = st ~= ST.OK and s.value ~= "" and ": " .. sub(s.value, 1, 120) or ""
   if e == AUTH then
@@ -299,190 +299,17 @@ local function f_concat(op, opaque, cas, key, value) return enc(op, opaque, cas 
 local function f_delete(op, opaque, cas, key) return enc(op, opaque, cas or 0, key) end
 local f_arith, f_touch = codec.arith, codec.touch
 
-local function item_value(self, s)
-  if s.flags ~= self.mp_flag then return true, s.value end
-  local v, err = mp_decode(s.value)
+local function item_value(self, flags, value)
+  if flags ~= self.mp_flag then return true, value end
+  local v, err = mp_decode(value)
   if v == nil and err ~= nil then return false, err end
   return true, v
 end
 
-local function key_op(self, op, key, exptime)
-  local s, addr, detail
-  if op == OP_GETK and type(key) == "string" then
-    s, addr, detail = call(self, key, K_GET, op, f_get, key)
-  else
-    if type(key) == "table" then key, exptime = fields(key, "key", "expiration") end
-    check_key(key)
-    exptime = opt_uint(2, "expiration", exptime, U32)
-    if op == OP_GETK then s, addr, detail = call(self, key, K_GET, op, f_get, key)
-    else s, addr, detail = call(self, key, K_GET, op, f_touch, key, exptime) end
-  end
-  if not s then return nil, addr, detail end
-  if op == OP.TOUCH then return true end
-  if s.flags ~= self.mp_flag then return s.value, s.cas, s.flags end
-  local ok, v = item_value(self, s)
-  if not ok then return nil, E.ERR_UNDECODABLE, addr .. ": " .. tostring(v) end
-  return v, s.cas, s.flags
-end
+-- get, set, ... touch_atomic_value, set_servers, add_server, pick_server,
+-- set_server_error_callback: the methods both Lua drivers share, over call
+-- (memcached.methods); given below, once replace_ring is defined
 
-function _M.get(self, key) return key_op(self, OP.GETK, key) end
-function _M.get_and_touch(self, key, exptime) return key_op(self, OP.GATK, key, exptime) end
-function _M.touch(self, key, exptime) return key_op(self, OP.TOUCH, key, exptime) end
-
-local function store(self, op, kind, raw, is_cas, key, value, a3, a4, flags)
-  local exptime, cas = a3, a4
-  if type(key) == "table" then
-    key, value, exptime, cas, flags = fields(key, "key", "value", "expiration", "cas", "flags")
-  elseif is_cas then
-    cas, exptime = a3, a4
-  end
-  check_key(key)
-  exptime = opt_uint(3, "expiration", exptime, U32)
-  flags = opt_uint(5, "flags", flags, U32)
-  cas = opt_uint(4, "cas", cas)
-  if is_cas and (cas or 0) == 0 then
-    error("bad argument #3 (cas): compare_and_swap needs the cas of a previous get", 3)
-  end
-  if raw or (flags and flags ~= self.mp_flag) then
-    if type(value) ~= "string" then
-      error("bad argument #2 (value): string expected for raw data, got " .. type(value), 3)
-    end
-    flags = flags or 0
-  else
-    if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
-    if not key_ok(key) then return nil, E_KEY, KEY_DETAIL end
-    local err
-    value, err = mp_encode(value)
-    if not value then return nil, E.ERR_UNENCODABLE, err end
-    flags = self.mp_flag
-  end
-  local s, addr, detail = call(self, key, kind, op, f_store, cas, key, flags, exptime, value)
-  if not s then return nil, addr, detail end
-  return s.cas
-end
-
-function _M.set(self, k, v, e, c, f) return store(self, OP.SET, K_SET, false, false, k, v, e, c, f) end
-function _M.add(self, k, v, e, c, f) return store(self, OP.ADD, K_ADD, false, false, k, v, e, c, f) end
-function _M.replace(self, k, v, e, c, f) return store(self, OP.REPLACE, K_REPLACE, false, false, k, v, e, c, f) end
-function _M.compare_and_swap(self, k, v, c, e, f) return store(self, OP.SET, K_REPLACE, false, true, k, v, c, e, f) end
-function _M.set_raw_data(self, k, v, e, c, f) return store(self, OP.SET, K_SET, true, false, k, v, e, c, f) end
-function _M.add_raw_data(self, k, v, e, c, f) return store(self, OP.ADD, K_ADD, true, false, k, v, e, c, f) end
-function _M.replace_raw_data(self, k, v, e, c, f) return store(self, OP.REPLACE, K_REPLACE, true, false, k, v, e, c, f) end
-
-local function concat_op(self, op, key, bytes, cas)
-  if type(key) == "table" then key, bytes, cas = fields(key, "key", "value", "cas") end
-  check_key(key)
-  if type(bytes) ~= "string" then
-    error("bad argument #2 (bytes): string expected, got " .. type(bytes), 3)
-  end
-  cas = opt_uint(3, "cas", cas)
-  local s, addr, detail = call(self, key, K_REPLACE, op, f_concat, cas, key, bytes)
-  if not s then return nil, addr, detail end
-  return s.cas
-end
-
-function _M.append(self, key, bytes, cas) return concat_op(self, OP.APPEND, key, bytes, cas) end
-function _M.prepend(self, key, bytes, cas) return concat_op(self, OP.PREPEND, key, bytes, cas) end
-
-function _M.delete(self, key, cas)
-  if type(key) == "table" then key, cas = fields(key, "key", "cas") end
-  check_key(key)
-  cas = opt_uint(2, "cas", cas)
-  local kind = (cas or 0) ~= 0 and K_REPLACE or K_GET
-  local s, err, detail = call(self, key, kind, OP.DELETE, f_delete, cas, key)
-  if not s then return nil, err, detail end
-  return true
-end
-
--- delete_lock(key, seconds): REPLACEs the item with the core's marker,
--- which expires after `seconds`; 0 is a plain delete.
-function _M.delete_lock(self, key, seconds)
-  if type(key) == "table" then
-    local t = key
-    key, seconds = t.key, t.seconds
-    if seconds == nil then seconds = t.expiration end
-  end
-  check_key(key)
-  if type(seconds) ~= "number" or seconds ~= floor(seconds) then
-    error("bad argument #2 (seconds): integer expected, got " .. type(seconds), 2)
-  end
-  if seconds < 0 or seconds > U32 then error("bad argument #2 (seconds): must be 0..4294967295", 2) end
-  local s, err, detail
-  if seconds == 0 then
-    s, err, detail = call(self, key, K_GET, OP.DELETE, f_delete, nil, key)
-  else
-    s, err, detail = call(self, key, K_GET, OP.REPLACE, f_store, nil, key, core.LOCK_FLAGS,
-      floor(seconds), core.LOCK_VALUE)
-  end
-  if not s then return nil, err, detail end
-  return true
-end
-
-local function arith_call(self, op, key, delta, initial, exp)
-  local s, addr, detail = call(self, key, K_GET, op, f_arith, key, delta, initial, exp)
-  if not s then
-    local err = addr
-    if err == E.ERR_NON_NUMERIC then
-      local g, gerr, gdetail = call(self, key, K_GET, OP.GETK, f_get, key)
-      if not g and gerr == E_MISS and gdetail == nil then
-        return nil, E_MISS, "the key is locked by delete_lock"
-      end
-      detail = "the item is not a decimal number"
-    end
-    return nil, err, detail
-  end
-  local n = core.counter_value(s.value)
-  if not n then return nil, E_PROTOCOL, addr .. ": counter reply of " .. #s.value .. " bytes, not 8" end
-  return n, s.cas
-end
-
-local function arith(self, op, key, delta, initial, exptime)
-  if type(key) == "table" then
-    key, delta, initial, exptime = fields(key, "key", "delta", "initial", "expiration")
-  end
-  check_key(key)
-  if delta == nil then error("bad argument #2 (delta): integer expected, got nil", 3) end
-  delta = opt_uint(2, "delta", delta)
-  initial = opt_uint(3, "initial", initial)
-  exptime = opt_uint(4, "expiration", exptime, U32)
-  local exp = initial and (exptime or 0) or NO_CREATE
-  return arith_call(self, op, key, delta, initial, exp)
-end
-
-function _M.increment(self, key, delta, initial, exptime) return arith(self, OP.INCREMENT, key, delta, initial, exptime) end
-function _M.decrement(self, key, delta, initial, exptime) return arith(self, OP.DECREMENT, key, delta, initial, exptime) end
-
-function _M.touch_atomic_value(self, key)
-  if type(key) == "table" then key = key.key end
-  check_key(key)
-  local n, err, detail = arith_call(self, OP.INCREMENT, key, 0, nil, NO_CREATE)
-  if n == nil then return nil, err, detail end
-  return n
-end
-
--- ---- the server list ----
-
-function _M.set_server_error_callback(self, fn)
-  if fn ~= nil and type(fn) ~= "function" then
-    error("bad argument #1 (callback): function or nil expected, got " .. type(fn), 2)
-  end
-  self.callback = fn
-  return true
-end
-
-function _M.pick_server(self, key)
-  check_key(key)
-  if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
-  if not key_ok(key) then return nil, E_KEY end
-  if self.custom then
-    local ok, addr = custom_addr(self.custom, key)
-    if not ok or type(addr) ~= "string" then return nil, E.ERR_NO_SERVERS, tostring(addr) end
-    return addr
-  end
-  local srv = self.ring:static(key)
-  if srv < 0 then return nil, E.ERR_NO_SERVERS, "no servers configured" end
-  return server_name(self, srv)
-end
 
 function _M.servers(self)
   if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
@@ -520,23 +347,14 @@ local function replace_ring(self, list)
   return true
 end
 
-function _M.set_servers(self, ...)
-  if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
-  return replace_ring(self, server_list({ ... }))
-end
-
-function _M.add_server(self, addr, max_conns)
-  if type(addr) ~= "string" and type(addr) ~= "table" then
-    error("bad argument #1 (addr): \"host:port\", a unix socket path or {addr, weight = n} expected, got "
-      .. type(addr), 2)
-  end
-  opt_uint(2, "max_conns", max_conns, 1000000)
-  if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
-  local list = {}
-  for i, e in ipairs(self.list) do list[i] = e end
-  server_list({ addr }, list)
-  return replace_ring(self, list)
-end
+require "memcached.methods"({
+  call = call, get = f_get, touch = f_touch, store = f_store, concat = f_concat,
+  delete = f_delete, arith = f_arith, item_value = item_value, counter_value = core.counter_value,
+  mp_encode = mp_encode, replace_ring = replace_ring, key_ok = key_ok, E = E,
+  static = function(self, key) return self.ring:static(key) end, server_name = server_name,
+  LOCK_FLAGS = core.LOCK_FLAGS, LOCK_VALUE = core.LOCK_VALUE, NO_CREATE = NO_CREATE,
+  K_GET = K_GET, K_SET = K_SET, K_ADD = K_ADD, K_REPLACE = K_REPLACE,
+}, _M)
 
 -- Idle connections close at once; those in use when their requests end.
 function _M.close(self)
@@ -600,15 +418,18 @@ local function construct(opts, custom)
     retry_timeout = opt_number(opts, "retry_timeout", 1.0, 0, 86400),
     probe_timeout = math.min(opt_number(opts, "probe_timeout", 0.02, 0.001, 3600), connect_timeout),
     eject = opts.eject ~= false,
-    woken = 0,
+    woken = 0, -- coroutines woken and not yet run (memcached.async.conn)
     seq = core.random32(), -- the next request's opaque
-    sick = {},     -- servers the ring holds failures of (server_ok)    -- coroutines woken and not yet run (memcached.async.conn)
+    sick = {},     -- servers the ring holds failures of (server_ok)
     by_addr = {}, -- per server address: connections (memcached.async.conn)
     dial = {},    -- address -> what to connect to
     names = {},
   }, mt)
   opt_int(opts, "max_idle", 2, 0, 1000000)
-  opt_int(opts, "max_value_size", 1024, 1024, 0x7fffffff)
+  -- a longer value is refused before it is sent (memcached.methods), and
+  -- an item read back over it fails its connection (the core's max_body)
+  self.max_value_size = opt_int(opts, "max_value_size", conn.MAX_BODY, 1024, 0x7fffffff)
+  self.max_body = self.max_value_size + 512 -- the value, its key and extras
   if (opts.sleep == nil) ~= (opts.wakeup == nil) then
     error("options 'sleep' and 'wakeup' go together", 3)
   end

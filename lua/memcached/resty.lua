@@ -30,19 +30,19 @@ local C = require "memcached.resty.core"
 local OP, ST, NO_CREATE, c_get, c_store = C.OP, C.ST, C.NO_CREATE, C.c_get, C.c_store
 local c_concat, c_delete, c_arith, c_touch = C.c_concat, C.c_delete, C.c_arith, C.c_touch
 local status_str, random32, mp_encode, E = C.status_str, C.random32, C.mp_encode, C.E
-local E_MISS, E_KEY, E_PROTOCOL = C.E_MISS, C.E_KEY, C.E_PROTOCOL
+local E_KEY = C.E_KEY
 local E_CLIENT_CLOSED, E_AUTH, CLOSED_DETAIL = C.E_CLIENT_CLOSED, C.E_AUTH, C.CLOSED_DETAIL
-local KEY_DETAIL, U32, core = C.KEY_DETAIL, C.U32, C.core
+local KEY_DETAIL, core = C.KEY_DETAIL, C.core
 local LOCK_FLAGS, LOCK_VALUE, counter_value = C.LOCK_FLAGS, C.LOCK_VALUE, C.counter_value
 local K_GET, K_SET, K_ADD, K_REPLACE = C.K_GET, C.K_SET, C.K_ADD, C.K_REPLACE
-local resend_safe, key_ok, check_key, opt_uint = C.resend_safe, C.key_ok, C.check_key, C.opt_uint
-local fields, resolve_names, item_value = C.fields, C.resolve_names, C.item_value
+local resend_safe, key_ok = C.resend_safe, C.key_ok
+local resolve_names, item_value = C.resolve_names, C.item_value
 local conn = require "memcached.resty.conn"
 local next_opaques, take_reader = conn.next_opaques, conn.take_reader
 local give_reader, roundtrip, release = conn.give_reader, conn.roundtrip, conn.release
 local H = require "memcached.resty.health"
 local server_list, new_ring, server_failed = H.server_list, H.new_ring, H.server_failed
-local server_ok, server_name, custom_addr = H.server_ok, H.server_name, H.custom_addr
+local server_ok, server_name = H.server_ok, H.server_name
 local place, replace_ring = H.place, H.replace_ring
 
 for k, v in pairs(E) do _M[k] = v end
@@ -224,16 +224,6 @@ function _M.unhold(self)
   return conn.unhold(self)
 end
 
--- set_server_error_callback(fn(addr, reason, "down" | "up")): told of every
--- server that turns dead or comes back.
-function _M.set_server_error_callback(self, fn)
-  if fn ~= nil and type(fn) ~= "function" then
-    error("bad argument #1 (callback): function or nil expected, got " .. type(fn), 2)
-  end
-  self.callback = fn
-  return true
-end
-
 -- One request to the server of key, framed by enc(op, opaque, ...).
 -- Returns the reply's value (a string, "" for none), cas, flags and the
 -- server's address, or nil, err, detail with a
@@ -282,190 +272,18 @@ local function call(self, key, kind, enc, op, ...)
   return nil, err_str[e], addr .. ": " .. status_str(st) .. msg
 end
 
--- A value over max_value_size is refused before anything is sent.
-local function too_large(self, n)
-  return nil, _M.ERR_VALUE_TOO_LARGE,
-    ("a value of %d bytes is over max_value_size (%d)"):format(n, self.max_value_size)
-end
-
--- get, get_and_touch, touch
-local function key_op(self, op, key, exptime)
-  if type(key) == "table" then key, exptime = fields(key, "key", "expiration") end
-  check_key(key)
-  opt_uint(2, "expiration", exptime, U32)
-  local value, cas, flags, addr
-  if op == OP.GETK then value, cas, flags, addr = call(self, key, K_GET, c_get, op, key)
-  else value, cas, flags, addr = call(self, key, K_GET, c_touch, op, key, exptime) end
-  if not value then return nil, cas, flags end
-  if op == OP.TOUCH then return true end
-  local ok, v = item_value(self, flags, value)
-  if not ok then return nil, _M.ERR_UNDECODABLE, addr .. ": " .. tostring(v) end
-  return v, cas, flags
-end
-
-function _M.get(self, key) return key_op(self, OP.GETK, key) end
-function _M.get_and_touch(self, key, exptime) return key_op(self, OP.GATK, key, exptime) end
-function _M.touch(self, key, exptime) return key_op(self, OP.TOUCH, key, exptime) end
-
--- set/add/replace/compare_and_swap (msgpack) and *_raw_data (bytes).
-local function store(self, op, kind, raw, is_cas, key, value, a3, a4, flags)
-  local exptime, cas = a3, a4
-  if type(key) == "table" then
-    key, value, exptime, cas, flags = fields(key, "key", "value", "expiration", "cas", "flags")
-  elseif is_cas then
-    cas, exptime = a3, a4
-  end
-  check_key(key)
-  opt_uint(3, "expiration", exptime, U32)
-  opt_uint(5, "flags", flags, U32)
-  opt_uint(4, "cas", cas)
-  if is_cas and (cas or 0) == 0 then
-    error("bad argument #3 (cas): compare_and_swap needs the cas of a previous get", 3)
-  end
-  if raw or (flags and flags ~= self.mp_flag) then
-    if type(value) ~= "string" then
-      error("bad argument #2 (value): string expected for raw data, got " .. type(value), 3)
-    end
-    flags = flags or 0
-  else
-    if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
-    if not key_ok(key) then return nil, E_KEY, KEY_DETAIL end
-    local err
-    value, err = mp_encode(value)
-    if not value then return nil, _M.ERR_UNENCODABLE, err end
-    flags = self.mp_flag
-  end
-  if #value > self.max_value_size and not self.closed then return too_large(self, #value) end
-  -- only a plain set may run twice (add/replace/a cas could fail or win
-  -- against the first try's effect)
-  local ok, rcas, detail = call(self, key, kind, c_store, op, cas, key, flags, exptime, value)
-  if not ok then return nil, rcas, detail end
-  return rcas
-end
-
-function _M.set(self, k, v, e, c, f) return store(self, OP.SET, K_SET, false, false, k, v, e, c, f) end
-function _M.add(self, k, v, e, c, f) return store(self, OP.ADD, K_ADD, false, false, k, v, e, c, f) end
-function _M.replace(self, k, v, e, c, f) return store(self, OP.REPLACE, K_REPLACE, false, false, k, v, e, c, f) end
-function _M.compare_and_swap(self, k, v, c, e, f) return store(self, OP.SET, K_REPLACE, false, true, k, v, c, e, f) end
-function _M.set_raw_data(self, k, v, e, c, f) return store(self, OP.SET, K_SET, true, false, k, v, e, c, f) end
-function _M.add_raw_data(self, k, v, e, c, f) return store(self, OP.ADD, K_ADD, true, false, k, v, e, c, f) end
-function _M.replace_raw_data(self, k, v, e, c, f) return store(self, OP.REPLACE, K_REPLACE, true, false, k, v, e, c, f) end
-
-local function concat_op(self, op, key, bytes, cas)
-  if type(key) == "table" then key, bytes, cas = fields(key, "key", "value", "cas") end
-  check_key(key)
-  if type(bytes) ~= "string" then
-    error("bad argument #2 (bytes): string expected, got " .. type(bytes), 3)
-  end
-  opt_uint(3, "cas", cas)
-  if #bytes > self.max_value_size and not self.closed then return too_large(self, #bytes) end
-  local ok, rcas, detail = call(self, key, K_REPLACE, c_concat, op, cas, key, bytes)
-  if not ok then return nil, rcas, detail end
-  return rcas
-end
-
-function _M.append(self, key, bytes, cas) return concat_op(self, OP.APPEND, key, bytes, cas) end
-function _M.prepend(self, key, bytes, cas) return concat_op(self, OP.PREPEND, key, bytes, cas) end
-
-function _M.delete(self, key, cas)
-  if type(key) == "table" then key, cas = fields(key, "key", "cas") end
-  check_key(key)
-  opt_uint(2, "cas", cas)
-  local kind = (cas or 0) ~= 0 and K_REPLACE or K_GET
-  local res, err, detail = call(self, key, kind, c_delete, OP.DELETE, cas, key)
-  if not res then return nil, err, detail end
-  return true
-end
-
--- memcached 1.4 dropped delete's hold time: delete_lock(key, seconds)
--- REPLACEs the item with the core's marker (so a missing key stays a miss),
--- which expires after `seconds`; 0 is a plain delete. Table form: {key =,
--- seconds =} (or expiration =).
-function _M.delete_lock(self, key, seconds)
-  if type(key) == "table" then
-    local t = key
-    key, seconds = t.key, t.seconds
-    if seconds == nil then seconds = t.expiration end
-  end
-  check_key(key)
-  if type(seconds) ~= "number" or seconds ~= floor(seconds) then
-    error("bad argument #2 (seconds): integer expected, got " .. type(seconds), 2)
-  end
-  if seconds < 0 or seconds > U32 then error("bad argument #2 (seconds): must be 0..4294967295", 2) end
-  local res, err, detail
-  if seconds == 0 then
-    res, err, detail = call(self, key, K_GET, c_delete, OP.DELETE, nil, key)
-  else
-    res, err, detail = call(self, key, K_GET, c_store, OP.REPLACE, nil, key, LOCK_FLAGS, seconds,
-      LOCK_VALUE)
-  end
-  if not res then return nil, err, detail end
-  return true
-end
-
--- A counter operation: value, cas; or nil, err, detail.
-local function arith_call(self, op, key, delta, initial, exp)
-  local value, rcas, detail, addr = call(self, key, K_GET, c_arith, op, key, delta, initial, exp)
-  if not value then
-    local err = rcas
-    if err == _M.ERR_NON_NUMERIC then
-      -- a delete_lock marker is not a number either, but reads as a miss
-      -- (call reads the marker as a miss without a detail; a real miss
-      -- names its server)
-      local g, gerr, gdetail = call(self, key, K_GET, c_get, OP.GETK, key)
-      if not g and gerr == E_MISS and gdetail == nil then
-        return nil, E_MISS, "the key is locked by delete_lock"
-      end
-      detail = "the item is not a decimal number"
-    end
-    return nil, err, detail
-  end
-  local n = counter_value(value)
-  if not n then return nil, E_PROTOCOL, addr .. ": counter reply of " .. #value .. " bytes, not 8" end
-  return n, rcas
-end
-
--- increment/decrement(key, delta [, initial [, expiration]]) -> value, cas
-local function arith(self, op, key, delta, initial, exptime)
-  if type(key) == "table" then
-    key, delta, initial, exptime = fields(key, "key", "delta", "initial", "expiration")
-  end
-  check_key(key)
-  if delta == nil then error("bad argument #2 (delta): integer expected, got nil", 3) end
-  opt_uint(2, "delta", delta)
-  opt_uint(3, "initial", initial)
-  opt_uint(4, "expiration", exptime, U32)
-  local exp = initial and (exptime or 0) or NO_CREATE
-  return arith_call(self, op, key, delta, initial, exp)
-end
-
-function _M.increment(self, key, delta, initial, exptime) return arith(self, OP.INCREMENT, key, delta, initial, exptime) end
-function _M.decrement(self, key, delta, initial, exptime) return arith(self, OP.DECREMENT, key, delta, initial, exptime) end
-
--- touch_atomic_value(key) -> value: the counter as it is (an increment by
--- 0 that never creates the key), as the C client's (further arguments are
--- ignored there too). Table form {key =}.
-function _M.touch_atomic_value(self, key)
-  if type(key) == "table" then key = key.key end
-  check_key(key)
-  local n, err, detail = arith_call(self, OP.INCREMENT, key, 0, nil, NO_CREATE)
-  if n == nil then return nil, err, detail end
-  return n
-end
-
-function _M.pick_server(self, key)
-  check_key(key)
-  if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
-  if not key_ok(key) then return nil, E_KEY end
-  if self.custom then
-    local ok, addr = custom_addr(self.custom, key)
-    if not ok or type(addr) ~= "string" then return nil, _M.ERR_NO_SERVERS, tostring(addr) end
-    return addr
-  end
-  local srv = core.mc_abi_ring_static(self.ring, key, #key)
-  if srv < 0 then return nil, _M.ERR_NO_SERVERS, "no servers configured" end
-  return server_name(self, srv)
-end
+-- get, set, ... touch_atomic_value, set_servers, add_server, pick_server,
+-- set_server_error_callback: the methods both Lua drivers share, over call
+-- (memcached.methods)
+require "memcached.methods"({
+  call = call, get = c_get, touch = c_touch, store = c_store, concat = c_concat,
+  delete = c_delete, arith = c_arith, item_value = item_value, counter_value = counter_value,
+  mp_encode = mp_encode, replace_ring = replace_ring, key_ok = key_ok, E = _M,
+  static = function(self, key) return core.mc_abi_ring_static(self.ring, key, #key) end,
+  server_name = server_name,
+  LOCK_FLAGS = LOCK_FLAGS, LOCK_VALUE = LOCK_VALUE, NO_CREATE = NO_CREATE,
+  K_GET = K_GET, K_SET = K_SET, K_ADD = K_ADD, K_REPLACE = K_REPLACE,
+}, _M)
 
 -- servers() -> {{addr =, alive =, failures =, last_error =}, ...}: this
 -- worker's view of each server's health.
@@ -479,24 +297,6 @@ function _M.servers(self)
       last_error = e ~= "" and e or nil }
   end
   return out
-end
-
-function _M.set_servers(self, ...)
-  if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
-  return replace_ring(self, server_list({ ... }))
-end
-
-function _M.add_server(self, addr, max_conns)
-  if type(addr) ~= "string" and type(addr) ~= "table" then
-    error("bad argument #1 (addr): \"host:port\", a unix socket path or {addr, weight = n} expected, got "
-      .. type(addr), 2)
-  end
-  opt_uint(2, "max_conns", max_conns, 1000000)
-  if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
-  local list = {}
-  for i, e in ipairs(self.list) do list[i] = e end
-  server_list({ addr }, list)
-  return replace_ring(self, list)
 end
 
 -- Pooled connections belong to nginx: close only retires the client.

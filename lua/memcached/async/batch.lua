@@ -36,7 +36,7 @@ local function take_ab(self)
   if not pool then pool = {} self.abs = pool end
   local ab = pool[#pool]
   if ab then pool[#pool] = nil return ab end
-  return core.batch_new(conn.MAX_BODY)
+  return core.batch_new(self.max_body)
 end
 local function give_ab(self, batches)
   for _, b in ipairs(batches) do
@@ -59,16 +59,16 @@ end
 -- Reads batch b's stream to its NOOP on its connection by deadline:
 -- on_entry(st, b, idx, err, flags, cas, value) per reply. true, or nil,
 -- err, detail.
-local out = {}
+local entries = {}
 local function read_stream(self, b, st, on_entry, deadline)
   local c = b.conn
   while true do
     local data, e, msg = core.recv(c.tls or c.fd, 65536)
     if data then
-      local rc, n, ferr, fmsg = b.ab:feed(data, out)
+      local rc, n, ferr, fmsg = b.ab:feed(data, entries)
       for i = 0, n - 1 do
         local at = i * 5
-        on_entry(st, b, out[at + 1], out[at + 2], out[at + 3], out[at + 4], out[at + 5])
+        on_entry(st, b, entries[at + 1], entries[at + 2], entries[at + 3], entries[at + 4], entries[at + 5])
       end
       if rc == 1 then return true end
       if rc < 0 then return nil, errs[ferr], b.addr .. ": " .. fmsg end
@@ -83,10 +83,10 @@ local function read_stream(self, b, st, on_entry, deadline)
         -- what came by the deadline still counts
         data = core.recv(c.tls or c.fd, 65536)
         if not data then return nil, E_TIMEOUT, b.addr .. ": no reply within the timeout" end
-        local rc, n, ferr, fmsg = b.ab:feed(data, out)
+        local rc, n, ferr, fmsg = b.ab:feed(data, entries)
         for i = 0, n - 1 do
           local at = i * 5
-          on_entry(st, b, out[at + 1], out[at + 2], out[at + 3], out[at + 4], out[at + 5])
+          on_entry(st, b, entries[at + 1], entries[at + 2], entries[at + 3], entries[at + 4], entries[at + 5])
         end
         if rc == 1 then return true end
         if rc < 0 then return nil, errs[ferr], b.addr .. ": " .. fmsg end
@@ -338,7 +338,9 @@ function M.set_multi(self, items, exptime)
     if not key_ok(k) then results[k] = E_KEY
     else
       local bytes = mp_encode(v)
-      if bytes then e[2] = bytes else results[k] = E.ERR_UNENCODABLE end
+      if not bytes then results[k] = E.ERR_UNENCODABLE
+      elseif #bytes > self.max_value_size then results[k] = E.ERR_VALUE_TOO_LARGE
+      else e[2] = bytes end
     end
   end
   return quiet_batch(self, OP.SETQ, H.K_SET, list, results, 1, self.mp_flag, floor(exptime or 0))

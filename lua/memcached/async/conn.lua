@@ -17,8 +17,9 @@
 -- reads, has the core judge each reply once against the slot at the head
 -- of the FIFO (memcached.core.take_one: its opcode and opaque, its shape,
 -- its key), hands it to that slot's caller and wakes it, until its own
--- reply came; then it names the oldest waiter left the reader. Replies are matched by position and checked by opaque, so a
--- reply can only ever reach the caller whose request it answers; anything
+-- reply came; then it names the oldest waiter left the reader. Replies
+-- are matched by position and checked by opaque, so a reply can only ever
+-- reach the caller whose request it answers; anything
 -- else breaks the stream, and a broken, closed or timed-out connection
 -- fails every request on it (conn_fail) and is closed. Only the reader
 -- closes a connection, so no coroutine waits on a closed descriptor.
@@ -295,7 +296,7 @@ local function deliver(self, c)
       break
     end
     local s = c[j]
-    local rc, err, status, flags, cas, key, value, used = take_one(buf, pos, MAX_BODY, s.kind, s.op,
+    local rc, err, status, flags, cas, key, value, used = take_one(buf, pos, self.max_body, s.kind, s.op,
       s.opaque, s.key, true)
     if rc == 0 then break end
     if rc < 0 then
