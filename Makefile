@@ -70,7 +70,7 @@ LUA_RESTY_MODULES = $(wildcard lua/memcached/resty/*.lua)
 LUA_ASYNC_MODULES = $(wildcard lua/memcached/async/*.lua)
 ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
-.PHONY: all deps demo test test-all test-5.1 test-5.2 test-5.3 test-5.4 asan fuzz luajit test-luajit \
+.PHONY: all deps demo lint test test-all test-5.1 test-5.2 test-5.3 test-5.4 asan fuzz luajit test-luajit \
         test-openresty test-luarocks spec-bins bench install dist clean
 
 all: $(MODULE)
@@ -200,6 +200,16 @@ dist:
 # luarocks make of the scm rockspec for every Lua, then the release
 # rockspec from the unpacked `make dist` tarball and its .src.rock with no
 # network; each installed module must load and talk to a memcached. TAP.
+# luacheck (Debian lua-check) over the library's Lua, with .luacheckrc's
+# rules: unused variables and values, globals, shadowing. TAP.
+lint:
+	@EXTRA_PKGS="lua-check" sh scripts/deps.sh
+	@if out=$$(luacheck --no-color -q lua/ 2>&1); then \
+		echo "ok 1 - luacheck lua/: no warnings"; echo "1..1"; \
+	else \
+		echo "not ok 1 - luacheck lua/"; echo "$$out" | sed 's/^/# /'; echo "1..1"; exit 1; \
+	fi
+
 test-luarocks:
 	@EXTRA_PKGS="luarocks zip lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev luajit2 libluajit2-5.1-dev" sh scripts/deps.sh
 	bash scripts/test-luarocks.sh

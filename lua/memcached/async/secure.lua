@@ -22,7 +22,7 @@
 local core = require "memcached.core"
 local memcached = require "memcached"
 
-local now, send, recv, errs = core.now, core.send, core.recv, core.errs
+local send, recv, errs = core.send, core.recv, core.errs
 local E_TIMEOUT = memcached.ERR_TIMEOUT
 
 local M = {}

@@ -459,7 +459,7 @@ local function server_stats(self, srv, group, r)
     res, sock, detail = roundtrip(self, addr, data, r, dl, true)
   end
   if not res then return nil, sock, detail end
-  local t, nent, err = {}, 0, nil
+  local t, nent, err = {}, 0
   while true do
     if res.err == AUTH then -- the server closes the connection after it
       sock:close()

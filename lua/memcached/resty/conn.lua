@@ -5,7 +5,7 @@
 -- arrive; TLS and SASL on a new connection (secure).
 local ffi = require "ffi"
 local tostring, setmetatable, floor, max = tostring, setmetatable, math.floor, math.max
-local byte, sub, ngx_now, ngx_socket_tcp = string.byte, string.sub, ngx.now, ngx.socket.tcp
+local sub, ngx_now, ngx_socket_tcp = string.sub, ngx.now, ngx.socket.tcp
 local pairs, tonumber, type = pairs, tonumber, type
 local C = require "memcached.resty.core"
 local codec, HEADER_LEN, new_text_reader = C.codec, C.HEADER_LEN, C.new_text_reader
@@ -429,7 +429,8 @@ local function read_more(sock, r, addr, dl, need)
 end
 
 local function read_reply(sock, r, addr, dl)
-  local res, need, detail = false, HEADER_LEN, nil
+  local res, detail
+  local need = HEADER_LEN
   if r.buf ~= "" then -- nothing held: nothing to take yet
     res, need, detail = take(sock, r, addr)
     if res ~= false then return res, need, detail end

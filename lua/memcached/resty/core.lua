@@ -10,13 +10,13 @@ local codec = memcached.codec
 local OP, ST = codec.op, codec.status
 local HEADER_LEN, NO_CREATE = codec.HEADER_LEN, codec.ARITH_NO_CREATE
 local c_get, c_store, c_concat, c_delete -- framed through the FFI (below)
-local c_arith, c_touch, c_flush, c_simple = codec.arith, codec.touch, codec.flush, nil
+local c_arith, c_touch, c_flush, c_simple = codec.arith, codec.touch, codec.flush
 local c_stat = codec.stat
 local status_str, new_text_reader, random32 = codec.status_str, codec.reader, codec.random32
 local mp_encode, mp_decode = memcached.encode, memcached.decode
 local find, sub = string.find, string.sub
 local type, error, tostring, pairs, ipairs = type, error, tostring, pairs, ipairs
-local floor, tonumber = math.floor, tonumber
+local tonumber = tonumber
 
 
 local E = {} -- the ERR_* values

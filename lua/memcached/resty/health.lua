@@ -2,8 +2,8 @@
 -- core's mc_ring through the FFI, probes over cosockets, the error
 -- callback, and health shared between workers through a lua_shared_dict.
 local ffi = require "ffi"
-local type, error, tostring, ipairs, tonumber = type, error, tostring, ipairs, tonumber
-local floor, sub, ngx_now = math.floor, string.sub, ngx.now
+local type, tostring, ipairs, tonumber = type, tostring, ipairs, tonumber
+local sub, ngx_now = string.sub, ngx.now
 local ngx_socket_tcp = ngx.socket.tcp
 local C = require "memcached.resty.core"
 local OP, HEADER_LEN, c_simple, E = C.OP, C.HEADER_LEN, C.c_simple, C.E
@@ -255,8 +255,8 @@ end
 -- change on a bad address). Servers kept from the old list keep their
 -- health; their keys stay where they were.
 local function replace_ring(self, list)
-  local old, ring, err, detail = self.ring, nil, nil, nil
-  ring, err, detail = new_ring(self, list)
+  local old = self.ring
+  local ring, err, detail = new_ring(self, list)
   if not ring then return nil, err, detail end
   err, detail = resolve_names(list, self.by_resolver)
   if err then return nil, err, detail end
