@@ -425,7 +425,9 @@ else
 end
 
 -- Async mode (issue 11): 100 coroutines x 1,000 gets on one server inside
--- cqueues and luv against the blocking client's serial loop, one process.
+-- cqueues and luv against the blocking client's serial loop, one process,
+-- with the floors (none of the client, and the least each loop allows):
+-- medians of 5 rounds, the rows interleaved (bench/async.lua says more).
 print("## Async mode")
 print("")
 do
