@@ -3,7 +3,7 @@
 -- integers, the one-table call form, server lists, custom selectors. Pure
 -- Lua, no I/O; the core's rules come from the C core, these are the
 -- binding's.
-local type, error, tostring, pcall, floor = type, error, tostring, pcall, math.floor
+local type, error, tostring, pcall, pairs, floor = type, error, tostring, pcall, pairs, math.floor
 
 local M = {}
 
@@ -64,6 +64,62 @@ M.server_list = server_list
 function M.custom_addr(sel, key)
   if type(sel) == "function" then return pcall(sel, key) end
   return pcall(sel.pick_server, sel, key)
+end
+
+-- set_multi(items, exptime) and delete_multi(keys), checked as the C
+-- client checks them (a wrong type raises at the method's caller): the
+-- list of {key [, bytes]} to send, in order, and the results known before
+-- anything is sent ({key = err} for a malformed key, a value that cannot be
+-- encoded or one over max_value_size). D gives the driver's key_ok,
+-- mp_encode and E (the ERR_* strings). Errors are raised at level 3: the
+-- caller of the method that calls these. nil for a closed client (checked
+-- after the arguments' types, before their contents, as the C client).
+local U32 = 4294967295
+function M.set_items(self, items, exptime, D)
+  if type(items) ~= "table" then error("bad argument #1 (items): table expected, got " .. type(items), 3) end
+  if exptime ~= nil and (type(exptime) ~= "number" or exptime ~= floor(exptime)
+      or exptime < 0 or exptime > U32) then
+    error("bad argument #2 (expiration): integer 0..4294967295 expected, got " .. tostring(exptime), 3)
+  end
+  if self.closed then return nil end
+  local key_ok, mp_encode, E = D.key_ok, D.mp_encode, D.E
+  local list, results = {}, {}
+  for k, v in pairs(items) do
+    if type(k) ~= "string" then
+      error("bad argument #1 (items): keys must be strings, got " .. type(k), 3)
+    end
+    local e = { k }
+    list[#list + 1] = e
+    if not key_ok(k) then results[k] = E.ERR_MALFORMED_KEY
+    else
+      local bytes = mp_encode(v)
+      if not bytes then results[k] = E.ERR_UNENCODABLE
+      elseif #bytes > self.max_value_size then results[k] = E.ERR_VALUE_TOO_LARGE
+      else e[2] = bytes end
+    end
+  end
+  return list, results, floor(exptime or 0)
+end
+
+-- delete_multi's keys: each once (a second DELETEQ would turn its success
+-- into a miss).
+function M.delete_keys(self, keys, D)
+  if type(keys) ~= "table" then error("bad argument #1 (keys): table expected, got " .. type(keys), 3) end
+  if self.closed then return nil end
+  local key_ok, E_KEY = D.key_ok, D.E.ERR_MALFORMED_KEY
+  local list, results, seen = {}, {}, {}
+  for i = 1, #keys do
+    local k = keys[i]
+    if type(k) ~= "string" then
+      error(("bad argument #1 (keys): key #%d is a %s, not a string"):format(i, type(k)), 3)
+    end
+    if not seen[k] then
+      seen[k] = true
+      list[#list + 1] = { k }
+      if not key_ok(k) then results[k] = E_KEY end
+    end
+  end
+  return list, results
 end
 
 return M

@@ -16,8 +16,11 @@ local codec = memcached.codec
 local OP = codec.op
 local status_str, mp_encode, mp_decode = codec.status_str, memcached.encode, memcached.decode
 local now, errs, key_ok, enc = core.now, core.errs, core.key_ok, core.enc
-local type, error, tostring, pairs, ipairs, floor = type, error, tostring, pairs, ipairs, math.floor
+local type, error, tostring, pairs, ipairs = type, error, tostring, pairs, ipairs
 local E = conn.E
+local A = require "memcached.args"
+local set_items, delete_keys = A.set_items, A.delete_keys
+local ARGS = { key_ok = key_ok, mp_encode = mp_encode, E = E } -- for set_items, delete_keys
 local E_KEY, E_CLIENT_CLOSED, E_TIMEOUT = E.ERR_MALFORMED_KEY, E.ERR_CLIENT_CLOSED, E.ERR_TIMEOUT
 local U32 = 4294967295
 local MISS = 0
@@ -322,45 +325,14 @@ local function quiet_batch(self, qop, kind, list, results, extras, flags, exptim
 end
 
 function M.set_multi(self, items, exptime)
-  if type(items) ~= "table" then error("bad argument #1 (items): table expected, got " .. type(items), 2) end
-  if exptime ~= nil and (type(exptime) ~= "number" or exptime ~= floor(exptime)
-      or exptime < 0 or exptime > U32) then
-    error("bad argument #2 (expiration): integer 0..4294967295 expected, got " .. tostring(exptime), 2)
-  end
-  if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
-  local list, results = {}, {}
-  for k, v in pairs(items) do
-    if type(k) ~= "string" then
-      error("bad argument #1 (items): keys must be strings, got " .. type(k), 2)
-    end
-    local e = { k }
-    list[#list + 1] = e
-    if not key_ok(k) then results[k] = E_KEY
-    else
-      local bytes = mp_encode(v)
-      if not bytes then results[k] = E.ERR_UNENCODABLE
-      elseif #bytes > self.max_value_size then results[k] = E.ERR_VALUE_TOO_LARGE
-      else e[2] = bytes end
-    end
-  end
-  return quiet_batch(self, OP.SETQ, H.K_SET, list, results, 1, self.mp_flag, floor(exptime or 0))
+  local list, results, exp = set_items(self, items, exptime, ARGS)
+  if not list then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
+  return quiet_batch(self, OP.SETQ, H.K_SET, list, results, 1, self.mp_flag, exp)
 end
 
 function M.delete_multi(self, keys)
-  if type(keys) ~= "table" then error("bad argument #1 (keys): table expected, got " .. type(keys), 2) end
-  if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
-  local list, results, seen = {}, {}, {}
-  for i = 1, #keys do
-    local k = keys[i]
-    if type(k) ~= "string" then
-      error(("bad argument #1 (keys): key #%d is a %s, not a string"):format(i, type(k)), 2)
-    end
-    if not seen[k] then
-      seen[k] = true
-      list[#list + 1] = { k }
-      if not key_ok(k) then results[k] = E_KEY end
-    end
-  end
+  local list, results = delete_keys(self, keys, ARGS)
+  if not list then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
   return quiet_batch(self, OP.DELETEQ, H.K_GET, list, results, 0, 0, 0)
 end
 

@@ -3,7 +3,7 @@
 -- one server after the other). Each returns the C client's results.
 local M = {}
 local ffi = require "ffi"
-local type, error, tostring, pairs, ipairs, next = type, error, tostring, pairs, ipairs, next
+local type, error, tostring, ipairs, next = type, error, tostring, ipairs, next
 local select, floor, ngx_now = select, math.floor, ngx.now
 local ngx_thread_spawn, ngx_thread_wait = ngx.thread.spawn, ngx.thread.wait
 local new_tab = require "table.new"
@@ -16,6 +16,9 @@ local U32, core, K_GET, K_SET = C.U32, C.core, C.K_GET, C.K_SET
 local K_OTHER, err_str = C.K_OTHER, C.err_str
 local resend_safe, key_ok, opt_uint = C.resend_safe, C.key_ok, C.opt_uint
 local STALE, sock_fail = C.STALE, C.sock_fail
+local A = require "memcached.args"
+local set_items, delete_keys = A.set_items, A.delete_keys
+local ARGS = { key_ok = key_ok, mp_encode = mp_encode, E = E } -- for set_items, delete_keys
 local conn = require "memcached.resty.conn"
 local next_opaques, leftover, take_reader = conn.next_opaques, conn.leftover, conn.take_reader
 local give_reader, send_to, read_reply = conn.give_reader, conn.send_to, conn.read_reply
@@ -320,49 +323,18 @@ end
 -- unencodable value fails that key alone; so does a value the server
 -- refuses as too large (its SETQ answers ERR_VALUE_TOO_LARGE).
 function M.set_multi(self, items, exptime)
-  if type(items) ~= "table" then error("bad argument #1 (items): table expected, got " .. type(items), 2) end
-  if exptime ~= nil and (type(exptime) ~= "number" or exptime ~= floor(exptime)
-      or exptime < 0 or exptime > U32) then
-    error("bad argument #2 (expiration): integer 0..4294967295 expected, got " .. tostring(exptime), 2)
-  end
-  if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
-  local list, results = {}, {}
-  for k, v in pairs(items) do
-    if type(k) ~= "string" then
-      error("bad argument #1 (items): keys must be strings, got " .. type(k), 2)
-    end
-    local e = { k }
-    list[#list + 1] = e
-    if not key_ok(k) then results[k] = E_KEY
-    else
-      local bytes = mp_encode(v)
-      if not bytes then results[k] = E.ERR_UNENCODABLE
-      elseif #bytes > self.max_value_size then results[k] = E.ERR_VALUE_TOO_LARGE
-      else e[2] = bytes end
-    end
-  end
+  local list, results, exp = set_items(self, items, exptime, ARGS)
+  if not list then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
   quiet_place(self, list, results)
-  return quiet_batch(self, OP.SETQ, K_SET, list, results, 1, self.mp_flag, exptime or 0)
+  return quiet_batch(self, OP.SETQ, K_SET, list, results, 1, self.mp_flag, exp)
 end
 
 -- delete_multi(keys) -> {key = true | err}[, first err]; a missing key is
 -- ERR_CACHE_MISS. A repeated key is deleted once (a second DELETEQ would
 -- turn its success into a miss).
 function M.delete_multi(self, keys)
-  if type(keys) ~= "table" then error("bad argument #1 (keys): table expected, got " .. type(keys), 2) end
-  if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
-  local list, results, seen = {}, {}, {}
-  for i = 1, #keys do
-    local k = keys[i]
-    if type(k) ~= "string" then
-      error(("bad argument #1 (keys): key #%d is a %s, not a string"):format(i, type(k)), 2)
-    end
-    if not seen[k] then
-      seen[k] = true
-      list[#list + 1] = { k }
-      if not key_ok(k) then results[k] = E_KEY end
-    end
-  end
+  local list, results = delete_keys(self, keys, ARGS)
+  if not list then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
   quiet_place(self, list, results)
   return quiet_batch(self, OP.DELETEQ, K_GET, list, results, 0, 0, 0)
 end
