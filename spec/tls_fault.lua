@@ -42,6 +42,21 @@ local function junk_record()
   return "\23\3\3\0\48" .. table.concat(t)
 end
 
+-- Sends all of data on a non-blocking socket (a send that would block
+-- sends part: the rest must not be dropped). false when the peer is gone.
+local function send_all(s, data)
+  local i = 1
+  while i <= #data do
+    local n, err, last = s:send(data, i)
+    if n then i = n + 1
+    elseif err == "timeout" then
+      i = last + 1
+      socket.select(nil, { s }, 1)
+    else return false end
+  end
+  return true
+end
+
 local function serve(c)
   local u = socket.tcp()
   if not u:connect("127.0.0.1", upstream) then c:close() return end
@@ -60,17 +75,17 @@ local function serve(c)
         if s == c then
           if rec then rec:write(data) rec:flush() end
           if mode == "garbage" then count_records(st, data) end
-          u:send(data)
+          send_all(u, data)
         elseif mode == "stall" then
           local room = STALL_AT - forwarded
           if room > 0 then
-            c:send(data:sub(1, room))
+            send_all(c, data:sub(1, room))
             forwarded = forwarded + math.min(room, #data)
           end
         elseif mode == "garbage" and st.app >= 2 then
-          if not spoiled then c:send(junk_record()) spoiled = true end
+          if not spoiled then send_all(c, junk_record()) spoiled = true end
         else
-          c:send(data)
+          send_all(c, data)
         end
       end
       if err == "closed" then open = false end
