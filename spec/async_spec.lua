@@ -7,6 +7,7 @@ local memcached = H.memcached
 local B = require "spec.behaviour"
 local LOOPS = require "spec.async_loops"
 
+local MYPID = io.open("/proc/self/stat"):read("*l"):match("^(%d+)")
 local ERRS = {}
 for k, v in pairs(memcached) do
   if type(k) == "string" and k:sub(1, 4) == "ERR_" then ERRS[v] = k end
@@ -298,6 +299,97 @@ for _, name in ipairs { "cqueues", "luv" } do
         end
       end
       for _, sv in ipairs(servers) do sv.kill9() end
+    end)
+
+    -- The descriptors this process has open (after a full collection: a
+    -- loop's own descriptors go with its last reference), and how many are
+    -- eventfds.
+    local function fds()
+      collectgarbage()
+      collectgarbage()
+      local n, e = 0, 0
+      local h = io.popen("ls -l /proc/" .. MYPID .. "/fd 2>/dev/null")
+      for l in h:lines() do
+        if l:find("->", 1, true) then n = n + 1 if l:find("eventfd", 1, true) then e = e + 1 end end
+      end
+      h:close()
+      return n, e
+    end
+
+    -- Calls over several servers from many coroutines at once, sharing the
+    -- connections with single gets: every call answers, and the
+    -- descriptors they used (a mux and its eventfd per call at a time) are
+    -- given back: a few muxes are kept, nothing grows with the calls.
+    it("many coroutines' calls over three servers leave no descriptors behind", function()
+      local servers = { H.start_memcached(), H.start_memcached(), H.start_memcached() }
+      local addrs = { servers[1].addr, servers[2].addr, servers[3].addr }
+      local before_n, before_e = fds()
+      local calls, bad, during_e = 0, {}, 0
+      local mc
+      L.run(function(spawn)
+        mc = assert(L.mod.new { servers = addrs, timeout = 1, max_conns = 1 })
+        for i = 1, 10 do
+          spawn(function()
+            for j = 1, 30 do
+              assert(mc:set("d" .. i .. ":" .. j, j))
+              if mc:get("d" .. i .. ":" .. j) ~= j then bad[#bad + 1] = "get" end
+            end
+          end)
+        end
+        for i = 1, 30 do
+          spawn(function()
+            for n = 1, 20 do
+              local r, err
+              if n % 3 == 0 then r, err = mc:version()
+              elseif n % 3 == 1 then r, err = mc:stats()
+              else r, err = mc:get_multi { "d1:1", "d2:2", "d3:3", "none" .. i } end
+              if not r or err then bad[#bad + 1] = tostring(err) end
+              calls = calls + 1
+            end
+            local _, e = fds()
+            if e > during_e then during_e = e end
+          end)
+        end
+      end)
+      local after_n, after_e = fds()
+      mc:close()
+      local closed_n = fds()
+      for _, sv in ipairs(servers) do sv.kill9() end
+      assert.same({}, bad)
+      assert.equal(600, calls)
+      assert.is_true(after_e - before_e <= 8, ("eventfds %d -> %d (%d at most during)")
+        :format(before_e, after_e, during_e))
+      assert.is_true(after_n - before_n <= 3 + 8 + 8, ("descriptors %d -> %d"):format(before_n, after_n))
+      assert.is_true(closed_n <= before_n, ("descriptors %d before, %d after close()")
+        :format(before_n, closed_n))
+    end)
+
+    -- close() while a call over several servers waits (one server stopped):
+    -- the call ends with what it has, and the client keeps no descriptor
+    it("close() during a call over three servers ends it and closes everything", function()
+      local servers = { H.start_memcached(), H.start_memcached(), H.start_memcached() }
+      local addrs = { servers[1].addr, servers[2].addr, servers[3].addr }
+      local before_n = fds()
+      local res, err, closed
+      servers[3].sigstop()
+      L.run(function(spawn)
+        local mc = assert(L.mod.new { servers = addrs, timeout = 0.3, retry_timeout = 30 })
+        spawn(function()
+          L.sleep(0.05)
+          closed = mc:close()
+        end)
+        local keys = {}
+        for i = 1, 30 do keys[i] = "cm" .. i end
+        res, err = mc:get_multi(keys)
+      end)
+      local after_n = fds()
+      servers[3].sigcont()
+      for _, sv in ipairs(servers) do sv.kill9() end
+      assert.is_true(closed)
+      assert.equal("table", type(res))
+      assert.equal(memcached.ERR_TIMEOUT, err)
+      assert.is_true(after_n <= before_n, ("descriptors %d before, %d after close()")
+        :format(before_n, after_n))
     end)
 
     -- A fault server (spec/fault_server.lua) answering the GETKs of 100

@@ -362,10 +362,7 @@ function _M.close(self)
     self.closed = true
     conn.close_idle(self)
     -- the muxes of batches over several servers (async/batch.lua)
-    for _, m in ipairs(self.muxes or {}) do
-      if self.cancel then self.cancel(m:fd()) end
-      m:close()
-    end
+    for _, m in ipairs(self.muxes or {}) do conn.close_mux(self, m) end
     self.muxes = nil
   end
   return true
@@ -374,6 +371,7 @@ _M.exit = _M.close
 mt.__close = function(self) _M.close(self) end
 mt.__gc = function(self)
   -- the descriptors only: no hook may run from a finalizer
+  for _, m in ipairs(self.muxes or {}) do conn.close_mux(self, m, true) end
   for _, sv in pairs(self.by_addr) do
     for _, c in ipairs(sv.conns) do
       if not c.dead then c.dead = true core.close(c.fd) end

@@ -115,77 +115,112 @@ end
 -- calling coroutine waits on the mux's descriptor through the hook. A
 -- hung server then never holds up a healthy one's connect, handshake,
 -- send or read: each gets the whole deadline, as in the blocking client.
--- The loop does not know the streams: conn.routed sends their waits here,
--- and they park on their eventfds (conn.park/wake).
+-- The loop does not know the streams: conn.routed gives them hooks of
+-- their own. A stream that parks (behind another coroutine reading its
+-- connection) yields to the caller, and whoever wakes it signals the
+-- mux's one eventfd; no descriptor is made per stream.
 local create, resume, yield, costatus = coroutine.create, coroutine.resume, coroutine.yield,
   coroutine.status
 local huge, traceback = math.huge, debug.traceback
-local MUXWAIT = {}
+local MUXWAIT, MUXPARK = {}, {}
 local function stream_wait(fd, events, timeout) return yield(MUXWAIT, fd, events, timeout) end
+local function stream_park(timeout) return yield(MUXPARK, nil, nil, timeout) end
 
+-- A mux and its eventfd (set in it), from the client's few kept ones; nil
+-- when no descriptor is left for one.
 local function take_mux(self)
   local pool = self.muxes
-  if not pool then pool = {} self.muxes = pool end
-  local m = pool[#pool]
+  local m = pool and pool[#pool]
   if m then pool[#pool] = nil return m end
-  return assert(core.mux_new())
+  local mux = core.mux_new()
+  if not mux then return nil end
+  local efd = core.efd_new()
+  if not efd then mux:close() return nil end
+  mux:set(efd, "r")
+  return { mux = mux, fd = mux:fd(), efd = efd }
 end
 
-local function give_mux(self, mux)
-  local pool = self.muxes
-  if #pool < 4 and not self.closed then pool[#pool + 1] = mux return end
-  if self.cancel then self.cancel(mux:fd()) end
-  mux:close()
+local function give_mux(self, m)
+  if not self.closed then
+    local pool = self.muxes
+    if not pool then pool = {} self.muxes = pool end
+    if #pool < 4 then pool[#pool + 1] = m return end
+  end
+  conn.close_mux(self, m)
 end
 
 -- Runs fn(item) for every item of list at once, each in a stream; returns
--- when all have ended. An error in one (a bug) is raised once all ended.
+-- when all have ended: nil, or the first error a stream raised (a bug;
+-- the caller raises it once its connections are given back). Without a
+-- mux (no descriptor left) they run one after the other here.
 local ready = {}
 local function run_all(self, list, fn)
-  local mux = take_mux(self)
-  local waiting, live, failure = {}, 0, nil
+  local m = take_mux(self)
+  if not m then
+    for _, item in ipairs(list) do fn(item) end
+    return nil
+  end
+  local mux, efd = m.mux, m.efd
+  local waiting, parked, woken, live, failure = {}, {}, {}, 0, nil
+  local hooks = { wait = stream_wait, park = stream_park,
+    wake = function(co) woken[co] = true core.efd_signal(efd) end }
   local function step(co)
     local ok, tag, fd, events, timeout = resume(co)
     if not ok then failure = failure or traceback(co, tostring(tag)) end
     if costatus(co) == "dead" then live = live - 1 return end
-    if tag ~= MUXWAIT then -- it yielded to something else than its wait: a bug
-      failure = failure or "memcached.async: a stream yielded outside its wait"
+    local till = timeout and now() + timeout or huge
+    if tag == MUXWAIT then
+      mux:set(fd, events)
+      waiting[fd] = { co = co, till = till }
+    elseif tag == MUXPARK then
+      parked[co] = till
+    else -- it yielded past its hooks: a bug
+      failure = failure or "memcached.async: a stream yielded outside its hooks"
       live = live - 1
-      return
     end
-    mux:set(fd, events)
-    waiting[fd] = { co = co, till = timeout and now() + timeout or huge }
   end
   for _, item in ipairs(list) do
     local co = create(function() fn(item) end)
-    conn.routed[co] = stream_wait
+    conn.routed[co] = hooks
     live = live + 1
     step(co)
   end
-  while live > 0 and next(waiting) do
+  while live > 0 do
     local t, soonest = now(), huge
     for _, w in pairs(waiting) do if w.till < soonest then soonest = w.till end end
-    if soonest > t then self.wait(mux:fd(), "r", soonest < huge and soonest - t or nil) end
+    for _, till in pairs(parked) do if till < soonest then soonest = till end end
+    if soonest > t then self.wait(m.fd, "r", soonest < huge and soonest - t or nil) end
     local n = mux:ready(ready)
     t = now()
-    local due, seen = {}, {}
+    local due = {}
     for i = 1, n do
       local fd = ready[i]
-      if waiting[fd] and not seen[fd] then due[#due + 1], seen[fd] = fd, true end
+      local w = waiting[fd]
+      if fd == efd then core.efd_drain(efd)
+      elseif w then
+        waiting[fd] = nil
+        mux:del(fd)
+        due[#due + 1] = w.co
+      end
     end
     for fd, w in pairs(waiting) do
-      if w.till <= t and not seen[fd] then due[#due + 1], seen[fd] = fd, true end
+      if w.till <= t then
+        waiting[fd] = nil
+        mux:del(fd)
+        due[#due + 1] = w.co
+      end
     end
-    for i = 1, #due do
-      local fd = due[i]
-      local w = waiting[fd]
-      waiting[fd] = nil
-      mux:del(fd)
-      step(w.co)
+    for co in pairs(woken) do
+      woken[co] = nil
+      if parked[co] then parked[co] = nil due[#due + 1] = co end
     end
+    for co, till in pairs(parked) do
+      if till <= t then parked[co] = nil due[#due + 1] = co end
+    end
+    for i = 1, #due do step(due[i]) end
   end
-  give_mux(self, mux)
-  if failure then error(failure, 0) end
+  give_mux(self, m)
+  return failure
 end
 
 -- Runs each server's sealed stream (b.data) on a connection of its own;
@@ -203,8 +238,9 @@ local function run_batches(self, batches, on_entry, on_fail, st, deadline)
       if ok then live[#live + 1] = b else b.ok, b.err, b.detail = false, err, detail end
     end
   end
+  local failure
   if #live > 1 then
-    run_all(self, live, function(b) drive(self, b, st, on_entry, deadline) end)
+    failure = run_all(self, live, function(b) drive(self, b, st, on_entry, deadline) end)
   elseif live[1] then drive(self, live[1], st, on_entry, deadline) end
   for _, b in ipairs(batches) do
     local c = b.conn
@@ -218,6 +254,7 @@ local function run_batches(self, batches, on_entry, on_fail, st, deadline)
     end
   end
   give_ab(self, batches)
+  if failure then error(failure, 0) end
 end
 
 local function seal(batches)
@@ -355,7 +392,11 @@ local function each_server(self, frame, op, arg, stream)
     if c then conn.await(self, c, s) end
   end
   -- one server: here; several: each in a stream of its own (run_all)
-  if n == 1 then one(slots[1]) else run_all(self, slots, one) end
+  if n == 1 then one(slots[1])
+  else
+    local failure = run_all(self, slots, one)
+    if failure then error(failure, 0) end
+  end
   for i = 1, n do
     local s = slots[i]
     if s.failed then
@@ -403,8 +444,8 @@ end
 
 -- A STAT stream: entries until one with an empty key (true: it ended).
 local MAX_STAT_ENTRIES = core.MAX_STAT_ENTRIES
-local function stat_entry(s, err, _, key, value)
-  if err ~= 0 then s.err = err return true end
+local function stat_entry(s, err, status, key, value)
+  if err ~= 0 then s.err, s.status = err, status return true end
   if key == "" then s.err = 0 return true end
   local t = s.table
   if not t then t = {} s.table = t s.n = 0 end

@@ -74,15 +74,15 @@ end
 -- behind a reader whose deadline is no later than its own, and which
 -- fails the whole connection when that passes), so the loop needs no
 -- timer for it.
--- routed[co]: the wait of a coroutine the loop does not know (a stream
--- of a batch over several servers, async/batch.lua, run by the calling
--- coroutine): its waits go there instead of to the hook, and it parks on
--- its eventfd, never through sleep/wakeup.
+-- routed[co]: the hooks of a coroutine the loop does not know (a stream
+-- of a call over several servers, async/batch.lua's run_all, resumed by
+-- the calling coroutine): {wait = fn(fd, events, timeout), park =
+-- fn(timeout), wake = fn(co)}, used instead of the client's hooks.
 local routed = setmetatable({}, { __mode = "k" })
 M.routed = routed
 local function hook_wait(self, fd, events, timeout)
   local r = routed[running()]
-  if r then return r(fd, events, timeout) end
+  if r then return r.wait(fd, events, timeout) end
   return self.wait(fd, events, timeout)
 end
 
@@ -95,7 +95,10 @@ local function park(self, deadline, untimed, co)
   end
   co = co or running()
   parked[co] = true
-  if self.sleep and not routed[co] then
+  local r = routed[co]
+  if r then
+    r.park(left)
+  elseif self.sleep then
     self.sleep(left)
   else
     local fd = efd_of(co)
@@ -111,7 +114,9 @@ local function wake(self, co)
   if not parked[co] then return end
   parked[co] = nil
   self.woken = self.woken + 1
-  if self.wakeup and not routed[co] then return self.wakeup(co) end
+  local r = routed[co]
+  if r then return r.wake(co) end
+  if self.wakeup then return self.wakeup(co) end
   local h = efds[co]
   if h then core.efd_signal(h.fd) end
 end
@@ -131,6 +136,14 @@ local function close_fd(self, fd)
   core.close(fd)
 end
 M.close_fd = close_fd
+
+-- Closes a mux of async/batch.lua's run_all ({mux, fd, efd}); in a
+-- finalizer no hook may run.
+function M.close_mux(self, m, in_gc)
+  if self.cancel and not in_gc then self.cancel(m.fd) end
+  m.mux:close()
+  core.close(m.efd)
+end
 
 -- ---- servers and their connections ----
 
@@ -456,11 +469,12 @@ function M.take(self, sv, deadline)
   end
 end
 
--- Gives a batch's connection back: kept when clean, else closed.
+-- Gives a batch's connection back: kept when clean, else closed (and
+-- after close(): the client keeps nothing).
 function M.release(self, c, clean)
   c.exclusive = nil
   if c.dead then return end
-  if not clean or c.rpos <= #c.rbuf or c.wn > 0 then
+  if not clean or self.closed or c.rpos <= #c.rbuf or c.wn > 0 then
     c.dead = true
     close_fd(self, c.fd)
     drop(self, c)
@@ -564,6 +578,12 @@ function M.await(self, c, s)
   end
   -- named reader but answered before it read: pass the reading on
   if c.reader == s then hand_reading(self, c) end
+  -- after close(), a connection closes when its last request ended
+  if self.closed and not c.dead and not c.exclusive and not c.reader and c.head > c.tail then
+    c.dead = true
+    close_fd(self, c.fd)
+    drop(self, c)
+  end
   if not s.done then
     s.done, s.failed, s.err, s.detail = true, true, E.ERR_CONNECTION_CLOSED, c.addr .. ": connection closed"
   end
