@@ -107,6 +107,7 @@ describe("bad input", function()
       assert.is_truthy(msg:match("key"), msg)
       ok, msg = pcall(mc.get_multi, mc, "a")
       assert.is_false(ok)
+      assert.is_truthy(msg:match("table expected"), msg)
     end)
 
     it("a negative expiration", function()
@@ -240,6 +241,8 @@ describe("bad input", function()
           assert.are.equal("string", type(detail), name)
           assert.is_true(#detail > 0)
         end
+        -- nothing of the three reached the server
+        assert.are.equal(tonumber(before.cmd_set), tonumber(snapshot().cmd_set))
         mc:set("unenc-old", "old value")
         before = snapshot()
         local r, err = mc:set("unenc-old", value)

@@ -4,10 +4,10 @@
 -- helpers and clients (T).
 return function(T)
   local ok, is, show, deep_eq = T.ok, T.is, T.show, T.deep_eq
-  local elapsed, total_connections, raw_item = T.elapsed, T.total_connections, T.raw_item
-  local resty_memcached, memcached, var, E = T.resty_memcached, T.memcached, T.var, T.E
-  local MC1, MC2, REFUSED, SILENT = T.MC1, T.MC2, T.REFUSED, T.SILENT
-  local mc, mc2, ver = T.mc, T.mc2, T.ver
+  local raw_item = T.raw_item
+  local resty_memcached, var, E = T.resty_memcached, T.var, T.E
+  local MC1, MC2, REFUSED = T.MC1, T.MC2, T.REFUSED
+  local ver = T.ver
 
   -- set_multi, delete_multi, stats, delete_lock, touch_atomic_value: the
   -- C client's methods, arguments, returns and errors
@@ -86,7 +86,7 @@ return function(T)
     local hl = hr:servers()
     ok(hl[2].failures == 2 and hl[2].alive, "each batch counted once against the refusing server",
        show(hl[2].failures, hl[2].alive))
-    res, err = hr:set_multi(hitems)
+    err = select(2, hr:set_multi(hitems))
     hl = hr:servers()
     ok(hl[2].alive == false and err == E.ERR_CONNECTION_REFUSED, "... and the third marks it dead",
        show(hl[2].alive, err))

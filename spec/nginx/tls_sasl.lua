@@ -2,7 +2,7 @@
 -- trusted through lua_ssl_trusted_certificate) and SASL (memcached -S),
 -- run by spec/nginx/tests.lua with its helpers (T).
 return function(T)
-  local resty_memcached, memcached, var, E = T.resty_memcached, T.memcached, T.var, T.E
+  local resty_memcached, var, E = T.resty_memcached, T.var, T.E
   local MC1, MC2 = T.MC1, T.MC2
   local ok, is, show, deep_eq = T.ok, T.is, T.show, T.deep_eq
   -- The ClientHellos in the bytes a client sent (spec/tls_fault.lua's
