@@ -122,9 +122,16 @@ end
 local create, resume, yield, costatus = coroutine.create, coroutine.resume, coroutine.yield,
   coroutine.status
 local huge, traceback = math.huge, debug.traceback
-local MUXWAIT, MUXPARK = {}, {}
-local function stream_wait(fd, events, timeout) return yield(MUXWAIT, fd, events, timeout) end
-local function stream_park(timeout) return yield(MUXPARK, nil, nil, timeout) end
+local MUXWAIT, MUXPARK, ABORT = {}, {}, {}
+-- resumed with ABORT (the caller's own wait raised), a stream raises too,
+-- so that it unwinds the way a raising hook would (conn.await fails a
+-- connection it was reading)
+local function stream_wait(fd, events, timeout)
+  if yield(MUXWAIT, fd, events, timeout) == ABORT then error("the caller's wait hook raised", 0) end
+end
+local function stream_park(timeout)
+  if yield(MUXPARK, nil, nil, timeout) == ABORT then error("the caller's wait hook raised", 0) end
+end
 
 -- A mux and its eventfd (set in it), from the client's few kept ones; nil
 -- when no descriptor is left for one.
@@ -164,8 +171,8 @@ local function run_all(self, list, fn)
   local waiting, parked, woken, live, failure = {}, {}, {}, 0, nil
   local hooks = { wait = stream_wait, park = stream_park,
     wake = function(co) woken[co] = true core.efd_signal(efd) end }
-  local function step(co)
-    local ok, tag, fd, events, timeout = resume(co)
+  local function step(co, how)
+    local ok, tag, fd, events, timeout = resume(co, how)
     if not ok then failure = failure or traceback(co, tostring(tag)) end
     if costatus(co) == "dead" then live = live - 1 return end
     local till = timeout and now() + timeout or huge
@@ -189,7 +196,24 @@ local function run_all(self, list, fn)
     local t, soonest = now(), huge
     for _, w in pairs(waiting) do if w.till < soonest then soonest = w.till end end
     for _, till in pairs(parked) do if till < soonest then soonest = till end end
-    if soonest > t then self.wait(m.fd, "r", soonest < huge and soonest - t or nil) end
+    if soonest > t then
+      local left = soonest < huge and soonest - t or nil
+      if conn.PROTECT then
+        local ok, e = pcall(self.wait, m.fd, "r", left)
+        if not ok then
+          -- the hook raised: every stream unwinds (its connections fail or
+          -- go back marked unclean), then the caller raises the error
+          local cos = {}
+          for fd, w in pairs(waiting) do mux:del(fd) cos[#cos + 1] = w.co end
+          for co in pairs(parked) do cos[#cos + 1] = co end
+          for i = 1, #cos do step(cos[i], ABORT) end
+          give_mux(self, m)
+          return e
+        end
+      else
+        self.wait(m.fd, "r", left)
+      end
+    end
     local n = mux:ready(ready)
     t = now()
     local due = {}

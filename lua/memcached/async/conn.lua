@@ -29,6 +29,10 @@ local codec = memcached.codec
 
 local now, recv, send, take_one = core.now, core.recv, core.send, core.take_one
 local running, setmetatable, concat = coroutine.running, setmetatable, table.concat
+local costatus, pcall, error, tostring = coroutine.status, pcall, error, tostring
+-- Lua 5.2+ and LuaJIT can yield across pcall, so a hook that raises can be
+-- caught and the connection it left cleaned up; PUC 5.1 cannot.
+local PROTECT = _VERSION ~= "Lua 5.1" or rawget(_G, "jit") ~= nil
 local E = {}
 for k, v in pairs(memcached) do
   if type(k) == "string" and k:sub(1, 4) == "ERR_" then E[k] = v end
@@ -37,7 +41,7 @@ local errs = core.errs
 local E_TIMEOUT, E_PROTOCOL, E_SERVER = E.ERR_TIMEOUT, E.ERR_PROTOCOL, E.ERR_SERVER_ERROR
 local MAX_BODY = codec.DEFAULT_MAX_BODY
 
-local M = { E = E, MAX_BODY = MAX_BODY }
+local M = { E = E, MAX_BODY = MAX_BODY, PROTECT = PROTECT }
 
 -- ---- parking a coroutine ----
 
@@ -545,7 +549,8 @@ local function hand_reading(self, c)
   if c.dead then return end
   for i = c.head, c.tail do
     local w = c[i]
-    if w and not w.done then
+    -- (a coroutine that died waiting, its hook having raised, reads nothing)
+    if w and not w.done and costatus(w.co) ~= "dead" then
       c.reader = w
       wake(self, w.co)
       return
@@ -561,7 +566,20 @@ function M.await(self, c, s)
     local r = c.reader
     if not r or r == s then
       c.reader, c.reading = s, true
-      read_for(self, c, s)
+      if PROTECT then
+        -- a wait hook that raises while this coroutine reads for the
+        -- others: the connection fails with every request on it (nobody
+        -- would read it again), then the error goes on
+        local ok, e = pcall(read_for, self, c, s)
+        if not ok then
+          c.reading = false
+          conn_fail(self, c, E.ERR_CONNECTION_CLOSED, c.addr .. ": closed: a wait hook raised: " .. tostring(e))
+          c.reader = nil
+          error(e, 0)
+        end
+      else
+        read_for(self, c, s)
+      end
       c.reading = false
       hand_reading(self, c)
     else
