@@ -192,7 +192,7 @@ describe("re-entrant calls", function()
           for i = 1, N do dk[i] = ("y"):rep(50) .. i end end) end
         for k, v in pairs(mc:delete_multi(dk)) do
           assert(k:match("^K") and v == true or k:match("^y+%d+$") and v == memcached.ERR_CACHE_MISS,
-            "delete_multi " .. k)
+            "delete_multi " .. k .. " -> " .. tostring(v))
         end
       end
       print("ok")

@@ -23,6 +23,22 @@ end
 -- test runs delay a wake-up by a millisecond or two now and then.
 local SLACK_MS = 4
 
+-- Times fn n times, up to 3 rounds, until a round's median is within
+-- limit ms (a busy VM can delay the wake-ups of a whole round; a timeout
+-- that overshoots does so in every round). Returns the first sorted
+-- times, whether a median held, and every round's median for the message.
+local function rounds(n, fn, limit)
+  local first, medians = nil, {}
+  for _ = 1, 3 do
+    local xs = times(n, fn)
+    first = first or xs
+    local m = median(xs)
+    medians[#medians + 1] = ("%.2f"):format(m)
+    if m <= limit then return xs, true, table.concat(medians, " ") end
+  end
+  return first, false, table.concat(medians, " ")
+end
+
 describe("timeouts", function()
   local silent
   setup(function() silent = H.start_fault("silent") end)
@@ -33,19 +49,17 @@ describe("timeouts", function()
       local mc = memcached.new { servers = { silent.addr }, timeout = t,
                                  failure_limit = 1000000 }
       local errs = {}
-      local xs = times(9, function()
+      local xs, held, medians = rounds(9, function()
         local v, err = mc:get("k")
         errs[#errs + 1] = err
         return v
-      end)
+      end, t * 1000 + SLACK_MS)
       for _, e in ipairs(errs) do assert.equal(memcached.ERR_TIMEOUT, e) end
       -- never early (the clock is read to the microsecond)
       assert.is_true(xs[1] >= t * 1000 - 0.05,
         ("earliest %.2f ms for a %g ms timeout"):format(xs[1], t * 1000))
-      local m = median(xs)
-      assert.is_true(m <= t * 1000 + SLACK_MS,
-        ("median %.2f ms (all: %s) for a %g ms timeout"):format(
-          m, table.concat(xs, " ", 1, #xs):gsub("(%d+%.%d%d)%d*", "%1"), t * 1000))
+      assert.is_true(held, ("medians %s ms (first round: %s) for a %g ms timeout"):format(
+        medians, (table.concat(xs, " ", 1, #xs):gsub("(%d+%.%d%d)%d*", "%1")), t * 1000))
       mc:close()
     end)
   end
@@ -56,16 +70,14 @@ describe("timeouts", function()
       local mc = memcached.new { servers = { hole.addr }, timeout = t,
                                  failure_limit = 1000000 }
       local errs = {}
-      local xs = times(7, function()
+      local xs, held, medians = rounds(7, function()
         local v, err, detail = mc:get("k")
         errs[#errs + 1] = err .. " " .. detail
         return v
-      end)
+      end, t * 1000 + SLACK_MS)
       for _, e in ipairs(errs) do assert.matches("connect timed out", e) end
       assert.is_true(xs[1] >= t * 1000 - 0.05, ("earliest %.2f ms"):format(xs[1]))
-      local m = median(xs)
-      assert.is_true(m <= t * 1000 + SLACK_MS,
-        ("median %.2f ms for a %g ms connect timeout"):format(m, t * 1000))
+      assert.is_true(held, ("medians %s ms for a %g ms connect timeout"):format(medians, t * 1000))
       mc:close()
       hole.stop()
     end)
@@ -77,10 +89,9 @@ describe("timeouts", function()
                                failure_limit = 1000000 }
     local keys = {}
     for i = 1, 40 do keys[i] = "gm" .. i end
-    local xs = times(9, function() return mc:get_multi(keys) end)
-    local m = median(xs)
+    local xs, held, medians = rounds(9, function() return mc:get_multi(keys) end, 5 + SLACK_MS)
     assert.is_true(xs[1] >= 5 - 0.05, ("earliest %.2f ms"):format(xs[1]))
-    assert.is_true(m <= 5 + SLACK_MS, ("median %.2f ms"):format(m))
+    assert.is_true(held, ("medians %s ms"):format(medians))
     local vals, err = mc:get_multi(keys)
     assert.same({}, vals)
     assert.equal(memcached.ERR_TIMEOUT, err)
