@@ -2,7 +2,8 @@
 -- spec/async_tls_spec.lua): for each, mod (the memcached module wired to
 -- it), run(fn) (fn(spawn) in a coroutine of a fresh loop until every
 -- coroutine ended, raising the first error any of them raised; spawn(f)
--- starts another coroutine) and sleep(s) inside the loop.
+-- starts another coroutine), sleep(s) inside the loop and ticker(spawn)
+-- (below).
 local cqueues = require "cqueues"
 local uv = require "luv"
 
@@ -16,7 +17,9 @@ local function guarded(f)
   return true
 end
 
-return {
+local now = require("socket").gettime
+
+local loops = {
   cqueues = {
     mod = require "memcached.cqueues",
     run = function(fn)
@@ -59,3 +62,26 @@ return {
     end,
   },
 }
+
+-- ticker(L, spawn): a coroutine that sleeps 10 ms at a time through L's
+-- loop and records the ticks and the largest gap between them, until
+-- stop(); the specs check that a waiting call never blocks the loop.
+for _, L in pairs(loops) do
+  function L.ticker(spawn)
+    local t = { ticks = 0, max_gap = 0, done = false }
+    function t.stop() t.done = true end
+    spawn(function()
+      local last = now()
+      while not t.done do
+        L.sleep(0.01)
+        local n = now()
+        if n - last > t.max_gap then t.max_gap = n - last end
+        last = n
+        t.ticks = t.ticks + 1
+      end
+    end)
+    return t
+  end
+end
+
+return loops

@@ -156,27 +156,18 @@ for _, name in ipairs { "cqueues", "luv" } do
       local gaps = {}
       local function attempt()
         local stopped = H.start_memcached()
-        local max_gap, ticks, got, err, took = 0, 0, nil, nil, nil
+        local got, err, took, tick
         L.run(function(spawn)
           local mc = assert(L.mod.new { servers = { stopped.addr }, timeout = 0.3 })
           assert(mc:set("tick", 1)) -- connected before the stop
           stopped.sigstop()
-          local done = false
-          spawn(function()
-            local last = H.now()
-            while not done do
-              L.sleep(0.01)
-              local t = H.now()
-              if t - last > max_gap then max_gap = t - last end
-              last = t
-              ticks = ticks + 1
-            end
-          end)
+          tick = L.ticker(spawn)
           local t0 = H.now()
           got, err = mc:get("tick")
           took = H.now() - t0
-          done = true
+          tick.stop()
         end)
+        local ticks, max_gap = tick.ticks, tick.max_gap
         stopped.sigcont()
         stopped.kill9()
         assert.is_nil(got)

@@ -323,26 +323,17 @@ for _, name in ipairs { "cqueues", "luv" } do
 
     it("times out a stalled handshake within connect_timeout while a ticker keeps ticking", function()
       local stall = H.start_tls_fault("stall", srv.port, "60")
-      local r, took, ticks, max_gap = nil, nil, 0, 0
+      local r, took, tick
       L.run(function(spawn)
         local mc = new { servers = { stall.addr }, tls = { ca_file = certs.ca },
           connect_timeout = 0.2, io_timeout = 1 }
-        local done = false
-        spawn(function()
-          local last = H.now()
-          while not done do
-            L.sleep(0.01)
-            local t = H.now()
-            if t - last > max_gap then max_gap = t - last end
-            last = t
-            ticks = ticks + 1
-          end
-        end)
+        tick = L.ticker(spawn)
         local t0 = H.now()
         r = pack(mc:get("k"))
         took = H.now() - t0
-        done = true
+        tick.stop()
       end)
+      local ticks, max_gap = tick.ticks, tick.max_gap
       stall.stop()
       assert.is_nil(r[1])
       assert.are.equal(memcached.ERR_TIMEOUT, r[2])

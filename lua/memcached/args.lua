@@ -7,6 +7,11 @@ local type, error, tostring, pcall, pairs, floor = type, error, tostring, pcall,
 
 local M = {}
 
+-- The details both drivers give with ERR_CLIENT_CLOSED and
+-- ERR_MALFORMED_KEY (the C client's words).
+M.CLOSED_DETAIL = "the client was closed"
+M.KEY_DETAIL = "keys are 1 to 250 bytes without spaces or control characters"
+
 -- A key argument must be a string (what makes a valid key is the core's
 -- rule, asked separately).
 function M.check_key(key)

@@ -17,7 +17,7 @@ local conn = require "memcached.async.conn"
 local codec = memcached.codec
 local OP, ST = codec.op, codec.status
 local NO_CREATE = codec.ARITH_NO_CREATE
-local status_str, mp_encode, mp_decode = codec.status_str, memcached.encode, memcached.decode
+local status_str, mp_encode = codec.status_str, memcached.encode
 local enc, now, errs, key_ok = core.enc, core.now, core.errs, core.key_ok
 local type, error, tostring, pairs, ipairs, pcall = type, error, tostring, pairs, ipairs, pcall
 local floor, sub, find, setmetatable = math.floor, string.sub, string.find, setmetatable
@@ -34,8 +34,8 @@ local running = coroutine.running
 local slot_of = setmetatable({}, { __mode = "k" })
 local E_KEY = E.ERR_MALFORMED_KEY
 local E_CLIENT_CLOSED, E_AUTH = E.ERR_CLIENT_CLOSED, E.ERR_AUTH
-local CLOSED_DETAIL = "the client was closed"
-local KEY_DETAIL = "keys are 1 to 250 bytes without spaces or control characters"
+local A = require "memcached.args"
+local CLOSED_DETAIL, KEY_DETAIL = A.CLOSED_DETAIL, A.KEY_DETAIL
 local U32 = 4294967295
 local K_GET, K_SET, K_ADD, K_REPLACE, K_OTHER = 0, 1, 2, 3, 4 -- enum mc_op_kind
 local err_num = {}
@@ -44,7 +44,6 @@ local AUTH = err_num[E_AUTH]
 
 -- ---- arguments (as the C client checks them) ----
 
-local A = require "memcached.args"
 local opt_uint = A.opt_uint
 
 local function opt_number(opts, name, def, lo, hi)
@@ -299,13 +298,6 @@ local function f_concat(op, opaque, cas, key, value) return enc(op, opaque, cas 
 local function f_delete(op, opaque, cas, key) return enc(op, opaque, cas or 0, key) end
 local f_arith, f_touch = codec.arith, codec.touch
 
-local function item_value(self, flags, value)
-  if flags ~= self.mp_flag then return true, value end
-  local v, err = mp_decode(value)
-  if v == nil and err ~= nil then return false, err end
-  return true, v
-end
-
 -- get, set, ... touch_atomic_value, set_servers, add_server, pick_server,
 -- set_server_error_callback: the methods both Lua drivers share, over call
 -- (memcached.methods); given below, once replace_ring is defined
@@ -349,7 +341,7 @@ end
 
 require "memcached.methods"({
   call = call, get = f_get, touch = f_touch, store = f_store, concat = f_concat,
-  delete = f_delete, arith = f_arith, item_value = item_value, counter_value = core.counter_value,
+  delete = f_delete, arith = f_arith, counter_value = core.counter_value,
   mp_encode = mp_encode, replace_ring = replace_ring, key_ok = key_ok, E = E,
   static = function(self, key) return self.ring:static(key) end, server_name = server_name,
   LOCK_FLAGS = core.LOCK_FLAGS, LOCK_VALUE = core.LOCK_VALUE, NO_CREATE = NO_CREATE,

@@ -15,8 +15,6 @@
 --       marker read as a miss comes with no detail)
 --   get, touch, store, concat, delete, arith  the driver's frames, passed
 --       back to call as they are
---   item_value(self, flags, value)  true, the value (msgpack-decoded when it
---       carries the client's flag), or false, why
 --   counter_value(bytes)  a counter reply's value, or nil
 --   mp_encode(value)  bytes, or nil, why
 --   replace_ring(self, list)  the server list replaced: true, or nil,
@@ -36,11 +34,20 @@ local check_key, opt_uint, fields, server_list = A.check_key, A.opt_uint, A.fiel
 local OP = memcached.codec.op
 local OP_GETK, OP_GATK, OP_TOUCH = OP.GETK, OP.GATK, OP.TOUCH
 local U32 = 4294967295
-local CLOSED_DETAIL = "the client was closed"
+local CLOSED_DETAIL, KEY_DETAIL = A.CLOSED_DETAIL, A.KEY_DETAIL
+local mp_decode = memcached.decode
+
+-- The item's value: msgpack-decoded when it carries the client's flag;
+-- true, value or false, why.
+local function item_value(self, flags, value)
+  if flags ~= self.mp_flag then return true, value end
+  local v, err = mp_decode(value)
+  if v == nil and err ~= nil then return false, err end
+  return true, v
+end
 
 return function(D, M)
-  local call, item_value, counter_value, mp_encode = D.call, D.item_value, D.counter_value,
-    D.mp_encode
+  local call, counter_value, mp_encode = D.call, D.counter_value, D.mp_encode
   local f_get, f_touch, f_store, f_concat, f_delete, f_arith = D.get, D.touch, D.store, D.concat,
     D.delete, D.arith
   local E = D.E
@@ -50,7 +57,6 @@ return function(D, M)
   local K_GET, K_SET, K_ADD, K_REPLACE = D.K_GET, D.K_SET, D.K_ADD, D.K_REPLACE
   local LOCK_FLAGS, LOCK_VALUE, NO_CREATE = D.LOCK_FLAGS, D.LOCK_VALUE, D.NO_CREATE
   local key_ok = D.key_ok
-  local KEY_DETAIL = "keys are 1 to 250 bytes without spaces or control characters"
 
   -- A value over max_value_size is refused before anything is sent.
   local function too_large(self, n)

@@ -36,7 +36,7 @@ local KEY_DETAIL, core = C.KEY_DETAIL, C.core
 local LOCK_FLAGS, LOCK_VALUE, counter_value = C.LOCK_FLAGS, C.LOCK_VALUE, C.counter_value
 local K_GET, K_SET, K_ADD, K_REPLACE = C.K_GET, C.K_SET, C.K_ADD, C.K_REPLACE
 local resend_safe, key_ok = C.resend_safe, C.key_ok
-local resolve_names, item_value = C.resolve_names, C.item_value
+local resolve_names = C.resolve_names
 local conn = require "memcached.resty.conn"
 local next_opaques, take_reader = conn.next_opaques, conn.take_reader
 local give_reader, roundtrip, release = conn.give_reader, conn.roundtrip, conn.release
@@ -277,7 +277,7 @@ end
 -- (memcached.methods)
 require "memcached.methods"({
   call = call, get = c_get, touch = c_touch, store = c_store, concat = c_concat,
-  delete = c_delete, arith = c_arith, item_value = item_value, counter_value = counter_value,
+  delete = c_delete, arith = c_arith, counter_value = counter_value,
   mp_encode = mp_encode, replace_ring = replace_ring, key_ok = key_ok, E = _M,
   static = function(self, key) return core.mc_abi_ring_static(self.ring, key, #key) end,
   server_name = server_name,

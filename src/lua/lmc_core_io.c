@@ -565,8 +565,7 @@ static int c_mux_new(lua_State *L)
 {
     lmux *m = (lmux *)lua_newuserdata(L, sizeof *m);
     m->fd = -1;
-    luaL_getmetatable(L, MUX_MT);
-    lua_setmetatable(L, -2);
+    luaL_setmetatable(L, MUX_MT);
     m->fd = epoll_create1(EPOLL_CLOEXEC);
     if (m->fd < 0)
         return push_fail(L, "epoll_create1", errno);

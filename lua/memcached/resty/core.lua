@@ -28,8 +28,8 @@ local E_MISS = E.ERR_CACHE_MISS
 local E_SERVER, E_KEY, E_PROTOCOL = E.ERR_SERVER_ERROR, E.ERR_MALFORMED_KEY, E.ERR_PROTOCOL
 local E_CLOSED, E_CLIENT_CLOSED = E.ERR_CONNECTION_CLOSED, E.ERR_CLIENT_CLOSED
 local E_AUTH = E.ERR_AUTH
-local CLOSED_DETAIL = "the client was closed"
-local KEY_DETAIL = "keys are 1 to 250 bytes without spaces or control characters"
+local A = require "memcached.args"
+local CLOSED_DETAIL, KEY_DETAIL = A.CLOSED_DETAIL, A.KEY_DETAIL
 local U32 = 4294967295
 
 -- The rules live once, in the C core; the same memcached.so exports them
@@ -214,7 +214,6 @@ local function key_ok(key)
 end
 
 -- The binding's argument rules, shared with memcached.async
-local A = require "memcached.args"
 local check_key, opt_uint, field, fields = A.check_key, A.opt_uint, A.field, A.fields
 
 -- An address as a cosocket connects to it: host and port, or "unix:path"
@@ -273,14 +272,6 @@ local function resolve_names(list, by_nginx)
   end
 end
 
-
--- The item's value: msgpack-decoded when it carries the msgpack flag.
-local function item_value(self, flags, value)
-  if flags ~= self.mp_flag then return true, value end
-  local v, err = mp_decode(value)
-  if v == nil and err ~= nil then return false, err end
-  return true, v
-end
 
 
 return {
@@ -355,5 +346,4 @@ return {
   split_addr = split_addr,
   tls_host = tls_host,
   resolve_names = resolve_names,
-  item_value = item_value,
 }
