@@ -109,7 +109,8 @@ spec/c/test_select.bin: spec/c/test_select.c spec/c/check.h src/core/mc_select.c
 RULES_SRC = src/core/mc_item.c src/core/mc_error.c src/core/mc_abi.c src/core/mc_health.c \
             src/core/mc_feed.c src/core/mc_proto.c src/core/mc_buf.c \
             src/core/mc_place.c src/core/mc_select.c src/core/mc_codec.c \
-            src/core/mc_addr.c src/core/mc_ring.c src/core/mc_abi_batch.c src/core/mc_sasl.c
+            src/core/mc_addr.c src/core/mc_ring.c src/core/mc_abi_batch.c src/core/mc_sasl.c \
+            src/core/mc_pipe.c
 spec/c/test_rules.bin: spec/c/test_rules.c spec/c/check.h $(RULES_SRC) $(wildcard src/core/*.h)
 	$(CC) $(CFLAGS) $(WARN) -Isrc/core -o $@ $< $(RULES_SRC)
 

@@ -162,9 +162,8 @@ local function probe(self, srv)
     if c.connecting then ok, err, detail = conn.finish_connect(self, c, deadline) end
     if ok then
       c.exclusive = nil
-      c.tail = 1
-      c[1] = s
-      c.wq[1], c.wn = enc(OP.NOOP, opaque), 1
+      c.p:push(s, K_OTHER, OP.NOOP, opaque, nil, false, enc(OP.NOOP, opaque))
+      c.n, c.wn = 1, 1
       s.co, s.deadline = coroutine.running(), deadline
       c.reader = s
       conn.read_for(self, c, s)
@@ -241,6 +240,8 @@ end
 
 -- ---- one request ----
 
+local function f_get(op, opaque, key) return enc(op, opaque, 0, key) end
+
 -- One request to the server of key: data framed by frame(opaque, ...).
 -- Returns the slot with the reply (s.err 0 for success, else the core's
 -- error number for its status) and the address; or nil, err, detail.
@@ -270,8 +271,9 @@ local function call(self, key, kind, frame, op, ...)
     s.kind, s.op, s.opaque, s.key, s.done, s.failed, s.err, s.detail, s.value =
       kind, op, opaque, rkey, false, false, false, false, false
   end
-  local c = submit(self, self.by_addr[addr] or server_of(self, addr), s, frame(op, opaque, ...),
-    t + self.io_timeout)
+  -- a get is framed by the connection's pipe, no string made
+  local c = submit(self, self.by_addr[addr] or server_of(self, addr), s,
+    frame ~= f_get and frame(op, opaque, ...) or nil, t + self.io_timeout)
   if c then await(self, c, s) end
   if s.failed then
     server_failed(self, srv, s.err, s.detail)
@@ -290,7 +292,6 @@ local function call(self, key, kind, frame, op, ...)
   return nil, errs[e], addr .. ": " .. status_str(st) .. msg
 end
 
-local function f_get(op, opaque, key) return enc(op, opaque, 0, key) end
 local function f_store(op, opaque, cas, key, flags, exptime, value)
   return enc(op, opaque, cas or 0, key, 1, flags, exptime or 0, value)
 end

@@ -605,6 +605,7 @@ LMC_EXPORT int luaopen_memcached_core(lua_State *L)
     lmc_core_class(L, RING_MT, ring_methods, r_gc);
     luaL_newlib(L, funcs);
     lmc_core_io_open(L); /* sockets, TLS, SASL: lmc_core_io.c */
+    lmc_pipe_open(L);    /* pipelined connections: lmc_pipe.c */
     /* the error numbers' strings, by number */
     lua_createtable(L, MC_ERR_COUNT, 0);
     for (i = 1; i < mc_abi_err_count(); i++) {

@@ -15,4 +15,13 @@ void lmc_core_class(lua_State *L, const char *name, const luaL_Reg *m,
  * the stack, and makes their classes. */
 void lmc_core_io_open(lua_State *L);
 
+/* Moves bytes on the descriptor or TLS connection at index i, never
+ * waiting: the count (> 0), 0 when it would block, or -1 with nil, err,
+ * msg pushed (a receive's peer close too). lmc_core_io.c. */
+long lmc_io_send(lua_State *L, int i, const char *p, size_t len);
+long lmc_io_recv(lua_State *L, int i, char *p, size_t max);
+/* Adds memcached.core.pipe (lmc_pipe.c) to the module table on top of the
+ * stack, and makes its class. */
+void lmc_pipe_open(lua_State *L);
+
 #endif

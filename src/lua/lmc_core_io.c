@@ -365,47 +365,89 @@ static int c_connected(lua_State *L)
     return 1;
 }
 
+/* Moves bytes on the descriptor or TLS connection at index i, never
+ * waiting: the count (> 0), 0 when it would block, or -1 with nil, err,
+ * msg pushed (for a receive, the peer's close too: MC_ERR_CLOSED). A TLS
+ * connection may hold decrypted bytes the descriptor no longer shows:
+ * receive before waiting. */
+long lmc_io_send(lua_State *L, int i, const char *p, size_t len)
+{
+    ssize_t n;
+    if (lua_type(L, i) != LUA_TNUMBER) {
+        ltls *u = check_tls(L, i);
+        if (!u->c) {
+            tls_closed(L, "send");
+            return -1;
+        }
+        if (len == 0)
+            return 0;
+        n = u->c->tp->send(u->c, p, len, MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return 0;
+            tls_fail(L, u, "send", errno);
+            return -1;
+        }
+        return (long)n;
+    }
+    do
+        n = send((int)lua_tointeger(L, i), p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return 0;
+        push_fail(L, "send", errno);
+        return -1;
+    }
+    return (long)n;
+}
+
+long lmc_io_recv(lua_State *L, int i, char *p, size_t max)
+{
+    ssize_t n;
+    if (lua_type(L, i) != LUA_TNUMBER) {
+        ltls *u = check_tls(L, i);
+        if (!u->c) {
+            tls_closed(L, "receive");
+            return -1;
+        }
+        n = u->c->tp->recv(u->c, p, max, MSG_DONTWAIT);
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            tls_fail(L, u, "receive", errno);
+            return -1;
+        }
+    } else {
+        int fd = (int)lua_tointeger(L, i);
+        do
+            n = recv(fd, p, max, MSG_DONTWAIT);
+        while (n < 0 && errno == EINTR);
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            push_fail(L, "receive", errno);
+            return -1;
+        }
+    }
+    if (n == 0) {
+        lua_pushnil(L);
+        lua_pushinteger(L, MC_ERR_CLOSED);
+        lua_pushliteral(L, "receive: closed by the server");
+        return -1;
+    }
+    return n > 0 ? (long)n : 0;
+}
+
 /* send(fd or tls, data [, from]) -> bytes sent (0: would block); or nil,
- * err, msg. from: the 1-based position to send from. */
+ * err, msg */
 static int c_send(lua_State *L)
 {
     size_t len;
     const char *p = luaL_checklstring(L, 2, &len);
     lua_Integer from = luaL_optinteger(L, 3, 1);
-    ssize_t n;
+    long n;
     if (from < 1 || (size_t)from > len + 1)
         return luaL_argerror(L, 3, "position outside the data");
-    if (lua_type(L, 1) != LUA_TNUMBER) {
-        ltls *u = check_tls(L, 1);
-        if (!u->c)
-            return tls_closed(L, "send");
-        if ((size_t)from > len) {
-            lua_pushinteger(L, 0);
-            return 1;
-        }
-        n = u->c->tp->send(u->c, p + from - 1, len - (size_t)(from - 1),
-                           MSG_DONTWAIT);
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                lua_pushinteger(L, 0);
-                return 1;
-            }
-            return tls_fail(L, u, "send", errno);
-        }
-        lua_pushinteger(L, n);
-        return 1;
-    }
-    do
-        n = send((int)lua_tointeger(L, 1), p + from - 1,
-                 len - (size_t)(from - 1), MSG_NOSIGNAL | MSG_DONTWAIT);
-    while (n < 0 && errno == EINTR);
-    if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            lua_pushinteger(L, 0);
-            return 1;
-        }
-        return push_fail(L, "send", errno);
-    }
+    n = lmc_io_send(L, 1, p + from - 1, len - (size_t)(from - 1));
+    if (n < 0)
+        return 3;
     lua_pushinteger(L, n);
     return 1;
 }
@@ -418,35 +460,17 @@ static int c_recv(lua_State *L)
 {
     size_t max = (size_t)luaL_optinteger(L, 2, 65536);
     char p[65536]; /* on the C stack: every Lua can push it from there */
-    ssize_t n;
+    long n;
     if (max > sizeof p || max == 0)
         max = sizeof p;
-    if (lua_type(L, 1) != LUA_TNUMBER) {
-        ltls *u = check_tls(L, 1);
-        if (!u->c)
-            return tls_closed(L, "receive");
-        n = u->c->tp->recv(u->c, p, max, MSG_DONTWAIT);
-        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
-            return tls_fail(L, u, "receive", errno);
-    } else {
-        int fd = (int)lua_tointeger(L, 1);
-        do
-            n = recv(fd, p, max, MSG_DONTWAIT);
-        while (n < 0 && errno == EINTR);
-        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
-            return push_fail(L, "receive", errno);
-    }
-    if (n > 0) {
-        lua_pushlstring(L, p, (size_t)n);
+    n = lmc_io_recv(L, 1, p, max);
+    if (n < 0)
+        return 3;
+    if (n == 0) {
+        lua_pushboolean(L, 0);
         return 1;
     }
-    if (n == 0) {
-        lua_pushnil(L);
-        lua_pushinteger(L, MC_ERR_CLOSED);
-        lua_pushliteral(L, "receive: closed by the server");
-        return 3;
-    }
-    lua_pushboolean(L, 0);
+    lua_pushlstring(L, p, (size_t)n);
     return 1;
 }
 

@@ -256,7 +256,8 @@ local function run_batches(self, batches, on_entry, on_fail, st, deadline)
     if not c then b.ok, b.err, b.detail = false, err, detail
     else
       b.conn = c
-      c.wq[1], c.wn, c.woff = b.data, 1, 1
+      c.p:write(b.data)
+      c.wn = 1
       local ok = true
       if not c.connecting then ok, err, detail = conn.flush(self, c) end
       if ok then live[#live + 1] = b else b.ok, b.err, b.detail = false, err, detail end

@@ -12,23 +12,25 @@
 -- share a connection: each caller frames its request, appends it to the
 -- connection's output queue and its slot to the connection's FIFO, then
 -- waits (a request on an idle connection nobody reads goes out at once).
--- The first waiter on a connection becomes its reader: it sends the whole
--- queue in one send (after the coroutines it woke have queued theirs),
--- reads, has the core judge each reply once against the slot at the head
--- of the FIFO (memcached.core.take_one: its opcode and opaque, its shape,
--- its key), hands it to that slot's caller and wakes it, until its own
--- reply came; then it names the oldest waiter left the reader. Replies
--- are matched by position and checked by opaque, so a reply can only ever
--- reach the caller whose request it answers; anything
--- else breaks the stream, and a broken, closed or timed-out connection
--- fails every request on it (conn_fail) and is closed. Only the reader
--- closes a connection, so no coroutine waits on a closed descriptor.
+-- A connection's bytes and FIFO are the core's (memcached.core.pipe,
+-- src/core/mc_pipe.c): requests are framed into it, and each reply is
+-- judged there once against the request at the head of the FIFO (its
+-- opcode and opaque, its shape, its key) and handed to that request's
+-- slot. The first waiter on a connection becomes its reader: it sends
+-- the whole queue in one send (after the coroutines it woke have queued
+-- theirs), reads, and wakes the callers whose replies came, until its own
+-- came; then it names the oldest waiter left the reader. Replies are
+-- matched by position and checked by opaque, so a reply can only ever
+-- reach the caller whose request it answers; anything else breaks the
+-- stream, and a broken, closed or timed-out connection fails every
+-- request on it (conn_fail) and is closed. Only the reader closes a
+-- connection, so no coroutine waits on a closed descriptor.
 local core = require "memcached.core"
 local memcached = require "memcached"
 local codec = memcached.codec
 
-local now, recv, send, take_one = core.now, core.recv, core.send, core.take_one
-local running, setmetatable, concat = coroutine.running, setmetatable, table.concat
+local now, recv, send = core.now, core.recv, core.send
+local running, setmetatable = coroutine.running, setmetatable
 local costatus, pcall, error, tostring = coroutine.status, pcall, error, tostring
 -- Lua 5.2+ and LuaJIT can yield across pcall, so a hook that raises can be
 -- caught and the connection it left cleaned up; PUC 5.1 cannot.
@@ -169,6 +171,7 @@ local function wake_waiter(self, sv)
 end
 
 local function drop(self, c)
+  c.p:free()
   local conns = c.sv.conns
   for i = 1, #conns do
     if conns[i] == c then table.remove(conns, i) break end
@@ -182,10 +185,11 @@ local function open(self, sv)
   local fd, e, msg = core.connect(self.dial[sv.addr] or sv.addr)
   if not fd then return nil, errs[e], sv.addr .. ": " .. msg end
   -- a secure client's connection counts as connecting until finish_connect secured it
+  -- p: the bytes and the FIFO (memcached.core.pipe); n: requests in
+  -- flight (kept from p after each read); wn: 1 while p holds unsent bytes
   local c = { fd = fd, sv = sv, addr = sv.addr, connecting = e or self.secure ~= nil,
-    cdeadline = now() + self.connect_timeout,
-    wq = {}, wn = 0, woff = 1, rbuf = "", rpos = 1, head = 1, tail = 0, held = false, reader = false, reading = false,
-    sends = 0 } -- send calls made (a spec holds the batching to it)
+    cdeadline = now() + self.connect_timeout, p = core.pipe(self.max_body), n = 0, wn = 0,
+    reader = false, reading = false, done = {} }
   sv.conns[#sv.conns + 1] = c
   return c
 end
@@ -196,38 +200,27 @@ local function conn_fail(self, c, err, detail)
   if c.dead then return end
   c.dead = true
   close_fd(self, c.fd)
+  local list = c.done
+  local n = c.p:drain(list)
+  c.n, c.wn = 0, 0
   drop(self, c)
-  for i = c.head, c.tail do
-    local s = c[i]
-    c[i] = nil
-    if s then s.queued = false end
-    if s and not s.done then
+  for i = 1, n do
+    local s = list[i]
+    list[i] = nil
+    s.queued = false
+    if not s.done then
       s.done, s.failed, s.err, s.detail = true, true, err, detail
       wake(self, s.co)
     end
   end
-  c.head, c.tail, c.held = 1, 0, false
 end
 M.conn_fail = conn_fail
 
 -- Sends what c has queued, without waiting. false, err, detail on failure.
 local function flush(self, c)
-  while c.wn > 0 do
-    local data = c.wq[1]
-    if c.wn > 1 then
-      data = concat(c.wq, "", 1, c.wn)
-      c.wq = { data }
-      c.wn = 1
-    end
-    local n, e, msg = send(c.tls or c.fd, data, c.woff)
-    c.sends = c.sends + 1
-    if not n then return false, errs[e], c.addr .. ": " .. msg end
-    if n == 0 then return true end
-    c.woff = c.woff + n
-    if c.woff > #data then
-      c.wq[1], c.wn, c.woff = nil, 0, 1
-    end
-  end
+  local ok, e, msg = c.p:flush(c.tls or c.fd)
+  if ok == nil then return false, errs[e], c.addr .. ": " .. msg end
+  if ok then c.wn = 0 end
   return true
 end
 M.flush = flush
@@ -260,14 +253,13 @@ M.finish_connect = finish_connect
 -- connection limit: "ERROR Too many open connections"), read through the
 -- codec's reader. Returns true when it is whole (the connection has
 -- failed), false when more must come.
-local function text_line(self, c)
+local function text_line(self, c, data)
   local t = c.text
   if not t then
     t = codec.reader()
     c.text = t
   end
-  t:feed(c.rbuf:sub(c.rpos))
-  c.rbuf, c.rpos = "", 1
+  t:feed(data)
   local res, perr, kind = t:get()
   if res == false then return false end
   conn_fail(self, c, kind == "server_error" and E_SERVER or E_PROTOCOL,
@@ -275,100 +267,35 @@ local function text_line(self, c)
   return true
 end
 
--- Hands every whole reply in c's buffer to its slot, in order, judging
--- each reply once (memcached.core.take_one). A reply is handed over only
--- once the stream after it is seen in step: the next slot's reply whole
--- and judged good by the core, or, for the last slot, nothing after it.
--- Until then its slot is held (c.held: the slot at c.head, judged, not yet
--- handed over). A reply whose declared length swallowed the start of the
--- next one (cut short, or a length byte damaged) then fails with the
--- whole connection instead of reaching its caller with foreign bytes.
-local function hand_over(self, c)
-  local h = c[c.head]
-  c[c.head] = nil
-  c.head = c.head + 1
-  c.held = false
-  h.queued = false
-  if not h.done then -- else: its caller gave up waiting; the reply is dropped
-    h.done = true
-    wake(self, h.co)
-  end
-end
-
+-- Reads what c's server sent: every whole reply goes to its slot
+-- (memcached.core.pipe judges each once, and hands a reply over only once
+-- the stream after it is seen in step), and its caller is woken. true
+-- when something came, false when nothing did.
 local function deliver(self, c)
-  if c.text then return text_line(self, c) end
-  local buf, pos = c.rbuf, c.rpos
-  local len = #buf
-  while true do
-    local held = c.held
-    local j = held and c.head + 1 or c.head
-    if j > c.tail then
-      if held then
-        if pos <= len then
-          c.rbuf, c.rpos = "", 1
-          return conn_fail(self, c, E_PROTOCOL, c.addr .. ": bytes after the last reply nobody asked for")
-        end
-        hand_over(self, c)
-      end
-      break
-    end
-    local s = c[j]
-    local rc, err, status, flags, cas, key, value, used = take_one(buf, pos, self.max_body, s.kind, s.op,
-      s.opaque, s.key, true)
-    if rc == 0 then break end
-    if rc < 0 then
-      c.rbuf, c.rpos = "", 1
-      if rc == -2 then
-        if not held then
-          c.rbuf, c.rpos = buf, pos
-          return text_line(self, c)
-        end
-        return conn_fail(self, c, E_PROTOCOL, c.addr .. ": a reply runs into bytes that start no reply")
-      end
-      return conn_fail(self, c, errs[err], c.addr .. ": " .. status)
-    end
-    -- the reply before this one ended where this one starts: it is in step
-    if held then
-      local h = c[c.head]
-      c[c.head] = nil
-      c.head = c.head + 1
-      c.held, h.queued = false, false
-      if not h.done then
-        h.done = true
-        local co = h.co
-        if parked[co] then wake(self, co) end
-      end
-    end
-    pos = pos + used
-    if s.stream then
-      -- a STAT stream: entries until one with an empty key
-      local fin, ferr, fdetail = s.stream(s, err, status, key, value)
-      if fin == nil then
-        c.rbuf, c.rpos = "", 1
-        return conn_fail(self, c, ferr, fdetail)
-      end
-      if fin then
-        c[c.head] = nil
-        c.head = c.head + 1
-        s.done, s.queued = true, false
-        wake(self, s.co)
-      end
-    else
-      if not s.done then
-        s.err, s.status, s.flags, s.cas, s.key, s.value = err, status, flags, cas, key, value
-      end
-      c.held = true
-    end
+  local io = c.tls or c.fd
+  if c.text then -- a text line has started: the rest of it
+    local data, e, msg = recv(io, 65536)
+    if data then text_line(self, c, data)
+    elseif data == nil then conn_fail(self, c, errs[e], c.addr .. ": " .. msg) end
+    return data ~= false
   end
-  if pos > len then buf, pos = "", 1 end
-  c.rbuf, c.rpos = buf, pos
-  if c.head > c.tail then
-    c.head, c.tail = 1, 0
-    if pos <= #buf then
-      return conn_fail(self, c, E_PROTOCOL, c.addr .. ": bytes after the last reply nobody asked for")
-    end
-    wake_waiter(self, c.sv)
+  local list = c.done
+  local n, e, msg = c.p:read(io, list)
+  if n == false then return false end
+  if n == nil then
+    conn_fail(self, c, errs[e], c.addr .. ": " .. msg)
+    return true
   end
+  c.n = c.p:count()
+  for i = 1, n do
+    local s = list[i]
+    list[i] = nil
+    wake(self, s.co)
+  end
+  if e == true then text_line(self, c, c.p:rest())
+  elseif e then conn_fail(self, c, e, msg and c.addr .. ": " .. msg)
+  elseif c.n == 0 then wake_waiter(self, c.sv) end
+  return true
 end
 
 -- Reads c for slot me until me's reply came or c failed; me's deadline
@@ -393,23 +320,9 @@ local function read_for(self, c, me)
     if ok and c.werr then ok, err, detail = false, c.werr, c.wdetail end
     if ok and c.wn > 0 then ok, err, detail = flush(self, c) end
     if not ok then conn_fail(self, c, err, detail) break end
-    local data, e, msg = recv(c.tls or c.fd, 65536)
-    if data then
-      local buf = c.rbuf
-      if c.rpos > #buf then c.rbuf = data
-      else c.rbuf = buf:sub(c.rpos) .. data end
-      c.rpos = 1
-      deliver(self, c)
-    elseif data == nil then
-      conn_fail(self, c, errs[e], c.addr .. ": " .. msg)
-    elseif not wait_fd(self, c.fd, c.wn > 0 and "rw" or "r", me.deadline) then
+    if not deliver(self, c) and not wait_fd(self, c.fd, c.wn > 0 and "rw" or "r", me.deadline) then
       -- one last look: the reply may have come with the deadline
-      data = recv(c.tls or c.fd, 65536)
-      if data then
-        c.rbuf = c.rpos > #c.rbuf and data or c.rbuf:sub(c.rpos) .. data
-        c.rpos = 1
-        deliver(self, c)
-      end
+      if not c.dead then deliver(self, c) end
       if not me.done then conn_fail(self, c, E_TIMEOUT, c.addr .. ": no reply within the timeout") end
     end
   end
@@ -426,7 +339,7 @@ local function pick(self, sv, deadline)
     for i = 1, #conns do
       local c = conns[i]
       if not c.exclusive then
-        local n = c.tail - c.head + 1
+        local n = c.n
         if n == 0 then return c end
         if not bn or n < bn then best, bn = c, n end
       end
@@ -451,7 +364,7 @@ end
 function M.take(self, sv, deadline)
   while true do
     for _, c in ipairs(sv.conns) do
-      if not c.exclusive and not c.reader and c.head > c.tail and not c.dead then
+      if not c.exclusive and not c.reader and c.n == 0 and not c.dead then
         c.exclusive = true
         return c
       end
@@ -478,7 +391,7 @@ end
 function M.release(self, c, clean)
   c.exclusive = nil
   if c.dead then return end
-  if not clean or self.closed or c.rpos <= #c.rbuf or c.wn > 0 then
+  if not clean or self.closed or not c.p:clean() then
     c.dead = true
     close_fd(self, c.fd)
     drop(self, c)
@@ -492,21 +405,23 @@ function M.close_idle(self)
   for _, sv in pairs(self.by_addr) do
     for i = #sv.conns, 1, -1 do
       local c = sv.conns[i]
-      if not c.exclusive and not c.reader and c.head > c.tail then
+      if not c.exclusive and not c.reader and c.n == 0 then
         c.dead = true
         close_fd(self, c.fd)
+        c.p:free()
         table.remove(sv.conns, i)
       end
     end
   end
 end
 
--- One request on a shared connection of sv: data framed under opaque, its
--- reply judged as kind/op (key: a keyed get's). s: the slot (kind, op,
--- opaque, key, stream); returns it done: s.err is the core's error number
--- for the reply's status (0 success); or s.failed, with s.err an ERR_*
--- string and s.detail (the transport failed, the reply was wrong, or it
--- did not come in time).
+-- One request on a shared connection of sv: data framed under s.opaque
+-- (nil: a keyed get of s.key, framed by the pipe), its reply judged as
+-- s.kind/s.op (s.key: a keyed get's). s: the slot (kind, op, opaque, key,
+-- stream); returns it done: s.err is the core's error number for the
+-- reply's status (0 success); or s.failed, with s.err an ERR_* string and
+-- s.detail (the transport failed, the reply was wrong, or it did not come
+-- in time).
 --
 -- A request goes out at once only on a connection with nothing in flight
 -- and nobody reading it; else it is queued, and the connection's reader
@@ -522,21 +437,20 @@ function M.submit(self, sv, s, data, deadline)
     return nil
   end
   s.co, s.deadline = s.co or running(), deadline
-  local t = c.tail + 1
-  c.tail = t
-  c[t] = s
   s.queued = true -- in c's FIFO until its reply or c's failure
-  if t == c.head and c.wn == 0 and not c.reader and not c.connecting and self.woken == 0 then
-    local n, e, msg = send(c.tls or c.fd, data, 1)
-    c.sends = c.sends + 1
-    if not n then
-      c.werr, c.wdetail = errs[e], c.addr .. ": " .. msg
-    elseif n < #data then
-      c.wq[1], c.wn, c.woff = data, 1, n + 1
+  if data then c.p:push(s, s.kind, s.op, s.opaque, s.key, s.stream ~= nil, data)
+  else c.p:get(s, s.op, s.opaque, s.key) end
+  local n = c.n + 1
+  c.n = n
+  if n == 1 and c.wn == 0 and not c.reader and not c.connecting and self.woken == 0 then
+    local ok, e, msg = c.p:flush(c.tls or c.fd)
+    if ok == nil then
+      c.werr, c.wdetail, c.wn = errs[e], c.addr .. ": " .. msg, 1
+    elseif not ok then
+      c.wn = 1
     end
   else
-    c.wn = c.wn + 1
-    c.wq[c.wn] = data
+    c.wn = 1
   end
   return c
 end
@@ -547,14 +461,18 @@ end
 local function hand_reading(self, c)
   c.reader = nil
   if c.dead then return end
-  for i = c.head, c.tail do
-    local w = c[i]
+  local list = c.done
+  local n = c.p:slots(list)
+  local found
+  for i = 1, n do
+    local w = list[i]
+    list[i] = nil
     -- (a coroutine that died waiting, its hook having raised, reads nothing)
-    if w and not w.done and costatus(w.co) ~= "dead" then
-      c.reader = w
-      wake(self, w.co)
-      return
-    end
+    if not found and not w.done and costatus(w.co) ~= "dead" then found = w end
+  end
+  if found then
+    c.reader = found
+    wake(self, found.co)
   end
 end
 
@@ -597,7 +515,7 @@ function M.await(self, c, s)
   -- named reader but answered before it read: pass the reading on
   if c.reader == s then hand_reading(self, c) end
   -- after close(), a connection closes when its last request ended
-  if self.closed and not c.dead and not c.exclusive and not c.reader and c.head > c.tail then
+  if self.closed and not c.dead and not c.exclusive and not c.reader and c.n == 0 then
     c.dead = true
     close_fd(self, c.fd)
     drop(self, c)
