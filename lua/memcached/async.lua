@@ -242,6 +242,26 @@ end
 
 local function f_get(op, opaque, key) return enc(op, opaque, 0, key) end
 
+-- What call returns for slot s, done: its reply's value, cas, flags and
+-- the address, or nil, err, detail; and what it tells of srv's health.
+local function reply(self, srv, addr, s)
+  if s.failed then
+    server_failed(self, srv, s.err, s.detail)
+    return nil, s.err, s.detail
+  end
+  if self.sick[srv] then server_ok(self, srv) end
+  local e = s.err
+  if e == 0 then return s.value, s.cas, s.flags, addr end
+  local st = s.status
+  local msg = st ~= ST.OK and s.value ~= "" and ": " .. sub(s.value, 1, 120) or ""
+  if e == AUTH then
+    -- the server closes the connection after it; so does the next read
+    return nil, E_AUTH, addr .. ": " .. status_str(st) .. msg
+  end
+  if st == ST.OK then return nil, errs[e] end -- delete_lock's marker: a miss
+  return nil, errs[e], addr .. ": " .. status_str(st) .. msg
+end
+
 -- One request to the server of key: data framed by frame(opaque, ...).
 -- Returns the slot with the reply (s.err 0 for success, else the core's
 -- error number for its status) and the address; or nil, err, detail.
@@ -271,25 +291,12 @@ local function call(self, key, kind, frame, op, ...)
     s.kind, s.op, s.opaque, s.key, s.done, s.failed, s.err, s.detail, s.value =
       kind, op, opaque, rkey, false, false, false, false, false
   end
+  local sv = self.by_addr[addr] or server_of(self, addr)
+  self.svs[srv] = sv
   -- a get is framed by the connection's pipe, no string made
-  local c = submit(self, self.by_addr[addr] or server_of(self, addr), s,
-    frame ~= f_get and frame(op, opaque, ...) or nil, t + self.io_timeout)
+  local c = submit(self, sv, s, frame ~= f_get and frame(op, opaque, ...) or nil, t + self.io_timeout)
   if c then await(self, c, s) end
-  if s.failed then
-    server_failed(self, srv, s.err, s.detail)
-    return nil, s.err, s.detail
-  end
-  if self.sick[srv] then server_ok(self, srv) end
-  local e = s.err
-  if e == 0 then return s.value, s.cas, s.flags, addr end
-  local st = s.status
-  local msg = st ~= ST.OK and s.value ~= "" and ": " .. sub(s.value, 1, 120) or ""
-  if e == AUTH then
-    -- the server closes the connection after it; so does the next read
-    return nil, E_AUTH, addr .. ": " .. status_str(st) .. msg
-  end
-  if st == ST.OK then return nil, errs[e] end -- delete_lock's marker: a miss
-  return nil, errs[e], addr .. ": " .. status_str(st) .. msg
+  return reply(self, srv, addr, s)
 end
 
 local function f_store(op, opaque, cas, key, flags, exptime, value)
@@ -336,18 +343,43 @@ local function replace_ring(self, list)
       if failures > 0 then sick[j] = true end
     end
   end
-  self.ring, self.list, self.names, self.sick = ring, list, {}, sick
+  self.ring, self.list, self.names, self.sick, self.svs = ring, list, {}, sick, {}
   return true
 end
 
-require "memcached.methods"({
+local D = {
   call = call, get = f_get, touch = f_touch, store = f_store, concat = f_concat,
   delete = f_delete, arith = f_arith, counter_value = core.counter_value,
   mp_encode = mp_encode, replace_ring = replace_ring, key_ok = key_ok, E = E,
   static = function(self, key) return self.ring:static(key) end, server_name = server_name,
   LOCK_FLAGS = core.LOCK_FLAGS, LOCK_VALUE = core.LOCK_VALUE, NO_CREATE = NO_CREATE,
   K_GET = K_GET, K_SET = K_SET, K_ADD = K_ADD, K_REPLACE = K_REPLACE,
-}, _M)
+}
+require "memcached.methods"(D, _M)
+
+-- get's own path, for what nearly every get is: a string key on a client
+-- with no custom selector, whose server is alive (ring:route) and was
+-- used before (svs), from a coroutine whose last request ended. Every
+-- other case goes the general way (memcached.methods' get over call),
+-- and so does every answer but a hit; both give the same returns.
+local slow_get, get_reply = _M.get, D.get_reply
+function _M.get(self, key)
+  if type(key) ~= "string" or self.closed or self.custom then return slow_get(self, key) end
+  local srv = self.ring:route(key)
+  local sv = srv >= 0 and self.svs[srv]
+  local co = running()
+  local s = slot_of[co]
+  if not sv or not s or s.queued then return slow_get(self, key) end
+  local opaque = self.seq
+  self.seq = opaque < U32 and opaque + 1 or 1
+  s.kind, s.op, s.opaque, s.key, s.done, s.failed = K_GET, OP_GETK, opaque, key, false, false
+  local c = submit(self, sv, s, nil, now() + self.io_timeout)
+  if c then await(self, c, s) end
+  if s.failed or s.err ~= 0 or self.sick[srv] or s.flags == self.mp_flag then
+    return get_reply(self, reply(self, srv, self.names[srv] or server_name(self, srv), s))
+  end
+  return s.value, s.cas, s.flags
+end
 
 -- Idle connections close at once; those in use when their requests end.
 function _M.close(self)
@@ -415,6 +447,7 @@ local function construct(opts, custom)
     by_addr = {}, -- per server address: connections (memcached.async.conn)
     dial = {},    -- address -> what to connect to
     names = {},
+    svs = {},     -- server index -> what by_addr holds for it (get's own path)
   }, mt)
   opt_int(opts, "max_idle", 2, 0, 1000000)
   -- a longer value is refused before it is sent (memcached.methods), and

@@ -7,7 +7,8 @@
 --
 --   require "memcached.methods"(D, M)   -- adds the methods to M
 --
--- D holds:
+-- D holds (and gets get_reply(self, value, cas, flags, addr): what get
+-- returns for call's returns):
 --   call(self, key, kind, frame, op, ...)  one request to key's server,
 --       framed by the driver's frame for op; returns the reply's value (a
 --       string, "" for none), cas, flags and the server's address, or nil,
@@ -64,6 +65,17 @@ return function(D, M)
       ("a value of %d bytes is over max_value_size (%d)"):format(n, self.max_value_size)
   end
 
+  -- What get and get_and_touch return for call's returns (a driver's own
+  -- path for get uses it too: D.get_reply).
+  local function get_reply(self, value, cas, flags, addr)
+    if not value then return nil, cas, flags end
+    if flags ~= self.mp_flag then return value, cas, flags end
+    local ok, v = item_value(self, flags, value)
+    if not ok then return nil, E_UNDECODABLE, addr .. ": " .. tostring(v) end
+    return v, cas, flags
+  end
+  D.get_reply = get_reply
+
   -- get, get_and_touch, touch
   local function key_op(self, op, key, exptime)
     local value, cas, flags, addr
@@ -76,12 +88,8 @@ return function(D, M)
       if op == OP_GETK then value, cas, flags, addr = call(self, key, K_GET, f_get, op, key)
       else value, cas, flags, addr = call(self, key, K_GET, f_touch, op, key, exptime) end
     end
-    if not value then return nil, cas, flags end
-    if op == OP_TOUCH then return true end
-    if flags ~= self.mp_flag then return value, cas, flags end
-    local ok, v = item_value(self, flags, value)
-    if not ok then return nil, E_UNDECODABLE, addr .. ": " .. tostring(v) end
-    return v, cas, flags
+    if op == OP_TOUCH and value then return true end
+    return get_reply(self, value, cas, flags, addr)
   end
 
   function M.get(self, key) return key_op(self, OP_GETK, key) end

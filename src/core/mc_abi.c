@@ -156,6 +156,11 @@ int mc_abi_ring_pick(mc_ring *r, const char *key, size_t len, double now,
     return mc_ring_pick(r, key, len, now, probe, err);
 }
 
+int mc_abi_ring_route(const mc_ring *r, const char *key, size_t len)
+{
+    return mc_ring_route(r, key, len);
+}
+
 int mc_abi_ring_around(mc_ring *r, const char *key, size_t len, int *err)
 {
     return mc_ring_around(r, key, len, err);

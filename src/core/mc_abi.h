@@ -80,6 +80,9 @@ MC_ABI int mc_abi_ring_pick(mc_ring *r, const char *key, size_t len,
                             double now, int *probe, int *err);
 MC_ABI int mc_abi_ring_around(mc_ring *r, const char *key, size_t len,
                               int *err);
+/* A well-formed key's own server when it is alive, else -1 (then pick);
+ * no side effect. */
+MC_ABI int mc_abi_ring_route(const mc_ring *r, const char *key, size_t len);
 MC_ABI int mc_abi_ring_usable(mc_ring *r, int srv, double now, int *probe);
 MC_ABI int mc_abi_ring_failed(mc_ring *r, int srv, double now,
                               const char *why);

@@ -6,6 +6,7 @@
 
 #include "mc_addr.h"
 #include "mc_error.h"
+#include "mc_key.h"
 
 typedef struct ring_server {
     char *name;
@@ -180,6 +181,21 @@ int mc_ring_pick(mc_ring *r, const char *key, size_t len, double now,
     if (mc_ring_usable(r, s, now, probe) || *probe)
         return s;
     return mc_place_around(&p, key, len, err);
+}
+
+int mc_ring_route(const mc_ring *r, const char *key, size_t len)
+{
+    mc_place p;
+    int s;
+    if (!mc_key_ok(key, len) || r->nentries == 0)
+        return -1;
+    if (r->nentries == 1)
+        s = r->entry_server[0];
+    else {
+        p = placement(r);
+        s = mc_place_key(&p, key, len);
+    }
+    return s >= 0 && !r->srv[s].h.dead ? s : -1;
 }
 
 int mc_ring_around(mc_ring *r, const char *key, size_t len, int *err)

@@ -47,6 +47,11 @@ int mc_ring_static(const mc_ring *r, const char *key, size_t len);
  * -1 with *err (MC_ERR_NO_SERVERS, MC_ERR_SERVER_DEAD). */
 int mc_ring_pick(mc_ring *r, const char *key, size_t len, double now,
                  int *probe, int *err);
+/* The common case of mc_ring_pick, with no side effect: a well-formed
+ * key whose own server is alive gives that server; anything else (a
+ * malformed key, no servers, a dead server) gives -1, and the caller asks
+ * mc_ring_pick. */
+int mc_ring_route(const mc_ring *r, const char *key, size_t len);
 /* For a server found unusable: where its key goes instead. */
 int mc_ring_around(mc_ring *r, const char *key, size_t len, int *err);
 

@@ -399,6 +399,17 @@ static int r_pick(lua_State *L)
     return 3;
 }
 
+/* r:route(key) -> srv, or -1: the key is malformed or its server is
+ * dead (then r:pick); no side effect */
+static int r_route(lua_State *L)
+{
+    size_t n;
+    mc_ring *r = check_ring(L);
+    const char *k = luaL_checklstring(L, 2, &n);
+    lua_pushinteger(L, mc_abi_ring_route(r, k, n));
+    return 1;
+}
+
 /* r:around(key) -> srv, err */
 static int r_around(lua_State *L)
 {
@@ -561,7 +572,7 @@ static const luaL_Reg ring_methods[] = {
     {"nservers", r_nservers}, {"name", r_name},     {"alive", r_alive},
     {"intern", r_intern},     {"static", r_static}, {"pick", r_pick},
     {"around", r_around},     {"usable", r_usable}, {"failed", r_failed},
-    {"ok", r_ok},             {NULL, NULL}};
+    {"ok", r_ok},             {"route", r_route}, {NULL, NULL}};
 
 static const luaL_Reg funcs[] = {
     {"enc", c_enc},
