@@ -3,8 +3,8 @@
  * rule (mc_key.h), what each status means per kind of operation and the
  * lock marker (mc_item), the error table (mc_error), a server's health
  * with the time passed in (mc_health), placement around dead servers
- * (mc_place), SASL PLAIN's frames and replies (mc_sasl), and the C ABI
- * (mc_abi). Exit status
+ * (mc_place), SASL PLAIN's frames and replies (mc_sasl), a pipelined
+ * connection's FIFO and judging (mc_pipe), and the C ABI (mc_abi). Exit status
  * 0 when every check passed; prints "N passed, M failed".
  */
 #include <stdio.h>
@@ -18,6 +18,7 @@
 #include "mc_health.h"
 #include "mc_item.h"
 #include "mc_key.h"
+#include "mc_pipe.h"
 #include "mc_place.h"
 #include "mc_select.h"
 #include "mc_proto.h"
@@ -934,6 +935,195 @@ static void test_take_one(void)
     mc_buf_free(&s);
 }
 
+/* A STAT entry as bytes: no extras. */
+static void put_stat(mc_buf *out, uint32_t opaque, const char *k, const char *v)
+{
+    size_t at = out->len, kl = strlen(k), vl = strlen(v);
+    put_reply(out, MC_OP_STAT, opaque, k, kl, v, vl);
+    memmove(out->data + at + 24, out->data + at + 28, kl + vl);
+    out->len -= 4;
+    out->data[at + 4] = 0;
+    mc_store32(out->data + at + 8, (uint32_t)(kl + vl));
+}
+
+/* Feeds bytes to p, step bytes at a time (0: all at once), and records
+ * what mc_pipe_next says: refs of replies and entries in got[], the last
+ * code that was not a reply or entry in *end. Returns how many. */
+static int pipe_feed(mc_pipe *p, const char *b, size_t len, size_t step,
+                     int *got, int max, int *end, mc_pipe_ev *last)
+{
+    size_t off = 0;
+    int n = 0, rc = MC_PIPE_NEED;
+    while (off < len) {
+        size_t room, k = step && len - off > step ? step : len - off;
+        char *in = mc_pipe_in(p, k, &room);
+        memcpy(in, b + off, k);
+        mc_pipe_got(p, k);
+        off += k;
+        while ((rc = mc_pipe_next(p, last)) == MC_PIPE_REPLY ||
+               rc == MC_PIPE_ENTRY) {
+            if (n < max)
+                got[n] = rc == MC_PIPE_ENTRY ? -last->ref : last->ref;
+            n++;
+            if (rc == MC_PIPE_ENTRY && last->klen == 0)
+                mc_pipe_pop(p);
+        }
+        if (rc != MC_PIPE_NEED)
+            break;
+    }
+    *end = rc;
+    return n;
+}
+
+static void test_pipe(void)
+{
+    mc_pipe p;
+    mc_pipe_ev ev;
+    mc_buf r = {0};
+    int got[64], end, i, n;
+    size_t len, step;
+    const char *out;
+    char key[16], val[16];
+
+    /* three gets: framed back to back, each reply handed over only once
+     * the next one is whole (or, for the last, nothing follows) */
+    for (step = 0; step <= 7; step += 7) {
+        mc_pipe_init(&p, 1024);
+        CHECK(mc_pipe_push_enc(&p, MC_OP_GETK, MC_KIND_GET, 10, 0, "a", 1, 0, 0,
+                               0, NULL, 0, 1, 0, 1) == 0 &&
+                  mc_pipe_push_enc(&p, MC_OP_GETK, MC_KIND_GET, 11, 0, "b", 1,
+                                   0, 0, 0, NULL, 0, 1, 0, 2) == 0 &&
+                  mc_pipe_push_enc(&p, MC_OP_GETK, MC_KIND_GET, 12, 0, "c", 1,
+                                   0, 0, 0, NULL, 0, 1, 0, 3) == 0,
+              "three gets pushed");
+        out = mc_pipe_out(&p, &len);
+        CHECK(len == 3 * 25 && out[0] == (char)0x80 && out[25 + 1] == MC_OP_GETK,
+              "their frames back to back (%zu bytes)", len);
+        mc_pipe_sent(&p, len);
+        r.len = 0;
+        put_reply(&r, MC_OP_GETK, 10, "a", 1, "va", 2);
+        put_reply(&r, MC_OP_GETK, 11, "b", 1, "vb", 2);
+        n = pipe_feed(&p, r.data, r.len, step, got, 64, &end, &ev);
+        CHECK(n == 1 && got[0] == 1 && end == MC_PIPE_NEED,
+              "two replies (step %zu): the first handed over, the second held "
+              "(%d)", step, n);
+        r.len = 0;
+        put_reply(&r, MC_OP_GETK, 12, "c", 1, "vc", 2);
+        n = pipe_feed(&p, r.data, r.len, step, got, 64, &end, &ev);
+        CHECK(n == 2 && got[0] == 2 && got[1] == 3 && ev.vlen == 2 &&
+                  memcmp(ev.value, "vc", 2) == 0 && mc_pipe_clean(&p),
+              "the last reply: both handed over in order, the pipe clean");
+        mc_pipe_free(&p);
+    }
+
+    /* a length that swallows the start of the next reply: nothing of the
+     * swallowed bytes reaches the first caller */
+    mc_pipe_init(&p, 1024);
+    mc_pipe_push_enc(&p, MC_OP_GETK, MC_KIND_GET, 1, 0, "a", 1, 0, 0, 0, NULL, 0,
+                     1, 0, 1);
+    mc_pipe_push_enc(&p, MC_OP_GETK, MC_KIND_GET, 2, 0, "b", 1, 0, 0, 0, NULL, 0,
+                     1, 0, 2);
+    r.len = 0;
+    put_reply(&r, MC_OP_GETK, 1, "a", 1, "va", 2);
+    put_reply(&r, MC_OP_GETK, 2, "b", 1, "vb", 2);
+    mc_store32(r.data + 8, 4 + 1 + 2 + 10); /* the first swallows 10 bytes */
+    n = pipe_feed(&p, r.data, r.len, 0, got, 64, &end, &ev);
+    CHECK(n == 0 && end == MC_PIPE_FAIL && ev.err == MC_ERR_PROTOCOL,
+          "a swallowing length fails the pipe; no reply handed over (%d, %d)",
+          n, end);
+    mc_pipe_free(&p);
+
+    /* bytes after the last reply */
+    mc_pipe_init(&p, 1024);
+    mc_pipe_push_enc(&p, MC_OP_GETK, MC_KIND_GET, 1, 0, "a", 1, 0, 0, 0, NULL, 0,
+                     1, 0, 1);
+    r.len = 0;
+    put_reply(&r, MC_OP_GETK, 1, "a", 1, "va", 2);
+    mc_buf_append(&r, "\x81\x00", 2);
+    n = pipe_feed(&p, r.data, r.len, 0, got, 64, &end, &ev);
+    CHECK(n == 0 && end == MC_PIPE_FAIL &&
+              strstr(ev.msg, "nobody asked for") != NULL,
+          "bytes after the last reply fail it: %s", ev.msg);
+    mc_pipe_free(&p);
+
+    /* another opaque: out of step */
+    mc_pipe_init(&p, 1024);
+    mc_pipe_push_enc(&p, MC_OP_GETK, MC_KIND_GET, 1, 0, "a", 1, 0, 0, 0, NULL, 0,
+                     1, 0, 1);
+    mc_pipe_push_enc(&p, MC_OP_GETK, MC_KIND_GET, 2, 0, "b", 1, 0, 0, 0, NULL, 0,
+                     1, 0, 2);
+    r.len = 0;
+    put_reply(&r, MC_OP_GETK, 2, "b", 1, "vb", 2);
+    put_reply(&r, MC_OP_GETK, 1, "a", 1, "va", 2);
+    n = pipe_feed(&p, r.data, r.len, 0, got, 64, &end, &ev);
+    CHECK(n == 0 && end == MC_PIPE_FAIL, "replies out of order: it fails");
+    mc_pipe_free(&p);
+
+    /* a text line where the first reply starts */
+    mc_pipe_init(&p, 1024);
+    mc_pipe_push_enc(&p, MC_OP_GETK, MC_KIND_GET, 1, 0, "a", 1, 0, 0, 0, NULL, 0,
+                     1, 0, 1);
+    n = pipe_feed(&p, "ERROR Too many open connections\r\n", 33, 0, got, 64,
+                  &end, &ev);
+    out = mc_pipe_rest(&p, &len);
+    CHECK(n == 0 && end == MC_PIPE_TEXT && len == 33 &&
+              memcmp(out, "ERROR", 5) == 0,
+          "a text line: for the driver's text reader, its bytes kept");
+    mc_pipe_free(&p);
+
+    /* a STAT stream, then a get behind it */
+    mc_pipe_init(&p, 1024);
+    mc_pipe_push_enc(&p, MC_OP_STAT, MC_KIND_OTHER, 5, 0, NULL, 0, 0, 0, 0, NULL,
+                     0, 0, 1, 7);
+    mc_pipe_push_enc(&p, MC_OP_GETK, MC_KIND_GET, 6, 0, "k", 1, 0, 0, 0, NULL, 0,
+                     1, 0, 8);
+    r.len = 0;
+    put_stat(&r, 5, "pid", "12");
+    put_stat(&r, 5, "uptime", "3");
+    put_stat(&r, 5, "", "");
+    put_reply(&r, MC_OP_GETK, 6, "k", 1, "v", 1);
+    out = mc_pipe_out(&p, &len);
+    CHECK(len > 0 && !mc_pipe_clean(&p), "unsent bytes: not clean");
+    mc_pipe_sent(&p, len);
+    n = pipe_feed(&p, r.data, r.len, 5, got, 64, &end, &ev);
+    CHECK(n == 4 && got[0] == -7 && got[1] == -7 && got[2] == -7 &&
+              got[3] == 8 && mc_pipe_clean(&p),
+          "a STAT stream's entries, then the get's reply (%d)", n);
+    mc_pipe_free(&p);
+
+    /* more requests than the FIFO first holds, replies in pieces */
+    mc_pipe_init(&p, 1024);
+    r.len = 0;
+    for (i = 0; i < 40; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        snprintf(val, sizeof val, "v%d", i);
+        mc_pipe_push_enc(&p, MC_OP_GETK, MC_KIND_GET, (uint32_t)(100 + i), 0,
+                         key, strlen(key), 0, 0, 0, NULL, 0, 1, 0, i + 1);
+        put_reply(&r, MC_OP_GETK, (uint32_t)(100 + i), key, strlen(key), val,
+                  strlen(val));
+    }
+    n = pipe_feed(&p, r.data, r.len, 13, got, 64, &end, &ev);
+    for (i = 0; i < n && i < 40 && got[i] == i + 1; i++)
+        ;
+    CHECK(n == 40 && i == 40 && ev.vlen == 3 && memcmp(ev.value, "v39", 3) == 0,
+          "40 requests: every reply to its own, in order (%d)", n);
+    mc_pipe_free(&p);
+
+    /* a hit naming another key than the request's */
+    mc_pipe_init(&p, 1024);
+    mc_pipe_push_enc(&p, MC_OP_GETK, MC_KIND_GET, 1, 0, "a", 1, 0, 0, 0, NULL, 0,
+                     1, 0, 1);
+    r.len = 0;
+    put_reply(&r, MC_OP_GETK, 1, "z", 1, "vz", 2);
+    n = pipe_feed(&p, r.data, r.len, 0, got, 64, &end, &ev);
+    CHECK(n == 0 && end == MC_PIPE_FAIL, "a hit naming another key fails it");
+    mc_pipe_reset(&p);
+    CHECK(mc_pipe_clean(&p) && mc_pipe_ref(&p, 0) == 0,
+          "reset: nothing in flight, unsent or unread");
+    mc_pipe_free(&p);
+    mc_buf_free(&r);
+}
+
 /* SASL through the ABI (mc_abi_sasl_*), as the OpenResty driver calls it:
  * the frames are mc_sasl's, and a reply is judged piece by piece. */
 static void test_abi_sasl(void)
@@ -1018,6 +1208,7 @@ int main(void)
     test_ring();
     test_abi_batch();
     test_take_one();
+    test_pipe();
     test_req_cut();
     CHECK(codec_simple_calls > 0 && codec_read_calls > 0,
           "the feed frames and reads through its codec (%d, %d calls)",
