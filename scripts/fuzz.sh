@@ -39,6 +39,7 @@ check fuzz_reader src/core/mc_proto.c src/core/mc_buf.c
 check fuzz_value src/lua/lmc_value.c src/lua/lmc_encode.c src/lua/lmc_decode.c src/core/mc_buf.c -llua5.4 -lmsgpackc
 check fuzz_feed src/core/mc_feed.c src/core/mc_codec.c src/core/mc_proto.c src/core/mc_buf.c src/core/mc_item.c src/core/mc_error.c
 check fuzz_abi src/core/mc_abi_batch.c src/core/mc_feed.c src/core/mc_codec.c src/core/mc_proto.c src/core/mc_buf.c src/core/mc_item.c src/core/mc_error.c
+check fuzz_pipe $(ls src/core/*.c)
 check fuzz_roundtrip src/lua/lmc_value.c src/lua/lmc_encode.c src/lua/lmc_decode.c src/core/mc_buf.c -llua5.4 -lmsgpackc
 echo "1..$n"
 [ "$fail" -eq 0 ]
