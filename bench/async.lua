@@ -2,7 +2,9 @@
 -- each doing 1,000 gets of a 100-byte value from one server, inside
 -- cqueues and inside luv, against the blocking client's serial loop of
 -- the same 100,000 gets, in this one process.
---   lua5.4 bench/async.lua ADDR [coroutines] [gets each] [max_conns] [rounds]
+--   lua5.4 bench/async.lua ADDR [coroutines] [gets each] [max_conns,...] [rounds]
+-- (max_conns: one or more counts, comma-separated, default "1,2": a row
+-- per loop and count)
 --
 -- The rows, each the same gets of the same keys (every value is checked;
 -- a wrong one fails the run):
@@ -20,6 +22,9 @@
 --     callback reads and judges, and puts each finished coroutine on a
 --     ready list; one idle handle resumes them and sends what they queued
 --     in one send.
+--   luv pipe floor: the luv ideal floor over memcached.core.pipe (the C
+--     pipe the client's connections use): no string per get, the replies
+--     judged in C, one call per read.
 --   cqueues ideal floor: the least any driver can do inside cqueues. A
 --     reader thread waits with cqueues.poll on the connection, reads and
 --     judges; the coroutines are cqueues threads, woken through a
@@ -39,9 +44,10 @@ package.path = root .. "lua/?.lua;" .. package.path
 local memcached = require "memcached"
 local core = require "memcached.core"
 
-local ADDR = assert(arg[1], "usage: async.lua ADDR [coroutines] [gets] [max_conns] [rounds]")
+local ADDR = assert(arg[1], "usage: async.lua ADDR [coroutines] [gets] [max_conns,...] [rounds]")
 local NCO, NGET = tonumber(arg[2]) or 100, tonumber(arg[3]) or 1000
-local MAXC = tonumber(arg[4]) or 2
+local MAXCS = {}
+for m in (arg[4] or "1,2"):gmatch("%d+") do MAXCS[#MAXCS + 1] = tonumber(m) end
 local ROUNDS = tonumber(arg[5]) or 5
 local TOTAL = NCO * NGET
 local now = core.now
@@ -72,10 +78,10 @@ local function worker(mc, key, bad)
   end
 end
 
-local function in_cqueues()
+local function in_cqueues(maxc)
   local cqueues = require "cqueues"
   local mc = assert(require("memcached.cqueues").new { servers = { ADDR }, timeout = 2,
-    max_conns = MAXC })
+    max_conns = maxc })
   local cq, bad = cqueues.new(), { 0 }
   local t = now()
   for i = 1, NCO do cq:wrap(function() worker(mc, KEYS[i], bad) end) end
@@ -87,10 +93,10 @@ local function in_cqueues()
   return dt, conns
 end
 
-local function in_luv()
+local function in_luv(maxc)
   local uv = require "luv"
   local mc = assert(require("memcached.luv").new { servers = { ADDR }, timeout = 2,
-    max_conns = MAXC })
+    max_conns = maxc })
   local bad = { 0 }
   local t = now()
   for i = 1, NCO do coroutine.wrap(function() worker(mc, KEYS[i], bad) end)() end
@@ -248,6 +254,84 @@ local function luv_floor()
   return dt, 1
 end
 
+-- The luv ideal floor over memcached.core.pipe, the C pipe the client's
+-- connections use: gets framed into the pipe's buffer (no string per
+-- get), replies judged in C and handed to their slots in one call per
+-- read; otherwise luv_floor's wiring (one poll handle, one idle handle).
+-- The distance from it to the luv row is the client's Lua.
+local function luv_pipe_floor()
+  local uv = require "luv"
+  local fd, _, msg = core.connect(ADDR)
+  assert(fd, msg)
+  local p = core.pipe(1048576)
+  local GETK, seq, bad, done = OP.GETK, 1, 0, 0
+  local slots, list, ready, nready, unsent = {}, {}, {}, 0, false
+  local function get(key)
+    local co = running()
+    local s = slots[co]
+    if not s then
+      s = { co = co, done = false, queued = false, err = 0, status = 0, flags = 0, cas = 0,
+        value = false }
+      slots[co] = s
+    end
+    s.done = false
+    p:get(s, GETK, seq, key)
+    seq = seq + 1
+    unsent = true
+    yield()
+    return s.value
+  end
+  local function flush()
+    if unsent then
+      unsent = false
+      while not p:flush(fd) do end
+    end
+  end
+  local poll, idle = uv.new_poll(fd), uv.new_idle()
+  local function run_ready()
+    idle:stop()
+    local l, n = ready, nready
+    ready, nready = {}, 0
+    for i = 1, n do
+      local ok, err = resume(l[i])
+      if not ok then error(err) end
+    end
+    flush()
+    if done == TOTAL then
+      poll:close()
+      idle:close()
+    end
+  end
+  poll:start("r", function(perr)
+    assert(not perr, perr)
+    local n, e, m = p:read(fd, list)
+    if n == nil or e then error(tostring(m or e)) end
+    if not n then return end
+    local n0 = nready
+    for i = 1, n do
+      nready = nready + 1
+      ready[nready] = list[i].co
+      list[i] = nil
+    end
+    done = done + n
+    if n0 == 0 and nready > 0 then idle:start(run_ready) end
+  end)
+  local t = now()
+  for i = 1, NCO do
+    coroutine.wrap(function()
+      for _ = 1, NGET do
+        if get(KEYS[i]) ~= VALUE then bad = bad + 1 end
+      end
+    end)()
+  end
+  flush()
+  uv.run()
+  local dt = now() - t
+  core.close(fd)
+  assert(done == TOTAL and bad == 0, "wrong values")
+  return dt, 1
+end
+
 -- The ideal floor inside cqueues: the floor's framing and judging, the
 -- coroutines cqueues threads (cq:wrap), as a client's callers are. A
 -- reader thread polls the connection ({pollfd, events = "r"}), reads and
@@ -354,14 +438,17 @@ local function cq_floor()
   return dt, 1
 end
 
-local ROWS = {
-  { "blocking client, serial loop", serial },
-  { ("cqueues (max_conns %d)"):format(MAXC), in_cqueues },
-  { ("luv (max_conns %d)"):format(MAXC), in_luv },
+local ROWS = { { "blocking client, serial loop", serial } }
+for _, m in ipairs(MAXCS) do
+  ROWS[#ROWS + 1] = { ("cqueues (max_conns %d)"):format(m), function() return in_cqueues(m) end }
+  ROWS[#ROWS + 1] = { ("luv (max_conns %d)"):format(m), function() return in_luv(m) end }
+end
+for _, row in ipairs {
   { "floor: core.enc/take_one, no client, no loop", floor },
   { "luv ideal floor: one poll + one idle handle, no client", luv_floor },
+  { "luv pipe floor: the same over core.pipe, no client", luv_pipe_floor },
   { "cqueues ideal floor: reader thread + a condition per send, no client", cq_floor },
-}
+} do ROWS[#ROWS + 1] = row end
 
 local times, conns = {}, {}
 for k = 1, #ROWS do times[k], conns[k] = {}, {} end

@@ -431,7 +431,7 @@ end
 print("## Async mode")
 print("")
 do
-  local out, ok = sh(PIN .. LUA .. " bench/async.lua " .. S1 .. " 100 1000 2 2>&1")
+  local out, ok = sh(PIN .. LUA .. " bench/async.lua " .. S1 .. " 100 1000 1,2 2>&1")
   if ok then io.write(out) else print("(bench/async.lua failed: " .. trim(out) .. ")") end
 end
 print("")

@@ -49,12 +49,12 @@ local function ms(timeout) return ceil(timeout * 1000) end
 -- (a client collected unclosed) and watch whatever reuses its number.
 -- Coroutines woken by wakeup run from an idle handle, not from inside the
 -- waker: no coroutine is resumed from another one.
-local ready, idle = {}, nil
+local ready, nready, idle = {}, 0, nil
 local function run_ready()
-  local list = ready
-  ready = {}
+  local list, n = ready, nready
+  ready, nready = {}, 0
   idle:stop()
-  for i = 1, #list do go(list[i]) end
+  for i = 1, n do go(list[i]) end
 end
 
 M.hooks = {
@@ -97,9 +97,12 @@ M.hooks = {
     if not t then return end
     sleeping[co] = nil
     if t ~= true then t:stop() end
-    ready[#ready + 1] = co
-    if not idle then idle = uv.new_idle() end
-    if #ready == 1 then idle:start(run_ready) end
+    local n = nready + 1
+    ready[n], nready = co, n
+    if n == 1 then
+      if not idle then idle = uv.new_idle() end
+      idle:start(run_ready)
+    end
   end,
 }
 

@@ -344,7 +344,8 @@ local function pick(self, sv, deadline)
         if not bn or n < bn then best, bn = c, n end
       end
     end
-    if self.max_conns == 0 or #sv.conns < self.max_conns then return open(self, sv) end
+    local max = self.max_conns
+    if max == 0 or #conns < max then return open(self, sv) end
     if best then return best end
     -- every connection is held by a batch: wait for one
     if now() >= deadline then
