@@ -975,6 +975,13 @@ static int pipe_feed(mc_pipe *p, const char *b, size_t len, size_t step,
     return n;
 }
 
+/* Pushes a get of key under opaque for ref. */
+static int pipe_get(mc_pipe *p, uint32_t opaque, const char *key, int ref)
+{
+    return mc_pipe_push_enc(p, MC_OP_GETK, MC_KIND_GET, opaque, 0, key,
+                            strlen(key), 0, 0, 0, NULL, 0, 1, 0, ref);
+}
+
 static void test_pipe(void)
 {
     mc_pipe p;
@@ -989,12 +996,9 @@ static void test_pipe(void)
      * the next one is whole (or, for the last, nothing follows) */
     for (step = 0; step <= 7; step += 7) {
         mc_pipe_init(&p, 1024);
-        CHECK(mc_pipe_push_enc(&p, MC_OP_GETK, MC_KIND_GET, 10, 0, "a", 1, 0, 0,
-                               0, NULL, 0, 1, 0, 1) == 0 &&
-                  mc_pipe_push_enc(&p, MC_OP_GETK, MC_KIND_GET, 11, 0, "b", 1,
-                                   0, 0, 0, NULL, 0, 1, 0, 2) == 0 &&
-                  mc_pipe_push_enc(&p, MC_OP_GETK, MC_KIND_GET, 12, 0, "c", 1,
-                                   0, 0, 0, NULL, 0, 1, 0, 3) == 0,
+        CHECK(pipe_get(&p, 10, "a", 1) == 0 &&
+                  pipe_get(&p, 11, "b", 2) == 0 &&
+                  pipe_get(&p, 12, "c", 3) == 0,
               "three gets pushed");
         out = mc_pipe_out(&p, &len);
         CHECK(len == 3 * 25 && out[0] == (char)0x80 && out[25 + 1] == MC_OP_GETK,
@@ -1019,10 +1023,8 @@ static void test_pipe(void)
     /* a length that swallows the start of the next reply: nothing of the
      * swallowed bytes reaches the first caller */
     mc_pipe_init(&p, 1024);
-    mc_pipe_push_enc(&p, MC_OP_GETK, MC_KIND_GET, 1, 0, "a", 1, 0, 0, 0, NULL, 0,
-                     1, 0, 1);
-    mc_pipe_push_enc(&p, MC_OP_GETK, MC_KIND_GET, 2, 0, "b", 1, 0, 0, 0, NULL, 0,
-                     1, 0, 2);
+    pipe_get(&p, 1, "a", 1);
+    pipe_get(&p, 2, "b", 2);
     r.len = 0;
     put_reply(&r, MC_OP_GETK, 1, "a", 1, "va", 2);
     put_reply(&r, MC_OP_GETK, 2, "b", 1, "vb", 2);
@@ -1035,8 +1037,7 @@ static void test_pipe(void)
 
     /* bytes after the last reply */
     mc_pipe_init(&p, 1024);
-    mc_pipe_push_enc(&p, MC_OP_GETK, MC_KIND_GET, 1, 0, "a", 1, 0, 0, 0, NULL, 0,
-                     1, 0, 1);
+    pipe_get(&p, 1, "a", 1);
     r.len = 0;
     put_reply(&r, MC_OP_GETK, 1, "a", 1, "va", 2);
     mc_buf_append(&r, "\x81\x00", 2);
@@ -1048,10 +1049,8 @@ static void test_pipe(void)
 
     /* another opaque: out of step */
     mc_pipe_init(&p, 1024);
-    mc_pipe_push_enc(&p, MC_OP_GETK, MC_KIND_GET, 1, 0, "a", 1, 0, 0, 0, NULL, 0,
-                     1, 0, 1);
-    mc_pipe_push_enc(&p, MC_OP_GETK, MC_KIND_GET, 2, 0, "b", 1, 0, 0, 0, NULL, 0,
-                     1, 0, 2);
+    pipe_get(&p, 1, "a", 1);
+    pipe_get(&p, 2, "b", 2);
     r.len = 0;
     put_reply(&r, MC_OP_GETK, 2, "b", 1, "vb", 2);
     put_reply(&r, MC_OP_GETK, 1, "a", 1, "va", 2);
@@ -1061,8 +1060,7 @@ static void test_pipe(void)
 
     /* a text line where the first reply starts */
     mc_pipe_init(&p, 1024);
-    mc_pipe_push_enc(&p, MC_OP_GETK, MC_KIND_GET, 1, 0, "a", 1, 0, 0, 0, NULL, 0,
-                     1, 0, 1);
+    pipe_get(&p, 1, "a", 1);
     n = pipe_feed(&p, "ERROR Too many open connections\r\n", 33, 0, got, 64,
                   &end, &ev);
     out = mc_pipe_rest(&p, &len);
@@ -1075,8 +1073,7 @@ static void test_pipe(void)
     mc_pipe_init(&p, 1024);
     mc_pipe_push_enc(&p, MC_OP_STAT, MC_KIND_OTHER, 5, 0, NULL, 0, 0, 0, 0, NULL,
                      0, 0, 1, 7);
-    mc_pipe_push_enc(&p, MC_OP_GETK, MC_KIND_GET, 6, 0, "k", 1, 0, 0, 0, NULL, 0,
-                     1, 0, 8);
+    pipe_get(&p, 6, "k", 8);
     r.len = 0;
     put_stat(&r, 5, "pid", "12");
     put_stat(&r, 5, "uptime", "3");
@@ -1111,8 +1108,7 @@ static void test_pipe(void)
 
     /* a hit naming another key than the request's */
     mc_pipe_init(&p, 1024);
-    mc_pipe_push_enc(&p, MC_OP_GETK, MC_KIND_GET, 1, 0, "a", 1, 0, 0, 0, NULL, 0,
-                     1, 0, 1);
+    pipe_get(&p, 1, "a", 1);
     r.len = 0;
     put_reply(&r, MC_OP_GETK, 1, "z", 1, "vz", 2);
     n = pipe_feed(&p, r.data, r.len, 0, got, 64, &end, &ev);

@@ -26,6 +26,7 @@
 #include "mc_pipe.h"
 #include "mc_proto.h"
 #include "../c/reply.h"
+#include "damage.h"
 
 #define NMAX 16
 
@@ -87,33 +88,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 put_reply(&stream, MC_OP_GETK, base + (uint32_t)i, keys[i],
                           keylen[i], "v", 1);
             }
-        while (pos + 2 < size && stream.len) {
-            size_t at = ((size_t)data[pos + 1] << 8 | data[pos + 2]) % stream.len;
-            switch (data[pos] % 5) {
-            case 0: stream.data[at] = (char)(stream.data[at] ^ (1 + data[pos + 1])); break;
-            case 1: stream.len = at; break;
-            case 2: { /* the head again (copied: appending may move it) */
-                char *head = malloc(at + 1);
-                if (head) {
-                    memcpy(head, stream.data, at);
-                    mc_buf_append(&stream, head, at);
-                    free(head);
-                }
-                break;
-            }
-            case 3: if (at >= 48) { char t[24]; memcpy(t, stream.data, 24);
-                        memcpy(stream.data, stream.data + at - 24, 24);
-                        memcpy(stream.data + at - 24, t, 24); } break;
-            default: {
-                mc_buf g = {0};
-                mc_buf_append(&g, (const char *)data + pos, 3);
-                mc_buf_append(&g, stream.data, stream.len);
-                mc_buf_free(&stream);
-                stream = g;
-            }
-            }
-            pos += 3;
-        }
+        damage(&stream, data, size, &pos);
     } else {
         mc_buf_append(&stream, (const char *)data + pos, size - pos);
     }
