@@ -30,8 +30,12 @@ local mt = { __index = _M, __name = "memcached.async" }
 
 local OP_GETK, OP_GATK = OP.GETK, OP.GATK
 local running = coroutine.running
--- a reusable slot per coroutine (call)
+-- a reusable slot per coroutine (call). The slot's own reference to its
+-- coroutine (s.co) is weak: Lua 5.1 and LuaJIT have no ephemerons, so a
+-- strong one would keep every coroutine that ever made a call alive
+-- through slot_of (the slot's other fields are numbers, strings, booleans).
 local slot_of = setmetatable({}, { __mode = "k" })
+local SLOT_MT = { __mode = "v" }
 local E_KEY = E.ERR_MALFORMED_KEY
 local E_CLIENT_CLOSED, E_AUTH = E.ERR_CLIENT_CLOSED, E.ERR_AUTH
 local A = require "memcached.args"
@@ -283,9 +287,9 @@ local function call(self, key, kind, frame, op, ...)
   local rkey = (op == OP_GETK or op == OP_GATK) and key or nil
   if s == nil or s.queued then
     -- every field a slot gets, so the table is sized once
-    s = { kind = kind, op = op, opaque = opaque, key = rkey, co = co, deadline = 0, done = false,
-      failed = false, err = false, detail = false, status = 0, flags = 0, cas = 0, value = false,
-      queued = false }
+    s = setmetatable({ kind = kind, op = op, opaque = opaque, key = rkey, co = co, deadline = 0,
+      done = false, failed = false, err = false, detail = false, status = 0, flags = 0, cas = 0,
+      value = false, queued = false }, SLOT_MT)
     slot_of[co] = s
   else
     s.kind, s.op, s.opaque, s.key, s.done, s.failed, s.err, s.detail, s.value =

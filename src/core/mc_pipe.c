@@ -50,6 +50,20 @@ static mc_pipe_req *tail_place(mc_pipe *p)
     return &p->q[(p->head + p->n) % p->cap];
 }
 
+/* Drops the bytes sent from the front of the output once they are at
+ * least half of it, so that a connection that never empties its output
+ * (partial sends under steady load) does not grow it without end. */
+static void drop_sent(mc_pipe *p)
+{
+    size_t left;
+    if (p->sent == 0 || p->sent < p->out.len / 2)
+        return;
+    left = p->out.len - p->sent;
+    memmove(p->out.data, p->out.data + p->sent, left);
+    p->out.len = left;
+    p->sent = 0;
+}
+
 static int enqueue(mc_pipe *p, mc_pipe_req *r, int op, int kind,
                    uint32_t opaque, const char *key, size_t klen, int stream,
                    int ref)
@@ -72,6 +86,7 @@ int mc_pipe_push(mc_pipe *p, const char *frame, size_t len, int op, int kind,
                  int ref)
 {
     mc_pipe_req *r = tail_place(p);
+    drop_sent(p);
     if (!r || mc_buf_append(&p->out, frame, len) != 0)
         return -1;
     return enqueue(p, r, op, kind, opaque, key, klen, stream, ref);
@@ -85,6 +100,7 @@ int mc_pipe_push_enc(mc_pipe *p, int op, int kind, uint32_t opaque,
     mc_pipe_req *r = tail_place(p);
     size_t need = MC_HEADER_LEN + 8 + klen + vlen; /* 8: the most extras */
     int n;
+    drop_sent(p);
     if (!r || need < vlen || mc_buf_reserve(&p->out, need) != 0)
         return -1;
     n = mc_abi_enc(p->out.data + p->out.len, p->out.cap - p->out.len, op,
@@ -99,6 +115,7 @@ int mc_pipe_push_enc(mc_pipe *p, int op, int kind, uint32_t opaque,
 
 int mc_pipe_write(mc_pipe *p, const char *bytes, size_t len)
 {
+    drop_sent(p);
     return mc_buf_append(&p->out, bytes, len);
 }
 
@@ -127,9 +144,16 @@ char *mc_pipe_in(mc_pipe *p, size_t want, size_t *room)
             memmove(p->in.data, p->in.data + keep, left);
         p->in.len = left;
         p->pos -= keep;
-        p->held -= keep;
-        if (!left && !p->holding && p->in.cap > KEEP_BYTES)
-            mc_buf_release(&p->in);
+        if (p->holding)
+            p->held = 0;
+    }
+    if (p->in.cap > KEEP_BYTES && p->in.len + want <= KEEP_BYTES) {
+        /* a large reply has gone: give its room back */
+        char *small = realloc(p->in.data, KEEP_BYTES);
+        if (small) {
+            p->in.data = small;
+            p->in.cap = KEEP_BYTES;
+        }
     }
     if (mc_buf_reserve(&p->in, want) != 0)
         return NULL;

@@ -24,6 +24,19 @@
 #define lua_newuserdatauv(L, sz, nuv) lua_newuserdata((L), (sz))
 #endif
 
+/* the one user value of a full userdata (lua_newuserdatauv(L, sz, 1)): a
+ * table, set from the top of the stack (popped) or pushed */
+#if LUA_VERSION_NUM >= 504
+#define lmc_setuv(L, i) lua_setiuservalue((L), (i), 1)
+#define lmc_getuv(L, i) lua_getiuservalue((L), (i), 1)
+#elif LUA_VERSION_NUM >= 502
+#define lmc_setuv(L, i) lua_setuservalue((L), (i))
+#define lmc_getuv(L, i) lua_getuservalue((L), (i))
+#else
+#define lmc_setuv(L, i) lua_setfenv((L), (i))
+#define lmc_getuv(L, i) lua_getfenv((L), (i))
+#endif
+
 /* lua_rawgeti returning the type pushed, as in 5.3+ */
 #if LUA_VERSION_NUM >= 503
 #define lmc_rawgeti(L, t, i) lua_rawgeti((L), (t), (i))

@@ -23,7 +23,12 @@
  * s.cas, s.value, s.done = true; it is then listed in done[1..n]. A STAT
  * stream's slot (stream true) gets each entry through
  * s.stream(s, err, status, key, value), which returns true at its end,
- * false before it, or nil, ERR_*, why to fail the connection.
+ * false before it, or nil, ERR_*, why to fail the connection; one that
+ * raises, or that uses the pipe, fails it too (ERR_PROTOCOL).
+ *
+ * The slots are the pipe's user value (a table, ref -> slot), not the
+ * registry's: a pipe, its slots, their coroutines and the client that
+ * holds the pipe are collected together when a loop drops them all.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -34,13 +39,13 @@
 #include "lmc_compat.h"
 #include "lmc_core.h"
 #include "mc_abi.h"
+#include "mc_error.h"
 #include "mc_pipe.h"
 
 #define PIPE_MT "memcached.core.pipe"
 
 typedef struct {
     mc_pipe p;
-    int slots;       /* registry reference: table ref -> slot */
     int *free_refs;  /* refs given back */
     size_t nfree, capfree;
     int top;         /* refs handed out so far: 1 .. top */
@@ -59,13 +64,12 @@ static lpipe *check_pipe(lua_State *L)
 static int c_pipe(lua_State *L)
 {
     size_t max_body = (size_t)luaL_checkinteger(L, 1);
-    lpipe *u = lua_newuserdata(L, sizeof *u);
+    lpipe *u = lua_newuserdatauv(L, sizeof *u, 1);
     memset(u, 0, sizeof *u);
-    u->slots = LUA_NOREF;
     luaL_setmetatable(L, PIPE_MT);
-    mc_pipe_init(&u->p, max_body);
     lua_newtable(L);
-    u->slots = luaL_ref(L, LUA_REGISTRYINDEX);
+    lmc_setuv(L, -2);
+    mc_pipe_init(&u->p, max_body);
     u->live = 1;
     return 1;
 }
@@ -75,7 +79,6 @@ static int p_gc(lua_State *L)
     lpipe *u = luaL_checkudata(L, 1, PIPE_MT);
     if (u->live) {
         mc_pipe_free(&u->p);
-        luaL_unref(L, LUA_REGISTRYINDEX, u->slots);
         free(u->free_refs);
         u->free_refs = NULL;
         u->live = 0;
@@ -83,7 +86,8 @@ static int p_gc(lua_State *L)
     return 0;
 }
 
-/* A ref for the slot at index i, which is stored under it. */
+/* A ref for the slot at index i, which is stored under it in the slots
+ * table (the user value of the pipe at index 1). */
 static int ref_slot(lua_State *L, lpipe *u, int i)
 {
     int ref;
@@ -91,7 +95,7 @@ static int ref_slot(lua_State *L, lpipe *u, int i)
         ref = u->free_refs[--u->nfree];
     else
         ref = ++u->top;
-    lmc_rawgeti(L, LUA_REGISTRYINDEX, u->slots);
+    lmc_getuv(L, 1);
     lua_pushvalue(L, i);
     lmc_rawseti(L, -2, ref);
     lua_pop(L, 1);
@@ -116,7 +120,7 @@ static void unref_slot(lua_State *L, lpipe *u, int t, int ref)
 
 static void drop_ref(lua_State *L, lpipe *u, int ref)
 {
-    lmc_rawgeti(L, LUA_REGISTRYINDEX, u->slots);
+    lmc_getuv(L, 1);
     unref_slot(L, u, lua_gettop(L), ref);
     lua_pop(L, 1);
 }
@@ -200,12 +204,22 @@ static int p_flush(lua_State *L)
 /* Sets s.k = the value on top (popped); the slot is at index s. */
 #define SETF(L, s, k) lua_setfield((L), (s), (k))
 
+/* A STAT entry's handler failed (raised, or used the pipe): n, ERR_*,
+ * why, the connection to be failed. */
+static int stream_failed(lua_State *L, int n, const char *why)
+{
+    lua_pushinteger(L, n);
+    lua_pushstring(L, mc_abi_err_str(MC_ERR_PROTOCOL));
+    lua_pushfstring(L, "a STAT entry's handler failed: %s", why);
+    return 3;
+}
+
 /* Every reply the bytes read hold, handed to its slot (see the top). */
 static int deliver(lua_State *L, lpipe *u, int done)
 {
     int k = 0, t;
     mc_pipe_ev ev;
-    lmc_rawgeti(L, LUA_REGISTRYINDEX, u->slots);
+    lmc_getuv(L, 1);
     t = lua_gettop(L);
     for (;;) {
         int rc = mc_pipe_next(&u->p, &ev);
@@ -235,7 +249,12 @@ static int deliver(lua_State *L, lpipe *u, int done)
             lua_pushinteger(L, ev.status);
             lua_pushlstring(L, ev.key, ev.klen);
             lua_pushlstring(L, ev.value, ev.vlen);
-            lua_call(L, 5, 3);
+            if (lua_pcall(L, 5, 3, 0) != 0) {
+                const char *why = lua_tostring(L, -1);
+                return stream_failed(L, k, why ? why : "an error");
+            }
+            if (!u->live || u->p.n == 0 || mc_pipe_ref(&u->p, 0) != ev.ref)
+                return stream_failed(L, k, "it used the pipe");
             if (lua_isnil(L, -3)) {
                 lua_pushinteger(L, k);
                 lua_replace(L, -4);
@@ -321,7 +340,7 @@ static int list_slots(lua_State *L, lpipe *u, int forget)
     size_t i, n = u->p.n;
     int t;
     luaL_checktype(L, 2, LUA_TTABLE);
-    lmc_rawgeti(L, LUA_REGISTRYINDEX, u->slots);
+    lmc_getuv(L, 1);
     t = lua_gettop(L);
     for (i = 0; i < n; i++) {
         int ref = mc_pipe_ref(&u->p, i);

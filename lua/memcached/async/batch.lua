@@ -476,7 +476,8 @@ local function stat_entry(s, err, status, key, value)
   if not t then t = {} s.table = t s.n = 0 end
   s.n = s.n + 1
   if s.n > MAX_STAT_ENTRIES then
-    return nil, E.ERR_PROTOCOL, s.addr .. ": more than " .. MAX_STAT_ENTRIES .. " stat entries in one reply"
+    -- (the connection's address is put in front of why by the driver)
+    return nil, E.ERR_PROTOCOL, "more than " .. MAX_STAT_ENTRIES .. " stat entries in one reply"
   end
   t[key] = value
   return false

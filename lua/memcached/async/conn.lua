@@ -468,8 +468,9 @@ local function hand_reading(self, c)
   for i = 1, n do
     local w = list[i]
     list[i] = nil
-    -- (a coroutine that died waiting, its hook having raised, reads nothing)
-    if not found and not w.done and costatus(w.co) ~= "dead" then found = w end
+    -- (a coroutine that died waiting, its hook having raised, or that its
+    -- loop dropped and the collector took, reads nothing)
+    if not found and not w.done and w.co and costatus(w.co) ~= "dead" then found = w end
   end
   if found then
     c.reader = found
