@@ -23,7 +23,9 @@ end
 -- Each keeps one callback for sleeps (no closure per sleep): it resumes
 -- the coroutine sleep_of[t] names.
 local timers, sleep_of, sleep_cb = {}, {}, {}
-local sleeping = {} -- coroutine -> its timer (true: none) while it sleeps
+-- coroutine -> its timer (true: none) while it sleeps; weak, so that a
+-- coroutine its loop dropped while it slept untimed can be collected
+local sleeping = setmetatable({}, { __mode = "k" })
 local function take_timer()
   local t = timers[#timers]
   if t then timers[#timers] = nil return t end
