@@ -463,8 +463,8 @@ local function median(list)
   for i, v in ipairs(list) do s[i] = v end
   table.sort(s)
   local n = #s
-  if n % 2 == 1 then return s[(n + 1) // 2], s[1], s[n] end
-  return (s[n // 2] + s[n // 2 + 1]) / 2, s[1], s[n]
+  if n % 2 == 1 then return s[math.floor((n + 1) / 2)], s[1], s[n] end
+  return (s[n / 2] + s[n / 2 + 1]) / 2, s[1], s[n]
 end
 
 local base = median(times[1])
