@@ -165,9 +165,12 @@ describe("an async client dropped with a request in flight", function()
     local f = io.open("/proc/self/stat")
     local pid = f:read("*l"):match("^(%d+)")
     f:close()
+    -- sockets only: popen's own pipe may show both ends while ls runs
     local function nfds()
-      local n, ls = 0, io.popen("ls /proc/" .. pid .. "/fd")
-      for _ in ls:lines() do n = n + 1 end
+      local n, ls = 0, io.popen("ls -l /proc/" .. pid .. "/fd 2>/dev/null")
+      for line in ls:lines() do
+        if line:find("-> socket:", 1, true) then n = n + 1 end
+      end
       ls:close()
       return n
     end
