@@ -71,23 +71,27 @@ local function serial()
   return now() - t, 1
 end
 
--- The coroutines' loop body: NGET gets of the coroutine's key.
+-- The coroutines' loop body: NGET gets of the coroutine's key; bad[2]
+-- counts the coroutines that finished (a row whose loop ended before
+-- every coroutine did fails the run).
 local function worker(mc, key, bad)
   for _ = 1, NGET do
     if mc:get(key) ~= VALUE then bad[1] = bad[1] + 1 end
   end
+  bad[2] = bad[2] + 1
 end
 
 local function in_cqueues(maxc)
   local cqueues = require "cqueues"
   local mc = assert(require("memcached.cqueues").new { servers = { ADDR }, timeout = 2,
     max_conns = maxc })
-  local cq, bad = cqueues.new(), { 0 }
+  local cq, bad = cqueues.new(), { 0, 0 }
   local t = now()
   for i = 1, NCO do cq:wrap(function() worker(mc, KEYS[i], bad) end) end
   assert(cq:loop())
   local dt = now() - t
   assert(bad[1] == 0, "wrong values")
+  assert(bad[2] == NCO, bad[2] .. " of " .. NCO .. " coroutines finished")
   local conns = mc:servers()[1].connections
   mc:close()
   return dt, conns
@@ -97,12 +101,13 @@ local function in_luv(maxc)
   local uv = require "luv"
   local mc = assert(require("memcached.luv").new { servers = { ADDR }, timeout = 2,
     max_conns = maxc })
-  local bad = { 0 }
+  local bad = { 0, 0 }
   local t = now()
   for i = 1, NCO do coroutine.wrap(function() worker(mc, KEYS[i], bad) end)() end
   uv.run()
   local dt = now() - t
   assert(bad[1] == 0, "wrong values")
+  assert(bad[2] == NCO, bad[2] .. " of " .. NCO .. " coroutines finished")
   local conns = mc:servers()[1].connections
   mc:close()
   return dt, conns

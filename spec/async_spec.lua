@@ -125,6 +125,28 @@ for _, name in ipairs { "cqueues", "luv" } do
       assert.is_true(n >= 1 and n <= 2, "connections: " .. n)
     end)
 
+    it("collections while coroutines wait for replies lose none of them", function()
+      -- a parked coroutine is held by its request's slot in the
+      -- connection's pipe (luv keeps no handle for it): full collections
+      -- between and during reads must not take any of them
+      local wrong, ended, mc = 0, 0, nil
+      L.run(function(spawn)
+        mc = assert(L.mod.new { servers = { srv.addr }, max_conns = 1, timeout = 2 })
+        assert(mc:set_raw_data("gc:k", "v"))
+        for _ = 1, 100 do
+          spawn(function()
+            for _ = 1, 50 do
+              if mc:get("gc:k") ~= "v" then wrong = wrong + 1 end
+              collectgarbage()
+            end
+            ended = ended + 1
+          end)
+        end
+      end)
+      assert.equal(0, wrong)
+      assert.equal(100, ended)
+    end)
+
     it("requests that coroutines queue while a connection is busy go out together", function()
       local wrong, mc = 0, nil
       L.run(function(spawn)

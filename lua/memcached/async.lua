@@ -30,12 +30,13 @@ local mt = { __index = _M, __name = "memcached.async" }
 
 local OP_GETK, OP_GATK = OP.GETK, OP.GATK
 local running = coroutine.running
--- a reusable slot per coroutine (call). The slot's own reference to its
--- coroutine (s.co) is weak: Lua 5.1 and LuaJIT have no ephemerons, so a
--- strong one would keep every coroutine that ever made a call alive
--- through slot_of (the slot's other fields are numbers, strings, booleans).
-local slot_of = setmetatable({}, { __mode = "k" })
-local SLOT_MT = { __mode = "v" }
+-- a reusable slot per coroutine (call). Weak both ways: Lua 5.1 and
+-- LuaJIT have no ephemerons, so a slot held here would keep its
+-- coroutine (s.co) alive for good. A slot in flight is held by its
+-- connection's pipe, and through s.co it holds the parked coroutine (luv
+-- holds nothing for it); an idle one may go at any collection, and the
+-- next call makes another.
+local slot_of = setmetatable({}, { __mode = "kv" })
 local E_KEY = E.ERR_MALFORMED_KEY
 local E_CLIENT_CLOSED, E_AUTH = E.ERR_CLIENT_CLOSED, E.ERR_AUTH
 local A = require "memcached.args"
@@ -166,9 +167,9 @@ local function probe(self, srv)
     if c.connecting then ok, err, detail = conn.finish_connect(self, c, deadline) end
     if ok then
       c.exclusive = nil
+      s.co, s.deadline = coroutine.running(), deadline
       c.p:push(s, K_OTHER, OP.NOOP, opaque, nil, false, enc(OP.NOOP, opaque))
       c.n, c.wn = 1, 1
-      s.co, s.deadline = coroutine.running(), deadline
       c.reader = s
       conn.read_for(self, c, s)
       c.reader = nil
@@ -287,13 +288,13 @@ local function call(self, key, kind, frame, op, ...)
   local rkey = (op == OP_GETK or op == OP_GATK) and key or nil
   if s == nil or s.queued then
     -- every field a slot gets, so the table is sized once
-    s = setmetatable({ kind = kind, op = op, opaque = opaque, key = rkey, co = co, deadline = 0,
+    s = { kind = kind, op = op, opaque = opaque, key = rkey, co = co, deadline = 0,
       done = false, failed = false, err = false, detail = false, status = 0, flags = 0, cas = 0,
-      value = false, queued = false }, SLOT_MT)
+      value = false, queued = false }
     slot_of[co] = s
   else
-    s.kind, s.op, s.opaque, s.key, s.done, s.failed, s.err, s.detail, s.value =
-      kind, op, opaque, rkey, false, false, false, false, false
+    s.kind, s.op, s.opaque, s.key, s.co, s.done, s.failed, s.err, s.detail, s.value =
+      kind, op, opaque, rkey, co, false, false, false, false, false
   end
   local sv = self.by_addr[addr] or server_of(self, addr)
   self.svs[srv] = sv
@@ -376,7 +377,7 @@ function _M.get(self, key)
   if not sv or not s or s.queued then return slow_get(self, key) end
   local opaque = self.seq
   self.seq = opaque < U32 and opaque + 1 or 1
-  s.kind, s.op, s.opaque, s.key, s.done, s.failed = K_GET, OP_GETK, opaque, key, false, false
+  s.kind, s.op, s.opaque, s.key, s.co, s.done, s.failed = K_GET, OP_GETK, opaque, key, co, false, false
   local c = submit(self, sv, s, nil, now() + self.io_timeout)
   if c then await(self, c, s) end
   if s.failed or s.err ~= 0 or self.sick[srv] or s.flags == self.mp_flag then
