@@ -125,6 +125,16 @@ static void drop_ref(lua_State *L, lpipe *u, int ref)
     lua_pop(L, 1);
 }
 
+/* After the push of the slot under ref (rc: mc_pipe's): nothing, or the
+ * ref given back and an error raised (out of memory). */
+static int pushed(lua_State *L, lpipe *u, int ref, int rc)
+{
+    if (rc == 0)
+        return 0;
+    drop_ref(L, u, ref);
+    return luaL_error(L, "out of memory");
+}
+
 /* p:push(s, kind, op, opaque, key|nil, stream, frame) */
 static int p_push(lua_State *L)
 {
@@ -139,12 +149,9 @@ static int p_push(lua_State *L)
     int ref;
     luaL_checktype(L, 2, LUA_TTABLE);
     ref = ref_slot(L, u, 2);
-    if (mc_pipe_push(&u->p, frame, len, op, kind, opaque, key, klen, stream,
-                     ref) != 0) {
-        drop_ref(L, u, ref);
-        return luaL_error(L, "out of memory");
-    }
-    return 0;
+    return pushed(L, u, ref,
+                  mc_pipe_push(&u->p, frame, len, op, kind, opaque, key, klen,
+                               stream, ref));
 }
 
 /* p:get(s, op, opaque, key): a keyed get (GETK) framed into the pipe */
@@ -158,12 +165,9 @@ static int p_get(lua_State *L)
     int ref;
     luaL_checktype(L, 2, LUA_TTABLE);
     ref = ref_slot(L, u, 2);
-    if (mc_pipe_push_enc(&u->p, op, 0, opaque, 0, key, klen, 0, 0, 0, NULL, 0,
-                         1, 0, ref) != 0) {
-        drop_ref(L, u, ref);
-        return luaL_error(L, "out of memory");
-    }
-    return 0;
+    return pushed(L, u, ref,
+                  mc_pipe_push_enc(&u->p, op, 0, opaque, 0, key, klen, 0, 0, 0,
+                                   NULL, 0, 1, 0, ref));
 }
 
 /* p:write(bytes): bytes that answer to no request of the pipe's */
