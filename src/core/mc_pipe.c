@@ -8,8 +8,8 @@
 #include "mc_error.h"
 #include "mc_proto.h"
 
-/* Beyond this a buffer is given back once it empties: one huge value
- * must not pin memory for the life of a connection. */
+/* Beyond this a buffer gives its room back once what it holds fits again:
+ * one huge value must not pin memory for the life of a connection. */
 #define KEEP_BYTES 65536
 
 void mc_pipe_init(mc_pipe *p, size_t max_body)
@@ -74,6 +74,8 @@ static int enqueue(mc_pipe *p, mc_pipe_req *r, int op, int kind,
     r->ref = ref;
     r->stream = stream;
     r->judged = 0;
+    /* (the key rule, checked before any request is made, allows no longer
+     * key than MC_PIPE_KEY_MAX) */
     r->klen = key && klen <= MC_PIPE_KEY_MAX ? klen : 0;
     if (r->klen)
         memcpy(r->key, key, klen);

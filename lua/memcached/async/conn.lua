@@ -216,11 +216,12 @@ local function conn_fail(self, c, err, detail)
 end
 M.conn_fail = conn_fail
 
--- Sends what c has queued, without waiting. false, err, detail on failure.
+-- Sends what c has queued, without waiting (c.wn: 1 while some is left).
+-- false, err, detail on failure.
 local function flush(self, c)
   local ok, e, msg = c.p:flush(c.tls or c.fd)
+  c.wn = ok and 0 or 1
   if ok == nil then return false, errs[e], c.addr .. ": " .. msg end
-  if ok then c.wn = 0 end
   return true
 end
 M.flush = flush
@@ -444,12 +445,9 @@ function M.submit(self, sv, s, data, deadline)
   local n = c.n + 1
   c.n = n
   if n == 1 and c.wn == 0 and not c.reader and not c.connecting and self.woken == 0 then
-    local ok, e, msg = c.p:flush(c.tls or c.fd)
-    if ok == nil then
-      c.werr, c.wdetail, c.wn = errs[e], c.addr .. ": " .. msg, 1
-    elseif not ok then
-      c.wn = 1
-    end
+    -- a failure waits for the reader, which fails the connection with it
+    local ok, ferr, fdetail = flush(self, c)
+    if not ok then c.werr, c.wdetail = ferr, fdetail end
   else
     c.wn = 1
   end
