@@ -22,7 +22,7 @@ local enc, now, errs, key_ok = core.enc, core.now, core.errs, core.key_ok
 local type, error, tostring, pairs, ipairs, pcall = type, error, tostring, pairs, ipairs, pcall
 local floor, sub, find, setmetatable = math.floor, string.sub, string.find, setmetatable
 local E = conn.E
-local server_of, submit, await = conn.server_of, conn.submit, conn.await
+local server_of, submit, await, lane_get = conn.server_of, conn.submit, conn.await, conn.lane_get
 
 local _M = { _VERSION = "0.1" }
 for k, v in pairs(E) do _M[k] = v end
@@ -377,9 +377,14 @@ function _M.get(self, key)
   if not sv or not s or s.queued then return slow_get(self, key) end
   local opaque = self.seq
   self.seq = opaque < U32 and opaque + 1 or 1
-  s.kind, s.op, s.opaque, s.key, s.co, s.done, s.failed = K_GET, OP_GETK, opaque, key, co, false, false
-  local c = submit(self, sv, s, nil, now() + self.io_timeout)
-  if c then await(self, c, s) end
+  s.co, s.done, s.failed = co, false, false
+  local deadline = now() + self.io_timeout
+  local c = lane_get(self, sv, s, opaque, key, deadline)
+  if not c then
+    s.kind, s.op, s.opaque, s.key = K_GET, OP_GETK, opaque, key
+    c = submit(self, sv, s, nil, deadline)
+  end
+  if c and (not s.done or c.reader == s or self.closed) then await(self, c, s) end
   if s.failed or s.err ~= 0 or self.sick[srv] or s.flags == self.mp_flag then
     return get_reply(self, reply(self, srv, self.names[srv] or server_name(self, srv), s))
   end

@@ -270,7 +270,15 @@ typedef struct { mc_ring *r; } lring;
 
 static mc_ring *check_ring(lua_State *L)
 {
-    lring *u = luaL_checkudata(L, 1, RING_MT);
+    lring *u = lmc_check_self(L, RING_MT);
+    if (!u->r)
+        luaL_error(L, "ring already freed");
+    return u->r;
+}
+
+mc_ring *lmc_check_ring(lua_State *L, int i)
+{
+    lring *u = luaL_checkudata(L, i, RING_MT);
     if (!u->r)
         luaL_error(L, "ring already freed");
     return u->r;
@@ -598,11 +606,24 @@ void lmc_core_class(lua_State *L, const char *name, const luaL_Reg *m,
 {
     luaL_newmetatable(L, name);
     lua_newtable(L);
-    luaL_setfuncs(L, m, 0);
+    lua_pushvalue(L, -2); /* each method's upvalue: lmc_check_self's */
+    luaL_setfuncs(L, m, 1);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, gc);
     lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
+}
+
+void *lmc_check_self(lua_State *L, const char *name)
+{
+    void *p = lua_touserdata(L, 1);
+    if (p && lua_getmetatable(L, 1)) {
+        int same = lua_rawequal(L, -1, lua_upvalueindex(1));
+        lua_pop(L, 1);
+        if (same)
+            return p;
+    }
+    return luaL_checkudata(L, 1, name); /* raises the usual error */
 }
 
 LMC_EXPORT int luaopen_memcached_core(lua_State *L);

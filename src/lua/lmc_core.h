@@ -11,6 +11,13 @@
 /* A metatable `name` whose __index holds methods m and whose __gc is gc. */
 void lmc_core_class(lua_State *L, const char *name, const luaL_Reg *m,
                     lua_CFunction gc);
+/* The userdata at index 1 of a method of a class made by lmc_core_class
+ * (its metatable is the method's upvalue 1, so no registry lookup by
+ * name is made); else raises luaL_checkudata's error. */
+void *lmc_check_self(lua_State *L, const char *name);
+/* The core's ring (memcached.core.ring_new) at index i, or an error. */
+struct mc_ring;
+struct mc_ring *lmc_check_ring(lua_State *L, int i);
 /* Adds the socket, TLS and SASL functions to the module table on top of
  * the stack, and makes their classes. */
 void lmc_core_io_open(lua_State *L);

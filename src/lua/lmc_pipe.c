@@ -32,6 +32,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -41,6 +42,7 @@
 #include "mc_abi.h"
 #include "mc_error.h"
 #include "mc_pipe.h"
+#include "mc_proto.h"
 
 #define PIPE_MT "memcached.core.pipe"
 
@@ -51,11 +53,13 @@ typedef struct {
     int top;         /* refs handed out so far: 1 .. top */
     lua_Integer sends;
     int live;
+    int lane;             /* p:lane: gets may queue here (core.lanes) */
+    double lane_deadline; /* ... when their deadline is no earlier */
 } lpipe;
 
 static lpipe *check_pipe(lua_State *L)
 {
-    lpipe *u = luaL_checkudata(L, 1, PIPE_MT);
+    lpipe *u = lmc_check_self(L, PIPE_MT);
     if (!u->live)
         luaL_error(L, "pipe already freed");
     return u;
@@ -87,20 +91,22 @@ static int p_gc(lua_State *L)
 }
 
 /* A ref for the slot at index i, which is stored under it in the slots
- * table (the user value of the pipe at index 1). */
-static int ref_slot(lua_State *L, lpipe *u, int i)
+ * table (the user value of the pipe u, at index pi). */
+static int ref_slot_at(lua_State *L, lpipe *u, int pi, int i)
 {
     int ref;
     if (u->nfree)
         ref = u->free_refs[--u->nfree];
     else
         ref = ++u->top;
-    lmc_getuv(L, 1);
+    lmc_getuv(L, pi);
     lua_pushvalue(L, i);
     lmc_rawseti(L, -2, ref);
     lua_pop(L, 1);
     return ref;
 }
+
+#define ref_slot(L, u, i) ref_slot_at((L), (u), 1, (i))
 
 /* Gives ref back; the slots table is at index t. */
 static void unref_slot(lua_State *L, lpipe *u, int t, int ref)
@@ -118,22 +124,24 @@ static void unref_slot(lua_State *L, lpipe *u, int t, int ref)
     u->free_refs[u->nfree++] = ref;
 }
 
-static void drop_ref(lua_State *L, lpipe *u, int ref)
+static void drop_ref_at(lua_State *L, lpipe *u, int pi, int ref)
 {
-    lmc_getuv(L, 1);
+    lmc_getuv(L, pi);
     unref_slot(L, u, lua_gettop(L), ref);
     lua_pop(L, 1);
 }
 
-/* After the push of the slot under ref (rc: mc_pipe's): nothing, or the
- * ref given back and an error raised (out of memory). */
-static int pushed(lua_State *L, lpipe *u, int ref, int rc)
+/* After the push of the slot under ref (rc: mc_pipe's) into the pipe at
+ * index pi: nothing, or the ref given back and an error raised (out of
+ * memory). */
+static int pushed_at(lua_State *L, lpipe *u, int pi, int ref, int rc)
 {
     if (rc == 0)
         return 0;
-    drop_ref(L, u, ref);
+    drop_ref_at(L, u, pi, ref);
     return luaL_error(L, "out of memory");
 }
+#define pushed(L, u, ref, rc) pushed_at((L), (u), 1, (ref), (rc))
 
 /* p:push(s, kind, op, opaque, key|nil, stream, frame) */
 static int p_push(lua_State *L)
@@ -205,8 +213,23 @@ static int p_flush(lua_State *L)
     }
 }
 
-/* Sets s.k = the value on top (popped); the slot is at index s. */
-#define SETF(L, s, k) lua_setfield((L), (s), (k))
+/* The slot fields p:read reads and writes, interned once: its upvalues
+ * 2.. (upvalue 1 is the class's metatable, lmc_check_self's). A field is
+ * set and read raw through them: no lookup of the name per reply. */
+static const char *const slot_keys[] = {"queued", "done",  "err",   "status",
+                                        "flags",  "cas",   "value", "stream"};
+enum { K_QUEUED = 2, K_DONE, K_ERR, K_STATUS, K_FLAGS, K_CAS, K_VALUE, K_STREAM };
+#define NKEYS ((int)(sizeof slot_keys / sizeof slot_keys[0]))
+
+/* s.k = what push leaves on top; the slot is at index s */
+#define SETK(L, s, k, push)                                                  \
+    do {                                                                     \
+        lua_pushvalue((L), lua_upvalueindex(k));                             \
+        push;                                                                \
+        lua_rawset((L), (s));                                                \
+    } while (0)
+/* pushes s.k */
+#define GETK(L, s, k) (lua_pushvalue((L), lua_upvalueindex(k)), lua_rawget((L), (s)))
 
 /* A STAT entry's handler failed (raised, or used the pipe): n, ERR_*,
  * why, the connection to be failed. */
@@ -247,7 +270,7 @@ static int deliver(lua_State *L, lpipe *u, int done)
         s = lua_gettop(L);
         if (rc == MC_PIPE_ENTRY) {
             int fin;
-            lua_getfield(L, s, "stream");
+            GETK(L, s, K_STREAM);
             lua_pushvalue(L, s);
             lua_pushinteger(L, ev.err);
             lua_pushinteger(L, ev.status);
@@ -272,33 +295,24 @@ static int deliver(lua_State *L, lpipe *u, int done)
             }
             mc_pipe_pop(&u->p);
             unref_slot(L, u, t, ev.ref);
-            lua_pushboolean(L, 0);
-            SETF(L, s, "queued");
-            lua_pushboolean(L, 1);
-            SETF(L, s, "done");
+            SETK(L, s, K_QUEUED, lua_pushboolean(L, 0));
+            SETK(L, s, K_DONE, lua_pushboolean(L, 1));
             lua_pushvalue(L, s);
             lmc_rawseti(L, done, ++k);
             lua_pop(L, 1);
             continue;
         }
         unref_slot(L, u, t, ev.ref);
-        lua_pushboolean(L, 0);
-        SETF(L, s, "queued");
-        lua_getfield(L, s, "done");
+        SETK(L, s, K_QUEUED, lua_pushboolean(L, 0));
+        GETK(L, s, K_DONE);
         if (!lua_toboolean(L, -1)) {
             /* else its caller gave up waiting: the reply is dropped */
-            lua_pushinteger(L, ev.err);
-            SETF(L, s, "err");
-            lua_pushinteger(L, ev.status);
-            SETF(L, s, "status");
-            lmc_pushint(L, ev.flags);
-            SETF(L, s, "flags");
-            lmc_pushu64(L, (uint64_t)ev.cas);
-            SETF(L, s, "cas");
-            lua_pushlstring(L, ev.value, ev.vlen);
-            SETF(L, s, "value");
-            lua_pushboolean(L, 1);
-            SETF(L, s, "done");
+            SETK(L, s, K_ERR, lua_pushinteger(L, ev.err));
+            SETK(L, s, K_STATUS, lua_pushinteger(L, ev.status));
+            SETK(L, s, K_FLAGS, lmc_pushint(L, ev.flags));
+            SETK(L, s, K_CAS, lmc_pushu64(L, (uint64_t)ev.cas));
+            SETK(L, s, K_VALUE, lua_pushlstring(L, ev.value, ev.vlen));
+            SETK(L, s, K_DONE, lua_pushboolean(L, 1));
             lua_pushvalue(L, s);
             lmc_rawseti(L, done, ++k);
         }
@@ -386,6 +400,26 @@ static int p_count(lua_State *L)
     return 1;
 }
 
+/* p:lane(deadline | false): gets whose deadline is no earlier than
+ * deadline may now be queued here by core.lanes (the connection is being
+ * read by a reader with that deadline), or no longer (false) */
+static int p_lane(lua_State *L)
+{
+    lpipe *u = check_pipe(L);
+    u->lane = lua_toboolean(L, 2);
+    u->lane_deadline = u->lane ? luaL_checknumber(L, 2) : 0;
+    return 0;
+}
+
+/* p:unsent() -> true when bytes wait to be sent */
+static int p_unsent(lua_State *L)
+{
+    size_t len;
+    mc_pipe_out(&check_pipe(L)->p, &len);
+    lua_pushboolean(L, len > 0);
+    return 1;
+}
+
 /* p:sends() -> the send calls made so far */
 static int p_sends(lua_State *L)
 {
@@ -395,14 +429,145 @@ static int p_sends(lua_State *L)
 
 static const luaL_Reg pipe_methods[] = {
     {"push", p_push},   {"get", p_get},       {"write", p_write},
-    {"flush", p_flush}, {"read", p_read},     {"rest", p_rest},
+    {"flush", p_flush}, {"read", p_read},     {"rest", p_rest}, /* read: replaced, see lmc_pipe_open */
     {"drain", p_drain}, {"slots", p_slots},   {"clean", p_clean},
     {"sends", p_sends}, {"count", p_count},   {"free", p_gc},
+    {"lane", p_lane},   {"unsent", p_unsent},
     {NULL, NULL}};
+
+/* ---- lanes: get's own path, in one call ----
+ *
+ *   l = core.lanes(ring, io_timeout)
+ *   l:set(srv, c)   c (a connection: c.p its pipe) is srv's lane
+ *   l:get(key, s, opaque) -> c, deadline, srv | nil
+ *
+ * l:get is what memcached.async's get does for nearly every call: the
+ * key's server by ring (mc_ring_route: a good key, a live server), that
+ * server's lane (a connection being read, p:lane), and the keyed get
+ * framed into its pipe with slot s, all without a Lua table lookup. nil:
+ * nothing done (no lane, a bad key, a dead server; the caller takes the
+ * general way). The connection tables and pipes are kept in the user
+ * value, [2*srv+1] = c and [2*srv+2] = c.p, with the ring at [0]. */
+
+#define LANES_MT "memcached.core.lanes"
+
+typedef struct {
+    struct mc_ring *ring;
+    lpipe **pipe; /* per server: its lane's pipe, or NULL */
+    int n;
+    double io_timeout;
+} llanes;
+
+static int l_gc(lua_State *L)
+{
+    llanes *l = luaL_checkudata(L, 1, LANES_MT);
+    free(l->pipe);
+    l->pipe = NULL;
+    l->n = 0;
+    return 0;
+}
+
+/* core.lanes(ring, io_timeout) */
+static int c_lanes(lua_State *L)
+{
+    struct mc_ring *r = lmc_check_ring(L, 1);
+    double t = luaL_checknumber(L, 2);
+    int n = mc_abi_ring_nservers(r);
+    llanes *l = lua_newuserdatauv(L, sizeof *l, 1);
+    memset(l, 0, sizeof *l);
+    luaL_setmetatable(L, LANES_MT);
+    l->pipe = calloc(n > 0 ? (size_t)n : 1, sizeof *l->pipe);
+    if (!l->pipe)
+        return luaL_error(L, "out of memory");
+    l->ring = r;
+    l->n = n;
+    l->io_timeout = t;
+    lua_newtable(L);
+    lua_pushvalue(L, 1);
+    lmc_rawseti(L, -2, 0); /* the ring outlives the lanes */
+    lmc_setuv(L, -2);
+    return 1;
+}
+
+/* l:set(srv, c) */
+static int l_set(lua_State *L)
+{
+    llanes *l = lmc_check_self(L, LANES_MT);
+    lua_Integer srv = luaL_checkinteger(L, 2);
+    lpipe *u;
+    luaL_checktype(L, 3, LUA_TTABLE);
+    if (srv < 0 || srv >= l->n)
+        return luaL_argerror(L, 2, "no such server");
+    lua_getfield(L, 3, "p");
+    u = luaL_checkudata(L, -1, PIPE_MT);
+    lmc_getuv(L, 1);
+    lua_pushvalue(L, 3);
+    lmc_rawseti(L, -2, 2 * srv + 1);
+    lua_pushvalue(L, -2);
+    lmc_rawseti(L, -2, 2 * srv + 2);
+    l->pipe[srv] = u;
+    return 0;
+}
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* l:get(key, s, opaque) -> c, deadline, srv | nil (see above) */
+static int l_get(lua_State *L)
+{
+    llanes *l = lmc_check_self(L, LANES_MT);
+    size_t klen;
+    const char *key;
+    lpipe *u;
+    double deadline;
+    int srv, ref;
+    uint32_t opaque = (uint32_t)luaL_checkinteger(L, 4);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    if (lua_type(L, 2) != LUA_TSTRING || !l->pipe)
+        return 0;
+    key = lua_tolstring(L, 2, &klen);
+    srv = mc_abi_ring_route(l->ring, key, klen);
+    if (srv < 0 || srv >= l->n || !(u = l->pipe[srv]) || !u->live || !u->lane)
+        return 0;
+    deadline = mono_now() + l->io_timeout;
+    if (deadline < u->lane_deadline)
+        return 0;
+    lua_settop(L, 4);
+    lmc_getuv(L, 1);                   /* 5 */
+    lmc_rawgeti(L, 5, 2 * srv + 2);    /* 6: the pipe */
+    ref = ref_slot_at(L, u, 6, 3);
+    pushed_at(L, u, 6, ref,
+              mc_pipe_push_enc(&u->p, MC_OP_GETK, 0, opaque, 0, key, klen, 0,
+                               0, 0, NULL, 0, 1, 0, ref));
+    lmc_rawgeti(L, 5, 2 * srv + 1);
+    lua_pushnumber(L, deadline);
+    lua_pushinteger(L, srv);
+    return 3;
+}
+
+static const luaL_Reg lanes_methods[] = {
+    {"set", l_set}, {"get", l_get}, {NULL, NULL}};
 
 void lmc_pipe_open(lua_State *L)
 {
+    int i;
     lmc_core_class(L, PIPE_MT, pipe_methods, p_gc);
+    /* read, with the slot fields' names as upvalues (SETK) */
+    luaL_getmetatable(L, PIPE_MT);
+    lua_getfield(L, -1, "__index");
+    lua_pushvalue(L, -2);
+    for (i = 0; i < NKEYS; i++)
+        lua_pushstring(L, slot_keys[i]);
+    lua_pushcclosure(L, p_read, 1 + NKEYS);
+    lua_setfield(L, -2, "read");
+    lua_pop(L, 2);
     lua_pushcfunction(L, c_pipe);
     lua_setfield(L, -2, "pipe");
+    lmc_core_class(L, LANES_MT, lanes_methods, l_gc);
+    lua_pushcfunction(L, c_lanes);
+    lua_setfield(L, -2, "lanes");
 }

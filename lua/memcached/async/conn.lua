@@ -31,7 +31,7 @@ local codec = memcached.codec
 
 local now, recv, send = core.now, core.recv, core.send
 local running, setmetatable = coroutine.running, setmetatable
-local costatus, pcall, error, tostring = coroutine.status, pcall, error, tostring
+local costatus, pcall, error, tostring, next = coroutine.status, pcall, error, tostring, next
 -- Lua 5.2+ and LuaJIT can yield across pcall, so a hook that raises can be
 -- caught and the connection it left cleaned up; PUC 5.1 cannot.
 local PROTECT = _VERSION ~= "Lua 5.1" or rawget(_G, "jit") ~= nil
@@ -288,14 +288,32 @@ local function deliver(self, c)
     return true
   end
   c.n = c.p:count()
-  for i = 1, n do
-    local s = list[i]
-    list[i] = nil
-    wake(self, s.co)
+  local wakeup = self.wakeup
+  if wakeup and next(routed) == nil then
+    -- wake, inlined: this runs once per reply
+    for i = 1, n do
+      local co = list[i].co
+      list[i] = nil
+      if parked[co] then
+        parked[co] = nil
+        self.woken = self.woken + 1
+        wakeup(co)
+      end
+    end
+  else
+    for i = 1, n do
+      local s = list[i]
+      list[i] = nil
+      wake(self, s.co)
+    end
   end
   if e == true then text_line(self, c, c.p:rest())
   elseif e then conn_fail(self, c, e, msg and c.addr .. ": " .. msg)
-  elseif c.n == 0 then wake_waiter(self, c.sv) end
+  elseif c.n == 0 then
+    -- an idle connection: requests go there now, not on a lane
+    c.sv.lane = nil
+    wake_waiter(self, c.sv)
+  end
   return true
 end
 
@@ -440,6 +458,10 @@ function M.submit(self, sv, s, data, deadline)
   end
   s.co, s.deadline = s.co or running(), deadline
   s.queued = true -- in c's FIFO until its reply or c's failure
+  -- every connection busy and this one being read: get's own path may
+  -- queue on it without a pick (M.lane_get) while that lasts
+  local max = self.max_conns
+  if c.reading and max ~= 0 and #sv.conns >= max then sv.lane = c end
   if data then c.p:push(s, s.kind, s.op, s.opaque, s.key, s.stream ~= nil, data)
   else c.p:get(s, s.op, s.opaque, s.key) end
   local n = c.n + 1
@@ -524,6 +546,34 @@ function M.await(self, c, s)
     s.done, s.failed, s.err, s.detail = true, true, E.ERR_CONNECTION_CLOSED, c.addr .. ": connection closed"
   end
   return s
+end
+
+-- get's own path (async.lua): queues slot s, a keyed get of key under
+-- opaque, on sv's lane, and parks the caller until it is woken. The lane
+-- is the connection submit last chose while every connection of sv was
+-- busy and it was being read; it holds while its reader is at work (then
+-- none of sv's connections has gone idle, see deliver). That reader sends
+-- the request with the others queued, and reads its reply or fails the
+-- connection by its own deadline, no later than this one: the park needs
+-- no timer. Returns the connection, or nil when there is no lane (nothing
+-- done: the caller submits).
+local OP_GETK = codec.op.GETK
+function M.lane_get(self, sv, s, opaque, key, deadline)
+  local c = sv.lane
+  if not c or not c.reading or c.dead or c.reader.deadline > deadline then return nil end
+  s.deadline, s.queued = deadline, true
+  c.p:get(s, OP_GETK, opaque, key)
+  c.n, c.wn = c.n + 1, 1
+  local co, sleep = s.co, self.sleep
+  if sleep and not routed[co] then
+    parked[co] = true
+    sleep(nil)
+    if parked[co] then parked[co] = nil
+    else self.woken = self.woken - 1 end
+  else
+    park(self, deadline, true, co)
+  end
+  return c
 end
 
 function M.request(self, sv, s, data, deadline)
