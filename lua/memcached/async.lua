@@ -22,7 +22,8 @@ local enc, now, errs, key_ok = core.enc, core.now, core.errs, core.key_ok
 local type, error, tostring, pairs, ipairs, pcall = type, error, tostring, pairs, ipairs, pcall
 local floor, sub, find, setmetatable = math.floor, string.sub, string.find, setmetatable
 local E = conn.E
-local server_of, submit, await, lane_get = conn.server_of, conn.submit, conn.await, conn.lane_get
+local server_of, submit, await = conn.server_of, conn.submit, conn.await
+local parked, routed = conn.parked, conn.routed
 
 local _M = { _VERSION = "0.1" }
 for k, v in pairs(E) do _M[k] = v end
@@ -349,6 +350,7 @@ local function replace_ring(self, list)
     end
   end
   self.ring, self.list, self.names, self.sick, self.svs = ring, list, {}, sick, {}
+  if self.lanes then self.lanes = core.lanes(ring, self.io_timeout) end
   return true
 end
 
@@ -363,38 +365,69 @@ local D = {
 require "memcached.methods"(D, _M)
 
 -- get's own path, for what nearly every get is: a string key on a client
--- with no custom selector, whose server is alive (ring:route) and was
--- used before (svs), from a coroutine whose last request ended. Every
--- other case goes the general way (memcached.methods' get over call),
--- and so does every answer but a hit; both give the same returns.
+-- with no custom selector, whose server is alive (ring:route), from a
+-- coroutine whose last request ended. The common case of those, a server
+-- whose connections are all busy, one of them being read, takes one call
+-- into C (memcached.core.lanes: route, the lane, the framing) and a park;
+-- the rest submit as call does. Every other case goes the general way
+-- (memcached.methods' get over call), and so does every answer but a
+-- hit; both give the same returns.
 local slow_get, get_reply = _M.get, D.get_reply
-function _M.get(self, key)
-  if type(key) ~= "string" or self.closed or self.custom then return slow_get(self, key) end
+
+local function submit_get(self, key, co, s)
   local srv = self.ring:route(key)
   local sv = srv >= 0 and self.svs[srv]
-  local co = running()
-  local s = slot_of[co]
-  if not sv or not s or s.queued then return slow_get(self, key) end
+  if not sv then return slow_get(self, key) end
   local opaque = self.seq
   self.seq = opaque < U32 and opaque + 1 or 1
-  s.co, s.done, s.failed = co, false, false
-  local deadline = now() + self.io_timeout
-  local c = lane_get(self, sv, s, opaque, key, deadline)
-  if not c then
-    s.kind, s.op, s.opaque, s.key = K_GET, OP_GETK, opaque, key
-    c = submit(self, sv, s, nil, deadline)
+  s.kind, s.op, s.opaque, s.key, s.co, s.done, s.failed = K_GET, OP_GETK, opaque, key, co, false, false
+  local c = submit(self, sv, s, nil, now() + self.io_timeout)
+  if c then
+    -- the connection being read: srv's lane, while its reader reads
+    local lanes = self.lanes
+    if lanes and c.reading then lanes:set(srv, c) end
+    await(self, c, s)
   end
-  if c and (not s.done or c.reader == s or self.closed) then await(self, c, s) end
   if s.failed or s.err ~= 0 or self.sick[srv] or s.flags == self.mp_flag then
     return get_reply(self, reply(self, srv, self.names[srv] or server_name(self, srv), s))
   end
   return s.value, s.cas, s.flags
 end
 
+function _M.get(self, key)
+  local co = running()
+  local s = slot_of[co]
+  local lanes = self.lanes -- (false after close, and for a custom selector)
+  if lanes and s and not s.queued and not routed[co] then
+    local opaque = self.seq
+    local c, deadline, srv = lanes:get(key, s, opaque) -- (a key not a string: nil)
+    if c then
+      self.seq = opaque < U32 and opaque + 1 or 1
+      s.done, s.failed, s.deadline, s.queued = false, false, deadline, true
+      -- the lane's reader reads this reply by its own deadline, no later
+      -- than this one, or fails the connection: the park needs no timer
+      parked[co] = true
+      self.sleep(nil)
+      if parked[co] then parked[co] = nil
+      else self.woken = self.woken - 1 end
+      if not s.done or c.reader == s or self.closed then await(self, c, s) end
+      if s.failed or s.err ~= 0 or self.sick[srv] or s.flags == self.mp_flag then
+        return get_reply(self, reply(self, srv, self.names[srv] or server_name(self, srv), s))
+      end
+      return s.value, s.cas, s.flags
+    end
+  end
+  if not s or s.queued or type(key) ~= "string" or self.closed or self.custom then
+    return slow_get(self, key)
+  end
+  return submit_get(self, key, co, s)
+end
+
 -- Idle connections close at once; those in use when their requests end.
 function _M.close(self)
   if not self.closed then
     self.closed = true
+    self.lanes = false
     conn.close_idle(self)
     -- the muxes of batches over several servers (async/batch.lua)
     for _, m in ipairs(self.muxes or {}) do conn.close_mux(self, m) end
@@ -476,6 +509,8 @@ local function construct(opts, custom)
   err, detail = resolve(self, list)
   if err then return nil, err, detail end
   self.ring, self.list = ring, list
+  -- get's own path (memcached.core.lanes), for loops that park with sleep
+  self.lanes = self.sleep ~= nil and not custom and core.lanes(ring, self.io_timeout)
   return self
 end
 

@@ -268,11 +268,13 @@ local function text_line(self, c, data)
   return true
 end
 
+local hand_reading
+
 -- Reads what c's server sent: every whole reply goes to its slot
 -- (memcached.core.pipe judges each once, and hands a reply over only once
 -- the stream after it is seen in step), and its caller is woken. true
--- when something came, false when nothing did.
-local function deliver(self, c)
+-- when something came, false when nothing did. me: the reader's slot.
+local function deliver(self, c, me)
   local io = c.tls or c.fd
   if c.text then -- a text line has started: the rest of it
     local data, e, msg = recv(io, 65536)
@@ -288,6 +290,10 @@ local function deliver(self, c)
     return true
   end
   c.n = c.p:count()
+  -- the reader's own reply came: the next reader is named and woken
+  -- before the callers of the other replies, so that it runs first, and
+  -- reads (and keeps the lane) while they queue their next requests
+  if me.done and c.reader == me then hand_reading(self, c) end
   local wakeup = self.wakeup
   if wakeup and next(routed) == nil then
     -- wake, inlined: this runs once per reply
@@ -311,7 +317,8 @@ local function deliver(self, c)
   elseif e then conn_fail(self, c, e, msg and c.addr .. ": " .. msg)
   elseif c.n == 0 then
     -- an idle connection: requests go there now, not on a lane
-    c.sv.lane = nil
+    local conns = c.sv.conns
+    for i = 1, #conns do conns[i].p:lane(false) end
     wake_waiter(self, c.sv)
   end
   return true
@@ -331,17 +338,19 @@ local function read_for(self, c, me)
     -- good: that costs each reader these few turns, nothing else; the
     -- count must not be cleared instead, since the woken coroutines that
     -- do run would then take it below zero and end the batching)
-    while c.wn > 0 and self.woken > 0 and yields < 4 and not c.connecting do
+    while self.woken > 0 and yields < 4 and not c.connecting do
       yields = yields + 1
       if not wait_fd(self, c.fd, "w", me.deadline) then break end
     end
     if c.connecting then ok, err, detail = finish_connect(self, c, me.deadline) end
     if ok and c.werr then ok, err, detail = false, c.werr, c.wdetail end
+    -- (gets queued on the lane, core.lanes, leave c.wn as it was)
+    if ok and c.wn == 0 and c.p:unsent() then c.wn = 1 end
     if ok and c.wn > 0 then ok, err, detail = flush(self, c) end
     if not ok then conn_fail(self, c, err, detail) break end
-    if not deliver(self, c) and not wait_fd(self, c.fd, c.wn > 0 and "rw" or "r", me.deadline) then
+    if not deliver(self, c, me) and not wait_fd(self, c.fd, c.wn > 0 and "rw" or "r", me.deadline) then
       -- one last look: the reply may have come with the deadline
-      if not c.dead then deliver(self, c) end
+      if not c.dead then deliver(self, c, me) end
       if not me.done then conn_fail(self, c, E_TIMEOUT, c.addr .. ": no reply within the timeout") end
     end
   end
@@ -458,10 +467,6 @@ function M.submit(self, sv, s, data, deadline)
   end
   s.co, s.deadline = s.co or running(), deadline
   s.queued = true -- in c's FIFO until its reply or c's failure
-  -- every connection busy and this one being read: get's own path may
-  -- queue on it without a pick (M.lane_get) while that lasts
-  local max = self.max_conns
-  if c.reading and max ~= 0 and #sv.conns >= max then sv.lane = c end
   if data then c.p:push(s, s.kind, s.op, s.opaque, s.key, s.stream ~= nil, data)
   else c.p:get(s, s.op, s.opaque, s.key) end
   local n = c.n + 1
@@ -479,10 +484,11 @@ end
 -- Hands c's reading to the oldest request on it whose caller still
 -- waits (c.reader names it at once, so that requests queued meanwhile
 -- wait for it instead of sending on their own).
-local function hand_reading(self, c)
+local in_flight = {} -- hand_reading's list (deliver's, c.done, may be in use)
+function hand_reading(self, c)
   c.reader = nil
   if c.dead then return end
-  local list = c.done
+  local list = in_flight
   local n = c.p:slots(list)
   local found
   for i = 1, n do
@@ -506,6 +512,10 @@ function M.await(self, c, s)
     local r = c.reader
     if not r or r == s then
       c.reader, c.reading = s, true
+      -- while every connection of its server is busy, the one being read
+      -- takes gets on its own (memcached.core.lanes: async.lua's get)
+      local max = self.max_conns
+      if self.lanes and max ~= 0 and #c.sv.conns >= max then c.p:lane(deadline) end
       if PROTECT then
         -- a wait hook that raises while this coroutine reads for the
         -- others: the connection fails with every request on it (nobody
@@ -513,6 +523,7 @@ function M.await(self, c, s)
         local ok, e = pcall(read_for, self, c, s)
         if not ok then
           c.reading = false
+          if not c.dead then c.p:lane(false) end
           conn_fail(self, c, E.ERR_CONNECTION_CLOSED, c.addr .. ": closed: a wait hook raised: " .. tostring(e))
           c.reader = nil
           error(e, 0)
@@ -521,7 +532,8 @@ function M.await(self, c, s)
         read_for(self, c, s)
       end
       c.reading = false
-      hand_reading(self, c)
+      if not c.dead then c.p:lane(false) end
+      if c.reader == s then hand_reading(self, c) end -- (deliver may have)
     else
       -- a reader at work (not one only named, which might never run)
       -- whose deadline is no later than this one's reads this reply by
@@ -548,34 +560,6 @@ function M.await(self, c, s)
   return s
 end
 
--- get's own path (async.lua): queues slot s, a keyed get of key under
--- opaque, on sv's lane, and parks the caller until it is woken. The lane
--- is the connection submit last chose while every connection of sv was
--- busy and it was being read; it holds while its reader is at work (then
--- none of sv's connections has gone idle, see deliver). That reader sends
--- the request with the others queued, and reads its reply or fails the
--- connection by its own deadline, no later than this one: the park needs
--- no timer. Returns the connection, or nil when there is no lane (nothing
--- done: the caller submits).
-local OP_GETK = codec.op.GETK
-function M.lane_get(self, sv, s, opaque, key, deadline)
-  local c = sv.lane
-  if not c or not c.reading or c.dead or c.reader.deadline > deadline then return nil end
-  s.deadline, s.queued = deadline, true
-  c.p:get(s, OP_GETK, opaque, key)
-  c.n, c.wn = c.n + 1, 1
-  local co, sleep = s.co, self.sleep
-  if sleep and not routed[co] then
-    parked[co] = true
-    sleep(nil)
-    if parked[co] then parked[co] = nil
-    else self.woken = self.woken - 1 end
-  else
-    park(self, deadline, true, co)
-  end
-  return c
-end
-
 function M.request(self, sv, s, data, deadline)
   local c = M.submit(self, sv, s, data, deadline)
   if c then M.await(self, c, s) end
@@ -583,5 +567,6 @@ function M.request(self, sv, s, data, deadline)
 end
 
 M.read_for = read_for
+M.parked = parked
 
 return M
