@@ -299,6 +299,7 @@ local function call(self, key, kind, frame, op, ...)
   end
   local sv = self.by_addr[addr] or server_of(self, addr)
   self.svs[srv] = sv
+  sv.srv, sv.ring = srv, self.ring -- (deliver's lanes:set: srv in this ring)
   -- a get is framed by the connection's pipe, no string made
   local c = submit(self, sv, s, frame ~= f_get and frame(op, opaque, ...) or nil, t + self.io_timeout)
   if c then await(self, c, s) end

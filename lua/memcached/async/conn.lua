@@ -313,6 +313,11 @@ local function deliver(self, c, me)
       wake(self, s.co)
     end
   end
+  -- the callers woken here queue their next gets here, on the lane, while
+  -- the reader named gathers them (sv.srv: set by async.lua's call, for
+  -- the ring sv.ring)
+  local lanes, sv = self.lanes, c.sv
+  if n > 0 and lanes and c.reader and sv.ring == self.ring then lanes:set(sv.srv, c) end
   if e == true then text_line(self, c, c.p:rest())
   elseif e then conn_fail(self, c, e, msg and c.addr .. ": " .. msg)
   elseif c.n == 0 then
