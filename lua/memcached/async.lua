@@ -279,8 +279,7 @@ local function call(self, key, kind, frame, op, ...)
   local addr = self.names[srv] or server_name(self, srv)
   -- opaques count up from a random start: each request on a connection
   -- has its own, and a connection dies with its first wrong reply
-  local opaque = self.seq
-  self.seq = opaque < U32 and opaque + 1 or 1
+  local opaque = self.lanes:opaque()
   -- the coroutine's slot from its last call, unless that one is still in
   -- a FIFO (its caller gave up waiting): a table per request costs more
   -- than the rest of the request's Lua
@@ -351,7 +350,8 @@ local function replace_ring(self, list)
     end
   end
   self.ring, self.list, self.names, self.sick, self.svs = ring, list, {}, sick, {}
-  if self.lanes then self.lanes = core.lanes(ring, self.io_timeout) end
+  local old_lanes = self.lanes
+  self.lanes = core.lanes(ring, self.io_timeout, old_lanes:on(), old_lanes:opaque())
   return true
 end
 
@@ -379,14 +379,12 @@ local function submit_get(self, key, co, s)
   local srv = self.ring:route(key)
   local sv = srv >= 0 and self.svs[srv]
   if not sv then return slow_get(self, key) end
-  local opaque = self.seq
-  self.seq = opaque < U32 and opaque + 1 or 1
+  local opaque = self.lanes:opaque()
   s.kind, s.op, s.opaque, s.key, s.co, s.done, s.failed = K_GET, OP_GETK, opaque, key, co, false, false
   local c = submit(self, sv, s, nil, now() + self.io_timeout)
   if c then
     -- the connection being read: srv's lane, while its reader reads
-    local lanes = self.lanes
-    if lanes and c.reading then lanes:set(srv, c) end
+    if c.reading then self.lanes:set(srv, c) end
     await(self, c, s)
   end
   if s.failed or s.err ~= 0 or self.sick[srv] or s.flags == self.mp_flag then
@@ -398,12 +396,10 @@ end
 function _M.get(self, key)
   local co = running()
   local s = slot_of[co]
-  local lanes = self.lanes -- (false after close, and for a custom selector)
-  if lanes and s and not s.queued and not routed[co] then
-    local opaque = self.seq
-    local c, deadline, srv = lanes:get(key, s, opaque) -- (a key not a string: nil)
+  if s and not s.queued and not routed[co] then
+    -- (nil for a key not a string, after close, with a custom selector)
+    local c, deadline, srv = self.lanes:get(key, s)
     if c then
-      self.seq = opaque < U32 and opaque + 1 or 1
       s.done, s.failed, s.deadline, s.queued = false, false, deadline, true
       -- the lane's reader reads this reply by its own deadline, no later
       -- than this one, or fails the connection: the park needs no timer
@@ -428,7 +424,7 @@ end
 function _M.close(self)
   if not self.closed then
     self.closed = true
-    self.lanes = false
+    self.lanes:off()
     conn.close_idle(self)
     -- the muxes of batches over several servers (async/batch.lua)
     for _, m in ipairs(self.muxes or {}) do conn.close_mux(self, m) end
@@ -486,7 +482,6 @@ local function construct(opts, custom)
     probe_timeout = math.min(opt_number(opts, "probe_timeout", 0.02, 0.001, 3600), connect_timeout),
     eject = opts.eject ~= false,
     woken = 0, -- coroutines woken and not yet run (memcached.async.conn)
-    seq = core.random32(), -- the next request's opaque
     sick = {},     -- servers the ring holds failures of (server_ok)
     by_addr = {}, -- per server address: connections (memcached.async.conn)
     dial = {},    -- address -> what to connect to
@@ -509,9 +504,11 @@ local function construct(opts, custom)
   if not ring then return nil, err, detail end
   err, detail = resolve(self, list)
   if err then return nil, err, detail end
+  local seq = core.random32() -- the first request's opaque
   self.ring, self.list = ring, list
-  -- get's own path (memcached.core.lanes), for loops that park with sleep
-  self.lanes = self.sleep ~= nil and not custom and core.lanes(ring, self.io_timeout)
+  -- get's own path (memcached.core.lanes), for loops that park with
+  -- sleep; and every request's opaque
+  self.lanes = core.lanes(ring, self.io_timeout, self.sleep ~= nil and not custom, seq)
   return self
 end
 

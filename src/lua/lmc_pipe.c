@@ -12,7 +12,8 @@
  *   p:get(s, op, opaque, key)         a keyed get, framed here
  *   p:write(bytes)                    bytes of no request (a batch's)
  *   p:flush(io) -> true (all sent) | false (would block) | nil, err, msg
- *   p:read(io, done) -> false (would block) | nil, err, msg (transport)
+ *   p:read(io, done [, parked]) -> false (would block)
+ *                     | nil, err, msg (transport)
  *                     | n [, ERR_*, why | true (a text line: p:rest())]
  *   p:rest(), p:drain(list), p:slots(list), p:clean(), p:count(),
  *   p:sends(), p:free()
@@ -20,7 +21,9 @@
  * io is a descriptor or a TLS connection, as core.send takes. A slot that
  * gets its reply: s.queued = false and, unless s.done (its caller gave
  * up), s.err (the core's error number, 0 for success), s.status, s.flags,
- * s.cas, s.value, s.done = true; it is then listed in done[1..n]. A STAT
+ * s.cas, s.value, s.done = true; it is then listed in done[1..n] (with a
+ * table parked: its coroutine s.co is, when parked[s.co] was set, which
+ * is cleared; the driver wakes those). A STAT
  * stream's slot (stream true) gets each entry through
  * s.stream(s, err, status, key, value), which returns true at its end,
  * false before it, or nil, ERR_*, why to fail the connection; one that
@@ -216,9 +219,10 @@ static int p_flush(lua_State *L)
 /* The slot fields p:read reads and writes, interned once: its upvalues
  * 2.. (upvalue 1 is the class's metatable, lmc_check_self's). A field is
  * set and read raw through them: no lookup of the name per reply. */
-static const char *const slot_keys[] = {"queued", "done",  "err",   "status",
-                                        "flags",  "cas",   "value", "stream"};
-enum { K_QUEUED = 2, K_DONE, K_ERR, K_STATUS, K_FLAGS, K_CAS, K_VALUE, K_STREAM };
+static const char *const slot_keys[] = {"queued", "done",  "err",
+                                        "status", "flags", "cas",
+                                        "value",  "stream", "co"};
+enum { K_QUEUED = 2, K_DONE, K_ERR, K_STATUS, K_FLAGS, K_CAS, K_VALUE, K_STREAM, K_CO };
 #define NKEYS ((int)(sizeof slot_keys / sizeof slot_keys[0]))
 
 /* s.k = what push leaves on top; the slot is at index s */
@@ -241,8 +245,33 @@ static int stream_failed(lua_State *L, int n, const char *why)
     return 3;
 }
 
+/* Lists the slot at index s, just done, in the table at index done (its
+ * k-th entry). With the table parked (index, else 0), its coroutine s.co
+ * is listed instead, and only when parked[s.co] was set (it is then
+ * cleared): the caller wakes the coroutines listed. */
+static void list_done(lua_State *L, int s, int done, int parked, int *k)
+{
+    if (!parked) {
+        lua_pushvalue(L, s);
+        lmc_rawseti(L, done, ++*k);
+        return;
+    }
+    GETK(L, s, K_CO);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, parked);
+    if (lua_toboolean(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushvalue(L, -1);
+        lua_pushnil(L);
+        lua_rawset(L, parked);
+        lmc_rawseti(L, done, ++*k);
+        return;
+    }
+    lua_pop(L, 2);
+}
+
 /* Every reply the bytes read hold, handed to its slot (see the top). */
-static int deliver(lua_State *L, lpipe *u, int done)
+static int deliver(lua_State *L, lpipe *u, int done, int parked)
 {
     int k = 0, t;
     mc_pipe_ev ev;
@@ -297,8 +326,7 @@ static int deliver(lua_State *L, lpipe *u, int done)
             unref_slot(L, u, t, ev.ref);
             SETK(L, s, K_QUEUED, lua_pushboolean(L, 0));
             SETK(L, s, K_DONE, lua_pushboolean(L, 1));
-            lua_pushvalue(L, s);
-            lmc_rawseti(L, done, ++k);
+            list_done(L, s, done, parked, &k);
             lua_pop(L, 1);
             continue;
         }
@@ -313,21 +341,22 @@ static int deliver(lua_State *L, lpipe *u, int done)
             SETK(L, s, K_CAS, lmc_pushu64(L, (uint64_t)ev.cas));
             SETK(L, s, K_VALUE, lua_pushlstring(L, ev.value, ev.vlen));
             SETK(L, s, K_DONE, lua_pushboolean(L, 1));
-            lua_pushvalue(L, s);
-            lmc_rawseti(L, done, ++k);
+            list_done(L, s, done, parked, &k);
         }
         lua_pop(L, 2);
     }
 }
 
-/* p:read(io, done) (see the top) */
+/* p:read(io, done [, parked]) (see the top) */
 static int p_read(lua_State *L)
 {
     lpipe *u = check_pipe(L);
     size_t room;
     char *b;
     long n;
+    int parked = lua_istable(L, 4) ? 4 : 0;
     luaL_checktype(L, 3, LUA_TTABLE);
+    lua_settop(L, 4);
     b = mc_pipe_in(&u->p, 16384, &room);
     if (!b)
         return luaL_error(L, "out of memory");
@@ -339,7 +368,7 @@ static int p_read(lua_State *L)
         return 1;
     }
     mc_pipe_got(&u->p, (size_t)n);
-    return deliver(L, u, 3);
+    return deliver(L, u, 3, parked);
 }
 
 /* p:rest() -> the bytes read and not taken, taken */
@@ -437,9 +466,13 @@ static const luaL_Reg pipe_methods[] = {
 
 /* ---- lanes: get's own path, in one call ----
  *
- *   l = core.lanes(ring, io_timeout)
+ *   l = core.lanes(ring, io_timeout, on, opaque)
  *   l:set(srv, c)   c (a connection: c.p its pipe) is srv's lane
- *   l:get(key, s, opaque) -> c, deadline, srv | nil
+ *   l:get(key, s) -> c, deadline, srv | nil
+ *   l:opaque()      the next request's opaque (every request of the
+ *                   client takes its opaque here, so that no two in
+ *                   flight on a connection share one)
+ *   l:on(), l:off() whether l:get may queue; l:get queues no more
  *
  * l:get is what memcached.async's get does for nearly every call: the
  * key's server by ring (mc_ring_route: a good key, a live server), that
@@ -455,8 +488,17 @@ typedef struct {
     struct mc_ring *ring;
     lpipe **pipe; /* per server: its lane's pipe, or NULL */
     int n;
+    int on;
     double io_timeout;
+    uint32_t seq; /* the next opaque: counts up, 0 skipped */
 } llanes;
+
+static uint32_t next_opaque(llanes *l)
+{
+    uint32_t o = l->seq;
+    l->seq = o == UINT32_MAX ? 1 : o + 1;
+    return o;
+}
 
 static int l_gc(lua_State *L)
 {
@@ -467,11 +509,13 @@ static int l_gc(lua_State *L)
     return 0;
 }
 
-/* core.lanes(ring, io_timeout) */
+/* core.lanes(ring, io_timeout, on, opaque) */
 static int c_lanes(lua_State *L)
 {
     struct mc_ring *r = lmc_check_ring(L, 1);
     double t = luaL_checknumber(L, 2);
+    int on = lua_toboolean(L, 3);
+    uint32_t seq = (uint32_t)luaL_checkinteger(L, 4);
     int n = mc_abi_ring_nservers(r);
     llanes *l = lua_newuserdatauv(L, sizeof *l, 1);
     memset(l, 0, sizeof *l);
@@ -482,6 +526,8 @@ static int c_lanes(lua_State *L)
     l->ring = r;
     l->n = n;
     l->io_timeout = t;
+    l->on = on;
+    l->seq = seq ? seq : 1;
     lua_newtable(L);
     lua_pushvalue(L, 1);
     lmc_rawseti(L, -2, 0); /* the ring outlives the lanes */
@@ -516,7 +562,7 @@ static double mono_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* l:get(key, s, opaque) -> c, deadline, srv | nil (see above) */
+/* l:get(key, s) -> c, deadline, srv | nil (see above) */
 static int l_get(lua_State *L)
 {
     llanes *l = lmc_check_self(L, LANES_MT);
@@ -525,9 +571,8 @@ static int l_get(lua_State *L)
     lpipe *u;
     double deadline;
     int srv, ref;
-    uint32_t opaque = (uint32_t)luaL_checkinteger(L, 4);
     luaL_checktype(L, 3, LUA_TTABLE);
-    if (lua_type(L, 2) != LUA_TSTRING || !l->pipe)
+    if (lua_type(L, 2) != LUA_TSTRING || !l->pipe || !l->on)
         return 0;
     key = lua_tolstring(L, 2, &klen);
     srv = mc_abi_ring_route(l->ring, key, klen);
@@ -536,21 +581,43 @@ static int l_get(lua_State *L)
     deadline = mono_now() + l->io_timeout;
     if (deadline < u->lane_deadline)
         return 0;
-    lua_settop(L, 4);
-    lmc_getuv(L, 1);                   /* 5 */
-    lmc_rawgeti(L, 5, 2 * srv + 2);    /* 6: the pipe */
-    ref = ref_slot_at(L, u, 6, 3);
-    pushed_at(L, u, 6, ref,
-              mc_pipe_push_enc(&u->p, MC_OP_GETK, 0, opaque, 0, key, klen, 0,
-                               0, 0, NULL, 0, 1, 0, ref));
-    lmc_rawgeti(L, 5, 2 * srv + 1);
+    lua_settop(L, 3);
+    lmc_getuv(L, 1);                   /* 4 */
+    lmc_rawgeti(L, 4, 2 * srv + 2);    /* 5: the pipe */
+    ref = ref_slot_at(L, u, 5, 3);
+    pushed_at(L, u, 5, ref,
+              mc_pipe_push_enc(&u->p, MC_OP_GETK, 0, next_opaque(l), 0, key,
+                               klen, 0, 0, 0, NULL, 0, 1, 0, ref));
+    lmc_rawgeti(L, 4, 2 * srv + 1);
     lua_pushnumber(L, deadline);
     lua_pushinteger(L, srv);
     return 3;
 }
 
+/* l:opaque() -> the next opaque */
+static int l_opaque(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)next_opaque(lmc_check_self(L, LANES_MT)));
+    return 1;
+}
+
+/* l:on() -> whether l:get may queue */
+static int l_on(lua_State *L)
+{
+    lua_pushboolean(L, ((llanes *)lmc_check_self(L, LANES_MT))->on);
+    return 1;
+}
+
+/* l:off(): l:get queues nothing more (the client closed) */
+static int l_off(lua_State *L)
+{
+    ((llanes *)lmc_check_self(L, LANES_MT))->on = 0;
+    return 0;
+}
+
 static const luaL_Reg lanes_methods[] = {
-    {"set", l_set}, {"get", l_get}, {NULL, NULL}};
+    {"set", l_set},       {"get", l_get}, {"opaque", l_opaque},
+    {"on", l_on},         {"off", l_off}, {NULL, NULL}};
 
 void lmc_pipe_open(lua_State *L)
 {

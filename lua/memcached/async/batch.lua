@@ -408,7 +408,7 @@ local function each_server(self, frame, op, arg, stream)
   local deadline = now() + self.io_timeout
   local slots, values, failures, first = {}, {}, {}, nil
   for i = 1, n do
-    local opaque = core.random32()
+    local opaque = self.lanes:opaque() -- (unique among those in flight)
     slots[i] = { kind = H.K_OTHER, op = op, opaque = opaque, stream = stream, srv = i - 1,
       addr = server_name(self, i - 1), data = frame(op, opaque, arg) }
   end

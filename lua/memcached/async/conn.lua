@@ -116,15 +116,20 @@ local function park(self, deadline, untimed, co)
 end
 M.park = park
 
-local function wake(self, co)
-  if not parked[co] then return end
-  parked[co] = nil
-  self.woken = self.woken + 1
+-- Wakes co, taken off parked and counted in self.woken already.
+local function wake_parked(self, co)
   local r = routed[co]
   if r then return r.wake(co) end
   if self.wakeup then return self.wakeup(co) end
   local h = efds[co]
   if h then core.efd_signal(h.fd) end
+end
+
+local function wake(self, co)
+  if not parked[co] then return end
+  parked[co] = nil
+  self.woken = self.woken + 1
+  return wake_parked(self, co)
 end
 M.wake = wake
 
@@ -282,8 +287,10 @@ local function deliver(self, c, me)
     elseif data == nil then conn_fail(self, c, errs[e], c.addr .. ": " .. msg) end
     return data ~= false
   end
+  -- list: the coroutines of the replies read that were parked (the pipe
+  -- takes them off parked)
   local list = c.done
-  local n, e, msg = c.p:read(io, list)
+  local n, e, msg = c.p:read(io, list, parked)
   if n == false then return false end
   if n == nil then
     conn_fail(self, c, errs[e], c.addr .. ": " .. msg)
@@ -294,30 +301,25 @@ local function deliver(self, c, me)
   -- before the callers of the other replies, so that it runs first, and
   -- reads (and keeps the lane) while they queue their next requests
   if me.done and c.reader == me then hand_reading(self, c) end
+  self.woken = self.woken + n
   local wakeup = self.wakeup
   if wakeup and next(routed) == nil then
-    -- wake, inlined: this runs once per reply
     for i = 1, n do
-      local co = list[i].co
+      wakeup(list[i])
       list[i] = nil
-      if parked[co] then
-        parked[co] = nil
-        self.woken = self.woken + 1
-        wakeup(co)
-      end
     end
   else
     for i = 1, n do
-      local s = list[i]
+      local co = list[i]
       list[i] = nil
-      wake(self, s.co)
+      wake_parked(self, co)
     end
   end
   -- the callers woken here queue their next gets here, on the lane, while
   -- the reader named gathers them (sv.srv: set by async.lua's call, for
   -- the ring sv.ring)
-  local lanes, sv = self.lanes, c.sv
-  if n > 0 and lanes and c.reader and sv.ring == self.ring then lanes:set(sv.srv, c) end
+  local sv = c.sv
+  if n > 0 and c.reader and sv.ring == self.ring then self.lanes:set(sv.srv, c) end
   if e == true then text_line(self, c, c.p:rest())
   elseif e then conn_fail(self, c, e, msg and c.addr .. ": " .. msg)
   elseif c.n == 0 then
@@ -520,7 +522,7 @@ function M.await(self, c, s)
       -- while every connection of its server is busy, the one being read
       -- takes gets on its own (memcached.core.lanes: async.lua's get)
       local max = self.max_conns
-      if self.lanes and max ~= 0 and #c.sv.conns >= max then c.p:lane(deadline) end
+      if max ~= 0 and #c.sv.conns >= max then c.p:lane(deadline) end
       if PROTECT then
         -- a wait hook that raises while this coroutine reads for the
         -- others: the connection fails with every request on it (nobody
