@@ -23,7 +23,7 @@ local type, error, tostring, pairs, ipairs, pcall = type, error, tostring, pairs
 local floor, sub, find, setmetatable = math.floor, string.sub, string.find, setmetatable
 local E = conn.E
 local server_of, submit, await = conn.server_of, conn.submit, conn.await
-local parked, routed = conn.parked, conn.routed
+local routed = conn.routed
 
 local _M = { _VERSION = "0.1" }
 for k, v in pairs(E) do _M[k] = v end
@@ -290,7 +290,7 @@ local function call(self, key, kind, frame, op, ...)
     -- every field a slot gets, so the table is sized once
     s = { kind = kind, op = op, opaque = opaque, key = rkey, co = co, deadline = 0,
       done = false, failed = false, err = false, detail = false, status = 0, flags = 0, cas = 0,
-      value = false, queued = false }
+      value = false, queued = false, parked = false }
     slot_of[co] = s
   else
     s.kind, s.op, s.opaque, s.key, s.co, s.done, s.failed, s.err, s.detail, s.value =
@@ -403,9 +403,9 @@ function _M.get(self, key)
       s.done, s.failed, s.deadline, s.queued = false, false, deadline, true
       -- the lane's reader reads this reply by its own deadline, no later
       -- than this one, or fails the connection: the park needs no timer
-      parked[co] = true
+      s.parked = true -- (conn.wake_slot; the pipe's read)
       self.sleep(nil)
-      if parked[co] then parked[co] = nil
+      if s.parked then s.parked = false
       else self.woken = self.woken - 1 end
       if not s.done or c.reader == s or self.closed then await(self, c, s) end
       if s.failed or s.err ~= 0 or self.sick[srv] or s.flags == self.mp_flag then

@@ -39,7 +39,8 @@ M.hooks = {
       c = condition.new()
       conds[co] = c
     end
-    c:wait(timeout)
+    -- (polled as it is: condition:wait adds two Lua calls around this)
+    if timeout then poll(c, timeout) else poll(c) end
   end,
   wakeup = function(co)
     local c = conds[co]

@@ -22,8 +22,8 @@
  * gets its reply: s.queued = false and, unless s.done (its caller gave
  * up), s.err (the core's error number, 0 for success), s.status, s.flags,
  * s.cas, s.value, s.done = true; it is then listed in done[1..n] (with a
- * table parked: its coroutine s.co is, when parked[s.co] was set, which
- * is cleared; the driver wakes those). A STAT
+ * table parked: its coroutine s.co is, when s.parked or parked[s.co] was
+ * set, which is cleared; the driver wakes those). A STAT
  * stream's slot (stream true) gets each entry through
  * s.stream(s, err, status, key, value), which returns true at its end,
  * false before it, or nil, ERR_*, why to fail the connection; one that
@@ -221,8 +221,12 @@ static int p_flush(lua_State *L)
  * set and read raw through them: no lookup of the name per reply. */
 static const char *const slot_keys[] = {"queued", "done",  "err",
                                         "status", "flags", "cas",
-                                        "value",  "stream", "co"};
-enum { K_QUEUED = 2, K_DONE, K_ERR, K_STATUS, K_FLAGS, K_CAS, K_VALUE, K_STREAM, K_CO };
+                                        "value",  "stream", "co",
+                                        "parked"};
+enum {
+    K_QUEUED = 2, K_DONE, K_ERR, K_STATUS, K_FLAGS, K_CAS, K_VALUE, K_STREAM,
+    K_CO, K_PARKED
+};
 #define NKEYS ((int)(sizeof slot_keys / sizeof slot_keys[0]))
 
 /* s.k = what push leaves on top; the slot is at index s */
@@ -247,12 +251,23 @@ static int stream_failed(lua_State *L, int n, const char *why)
 
 /* Lists the slot at index s, just done, in the table at index done (its
  * k-th entry). With the table parked (index, else 0), its coroutine s.co
- * is listed instead, and only when parked[s.co] was set (it is then
- * cleared): the caller wakes the coroutines listed. */
+ * is listed instead, and only when it is parked: s.parked, or
+ * parked[s.co] (either is then cleared). The caller wakes the coroutines
+ * listed. */
 static void list_done(lua_State *L, int s, int done, int parked, int *k)
 {
+    int p;
     if (!parked) {
         lua_pushvalue(L, s);
+        lmc_rawseti(L, done, ++*k);
+        return;
+    }
+    GETK(L, s, K_PARKED);
+    p = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (p) {
+        SETK(L, s, K_PARKED, lua_pushboolean(L, 0));
+        GETK(L, s, K_CO);
         lmc_rawseti(L, done, ++*k);
         return;
     }

@@ -133,6 +133,17 @@ local function wake(self, co)
 end
 M.wake = wake
 
+-- Wakes the caller of slot s: parked by get's own path (s.parked, a
+-- field of the slot, cheaper than a coroutine-keyed table) or by park.
+local function wake_slot(self, s)
+  if s.parked then
+    s.parked = false
+    self.woken = self.woken + 1
+    return wake_parked(self, s.co)
+  end
+  return wake(self, s.co)
+end
+
 -- Waits until fd is ready for events or the deadline (true: time left).
 local function wait_fd(self, fd, events, deadline)
   local left = deadline - now()
@@ -215,7 +226,7 @@ local function conn_fail(self, c, err, detail)
     s.queued = false
     if not s.done then
       s.done, s.failed, s.err, s.detail = true, true, err, detail
-      wake(self, s.co)
+      wake_slot(self, s)
     end
   end
 end
@@ -507,7 +518,7 @@ function hand_reading(self, c)
   end
   if found then
     c.reader = found
-    wake(self, found.co)
+    wake_slot(self, found)
   end
 end
 
