@@ -6,6 +6,7 @@ local H = require "spec.helper"
 local memcached = H.memcached
 local B = require "spec.behaviour"
 local LOOPS = require "spec.async_loops"
+local core = require "memcached.core"
 
 local MYPID = io.open("/proc/self/stat"):read("*l"):match("^(%d+)")
 local ERRS = {}
@@ -145,6 +146,47 @@ for _, name in ipairs { "cqueues", "luv" } do
       end)
       assert.equal(0, wrong)
       assert.equal(100, ended)
+    end)
+
+    -- memcached.luv keeps a stopped poll handle per descriptor number and
+    -- memcached.cqueues a pollable: a number closed without the cancel hook
+    -- (a client collected unclosed) and reused must serve the new socket
+    it("a descriptor number a collected client left is reused by the next connection", function()
+      local old_fd, new_fd, wrong, fillers = nil, nil, 0, {}
+      -- clients earlier cases dropped go now, their descriptors closed by
+      -- a's first connection: the only ones left open below are a's
+      collectgarbage()
+      collectgarbage()
+      L.run(function(spawn)
+        local a = assert(L.mod.new { servers = { srv.addr }, timeout = 2 })
+        assert(a:set_raw_data("reuse:k", "v"))
+        assert.equal("v", a:get("reuse:k"))
+        old_fd = a.by_addr[srv.addr].conns[1].fd
+        a = nil -- luacheck: ignore
+        collectgarbage()
+        collectgarbage()
+        -- the collected client's descriptor stays open until the next
+        -- connection is opened, which closes it first: fill the numbers
+        -- below it, so that the connection gets it
+        while true do
+          local fd = assert(core.efd_new())
+          if fd > old_fd then core.close(fd) break end
+          fillers[#fillers + 1] = fd
+        end
+        local b = assert(L.mod.new { servers = { srv.addr }, timeout = 2, max_conns = 1 })
+        assert.equal("v", b:get("reuse:k"))
+        new_fd = b.by_addr[srv.addr].conns[1].fd
+        for _ = 1, 20 do
+          spawn(function()
+            for _ = 1, 20 do
+              if b:get("reuse:k") ~= "v" then wrong = wrong + 1 end
+            end
+          end)
+        end
+      end)
+      for _, fd in ipairs(fillers) do core.close(fd) end
+      assert.equal(old_fd, new_fd, "the descriptor number was not reused")
+      assert.equal(0, wrong)
     end)
 
     it("requests that coroutines queue while a connection is busy go out together", function()

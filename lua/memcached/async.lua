@@ -435,11 +435,12 @@ end
 _M.exit = _M.close
 mt.__close = function(self) _M.close(self) end
 mt.__gc = function(self)
-  -- the descriptors only: no hook may run from a finalizer
-  for _, m in ipairs(self.muxes or {}) do conn.close_mux(self, m, true) end
+  -- the descriptors, closed by the next connection any client opens
+  -- (conn.orphan: no hook may run from a finalizer)
+  for _, m in ipairs(self.muxes or {}) do conn.orphan(self, m.fd, m) end
   for _, sv in pairs(self.by_addr) do
     for _, c in ipairs(sv.conns) do
-      if not c.dead then c.dead = true core.close(c.fd) end
+      if not c.dead then c.dead = true conn.orphan(self, c.fd) end
     end
   end
 end

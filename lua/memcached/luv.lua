@@ -62,7 +62,11 @@ local function run_ready()
   local list, n = ready, nready
   ready, nready = {}, 0
   idle:stop()
-  for i = 1, n do go(list[i]) end
+  for i = 1, n do
+    local co = list[i]
+    local ok, err = resume(co) -- (go, inlined: once per get)
+    if not ok then error(traceback(co, tostring(err)), 0) end
+  end
 end
 
 M.hooks = {

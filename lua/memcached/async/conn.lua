@@ -159,12 +159,36 @@ local function close_fd(self, fd)
 end
 M.close_fd = close_fd
 
--- Closes a mux of async/batch.lua's run_all ({mux, fd, efd}); in a
--- finalizer no hook may run.
-function M.close_mux(self, m, in_gc)
-  if self.cancel and not in_gc then self.cancel(m.fd) end
+-- Closes a mux of async/batch.lua's run_all ({mux, fd, efd}).
+function M.close_mux(self, m)
+  if self.cancel then self.cancel(m.fd) end
   m.mux:close()
   core.close(m.efd)
+end
+
+-- The descriptors of clients collected unclosed. A finalizer may run no
+-- hook, and a descriptor closed without its cancel hook would leave the
+-- loop watching its number (cqueues then fails the next descriptor that
+-- reuses it); so they stay open, and the next connection any client opens
+-- first cancels and closes them. (Lua 5.1 and LuaJIT run no finalizer
+-- for a table: there they stay open.)
+local orphans = {}
+-- fd (or a mux, {mux, fd, efd}) of the client self, collected
+function M.orphan(self, fd, mux)
+  orphans[#orphans + 1] = { fd = fd, mux = mux, cancel = self.cancel }
+end
+local function bury()
+  for i = #orphans, 1, -1 do
+    local o = orphans[i]
+    orphans[i] = nil
+    if o.cancel then pcall(o.cancel, o.fd) end
+    if o.mux then
+      o.mux.mux:close()
+      core.close(o.mux.efd)
+    else
+      core.close(o.fd)
+    end
+  end
 end
 
 -- ---- servers and their connections ----
@@ -198,6 +222,7 @@ end
 -- Opens a connection without waiting (the connect completes in the
 -- reader's or the batch's wait). nil, err, detail when it failed at once.
 local function open(self, sv)
+  if orphans[1] then bury() end
   local fd, e, msg = core.connect(self.dial[sv.addr] or sv.addr)
   if not fd then return nil, errs[e], sv.addr .. ": " .. msg end
   -- a secure client's connection counts as connecting until finish_connect secured it
