@@ -158,7 +158,8 @@ describe("memcached.core.pipe", function()
   it("p:read with a parked table lists the parked callers' coroutines and unparks them", function()
     local p = core.pipe(1024 * 1024)
     local parked = {}
-    local co1, co2, co3 = coroutine.create(print), coroutine.create(print), coroutine.create(print)
+    local function f() end
+    local co1, co2, co3 = coroutine.create(f), coroutine.create(f), coroutine.create(f)
     local a, b, c = slot("a"), slot("b"), slot("c")
     a.co, b.co, c.co = co1, co2, co3
     a.parked = true      -- parked by get's own path
@@ -264,7 +265,8 @@ describe("memcached.core.lanes", function()
     local w = core.lanes(ring, 1, false, 4294967295)
     assert.are.same({ 4294967295, 1, 2 }, { w:opaque(), w:opaque(), w:opaque() })
     assert.is_false(w:on())
-    assert.has_error(function() w:set(2, { p = core.pipe(1024) }) end)
+    assert.is_false(w:set(2, { p = core.pipe(1024) })) -- (a custom selector's, interned later)
+    assert.is_true(w:set(1, { p = core.pipe(1024) }))
     assert.has_error(function() w:set(0, {}) end)
   end)
 end)

@@ -482,7 +482,8 @@ static const luaL_Reg pipe_methods[] = {
 /* ---- lanes: get's own path, in one call ----
  *
  *   l = core.lanes(ring, io_timeout, on, opaque)
- *   l:set(srv, c)   c (a connection: c.p its pipe) is srv's lane
+ *   l:set(srv, c)   c (a connection: c.p its pipe) is srv's lane (false:
+ *                   a server the ring did not have when l was made)
  *   l:get(key, s) -> c, deadline, srv | nil
  *   l:opaque()      the next request's opaque (every request of the
  *                   client takes its opaque here, so that no two in
@@ -550,15 +551,18 @@ static int c_lanes(lua_State *L)
     return 1;
 }
 
-/* l:set(srv, c) */
+/* l:set(srv, c) -> true, or false for a server the ring had not when l
+ * was made (a custom selector's, interned later: it has no lane) */
 static int l_set(lua_State *L)
 {
     llanes *l = lmc_check_self(L, LANES_MT);
     lua_Integer srv = luaL_checkinteger(L, 2);
     lpipe *u;
     luaL_checktype(L, 3, LUA_TTABLE);
-    if (srv < 0 || srv >= l->n)
-        return luaL_argerror(L, 2, "no such server");
+    if (srv < 0 || srv >= l->n) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
     lua_getfield(L, 3, "p");
     u = luaL_checkudata(L, -1, PIPE_MT);
     lmc_getuv(L, 1);
@@ -567,7 +571,8 @@ static int l_set(lua_State *L)
     lua_pushvalue(L, -2);
     lmc_rawseti(L, -2, 2 * srv + 2);
     l->pipe[srv] = u;
-    return 0;
+    lua_pushboolean(L, 1);
+    return 1;
 }
 
 static double mono_now(void)
