@@ -15,7 +15,7 @@
  *   p:read(io, done [, parked]) -> false (would block)
  *                     | nil, err, msg (transport)
  *                     | n [, ERR_*, why | true (a text line: p:rest())]
- *   p:rest(), p:drain(list), p:slots(list), p:clean(), p:count(),
+ *   p:rest(), p:drain(list), p:slot(i), p:clean(), p:count(),
  *   p:sends(), p:free()
  *
  * io is a descriptor or a TLS connection, as core.send takes. A slot that
@@ -396,9 +396,24 @@ static int p_rest(lua_State *L)
     return 1;
 }
 
-/* The slots in flight, oldest first, into the table at index 2; n. */
-static int list_slots(lua_State *L, lpipe *u, int forget)
+/* p:slot(i) -> the i-th slot in flight, oldest first (1-based), or nil */
+static int p_slot(lua_State *L)
 {
+    lpipe *u = check_pipe(L);
+    lua_Integer i = luaL_checkinteger(L, 2);
+    if (i < 1 || (size_t)i > u->p.n)
+        return 0;
+    lmc_getuv(L, 1);
+    lmc_rawgeti(L, -1, mc_pipe_ref(&u->p, (size_t)i - 1));
+    return 1;
+}
+
+/* p:drain(list) -> n: the slots in flight into list[1..n], oldest first,
+ * and the pipe forgets them and every byte either way (the connection
+ * failed) */
+static int p_drain(lua_State *L)
+{
+    lpipe *u = check_pipe(L);
     size_t i, n = u->p.n;
     int t;
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -408,26 +423,11 @@ static int list_slots(lua_State *L, lpipe *u, int forget)
         int ref = mc_pipe_ref(&u->p, i);
         lmc_rawgeti(L, t, ref);
         lmc_rawseti(L, 2, (lua_Integer)i + 1);
-        if (forget)
-            unref_slot(L, u, t, ref);
+        unref_slot(L, u, t, ref);
     }
-    if (forget)
-        mc_pipe_reset(&u->p);
+    mc_pipe_reset(&u->p);
     lua_pushinteger(L, (lua_Integer)n);
     return 1;
-}
-
-/* p:drain(list) -> n: the slots in flight into list[1..n], and the pipe
- * forgets them and every byte either way (the connection failed) */
-static int p_drain(lua_State *L)
-{
-    return list_slots(L, check_pipe(L), 1);
-}
-
-/* p:slots(list) -> n: the slots in flight into list[1..n] */
-static int p_slots(lua_State *L)
-{
-    return list_slots(L, check_pipe(L), 0);
 }
 
 /* p:clean() -> true when nothing is in flight, unsent or unread */
@@ -474,9 +474,9 @@ static int p_sends(lua_State *L)
 static const luaL_Reg pipe_methods[] = {
     {"push", p_push},   {"get", p_get},       {"write", p_write},
     {"flush", p_flush}, {"read", p_read},     {"rest", p_rest}, /* read: replaced, see lmc_pipe_open */
-    {"drain", p_drain}, {"slots", p_slots},   {"clean", p_clean},
+    {"drain", p_drain}, {"clean", p_clean},
     {"sends", p_sends}, {"count", p_count},   {"free", p_gc},
-    {"lane", p_lane},   {"unsent", p_unsent},
+    {"lane", p_lane},   {"unsent", p_unsent}, {"slot", p_slot},
     {NULL, NULL}};
 
 /* ---- lanes: get's own path, in one call ----

@@ -527,19 +527,18 @@ end
 -- Hands c's reading to the oldest request on it whose caller still
 -- waits (c.reader names it at once, so that requests queued meanwhile
 -- wait for it instead of sending on their own).
-local in_flight = {} -- hand_reading's list (deliver's, c.done, may be in use)
 function hand_reading(self, c)
   c.reader = nil
   if c.dead then return end
-  local list = in_flight
-  local n = c.p:slots(list)
-  local found
-  for i = 1, n do
-    local w = list[i]
-    list[i] = nil
+  local p, found = c.p, nil
+  for i = 1, p:count() do
+    local w = p:slot(i)
     -- (a coroutine that died waiting, its hook having raised, or that its
     -- loop dropped and the collector took, reads nothing)
-    if not found and not w.done and w.co and costatus(w.co) ~= "dead" then found = w end
+    if not w.done and w.co and costatus(w.co) ~= "dead" then
+      found = w
+      break
+    end
   end
   if found then
     c.reader = found
