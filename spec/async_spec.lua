@@ -14,6 +14,20 @@ for k, v in pairs(memcached) do
   if type(k) == "string" and k:sub(1, 4) == "ERR_" then ERRS[v] = k end
 end
 
+-- Spawns n coroutines, each making m gets of key from mc: r.wrong counts
+-- the answers that are not want, r.ended the coroutines that finished.
+local function gets_of(spawn, mc, key, want, n, m, r)
+  r.wrong, r.ended = r.wrong or 0, r.ended or 0
+  for _ = 1, n do
+    spawn(function()
+      for _ = 1, m do
+        if mc:get(key) ~= want then r.wrong = r.wrong + 1 end
+      end
+      r.ended = r.ended + 1
+    end)
+  end
+end
+
 for _, name in ipairs { "cqueues", "luv" } do
   local L = LOOPS[name]
 
@@ -152,7 +166,7 @@ for _, name in ipairs { "cqueues", "luv" } do
     -- memcached.cqueues a pollable: a number closed without the cancel hook
     -- (a client collected unclosed) and reused must serve the new socket
     it("a descriptor number a collected client left is reused by the next connection", function()
-      local old_fd, new_fd, wrong, fillers = nil, nil, 0, {}
+      local old_fd, new_fd, r, fillers = nil, nil, {}, {}
       -- clients earlier cases dropped go now, their descriptors closed by
       -- a's first connection: the only ones left open below are a's
       collectgarbage()
@@ -176,13 +190,7 @@ for _, name in ipairs { "cqueues", "luv" } do
         local b = assert(L.mod.new { servers = { srv.addr }, timeout = 2, max_conns = 1 })
         assert.equal("v", b:get("reuse:k"))
         new_fd = b.by_addr[srv.addr].conns[1].fd
-        for _ = 1, 20 do
-          spawn(function()
-            for _ = 1, 20 do
-              if b:get("reuse:k") ~= "v" then wrong = wrong + 1 end
-            end
-          end)
-        end
+        gets_of(spawn, b, "reuse:k", "v", 20, 20, r)
       end)
       for _, fd in ipairs(fillers) do core.close(fd) end
       if _VERSION ~= "Lua 5.1" then
@@ -192,45 +200,31 @@ for _, name in ipairs { "cqueues", "luv" } do
         -- client's descriptor stays open, and is never reused
         assert.not_equal(old_fd, new_fd)
       end
-      assert.equal(0, wrong)
+      assert.same({ 0, 20 }, { r.wrong, r.ended })
     end)
 
     -- a custom selector's servers are interned as they come, after the
     -- client's lanes were made for the ring it had (none here)
     it("a custom selector's servers serve many coroutines", function()
-      local wrong, ended = 0, 0
+      local r = {}
       L.run(function(spawn)
         local o = { max_conns = 1, timeout = 2 }
         for k, v in pairs(L.mod.hooks) do o[k] = v end
         local mc = assert(memcached.new_from_selector(function() return srv.addr end, o))
         assert(mc:set_raw_data("sel:k", "v"))
-        for _ = 1, 30 do
-          spawn(function()
-            for _ = 1, 30 do
-              if mc:get("sel:k") ~= "v" then wrong = wrong + 1 end
-            end
-            ended = ended + 1
-          end)
-        end
+        gets_of(spawn, mc, "sel:k", "v", 30, 30, r)
       end)
-      assert.equal(0, wrong)
-      assert.equal(30, ended)
+      assert.same({ 0, 30 }, { r.wrong, r.ended })
     end)
 
     it("requests that coroutines queue while a connection is busy go out together", function()
-      local wrong, mc = 0, nil
+      local r, mc = {}, nil
       L.run(function(spawn)
         mc = assert(L.mod.new { servers = { srv.addr }, max_conns = 2, timeout = 2 })
         assert(mc:set_raw_data("batch:k", "v"))
-        for _ = 1, 100 do
-          spawn(function()
-            for _ = 1, 20 do
-              if mc:get("batch:k") ~= "v" then wrong = wrong + 1 end
-            end
-          end)
-        end
+        gets_of(spawn, mc, "batch:k", "v", 100, 20, r)
       end)
-      assert.equal(0, wrong)
+      assert.same({ 0, 100 }, { r.wrong, r.ended })
       -- one send per request would be 2,001; the reader sends what the
       -- woken coroutines queued in one: 64-108 sends when written, 401
       -- under ASan (slower, with the server on the other CPU answering

@@ -368,9 +368,9 @@ require "memcached.methods"(D, _M)
 -- get's own path, for what nearly every get is: a string key on a client
 -- with no custom selector, whose server is alive (ring:route), from a
 -- coroutine whose last request ended. The common case of those, a server
--- whose connections are all busy, one of them being read, takes one call
--- into C (memcached.core.lanes: route, the lane, the framing) and a park;
--- the rest submit as call does. Every other case goes the general way
+-- with max_conns connections, one of them being read (its lane), takes
+-- one call into C (memcached.core.lanes: route, the lane, the framing)
+-- and a park; the rest submit as call does. Every other case goes the general way
 -- (memcached.methods' get over call), and so does every answer but a
 -- hit; both give the same returns.
 local slow_get, get_reply = _M.get, D.get_reply
