@@ -290,7 +290,8 @@ local function call(self, key, kind, frame, op, ...)
     -- every field a slot gets, so the table is sized once
     s = { kind = kind, op = op, opaque = opaque, key = rkey, co = co, deadline = 0,
       done = false, failed = false, err = false, detail = false, status = 0, flags = 0, cas = 0,
-      value = false, queued = false, parked = false }
+      value = false, queued = false, parked = false,
+      routed = routed[co] ~= nil } -- (a batch's stream: conn.routed, set before it runs)
     slot_of[co] = s
   else
     s.kind, s.op, s.opaque, s.key, s.co, s.done, s.failed, s.err, s.detail, s.value =
@@ -396,7 +397,7 @@ end
 function _M.get(self, key)
   local co = running()
   local s = slot_of[co]
-  if s and not s.queued and not routed[co] then
+  if s and not s.queued and not s.routed then
     -- (nil for a key not a string, after close, with a custom selector)
     local c, deadline, srv = self.lanes:get(key, s)
     if c then
