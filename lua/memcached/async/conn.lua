@@ -181,11 +181,16 @@ local function bury()
   for i = #orphans, 1, -1 do
     local o = orphans[i]
     orphans[i] = nil
-    if o.cancel then pcall(o.cancel, o.fd) end
     if o.mux then
-      o.mux.mux:close()
+      -- the mux's own finalizer may have run first and closed it (its
+      -- number may then be another descriptor's already: no cancel)
+      if pcall(o.mux.mux.fd, o.mux.mux) then
+        if o.cancel then pcall(o.cancel, o.fd) end
+        o.mux.mux:close()
+      end
       core.close(o.mux.efd)
     else
+      if o.cancel then pcall(o.cancel, o.fd) end
       core.close(o.fd)
     end
   end
