@@ -203,6 +203,70 @@ for _, name in ipairs { "cqueues", "luv" } do
       assert.same({ 0, 20 }, { r.wrong, r.ended })
     end)
 
+    -- a client collected unclosed after calls over several servers: its
+    -- pooled mux is closed by the next connection opened (with the
+    -- loop's cancel hook), not by the collector behind the loop's back
+    -- (cqueues then failed its next poll: "unable to update event
+    -- disposition")
+    it("a collected client's calls over several servers leave the loop working", function()
+      local other = H.start_memcached()
+      local got
+      L.run(function()
+        local a = assert(L.mod.new { servers = { srv.addr, other.addr }, timeout = 2 })
+        local keys = {}
+        for i = 1, 20 do keys[i] = "mux:" .. i end -- (keys on both servers: a mux)
+        assert(a:get_multi(keys))
+        assert.equal(1, #a.muxes)
+        a = nil -- luacheck: ignore
+        collectgarbage()
+        collectgarbage()
+        L.sleep(0.01)
+        local b = assert(L.mod.new { servers = { srv.addr }, timeout = 2 })
+        assert(b:set_raw_data("mux:k", "v"))
+        got = b:get("mux:k")
+        L.sleep(0.01)
+        b:close()
+      end)
+      other.kill9()
+      assert.equal("v", got)
+    end)
+
+    -- set_servers while gets are in flight: a get's server index is its
+    -- ring's, and the ring may be another when the reply comes; no get
+    -- raises, and the new list's health is not charged with the old one's
+    it("set_servers while gets wait never makes one raise", function()
+      local refused = "127.0.0.1:" .. H.free_port()
+      local raised, ended = {}, 0
+      L.run(function(spawn)
+        local mc = assert(L.mod.new { servers = { refused, srv.addr }, max_conns = 1, timeout = 1,
+          failure_limit = 100 })
+        local k
+        for i = 1, 1000 do
+          if mc.ring:route("ss" .. i) == 1 then k = "ss" .. i break end
+        end
+        for _ = 1, 10 do
+          spawn(function()
+            for _ = 1, 30 do
+              -- misses: their answer goes the general way, which names the server
+              local ok, e = pcall(mc.get, mc, "missing:" .. k)
+              if not ok then raised[#raised + 1] = tostring(e) end
+            end
+            ended = ended + 1
+          end)
+        end
+        spawn(function()
+          for _ = 1, 30 do
+            mc:set_servers(refused)
+            L.sleep(0.001)
+            mc:set_servers(refused, srv.addr)
+            L.sleep(0.001)
+          end
+        end)
+      end)
+      assert.same({}, raised)
+      assert.equal(10, ended)
+    end)
+
     -- a custom selector's servers are interned as they come, after the
     -- client's lanes were made for the ring it had (none here)
     it("a custom selector's servers serve many coroutines", function()

@@ -128,34 +128,47 @@ local function server_name(self, srv)
   return n
 end
 
+-- The address of srv, an index of ring (the ring a call placed its key
+-- on: set_servers may have replaced it while the call waited).
+local function name_in(self, ring, srv)
+  if ring == self.ring then return self.names[srv] or server_name(self, srv) end
+  return ring:name(srv)
+end
+
+-- The health of srv is counted in ring, the ring srv is an index of; a
+-- list replaced since (set_servers while the call waited) counts nothing
+-- of it: its index may be another server's now, or none.
+
 -- self.sick[srv]: the ring has counted a failure of srv since its last
 -- success, so a success must be reported (ring:ok); a healthy server's
 -- success costs no call into the ring.
-local function server_ok(self, srv)
+local function server_ok(self, srv, ring)
+  if ring ~= self.ring then return end
   local sick = self.sick
   if not sick[srv] then return end
   sick[srv] = nil
   if self.ring:ok(srv) then event(self, srv, "responding again", "up") end
 end
 
-local function ring_failed(self, srv, why)
+local function ring_failed(self, srv, why, ring)
+  if ring ~= self.ring then return end
   self.sick[srv] = true
   if self.ring:failed(srv, now(), why) then event(self, srv, why, "down") end
 end
 
 -- What a failure costs the server, as the core rules (health_verdict).
-local function server_failed(self, srv, err, detail)
+local function server_failed(self, srv, err, detail, ring)
   local verdict = core.health_verdict(err_num[err] or 0)
-  if verdict == 1 then return server_ok(self, srv) end
+  if verdict == 1 then return server_ok(self, srv, ring) end
   if verdict == 2 then return end
-  ring_failed(self, srv, tostring(err) .. ": " .. tostring(detail))
+  ring_failed(self, srv, tostring(err) .. ": " .. tostring(detail), ring)
 end
 
 -- Probes a dead server whose retry time came (claimed by this caller): a
 -- connect and a NOOP within probe_timeout on a connection of its own,
 -- judged by the core; never the caller's request. True when it answered.
-local function probe(self, srv)
-  local addr = server_name(self, srv)
+local function probe(self, srv, ring)
+  local addr = name_in(self, ring, srv)
   local sv = server_of(self, addr)
   local deadline = now() + self.probe_timeout
   local opaque = core.random32()
@@ -175,7 +188,7 @@ local function probe(self, srv)
       conn.read_for(self, c, s)
       c.reader = nil
       if s.done and not s.failed then
-        server_ok(self, srv)
+        server_ok(self, srv, ring)
         return true
       end
       err, detail = s.err, s.detail
@@ -183,19 +196,19 @@ local function probe(self, srv)
       conn.conn_fail(self, c, err, detail)
     end
   end
-  ring_failed(self, srv, "probe: " .. tostring(err) .. ": " .. tostring(detail))
+  ring_failed(self, srv, "probe: " .. tostring(err) .. ": " .. tostring(detail), ring)
   return false
 end
 
-local function dead_detail(self, srv)
-  local _, _, last = self.ring:alive(srv)
-  return server_name(self, srv) .. ": marked dead after: " .. tostring(last)
+local function dead_detail(self, srv, ring)
+  local _, _, last = ring:alive(srv)
+  return name_in(self, ring, srv) .. ": marked dead after: " .. tostring(last)
 end
 
-local function no_server(self, e, srv)
+local function no_server(self, e, srv, ring)
   local err = errs[e]
-  if err == E.ERR_SERVER_DEAD then return nil, err, dead_detail(self, srv) end
-  if self.ring:nservers() == 0 then return nil, err, "no servers configured" end
+  if err == E.ERR_SERVER_DEAD then return nil, err, dead_detail(self, srv, ring) end
+  if ring:nservers() == 0 then return nil, err, "no servers configured" end
   return nil, err, "no servers available: all are marked dead"
 end
 
@@ -213,35 +226,37 @@ local function place_custom(self, key)
   local derr, ddetail = resolve(self, { { addr } })
   if derr then return nil, derr, ddetail end
   local usable, due = ring:usable(srv, now())
-  if usable or (due and probe(self, srv)) then return srv end
-  return nil, E.ERR_SERVER_DEAD, dead_detail(self, srv)
+  if usable or (due and probe(self, srv, ring)) then return srv, ring end
+  return nil, E.ERR_SERVER_DEAD, dead_detail(self, srv, ring)
 end
 
--- Where key goes, dead servers considered: its server, or nil, err,
--- detail. A dead server whose retry time came is probed first. t: now,
--- when the caller has it; after a probe or a custom selector (either may
--- have waited) the server comes with the time then, else with t.
+-- Where key goes, dead servers considered: its server, the time and the
+-- ring the server is an index of (a probe or a custom selector may wait,
+-- and set_servers replace the ring meanwhile); or nil, err, detail. A
+-- dead server whose retry time came is probed first. t: now, when the
+-- caller has it; after a probe or a custom selector (either may have
+-- waited) the server comes with the time then, else with t.
 local function place(self, key, t)
   if self.custom then
-    local srv, err, detail = place_custom(self, key)
-    if srv then return srv, now() end
-    return nil, err, detail
+    local srv, ring_or_err, detail = place_custom(self, key)
+    if srv then return srv, now(), ring_or_err end
+    return nil, ring_or_err, detail
   end
   local ring = self.ring
   t = t or now()
   local srv, due, e = ring:pick(key, t)
   if srv >= 0 and due then
-    local ok = probe(self, srv)
+    local ok = probe(self, srv, ring)
     t = now()
-    if ok then return srv, t end
+    if ok then return srv, t, ring end
   end
   if srv >= 0 and due then
     local dead = srv
     srv, e = ring:around(key)
-    if srv < 0 then return no_server(self, e, dead) end
+    if srv < 0 then return no_server(self, e, dead, ring) end
   end
-  if srv < 0 then return no_server(self, e, ring:static(key)) end
-  return srv, t
+  if srv < 0 then return no_server(self, e, ring:static(key), ring) end
+  return srv, t, ring
 end
 
 -- ---- one request ----
@@ -249,13 +264,14 @@ end
 local function f_get(op, opaque, key) return enc(op, opaque, 0, key) end
 
 -- What call returns for slot s, done: its reply's value, cas, flags and
--- the address, or nil, err, detail; and what it tells of srv's health.
-local function reply(self, srv, addr, s)
+-- the address, or nil, err, detail; and what it tells of the health of
+-- srv (an index of ring).
+local function reply(self, srv, addr, s, ring)
   if s.failed then
-    server_failed(self, srv, s.err, s.detail)
+    server_failed(self, srv, s.err, s.detail, ring)
     return nil, s.err, s.detail
   end
-  if self.sick[srv] then server_ok(self, srv) end
+  if self.sick[srv] then server_ok(self, srv, ring) end
   local e = s.err
   if e == 0 then return s.value, s.cas, s.flags, addr end
   local st = s.status
@@ -274,9 +290,9 @@ end
 local function call(self, key, kind, frame, op, ...)
   if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
   if not key_ok(key) then return nil, E_KEY, KEY_DETAIL end
-  local srv, t, detail = place(self, key, now())
-  if not srv then return nil, t, detail end
-  local addr = self.names[srv] or server_name(self, srv)
+  local srv, t, ring = place(self, key, now())
+  if not srv then return nil, t, ring end
+  local addr = name_in(self, ring, srv)
   -- opaques count up from a random start: each request on a connection
   -- has its own, and a connection dies with its first wrong reply
   local opaque = self.lanes:opaque()
@@ -298,12 +314,14 @@ local function call(self, key, kind, frame, op, ...)
       kind, op, opaque, rkey, co, false, false, false, false, false
   end
   local sv = self.by_addr[addr] or server_of(self, addr)
-  self.svs[srv] = sv
-  sv.srv, sv.ring = srv, self.ring -- (deliver's lanes:set: srv in this ring)
+  if ring == self.ring then
+    self.svs[srv] = sv
+    sv.srv, sv.ring = srv, ring -- (deliver's lanes:set: srv in this ring)
+  end
   -- a get is framed by the connection's pipe, no string made
   local c = submit(self, sv, s, frame ~= f_get and frame(op, opaque, ...) or nil, t + self.io_timeout)
   if c then await(self, c, s) end
-  return reply(self, srv, addr, s)
+  return reply(self, srv, addr, s, ring)
 end
 
 local function f_store(op, opaque, cas, key, flags, exptime, value)
@@ -357,7 +375,7 @@ local function replace_ring(self, list)
 end
 
 local D = {
-  call = call, get = f_get, touch = f_touch, store = f_store, concat = f_concat,
+  call = call, name_in = name_in, get = f_get, touch = f_touch, store = f_store, concat = f_concat,
   delete = f_delete, arith = f_arith, counter_value = core.counter_value,
   mp_encode = mp_encode, replace_ring = replace_ring, key_ok = key_ok, E = E,
   static = function(self, key) return self.ring:static(key) end, server_name = server_name,
@@ -377,7 +395,8 @@ require "memcached.methods"(D, _M)
 local slow_get, get_reply = _M.get, D.get_reply
 
 local function submit_get(self, key, co, s)
-  local srv = self.ring:route(key)
+  local ring = self.ring
+  local srv = ring:route(key)
   local sv = srv >= 0 and self.svs[srv]
   if not sv then return slow_get(self, key) end
   local opaque = self.lanes:opaque()
@@ -385,11 +404,12 @@ local function submit_get(self, key, co, s)
   local c = submit(self, sv, s, nil, now() + self.io_timeout)
   if c then
     -- the connection being read: srv's lane, while its reader reads
-    if c.reading then self.lanes:set(srv, c) end
+    -- (unless submit waited for a connection while the ring was replaced)
+    if c.reading then self.lanes:set(srv, c, ring) end
     await(self, c, s)
   end
   if s.failed or s.err ~= 0 or self.sick[srv] or s.flags == self.mp_flag then
-    return get_reply(self, reply(self, srv, self.names[srv] or server_name(self, srv), s))
+    return get_reply(self, reply(self, srv, name_in(self, ring, srv), s, ring))
   end
   return s.value, s.cas, s.flags
 end
@@ -398,7 +418,9 @@ function _M.get(self, key)
   local co = running()
   local s = slot_of[co]
   if s and not s.queued and not s.routed then
-    -- (nil for a key not a string, after close, with a custom selector)
+    -- (nil for a key not a string, after close, with a custom selector;
+    -- self.lanes is of self.ring, both replaced at once)
+    local ring = self.ring
     local c, deadline, srv = self.lanes:get(key, s)
     if c then
       s.done, s.failed, s.deadline, s.queued = false, false, deadline, true
@@ -410,7 +432,7 @@ function _M.get(self, key)
       else self.woken = self.woken - 1 end
       if not s.done or c.reader == s or self.closed then await(self, c, s) end
       if s.failed or s.err ~= 0 or self.sick[srv] or s.flags == self.mp_flag then
-        return get_reply(self, reply(self, srv, self.names[srv] or server_name(self, srv), s))
+        return get_reply(self, reply(self, srv, name_in(self, ring, srv), s, ring))
       end
       return s.value, s.cas, s.flags
     end
@@ -542,7 +564,7 @@ end
 
 -- the batched methods (memcached.async.batch)
 local batch = require "memcached.async.batch" {
-  place = place, server_name = server_name, server_ok = server_ok, server_failed = server_failed,
+  place = place, name_in = name_in, server_ok = server_ok, server_failed = server_failed,
   K_GET = K_GET, K_SET = K_SET, K_OTHER = K_OTHER, AUTH = AUTH, CLOSED_DETAIL = CLOSED_DETAIL,
   KEY_DETAIL = KEY_DETAIL, opt_uint = opt_uint }
 for k, v in pairs(batch) do _M[k] = v end

@@ -572,9 +572,12 @@ static int c_efd_drain(lua_State *L)
  * watches one descriptor can wait on several at once (a batch over many
  * servers). mux_new() -> mux; mux:fd(); mux:set(fd, "r" | "w" | "rw");
  * mux:del(fd); mux:ready(out) -> n, out[1..n] the ready descriptors (never
- * waits); mux:close(). */
+ * waits); mux:close(); mux:keep(flag): while flag is true the collector
+ * leaves the descriptor open (its owner closes it, with the loop's cancel
+ * hook first: memcached.async.conn's bury). */
 typedef struct {
     int fd;
+    int keep;
 } lmux;
 
 static lmux *check_mux(lua_State *L)
@@ -589,6 +592,7 @@ static int c_mux_new(lua_State *L)
 {
     lmux *m = (lmux *)lua_newuserdata(L, sizeof *m);
     m->fd = -1;
+    m->keep = 0;
     luaL_setmetatable(L, MUX_MT);
     m->fd = epoll_create1(EPOLL_CLOEXEC);
     if (m->fd < 0)
@@ -659,9 +663,23 @@ static int m_close(lua_State *L)
     return 0;
 }
 
+static int m_keep(lua_State *L)
+{
+    check_mux(L)->keep = lua_toboolean(L, 2);
+    return 0;
+}
+
+static int m_gc(lua_State *L)
+{
+    lmux *m = (lmux *)luaL_checkudata(L, 1, MUX_MT);
+    if (!m->keep)
+        return m_close(L);
+    return 0;
+}
+
 static const luaL_Reg mux_methods[] = {
     {"fd", m_fd},     {"set", m_set},     {"del", m_del},
-    {"ready", m_ready}, {"close", m_close}, {NULL, NULL}};
+    {"ready", m_ready}, {"close", m_close}, {"keep", m_keep}, {NULL, NULL}};
 
 static const luaL_Reg tls_methods[] = {
     {"handshake", t_handshake}, {"resumed", t_resumed}, {"free", t_gc},
@@ -691,7 +709,7 @@ void lmc_core_io_open(lua_State *L)
     lmc_core_class(L, TLS_MT, tls_methods, t_gc);
     lmc_core_class(L, TLS_CTX_MT, no_methods, x_gc);
     lmc_core_class(L, SLOT_MT, no_methods, sl_gc);
-    lmc_core_class(L, MUX_MT, mux_methods, m_close);
+    lmc_core_class(L, MUX_MT, mux_methods, m_gc);
     lua_getfield(L, LUA_REGISTRYINDEX, TLS_BY_FD);
     if (lua_isnil(L, -1)) {
         lua_newtable(L);

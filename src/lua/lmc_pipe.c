@@ -482,8 +482,9 @@ static const luaL_Reg pipe_methods[] = {
 /* ---- lanes: get's own path, in one call ----
  *
  *   l = core.lanes(ring, io_timeout, on, opaque)
- *   l:set(srv, c)   c (a connection: c.p its pipe) is srv's lane (false:
- *                   a server the ring did not have when l was made)
+ *   l:set(srv, c, ring)  c (a connection: c.p its pipe) is srv's lane
+ *                   (false: ring, srv's, is not l's, or l's ring had no
+ *                   server srv when l was made)
  *   l:get(key, s) -> c, deadline, srv | nil
  *   l:opaque()      the next request's opaque (every request of the
  *                   client takes its opaque here, so that no two in
@@ -551,15 +552,16 @@ static int c_lanes(lua_State *L)
     return 1;
 }
 
-/* l:set(srv, c) -> true, or false for a server the ring had not when l
- * was made (a custom selector's, interned later: it has no lane) */
+/* l:set(srv, c, ring) -> true; or false when ring, the ring srv is an
+ * index of, is not l's (replaced since), or for a server l's ring had not
+ * when l was made (a custom selector's, interned later: it has no lane) */
 static int l_set(lua_State *L)
 {
     llanes *l = lmc_check_self(L, LANES_MT);
     lua_Integer srv = luaL_checkinteger(L, 2);
     lpipe *u;
     luaL_checktype(L, 3, LUA_TTABLE);
-    if (srv < 0 || srv >= l->n) {
+    if (lmc_check_ring(L, 4) != l->ring || srv < 0 || srv >= l->n) {
         lua_pushboolean(L, 0);
         return 1;
     }

@@ -27,7 +27,7 @@ local MISS = 0
 for i, s in ipairs(errs) do if s == E.ERR_CACHE_MISS then MISS = i end end
 
 return function(H)
-local place, server_name, server_ok, server_failed = H.place, H.server_name, H.server_ok,
+local place, name_in, server_ok, server_failed = H.place, H.name_in, H.server_ok,
   H.server_failed
 local CLOSED_DETAIL = H.CLOSED_DETAIL
 
@@ -47,13 +47,16 @@ local function give_ab(self, batches)
   end
 end
 
-local function batch_of(self, by_srv, batches, srv, base, kind, every)
-  local b = by_srv[srv]
+-- The batch of the server srv of ring (place's: a probe may wait, and
+-- set_servers replace the ring meanwhile), one per address.
+local function batch_of(self, by_addr, batches, srv, ring, base, kind, every)
+  local addr = name_in(self, ring, srv)
+  local b = by_addr[addr]
   if not b then
     local ab = take_ab(self)
     ab:begin(base, kind, every)
-    b = { srv = srv, addr = server_name(self, srv), ab = ab, keys = {}, pending = {} }
-    by_srv[srv] = b
+    b = { srv = srv, ring = ring, addr = addr, ab = ab, keys = {}, pending = {} }
+    by_addr[addr] = b
     batches[#batches + 1] = b
   end
   return b
@@ -138,7 +141,11 @@ end
 local function take_mux(self)
   local pool = self.muxes
   local m = pool and pool[#pool]
-  if m then pool[#pool] = nil return m end
+  if m then
+    pool[#pool] = nil
+    m.mux:keep(false)
+    return m
+  end
   local mux = core.mux_new()
   if not mux then return nil end
   local efd = core.efd_new()
@@ -151,7 +158,14 @@ local function give_mux(self, m)
   if not self.closed then
     local pool = self.muxes
     if not pool then pool = {} self.muxes = pool end
-    if #pool < 4 then pool[#pool + 1] = m return end
+    if #pool < 4 then
+      -- kept by the client: if it is collected unclosed, its finalizer
+      -- hands the mux to conn.orphan, and the mux's own must not close
+      -- it first without the cancel hook
+      m.mux:keep(true)
+      pool[#pool + 1] = m
+      return
+    end
   end
   conn.close_mux(self, m)
 end
@@ -271,10 +285,10 @@ local function run_batches(self, batches, on_entry, on_fail, st, deadline)
     local c = b.conn
     if c then conn.release(self, c, b.ok) end
     if b.ok then
-      server_ok(self, b.srv)
+      server_ok(self, b.srv, b.ring)
       if st.commit then st.commit(st, b) end
     else
-      server_failed(self, b.srv, b.err, b.detail)
+      server_failed(self, b.srv, b.err, b.detail, b.ring)
       on_fail(st, b, b.err, b.detail)
     end
   end
@@ -333,13 +347,13 @@ function M.get_multi(self, keys)
   end
   local deadline = now() + self.io_timeout
   local st = { values = {}, mp_flag = self.mp_flag, commit = gm_commit }
-  local by_srv, batches = {}, {}
+  local by_addr, batches = {}, {}
   local base = core.random32()
   for i = 1, n do
     local k = keys[i]
-    local srv, err = place(self, k)
+    local srv, err, ring = place(self, k)
     if not srv then gm_failed(st, k, err) else
-      local b = batch_of(self, by_srv, batches, srv, base, H.K_GET, true)
+      local b = batch_of(self, by_addr, batches, srv, ring, base, H.K_GET, true)
       if b.ab:add(OP.GETK, 0, k) then b.keys[#b.keys + 1] = k
       else gm_failed(st, k, E.ERR_NOMEM) end
     end
@@ -361,17 +375,17 @@ end
 -- set_multi / delete_multi: quiet requests, one NOOP per server; only
 -- failures answer.
 local function quiet_batch(self, qop, kind, list, results, extras, flags, exptime)
-  local by_srv, batches = {}, {}
+  local by_addr, batches = {}, {}
   local base = core.random32()
   local deadline = now() + self.io_timeout
   for _, e in ipairs(list) do
     local k, v = e[1], e[2]
     if results[k] == nil then
-      local srv, err = place(self, k)
+      local srv, err, ring = place(self, k)
       if not srv then results[k] = err
       else
         results[k] = true
-        local b = batch_of(self, by_srv, batches, srv, base, kind, false)
+        local b = batch_of(self, by_addr, batches, srv, ring, base, kind, false)
         if b.ab:add(qop, 0, k, extras, flags, exptime, v) then b.keys[#b.keys + 1] = k
         else results[k] = E.ERR_NOMEM end
       end
@@ -403,14 +417,15 @@ end
 -- detail}; or nil, err, detail when none can be asked.
 local function each_server(self, frame, op, arg, stream)
   if self.closed then return nil, E_CLIENT_CLOSED, CLOSED_DETAIL end
-  local n = self.ring:nservers()
+  local ring = self.ring -- (health counted in it: see async.lua's server_ok)
+  local n = ring:nservers()
   if n == 0 then return nil, E.ERR_NO_SERVERS, "no servers configured" end
   local deadline = now() + self.io_timeout
   local slots, values, failures, first = {}, {}, {}, nil
   for i = 1, n do
     local opaque = self.lanes:opaque() -- (unique among those in flight)
     slots[i] = { kind = H.K_OTHER, op = op, opaque = opaque, stream = stream, srv = i - 1,
-      addr = server_name(self, i - 1), data = frame(op, opaque, arg) }
+      addr = name_in(self, ring, i - 1), data = frame(op, opaque, arg) }
   end
   local function one(s)
     local c = conn.submit(self, conn.server_of(self, s.addr), s, s.data, deadline)
@@ -425,15 +440,15 @@ local function each_server(self, frame, op, arg, stream)
   for i = 1, n do
     local s = slots[i]
     if s.failed then
-      server_failed(self, s.srv, s.err, s.detail)
+      server_failed(self, s.srv, s.err, s.detail, ring)
       first = first or s.err
       failures[s.addr] = s.detail
     elseif s.err == H.AUTH or s.err ~= 0 then
-      server_ok(self, s.srv)
+      server_ok(self, s.srv, ring)
       first = first or errs[s.err]
       failures[s.addr] = s.addr .. ": " .. status_str(s.status)
     else
-      server_ok(self, s.srv)
+      server_ok(self, s.srv, ring)
       values[s.addr] = s
     end
   end

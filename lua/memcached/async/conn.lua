@@ -182,8 +182,8 @@ local function bury()
     local o = orphans[i]
     orphans[i] = nil
     if o.mux then
-      -- the mux's own finalizer may have run first and closed it (its
-      -- number may then be another descriptor's already: no cancel)
+      -- (a pooled mux is kept open by its finalizer, mux:keep; one closed
+      -- anyway may have given its number to another descriptor: no cancel)
       if pcall(o.mux.mux.fd, o.mux.mux) then
         if o.cancel then pcall(o.cancel, o.fd) end
         o.mux.mux:close()
@@ -357,10 +357,10 @@ local function deliver(self, c, me)
     end
   end
   -- the callers woken here queue their next gets here, on the lane, while
-  -- the reader named gathers them (sv.srv: set by async.lua's call, for
-  -- the ring sv.ring)
+  -- the reader named gathers them (sv.srv: set by async.lua's call, an
+  -- index of sv.ring; lanes:set refuses one of a ring replaced since)
   local sv = c.sv
-  if n > 0 and c.reader and sv.ring == self.ring then self.lanes:set(sv.srv, c) end
+  if n > 0 and c.reader and sv.ring then self.lanes:set(sv.srv, c, sv.ring) end
   if e == true then text_line(self, c, c.p:rest())
   elseif e then conn_fail(self, c, e, msg and c.addr .. ": " .. msg)
   elseif c.n == 0 then
