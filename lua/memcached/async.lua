@@ -375,7 +375,7 @@ local function replace_ring(self, list)
 end
 
 local D = {
-  call = call, name_in = name_in, get = f_get, touch = f_touch, store = f_store, concat = f_concat,
+  call = call, get = f_get, touch = f_touch, store = f_store, concat = f_concat,
   delete = f_delete, arith = f_arith, counter_value = core.counter_value,
   mp_encode = mp_encode, replace_ring = replace_ring, key_ok = key_ok, E = E,
   static = function(self, key) return self.ring:static(key) end, server_name = server_name,
@@ -389,9 +389,9 @@ require "memcached.methods"(D, _M)
 -- coroutine whose last request ended. The common case of those, a server
 -- with max_conns connections, one of them being read (its lane), takes
 -- one call into C (memcached.core.lanes: route, the lane, the framing)
--- and a park; the rest submit as call does. Every other case goes the general way
--- (memcached.methods' get over call), and so does every answer but a
--- hit; both give the same returns.
+-- and a park; the rest submit as call does. Every other case goes the
+-- general way (memcached.methods' get over call), and so does every
+-- answer but a hit; both give the same returns.
 local slow_get, get_reply = _M.get, D.get_reply
 
 local function submit_get(self, key, co, s)

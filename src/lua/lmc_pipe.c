@@ -16,15 +16,16 @@
  *                     | nil, err, msg (transport)
  *                     | n [, ERR_*, why | true (a text line: p:rest())]
  *   p:rest(), p:drain(list), p:slot(i), p:clean(), p:count(),
- *   p:sends(), p:free()
+ *   p:unsent(), p:sends(), p:free()
+ *   p:lane(deadline | false)          core.lanes may queue gets here
  *
  * io is a descriptor or a TLS connection, as core.send takes. A slot that
  * gets its reply: s.queued = false and, unless s.done (its caller gave
  * up), s.err (the core's error number, 0 for success), s.status, s.flags,
  * s.cas, s.value, s.done = true; it is then listed in done[1..n] (with a
  * table parked: its coroutine s.co is, when s.parked or parked[s.co] was
- * set, which is cleared; the driver wakes those). A STAT
- * stream's slot (stream true) gets each entry through
+ * set, which is cleared; the driver wakes those). A STAT stream's slot
+ * (stream true) gets each entry through
  * s.stream(s, err, status, key, value), which returns true at its end,
  * false before it, or nil, ERR_*, why to fail the connection; one that
  * raises, or that uses the pipe, fails it too (ERR_PROTOCOL).
@@ -32,6 +33,8 @@
  * The slots are the pipe's user value (a table, ref -> slot), not the
  * registry's: a pipe, its slots, their coroutines and the client that
  * holds the pipe are collected together when a loop drops them all.
+ *
+ * core.lanes (below) is get's own path into these pipes.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -450,8 +453,9 @@ static int p_count(lua_State *L)
 static int p_lane(lua_State *L)
 {
     lpipe *u = check_pipe(L);
+    double deadline = lua_toboolean(L, 2) ? luaL_checknumber(L, 2) : 0;
     u->lane = lua_toboolean(L, 2);
-    u->lane_deadline = u->lane ? luaL_checknumber(L, 2) : 0;
+    u->lane_deadline = deadline;
     return 0;
 }
 
@@ -471,13 +475,13 @@ static int p_sends(lua_State *L)
     return 1;
 }
 
+/* (read is made again with upvalues in lmc_pipe_open) */
 static const luaL_Reg pipe_methods[] = {
     {"push", p_push},   {"get", p_get},       {"write", p_write},
-    {"flush", p_flush}, {"read", p_read},     {"rest", p_rest}, /* read: replaced, see lmc_pipe_open */
-    {"drain", p_drain}, {"clean", p_clean},
-    {"sends", p_sends}, {"count", p_count},   {"free", p_gc},
-    {"lane", p_lane},   {"unsent", p_unsent}, {"slot", p_slot},
-    {NULL, NULL}};
+    {"flush", p_flush}, {"read", p_read},     {"rest", p_rest},
+    {"drain", p_drain}, {"clean", p_clean},   {"sends", p_sends},
+    {"count", p_count}, {"free", p_gc},       {"lane", p_lane},
+    {"unsent", p_unsent}, {"slot", p_slot},   {NULL, NULL}};
 
 /* ---- lanes: get's own path, in one call ----
  *
