@@ -272,6 +272,54 @@ for _, name in ipairs { "cqueues", "luv" } do
       assert.equal(10, ended)
     end)
 
+    -- set_servers while a get waits for a connection (a batch holds the
+    -- only one): the get's server index is the old ring's, and must not
+    -- become a lane of the new ring's server at that index, whose keys
+    -- would then be read from the old server (echo: a key's value is the
+    -- key itself)
+    it("set_servers while a get waits for a connection reads no key from the old server", function()
+      local echo = H.start_fault("slow", "0.3")
+      local other = H.start_memcached()
+      local out = {}
+      L.run(function(spawn)
+        local mc = assert(L.mod.new { servers = { echo.addr, other.addr }, max_conns = 1, timeout = 2 })
+        local swapped = assert(core.ring_new(1, { other.addr, echo.addr }, { 1, 1 }, 2, 1, true))
+        local kA, kA2, kB
+        for i = 1, 1000 do
+          local k = "mis" .. i
+          if mc.ring:route(k) == 0 then
+            if not kA then kA = k elseif not kA2 then kA2 = k end
+          elseif swapped:route(k) == 0 and not kB then kB = k end
+        end
+        assert(memcached.new { servers = { other.addr } }:set_raw_data(kB, kB .. "@B"))
+        out.want = kB .. "@B"
+        local t0 = core.now()
+        local function at(t)
+          local d = t0 + t - core.now()
+          if d > 0 then L.sleep(d) end
+        end
+        spawn(function() -- a batch holds the echo server's only connection
+          at(0.5)
+          mc:get_multi { kA, kA2 }
+          mc:get(kA)
+        end)
+        spawn(function() -- waits for that connection, then its ring is gone
+          assert.equal(kA, mc:get(kA))
+          at(0.55)
+          mc:get(kA)
+        end)
+        spawn(function() at(0.6) assert(mc:set_servers(other.addr, echo.addr)) end)
+        spawn(function()
+          assert.equal(kA, mc:get(kA))
+          at(0.9)
+          out.got = mc:get(kB)
+        end)
+      end)
+      echo.stop()
+      other.kill9()
+      assert.equal(out.want, out.got)
+    end)
+
     -- a custom selector's servers are interned as they come, after the
     -- client's lanes were made for the ring it had (none here)
     it("a custom selector's servers serve many coroutines", function()
