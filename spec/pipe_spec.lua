@@ -37,10 +37,10 @@ local function pair()
 end
 
 -- p:read until something comes (or 2 s pass).
-local function read(p, fd, done)
+local function read(p, fd, done, parked)
   local deadline = socket.gettime() + 2
   while true do
-    local n, e, msg = p:read(fd, done)
+    local n, e, msg = p:read(fd, done, parked)
     if n ~= false or socket.gettime() > deadline then return n, e, msg end
     socket.sleep(0.002)
   end
@@ -48,6 +48,17 @@ end
 
 local function slot(name, stream)
   return { name = name, done = false, queued = true, stream = stream }
+end
+
+-- A pipe with two keyed gets sent on fd: "ka" (opaque 1, slot a) and "kb"
+-- (opaque 2, slot b). Returns p, a, b.
+local function two_gets(fd)
+  local p = core.pipe(1024 * 1024)
+  local a, b = slot("a"), slot("b")
+  p:get(a, OP.GETK, 1, "ka")
+  p:get(b, OP.GETK, 2, "kb")
+  assert.is_true(p:flush(fd))
+  return p, a, b
 end
 
 describe("memcached.core.pipe", function()
@@ -59,11 +70,7 @@ describe("memcached.core.pipe", function()
   end)
 
   it("hands every reply of one read to its slot, in order, and lists them", function()
-    local p = core.pipe(1024 * 1024)
-    local a, b = slot("a"), slot("b")
-    p:get(a, OP.GETK, 1, "ka")
-    p:get(b, OP.GETK, 2, "kb")
-    assert.is_true(p:flush(fd))
+    local p, a, b = two_gets(fd)
     assert.are.equal(2, p:count())
     assert.are.same({ a, b }, { p:slot(1), p:slot(2) })
     assert.is_nil(p:slot(3))
@@ -81,11 +88,7 @@ describe("memcached.core.pipe", function()
   end)
 
   it("a reply whose caller gave up is dropped, not listed", function()
-    local p = core.pipe(1024 * 1024)
-    local a, b = slot("a"), slot("b")
-    p:get(a, OP.GETK, 1, "ka")
-    p:get(b, OP.GETK, 2, "kb")
-    assert.is_true(p:flush(fd))
+    local p, a, b = two_gets(fd)
     a.done = true -- timed out
     peer:send(hit(1, "ka", "va") .. hit(2, "kb", "vb"))
     local done = {}
@@ -175,13 +178,7 @@ describe("memcached.core.pipe", function()
     assert.is_false(p:unsent())
     peer:send(hit(1, "ka", "va") .. hit(2, "kb", "vb") .. hit(3, "kc", "vc"))
     local done = {}
-    local deadline = socket.gettime() + 2
-    local n
-    repeat
-      n = p:read(fd, done, parked)
-      if n == false then socket.sleep(0.002) end
-    until n ~= false or socket.gettime() > deadline
-    assert.are.equal(2, n)
+    assert.are.equal(2, read(p, fd, done, parked))
     assert.are.same({ co1, co2 }, { done[1], done[2] })
     assert.is_false(a.parked)
     assert.is_nil(parked[co2])

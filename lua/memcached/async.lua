@@ -183,7 +183,7 @@ local function probe(self, srv, ring)
       c.exclusive = nil
       s.co, s.deadline = coroutine.running(), deadline
       c.p:push(s, K_OTHER, OP.NOOP, opaque, nil, false, enc(OP.NOOP, opaque))
-      c.n, c.wn = 1, 1
+      c.n = 1
       c.reader = s
       conn.read_for(self, c, s)
       c.reader = nil

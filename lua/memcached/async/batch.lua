@@ -81,11 +81,9 @@ local function read_stream(self, b, st, on_entry, deadline)
     elseif data == nil then
       return nil, errs[e], b.addr .. ": " .. msg
     else
-      if c.wn > 0 then
-        local ok, err, detail = conn.flush(self, c)
-        if not ok then return nil, err, detail end
-      end
-      if not conn.wait_fd(self, c.fd, c.wn > 0 and "rw" or "r", deadline) then
+      local ok, err, detail = conn.flush(self, c) -- (true at once when nothing is left)
+      if not ok then return nil, err, detail end
+      if not conn.wait_fd(self, c.fd, c.p:unsent() and "rw" or "r", deadline) then
         -- what came by the deadline still counts
         data = core.recv(c.tls or c.fd, 65536)
         if not data then return nil, E_TIMEOUT, b.addr .. ": no reply within the timeout" end
@@ -106,7 +104,7 @@ end
 local function drive(self, b, st, on_entry, deadline)
   local c, ok, err, detail = b.conn, true, nil, nil
   if c.connecting then ok, err, detail = conn.finish_connect(self, c, deadline) end
-  if ok and c.wn > 0 then ok, err, detail = conn.flush(self, c) end
+  if ok then ok, err, detail = conn.flush(self, c) end
   if ok then ok, err, detail = read_stream(self, b, st, on_entry, deadline) end
   b.ok, b.err, b.detail = ok, err, detail
 end
@@ -271,7 +269,6 @@ local function run_batches(self, batches, on_entry, on_fail, st, deadline)
     else
       b.conn = c
       c.p:write(b.data)
-      c.wn = 1
       local ok = true
       if not c.connecting then ok, err, detail = conn.flush(self, c) end
       if ok then live[#live + 1] = b else b.ok, b.err, b.detail = false, err, detail end

@@ -232,9 +232,10 @@ local function open(self, sv)
   if not fd then return nil, errs[e], sv.addr .. ": " .. msg end
   -- a secure client's connection counts as connecting until finish_connect secured it
   -- p: the bytes and the FIFO (memcached.core.pipe); n: requests in
-  -- flight (kept from p after each read); wn: 1 while p holds unsent bytes
+  -- flight (kept from p after each read; a lane's gets count from the
+  -- next read on)
   local c = { fd = fd, sv = sv, addr = sv.addr, connecting = e or self.secure ~= nil,
-    cdeadline = now() + self.connect_timeout, p = core.pipe(self.max_body), n = 0, wn = 0,
+    cdeadline = now() + self.connect_timeout, p = core.pipe(self.max_body), n = 0,
     reader = false, reading = false, done = {} }
   sv.conns[#sv.conns + 1] = c
   return c
@@ -248,7 +249,7 @@ local function conn_fail(self, c, err, detail)
   close_fd(self, c.fd)
   local list = c.done
   local n = c.p:drain(list)
-  c.n, c.wn = 0, 0
+  c.n = 0
   drop(self, c)
   for i = 1, n do
     local s = list[i]
@@ -262,11 +263,10 @@ local function conn_fail(self, c, err, detail)
 end
 M.conn_fail = conn_fail
 
--- Sends what c has queued, without waiting (c.wn: 1 while some is left).
--- false, err, detail on failure.
+-- Sends what c has queued, without waiting (c.p:unsent() tells whether
+-- some is left). false, err, detail on failure.
 local function flush(self, c)
   local ok, e, msg = c.p:flush(c.tls or c.fd)
-  c.wn = ok and 0 or 1
   if ok == nil then return false, errs[e], c.addr .. ": " .. msg end
   return true
 end
@@ -389,11 +389,9 @@ local function read_for(self, c, me)
     end
     if c.connecting then ok, err, detail = finish_connect(self, c, me.deadline) end
     if ok and c.werr then ok, err, detail = false, c.werr, c.wdetail end
-    -- (gets queued on the lane, core.lanes, leave c.wn as it was)
-    if ok and c.wn == 0 and c.p:unsent() then c.wn = 1 end
-    if ok and c.wn > 0 then ok, err, detail = flush(self, c) end
+    if ok then ok, err, detail = flush(self, c) end
     if not ok then conn_fail(self, c, err, detail) break end
-    if not deliver(self, c, me) and not wait_fd(self, c.fd, c.wn > 0 and "rw" or "r", me.deadline) then
+    if not deliver(self, c, me) and not wait_fd(self, c.fd, c.p:unsent() and "rw" or "r", me.deadline) then
       -- one last look: the reply may have come with the deadline
       if not c.dead then deliver(self, c, me) end
       if not me.done then conn_fail(self, c, E_TIMEOUT, c.addr .. ": no reply within the timeout") end
@@ -516,12 +514,11 @@ function M.submit(self, sv, s, data, deadline)
   else c.p:get(s, s.op, s.opaque, s.key) end
   local n = c.n + 1
   c.n = n
-  if n == 1 and c.wn == 0 and not c.reader and not c.connecting and self.woken == 0 then
+  -- (nothing else in flight and no reader: nothing else is unsent either)
+  if n == 1 and not c.reader and not c.connecting and self.woken == 0 then
     -- a failure waits for the reader, which fails the connection with it
     local ok, ferr, fdetail = flush(self, c)
     if not ok then c.werr, c.wdetail = ferr, fdetail end
-  else
-    c.wn = 1
   end
   return c
 end
@@ -615,6 +612,5 @@ function M.request(self, sv, s, data, deadline)
 end
 
 M.read_for = read_for
-M.parked = parked
 
 return M
