@@ -443,6 +443,68 @@ local function cq_floor()
   return dt, 1
 end
 
+-- The cqueues ideal floor over memcached.core.pipe, as luv_pipe_floor is
+-- luv_floor's: gets framed into the pipe, replies judged in C, one call
+-- per read; each thread waits on a condition of its own, which the reader
+-- signals as its reply comes (one signal per get: the client's way, since
+-- its callers' gets need not share a send). The reader thread, once the
+-- woken have run (cqueues.poll() with no arguments, until none is left),
+-- sends what they queued in one send. The distance from it to the cqueues
+-- row is the client's Lua.
+local function cq_pipe_floor()
+  local cqueues = require "cqueues"
+  local condition = require "cqueues.condition"
+  local cpoll = cqueues.poll
+  local fd, _, msg = core.connect(ADDR)
+  assert(fd, msg)
+  local p = core.pipe(1048576)
+  -- woken: threads signalled (or not yet started) that have not queued
+  -- their next get
+  local GETK, seq, bad, done, woken = OP.GETK, 1, 0, 0, NCO
+  local list = {}
+  local cq = cqueues.new()
+  local t = now()
+  for i = 1, NCO do
+    local s = { done = false, queued = false, err = 0, status = 0, flags = 0, cas = 0,
+      value = false, cond = condition.new() }
+    cq:wrap(function()
+      local key, cond = KEYS[i], s.cond
+      for _ = 1, NGET do
+        s.done = false
+        p:get(s, GETK, seq, key)
+        seq = seq + 1
+        woken = woken - 1
+        cpoll(cond)
+        if s.value ~= VALUE then bad = bad + 1 end
+      end
+      woken = woken - 1
+    end)
+  end
+  cq:wrap(function()
+    local pollable = { pollfd = fd, events = "r" }
+    while done < TOTAL do
+      while woken > 0 do cpoll() end
+      if p:unsent() then while not p:flush(fd) do end end
+      cpoll(pollable)
+      local n, e, m = p:read(fd, list)
+      if n == nil or e then error(tostring(m or e)) end
+      if n then
+        woken = woken + n
+        done = done + n
+        for i = 1, n do
+          list[i].cond:signal()
+          list[i] = nil
+        end
+      end
+    end
+  end)
+  assert(cq:loop())
+  local dt = now() - t
+  core.close(fd)
+  assert(done == TOTAL and bad == 0, "wrong values")
+  return dt, 1
+end
+
 local ROWS = { { "blocking client, serial loop", serial } }
 for _, m in ipairs(MAXCS) do
   ROWS[#ROWS + 1] = { ("cqueues (max_conns %d)"):format(m), function() return in_cqueues(m) end }
@@ -453,6 +515,7 @@ for _, row in ipairs {
   { "luv ideal floor: one poll + one idle handle, no client", luv_floor },
   { "luv pipe floor: the same over core.pipe, no client", luv_pipe_floor },
   { "cqueues ideal floor: reader thread + a condition per send, no client", cq_floor },
+  { "cqueues pipe floor: over core.pipe, a condition per thread, no client", cq_pipe_floor },
 } do ROWS[#ROWS + 1] = row end
 
 local times, conns = {}, {}
