@@ -341,7 +341,14 @@ local function deliver(self, c, me)
   -- the reader's own reply came: the next reader is named and woken
   -- before the callers of the other replies, so that it runs first, and
   -- reads (and keeps the lane) while they queue their next requests
-  if me.done and c.reader == me then hand_reading(self, c) end
+  if me.done and c.reader == me then
+    hand_reading(self, c)
+    -- and keeps the lane open from now (at its own deadline): the loop
+    -- may run the callers woken below before it (cqueues does), and they
+    -- queue their gets here either way
+    local r, max = c.reader, self.max_conns
+    if r and max ~= 0 and #c.sv.conns >= max then c.p:lane(r.deadline) end
+  end
   self.woken = self.woken + n
   local wakeup = self.wakeup
   if wakeup and next(routed) == nil then
@@ -576,13 +583,19 @@ function M.await(self, c, s)
       else
         read_for(self, c, s)
       end
-      c.reading = false
-      if not c.dead then c.p:lane(false) end
-      if c.reader == s then hand_reading(self, c) end -- (deliver may have)
+      -- a next reader that deliver named, woken, keeps the connection
+      -- read (and its lane open) until it runs
+      local r = c.reader
+      if c.dead or not r or r == s then
+        c.reading = false
+        if not c.dead then c.p:lane(false) end
+        if r == s then hand_reading(self, c) end
+      end
     else
-      -- a reader at work (not one only named, which might never run)
-      -- whose deadline is no later than this one's reads this reply by
-      -- then or fails the connection: no timer needed
+      -- a reader at work (or named and woken by the last one, which
+      -- left the connection reading; not one only named otherwise, which
+      -- might never run) whose deadline is no later than this one's reads
+      -- this reply by then or fails the connection: no timer needed
       park(self, deadline, c.reading and r.deadline <= deadline, s.co)
       if not s.done and now() >= deadline and c.reader ~= s then
         -- its reply will still come, behind the reader's: the slot stays
