@@ -116,6 +116,63 @@ for _, name in ipairs { "cqueues", "luv" } do
       assert.equal(400, ok)
     end)
 
+    it("sleep and wakeup serve many coroutines with wakeup_all or without it", function()
+      local h = L.mod.hooks
+      assert.has_error(function()
+        memcached.new { servers = { srv.addr }, wait = h.wait, wakeup_all = h.wakeup_all }
+      end, "option 'wakeup_all' needs 'sleep' and 'wakeup'")
+      assert.has_error(function()
+        memcached.new { servers = { srv.addr }, wait = h.wait, sleep = h.sleep, wakeup = h.wakeup,
+          wakeup_all = 1 }
+      end, "option 'wakeup_all' must be a function")
+      for _, batched in ipairs { false, true } do
+        -- counting hooks around the loop's own: wakeup_all gets each read's
+        -- callers in one call, each of them once
+        local one, calls, listed, empty = 0, 0, 0, 0
+        local o = { servers = { srv.addr }, wait = h.wait, sleep = h.sleep, cancel = h.cancel,
+          max_conns = 1, timeout = 2 }
+        o.wakeup = function(co) one = one + 1 return h.wakeup(co) end
+        if batched then
+          o.wakeup_all = function(list, n)
+            calls, listed = calls + 1, listed + n
+            for i = 1, n do assert(type(list[i]) == "thread") end
+            h.wakeup_all(list, n)
+            for i = 1, n do if list[i] == nil then empty = empty + 1 end end
+          end
+        end
+        local r = {}
+        local other = H.start_memcached()
+        L.run(function(spawn)
+          -- first a call over two servers (its streams are routed: while
+          -- any is, every caller is woken on its own)
+          local two = assert(L.mod.new { servers = { srv.addr, other.addr } })
+          local got = assert(two:get_multi { "wk:a", "wk:b", "wk:c", "wk:d" })
+          assert.is_nil(next(got))
+          two:close()
+          local mc = assert(memcached.new(o))
+          for i = 1, 50 do assert(mc:set("wk:" .. i, i)) end
+          for i = 1, 50 do
+            spawn(function()
+              for _ = 1, 20 do
+                if mc:get("wk:" .. i) ~= i then r.wrong = (r.wrong or 0) + 1 end
+              end
+              r.ended = (r.ended or 0) + 1
+            end)
+          end
+        end)
+        other.kill9()
+        assert.equal(nil, r.wrong)
+        assert.equal(50, r.ended)
+        if batched then
+          assert.is_true(calls > 0 and listed > calls, calls .. " calls for " .. listed)
+          assert.equal(listed, empty) -- (the hook cleared every entry)
+        else
+          assert.is_true(one >= 900, one .. " wakeups for 1000 gets")
+          assert.equal(0, calls)
+        end
+      end
+    end)
+
     it("100 coroutines share one client: right values, pipelined on max_conns connections", function()
       local wrong, ok, ended, mc = 0, 0, 0, nil
       L.run(function(spawn)

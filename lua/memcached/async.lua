@@ -306,9 +306,10 @@ local function call(self, key, kind, frame, op, ...)
     -- every field a slot gets, so the table is sized once
     s = { kind = kind, op = op, opaque = opaque, key = rkey, co = co, deadline = 0,
       done = false, failed = false, err = false, detail = false, status = 0, flags = 0, cas = 0,
-      value = false, queued = false, parked = false,
-      routed = routed[co] ~= nil } -- (a batch's stream: conn.routed, set before it runs)
-    slot_of[co] = s
+      value = false, queued = false, parked = false }
+    -- (a batch's stream, conn.routed, set before it runs, keeps none: get's
+    -- own path, which parks with the client's hooks, takes only a slot kept)
+    if not routed[co] then slot_of[co] = s end
   else
     s.kind, s.op, s.opaque, s.key, s.co, s.done, s.failed, s.err, s.detail, s.value =
       kind, op, opaque, rkey, co, false, false, false, false, false
@@ -408,20 +409,24 @@ local function submit_get(self, key, co, s)
     if c.reading then self.lanes:set(srv, c, ring) end
     await(self, c, s)
   end
-  if s.failed or s.err ~= 0 or self.sick[srv] or s.flags == self.mp_flag then
+  if s.err ~= 0 or self.sick[srv] or s.flags == self.mp_flag then
     return get_reply(self, reply(self, srv, name_in(self, ring, srv), s, ring))
   end
   return s.value, s.cas, s.flags
 end
 
+-- l:get as a function (called as a method of the userdata, it is looked
+-- up through the metatable once per get); taken from the first lanes made
+local lanes_get
+
 function _M.get(self, key)
   local co = running()
   local s = slot_of[co]
-  if s and not s.queued and not s.routed then
+  if s and not s.queued then
     -- (nil for a key not a string, after close, with a custom selector;
     -- self.lanes is of self.ring, both replaced at once)
     local ring = self.ring
-    local c, deadline, srv = self.lanes:get(key, s)
+    local c, deadline, srv = lanes_get(self.lanes, key, s)
     if c then
       s.done, s.failed, s.deadline, s.queued = false, false, deadline, true
       -- the lane's reader reads this reply by its own deadline, no later
@@ -431,7 +436,8 @@ function _M.get(self, key)
       if s.parked then s.parked = false
       else self.woken = self.woken - 1 end
       if not s.done or c.reader == s or self.closed then await(self, c, s) end
-      if s.failed or s.err ~= 0 or self.sick[srv] or s.flags == self.mp_flag then
+      -- (a failed slot's err is an ERR_* string)
+      if s.err ~= 0 or self.sick[srv] or s.flags == self.mp_flag then
         return get_reply(self, reply(self, srv, name_in(self, ring, srv), s, ring))
       end
       return s.value, s.cas, s.flags
@@ -472,7 +478,7 @@ end
 
 local OPTIONS = { servers = 1, timeout = 1, connect_timeout = 1, io_timeout = 1, max_conns = 1,
   max_idle = 1, msgpack_flag = 1, selector = 1, failure_limit = 1, retry_timeout = 1, eject = 1,
-  max_value_size = 1, probe_timeout = 1, wait = 1, sleep = 1, wakeup = 1, cancel = 1,
+  max_value_size = 1, probe_timeout = 1, wait = 1, sleep = 1, wakeup = 1, wakeup_all = 1, cancel = 1,
   tls = 1, username = 1, password = 1 }
 
 -- The default cap on connections per server: requests of many coroutines
@@ -494,7 +500,7 @@ local function construct(opts, custom)
   local connect_timeout = opt_number(opts, "connect_timeout", timeout, 0.001, 3600)
   local self = setmetatable({
     wait = opts.wait, sleep = opt_fn(opts, "sleep"), wakeup = opt_fn(opts, "wakeup"),
-    cancel = opt_fn(opts, "cancel"),
+    wakeup_all = opt_fn(opts, "wakeup_all"), cancel = opt_fn(opts, "cancel"),
     connect_timeout = connect_timeout,
     io_timeout = opt_number(opts, "io_timeout", timeout, 0.001, 3600),
     max_conns = opt_int(opts, "max_conns", _M.DEFAULT_MAX_CONNS, 0, 1000000),
@@ -520,6 +526,9 @@ local function construct(opts, custom)
   if (opts.sleep == nil) ~= (opts.wakeup == nil) then
     error("options 'sleep' and 'wakeup' go together", 3)
   end
+  if opts.wakeup_all ~= nil and opts.wakeup == nil then
+    error("option 'wakeup_all' needs 'sleep' and 'wakeup'", 3)
+  end
   local sec, serr, sdetail = require("memcached.async.secure").new(opts) -- TLS, SASL
   if sec == nil then return nil, serr, sdetail end
   self.secure = sec or nil
@@ -533,6 +542,7 @@ local function construct(opts, custom)
   -- get's own path (memcached.core.lanes), for loops that park with
   -- sleep; and every request's opaque
   self.lanes = core.lanes(ring, self.io_timeout, self.sleep ~= nil and not custom, seq)
+  lanes_get = getmetatable(self.lanes).__index.get
   return self
 end
 

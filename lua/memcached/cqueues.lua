@@ -8,6 +8,11 @@ local condition = require "cqueues.condition"
 local memcached = require "memcached"
 
 local running, setmetatable, poll = coroutine.running, setmetatable, cqueues.poll
+-- cqueues.poll, inlined for sleep and wakeup (once per get each): inside
+-- a thread of a controller it yields cqueues._POLL and its arguments;
+-- elsewhere it runs a loop of its own, which sleep leaves to it
+local cq_running, yield, POLL = cqueues.running, coroutine.yield, cqueues._POLL
+local signal = condition.new().signal
 
 local M = {}
 
@@ -40,11 +45,22 @@ M.hooks = {
       conds[co] = c
     end
     -- (polled as it is: condition:wait adds two Lua calls around this)
-    if timeout then poll(c, timeout) else poll(c) end
+    if not cq_running() then poll(c, timeout)
+    elseif timeout then yield(POLL, c, timeout)
+    else yield(POLL, c) end
   end,
   wakeup = function(co)
     local c = conds[co]
-    if c then c:signal() end
+    if c then signal(c) end
+  end,
+  -- wakeup of each of list[1..n], clearing them (a call per read, not
+  -- one per caller)
+  wakeup_all = function(list, n)
+    for i = 1, n do
+      local c = conds[list[i]]
+      list[i] = nil
+      if c then signal(c) end
+    end
   end,
   cancel = function(fd)
     cqueues.cancel(fd)

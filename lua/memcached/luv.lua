@@ -129,6 +129,26 @@ M.hooks = {
       idle:start(run_ready)
     end
   end,
+  -- wakeup of each of list[1..n], clearing them (a call per read, not
+  -- one per caller)
+  wakeup_all = function(list, n)
+    local m = nready
+    for i = 1, n do
+      local co = list[i]
+      list[i] = nil
+      local t = sleeping[co]
+      if t then
+        sleeping[co] = nil
+        t:stop()
+      end
+      ready[m + i] = co
+    end
+    nready = m + n
+    if m == 0 then
+      if not idle then idle = uv.new_idle() end
+      idle:start(run_ready)
+    end
+  end,
 }
 
 function M.new(opts, ...)

@@ -186,7 +186,13 @@ local function run_all(self, list, fn)
   local function step(co, how)
     local ok, tag, fd, events, timeout = resume(co, how)
     if not ok then failure = failure or traceback(co, tostring(tag)) end
-    if costatus(co) == "dead" then live = live - 1 return end
+    if costatus(co) == "dead" then
+      -- (out of conn.routed at once: while it holds any stream, the
+      -- readers of every client wake each caller on its own)
+      conn.routed[co] = nil
+      live = live - 1
+      return
+    end
     local till = timeout and now() + timeout or huge
     if tag == MUXWAIT then
       mux:set(fd, events)

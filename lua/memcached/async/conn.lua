@@ -6,6 +6,8 @@
 --                              another one wakes it or the time is up
 --                              (timeout nil: until woken); else an
 --                              eventfd per coroutine, waited on through wait
+--   wakeup_all(list, n)        optional, with them: wakeup of list[1..n]
+--                              in order, and clears those entries
 --   cancel(fd)                 optional: fd is about to be closed
 --
 -- Per server, up to max_conns connections. Requests of many coroutines
@@ -351,7 +353,10 @@ local function deliver(self, c, me)
   end
   self.woken = self.woken + n
   local wakeup = self.wakeup
-  if wakeup and next(routed) == nil then
+  local wakeup_all = n > 0 and self.wakeup_all
+  if wakeup_all and next(routed) == nil then
+    wakeup_all(list, n) -- (which clears the list)
+  elseif wakeup and next(routed) == nil then
     for i = 1, n do
       wakeup(list[i])
       list[i] = nil
@@ -585,11 +590,11 @@ function M.await(self, c, s)
       end
       -- a next reader that deliver named, woken, keeps the connection
       -- read (and its lane open) until it runs
-      local r = c.reader
-      if c.dead or not r or r == s then
+      local nr = c.reader
+      if c.dead or not nr or nr == s then
         c.reading = false
         if not c.dead then c.p:lane(false) end
-        if r == s then hand_reading(self, c) end
+        if nr == s then hand_reading(self, c) end
       end
     else
       -- a reader at work (or named and woken by the last one, which
