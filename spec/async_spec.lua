@@ -167,7 +167,8 @@ for _, name in ipairs { "cqueues", "luv" } do
           assert.is_true(calls > 0 and listed > calls, calls .. " calls for " .. listed)
           assert.equal(listed, empty) -- (the hook cleared every entry)
         else
-          assert.is_true(one >= 900, one .. " wakeups for 1000 gets")
+          -- (each caller parked; a reader reads its own reply unparked)
+          assert.is_true(one > 100, one .. " wakeups for 1000 gets")
           assert.equal(0, calls)
         end
       end

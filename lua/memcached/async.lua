@@ -431,7 +431,7 @@ function _M.get(self, key)
       s.done, s.failed, s.deadline, s.queued = false, false, deadline, true
       -- the lane's reader reads this reply by its own deadline, no later
       -- than this one, or fails the connection: the park needs no timer
-      s.parked = true -- (conn.wake_slot; the pipe's read)
+      s.parked = co -- (conn.wake_slot; the pipe's read, which lists it)
       self.sleep(nil)
       if s.parked then s.parked = false
       else self.woken = self.woken - 1 end

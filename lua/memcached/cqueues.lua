@@ -29,8 +29,12 @@ local function pollable(fd, events)
   return p
 end
 
--- A condition per coroutine that ever sleeps, for wakeup.
+-- A condition per coroutine that ever sleeps, for wakeup; and the same
+-- again for those that slept in a thread of a controller, which stay
+-- in one (a controller never lets a thread go), so that they need not
+-- ask cqueues.running() at every sleep.
 local conds = setmetatable({}, { __mode = "k" })
+local managed = setmetatable({}, { __mode = "k" })
 
 -- The hooks memcached.async calls (README, async mode).
 M.hooks = {
@@ -39,15 +43,18 @@ M.hooks = {
   end,
   sleep = function(timeout)
     local co = running()
-    local c = conds[co]
+    local c = managed[co]
     if not c then
-      c = condition.new()
-      conds[co] = c
+      c = conds[co]
+      if not c then
+        c = condition.new()
+        conds[co] = c
+      end
+      if not cq_running() then return poll(c, timeout) end
+      managed[co] = c
     end
     -- (polled as it is: condition:wait adds two Lua calls around this)
-    if not cq_running() then poll(c, timeout)
-    elseif timeout then yield(POLL, c, timeout)
-    else yield(POLL, c) end
+    if timeout then yield(POLL, c, timeout) else yield(POLL, c) end
   end,
   wakeup = function(co)
     local c = conds[co]

@@ -21,7 +21,8 @@
  *
  * io is a descriptor or a TLS connection, as core.send takes. A slot that
  * gets its reply: s.queued = false and, unless s.done (its caller gave
- * up), s.err (the core's error number, 0 for success), s.status, s.flags,
+ * up), s.err (the core's error number, 0 for success), s.status (only
+ * when s.err is not 0: what was there stays otherwise), s.flags,
  * s.cas, s.value, s.done = true; it is then listed in done[1..n] (with a
  * table parked: its coroutine s.co is, when s.parked or parked[s.co] was
  * set, which is cleared; the driver wakes those). A STAT stream's slot
@@ -254,9 +255,9 @@ static int stream_failed(lua_State *L, int n, const char *why)
 
 /* Lists the slot at index s, just done, in the table at index done (its
  * k-th entry). With the table parked (index, else 0), its coroutine s.co
- * is listed instead, and only when it is parked: s.parked, or
- * parked[s.co] (either is then cleared). The caller wakes the coroutines
- * listed. */
+ * is listed instead, and only when it is parked: s.parked (true, or the
+ * coroutine itself), or parked[s.co] (either is then cleared). The caller
+ * wakes the coroutines listed. */
 static void list_done(lua_State *L, int s, int done, int parked, int *k)
 {
     int p;
@@ -267,13 +268,17 @@ static void list_done(lua_State *L, int s, int done, int parked, int *k)
     }
     GETK(L, s, K_PARKED);
     p = lua_toboolean(L, -1);
-    lua_pop(L, 1);
     if (p) {
+        /* (s.parked holds the coroutine: async.lua's get sets it so) */
+        if (lua_type(L, -1) != LUA_TTHREAD) {
+            lua_pop(L, 1);
+            GETK(L, s, K_CO);
+        }
         SETK(L, s, K_PARKED, lua_pushboolean(L, 0));
-        GETK(L, s, K_CO);
         lmc_rawseti(L, done, ++*k);
         return;
     }
+    lua_pop(L, 1);
     GETK(L, s, K_CO);
     lua_pushvalue(L, -1);
     lua_rawget(L, parked);
@@ -354,7 +359,8 @@ static int deliver(lua_State *L, lpipe *u, int done, int parked)
         if (!lua_toboolean(L, -1)) {
             /* else its caller gave up waiting: the reply is dropped */
             SETK(L, s, K_ERR, lua_pushinteger(L, ev.err));
-            SETK(L, s, K_STATUS, lua_pushinteger(L, ev.status));
+            if (ev.err != 0) /* (read only then: one field less a hit) */
+                SETK(L, s, K_STATUS, lua_pushinteger(L, ev.status));
             SETK(L, s, K_FLAGS, lmc_pushint(L, ev.flags));
             SETK(L, s, K_CAS, lmc_pushu64(L, (uint64_t)ev.cas));
             SETK(L, s, K_VALUE, lua_pushlstring(L, ev.value, ev.vlen));
