@@ -535,14 +535,20 @@ local function median(list)
   return (s[n / 2] + s[n / 2 + 1]) / 2, s[1], s[n]
 end
 
+-- x serial: the serial loop's median time over the row's; paired: the
+-- median over the rounds of each round's own ratio (the serial loop's
+-- time in that round over the row's), which the machine's drift between
+-- rounds does not move.
 local base = median(times[1])
-print(("| loop | %d coroutines x %d gets, median of %d | gets/s | x serial | spread | connections |")
+print(("| loop | %d coroutines x %d gets, median of %d | gets/s | x serial | x serial, paired | spread | connections |")
   :format(NCO, NGET, ROUNDS))
-print("|---|---|---|---|---|---|")
+print("|---|---|---|---|---|---|---|")
 for k, row in ipairs(ROWS) do
   local m, lo, hi = median(times[k])
   local _, clo, chi = median(conns[k])
   local cs = clo == chi and ("%d"):format(clo) or ("%d-%d"):format(clo, chi)
-  print(("| %s | %.2f s | %.0f | %.2f | %.2f-%.2f s | %s |"):format(row[1], m, TOTAL / m,
-    base / m, lo, hi, cs))
+  local ratios = {}
+  for r = 1, ROUNDS do ratios[r] = times[1][r] / times[k][r] end
+  print(("| %s | %.2f s | %.0f | %.2f | %.2f | %.2f-%.2f s | %s |"):format(row[1], m, TOTAL / m,
+    base / m, median(ratios), lo, hi, cs))
 end

@@ -663,6 +663,54 @@ for _, name in ipairs { "cqueues", "luv" } do
         :format(before_n, after_n, new_fds(before_what, after_what)))
     end)
 
+    -- close() while 50 coroutines' gets wait on one connection (its lane;
+    -- the server is stopped meanwhile, so that they are in flight): those
+    -- gets end with right values, later ones with ERR_CLIENT_CLOSED, and
+    -- the reader closes the connection once the last reply is in (a get
+    -- handed its hit by the read does not pass through the close itself)
+    it("close() while many gets wait on a lane closes the connection after the last reply", function()
+      local sv = H.start_memcached()
+      L.run(function() -- the loop's own state (its client closed: no descriptor left over)
+        local m0 = assert(L.mod.new { servers = { sv.addr } })
+        assert(m0:version())
+        m0:close()
+      end)
+      local before_n, _, before_what = fds()
+      local wrong, closed_errs, others, hits, in_flight = 0, 0, {}, 0, nil
+      L.run(function(spawn)
+        local mc = assert(L.mod.new { servers = { sv.addr }, max_conns = 1, timeout = 2 })
+        for i = 1, 50 do assert(mc:set("lc:" .. i, i)) end
+        for i = 1, 50 do
+          spawn(function()
+            while true do
+              local v, err = mc:get("lc:" .. i)
+              if v == i then hits = hits + 1
+              elseif err == memcached.ERR_CLIENT_CLOSED then closed_errs = closed_errs + 1 break
+              elseif v ~= nil then wrong = wrong + 1
+              else others[#others + 1] = tostring(err) break end
+            end
+          end)
+        end
+        spawn(function()
+          L.sleep(0.03)
+          sv.sigstop()
+          L.sleep(0.05)
+          in_flight = mc:servers()[1].connections
+          assert(mc:close())
+          sv.sigcont()
+        end)
+      end)
+      local after_n, _, after_what = fds()
+      sv.kill9()
+      assert.equal(0, wrong)
+      assert.same({}, others)
+      assert.equal(50, closed_errs)
+      assert.is_true(hits >= 50, hits .. " hits")
+      assert.equal(1, in_flight)
+      assert.is_true(after_n <= before_n, ("descriptors %d before, %d after close(): %s")
+        :format(before_n, after_n, new_fds(before_what, after_what)))
+    end)
+
     -- A wait hook that raises in the middle of a call over several servers
     -- (a loop's error, a bug in a custom hook): the call raises it, and the
     -- client stays usable: no connection is left marked as a batch's, or

@@ -306,7 +306,7 @@ local function call(self, key, kind, frame, op, ...)
     -- every field a slot gets, so the table is sized once
     s = { kind = kind, op = op, opaque = opaque, key = rkey, co = co, deadline = 0,
       done = false, failed = false, err = false, detail = false, status = 0, flags = 0, cas = 0,
-      value = false, queued = false, parked = false }
+      value = false, queued = false, parked = false, ok = false }
     -- (a batch's stream, conn.routed, set before it runs, keeps none: get's
     -- own path, which parks with the client's hooks, takes only a slot kept)
     if not routed[co] then slot_of[co] = s end
@@ -419,6 +419,19 @@ end
 -- up through the metatable once per get); taken from the first lanes made
 local lanes_get
 
+-- A get on a lane, woken with anything but a hit to hand over as it is
+-- (a reply of another status, or msgpack; a failure; named the reader).
+local function lane_rest(self, c, s, srv, ring)
+  if s.parked then s.parked = false -- (woken by nobody: the loop's doing)
+  else self.woken = self.woken - 1 end
+  if not s.done or c.reader == s or self.closed then await(self, c, s) end
+  -- (a failed slot's err is an ERR_* string)
+  if s.err ~= 0 or self.sick[srv] or s.flags == self.mp_flag then
+    return get_reply(self, reply(self, srv, name_in(self, ring, srv), s, ring))
+  end
+  return s.value, s.cas, s.flags
+end
+
 function _M.get(self, key)
   local co = running()
   local s = slot_of[co]
@@ -428,19 +441,19 @@ function _M.get(self, key)
     local ring = self.ring
     local c, deadline, srv = lanes_get(self.lanes, key, s)
     if c then
-      s.done, s.failed, s.deadline, s.queued = false, false, deadline, true
+      s.done, s.failed, s.ok, s.deadline, s.queued = false, false, false, deadline, true
       -- the lane's reader reads this reply by its own deadline, no later
       -- than this one, or fails the connection: the park needs no timer
       s.parked = co -- (conn.wake_slot; the pipe's read, which lists it)
       self.sleep(nil)
-      if s.parked then s.parked = false
-      else self.woken = self.woken - 1 end
-      if not s.done or c.reader == s or self.closed then await(self, c, s) end
-      -- (a failed slot's err is an ERR_* string)
-      if s.err ~= 0 or self.sick[srv] or s.flags == self.mp_flag then
-        return get_reply(self, reply(self, srv, name_in(self, ring, srv), s, ring))
+      -- s.ok: the pipe's read woke this caller (counted in self.woken)
+      -- with a hit, not msgpack (memcached.core.pipe); after close() the
+      -- reader, not this caller, closes the connection
+      if s.ok and not self.sick[srv] then
+        self.woken = self.woken - 1
+        return s.value, s.cas, s.flags
       end
-      return s.value, s.cas, s.flags
+      return lane_rest(self, c, s, srv, ring)
     end
   end
   if not s or s.queued or type(key) ~= "string" or self.closed or self.custom then

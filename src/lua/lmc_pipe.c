@@ -7,7 +7,7 @@
  * string is made per request, and one call takes every reply a read
  * brought.
  *
- *   p = core.pipe(max_body)
+ *   p = core.pipe(max_body [, mp_flag])
  *   p:push(s, kind, op, opaque, key|nil, stream, frame)   a framed request
  *   p:get(s, op, opaque, key)         a keyed get, framed here
  *   p:write(bytes)                    bytes of no request (a batch's)
@@ -25,7 +25,9 @@
  * when s.err is not 0: what was there stays otherwise), s.flags,
  * s.cas, s.value, s.done = true; it is then listed in done[1..n] (with a
  * table parked: its coroutine s.co is, when s.parked or parked[s.co] was
- * set, which is cleared; the driver wakes those). A STAT stream's slot
+ * set, which is cleared; the driver wakes those; one listed for s.parked
+ * also gets s.ok = true when s.err is 0 and s.flags is not mp_flag: its
+ * caller may return the value as it is). A STAT stream's slot
  * (stream true) gets each entry through
  * s.stream(s, err, status, key, value), which returns true at its end,
  * false before it, or nil, ERR_*, why to fail the connection; one that
@@ -62,6 +64,7 @@ typedef struct {
     int live;
     int lane;             /* p:lane: gets may queue here (core.lanes) */
     double lane_deadline; /* ... when their deadline is no earlier */
+    lua_Integer mp_flag;  /* core.pipe's: s.ok is false for these flags */
 } lpipe;
 
 static lpipe *check_pipe(lua_State *L)
@@ -75,8 +78,10 @@ static lpipe *check_pipe(lua_State *L)
 static int c_pipe(lua_State *L)
 {
     size_t max_body = (size_t)luaL_checkinteger(L, 1);
+    lua_Integer mp_flag = luaL_optinteger(L, 2, -1);
     lpipe *u = lua_newuserdatauv(L, sizeof *u, 1);
     memset(u, 0, sizeof *u);
+    u->mp_flag = mp_flag;
     luaL_setmetatable(L, PIPE_MT);
     lua_newtable(L);
     lmc_setuv(L, -2);
@@ -226,10 +231,10 @@ static int p_flush(lua_State *L)
 static const char *const slot_keys[] = {"queued", "done",  "err",
                                         "status", "flags", "cas",
                                         "value",  "stream", "co",
-                                        "parked"};
+                                        "parked", "ok"};
 enum {
     K_QUEUED = 2, K_DONE, K_ERR, K_STATUS, K_FLAGS, K_CAS, K_VALUE, K_STREAM,
-    K_CO, K_PARKED
+    K_CO, K_PARKED, K_OK
 };
 #define NKEYS ((int)(sizeof slot_keys / sizeof slot_keys[0]))
 
@@ -256,9 +261,11 @@ static int stream_failed(lua_State *L, int n, const char *why)
 /* Lists the slot at index s, just done, in the table at index done (its
  * k-th entry). With the table parked (index, else 0), its coroutine s.co
  * is listed instead, and only when it is parked: s.parked (true, or the
- * coroutine itself), or parked[s.co] (either is then cleared). The caller
- * wakes the coroutines listed. */
-static void list_done(lua_State *L, int s, int done, int parked, int *k)
+ * coroutine itself), or parked[s.co] (either is then cleared); ok: the
+ * reply is a hit to hand over as it is (s.ok, for one of s.parked). The
+ * caller wakes the coroutines listed. */
+static void list_done(lua_State *L, int s, int done, int parked, int ok,
+                      int *k)
 {
     int p;
     if (!parked) {
@@ -275,6 +282,8 @@ static void list_done(lua_State *L, int s, int done, int parked, int *k)
             GETK(L, s, K_CO);
         }
         SETK(L, s, K_PARKED, lua_pushboolean(L, 0));
+        if (ok)
+            SETK(L, s, K_OK, lua_pushboolean(L, 1));
         lmc_rawseti(L, done, ++*k);
         return;
     }
@@ -349,7 +358,7 @@ static int deliver(lua_State *L, lpipe *u, int done, int parked)
             unref_slot(L, u, t, ev.ref);
             SETK(L, s, K_QUEUED, lua_pushboolean(L, 0));
             SETK(L, s, K_DONE, lua_pushboolean(L, 1));
-            list_done(L, s, done, parked, &k);
+            list_done(L, s, done, parked, 0, &k);
             lua_pop(L, 1);
             continue;
         }
@@ -365,7 +374,8 @@ static int deliver(lua_State *L, lpipe *u, int done, int parked)
             SETK(L, s, K_CAS, lmc_pushu64(L, (uint64_t)ev.cas));
             SETK(L, s, K_VALUE, lua_pushlstring(L, ev.value, ev.vlen));
             SETK(L, s, K_DONE, lua_pushboolean(L, 1));
-            list_done(L, s, done, parked, &k);
+            list_done(L, s, done, parked,
+                      ev.err == 0 && (lua_Integer)ev.flags != u->mp_flag, &k);
         }
         lua_pop(L, 2);
     }

@@ -237,7 +237,7 @@ local function open(self, sv)
   -- flight (kept from p after each read; a lane's gets count from the
   -- next read on)
   local c = { fd = fd, sv = sv, addr = sv.addr, connecting = e or self.secure ~= nil,
-    cdeadline = now() + self.connect_timeout, p = core.pipe(self.max_body), n = 0,
+    cdeadline = now() + self.connect_timeout, p = core.pipe(self.max_body, self.mp_flag), n = 0,
     reader = false, reading = false, done = {} }
   sv.conns[#sv.conns + 1] = c
   return c
