@@ -372,6 +372,7 @@ local function replace_ring(self, list)
   self.ring, self.list, self.names, self.sick, self.svs = ring, list, {}, sick, {}
   local old_lanes = self.lanes
   self.lanes = core.lanes(ring, self.io_timeout, old_lanes:on(), old_lanes:opaque())
+  self.lane_get = self.lanes:getter()
   return true
 end
 
@@ -415,10 +416,6 @@ local function submit_get(self, key, co, s)
   return s.value, s.cas, s.flags
 end
 
--- l:get as a function (called as a method of the userdata, it is looked
--- up through the metatable once per get); taken from the first lanes made
-local lanes_get
-
 -- A get on a lane, woken with anything but a hit to hand over as it is
 -- (a reply of another status, or msgpack; a failure; named the reader).
 local function lane_rest(self, c, s, srv, ring)
@@ -439,7 +436,7 @@ function _M.get(self, key)
     -- (nil for a key not a string, after close, with a custom selector;
     -- self.lanes is of self.ring, both replaced at once)
     local ring = self.ring
-    local c, deadline, srv = lanes_get(self.lanes, key, s)
+    local c, deadline, srv = self.lane_get(key, s)
     if c then
       s.done, s.failed, s.ok, s.deadline, s.queued = false, false, false, deadline, true
       -- the lane's reader reads this reply by its own deadline, no later
@@ -555,7 +552,8 @@ local function construct(opts, custom)
   -- get's own path (memcached.core.lanes), for loops that park with
   -- sleep; and every request's opaque
   self.lanes = core.lanes(ring, self.io_timeout, self.sleep ~= nil and not custom, seq)
-  lanes_get = getmetatable(self.lanes).__index.get
+  -- (l:get bound to the lanes: no check of them, no method lookup per get)
+  self.lane_get = self.lanes:getter()
   return self
 end
 

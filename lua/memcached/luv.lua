@@ -7,7 +7,7 @@
 local uv = require "luv"
 local memcached = require "memcached"
 
-local running, yield, resume = coroutine.running, coroutine.yield, coroutine.resume
+local running, yield, resume, next = coroutine.running, coroutine.yield, coroutine.resume, next
 local ceil, traceback = math.ceil, debug.traceback
 
 local M = {}
@@ -133,10 +133,12 @@ M.hooks = {
   -- one per caller)
   wakeup_all = function(list, n)
     local m = nready
+    -- (no coroutine sleeps with a timeout, mostly: then no lookup at all)
+    local timed = next(sleeping) ~= nil
     for i = 1, n do
       local co = list[i]
       list[i] = nil
-      local t = sleeping[co]
+      local t = timed and sleeping[co]
       if t then
         sleeping[co] = nil
         t:stop()

@@ -189,16 +189,28 @@ static int judge(mc_pipe *p, mc_pipe_req *r, mc_pipe_ev *ev)
     ev->msg[0] = '\0';
     if (len > MC_HEADER_LEN) {
         /* the next request's reply may follow: the header tells this
-         * reply's length, and the core is shown exactly that much */
-        rc = mc_abi_take_one(b, MC_HEADER_LEN, p->max_body, r->kind, r->op,
-                             r->opaque, key, r->klen, &a, ev->msg,
-                             sizeof ev->msg);
-        if (rc == 0 && a.need > len)
-            return MC_PIPE_NEED;
-        if (rc == 0)
-            rc = mc_abi_take_one(b, a.need, p->max_body, r->kind, r->op,
-                                 r->opaque, key, r->klen, &a, ev->msg,
+         * reply's length (its body's, bytes 8-11), and the core is shown
+         * exactly that much; one that is not whole yet, or claims a body
+         * over max_body, is shown its header alone first (which fails
+         * the second at once) */
+        const unsigned char *h = (const unsigned char *)b;
+        size_t body = (size_t)h[8] << 24 | (size_t)h[9] << 16 |
+                      (size_t)h[10] << 8 | (size_t)h[11];
+        if (body <= p->max_body && body <= len - MC_HEADER_LEN) {
+            rc = mc_abi_take_one(b, MC_HEADER_LEN + body, p->max_body,
+                                 r->kind, r->op, r->opaque, key, r->klen, &a,
+                                 ev->msg, sizeof ev->msg);
+        } else {
+            rc = mc_abi_take_one(b, MC_HEADER_LEN, p->max_body, r->kind,
+                                 r->op, r->opaque, key, r->klen, &a, ev->msg,
                                  sizeof ev->msg);
+            if (rc == 0 && a.need > len)
+                return MC_PIPE_NEED;
+            if (rc == 0)
+                rc = mc_abi_take_one(b, a.need, p->max_body, r->kind, r->op,
+                                     r->opaque, key, r->klen, &a, ev->msg,
+                                     sizeof ev->msg);
+        }
     } else {
         rc = mc_abi_take_one(b, len, p->max_body, r->kind, r->op, r->opaque,
                              key, r->klen, &a, ev->msg, sizeof ev->msg);

@@ -604,36 +604,59 @@ static double mono_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* l:get(key, s) -> c, deadline, srv | nil (see above) */
-static int l_get(lua_State *L)
+/* l:get(key, s) for l (the lanes at index li), key at ki, s at ki + 1 */
+static int lanes_get(lua_State *L, llanes *l, int li, int ki)
 {
-    llanes *l = lmc_check_self(L, LANES_MT);
     size_t klen;
     const char *key;
     lpipe *u;
     double deadline;
-    int srv, ref;
-    luaL_checktype(L, 3, LUA_TTABLE);
-    if (lua_type(L, 2) != LUA_TSTRING || !l->pipe || !l->on)
+    int srv, ref, t;
+    luaL_checktype(L, ki + 1, LUA_TTABLE);
+    if (lua_type(L, ki) != LUA_TSTRING || !l->pipe || !l->on)
         return 0;
-    key = lua_tolstring(L, 2, &klen);
+    key = lua_tolstring(L, ki, &klen);
     srv = mc_abi_ring_route(l->ring, key, klen);
     if (srv < 0 || srv >= l->n || !(u = l->pipe[srv]) || !u->live || !u->lane)
         return 0;
     deadline = mono_now() + l->io_timeout;
     if (deadline < u->lane_deadline)
         return 0;
-    lua_settop(L, 3);
-    lmc_getuv(L, 1);                   /* 4 */
-    lmc_rawgeti(L, 4, 2 * srv + 2);    /* 5: the pipe */
-    ref = ref_slot_at(L, u, 5, 3);
-    pushed_at(L, u, 5, ref,
+    lua_settop(L, ki + 1);
+    lmc_getuv(L, li);                  /* t */
+    t = lua_gettop(L);
+    lmc_rawgeti(L, t, 2 * srv + 2);    /* t + 1: the pipe */
+    ref = ref_slot_at(L, u, t + 1, ki + 1);
+    pushed_at(L, u, t + 1, ref,
               mc_pipe_push_enc(&u->p, MC_OP_GETK, 0, next_opaque(l), 0, key,
                                klen, 0, 0, 0, NULL, 0, 1, 0, ref));
-    lmc_rawgeti(L, 4, 2 * srv + 1);
+    lmc_rawgeti(L, t, 2 * srv + 1);
     lua_pushnumber(L, deadline);
     lua_pushinteger(L, srv);
     return 3;
+}
+
+/* l:get(key, s) -> c, deadline, srv | nil (see above) */
+static int l_get(lua_State *L)
+{
+    return lanes_get(L, lmc_check_self(L, LANES_MT), 1, 2);
+}
+
+/* The getter's closure: l:get(key, s) as get(key, s), l its upvalue. */
+static int l_bound_get(lua_State *L)
+{
+    return lanes_get(L, lua_touserdata(L, lua_upvalueindex(1)),
+                     lua_upvalueindex(1), 1);
+}
+
+/* l:getter() -> get: l:get bound to l, called as get(key, s) (no check
+ * of l nor lookup of the method per call) */
+static int l_getter(lua_State *L)
+{
+    lmc_check_self(L, LANES_MT);
+    lua_settop(L, 1);
+    lua_pushcclosure(L, l_bound_get, 1);
+    return 1;
 }
 
 /* l:opaque() -> the next opaque */
@@ -658,8 +681,8 @@ static int l_off(lua_State *L)
 }
 
 static const luaL_Reg lanes_methods[] = {
-    {"set", l_set},       {"get", l_get}, {"opaque", l_opaque},
-    {"on", l_on},         {"off", l_off}, {NULL, NULL}};
+    {"set", l_set}, {"get", l_get}, {"getter", l_getter}, {"opaque", l_opaque},
+    {"on", l_on},   {"off", l_off}, {NULL, NULL}};
 
 void lmc_pipe_open(lua_State *L)
 {
