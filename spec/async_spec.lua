@@ -711,6 +711,73 @@ for _, name in ipairs { "cqueues", "luv" } do
         :format(before_n, after_n, new_fds(before_what, after_what)))
     end)
 
+    -- The pipe's read raising after it has listed callers (taken them off
+    -- parked, their replies handed over), as an out-of-memory error would
+    -- part way through: they are woken with their replies, the rest of
+    -- the connection's requests fail, the error reaches the reader's
+    -- caller, and nobody is left parked. (luv only: a caller left parked
+    -- under cqueues would hang its loop, not fail the case; Lua 5.2+ and
+    -- LuaJIT only, as below)
+    local PROTECTED = _VERSION ~= "Lua 5.1" or rawget(_G, "jit") ~= nil
+    ;((PROTECTED and name == "luv") and it or pending)(
+      "a read that raises after listing callers leaves none of them parked", function()
+      local pmt = getmetatable(core.pipe(16)).__index
+      local read = pmt.read
+      local armed, raised = false, 0
+      pmt.read = function(p, fd, list, parked)
+        local n, e, m = read(p, fd, list, parked)
+        if armed and n and n >= 1 and list[1] then
+          armed, raised = false, raised + 1
+          error("injected: out of memory", 0)
+        end
+        return n, e, m
+      end
+      local ended, wrong, errs, values = 0, 0, {}, 0
+      local sv = H.start_memcached()
+      local ok, err = pcall(L.run, function(spawn)
+        -- (failure_limit: the failed connection must not mark the server dead)
+        local mc = assert(L.mod.new { servers = { sv.addr }, max_conns = 1, timeout = 2,
+          failure_limit = 100 })
+        for i = 1, 30 do assert(mc:set("rr:" .. i, i)) end
+        -- the server stopped while the gets queue, so that one read
+        -- brings many replies (a fast server answers each get before its
+        -- caller would yield, and no read lists anyone)
+        sv.sigstop()
+        spawn(function()
+          L.sleep(0.05)
+          armed = true
+          sv.sigcont()
+        end)
+        for i = 1, 30 do
+          spawn(function()
+            for _ = 1, 5 do
+              local got, v, e = protect(mc.get, mc, "rr:" .. i)
+              if not got then errs[#errs + 1] = tostring(v)
+              elseif v == i then values = values + 1
+              elseif v ~= nil then wrong = wrong + 1
+              else errs[#errs + 1] = tostring(e) end
+            end
+            ended = ended + 1
+          end)
+        end
+      end)
+      pmt.read = read
+      sv.kill9()
+      assert.is_true(ok, tostring(err))
+      assert.equal(1, raised)
+      assert.equal(30, ended)
+      assert.equal(0, wrong)
+      local injected, closed = 0, 0
+      for _, e in ipairs(errs) do
+        if e == "injected: out of memory" then injected = injected + 1
+        elseif e == memcached.ERR_CONNECTION_CLOSED then closed = closed + 1
+        else error("unexpected error: " .. e) end
+      end
+      assert.equal(1, injected)
+      assert.equal(150, values + injected + closed)
+      assert.is_true(values >= 120, values .. " values")
+    end)
+
     -- A wait hook that raises in the middle of a call over several servers
     -- (a loop's error, a bug in a custom hook): the call raises it, and the
     -- client stays usable: no connection is left marked as a batch's, or

@@ -318,6 +318,22 @@ end
 
 local hand_reading
 
+-- Wakes the coroutines c.done lists: those p:read took off parked for a
+-- reply it handed over, when something raised before deliver woke them
+-- all (the read itself, or a wakeup hook part way: those it woke are off
+-- the list; one that raises again here leaves the rest to their fate, as
+-- it would anywhere).
+local function wake_listed(self, c)
+  local list = c.done
+  for i, co in pairs(list) do
+    list[i] = nil
+    if type(co) == "thread" then
+      self.woken = self.woken + 1
+      pcall(wake_parked, self, co)
+    end
+  end
+end
+
 -- Reads what c's server sent: every whole reply goes to its slot
 -- (memcached.core.pipe judges each once, and hands a reply over only once
 -- the stream after it is seen in step), and its caller is woken. true
@@ -575,13 +591,16 @@ function M.await(self, c, s)
       if max ~= 0 and #c.sv.conns >= max then c.p:lane(deadline) end
       if PROTECT then
         -- a wait hook that raises while this coroutine reads for the
-        -- others: the connection fails with every request on it (nobody
-        -- would read it again), then the error goes on
+        -- others (or the read itself, out of memory): the callers a read
+        -- had listed are woken with their replies, the connection fails
+        -- with every request left on it (nobody would read it again),
+        -- then the error goes on
         local ok, e = pcall(read_for, self, c, s)
         if not ok then
           c.reading = false
           if not c.dead then c.p:lane(false) end
-          conn_fail(self, c, E.ERR_CONNECTION_CLOSED, c.addr .. ": closed: a wait hook raised: " .. tostring(e))
+          wake_listed(self, c)
+          conn_fail(self, c, E.ERR_CONNECTION_CLOSED, c.addr .. ": closed: an error while reading it: " .. tostring(e))
           c.reader = nil
           error(e, 0)
         end
