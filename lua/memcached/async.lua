@@ -438,11 +438,16 @@ function _M.get(self, key)
     local ring = self.ring
     local c, deadline, srv = self.lane_get(key, s)
     if c then
-      s.done, s.failed, s.ok, s.deadline, s.queued = false, false, false, deadline, true
+      -- (one statement each: a field set to a constant is one instruction)
+      s.done = false
+      s.failed = false
+      s.ok = false
+      s.deadline = deadline
+      s.queued = true
       -- the lane's reader reads this reply by its own deadline, no later
       -- than this one, or fails the connection: the park needs no timer
       s.parked = co -- (conn.wake_slot; the pipe's read, which lists it)
-      self.sleep(nil)
+      self.sleep() -- (timeout nil)
       -- s.ok: the pipe's read woke this caller (counted in self.woken)
       -- with a hit, not msgpack (memcached.core.pipe); after close() the
       -- reader, not this caller, closes the connection
