@@ -113,6 +113,22 @@ local function in_luv(maxc)
   return dt, conns
 end
 
+-- A floor's one connection.
+local function floor_connect()
+  local fd, _, msg = core.connect(ADDR)
+  assert(fd, msg)
+  return fd
+end
+
+-- The end of a floor's run: its time since t, its connection closed, and
+-- every value in and right (a wrong one fails the run).
+local function floor_done(t, fd, done, bad)
+  local dt = now() - t
+  core.close(fd)
+  assert(done == TOTAL and bad == 0, "wrong values")
+  return dt, 1
+end
+
 -- Sends all of data on fd, spinning while the socket is full (or while a
 -- connect is still in progress: 0 bytes sent).
 local function send_all(fd, data)
@@ -126,8 +142,7 @@ end
 -- loop sends everything queued in one send, reads (spinning on a
 -- non-blocking recv) and resumes each reply's coroutine directly.
 local function floor()
-  local fd, _, msg = core.connect(ADDR)
-  assert(fd, msg)
+  local fd = floor_connect()
   local wq, wn, cos, keys, ops, head, tail, seq, bad = {}, 0, {}, {}, {}, 1, 0, 1, 0
   local function get(key)
     local o = seq
@@ -171,10 +186,7 @@ local function floor()
       end
     end
   end
-  local dt = now() - t
-  core.close(fd)
-  assert(bad == 0, "wrong values")
-  return dt, 1
+  return floor_done(t, fd, done, bad)
 end
 
 -- The ideal floor inside luv: the floor's framing and judging, with the
@@ -186,8 +198,7 @@ end
 -- the last value is in, so uv.run returns.
 local function luv_floor()
   local uv = require "luv"
-  local fd, _, msg = core.connect(ADDR)
-  assert(fd, msg)
+  local fd = floor_connect()
   local wq, wn, cos, keys, ops, head, tail, seq, bad = {}, 0, {}, {}, {}, 1, 0, 1, 0
   local ready, nready, done = {}, 0, 0
   local function get(key)
@@ -253,10 +264,7 @@ local function luv_floor()
   end
   flush()
   uv.run()
-  local dt = now() - t
-  core.close(fd)
-  assert(done == TOTAL and bad == 0, "wrong values")
-  return dt, 1
+  return floor_done(t, fd, done, bad)
 end
 
 -- The luv ideal floor over memcached.core.pipe, the C pipe the client's
@@ -266,8 +274,7 @@ end
 -- The distance from it to the luv row is the client's Lua.
 local function luv_pipe_floor()
   local uv = require "luv"
-  local fd, _, msg = core.connect(ADDR)
-  assert(fd, msg)
+  local fd = floor_connect()
   local p = core.pipe(1048576)
   local GETK, seq, bad, done = OP.GETK, 1, 0, 0
   local slots, list, ready, nready, unsent = {}, {}, {}, 0, false
@@ -331,10 +338,7 @@ local function luv_pipe_floor()
   end
   flush()
   uv.run()
-  local dt = now() - t
-  core.close(fd)
-  assert(done == TOTAL and bad == 0, "wrong values")
-  return dt, 1
+  return floor_done(t, fd, done, bad)
 end
 
 -- The ideal floor inside cqueues: the floor's framing and judging, the
@@ -362,8 +366,7 @@ local function cq_floor()
   local cqueues = require "cqueues"
   local condition = require "cqueues.condition"
   local cpoll = cqueues.poll
-  local fd, _, msg = core.connect(ADDR)
-  assert(fd, msg)
+  local fd = floor_connect()
   local wq, wn, keys, ops, head, tail, seq, bad = {}, 0, {}, {}, 1, 0, 1, 0
   local vals, who = {}, {} -- a thread's value by its number; a get's thread
   local cond = condition.new() -- the condition of the next send
@@ -437,10 +440,7 @@ local function cq_floor()
     end
   end)
   assert(cq:loop())
-  local dt = now() - t
-  core.close(fd)
-  assert(done == TOTAL and bad == 0, "wrong values")
-  return dt, 1
+  return floor_done(t, fd, done, bad)
 end
 
 -- The cqueues ideal floor over memcached.core.pipe, as luv_pipe_floor is
@@ -455,8 +455,7 @@ local function cq_pipe_floor()
   local cqueues = require "cqueues"
   local condition = require "cqueues.condition"
   local cpoll = cqueues.poll
-  local fd, _, msg = core.connect(ADDR)
-  assert(fd, msg)
+  local fd = floor_connect()
   local p = core.pipe(1048576)
   -- woken: threads signalled (or not yet started) that have not queued
   -- their next get
@@ -499,10 +498,7 @@ local function cq_pipe_floor()
     end
   end)
   assert(cq:loop())
-  local dt = now() - t
-  core.close(fd)
-  assert(done == TOTAL and bad == 0, "wrong values")
-  return dt, 1
+  return floor_done(t, fd, done, bad)
 end
 
 local ROWS = { { "blocking client, serial loop", serial } }

@@ -11,7 +11,9 @@ local running, setmetatable, poll = coroutine.running, setmetatable, cqueues.pol
 -- cqueues.poll, inlined for sleep and wakeup (once per get each): inside
 -- a thread of a controller it yields cqueues._POLL and its arguments;
 -- elsewhere it runs a loop of its own, which sleep leaves to it
-local cq_running, yield, POLL = cqueues.running, coroutine.yield, cqueues._POLL
+-- (a cqueues without _POLL: every sleep goes through cqueues.poll)
+local yield, POLL = coroutine.yield, cqueues._POLL
+local cq_running = POLL and cqueues.running or function() return false end
 local signal = condition.new().signal
 
 local M = {}
