@@ -447,7 +447,7 @@ function _M.get(self, key)
       -- the lane's reader reads this reply by its own deadline, no later
       -- than this one, or fails the connection: the park needs no timer
       s.parked = co -- (conn.wake_slot; the pipe's read, which lists it)
-      self.sleep() -- (timeout nil)
+      self.sleep(nil, co) -- (until woken)
       -- s.ok: the pipe's read woke this caller (counted in self.woken)
       -- with a hit, not msgpack (memcached.core.pipe); after close() the
       -- reader, not this caller, closes the connection

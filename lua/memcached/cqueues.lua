@@ -43,8 +43,8 @@ M.hooks = {
   wait = function(fd, events, timeout)
     poll(pollable(fd, events), timeout)
   end,
-  sleep = function(timeout)
-    local co = running()
+  sleep = function(timeout, co)
+    co = co or running() -- (the client passes it)
     local c = managed[co]
     if not c then
       c = conds[co]

@@ -103,12 +103,12 @@ M.hooks = {
     if h then h:stop() end
   end,
   -- timeout nil: until wakeup, with no timer at all
-  sleep = function(timeout)
+  sleep = function(timeout, co)
     if not timeout then
       yield()
       return
     end
-    local co = running()
+    co = co or running() -- (the client passes it)
     local t = take_timer()
     sleeping[co], sleep_of[t] = t, co
     t:start(ms(timeout), 0, sleep_cb[t])

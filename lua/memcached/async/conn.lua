@@ -2,10 +2,11 @@
 -- where it waits. Every wait goes through the client's hooks:
 --   wait(fd, events, timeout)  until fd is ready ("r", "w", "rw") or the
 --                              time is up; may yield; may return early
---   sleep(timeout), wakeup(co) optional: park the running coroutine until
---                              another one wakes it or the time is up
---                              (timeout nil: until woken); else an
---                              eventfd per coroutine, waited on through wait
+--   sleep(timeout, co), wakeup(co) optional: park the running coroutine
+--                              (co) until another one wakes it or the
+--                              time is up (timeout nil: until woken); else
+--                              an eventfd per coroutine, waited on through
+--                              wait
 --   wakeup_all(list, n)        optional, with them: wakeup of list[1..n]
 --                              in order, and clears those entries
 --   cancel(fd)                 optional: fd is about to be closed
@@ -107,7 +108,7 @@ local function park(self, deadline, untimed, co)
   if r then
     r.park(left)
   elseif self.sleep then
-    self.sleep(left)
+    self.sleep(left, co)
   else
     local fd = efd_of(co)
     hook_wait(self, fd, "r", left)
