@@ -138,7 +138,6 @@ end
 -- The health of srv is counted in ring, the ring srv is an index of; a
 -- list replaced since (set_servers while the call waited) counts nothing
 -- of it: its index may be another server's now, or none.
-
 -- self.sick[srv]: the ring has counted a failure of srv since its last
 -- success, so a success must be reported (ring:ok); a healthy server's
 -- success costs no call into the ring.
@@ -396,6 +395,16 @@ require "memcached.methods"(D, _M)
 -- answer but a hit; both give the same returns.
 local slow_get, get_reply = _M.get, D.get_reply
 
+-- What get returns for slot s, done, of srv (an index of ring): a hit as
+-- it is; anything else (a failed slot's err is an ERR_* string, another
+-- status, msgpack, a server to report healthy) as call's reply would.
+local function get_done(self, s, srv, ring)
+  if s.err ~= 0 or self.sick[srv] or s.flags == self.mp_flag then
+    return get_reply(self, reply(self, srv, name_in(self, ring, srv), s, ring))
+  end
+  return s.value, s.cas, s.flags
+end
+
 local function submit_get(self, key, co, s)
   local ring = self.ring
   local srv = ring:route(key)
@@ -410,10 +419,7 @@ local function submit_get(self, key, co, s)
     if c.reading then self.lanes:set(srv, c, ring) end
     await(self, c, s)
   end
-  if s.err ~= 0 or self.sick[srv] or s.flags == self.mp_flag then
-    return get_reply(self, reply(self, srv, name_in(self, ring, srv), s, ring))
-  end
-  return s.value, s.cas, s.flags
+  return get_done(self, s, srv, ring)
 end
 
 -- A get on a lane, woken with anything but a hit to hand over as it is
@@ -422,11 +428,7 @@ local function lane_rest(self, c, s, srv, ring)
   if s.parked then s.parked = false -- (woken by nobody: the loop's doing)
   else self.woken = self.woken - 1 end
   if not s.done or c.reader == s or self.closed then await(self, c, s) end
-  -- (a failed slot's err is an ERR_* string)
-  if s.err ~= 0 or self.sick[srv] or s.flags == self.mp_flag then
-    return get_reply(self, reply(self, srv, name_in(self, ring, srv), s, ring))
-  end
-  return s.value, s.cas, s.flags
+  return get_done(self, s, srv, ring)
 end
 
 function _M.get(self, key)

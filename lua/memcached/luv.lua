@@ -73,6 +73,21 @@ local function run_ready()
   end
 end
 
+-- The ready coroutines run at the loop's next turn.
+local function run_soon()
+  if not idle then idle = uv.new_idle() end
+  idle:start(run_ready)
+end
+
+-- co, woken: its sleep's timer, if it slept with a timeout, is stopped.
+local function untime(co)
+  local t = sleeping[co]
+  if t then
+    sleeping[co] = nil
+    t:stop()
+  end
+end
+
 M.hooks = {
   wait = function(fd, events, timeout)
     local co = running()
@@ -117,17 +132,10 @@ M.hooks = {
     give_timer(t)
   end,
   wakeup = function(co)
-    local t = sleeping[co]
-    if t then
-      sleeping[co] = nil
-      t:stop()
-    end
+    untime(co)
     local n = nready + 1
     ready[n], nready = co, n
-    if n == 1 then
-      if not idle then idle = uv.new_idle() end
-      idle:start(run_ready)
-    end
+    if n == 1 then run_soon() end
   end,
   -- wakeup of each of list[1..n], clearing them (a call per read, not
   -- one per caller)
@@ -138,18 +146,11 @@ M.hooks = {
     for i = 1, n do
       local co = list[i]
       list[i] = nil
-      local t = timed and sleeping[co]
-      if t then
-        sleeping[co] = nil
-        t:stop()
-      end
+      if timed then untime(co) end
       ready[m + i] = co
     end
     nready = m + n
-    if m == 0 then
-      if not idle then idle = uv.new_idle() end
-      idle:start(run_ready)
-    end
+    if m == 0 and n > 0 then run_soon() end
   end,
 }
 

@@ -319,6 +319,14 @@ end
 
 local hand_reading
 
+-- Once its server has max_conns connections, the connection being read
+-- takes gets on its own (memcached.core.lanes: async.lua's get) from
+-- those whose deadline is no earlier than its reader's, deadline.
+local function open_lane(self, c, deadline)
+  local max = self.max_conns
+  if max ~= 0 and #c.sv.conns >= max then c.p:lane(deadline) end
+end
+
 -- Wakes the coroutines c.done lists: those p:read took off parked for a
 -- reply it handed over, when something raised before deliver woke them
 -- all (the read itself, or a wakeup hook part way: those it woke are off
@@ -365,24 +373,23 @@ local function deliver(self, c, me)
     -- and keeps the lane open from now (at its own deadline): the loop
     -- may run the callers woken below before it (cqueues does), and they
     -- queue their gets here either way
-    local r, max = c.reader, self.max_conns
-    if r and max ~= 0 and #c.sv.conns >= max then c.p:lane(r.deadline) end
+    if c.reader then open_lane(self, c, c.reader.deadline) end
   end
   self.woken = self.woken + n
-  local wakeup = self.wakeup
-  local wakeup_all = n > 0 and self.wakeup_all
-  if wakeup_all and next(routed) == nil then
-    wakeup_all(list, n) -- (which clears the list)
-  elseif wakeup and next(routed) == nil then
-    for i = 1, n do
-      wakeup(list[i])
-      list[i] = nil
-    end
-  else
+  -- (while a batch's stream is routed, each coroutine is checked for it)
+  local wakeup = next(routed) == nil and self.wakeup
+  if not wakeup then
     for i = 1, n do
       local co = list[i]
       list[i] = nil
       wake_parked(self, co)
+    end
+  elseif self.wakeup_all then
+    if n > 0 then self.wakeup_all(list, n) end -- (which clears the list)
+  else
+    for i = 1, n do
+      wakeup(list[i])
+      list[i] = nil
     end
   end
   -- the callers woken here queue their next gets here, on the lane, while
@@ -588,8 +595,7 @@ function M.await(self, c, s)
       -- a send per 100 gets of the bench where two took one per 30-50,
       -- each a wake-up of the server (max_conns 2 ran at 3.7x the serial
       -- loop that way, against 4.9x now, as max_conns 1)
-      local max = self.max_conns
-      if max ~= 0 and #c.sv.conns >= max then c.p:lane(deadline) end
+      open_lane(self, c, deadline)
       if PROTECT then
         -- a wait hook that raises while this coroutine reads for the
         -- others (or the read itself, out of memory): the callers a read
